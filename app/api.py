@@ -1,0 +1,84 @@
+"""The ASGI application: `create_app(settings)` builds routes and a lifespan that opens
+Redis and starts this process's long-lived parts (the topic hub, the live user hub)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis.exceptions import ResponseError
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streams.config import Settings
+from streams.hub import TopicHub
+from streams.hydrate import Hydrator
+from streams.keys import CENTER_GROUP, Keys
+from streams.redis import connect, wait_ready
+
+from . import ops, topics
+from .context import Ctx
+from .errors import HANDLERS
+from .http import Router, json_response, openapi
+
+log = logging.getLogger("vestnik.api")
+VERSION = "0.1.0"
+
+
+def routers() -> list[Router]:
+    return [ops.router, topics.router]
+
+
+async def ensure_group(ctx: Ctx) -> None:
+    try:
+        await ctx.redis.xgroup_create(ctx.keys.notices, CENTER_GROUP, id="0", mkstream=True)
+    except ResponseError as e:
+        if "BUSYGROUP" not in str(e):
+            raise
+
+
+def create_app(settings: Settings) -> Starlette:
+    if not settings.redis_url:
+        raise ValueError("redis_url is required (vestnik up starts a private Redis)")
+    all_routers = routers()
+    spec = openapi(all_routers, VERSION)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        redis = connect(settings.redis_url, name="vestnik-api")
+        await wait_ready(redis)
+        ctx = Ctx(settings, Keys(settings.prefix), redis)
+        await ensure_group(ctx)
+        hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
+        hub = TopicHub(settings.redis_url, redis, ctx.keys, hydrator)
+        ctx.parts["topics"] = hub
+        await hub.start()
+        app.state.ctx = ctx
+        try:
+            yield
+        finally:
+            await hub.stop()
+            await hydrator.aclose()
+            await redis.aclose()
+
+    async def openapi_json(request: Request) -> Response:
+        return json_response(spec)
+
+    routes = [r for router in all_routers for r in router.routes]
+    routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    middleware = []
+    if settings.cors_origins:
+        middleware.append(Middleware(
+            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+            allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
+            allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key",
+                           "Last-Event-ID"],
+            expose_headers=["ETag"],
+        ))
+    return Starlette(routes=routes, middleware=middleware, lifespan=lifespan,
+                     exception_handlers=HANDLERS)

@@ -1,0 +1,192 @@
+"""`vestnik` — one console script, one subcommand per part."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+import time
+from collections.abc import Callable
+
+import msgspec
+
+from streams.config import ConfigError, Settings, load
+
+log = logging.getLogger("vestnik")
+
+Command = Callable[[argparse.Namespace, Settings], int]
+COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
+
+
+def command(name: str, help: str, args: Callable[[argparse.ArgumentParser], None] = lambda p: None
+            ) -> Callable[[Command], Command]:
+    def register(fn: Command) -> Command:
+        COMMANDS[name] = (fn, args, help)
+        return fn
+
+    return register
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def _listen_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--host", help="interface to listen on (VESTNIK_HOST)")
+    p.add_argument("--port", type=int, help="port to listen on (VESTNIK_PORT)")
+
+
+def _with_listen(args: argparse.Namespace, settings: Settings) -> Settings:
+    changes = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
+    return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+def serve(settings: Settings) -> None:
+    """Run the api in this process with uvicorn (uvloop + httptools)."""
+    import uvicorn
+
+    from .api import create_app
+
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
+        http="httptools", log_level=settings.log_level, timeout_graceful_shutdown=3,
+        access_log=False, lifespan="on",
+    )
+    uvicorn.Server(config).run()
+
+
+@command("api", "serve the HTTP API, SSE streams and the web pages", _listen_args)
+def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+    settings = _with_listen(args, settings)
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik api` (or use `vestnik up`)")
+    serve(settings)
+    return 0
+
+
+def _up_args(p: argparse.ArgumentParser) -> None:
+    _listen_args(p)
+    p.add_argument("--demo", action="store_true", help="seed demo users, VMs and an alert")
+
+
+@command("up", "everything in one process, with a private Redis when none is configured",
+         _up_args)
+def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
+    from .up import run_up
+
+    return run_up(_with_listen(args, settings), demo=args.demo)
+
+
+@command("bridge", "turn Redis key changes (keyspace notifications) into topic events")
+def cmd_bridge(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.bridge import Bridge, BridgeError
+    from streams.keys import Keys
+    from streams.redis import connect, wait_ready
+
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik bridge`")
+
+    async def main() -> None:
+        redis = connect(settings.redis_url, name="vestnik-bridge")
+        await wait_ready(redis)
+        bridge = Bridge(settings.redis_url, redis, Keys(settings.prefix),
+                        settings.keyspace_patterns, maxlen=settings.topic_maxlen)
+        await bridge.run()
+
+    try:
+        asyncio.run(main())
+    except BridgeError as e:
+        print(f"vestnik bridge: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _publish_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("topic")
+    p.add_argument("--op", choices=["create", "update", "delete"], default="update")
+    p.add_argument("--id", required=True, dest="entity_id")
+    p.add_argument("--data", help="the whole entity as a JSON object")
+    p.add_argument("--src", default="cli")
+
+
+@command("publish", "publish one entity event to a topic", _publish_args)
+def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.keys import Keys
+    from streams.redis import connect
+    from streams.schemas import TopicEvent, convert
+    from streams.topics import publish
+
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik publish`")
+    data = msgspec.json.decode(args.data) if args.data else None
+    event = convert({"op": args.op, "id": args.entity_id, "data": data, "src": args.src},
+                    TopicEvent)
+
+    async def main() -> str:
+        redis = connect(settings.redis_url, name="vestnik-publish")
+        try:
+            return await publish(redis, Keys(settings.prefix), args.topic, event,
+                                 maxlen=settings.topic_maxlen, via="cli")
+        finally:
+            await redis.aclose()
+
+    print(asyncio.run(main()))
+    return 0
+
+
+def _token_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--user", required=True, help="user id (the token's `sub`)")
+    p.add_argument("--ttl", type=int, default=86400, help="seconds until it expires")
+    p.add_argument("--roles", default="", help="comma-separated roles (for topic ACLs)")
+
+
+def issue_token(settings: Settings, user: str, ttl: int = 86400, roles: list[str] | None = None
+                ) -> str:
+    import jwt
+
+    if not settings.secret:
+        raise ConfigError("VESTNIK_SECRET: required to sign user tokens")
+    claims: dict[str, object] = {"sub": user, "exp": int(time.time()) + ttl}
+    if roles:
+        claims["roles"] = roles
+    if settings.jwt_audience:
+        claims["aud"] = settings.jwt_audience
+    return jwt.encode(claims, settings.secret, algorithm="HS256")
+
+
+@command("token", "issue a user token (JWT HS256) for development", _token_args)
+def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+    roles = [r for r in args.roles.split(",") if r]
+    print(issue_token(settings, args.user, args.ttl, roles))
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
+    p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name, (_, add_args, help) in COMMANDS.items():
+        add_args(sub.add_parser(name, help=help, description=help))
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        settings = load(path=args.config)
+        setup_logging(settings.log_level)
+        fn = COMMANDS[args.command][0]
+        return fn(args, settings)
+    except ConfigError as e:
+        print(f"vestnik: configuration error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

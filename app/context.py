@@ -1,0 +1,20 @@
+"""What every request handler may use, built once by the app's lifespan."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from redis.asyncio import Redis
+
+from streams.config import Settings
+from streams.keys import Keys
+
+
+@dataclass
+class Ctx:
+    settings: Settings
+    keys: Keys
+    redis: Redis
+    # long-lived parts started by the lifespan (topic hub, user hub, ...), by name
+    parts: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,275 @@
+"""HTTP plumbing shared by every route module: routing with OpenAPI metadata, auth, bodies.
+
+A route is a plain `async def handler(request, ctx, principal) -> Response`;
+`Router` wraps it with authentication and the error contract, and keeps the
+request/response types so `/openapi.json` is generated from the msgspec Structs.
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeVar
+
+import jwt
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from streams.errors import Forbidden, TooLarge, Unauthorized
+from streams.schemas import decode_json, json_encode
+
+from .context import Ctx
+
+T = TypeVar("T")
+Auth = Literal["none", "service", "user", "any"]
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a service (token from config) or a user (JWT `sub`)."""
+
+    kind: Literal["anonymous", "service", "user"]
+    user_id: str | None = None
+    roles: tuple[str, ...] = ()
+
+    @property
+    def is_service(self) -> bool:
+        return self.kind == "service"
+
+
+ANONYMOUS = Principal("anonymous")
+Handler = Callable[[Request, Ctx, Principal], Awaitable[Response]]
+
+
+def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(json_encode(obj), status, headers=headers, media_type="application/json")
+
+
+async def read_body(request: Request, typ: type[T], ctx: Ctx) -> T:
+    """Read at most `max_body` bytes and decode them into `typ` (422 names the field)."""
+    limit = ctx.settings.max_body
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise TooLarge(f"request body is larger than {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise TooLarge(f"request body is larger than {limit} bytes")
+        chunks.append(chunk)
+    return decode_json(b"".join(chunks) or b"null", typ)
+
+
+def _token_from(request: Request, allow_query: bool) -> str | None:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value:
+        return value.strip()
+    cookie = request.cookies.get("vestnik_token")
+    if cookie:
+        return cookie
+    if allow_query:
+        return request.query_params.get("token")
+    return None
+
+
+def is_service_token(ctx: Ctx, token: str) -> bool:
+    """Compare against every configured token in constant time (no early exit)."""
+    given = token.encode()
+    found = False
+    for known in ctx.settings.service_tokens:
+        found |= hmac.compare_digest(given, known.encode())
+    return found
+
+
+def authenticate(request: Request, ctx: Ctx, auth: Auth) -> Principal:
+    if auth == "none":
+        return ANONYMOUS
+    token = _token_from(request, allow_query=True)
+    if not token:
+        raise Unauthorized("missing token: send `Authorization: Bearer <token>`")
+    if auth in ("service", "any") and is_service_token(ctx, token):
+        return Principal("service")
+    if auth == "service":
+        raise Unauthorized("a service token is required")
+    return decode_user_token(ctx, token)
+
+
+def decode_user_token(ctx: Ctx, token: str) -> Principal:
+    secret = ctx.settings.secret
+    if not secret:
+        raise Unauthorized("user tokens are not accepted: VESTNIK_SECRET is not set")
+    try:
+        claims = jwt.decode(
+            token,
+            secret,
+            algorithms=["HS256"],
+            audience=ctx.settings.jwt_audience,
+            options={"require": ["exp", "sub"],
+                     "verify_aud": ctx.settings.jwt_audience is not None},
+        )
+    except jwt.ExpiredSignatureError:
+        raise Unauthorized("token expired") from None
+    except jwt.InvalidTokenError as e:
+        raise Unauthorized(f"invalid token: {e}") from None
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub:
+        raise Unauthorized("invalid token: `sub` must be a non-empty string")
+    roles = claims.get("roles") or ()
+    return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)))
+
+
+def check_topic_read(ctx: Ctx, principal: Principal, topic: str) -> None:
+    """Per-topic read ACL: `topic_acl = {topic = ["role", "user:<id>", "*"]}`; default open."""
+    if principal.is_service:
+        return
+    allowed = ctx.settings.topic_acl.get(topic)
+    if allowed is None or "*" in allowed:
+        return
+    if f"user:{principal.user_id}" in allowed or any(r in allowed for r in principal.roles):
+        return
+    raise Forbidden(f"not allowed to read topic `{topic}`")
+
+
+@dataclass
+class Operation:
+    """OpenAPI metadata of one route."""
+
+    method: str
+    path: str
+    summary: str
+    auth: Auth
+    body: type | None = None
+    response: Any = None
+    status: int = 200
+    query: dict[str, str] = field(default_factory=dict)
+    stream: bool = False
+    tag: str = ""
+
+
+class Router:
+    """Collects routes and their operation metadata for one area of the API."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+        self.routes: list[Route] = []
+        self.operations: list[Operation] = []
+
+    def route(
+        self,
+        method: str,
+        path: str,
+        *,
+        summary: str,
+        auth: Auth,
+        body: type | None = None,
+        response: Any = None,
+        status: int = 200,
+        query: dict[str, str] | None = None,
+        stream: bool = False,
+    ) -> Callable[[Handler], Handler]:
+        def register(handler: Handler) -> Handler:
+            async def endpoint(request: Request) -> Response:
+                ctx: Ctx = request.app.state.ctx
+                principal = authenticate(request, ctx, auth)
+                return await handler(request, ctx, principal)
+
+            endpoint.__name__ = handler.__name__
+            self.routes.append(Route(path, endpoint, methods=[method]))
+            self.operations.append(
+                Operation(method, path, summary, auth, body, response, status,
+                          query or {}, stream, self.tag)
+            )
+            return handler
+
+        return register
+
+
+def openapi(routers: list[Router], version: str) -> dict[str, Any]:
+    """OpenAPI 3.1 document built from the routers' operations and msgspec schemas."""
+    types: list[Any] = []
+    for r in routers:
+        for op in r.operations:
+            types += [t for t in (op.body, op.response) if t is not None]
+    from streams.schemas import ErrorBody
+
+    types.append(ErrorBody)
+    schemas, components = msgspec.json.schema_components(
+        types, ref_template="#/components/schemas/{name}"
+    )
+    by_type = dict(zip(types, schemas, strict=True))
+    error_ref = by_type[ErrorBody]
+    paths: dict[str, dict[str, Any]] = {}
+    for r in routers:
+        for op in r.operations:
+            item: dict[str, Any] = {
+                "summary": op.summary,
+                "tags": [op.tag],
+                "operationId": f"{op.method.lower()}_{op.path}".replace("/", "_").replace("{", "")
+                .replace("}", "").replace("-", "_"),
+            }
+            params = [
+                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+                for n in _path_params(op.path)
+            ] + [
+                {"name": n, "in": "query", "required": False, "schema": {"type": "string"},
+                 "description": d}
+                for n, d in op.query.items()
+            ]
+            if params:
+                item["parameters"] = params
+            if op.body is not None:
+                item["requestBody"] = {
+                    "required": True,
+                    "content": {"application/json": {"schema": by_type[op.body]}},
+                }
+            responses: dict[str, Any] = {}
+            if op.stream:
+                responses[str(op.status)] = {
+                    "description": "Server-sent events",
+                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
+                }
+            elif op.response is not None:
+                responses[str(op.status)] = {
+                    "description": "OK",
+                    "content": {"application/json": {"schema": by_type[op.response]}},
+                }
+            else:
+                responses[str(op.status)] = {"description": "OK"}
+            for code in _error_codes(op):
+                responses[str(code)] = {
+                    "description": "Error",
+                    "content": {"application/json": {"schema": error_ref}},
+                }
+            if op.auth != "none":
+                item["security"] = [{"bearer": []}]
+            paths.setdefault(op.path, {})[op.method.lower()] = item
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "Vestnik", "version": version},
+        "paths": paths,
+        "components": {
+            "schemas": components,
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+        },
+    }
+
+
+def _path_params(path: str) -> list[str]:
+    import re
+
+    return [p.split(":")[0] for p in re.findall(r"{([^}]+)}", path)]
+
+
+def _error_codes(op: Operation) -> list[int]:
+    codes = [503]
+    if op.auth != "none":
+        codes += [401, 403]
+    if op.body is not None:
+        codes += [400, 413, 422]
+    if "{" in op.path:
+        codes.append(404)
+    return sorted(set(codes))

@@ -1,0 +1,54 @@
+"""Operations routes: liveness, readiness, Prometheus metrics and the OpenAPI document."""
+
+from __future__ import annotations
+
+import msgspec
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from redis.exceptions import ResponseError
+from starlette.requests import Request
+from starlette.responses import Response
+
+from streams.keys import CENTER_GROUP
+from streams.redis import RETRYABLE
+
+from .context import Ctx
+from .http import Principal, Router, json_response
+
+router = Router("ops")
+
+
+class Health(msgspec.Struct):
+    status: str
+    checks: dict[str, str] = {}
+
+
+@router.route("GET", "/healthz", summary="The process is alive", auth="none", response=Health)
+async def healthz(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return json_response(Health("ok"))
+
+
+@router.route("GET", "/readyz", summary="Redis reachable and consumer groups exist",
+              auth="none", response=Health)
+async def readyz(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    checks: dict[str, str] = {}
+    try:
+        await ctx.redis.ping()
+        checks["redis"] = "ok"
+        groups = await ctx.redis.xinfo_groups(ctx.keys.notices)
+        names = {(g.get("name") or b"").decode() if isinstance(g.get("name"), bytes)
+                 else g.get("name") for g in groups}
+        checks["group:center"] = "ok" if CENTER_GROUP in names else "missing"
+    except ResponseError as e:
+        checks.setdefault("redis", "ok")
+        checks["group:center"] = f"missing ({e})"
+    except RETRYABLE as e:
+        checks["redis"] = f"unreachable ({e})"
+    hub = ctx.parts.get("topics")
+    checks["topic-hub"] = "ok" if hub is not None and hub.ready.is_set() else "starting"
+    ok = all(v == "ok" for v in checks.values())
+    return json_response(Health("ok" if ok else "unavailable", checks), 200 if ok else 503)
+
+
+@router.route("GET", "/metrics", summary="Prometheus metrics", auth="none")
+async def metrics(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)

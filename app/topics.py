@@ -1,0 +1,92 @@
+"""Topic routes: publish over HTTP, read the snapshot, follow the live stream (SSE)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from streams.errors import BadRequest
+from streams.hub import TopicHub
+from streams.ids import is_stream_id, parse_stream_id
+from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
+from streams.schemas import EventIn, Published, Snapshot, TopicEvent
+from streams.topics import check_topic, publish, read_snapshot
+
+from .context import Ctx
+from .http import Principal, Router, check_topic_read, json_response, read_body
+from .sse import frame, item_frame, last_event_id, sse_response
+
+router = Router("topics")
+
+
+def hub_of(ctx: Ctx) -> TopicHub:
+    return ctx.parts["topics"]
+
+
+@router.route("POST", "/api/v1/topics/{topic}/events", summary="Publish an entity event",
+              auth="service", body=EventIn, response=Published, status=201)
+async def publish_event(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    topic = check_topic(request.path_params["topic"])
+    body = await read_body(request, EventIn, ctx)
+    event = TopicEvent(op=body.op, id=body.id, data=body.data, src=body.src)
+    sid = await publish(ctx.redis, ctx.keys, topic, event, maxlen=ctx.settings.topic_maxlen,
+                        via="http")
+    return json_response(Published(sid), 201)
+
+
+@router.route("GET", "/api/v1/topics/{topic}", summary="Current state of every entity",
+              auth="any", response=Snapshot)
+async def snapshot(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    topic = check_topic(request.path_params["topic"])
+    check_topic_read(ctx, principal, topic)
+    await hub_of(ctx).catch_up(topic)
+    return json_response(await read_snapshot(ctx.redis, ctx.keys, topic))
+
+
+@router.route("GET", "/api/v1/topics/{topic}/stream", summary="Live entity events (SSE)",
+              auth="any", stream=True,
+              query={"last_event_id": "resume after this stream id (or Last-Event-ID header)",
+                     "token": "user token (EventSource cannot send headers)"})
+async def stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    topic = check_topic(request.path_params["topic"])
+    check_topic_read(ctx, principal, topic)
+    after = last_event_id(request)
+    if after is not None and not is_stream_id(after):
+        raise BadRequest("Last-Event-ID must be a stream id such as 1700000000000-0",
+                         field="Last-Event-ID")
+    return sse_response(ctx, _topic_frames(hub_of(ctx), topic, after))
+
+
+async def _topic_frames(hub: TopicHub, topic: str, after: str | None) -> AsyncIterator[bytes]:
+    sub = await hub.subscribe(topic)  # first: nothing published from now on is missed
+    SSE_CLIENTS.labels("topic").inc()
+    delivered = EVENTS_DELIVERED.labels("topic")
+    try:
+        if after is None:
+            after = await hub.tip(topic)
+        else:
+            for _ in range(10_000):  # pages of 1,000: a backlog of at most 10M events
+                items, gap = await hub.backlog(topic, after)
+                if gap:
+                    yield frame(b'{"reason":"trimmed"}', event="reset")
+                for item in items:
+                    yield item_frame(item, "entity")
+                if not items:
+                    break
+                after = items[-1].sid
+                delivered.inc(len(items))
+        last = parse_stream_id(after)
+        while True:
+            item = await sub.queue.get()
+            if item is None:  # fell behind or the server stops: the client resumes
+                return
+            if item.key <= last:
+                continue
+            last = item.key
+            delivered.inc()
+            yield item_frame(item, "entity")
+    finally:
+        hub.unsubscribe(sub)
+        SSE_CLIENTS.labels("topic").dec()

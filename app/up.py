@@ -1,0 +1,127 @@
+"""`vestnik up`: every part in one process, with a private Redis when none is configured.
+
+The private `redis-server` keeps its data (AOF) under `<data_dir>/redis`, listens
+on a free loopback port and is stopped when we exit; it also gets SIGTERM from
+the kernel if we die (PR_SET_PDEATHSIG), so no server is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import sys
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+import uvicorn
+
+from streams.config import Settings
+from streams.redis_server import RedisServer
+
+from .api import create_app
+
+log = logging.getLogger("vestnik.up")
+
+# extra parts run beside the api: async functions of the settings that run until cancelled
+Part = Callable[[Settings], Awaitable[None]]
+
+
+def _persisted(path: Path, make: Callable[[], str]) -> str:
+    if path.exists():
+        return path.read_text().strip()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.write_text(value + "\n")
+    path.chmod(0o600)
+    return value
+
+
+def with_generated_secrets(settings: Settings) -> Settings:
+    """Fill in a secret and a service token (kept in data_dir so they survive restarts)."""
+    data = Path(settings.data_dir)
+    changes: dict[str, object] = {}
+    if not settings.secret:
+        changes["secret"] = _persisted(data / "secret", lambda: secrets.token_urlsafe(32))
+    if not settings.service_tokens:
+        changes["service_tokens"] = [
+            _persisted(data / "service_token", lambda: "svc_" + secrets.token_urlsafe(24))
+        ]
+    return msgspec.structs.replace(settings, **changes) if changes else settings
+
+
+def parts_for(settings: Settings, demo: bool) -> list[Part]:
+    parts: list[Part] = []
+    if settings.keyspace_patterns:
+        parts.append(run_bridge)
+    return parts
+
+
+async def run_bridge(settings: Settings) -> None:
+    from streams.bridge import Bridge
+    from streams.keys import Keys
+    from streams.redis import connect
+
+    assert settings.redis_url
+    redis = connect(settings.redis_url, name="vestnik-bridge")
+    try:
+        await Bridge(settings.redis_url, redis, Keys(settings.prefix),
+                     settings.keyspace_patterns, maxlen=settings.topic_maxlen).run()
+    finally:
+        await redis.aclose()
+
+
+async def serve_all(settings: Settings, parts: list[Part]) -> None:
+    config = uvicorn.Config(
+        create_app(settings), host=settings.host, port=settings.port, loop="none",
+        http="httptools", log_level=settings.log_level, timeout_graceful_shutdown=3,
+        access_log=False, lifespan="on",
+    )
+    server = uvicorn.Server(config)
+    tasks = [asyncio.create_task(part(settings), name=part.__name__) for part in parts]
+    try:
+        await server.serve()
+    finally:
+        for t in tasks:
+            t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for t, r in zip(tasks, results, strict=True):
+            if isinstance(r, Exception):
+                log.error("part %s failed: %r", t.get_name(), r)
+
+
+def banner(settings: Settings, private: RedisServer | None) -> str:
+    from .cli import issue_token
+
+    base = f"http://{settings.host}:{settings.port}"
+    lines = [
+        "Vestnik is up",
+        f"  api        {base}/api/v1  (OpenAPI: {base}/openapi.json)",
+        f"  redis      {settings.redis_url}" + ("  (private, data in "
+                                                  f"{private.data_dir})" if private else ""),
+        f"  service    token: {settings.service_tokens[0]}",
+        f"  user 1     token: {issue_token(settings, '1', 7 * 86400)}",
+        f"  secret     VESTNIK_SECRET={settings.secret}",
+    ]
+    return "\n".join(lines)
+
+
+def run_up(settings: Settings, *, demo: bool = False) -> int:
+    settings = with_generated_secrets(settings)
+    private: RedisServer | None = None
+    if not settings.redis_url:
+        private = RedisServer(Path(settings.data_dir) / "redis").start()
+        settings = msgspec.structs.replace(settings, redis_url=private.url)
+    try:
+        print(banner(settings, private), file=sys.stderr, flush=True)
+        try:
+            import uvloop
+
+            uvloop.run(serve_all(settings, parts_for(settings, demo)))
+        except ImportError:
+            asyncio.run(serve_all(settings, parts_for(settings, demo)))
+    finally:
+        if private is not None:
+            private.stop()
+    return 0

@@ -1,0 +1,35 @@
+#!/bin/sh
+# Install what Vestnik needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
+# redis-server (and jq, Chromium for the browser tests) via apt-get when missing, then a
+# virtualenv in .venv with Vestnik and its dependencies. Safe to run again: it only adds
+# what is missing.
+set -eu
+cd "$(dirname "$0")/.."
+
+want=""
+command -v redis-server >/dev/null 2>&1 || want="$want redis-server"
+if [ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ]; then
+    command -v jq >/dev/null 2>&1 || want="$want jq"
+    command -v node >/dev/null 2>&1 || want="$want nodejs"
+    command -v chromium >/dev/null 2>&1 || want="$want chromium"
+fi
+if [ -n "$want" ]; then
+    SUDO=""
+    [ "$(id -u)" = 0 ] || SUDO="sudo"
+    echo "bootstrap: installing$want" >&2
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends $want >/dev/null
+fi
+
+PY="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+    "$PY" -m venv .venv
+fi
+stamp=.venv/.installed
+extras="."
+[ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ] && extras=".[test]"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
+    .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
+    .venv/bin/python -m pip install -q -e "$extras"
+    echo "$extras" > "$stamp"
+fi

@@ -1,0 +1,155 @@
+"""Vestnik configuration: one typed Struct, from `VESTNIK_*` variables and an optional TOML file.
+
+The environment wins over the file. Every value is validated when the process
+starts, so a typo fails with the key's name instead of surfacing hours later.
+`load()` takes the environment as a mapping: tests pass a dict, nothing patches
+`os.environ`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any
+
+import msgspec
+
+ENV_PREFIX = "VESTNIK_"
+
+NonNegative = Annotated[float, msgspec.Meta(ge=0)]
+Port = Annotated[int, msgspec.Meta(ge=0, le=65535)]
+Positive = Annotated[int, msgspec.Meta(ge=1)]
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or wrong; the message names the key."""
+
+
+class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    """Every knob of every Vestnik process. Field `x` is env `VESTNIK_X` and TOML key `x`."""
+
+    redis_url: str | None = None
+    prefix: str = "vn:"
+    secret: str | None = None
+    service_tokens: list[str] = []
+    jwt_audience: str | None = None
+    host: str = "127.0.0.1"
+    port: Port = 8080
+    data_dir: str = ".vestnik"
+    # notifier
+    topic_maxlen: Positive = 100_000
+    keyspace_patterns: dict[str, str] = {}
+    hydrate: dict[str, str] = {}
+    hydrate_hosts: list[str] = msgspec.field(default_factory=lambda: ["127.0.0.1", "localhost"])
+    topic_acl: dict[str, list[str]] = {}
+    sse_ping: Annotated[float, msgspec.Meta(gt=0)] = 15.0
+    cors_origins: list[str] = []
+    max_body: Positive = 1_048_576
+    # notice center
+    forward_after: NonNegative = 300.0
+    center_batch: Positive = 500
+    claim_idle_ms: Positive = 30_000
+    dedup_window: NonNegative = 3600.0
+    feed_max: Positive = 1000
+    dead_maxlen: Positive = 100_000
+    # message sender
+    smtp_url: str | None = None
+    smtp_from: str | None = None
+    telegram_api: str = "https://api.telegram.org"
+    telegram_token: str | None = None
+    slack_api: str = "https://slack.com/api"
+    slack_token: str | None = None
+    slack_webhook_url: str | None = None
+    webhook_secret: str | None = None
+    send_attempts: Positive = 5
+    send_backoff: NonNegative = 1.0
+    log_level: str = "info"
+
+    def __post_init__(self) -> None:
+        if not self.prefix:
+            raise ValueError("prefix must not be empty")
+        if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
+            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.smtp_url is not None and not re.match(r"^smtps?://", self.smtp_url):
+            raise ValueError("smtp_url must start with smtp:// or smtps://")
+
+
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+
+
+def env_name(key: str) -> str:
+    return ENV_PREFIX + key.upper()
+
+
+def _split_pairs(key: str, raw: str) -> dict[str, str]:
+    """`a=b,c=d` → {'a': 'b', 'c': 'd'} (the env form of a TOML table)."""
+    out: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in raw.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ConfigError(f"{env_name(key)}: expected name=value pairs, got {part!r}")
+        out[name.strip()] = value.strip()
+    return out
+
+
+def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
+    """Env values are strings; lists are comma-separated and tables are `k=v` pairs."""
+    out: dict[str, Any] = {}
+    for key, field in _FIELDS.items():
+        raw = env.get(env_name(key))
+        if raw is None:
+            continue
+        default = field.default
+        if default is msgspec.NODEFAULT and field.default_factory is not msgspec.NODEFAULT:
+            default = field.default_factory()
+        if isinstance(default, list):
+            out[key] = [p.strip() for p in raw.split(",") if p.strip()]
+        elif key == "topic_acl":
+            pairs = _split_pairs(key, raw)
+            out[key] = {t: [r for r in v.split("|") if r] for t, v in pairs.items()}
+        elif isinstance(default, dict):
+            out[key] = _split_pairs(key, raw)
+        else:
+            out[key] = raw
+    return out
+
+
+def _key_of(err: msgspec.ValidationError) -> str:
+    m = re.search(r"at `\$\.([A-Za-z_]+)", str(err))
+    return m.group(1) if m else ""
+
+
+def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Settings:
+    """Build Settings from the TOML file at `path` (if any) overlaid with `env`.
+
+    Raises ConfigError naming the env variable or TOML key and the reason.
+    """
+    env = os.environ if env is None else env
+    path = path or env.get(ENV_PREFIX + "CONFIG")
+    merged: dict[str, Any] = {}
+    source = "environment"
+    if path:
+        try:
+            merged.update(tomllib.loads(Path(path).read_text()))
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path}: not found") from None
+        except tomllib.TOMLDecodeError as e:
+            raise ConfigError(f"config file {path}: {e}") from None
+        source = f"{path} or environment"
+    env_values = _from_env(env)
+    merged.update(env_values)
+    try:
+        # strict=False: env values are strings ("8080", "true") and must coerce
+        return msgspec.convert(merged, Settings, strict=False)
+    except msgspec.ValidationError as e:
+        key = _key_of(e)
+        where = env_name(key) if key in env_values else (f"{key} ({source})" if key else source)
+        reason = str(e).split(" - at ")[0]
+        if "Object contains unknown field" in reason:
+            raise ConfigError(f"{source}: {reason}") from None
+        raise ConfigError(f"{where}: {reason}") from None
+    except ValueError as e:  # from __post_init__
+        raise ConfigError(f"{source}: {e}") from None

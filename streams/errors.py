@@ -1,0 +1,85 @@
+"""The error catalogue: one class per kind, each with a stable code and HTTP status.
+
+Code that catches errors sorts them into three kinds: bad input (`VestnikError`
+subclasses with status 4xx: reject, dead-letter, name the field), retryable
+(`Unavailable`: back off, keep pending) and bugs (anything else: let it surface).
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+
+class VestnikError(Exception):
+    code = "error"
+    status = 500
+
+    def __init__(self, detail: str, *, field: str | None = None) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.field = field
+
+
+class BadInput(VestnikError):
+    """The input cannot be accepted as it is; `field` is its JSON path (`$.title`)."""
+
+    code = "invalid"
+    status = 422
+
+
+class BadRequest(VestnikError):
+    code = "bad_request"
+    status = 400
+
+
+class Unauthorized(VestnikError):
+    code = "unauthorized"
+    status = 401
+
+
+class Forbidden(VestnikError):
+    code = "forbidden"
+    status = 403
+
+
+class NotFound(VestnikError):
+    code = "not_found"
+    status = 404
+
+
+class Conflict(VestnikError):
+    code = "conflict"
+    status = 409
+
+
+class PreconditionFailed(VestnikError):
+    code = "precondition_failed"
+    status = 412
+
+
+class TooLarge(VestnikError):
+    code = "too_large"
+    status = 413
+
+
+class Unavailable(VestnikError):
+    """Redis or another dependency is unavailable; the caller may retry later."""
+
+    code = "unavailable"
+    status = 503
+
+
+_PATH = re.compile(r" - at `(\$[^`]*)`$")
+
+
+def from_validation(err: msgspec.ValidationError | msgspec.DecodeError) -> BadInput:
+    """Turn msgspec's message ('Expected `str`, got `int` - at `$.title`') into BadInput."""
+    text = str(err)
+    m = _PATH.search(text)
+    field = m.group(1) if m else "$"
+    detail = _PATH.sub("", text)
+    if isinstance(err, msgspec.DecodeError) and not m:
+        detail = f"body is not valid JSON: {text}"
+    return BadInput(f"{detail} (at {field})" if field != "$" else detail, field=field)

@@ -1,0 +1,287 @@
+"""The topic hub: ONE Redis reader per process tails every topic stream, keeps the state
+snapshots, and fans each event out to every local subscriber.
+
+Each event is decoded, hydrated and encoded once, whatever the number of
+subscribers. A subscriber registers first, then reads its backlog with XRANGE,
+and drops any live item at or before the last id it sent: no gap, no duplicate.
+A subscriber that falls `queue_size` items behind is cut off (it gets `None`)
+instead of slowing the others; it resumes with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+
+from redis.asyncio import Redis
+from redis.exceptions import ResponseError
+
+from .errors import BadInput
+from .hydrate import Hydrator
+from .ids import parse_stream_id
+from .keys import Keys
+from .metrics import EVENTS_APPLIED, EVENTS_BAD, READER_RECONNECTS, SSE_DROPPED
+from .redis import RETRYABLE, Backoff, reader
+from .schemas import EntityEvent, TopicEvent, decode_topic_entry, json_encode
+from .topics import TOPIC_RE, StateWriter
+
+log = logging.getLogger("vestnik.hub")
+
+StreamKey = tuple[int, int]
+
+
+class Item:
+    """One event ready to send: its stream id (as text and as a sortable key) and JSON."""
+
+    __slots__ = ("frame", "key", "payload", "sid")
+
+    def __init__(self, sid: str, payload: bytes) -> None:
+        self.sid = sid
+        self.key: StreamKey = parse_stream_id(sid)
+        self.payload = payload
+        self.frame: bytes | None = None  # filled once by the first writer that formats it
+
+
+class Subscription:
+    __slots__ = ("queue", "topic")
+
+    def __init__(self, topic: str, queue_size: int) -> None:
+        self.topic = topic
+        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(queue_size)
+
+    def offer(self, item: Item) -> bool:
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def close(self) -> None:
+        """Wake the reader with the end marker, discarding what it has not read."""
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class TopicHub:
+    def __init__(
+        self,
+        url: str,
+        redis: Redis,
+        keys: Keys,
+        hydrator: Hydrator,
+        *,
+        batch: int = 1000,
+        block_ms: int = 1000,
+        discover_every: float = 2.0,
+        queue_size: int = 10_000,
+        materialize: bool = True,
+    ) -> None:
+        self.url = url
+        self.redis = redis
+        self.keys = keys
+        self.hydrator = hydrator
+        self.state = StateWriter(redis, keys)
+        self.batch = batch
+        self.block_ms = block_ms
+        self.discover_every = discover_every
+        self.queue_size = queue_size
+        self.materialize = materialize
+        self.positions: dict[str, str] = {}
+        self.subscribers: dict[str, set[Subscription]] = {}
+        self._reader: Redis | None = None
+        self._reader_id: int | None = None
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._last_discovery = -1e9
+        self.ready = asyncio.Event()
+
+    # lifecycle ---------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="topic-hub")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for subs in self.subscribers.values():
+            for sub in subs:
+                sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        if self._reader is not None:
+            await self._reader.aclose()
+
+    # subscribers -------------------------------------------------------------------
+    async def subscribe(self, topic: str) -> Subscription:
+        sub = Subscription(topic, self.queue_size)
+        self.subscribers.setdefault(topic, set()).add(sub)
+        if topic not in self.positions:
+            await self._follow([topic])
+            await self._interrupt()
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        subs = self.subscribers.get(sub.topic)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.subscribers[sub.topic]
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(s) for s in self.subscribers.values())
+
+    async def tip(self, topic: str) -> str:
+        """Id of the newest entry of the topic stream ('0-0' when empty)."""
+        last = await self.redis.xrevrange(self.keys.topic(topic), count=1)
+        return last[0][0].decode() if last else "0-0"
+
+    async def backlog(self, topic: str, after: str, limit: int = 1000) -> tuple[list[Item], bool]:
+        """Entries strictly after `after` (at most `limit`), and whether trimming removed any
+        entry after `after` (a gap the client must fill from the snapshot)."""
+        key = self.keys.topic(topic)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.xrange(key, min=f"({after}", count=limit)
+            pipe.xinfo_stream(key)
+            entries, info = await pipe.execute(raise_on_error=False)
+        if isinstance(entries, Exception):
+            raise entries
+        gap = False
+        if isinstance(info, dict):
+            deleted = info.get("max-deleted-entry-id") or info.get(b"max-deleted-entry-id")
+            if isinstance(deleted, bytes):
+                deleted = deleted.decode()
+            gap = bool(deleted) and parse_stream_id(deleted) > parse_stream_id(after)
+        return self._items(topic, await self._decode(topic, entries)), gap
+
+    # reader loop -------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = Backoff()
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                if self._reader is None:
+                    self._reader = reader(self.url, name="vestnik-topic-hub")
+                    self._reader_id = int(await self._reader.client_id())
+                if loop.time() - self._last_discovery >= self.discover_every:
+                    await self._discover()
+                    self._last_discovery = loop.time()
+                    self.ready.set()
+                if not self.positions:
+                    self._wake.clear()
+                    try:
+                        await asyncio.wait_for(self._wake.wait(), self.discover_every)
+                    except TimeoutError:
+                        pass
+                    continue
+                streams = {self.keys.topic(t): p for t, p in self.positions.items()}
+                resp = await self._reader.xread(streams, count=self.batch, block=self.block_ms)
+                for key, entries in resp or ():
+                    await self._handle(self.keys.topic_of(key.decode()), entries)
+                backoff.reset()
+            except RETRYABLE as e:
+                READER_RECONNECTS.labels("topics").inc()
+                log.warning("topic reader lost Redis (%s); reconnecting", e)
+                await self._drop_reader()
+                await backoff.wait()
+            except ResponseError as e:
+                if "UNBLOCKED" in str(e):
+                    continue
+                raise
+
+    async def _drop_reader(self) -> None:
+        if self._reader is not None:
+            try:
+                await self._reader.aclose()
+            except RETRYABLE:
+                pass
+        self._reader, self._reader_id = None, None
+
+    async def _interrupt(self) -> None:
+        """Wake a blocked XREAD so it picks up a newly followed topic at once."""
+        self._wake.set()
+        if self._reader_id is not None:
+            try:
+                await self.redis.client_unblock(self._reader_id)
+            except RETRYABLE:
+                pass
+
+    async def _discover(self) -> None:
+        found: list[str] = []
+        async for key in self.redis.scan_iter(match=self.keys.topic_glob, count=1000,
+                                              _type="stream"):
+            topic = self.keys.topic_of(key.decode())
+            if topic not in self.positions and TOPIC_RE.match(topic):
+                found.append(topic)
+        if found:
+            await self._follow(found)
+
+    async def _follow(self, topics: Iterable[str]) -> None:
+        """Start tailing topics from their materialized position (or the beginning)."""
+        topics = [t for t in topics if t not in self.positions]
+        if not topics:
+            return
+        positions = await self.redis.mget([self.keys.state_pos(t) for t in topics])
+        for topic, pos in zip(topics, positions, strict=True):
+            self.positions.setdefault(topic, pos.decode() if pos else "0-0")
+
+    async def _decode(self, topic: str, entries: list) -> list[tuple[str, TopicEvent]]:
+        """Decode stream entries (bad ones are counted and skipped) and hydrate thin ones."""
+        decoded: list[tuple[str, TopicEvent]] = []
+        for raw_sid, fields in entries:
+            sid = raw_sid.decode()
+            try:
+                decoded.append((sid, decode_topic_entry(fields)))
+            except BadInput as e:
+                EVENTS_BAD.labels(topic).inc()
+                log.warning("topic %s entry %s skipped: %s", topic, sid, e.detail)
+        if any(self.hydrator.needs(topic, ev) for _, ev in decoded):
+            hydrated = await asyncio.gather(
+                *(self.hydrator.hydrate(topic, sid, ev) for sid, ev in decoded)
+            )
+            decoded = [(sid, ev) for (sid, _), ev in zip(decoded, hydrated, strict=True)]
+        return decoded
+
+    @staticmethod
+    def _items(topic: str, decoded: list[tuple[str, TopicEvent]]) -> list[Item]:
+        return [
+            Item(sid, json_encode(EntityEvent(topic=topic, sid=sid, op=ev.op, id=ev.id,
+                                              data=ev.data, ts=ev.ts, src=ev.src)))
+            for sid, ev in decoded
+        ]
+
+    async def _handle(self, topic: str, entries: list) -> None:
+        decoded = await self._decode(topic, entries)
+        if self.materialize and decoded:
+            applied = await self.state.apply(topic, decoded)
+            if applied:
+                EVENTS_APPLIED.labels(topic).inc(applied)
+        subs = self.subscribers.get(topic)
+        if subs:
+            items = self._items(topic, decoded)
+            for sub in list(subs):  # copy: a slow subscriber never blocks the others
+                for item in items:
+                    if not sub.offer(item):
+                        SSE_DROPPED.labels("topic").inc()
+                        sub.close()
+                        subs.discard(sub)
+                        break
+        self.positions[topic] = entries[-1][0].decode()
+
+    async def catch_up(self, topic: str) -> None:
+        """Apply whatever the topic stream holds beyond the state position (for snapshots)."""
+        pos = await self.redis.get(self.keys.state_pos(topic))
+        after = pos.decode() if pos else "0-0"
+        for _ in range(1000):  # bounded: 1,000 pages of `batch`
+            entries = await self.redis.xrange(self.keys.topic(topic), min=f"({after}",
+                                              count=self.batch)
+            if not entries:
+                return
+            await self.state.apply(topic, await self._decode(topic, entries))
+            after = entries[-1][0].decode()

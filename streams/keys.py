@@ -1,0 +1,112 @@
+"""Every Redis key name Vestnik reads or writes. Products use these directly: a public API.
+
+Keys of one user share the hash tag `{u:<uid>}` so the per-user multi-key
+writes of the notice center stay in one Redis Cluster slot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+KEYS_VERSION = 1
+
+CENTER_GROUP = "center"
+SETTINGS_TOPIC = "settings"
+USER_TOPIC = "user"
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "vn:"
+
+    # notifier ---------------------------------------------------------------
+    def topic(self, topic: str) -> str:
+        """Stream of entity events of `topic` (fields op, id, data, ts, src)."""
+        return f"{self.prefix}topic:{topic}"
+
+    @property
+    def topic_glob(self) -> str:
+        return f"{self.prefix}topic:*"
+
+    def topic_of(self, key: str) -> str:
+        return key[len(self.prefix) + len("topic:"):]
+
+    def state(self, topic: str) -> str:
+        """Hash `entity id → entity JSON`: the current snapshot of `topic`."""
+        return f"{self.prefix}state:{topic}"
+
+    def state_pos(self, topic: str) -> str:
+        """String: id of the last topic stream entry applied to `state(topic)`."""
+        return f"{self.prefix}state:{topic}:pos"
+
+    # alert settings ---------------------------------------------------------
+    @property
+    def settings(self) -> str:
+        """Hash `setting id → setting JSON`."""
+        return f"{self.prefix}settings"
+
+    @property
+    def settings_ids(self) -> str:
+        """Sorted set (all scores 0) of setting ids, for lexicographic paging."""
+        return f"{self.prefix}settings:ids"
+
+    def settings_by_name(self, name: str) -> str:
+        """Sorted set (all scores 0) of ids of the settings named `name`."""
+        return f"{self.prefix}settings:name:{name}"
+
+    # notice center ----------------------------------------------------------
+    @property
+    def notices(self) -> str:
+        """Ingest stream, consumer group `center`."""
+        return f"{self.prefix}notices"
+
+    @property
+    def notices_dead(self) -> str:
+        """Dead letters: entries that failed validation, with reason, raw fields and time."""
+        return f"{self.prefix}notices:dead"
+
+    def notice(self, nid: str) -> str:
+        """String: the stored notice JSON, shared by all its recipients."""
+        return f"{self.prefix}notice:{nid}"
+
+    def deliveries(self, nid: str) -> str:
+        """List: JSON record of every forward attempt of notice `nid`."""
+        return f"{self.prefix}notice:{nid}:deliveries"
+
+    def dedup(self, dedup_key: str) -> str:
+        """String: id of the first notice with this dedup key, expires after the window."""
+        return f"{self.prefix}dedup:{dedup_key}"
+
+    def idempotency(self, key: str) -> str:
+        """String: notice id answered for an HTTP Idempotency-Key."""
+        return f"{self.prefix}idem:{key}"
+
+    def feed(self, uid: str) -> str:
+        """Sorted set `notice id → per-user seq`: the user's history, newest = highest."""
+        return f"{self.prefix}{{u:{uid}}}:feed"
+
+    def unread(self, uid: str) -> str:
+        """Sorted set of unread notice ids (same scores as feed); ZCARD is the unread count."""
+        return f"{self.prefix}{{u:{uid}}}:unread"
+
+    def archived(self, uid: str) -> str:
+        """Set of archived notice ids."""
+        return f"{self.prefix}{{u:{uid}}}:archived"
+
+    def user_seq(self, uid: str) -> str:
+        """Counter: the user's last feed seq (the SSE event id of /me/stream)."""
+        return f"{self.prefix}{{u:{uid}}}:seq"
+
+    def live(self, uid: str) -> str:
+        """Pub/sub channel of one user's live events (new notice, read, count)."""
+        return f"{self.prefix}{{u:{uid}}}:live"
+
+    @property
+    def sent(self) -> str:
+        """Prefix of idempotency markers for external sends (notice, user, channel)."""
+        return f"{self.prefix}sent:"
+
+    # forwarding (arq) -------------------------------------------------------
+    @property
+    def arq_queue(self) -> str:
+        return f"{self.prefix}arq:queue"

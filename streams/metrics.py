@@ -1,0 +1,36 @@
+"""Prometheus metrics of every Vestnik part (one registry per process, the default one)."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+EVENTS_PUBLISHED = Counter(
+    "vestnik_events_published_total", "Topic events published through Vestnik", ["topic", "via"]
+)
+EVENTS_APPLIED = Counter(
+    "vestnik_events_applied_total", "Topic events applied to state snapshots", ["topic"]
+)
+EVENTS_DELIVERED = Counter(
+    "vestnik_events_delivered_total", "Events written to SSE clients", ["stream"]
+)
+EVENTS_BAD = Counter(
+    "vestnik_events_bad_total", "Topic stream entries that failed to decode", ["topic"]
+)
+SSE_CLIENTS = Gauge("vestnik_sse_clients", "Connected SSE clients", ["stream"])
+SSE_DROPPED = Counter(
+    "vestnik_sse_slow_dropped_total", "SSE clients disconnected because they fell behind",
+    ["stream"],
+)
+HYDRATIONS = Counter(
+    "vestnik_hydrations_total", "Thin events hydrated from their source", ["topic", "result"]
+)
+BRIDGE_EVENTS = Counter(
+    "vestnik_bridge_events_total", "Keyspace notifications turned into topic events", ["topic"]
+)
+READER_RECONNECTS = Counter(
+    "vestnik_reader_reconnects_total", "Reconnects of a process's Redis reader", ["reader"]
+)
+HTTP_LATENCY = Histogram(
+    "vestnik_http_request_seconds", "HTTP request duration", ["route"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)

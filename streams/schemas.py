@@ -1,0 +1,301 @@
+"""Wire types: what travels through Redis streams, HTTP bodies and SSE events.
+
+Decode once at the edge into these Structs; inside, nothing passes raw dicts.
+Stream entries are flat string fields (so `redis-cli XADD` works), decoded with
+`msgspec.convert(strict=False)` after the JSON-valued fields are parsed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, TypeVar
+
+import msgspec
+
+from .errors import BadInput, from_validation
+from .ids import now_ms
+
+T = TypeVar("T")
+
+Op = Literal["create", "update", "delete"]
+Severity = Literal["info", "warning", "critical"]
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
+EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+Title = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
+Body = Annotated[str, msgspec.Meta(max_length=65536)]
+
+json_encode = msgspec.json.Encoder().encode
+_json_decode_any = msgspec.json.Decoder().decode
+
+
+class Strict(msgspec.Struct, forbid_unknown_fields=True, omit_defaults=True, kw_only=True):
+    """Base of everything a client sends: an unknown field is an error naming it."""
+
+
+# --------------------------------------------------------------------------- topics
+
+
+class TopicEvent(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """One entry of `vn:topic:<t>`. `data` is the whole entity; absent on delete or thin events."""
+
+    op: Op
+    id: EntityId
+    data: dict[str, Any] | None = None
+    ts: int = 0
+    src: str = ""
+
+
+class EventIn(Strict):
+    """Body of `POST /api/v1/topics/{topic}/events`."""
+
+    op: Op
+    id: EntityId
+    data: dict[str, Any] | None = None
+    src: str = "http"
+
+
+class EntityEvent(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """What a topic SSE subscriber receives: the event with its stream id and topic."""
+
+    topic: str
+    sid: str
+    op: Op
+    id: str
+    data: dict[str, Any] | None = None
+    ts: int = 0
+    src: str = ""
+
+
+class Snapshot(msgspec.Struct, kw_only=True):
+    """`GET /api/v1/topics/{topic}`: every current entity and the stream id it reflects."""
+
+    topic: str
+    last_id: str
+    items: dict[str, dict[str, Any]]
+
+
+class Published(msgspec.Struct):
+    sid: str
+
+
+def _field_text(fields: dict[bytes, bytes], name: str) -> str | None:
+    raw = fields.get(name.encode())
+    if raw is None:
+        return None
+    try:
+        return raw.decode()
+    except UnicodeDecodeError:
+        raise BadInput(f"field `{name}` is not UTF-8", field=f"$.{name}") from None
+
+
+def _json_field(fields: dict[bytes, bytes], name: str) -> Any:
+    raw = fields.get(name.encode())
+    if raw is None or raw == b"":
+        return None
+    try:
+        return _json_decode_any(raw)
+    except msgspec.DecodeError as e:
+        raise BadInput(f"field `{name}` is not valid JSON: {e}", field=f"$.{name}") from None
+
+
+def decode_topic_entry(fields: dict[bytes, bytes]) -> TopicEvent:
+    """Decode a flat topic stream entry; raises BadInput naming the field."""
+    obj: dict[str, Any] = {}
+    for name in ("op", "id", "src"):
+        value = _field_text(fields, name)
+        if value is not None:
+            obj[name] = value
+    ts = _field_text(fields, "ts")
+    if ts is not None:
+        obj["ts"] = ts
+    data = _json_field(fields, "data")
+    if data is not None:
+        obj["data"] = data
+    return convert(obj, TopicEvent)
+
+
+def topic_fields(ev: TopicEvent) -> dict[str, str | bytes]:
+    """Flat fields for XADD of a topic event (the inverse of decode_topic_entry)."""
+    out: dict[str, str | bytes] = {"op": ev.op, "id": ev.id, "ts": str(ev.ts or now_ms())}
+    if ev.data is not None:
+        out["data"] = json_encode(ev.data)
+    if ev.src:
+        out["src"] = ev.src
+    return out
+
+
+# ------------------------------------------------------------------------ settings
+
+
+class AlertSetting(msgspec.Struct, kw_only=True):
+    """An alert setting as stored and returned. `version` backs the ETag."""
+
+    id: str
+    name: str
+    metric: dict[str, Any] = {}
+    channel: dict[str, Any] = {}
+    enabled: bool = True
+    version: int = 1
+    created_at: int = 0
+    updated_at: int = 0
+
+
+AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")]
+
+
+class SettingIn(Strict):
+    """Body of POST and PUT /settings."""
+
+    name: AlertName
+    metric: dict[str, Any] = {}
+    channel: dict[str, Any] = {}
+    enabled: bool = True
+
+
+class SettingPatch(Strict):
+    """Body of PATCH /settings/{id}: only the fields given change."""
+
+    name: AlertName | None = None
+    metric: dict[str, Any] | None = None
+    channel: dict[str, Any] | None = None
+    enabled: bool | None = None
+
+
+class SettingList(msgspec.Struct):
+    items: list[AlertSetting]
+    next: str | None = None
+
+
+class ChannelTarget(msgspec.Struct, kw_only=True):
+    """One entry of a setting's `channel` map (e.g. `"email": {"users": ["1"]}`)."""
+
+    users: list[str] = []
+    chat_ids: list[int | str] = []
+    url: str | None = None
+    forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
+
+
+def validate_channel(channel: dict[str, Any]) -> dict[str, ChannelTarget]:
+    """Check a setting's `channel` map; raises BadInput with the path `$.channel.<name>...`."""
+    out: dict[str, ChannelTarget] = {}
+    for name, value in channel.items():
+        if name == "forward_after":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                raise BadInput(
+                    "forward_after must be a number of seconds >= 0",
+                    field="$.channel.forward_after",
+                )
+            continue
+        if not isinstance(value, dict):
+            raise BadInput(
+                f"channel `{name}` must be an object such as {{\"users\": [\"1\"]}}",
+                field=f"$.channel.{name}",
+            )
+        try:
+            # ints are accepted as user ids: users: [1, 2] means ["1", "2"]
+            users = value.get("users")
+            if isinstance(users, list):
+                value = {**value, "users": [str(u) if isinstance(u, int) else u for u in users]}
+            out[name] = msgspec.convert(value, ChannelTarget)
+        except msgspec.ValidationError as e:
+            err = from_validation(e)
+            path = (err.field or "$").replace("$", f"$.channel.{name}", 1)
+            raise BadInput(f"{str(e).split(' - at ')[0]} (at {path})", field=path) from None
+    return out
+
+
+# ------------------------------------------------------------------------- notices
+
+
+class EntityRef(msgspec.Struct, forbid_unknown_fields=True):
+    topic: str
+    id: str
+
+
+class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
+    """A notice as stored once and shared by its recipients' feeds."""
+
+    id: str
+    alert: str
+    title: Title
+    severity: Severity = "info"
+    body: Body = ""
+    link: str | None = None
+    setting_id: str | None = None
+    entity: EntityRef | None = None
+    metric: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    recipients: list[str] = []
+    channels: dict[str, Any] = {}
+    dedup_key: str | None = None
+    forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    created_at: int = 0
+    repeat: int = 0
+    last_seen: int = 0
+
+
+class NoticeIn(Strict):
+    """Body of `POST /api/v1/notices` (and `vestnik send`): id and created_at are optional."""
+
+    alert: NonEmpty
+    title: Title
+    severity: Severity = "info"
+    body: Body = ""
+    id: str | None = None
+    link: str | None = None
+    setting_id: str | None = None
+    entity: EntityRef | None = None
+    metric: dict[str, Any] = {}
+    data: dict[str, Any] = {}
+    recipients: list[str] | None = None
+    channels: dict[str, Any] = {}
+    dedup_key: str | None = None
+    forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    created_at: int | None = None
+
+
+class User(msgspec.Struct, kw_only=True):
+    """A recipient: an entity of topic `user`."""
+
+    id: str
+    name: str = ""
+    email: str | None = None
+    telegram_chat_id: int | str | None = None
+    slack_user: str | None = None
+    locale: str = "en"
+    prefs: dict[str, Any] = {}
+
+
+# -------------------------------------------------------------------------- errors
+
+
+class ErrorBody(msgspec.Struct):
+    """Every HTTP error: a stable code, a human detail and the JSON path of the bad field."""
+
+    error: str
+    detail: str
+    path: str | None = None
+
+
+# ------------------------------------------------------------------------- helpers
+
+
+def convert(obj: Any, typ: type[T]) -> T:
+    """msgspec.convert with string coercion; raises BadInput naming the field."""
+    try:
+        return msgspec.convert(obj, typ, strict=False)
+    except msgspec.ValidationError as e:
+        raise from_validation(e) from None
+
+
+_decoders: dict[type, msgspec.json.Decoder] = {}
+
+
+def decode_json(raw: bytes | str, typ: type[T]) -> T:
+    """Decode a JSON body into `typ`; raises BadInput naming the field."""
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = _decoders[typ] = msgspec.json.Decoder(typ)
+    try:
+        return dec.decode(raw)
+    except (msgspec.ValidationError, msgspec.DecodeError) as e:
+        raise from_validation(e) from None

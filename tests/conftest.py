@@ -1,0 +1,130 @@
+"""Fixtures: a real redis-server on a free port for the session, flushed before each test;
+factories that start real Vestnik processes against it."""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis
+from support import Api, Proc, vestnik_argv, wait_http
+
+from streams.config import Settings, load
+from streams.keys import Keys
+from streams.redis_server import RedisServer, free_port
+
+SECRET = "test-secret-" + secrets.token_hex(16)
+SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """One real redis-server for the whole session (never 6379, never a fixed port).
+
+    Tests that restart or kill it must leave it running (`redis_server.restart()`).
+    """
+    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """The session server, emptied and with default settings: each test starts clean."""
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    import redis as sync_redis
+
+    r = sync_redis.Redis.from_url(redis_server.url)
+    r.flushall()
+    r.config_set("notify-keyspace-events", "")
+    r.config_set("maxmemory", "0")
+    r.close()
+    return redis_server.url
+
+
+@pytest.fixture
+async def redis(redis_url: str) -> AsyncIterator[Redis]:
+    client = Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture
+def keys() -> Keys:
+    return Keys("vn:")
+
+
+def base_env(redis_url: str, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    env.update({
+        "VESTNIK_REDIS_URL": redis_url,
+        "VESTNIK_SECRET": SECRET,
+        "VESTNIK_SERVICE_TOKENS": SERVICE_TOKEN,
+        "VESTNIK_LOG_LEVEL": "info",
+        "VESTNIK_SSE_PING": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def settings(redis_url: str) -> Settings:
+    return load(base_env(redis_url))
+
+
+@pytest.fixture
+def start_api(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Api]]:
+    """Factory: start a real `vestnik api` process (env overrides as keyword args)."""
+    started: list[Api] = []
+
+    def start(**env: str) -> Api:
+        port = free_port()
+        full = base_env(redis_url, **env)
+        proc = Proc(vestnik_argv("api", "--port", str(port)), full,
+                    tmp_path / f"api-{port}.log").start()
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/readyz", proc=proc)
+        api = Api(base, proc, SERVICE_TOKEN, full)
+        started.append(api)
+        return api
+
+    yield start
+    for api in started:
+        api.proc.stop()
+
+
+@pytest.fixture
+def api(start_api: Callable[..., Api]) -> Api:
+    return start_api()
+
+
+@pytest.fixture
+def user_token(settings: Settings) -> Callable[..., str]:
+    from app.cli import issue_token
+
+    def make(user: str = "1", ttl: int = 3600, roles: list[str] | None = None) -> str:
+        return issue_token(settings, user, ttl, roles)
+
+    return make
+
+
+@pytest.fixture
+def start_proc(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Factory: start any `vestnik <args>` process with the test's env."""
+    started: list[Proc] = []
+
+    def start(*args: str, **env: str) -> Proc:
+        proc = Proc(vestnik_argv(*args), base_env(redis_url, **env),
+                    tmp_path / f"{args[0]}-{len(started)}.log").start()
+        started.append(proc)
+        return proc
+
+    yield start
+    for p in started:
+        p.stop()

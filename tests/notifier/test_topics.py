@@ -1,0 +1,97 @@
+"""Notifier: raw XADD and HTTP publishing reach SSE clients with the whole entity; the
+snapshot follows; resume with Last-Event-ID is exact."""
+
+from __future__ import annotations
+
+import subprocess
+
+import msgspec
+from support import ROOT, SSE, Api, eventually
+
+
+def readme_line(prefix: str) -> str:
+    """The README's own shell line, so the documented command is the tested one."""
+    text = (ROOT / "README.md").read_text()
+    return next(ln.strip() for ln in text.splitlines() if ln.strip().startswith(prefix))
+
+
+async def test_readme_redis_cli_line_reaches_sse_and_snapshot(api: Api, redis_url, user_token):
+    token = user_token("1")
+    sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}").connect()
+    assert sse.status == 200
+    port = redis_url.split(":")[2].split("/")[0]
+    # run the README's line verbatim through redis-cli (as a product would)
+    line = readme_line("redis-cli XADD vn:topic:vm")
+    out = subprocess.run(line.replace("redis-cli", f"redis-cli -p {port}", 1), shell=True,
+                         check=True,
+                         capture_output=True, text=True).stdout.strip()
+    ev = await sse.next()
+    assert ev.event == "entity"
+    assert ev.id == out
+    body = ev.json()
+    assert body["op"] == "update" and body["id"] == "42" and body["topic"] == "vm"
+    assert body["data"] == {"id": 42, "name": "web-1", "status": "running"}
+    await sse.close()
+    async with api.client(token) as http:
+        snap = (await http.get("/api/v1/topics/vm")).json()
+    assert snap["items"]["42"]["status"] == "running"
+    assert snap["last_id"] == out
+
+
+async def test_resume_gets_exactly_the_missed_events(api: Api, user_token):
+    token = user_token("1")
+    async with api.client() as http:
+        first = (await http.post("/api/v1/topics/vm/events",
+                                 json={"op": "create", "id": "1", "data": {"n": 0}})).json()["sid"]
+        sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}",
+                        headers={"Last-Event-ID": first}).connect()
+        sids = []
+        for i in range(1, 101):
+            r = await http.post("/api/v1/topics/vm/events",
+                                json={"op": "update", "id": "1", "data": {"n": i}})
+            assert r.status_code == 201
+            sids.append(r.json()["sid"])
+    await sse.close()
+    # disconnected at `first`: reconnect and get exactly the 100 events after it, in order
+    sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}",
+                    headers={"Last-Event-ID": first}).connect()
+    got = await sse.take(100)
+    assert [e.id for e in got] == sids
+    assert [e.json()["data"]["n"] for e in got] == list(range(1, 101))
+    assert await sse.nothing_for(0.5)
+    await sse.close()
+
+
+async def test_http_publish_validates_and_snapshot_deletes(api: Api, user_token):
+    async with api.client() as http:
+        r = await http.post("/api/v1/topics/vm/events", json={"op": "explode", "id": "1"})
+        assert r.status_code == 422
+        assert r.json()["error"] == "invalid" and r.json()["path"] == "$.op"
+        r = await http.post("/api/v1/topics/vm/events", json={"op": "create", "id": "1",
+                                                              "data": {}, "color": "red"})
+        assert r.status_code == 422 and "color" in r.json()["detail"]
+        r = await http.post("/api/v1/topics/bad topic/events", json={"op": "create", "id": "1"})
+        assert r.status_code == 422
+        await http.post("/api/v1/topics/vm/events", json={"op": "create", "id": "1",
+                                                         "data": {"a": 1}})
+        await http.post("/api/v1/topics/vm/events", json={"op": "create", "id": "2",
+                                                         "data": {"a": 2}})
+        await http.post("/api/v1/topics/vm/events", json={"op": "delete", "id": "1"})
+        snap = (await http.get("/api/v1/topics/vm")).json()
+    assert snap["items"] == {"2": {"a": 2}}
+
+
+async def test_vestnik_publish_command(api: Api, start_proc, user_token):
+    sse = await SSE(f"{api.base}/api/v1/topics/billing/stream?token={user_token('1')}").connect()
+    proc = start_proc("publish", "billing", "--op", "create", "--id", "acc-1",
+                      "--data", '{"balance": 3}')
+    assert proc.proc.wait(20) == 0
+    ev = await sse.next()
+    assert msgspec.json.decode(ev.data)["data"] == {"balance": 3}
+    await sse.close()
+    async with api.client() as http:
+        await eventually(lambda: _has(http, "billing", "acc-1"), what="snapshot")
+
+
+async def _has(http, topic, eid):
+    return eid in (await http.get(f"/api/v1/topics/{topic}")).json()["items"]

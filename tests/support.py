@@ -1,0 +1,231 @@
+"""Test helpers: run Vestnik processes, a lean SSE client, small waits with a deadline."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+import msgspec
+
+from streams.redis_server import free_port
+
+T = TypeVar("T")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def vestnik_argv(*args: str) -> list[str]:
+    return [sys.executable, "-m", "app.cli", *args]
+
+
+class Proc:
+    """A Vestnik child process with its output in a log file, stopped at teardown."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path,
+                 cwd: Path | None = None) -> None:
+        self.argv, self.env, self.log_path, self.cwd = argv, env, log_path, cwd
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Proc:
+        self.log = open(self.log_path, "ab")
+        self.proc = subprocess.Popen(self.argv, env=self.env, stdout=self.log, stderr=self.log,
+                                     cwd=self.cwd or ROOT, start_new_session=True)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+        code, self.proc = self.proc.returncode, None
+        return code
+
+    def kill(self) -> None:
+        self.stop(signal.SIGKILL)
+
+
+@dataclass
+class Api:
+    """A running `vestnik api` process."""
+
+    base: str
+    proc: Proc
+    service_token: str
+    env: dict[str, str]
+
+    @property
+    def port(self) -> int:
+        return urlsplit(self.base).port or 80
+
+    def client(self, token: str | None = None, **kw: Any) -> httpx.AsyncClient:
+        headers = {"Authorization": f"Bearer {token or self.service_token}"}
+        return httpx.AsyncClient(base_url=self.base, headers=headers, timeout=10, **kw)
+
+
+def wait_http(url: str, timeout: float = 20, proc: Proc | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        if proc is not None and proc.proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.proc.returncode}:\n{proc.output()}")
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError as e:
+            last = e
+        time.sleep(0.05)
+    out = proc.output() if proc else ""
+    raise TimeoutError(f"{url} not ready in {timeout}s ({last})\n{out}")
+
+
+async def eventually(check: Callable[[], Awaitable[T]], *, timeout: float = 10,
+                     interval: float = 0.02, what: str = "condition") -> T:
+    """Poll `check` until it returns something truthy; fail after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    result: T | None = None
+    while time.monotonic() < deadline:
+        result = await check()
+        if result:
+            return result
+        await asyncio.sleep(interval)
+    raise AssertionError(f"{what} not reached in {timeout}s (last: {result!r})")
+
+
+@dataclass
+class Event:
+    event: str = "message"
+    data: str = ""
+    id: str | None = None
+
+    def json(self) -> Any:
+        return msgspec.json.decode(self.data)
+
+
+@dataclass
+class SSE:
+    """A lean SSE client over a raw socket: cheap enough to open thousands at once."""
+
+    url: str
+    headers: dict[str, str] = field(default_factory=dict)
+    status: int = 0
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    last_id: str | None = None
+    _buf: bytes = b""
+
+    async def connect(self, timeout: float = 10) -> SSE:
+        u = urlsplit(self.url)
+        self.reader, self.writer = await asyncio.wait_for(
+            asyncio.open_connection(u.hostname, u.port), timeout)
+        path = u.path + (f"?{u.query}" if u.query else "")
+        head = f"GET {path} HTTP/1.1\r\nHost: {u.netloc}\r\nAccept: text/event-stream\r\n"
+        for k, v in self.headers.items():
+            head += f"{k}: {v}\r\n"
+        self.writer.write((head + "\r\n").encode())
+        await self.writer.drain()
+        raw = await asyncio.wait_for(self.reader.readuntil(b"\r\n\r\n"), timeout)
+        status_line, *lines = raw.decode().split("\r\n")
+        self.status = int(status_line.split()[1])
+        self.response_headers = {
+            k.lower(): v.strip() for k, _, v in (ln.partition(":") for ln in lines if ln)
+        }
+        if self.status != 200:
+            self._buf = await asyncio.wait_for(self.reader.read(65536), timeout)
+        return self
+
+    @property
+    def body(self) -> bytes:
+        return self._buf
+
+    async def _chunk(self) -> bytes:
+        """Undo chunked transfer encoding: one chunk's payload."""
+        assert self.reader is not None
+        size_line = await self.reader.readuntil(b"\r\n")
+        size = int(size_line.strip().split(b";")[0], 16)
+        if size == 0:
+            raise EOFError("stream ended")
+        data = await self.reader.readexactly(size + 2)
+        return data[:-2]
+
+    async def next(self, timeout: float = 10, *, skip_pings: bool = True) -> Event:
+        """The next event (comments and pings skipped)."""
+        async def read() -> Event:
+            while True:
+                while b"\n\n" not in self._buf and b"\r\n\r\n" not in self._buf:
+                    self._buf += await self._chunk()
+                block, _, self._buf = self._buf.replace(b"\r\n", b"\n").partition(b"\n\n")
+                ev = Event()
+                seen = False
+                for line in block.decode().split("\n"):
+                    if not line or line.startswith(":"):
+                        continue
+                    name, _, value = line.partition(":")
+                    value = value[1:] if value.startswith(" ") else value
+                    seen = True
+                    if name == "event":
+                        ev.event = value
+                    elif name == "data":
+                        ev.data = value if not ev.data else ev.data + "\n" + value
+                    elif name == "id":
+                        ev.id = value
+                if not seen or (skip_pings and ev.event == "ping"):
+                    continue
+                if ev.id is not None:
+                    self.last_id = ev.id
+                return ev
+
+        return await asyncio.wait_for(read(), timeout)
+
+    async def take(self, n: int, timeout: float = 10, event: str | None = None) -> list[Event]:
+        out: list[Event] = []
+        deadline = time.monotonic() + timeout
+        while len(out) < n:
+            ev = await self.next(max(0.01, deadline - time.monotonic()))
+            if event is None or ev.event == event:
+                out.append(ev)
+        return out
+
+    async def nothing_for(self, seconds: float, event: str | None = None) -> bool:
+        """True when no (matching) event arrives within `seconds`."""
+        try:
+            while True:
+                ev = await self.next(seconds)
+                if event is None or ev.event == event:
+                    return False
+        except TimeoutError:
+            return True
+
+    async def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            try:
+                await self.writer.wait_closed()
+            except (ConnectionError, OSError):
+                pass
+
+
+def free_ports(n: int) -> list[int]:
+    return [free_port() for _ in range(n)]
