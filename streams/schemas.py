@@ -299,3 +299,61 @@ def decode_json(raw: bytes | str, typ: type[T]) -> T:
         return dec.decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise from_validation(e) from None
+
+
+# ---------------------------------------------------------------- notice stream codec
+
+_NOTICE_JSON_FIELDS = ("metric", "data", "entity", "channels")
+_NOTICE_TEXT_FIELDS = ("id", "alert", "title", "severity", "body", "link", "setting_id",
+                       "dedup_key", "forward_after", "created_at")
+_NOTICE_FIELDS = {*_NOTICE_JSON_FIELDS, *_NOTICE_TEXT_FIELDS, "recipients"}
+
+
+def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
+    """Decode a flat `vn:notices` entry (as sent with redis-cli) into NoticeIn.
+
+    Scalars are strings; `recipients` is a JSON array or comma-separated ids;
+    `metric`, `data`, `entity` and `channels` are JSON objects. Raises BadInput
+    naming the field; an unknown field is refused like over HTTP.
+    """
+    obj: dict[str, Any] = {}
+    for raw_name in fields:
+        name = raw_name.decode(errors="replace")
+        if name not in _NOTICE_FIELDS:
+            raise BadInput(f"unknown field `{name}`", field=f"$.{name}")
+    for name in _NOTICE_TEXT_FIELDS:
+        value = _field_text(fields, name)
+        if value is not None:
+            obj[name] = value
+    for name in _NOTICE_JSON_FIELDS:
+        value = _json_field(fields, name)
+        if value is not None:
+            obj[name] = value
+    recipients = _field_text(fields, "recipients")
+    if recipients is not None:
+        text = recipients.strip()
+        if text.startswith("["):
+            parsed = _json_field(fields, "recipients")
+            if not isinstance(parsed, list):
+                raise BadInput("recipients must be a JSON array or comma-separated ids",
+                               field="$.recipients")
+            obj["recipients"] = [str(r) if isinstance(r, int) else r for r in parsed]
+        else:
+            obj["recipients"] = [r.strip() for r in text.split(",") if r.strip()]
+    return convert(obj, NoticeIn)
+
+
+def notice_fields(notice: NoticeIn | Notice) -> dict[str, str | bytes]:
+    """Flat fields for XADD to `vn:notices` (the inverse of decode_notice_entry)."""
+    out: dict[str, str | bytes] = {}
+    for name in _NOTICE_TEXT_FIELDS:
+        value = getattr(notice, name, None)
+        if value is not None and value != "":
+            out[name] = str(value)
+    for name in _NOTICE_JSON_FIELDS:
+        value = getattr(notice, name, None)
+        if value:
+            out[name] = json_encode(value)
+    if notice.recipients:
+        out["recipients"] = json_encode(notice.recipients)
+    return out
