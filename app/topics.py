@@ -8,7 +8,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from streams.errors import BadRequest
-from streams.hub import TopicHub
+from streams.hub import Subscription, TopicHub
 from streams.ids import is_stream_id, parse_stream_id
 from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
 from streams.schemas import EventIn, Published, Snapshot, TopicEvent
@@ -56,17 +56,25 @@ async def stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
     if after is not None and not is_stream_id(after):
         raise BadRequest("Last-Event-ID must be a stream id such as 1700000000000-0",
                          field="Last-Event-ID")
-    return sse_response(ctx, _topic_frames(hub_of(ctx), topic, after))
+    hub = hub_of(ctx)
+    # subscribe before the response starts: once the client sees the headers, nothing
+    # published from then on can be missed
+    sub = await hub.subscribe(topic)
+    try:
+        start = await hub.tip(topic) if after is None else after
+    except BaseException:
+        hub.unsubscribe(sub)
+        raise
+    return sse_response(ctx, _topic_frames(hub, sub, start, resume=after is not None))
 
 
-async def _topic_frames(hub: TopicHub, topic: str, after: str | None) -> AsyncIterator[bytes]:
-    sub = await hub.subscribe(topic)  # first: nothing published from now on is missed
+async def _topic_frames(hub: TopicHub, sub: Subscription, after: str, *, resume: bool
+                        ) -> AsyncIterator[bytes]:
+    topic = sub.topic
     SSE_CLIENTS.labels("topic").inc()
     delivered = EVENTS_DELIVERED.labels("topic")
     try:
-        if after is None:
-            after = await hub.tip(topic)
-        else:
+        if resume:
             for _ in range(10_000):  # pages of 1,000: a backlog of at most 10M events
                 items, gap = await hub.backlog(topic, after)
                 if gap:

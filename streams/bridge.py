@@ -64,9 +64,8 @@ def db_of(url: str) -> int:
 async def enable_notifications(redis: Redis) -> str:
     """Add the keyspace flags we need to `notify-keyspace-events`; returns the new value."""
     try:
-        current = (await redis.config_get("notify-keyspace-events")).get(
-            b"notify-keyspace-events", b""
-        )
+        reply = await redis.config_get("notify-keyspace-events")
+        current = next(iter(reply.values()), b"")  # key type varies with the parser
         current = current.decode() if isinstance(current, bytes) else str(current)
         wanted = current
         if "A" not in current:

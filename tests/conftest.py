@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
-from support import Api, Proc, vestnik_argv, wait_http
 
 from streams.config import Settings, load
 from streams.keys import Keys
 from streams.redis_server import RedisServer, free_port
+from support import Api, Proc, vestnik_argv, wait_http
 
 SECRET = "test-secret-" + secrets.token_hex(16)
 SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)

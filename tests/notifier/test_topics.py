@@ -6,6 +6,7 @@ from __future__ import annotations
 import subprocess
 
 import msgspec
+
 from support import ROOT, SSE, Api, eventually
 
 
