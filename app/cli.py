@@ -47,16 +47,10 @@ def _with_listen(args: argparse.Namespace, settings: Settings) -> Settings:
 
 def serve(settings: Settings) -> None:
     """Run the api in this process with uvicorn (uvloop + httptools)."""
-    import uvicorn
-
     from .api import create_app
+    from .server import make_server, run
 
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, loop="uvloop",
-        http="httptools", log_level=settings.log_level, timeout_graceful_shutdown=3,
-        access_log=False, lifespan="on",
-    )
-    uvicorn.Server(config).run()
+    run(make_server(create_app(settings), settings).serve())
 
 
 @command("api", "serve the HTTP API, SSE streams and the web pages", _listen_args)

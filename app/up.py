@@ -15,12 +15,12 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
-import uvicorn
 
 from streams.config import Settings
 from streams.redis_server import RedisServer
 
 from .api import create_app
+from .server import make_server, run
 
 log = logging.getLogger("vestnik.up")
 
@@ -73,12 +73,7 @@ async def run_bridge(settings: Settings) -> None:
 
 
 async def serve_all(settings: Settings, parts: list[Part]) -> None:
-    config = uvicorn.Config(
-        create_app(settings), host=settings.host, port=settings.port, loop="none",
-        http="httptools", log_level=settings.log_level, timeout_graceful_shutdown=3,
-        access_log=False, lifespan="on",
-    )
-    server = uvicorn.Server(config)
+    server = make_server(create_app(settings), settings)
     tasks = [asyncio.create_task(part(settings), name=part.__name__) for part in parts]
     try:
         await server.serve()
@@ -115,12 +110,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         settings = msgspec.structs.replace(settings, redis_url=private.url)
     try:
         print(banner(settings, private), file=sys.stderr, flush=True)
-        try:
-            import uvloop
-
-            uvloop.run(serve_all(settings, parts_for(settings, demo)))
-        except ImportError:
-            asyncio.run(serve_all(settings, parts_for(settings, demo)))
+        run(serve_all(settings, parts_for(settings, demo)))
     finally:
         if private is not None:
             private.stop()

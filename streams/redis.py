@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
@@ -15,18 +15,26 @@ log = logging.getLogger("vestnik.redis")
 RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
 
 
-def connect(url: str, *, max_connections: int = 32, name: str = "vestnik") -> Redis:
-    """A pooled client; commands retry with exponential backoff across a Redis restart."""
-    return Redis.from_url(
+POOL_SIZE = 16
+
+
+def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
+    """A pooled client; commands retry with exponential backoff across a Redis restart.
+
+    The pool is bounded and callers wait for a free connection (BlockingConnectionPool),
+    so a burst of requests never opens more than `max_connections` to Redis.
+    """
+    pool = BlockingConnectionPool.from_url(
         url,
-        decode_responses=False,
         max_connections=max_connections,
+        timeout=10,
         client_name=name,
         health_check_interval=30,
         socket_connect_timeout=5,
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
+    return Redis(connection_pool=pool)
 
 
 def reader(url: str, *, name: str) -> Redis:
