@@ -251,8 +251,10 @@ class TopicHub:
     @staticmethod
     def _items(topic: str, decoded: list[tuple[str, TopicEvent]]) -> list[Item]:
         return [
-            Item(sid, json_encode(EntityEvent(topic=topic, sid=sid, op=ev.op, id=ev.id,
-                                              data=ev.data, ts=ev.ts, src=ev.src)))
+            Item(sid, json_encode(EntityEvent(
+                topic=topic, sid=sid, op=ev.op, id=ev.id, data=ev.data,
+                ts=ev.ts or parse_stream_id(sid)[0], src=ev.src,  # raw XADD: ts from the id
+            )))
             for sid, ev in decoded
         ]
 
