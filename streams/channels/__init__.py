@@ -1,0 +1,83 @@
+"""Channel registry: every class in the entry-point group `vestnik.channels`, built once.
+
+A package adds a channel without forking Vestnik by declaring, in its pyproject.toml,
+
+    [project.entry-points."vestnik.channels"]
+    sms = "mypkg.sms:SmsChannel"      # a streams.channels.base.Channel subclass
+
+and a setting then names it in its channel map (`"sms": {"users": ["1"]}`).
+"""
+
+from __future__ import annotations
+
+import logging
+from importlib.metadata import entry_points
+
+import httpx
+
+from streams.config import Settings
+
+from .base import Channel, SendResult
+
+__all__ = ["GROUP", "Channel", "Channels", "SendResult", "available"]
+
+GROUP = "vestnik.channels"
+log = logging.getLogger("vestnik.channels")
+
+
+def available(group: str = GROUP) -> dict[str, type[Channel]]:
+    """Channel classes by name; a plugin that fails to import is logged and left out."""
+    out: dict[str, type[Channel]] = {}
+    for ep in entry_points(group=group):
+        try:
+            cls = ep.load()
+        except Exception:
+            log.exception("channel %r (%s) failed to load; it is off", ep.name, ep.value)
+            continue
+        if not (isinstance(cls, type) and issubclass(cls, Channel)):
+            log.error("channel %r (%s) is not a Channel subclass; it is off", ep.name, ep.value)
+            continue
+        out[ep.name] = cls
+    return out
+
+
+class Channels:
+    """The channels of one forwarder process, sharing one HTTP client (keep-alive pool)."""
+
+    def __init__(self, classes: dict[str, type[Channel]], channels: dict[str, Channel],
+                 http: httpx.AsyncClient) -> None:
+        self.classes, self.channels, self.http = classes, channels, http
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *,
+                      classes: dict[str, type[Channel]] | None = None) -> Channels:
+        classes = available() if classes is None else classes
+        http = httpx.AsyncClient(
+            timeout=httpx.Timeout(10.0, connect=5.0),
+            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            headers={"User-Agent": "vestnik"},
+        )
+        built: dict[str, Channel] = {}
+        for name, klass in classes.items():
+            channel = klass.create(settings, http)
+            if channel is None:
+                log.info("channel %s is not configured; it is off", name)
+            else:
+                built[name] = channel
+        log.info("channels on: %s", ", ".join(sorted(built)) or "none")
+        return cls(classes, built, http)
+
+    def get(self, name: str) -> Channel | None:
+        return self.channels.get(name)
+
+    def user_address(self, name: str) -> str | None:
+        klass = self.classes.get(name)
+        return klass.user_address if klass is not None else None
+
+    async def aclose(self) -> None:
+        for channel in self.channels.values():
+            try:
+                await channel.aclose()
+            except Exception:
+                log.exception("closing channel %s", channel.name)
+        await self.http.aclose()

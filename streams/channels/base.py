@@ -1,0 +1,129 @@
+"""The channel interface: what a message sender implements to be used by forward jobs.
+
+A channel is built once per forwarder process (`create(settings, http)`), reused for every
+message, and closed once (`aclose()`). `send` never raises for an expected failure: it
+returns a SendResult saying whether the message went out, can never go out as it is
+(`permanent`: a bad address, a refused payload — not retried) or may go out later
+(`retry`: timeout, connection refused, 5xx, rate limit — retried with backoff).
+An exception out of `send` is a bug: it is recorded and surfaces in the worker's log.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any, ClassVar, Literal
+
+import httpx
+import msgspec
+
+from streams.config import Settings
+from streams.schemas import Notice, User
+
+Status = Literal["ok", "permanent", "retry"]
+
+
+class SendResult(msgspec.Struct, frozen=True):
+    """The outcome of one send: `ok`, `permanent` failure or `retry`able failure."""
+
+    status: Status
+    detail: str = ""
+    # seconds the other side asked us to wait (Telegram `retry_after`, HTTP Retry-After)
+    retry_after: float | None = None
+
+    @classmethod
+    def sent(cls, detail: str = "") -> SendResult:
+        return cls("ok", detail)
+
+    @classmethod
+    def permanent(cls, detail: str) -> SendResult:
+        return cls("permanent", detail)
+
+    @classmethod
+    def retry(cls, detail: str, retry_after: float | None = None) -> SendResult:
+        return cls("retry", detail, retry_after)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+
+class Channel(ABC):
+    """One external channel (email, telegram, slack, webhook, or a plugin's).
+
+    `name` is the key of the channel in a setting's `channel` map and the entry-point
+    name in group `vestnik.channels`. `user_address` names the User field that holds a
+    user's address on this channel (`email`, `telegram_chat_id`, `slack_user`), or None
+    for a channel that only sends to targets named in the setting (a webhook URL).
+    """
+
+    name: ClassVar[str]
+    user_address: ClassVar[str | None] = None
+
+    @classmethod
+    def create(cls, settings: Settings, http: httpx.AsyncClient) -> Channel | None:
+        """Build the channel from settings, or None when it is not configured (off).
+
+        `http` is the forwarder's one shared client: use it instead of opening your own.
+        """
+        return cls()
+
+    @abstractmethod
+    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+                   ) -> SendResult:
+        """Send `notice` to `user` (a per-user forward) or, when `user` is None, to the
+        user-independent target of the setting's channel entry (`target`, e.g.
+        `{"chat_ids": [123]}` or `{"url": "https://..."}`)."""
+
+    async def aclose(self) -> None:
+        """Release connections (the shared http client is closed by the registry)."""
+        return None
+
+    def shared_targets(self, target: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """Split a channel entry into its user-independent sends: `(key, target)` pairs.
+
+        Each pair is sent, retried and marked as sent on its own (the key is appended to
+        the idempotency marker), so a failure to one chat never resends to another.
+        Default: one send per `chat_ids` item, or one send to `url`; none otherwise.
+        """
+        chat_ids = target.get("chat_ids") or []
+        if chat_ids:
+            return [(str(c), {**target, "chat_ids": [c]}) for c in chat_ids]
+        if target.get("url"):
+            return [("", target)]
+        return []
+
+
+# ------------------------------------------------------------------ HTTP helpers
+
+RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+
+
+def retry_after_of(resp: httpx.Response) -> float | None:
+    raw = resp.headers.get("retry-after")
+    try:
+        return float(raw) if raw is not None else None
+    except ValueError:
+        return None
+
+
+def classify_http(resp: httpx.Response, what: str) -> SendResult:
+    """2xx sent; 408/409/425/429 and 5xx retry; any other 4xx can never succeed as it is."""
+    code = resp.status_code
+    if 200 <= code < 300:
+        return SendResult.sent(f"{what}: {code}")
+    detail = f"{what}: HTTP {code} {resp.text[:300]}".strip()
+    if code >= 500 or code in RETRYABLE_STATUS:
+        return SendResult.retry(detail, retry_after_of(resp))
+    return SendResult.permanent(detail)
+
+
+async def post(http: httpx.AsyncClient, url: str, what: str, **kw: Any
+               ) -> tuple[httpx.Response | None, SendResult]:
+    """POST and classify; transport errors (refused, reset, timeouts) are retryable."""
+    try:
+        resp = await http.post(url, **kw)
+    except httpx.TimeoutException as e:
+        return None, SendResult.retry(f"{what}: timeout ({type(e).__name__})")
+    except httpx.TransportError as e:
+        return None, SendResult.retry(f"{what}: {type(e).__name__}: {e}")
+    return resp, classify_http(resp, what)

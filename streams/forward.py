@@ -1,0 +1,447 @@
+"""Delayed forwarding: one arq job per (notice, user), run when due, sending only if unread.
+
+Scheduling (the notice center's hot path)
+    `add_forward_jobs(pipe, keys, jobs)` queues onto the caller's pipeline one EVALSHA per
+    job of a small Lua script that writes arq's own job record: if neither
+    `arq:job:<id>` nor `arq:result:<id>` exists, PSETEX the job (arq's dict
+    `{t, f, a, k, et}`, msgpack via msgspec) and ZADD the queue `keys.arq_queue` at
+    `due_ms`. The job id is `<prefix>fwd:<nid>:<uid>`, so re-ingesting a notice never
+    schedules a second job while the first is queued, running, or its result is kept
+    (`KEEP_RESULT_S`). `arq`'s `enqueue_job` does the same with WATCH/EXISTS/MULTI/EXEC
+    round trips per job; the script makes a batch of jobs one pipeline round trip
+    (plus one SCRIPT EXISTS per pipeline, which also reloads the script after a
+    SCRIPT FLUSH or a restart: the NOSCRIPT case).
+
+The job (`forward(ctx, nid, uid)`)
+    Loads the notice (`keys.notice(nid)`) and the user (`HGET keys.state("user") uid`).
+    The notice is unread by `uid` while `ZSCORE keys.unread(uid) nid` is not nil. A read
+    notice is recorded `skipped_read` and nothing is sent. Otherwise each external
+    channel entry of `notice.channels` (not `ui` / `forward_after`) that lists the user
+    in `users` or has no `users` list is sent to the user's address on it, unless the
+    user's prefs switch it off (`prefs: {"email": false}` → `skipped_pref`) or the user
+    has no address there. uid `*` is the notice's user-independent targets (telegram
+    `chat_ids`, a webhook or Slack `url`), sent only if no recipient has read it.
+
+Retries
+    `retry` results (timeouts, refused connections, 5xx, 429) raise arq's `Retry` with
+    exponential backoff (`send_backoff * 2**(attempt-1)`, at least what the other side
+    asked for) until `send_attempts` attempts; `permanent` results (a 4xx such as a bad
+    chat id) are not retried. Every attempt is one JSON record RPUSHed to
+    `keys.deliveries(nid)` (`Delivery`) and counted in
+    `vestnik_forward_attempts_total{channel,status}`.
+
+Idempotency and the remaining duplicate window
+    After a successful send, `SET keys.sent + "<nid>:<uid>:<channel>" NX EX` marks it, and
+    every run skips channels already marked, so a retried, re-run (worker crash, job
+    timeout) or re-scheduled job never resends what went out. The window that remains:
+    a process that dies (or loses Redis) after the other side accepted a message and
+    before the marker is written resends that one message when the job runs again — at
+    least once, never silently lost. Webhook receivers can dedupe on `webhook-id`, which
+    is stable across retries (`<nid>:<uid>`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Literal
+
+import msgspec
+from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.worker import Retry, Worker, func
+from redis.asyncio import BlockingConnectionPool
+from redis.asyncio.retry import Retry as RedisRetry
+from redis.backoff import ExponentialBackoff
+from redis.commands.core import AsyncScript
+from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+from .channels import Channels, SendResult
+from .config import ConfigError, Settings
+from .ids import now_ms
+from .keys import USER_TOPIC, Keys
+from .metrics import FORWARD_ATTEMPTS
+from .schemas import Notice, User, json_encode
+
+log = logging.getLogger("vestnik.forward")
+
+FUNCTION = "forward"
+BROADCAST = "*"  # the uid of a notice's user-independent targets
+NOT_CHANNELS = frozenset({"ui", "forward_after"})
+KEEP_RESULT_S = 3600  # arq result kept this long: re-scheduling within it is a no-op
+MARKER_TTL_S = 86_400  # sent markers outlive every retry and re-run of a job
+DELIVERIES_TTL_S = 7 * 86_400  # the attempt log of a notice
+JOB_TIMEOUT_S = 120
+SEND_TIMEOUT_S = 30.0
+BACKOFF_CAP_S = 600.0
+MAX_JOBS = 200  # concurrent jobs per forwarder: sends are I/O-bound
+POLL_DELAY_S = 0.05
+
+DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref"]
+
+
+class ForwardJob(msgspec.Struct):
+    """Forward notice `nid` to user `uid` (or `*`: its user-independent targets) at `due_ms`."""
+
+    nid: str
+    uid: str
+    due_ms: int
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One attempt to send a notice on one channel; a JSON item of `keys.deliveries(nid)`."""
+
+    uid: str
+    channel: str
+    attempt: int
+    status: DeliveryStatus
+    detail: str = ""
+    at: int = 0
+
+
+class DeliveryList(msgspec.Struct):
+    items: list[Delivery]
+
+
+# ----------------------------------------------------------------- serialization
+
+
+def _enc_hook(obj: Any) -> Any:
+    # arq stores exceptions and datetimes in job results; keep them readable, not pickled
+    return repr(obj)
+
+
+job_serializer = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
+job_deserializer = msgspec.msgpack.Decoder().decode
+_notice_decoder = msgspec.json.Decoder(Notice)
+_user_decoder = msgspec.json.Decoder(User)
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+
+
+def decode_delivery(raw: bytes) -> Delivery:
+    return _delivery_decoder.decode(raw)
+
+
+# ------------------------------------------------------------------- scheduling
+
+# KEYS: job key, result key, queue. ARGV: job payload, expiry ms, score (due ms), job id.
+_SCHEDULE = AsyncScript(None, b"""
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
+return 1
+""")
+
+
+def job_id(keys: Keys, nid: str, uid: str) -> str:
+    return f"{keys.prefix}fwd:{nid}:{uid}"
+
+
+def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
+    """Queue on `pipe` (a redis.asyncio pipeline) the commands that schedule `jobs`.
+
+    One EVALSHA per job; each result is 1 (scheduled) or 0 (already scheduled or done).
+    The caller executes the pipeline; its results include these replies in order.
+    """
+    if not jobs:
+        return
+    now = now_ms()
+    scripts = getattr(pipe, "scripts", None)
+    if scripts is not None:
+        scripts.add(_SCHEDULE)  # execute() runs SCRIPT EXISTS / LOAD first: no NOSCRIPT
+    for job in jobs:
+        jid = job_id(keys, job.nid, job.uid)
+        payload = job_serializer(
+            {"t": None, "f": FUNCTION, "a": [job.nid, job.uid], "k": {}, "et": now})
+        expires = max(job.due_ms - now, 0) + expires_extra_ms
+        args = (job_key_prefix + jid, result_key_prefix + jid, keys.arq_queue,
+                payload, expires, job.due_ms, jid)
+        if scripts is not None:
+            pipe.evalsha(_SCHEDULE.sha, 3, *args)
+        else:  # a pipeline without script support (e.g. cluster): plain EVAL
+            pipe.eval(_SCHEDULE.script, 3, *args)
+
+
+def forward_delay(notice: Notice, default: float) -> float:
+    """Seconds after `created_at` to forward: the notice's, else its setting's, else default."""
+    if notice.forward_after is not None:
+        return notice.forward_after
+    value = notice.channels.get("forward_after")
+    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
+        return float(value)
+    return default
+
+
+def external_channels(notice: Notice) -> dict[str, dict[str, Any]]:
+    return {name: target for name, target in notice.channels.items()
+            if name not in NOT_CHANNELS and isinstance(target, dict)}
+
+
+def forward_jobs_for(notice: Notice, default_after: float) -> list[ForwardJob]:
+    """The jobs a stored notice needs (none when it has no external channel).
+
+    One per user recipient named by an external channel entry (an entry without `users`
+    names every recipient), plus `*` when an entry has `chat_ids` or a `url`.
+    """
+    ext = external_channels(notice)
+    if not ext:
+        return []
+    base = notice.created_at or now_ms()
+    due = base + int(forward_delay(notice, default_after) * 1000)
+    uids: dict[str, None] = {}
+    shared = False
+    for target in ext.values():
+        users = target.get("users")
+        for uid in (users if isinstance(users, list) else notice.recipients):
+            uids[str(uid)] = None
+        if target.get("chat_ids") or target.get("url"):
+            shared = True
+    jobs = [ForwardJob(notice.id, uid, due) for uid in uids]
+    if shared:
+        jobs.append(ForwardJob(notice.id, BROADCAST, due))
+    return jobs
+
+
+# ----------------------------------------------------------------------- the job
+
+
+class Send(msgspec.Struct):
+    channel: str
+    marker: str  # marker key suffix: channel, or channel:key for one shared target
+    target: dict[str, Any]
+
+
+class Forwarder:
+    """What the job needs, built once per worker: Redis, key names, settings, channels."""
+
+    def __init__(self, redis: Any, keys: Keys, settings: Settings, channels: Channels) -> None:
+        self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
+
+    def backoff(self, attempt: int, asked: float | None) -> float:
+        delay = self.settings.send_backoff * (2 ** (attempt - 1))
+        return min(BACKOFF_CAP_S, max(delay, asked or 0.0))
+
+    async def run(self, nid: str, uid: str, attempt: int) -> str:
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(k.notice(nid))
+            if uid != BROADCAST:
+                pipe.hget(k.state(USER_TOPIC), uid)
+                pipe.zscore(k.unread(uid), nid)
+            replies = await pipe.execute()
+        if replies[0] is None:
+            log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
+            return "notice not found"
+        notice = _notice_decoder.decode(replies[0])
+        records: list[Delivery] = []
+        if uid == BROADCAST:
+            user = None
+            sends = self._shared_sends(notice)
+        else:
+            if replies[1] is None:
+                log.warning("forward %s: user %s not found in %s", nid, uid, k.state(USER_TOPIC))
+                if attempt == 1:
+                    await self._record(nid, [self._rec(uid, "", attempt, "failed",
+                                                       f"user {uid} not found")])
+                return "user not found"
+            user = _user_decoder.decode(replies[1])
+            sends, records = self._user_sends(notice, user, attempt)
+        if not sends:
+            await self._record(nid, records)
+            return "nothing to send"
+        sends = await self._not_sent_yet(nid, uid, sends)
+        if not sends:
+            await self._record(nid, records)
+            return "already sent"
+        if await self._is_read(notice, uid, replies):
+            records += [self._rec(uid, s.channel, attempt, "skipped_read") for s in sends]
+            await self._record(nid, records)
+            return "read"
+        final = attempt >= self.settings.send_attempts
+        results = await asyncio.gather(*(self._send(notice, user, s) for s in sends),
+                                       return_exceptions=True)
+        sent: list[Send] = []
+        retry_after: list[float] = []
+        bug: BaseException | None = None
+        for s, res in zip(sends, results, strict=True):
+            if isinstance(res, BaseException):
+                bug = bug or res
+                records.append(self._rec(uid, s.channel, attempt, "failed",
+                                         f"{s.marker}: {type(res).__name__}: {res}"))
+                continue
+            detail = res.detail if s.marker == s.channel else f"{s.marker}: {res.detail}"
+            if res.ok:
+                sent.append(s)
+                records.append(self._rec(uid, s.channel, attempt, "sent", detail))
+            elif res.status == "retry" and not final:
+                retry_after.append(res.retry_after or 0.0)
+                records.append(self._rec(uid, s.channel, attempt, "retrying", detail))
+            else:
+                records.append(self._rec(uid, s.channel, attempt, "failed", detail))
+        await self._record(nid, records, sent_markers=[
+            f"{k.sent}{nid}:{uid}:{s.marker}" for s in sent])
+        if bug is not None:
+            raise bug
+        if retry_after:
+            delay = self.backoff(attempt, max(retry_after))
+            raise Retry(defer=delay)
+        return f"sent {len(sent)}/{len(sends)}"
+
+    def _user_sends(self, notice: Notice, user: User, attempt: int
+                    ) -> tuple[list[Send], list[Delivery]]:
+        sends: list[Send] = []
+        records: list[Delivery] = []
+        for name, target in external_channels(notice).items():
+            users = target.get("users")
+            if isinstance(users, list) and user.id not in {str(u) for u in users}:
+                continue
+            address = self.channels.user_address(name)
+            if name in self.channels.classes and (address is None
+                                                  or not getattr(user, address, None)):
+                continue  # not a per-user channel, or the user has no address on it
+            if user.prefs.get(name) is False:
+                if attempt == 1:
+                    records.append(self._rec(user.id, name, attempt, "skipped_pref",
+                                             f"user {user.id} switched {name} off"))
+                continue
+            sends.append(Send(name, name, target))
+        return sends, records
+
+    def _shared_sends(self, notice: Notice) -> list[Send]:
+        sends: list[Send] = []
+        for name, target in external_channels(notice).items():
+            channel = self.channels.get(name)
+            if channel is None:
+                if target.get("chat_ids") or target.get("url"):
+                    sends.append(Send(name, name, target))  # recorded as not configured
+                continue
+            for key, one in channel.shared_targets(target):
+                sends.append(Send(name, f"{name}:{key}" if key else name, one))
+        return sends
+
+    async def _not_sent_yet(self, nid: str, uid: str, sends: list[Send]) -> list[Send]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for s in sends:
+                pipe.exists(f"{self.keys.sent}{nid}:{uid}:{s.marker}")
+            marked = await pipe.execute()
+        return [s for s, m in zip(sends, marked, strict=True) if not m]
+
+    async def _is_read(self, notice: Notice, uid: str, replies: list[Any]) -> bool:
+        if uid != BROADCAST:
+            return replies[2] is None
+        if not notice.recipients:
+            return False
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for r in notice.recipients:
+                pipe.zscore(self.keys.unread(r), notice.id)
+            scores = await pipe.execute()
+        return any(s is None for s in scores)
+
+    async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
+        channel = self.channels.get(s.channel)
+        if channel is None:
+            why = "is not configured" if s.channel in self.channels.classes else "is unknown"
+            return SendResult.permanent(f"channel {s.channel} {why}")
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                return await channel.send(notice, user, s.target)
+        except TimeoutError:
+            return SendResult.retry(f"no answer in {SEND_TIMEOUT_S:g}s")
+
+    @staticmethod
+    def _rec(uid: str, channel: str, attempt: int, status: DeliveryStatus,
+             detail: str = "") -> Delivery:
+        return Delivery(uid=uid, channel=channel, attempt=attempt, status=status,
+                        detail=detail[:1000], at=now_ms())
+
+    async def _record(self, nid: str, records: list[Delivery],
+                      sent_markers: list[str] | None = None) -> None:
+        if not records and not sent_markers:
+            return
+        dkey = self.keys.deliveries(nid)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for marker in sent_markers or ():
+                pipe.set(marker, b"1", nx=True, ex=MARKER_TTL_S)
+            if records:
+                pipe.rpush(dkey, *(json_encode(r) for r in records))
+                pipe.expire(dkey, DELIVERIES_TTL_S)
+            await pipe.execute()
+        for r in records:
+            FORWARD_ATTEMPTS.labels(r.channel or "-", r.status).inc()
+
+
+async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
+    """The arq job: forward notice `nid` to user `uid` (see the module docstring)."""
+    forwarder: Forwarder = ctx["forwarder"]
+    return await forwarder.run(nid, uid, ctx.get("job_try") or 1)
+
+
+# ---------------------------------------------------------------------- the worker
+
+
+def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
+    assert settings.redis_url
+    pool = BlockingConnectionPool.from_url(
+        settings.redis_url,
+        max_connections=max_connections,
+        timeout=10,
+        client_name="vestnik-forwarder",
+        health_check_interval=30,
+        socket_connect_timeout=5,
+        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+    )
+    return ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer,
+                    default_queue_name=keys.arq_queue)
+
+
+def make_worker(settings: Settings, *, burst: bool = False,
+                channels: Channels | None = None) -> Worker:
+    """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
+    keys = Keys(settings.prefix)
+    redis = arq_pool(settings, keys, MAX_JOBS + 8)
+    forwarder = Forwarder(redis, keys, settings,
+                          channels or Channels.from_settings(settings))
+    if logging.getLogger("arq.worker").level == logging.NOTSET:
+        # arq logs every job start and end at INFO: too much at 1,000 jobs/s
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    return Worker(
+        [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
+              max_tries=settings.send_attempts + 3)],
+        queue_name=keys.arq_queue,
+        redis_pool=redis,
+        burst=burst,
+        handle_signals=False,
+        poll_delay=POLL_DELAY_S,
+        max_jobs=MAX_JOBS,
+        ctx={"forwarder": forwarder},
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        health_check_interval=30,
+    )
+
+
+async def run_forwarder(settings: Settings, *, burst: bool = False) -> None:
+    """Run forward jobs until cancelled (or, with `burst`, until the queue is empty).
+
+    Embeddable: it installs no signal handlers; cancel the task to stop it. Jobs running
+    at that moment are cancelled and run again later (their sent markers prevent a
+    second send of what already went out).
+    """
+    worker = make_worker(settings, burst=burst)
+    forwarder: Forwarder = worker.ctx["forwarder"]
+    try:
+        await worker.async_run()
+    finally:
+        try:
+            await worker.close()
+        finally:
+            await forwarder.channels.aclose()
+
+
+__all__ = [
+    "BROADCAST", "Delivery", "DeliveryList", "ForwardJob", "add_forward_jobs",
+    "decode_delivery", "forward_jobs_for", "job_id", "run_forwarder",
+]
