@@ -159,6 +159,19 @@ def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _bench_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--quick", action="store_true", help="fewer rounds and smaller loads (<2 min)")
+    p.add_argument("--json", dest="json_path", help="write every figure and the machine here")
+    p.add_argument("--only", action="append", default=[], help="run only B1, B2, ... (repeat)")
+
+
+@command("bench", "measure the hot paths against same-run ceilings", _bench_args)
+def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
+    from .bench import main as bench_main
+
+    return bench_main(args.quick, args.only, args.json_path)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")

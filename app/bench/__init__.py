@@ -1,0 +1,39 @@
+"""`vestnik bench`: the figures that matter, each next to its ceiling measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+import msgspec
+from rich.console import Console
+
+from .core import Bench, Report, machine, new_progress, table
+from .suite import SUITE
+
+
+async def run(quick: bool, only: list[str], json_path: str | None) -> int:
+    console = Console(stderr=True)
+    started = time.perf_counter()
+    names = [n for n in SUITE if not only or n in only]
+    with new_progress(console) as progress:
+        bench = Bench(quick=quick, console=console, progress=progress)
+        for name in names:
+            await SUITE[name](bench)
+    console.print(table(bench.rows))
+    report = Report(machine=machine(), rows=bench.rows, seconds=round(time.perf_counter()
+                                                                       - started, 1))
+    if json_path:
+        Path(json_path).write_bytes(  # noqa: ASYNC240 - once, at the very end
+            msgspec.json.format(msgspec.json.encode(report)))
+        console.print(f"figures written to {json_path}")
+    return 0
+
+
+def main(quick: bool, only: list[str], json_path: str | None) -> int:
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        return asyncio.run(run(quick, only, json_path))
+    return uvloop.run(run(quick, only, json_path))

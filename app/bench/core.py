@@ -1,0 +1,152 @@
+"""Benchmark plumbing: rows with their same-run ceiling, rounds, the machine, the report.
+
+Each benchmark is a coroutine that gets a `Bench` and records rows; every row
+is the median of several rounds with min and max, and names the ceiling it is
+compared with (measured in the same run, on the same machine, at the same time).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Literal
+
+import msgspec
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+
+class Row(msgspec.Struct, kw_only=True):
+    id: str
+    what: str
+    value: float
+    unit: str
+    min: float
+    max: float
+    rounds: int
+    ceiling: float | None = None
+    ratio: float | None = None
+    target: float | None = None
+    better: Literal["higher", "lower"] = "higher"
+    met: bool | None = None
+
+
+class Report(msgspec.Struct):
+    machine: dict[str, object]
+    rows: list[Row]
+    seconds: float
+
+
+def machine() -> dict[str, object]:
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
+                       "")
+    except OSError:
+        pass
+    try:
+        redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
+                                 timeout=5).stdout.strip()
+    except (OSError, subprocess.TimeoutExpired):
+        redis_v = "unknown"
+    versions = {}
+    for pkg in ("vestnik", "redis", "hiredis", "msgspec", "starlette", "uvicorn", "uvloop",
+                "httptools", "sse-starlette", "arq"):
+        try:
+            versions[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            versions[pkg] = None
+    return {
+        "cpu": cpu or platform.processor(),
+        "cores": os.cpu_count(),
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1),
+        "kernel": platform.release(),
+        "python": sys.version.split()[0],
+        "redis_server": redis_v,
+        "packages": versions,
+    }
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    s = sorted(values)
+    k = min(len(s) - 1, max(0, round(p / 100 * (len(s) - 1))))
+    return s[k]
+
+
+@dataclass
+class Bench:
+    quick: bool
+    console: Console
+    progress: Progress
+    rows: list[Row] = field(default_factory=list)
+    only: set[str] = field(default_factory=set)
+
+    def rounds(self, full: int = 3) -> int:
+        return 1 if self.quick else full
+
+    def record(self, id: str, what: str, values: list[float], unit: str, *,
+               ceiling: list[float] | float | None = None, target: float | None = None,
+               better: Literal["higher", "lower"] = "higher") -> Row:
+        value = statistics.median(values)
+        ceil = statistics.median(ceiling) if isinstance(ceiling, list) else ceiling
+        ratio = None
+        if ceil:
+            ratio = value / ceil if better == "higher" else (ceil / value if value else None)
+        met = None
+        if target is not None:
+            met = value >= target if better == "higher" else value <= target
+        row = Row(id=id, what=what, value=round(value, 3), unit=unit, min=round(min(values), 3),
+                  max=round(max(values), 3), rounds=len(values),
+                  ceiling=round(ceil, 3) if ceil is not None else None,
+                  ratio=round(ratio, 3) if ratio is not None else None, target=target,
+                  better=better, met=met)
+        self.rows.append(row)
+        self.console.log(f"{row.id}: {row.value:g} {row.unit}"
+                         + (f" (ceiling {row.ceiling:g}, ratio {row.ratio:.2f})"
+                            if row.ceiling is not None and row.ratio is not None else "")
+                         + ("" if met is None else (" [green]met" if met else " [red]not met")))
+        return row
+
+
+BenchFn = Callable[[Bench], Awaitable[None]]
+
+
+def table(rows: list[Row]) -> Table:
+    t = Table(title="vestnik bench", show_lines=False)
+    for col in ("id", "value", "unit", "min", "max", "ceiling", "ratio", "target", "met"):
+        t.add_column(col, justify="left" if col in ("id", "unit") else "right")
+    for r in rows:
+        t.add_row(
+            r.id, f"{r.value:g}", r.unit, f"{r.min:g}", f"{r.max:g}",
+            "" if r.ceiling is None else f"{r.ceiling:g}",
+            "" if r.ratio is None else f"{r.ratio:.2f}",
+            "" if r.target is None else ("≥" if r.better == "higher" else "≤") + f"{r.target:g}",
+            "" if r.met is None else ("yes" if r.met else "NO"),
+        )
+    return t
+
+
+def new_progress(console: Console) -> Progress:
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                    TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
+                    console=console, transient=False)
+
+
+class Stopwatch:
+    def __init__(self) -> None:
+        self.t0 = time.perf_counter()
+
+    @property
+    def elapsed(self) -> float:
+        return time.perf_counter() - self.t0

@@ -1,0 +1,119 @@
+"""The bench's own world: a private redis-server and Vestnik processes on loopback ports."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import AbstractContextManager
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+import jwt
+from redis.asyncio import Redis
+
+from streams.redis_server import RedisServer, free_port
+
+
+class BenchProc:
+    def __init__(self, argv: list[str], env: dict[str, str], log: Path) -> None:
+        self.log_path = log
+        self._log = open(log, "ab")
+        self.proc = subprocess.Popen(argv, env=env, stdout=self._log, stderr=self._log,
+                                     start_new_session=True)
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def rss_kb(self) -> int:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+        return 0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self._log.close()
+
+
+class World(AbstractContextManager["World"]):
+    """A private redis-server (AOF everysec, as `vestnik up` runs it) and helpers to start
+    Vestnik parts against it."""
+
+    def __init__(self) -> None:
+        self.dir = Path(tempfile.mkdtemp(prefix="vestnik-bench-"))
+        self.redis_server = RedisServer(self.dir / "redis", appendonly=True)
+        self.secret = secrets.token_urlsafe(32)
+        self.service_token = "svc_" + secrets.token_urlsafe(16)
+        self.procs: list[BenchProc] = []
+
+    def __enter__(self) -> World:
+        self.redis_server.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        for p in reversed(self.procs):
+            p.stop()
+        self.redis_server.stop()
+
+    @property
+    def url(self) -> str:
+        return self.redis_server.url
+
+    def redis(self) -> Redis:
+        return Redis.from_url(self.url, max_connections=8)
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+        env.update({
+            "VESTNIK_REDIS_URL": self.url, "VESTNIK_SECRET": self.secret,
+            "VESTNIK_SERVICE_TOKENS": self.service_token, "VESTNIK_LOG_LEVEL": "warning",
+            "VESTNIK_FORWARD_AFTER": "3600",
+        })
+        env.update(extra)
+        return env
+
+    def start(self, *args: str, **env: str) -> BenchProc:
+        name = f"{args[0]}-{len(self.procs)}"
+        p = BenchProc([sys.executable, "-m", "app.cli", *args], self.env(**env),
+                      self.dir / f"{name}.log")
+        self.procs.append(p)
+        return p
+
+    def stop(self, proc: BenchProc) -> None:
+        proc.stop()
+        self.procs.remove(proc)
+
+    def start_api(self, **env: str) -> tuple[BenchProc, str]:
+        port = free_port()
+        p = self.start("api", "--port", str(port), **env)
+        base = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            if p.proc.poll() is not None:
+                raise RuntimeError(f"api exited: {p.log_path.read_text()[-2000:]}")
+            try:
+                if httpx.get(base + "/readyz", timeout=1).status_code == 200:
+                    return p, base
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.05)
+        raise RuntimeError("api not ready in 30 s")
+
+    def token(self, user: str) -> str:
+        return jwt.encode({"sub": user, "exp": int(time.time()) + 3600}, self.secret,
+                          algorithm="HS256")

@@ -1,0 +1,328 @@
+"""The benchmarks. Each one starts what it measures against the bench's private Redis and
+records its figures next to a ceiling measured in the same run."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+import msgspec
+from redis.asyncio import Redis
+
+from streams.keys import CENTER_GROUP, Keys
+from streams.redis_server import free_port
+
+from .core import Bench, percentile
+from .env import BenchProc, World
+from .sse_client import SSEProtocol, open_sse
+
+K = Keys("vn:")
+enc = msgspec.json.encode
+dec = msgspec.json.decode
+BODY = ("Usage on /dev/vda1 crossed the warning threshold; the largest directories are "
+        "/var/log and /var/lib/docker. Free space or grow the volume.")
+
+
+async def seed_users(r: Redis, n: int) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(n):
+            uid = f"u{i}"
+            pipe.hset(K.state("user"), uid, enc({"id": uid, "name": f"User {i}",
+                                                 "email": f"u{i}@example.test"}))
+        await pipe.execute()
+
+
+def notice_fields(i: int, recipients: str, *, forward: bool, t: int | None = None) -> dict:
+    f: dict[str, str | bytes] = {
+        "alert": "disk", "severity": "warning",
+        "title": f"Disk 95% on web-{i % 100} (/dev/vda1)", "body": BODY,
+        "recipients": recipients,
+    }
+    if forward:
+        f["channels"] = b'{"email":{}}'
+        f["forward_after"] = "3600"
+    if t is not None:
+        f["data"] = enc({"t": t})
+    return f
+
+
+async def load_notices(r: Redis, n: int, per: int, users: int, *, forward: bool) -> None:
+    for start in range(0, n, 5000):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 5000)):
+                rec = ",".join(f"u{(i * per + j) % users}" for j in range(per))
+                pipe.xadd(K.notices, notice_fields(i, rec, forward=forward))
+            await pipe.execute()
+
+
+async def group_state(r: Redis, stream: str, group: str) -> tuple[int, int] | None:
+    """(entries read, pending) of a consumer group, or None before it exists."""
+    try:
+        groups = await r.xinfo_groups(stream)
+    except Exception:
+        return None
+    for g in groups:
+        name = g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+        if name == group:
+            return int(g.get("entries-read") or 0), int(g["pending"])
+    return None
+
+
+async def drain_rate(r: Redis, stream: str, group: str, n: int, proc: BenchProc,
+                     timeout: float = 300) -> float:
+    """Items/s of a consumer group over `n` preloaded entries, from its first read until all
+    are read and acked (start-up of the process is not counted)."""
+    deadline = time.monotonic() + timeout
+    t0 = r0 = None
+    while time.monotonic() < deadline:
+        if proc.proc.poll() is not None and t0 is None:
+            raise RuntimeError(f"consumer exited: {proc.log_path.read_text()[-1500:]}")
+        st = await group_state(r, stream, group)
+        now = time.perf_counter()
+        if st is not None:
+            read, pending = st
+            if t0 is None and read > 0:
+                t0, r0 = now, read
+            if read >= n and pending == 0:
+                assert t0 is not None and r0 is not None
+                return (n - r0) / max(now - t0, 1e-6) if now > t0 else float("inf")
+        await asyncio.sleep(0.005)
+    raise TimeoutError(f"{group} did not drain {n} entries in {timeout}s")
+
+
+async def run_ceiling_loop(world: World, n: int) -> float:
+    r = world.redis()
+    proc = BenchProc([sys.executable, "-m", "app.bench.ceiling_loop", world.url, K.notices,
+                      "ceiling"], world.env(), world.dir / "ceiling.log")
+    try:
+        return await drain_rate(r, K.notices, "ceiling", n, proc)
+    finally:
+        proc.stop()
+        await r.aclose()
+
+
+async def b1_ingest(bench: Bench) -> None:
+    n = 50_000 if bench.quick else 200_000
+    task = bench.progress.add_task("B1 ingest", total=2 * bench.rounds())
+    for per in (1, 5):
+        rates, ceilings = [], []
+        for _ in range(bench.rounds()):
+            with World() as world:
+                r = world.redis()
+                await seed_users(r, 1000)
+                await load_notices(r, n, per, 1000, forward=True)
+                ceilings.append(await run_ceiling_loop(world, n))
+                await r.xgroup_create(K.notices, CENTER_GROUP, id="0")
+                center = world.start("center")
+                rates.append(await drain_rate(r, K.notices, CENTER_GROUP, n, center))
+                await r.aclose()
+            bench.progress.advance(task)
+        if per == 1:
+            bench.record("B1:notices_per_s", f"{n:,} one-recipient notices through one center "
+                         "(stored, counted, published, forward scheduled)", rates, "notices/s",
+                         ceiling=ceilings, target=20_000)
+        else:
+            bench.record("B1x5:notices_per_s", f"{n:,} notices with 5 recipients each",
+                         rates, "notices/s", ceiling=ceilings)
+            bench.record("B1x5:deliveries_per_s", "feed entries written per second (x5)",
+                         [x * per for x in rates], "deliveries/s")
+
+
+class Latencies:
+    """Collects ms from the `t` (ns) stamped in each event's data to its arrival."""
+
+    def __init__(self) -> None:
+        self.values: list[float] = []
+        self.want = 0
+        self.enough = asyncio.Event()
+
+    def on_event(self, event: str, data: bytes) -> None:
+        if event not in ("notice", "message"):
+            return
+        obj = dec(data)
+        t = obj.get("t") or (obj.get("data") or {}).get("t")
+        if t:
+            self.values.append((time.time_ns() - t) / 1e6)
+            if self.want and len(self.values) >= self.want:
+                self.enough.set()
+
+    async def wait(self, count: int, seconds: float) -> None:
+        """Until `count` events arrived or `seconds` passed."""
+        self.want = count
+        if len(self.values) >= count:
+            return
+        try:
+            await asyncio.wait_for(self.enough.wait(), seconds)
+        except TimeoutError:
+            pass
+
+    def reset(self) -> None:
+        self.values.clear()
+        self.want = 0
+        self.enough.clear()
+
+
+async def paced(rate: int, seconds: float, send: Callable[[int], Awaitable[None]]) -> int:
+    """Call send(k) every 5 ms with the number of items due; returns how many were sent."""
+    sent = 0
+    t0 = time.perf_counter()
+    for _ in range(int(seconds * 1000 / 5) + 2):
+        due = min(int((time.perf_counter() - t0) * rate), int(rate * seconds)) - sent
+        if due > 0:
+            await send(due)
+            sent += due
+        if sent >= int(rate * seconds):
+            break
+        await asyncio.sleep(0.005)
+    return sent
+
+
+async def _stamped_notices(r: Redis, k: int) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(k):
+            pipe.xadd(K.notices, notice_fields(i, "u1", forward=False, t=time.time_ns()))
+        await pipe.execute()
+
+
+async def _stamped_hop(r: Redis, k: int) -> None:
+    async with r.pipeline(transaction=False) as pipe:
+        for _ in range(k):
+            pipe.xadd("bench:hop", {"d": enc({"t": time.time_ns()})}, maxlen=10000,
+                      approximate=True)
+        await pipe.execute()
+
+
+async def _latency_run(r: Redis, port: int, path: str, rate: int, seconds: float,
+                       send: Callable[[Redis, int], Awaitable[None]]) -> tuple[list[float], int]:
+    lat = Latencies()
+    client = await _open_retrying(port, path, lat)
+    sent = await paced(rate, seconds, lambda k: send(r, k))
+    await lat.wait(sent, 5)
+    client.close()
+    return lat.values, sent
+
+
+async def b2_latency(bench: Bench) -> None:
+    seconds = 3 if bench.quick else 10
+    rates = (100, 2000, 5000)
+    task = bench.progress.add_task("B2 latency", total=len(rates))
+    with World() as world:
+        r = world.redis()
+        await seed_users(r, 10)
+        _, base = world.start_api()
+        world.start("center")
+        port = int(base.rsplit(":", 1)[1])
+        hop_port = free_port()
+        world.procs.append(BenchProc(
+            [sys.executable, "-m", "app.bench.bare_hop", world.url, str(hop_port), "bench:hop"],
+            world.env(), world.dir / "hop.log"))
+        me = f"/api/v1/me/stream?token={world.token('u1')}"
+        for rate in rates:
+            values, sent = await _latency_run(r, port, me, rate, seconds, _stamped_notices)
+            ceil, _ = await _latency_run(r, hop_port, "/", rate, seconds, _stamped_hop)
+            p99_target = {2000: 10.0, 5000: 25.0}.get(rate)
+            for name, p in (("p50", 50), ("p99", 99), ("max", 100)):
+                bench.record(f"B2@{rate}:{name}_ms", f"XADD → SSE of the recipient at {rate}/s, "
+                             f"{name}", [percentile(values, p)], "ms", better="lower",
+                             ceiling=[percentile(ceil, p)],
+                             target=p99_target if name == "p99" else None)
+            bench.record(f"B2@{rate}:lost", f"notices not received at {rate}/s",
+                         [sent - len(values)], "notices", better="lower", target=0)
+            bench.progress.advance(task)
+        await r.aclose()
+
+
+async def _open_retrying(port: int, path: str, lat: Latencies) -> SSEProtocol:
+    for _ in range(200):
+        try:
+            return await open_sse("127.0.0.1", port, path, lat.on_event)
+        except OSError:
+            await asyncio.sleep(0.05)
+    raise RuntimeError(f"nothing serves SSE on port {port}")
+
+
+async def _connect_users(world: World, port: int, n: int, lat: Latencies
+                         ) -> list[SSEProtocol]:
+    sem = asyncio.Semaphore(200)
+
+    async def connect(i: int) -> SSEProtocol:
+        async with sem:
+            return await open_sse("127.0.0.1", port,
+                                  f"/api/v1/me/stream?token={world.token(f'u{i}')}", lat.on_event)
+
+    return await asyncio.gather(*(connect(i) for i in range(n)))
+
+
+async def _fanout(bench: Bench, n: int) -> None:
+    with World() as world:
+        r = world.redis()
+        await seed_users(r, n)
+        api, base = world.start_api()
+        world.start("center")
+        port = int(base.rsplit(":", 1)[1])
+        rss0 = api.rss_kb()
+        lat = Latencies()
+        t0 = time.perf_counter()
+        clients = await _connect_users(world, port, n, lat)
+        connect_s = time.perf_counter() - t0
+        await asyncio.sleep(1.0)  # let the server settle before reading its RSS
+        kb = (api.rss_kb() - rss0) / n
+        p99s, lost = [], 0
+        recipients = ",".join(f"u{i}" for i in range(n))
+        for _ in range(bench.rounds()):
+            lat.reset()
+            await r.xadd(K.notices, notice_fields(0, recipients, forward=False, t=time.time_ns()))
+            await lat.wait(n, 30)
+            lost += n - len(lat.values)
+            p99s.append(percentile(lat.values, 99))
+        bench.record(f"B3@{n}:kb_per_conn", f"api RSS per SSE connection, {n} users",
+                     [kb], "KB", better="lower", target=25.0)
+        bench.record(f"B3@{n}:p99_ms", f"broadcast to {n} users, p99 delivery", p99s, "ms",
+                     better="lower", target=300.0 if n == 5000 else None)
+        bench.record(f"B3@{n}:connect_s", f"time to connect {n} clients", [connect_s], "s",
+                     better="lower")
+        bench.record(f"B3@{n}:lost", "broadcast deliveries missing", [lost], "deliveries",
+                     better="lower", target=0)
+        for c in clients:
+            c.close()
+        await r.aclose()
+
+
+async def b3_fanout(bench: Bench) -> None:
+    sizes = (1000, 5000) if bench.quick else (1000, 5000, 10000)
+    task = bench.progress.add_task("B3 SSE fan-out", total=len(sizes))
+    for n in sizes:
+        await _fanout(bench, n)
+        bench.progress.advance(task)
+
+
+async def b6_memory(bench: Bench) -> None:
+    n = 20_000 if bench.quick else 100_000
+    task = bench.progress.add_task("B6 memory", total=1)
+    with World() as world:
+        r = world.redis()
+        await seed_users(r, 1000)
+        await r.xgroup_create(K.notices, CENTER_GROUP, id="0", mkstream=True)
+        before = (await r.info("memory"))["used_memory"]
+        sample = enc(notice_fields(0, "u1", forward=False))
+        await load_notices(r, n, 1, 1000, forward=False)
+        center = world.start("center")
+        await drain_rate(r, K.notices, CENTER_GROUP, n, center)
+        await r.delete(K.notices)
+        await r.xgroup_create(K.notices, CENTER_GROUP, id="0", mkstream=True)
+        after = (await r.info("memory"))["used_memory"]
+        bench.record("B6:bytes_per_entry", f"Redis memory per stored feed entry "
+                     f"(notice of ~{len(sample)} bytes)", [(after - before) / n], "bytes",
+                     better="lower", target=700)
+        await r.aclose()
+    bench.progress.advance(task)
+
+
+SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
+    "B1": b1_ingest,
+    "B2": b2_latency,
+    "B3": b3_fanout,
+    "B6": b6_memory,
+}
