@@ -172,6 +172,19 @@ def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     return bench_main(args.quick, args.only, args.json_path)
 
 
+def _wrap_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("alert_config", metavar="alert.toml", help="the alert's TOML file")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+
+
+@command("wrap", "run one alert program: settings and entities in, notices out", _wrap_args)
+def cmd_wrap(args: argparse.Namespace, settings: Settings) -> int:
+    from wrapper.config import load as load_alert
+    from wrapper.supervisor import run as run_wrapper
+
+    return run_wrapper(load_alert(args.alert_config), metrics_port=args.metrics_port)
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")

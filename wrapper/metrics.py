@@ -1,0 +1,46 @@
+"""Prometheus metrics of `vestnik wrap` (label `alert` = the alert's name), and a tiny
+asyncio `/metrics` endpoint so the wrapper needs no web framework and no thread."""
+
+from __future__ import annotations
+
+import asyncio
+
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+
+LINES_IN = Counter("vestnik_wrapper_lines_in_total",
+                   "Lines read from the alert's stdout", ["alert", "type"])
+LINES_OUT = Counter("vestnik_wrapper_lines_out_total",
+                    "Lines written to the alert's stdin", ["alert", "type"])
+BAD_LINES = Counter("vestnik_wrapper_bad_lines_total",
+                    "Alert stdout lines rejected and dead-lettered", ["alert", "reason"])
+NOTICES = Counter("vestnik_wrapper_notices_total", "Notices added to the ingest stream", ["alert"])
+ALERT_ERRORS = Counter("vestnik_wrapper_alert_errors_total",
+                       "`error` lines printed by the alert", ["alert"])
+STDERR_LINES = Counter("vestnik_wrapper_stderr_lines_total",
+                       "Lines the alert logged on stderr", ["alert", "level"])
+RESTARTS = Counter("vestnik_wrapper_restarts_total", "Restarts of the alert", ["alert", "reason"])
+COALESCED = Counter("vestnik_wrapper_coalesced_total",
+                    "Entity updates replaced by a newer one before the alert read them", ["alert"])
+PENDING = Gauge("vestnik_wrapper_stdin_pending", "Messages waiting for the alert's stdin",
+                ["alert"])
+UP = Gauge("vestnik_wrapper_alert_up", "1 while the alert process runs", ["alert"])
+
+
+async def serve_metrics(host: str, port: int) -> asyncio.Server:
+    """Answer every HTTP request with the Prometheus text format (GET /metrics)."""
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+            body = generate_latest()
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE_LATEST.encode()
+                         + b"\r\nContent-Length: " + str(len(body)).encode()
+                         + b"\r\nConnection: close\r\n\r\n" + body)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
+                ConnectionError):
+            pass
+        finally:
+            writer.close()
+
+    return await asyncio.start_server(handle, host, port)
