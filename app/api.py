@@ -25,13 +25,14 @@ from . import ops, topics
 from .context import Ctx
 from .errors import HANDLERS
 from .http import Router, json_response, openapi
+from .settings import router as settings_router
 
 log = logging.getLogger("vestnik.api")
 VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router]
+    return [ops.router, topics.router, settings_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:
@@ -47,6 +48,11 @@ def create_app(settings: Settings) -> Starlette:
         raise ValueError("redis_url is required (vestnik up starts a private Redis)")
     all_routers = routers()
     spec = openapi(all_routers, VERSION)
+    spec["paths"]["/openapi.json"] = {"get": {
+        "summary": "This OpenAPI document", "tags": ["ops"], "operationId": "get_openapi_json",
+        "responses": {"200": {"description": "OpenAPI 3.1",
+                              "content": {"application/json": {"schema": {"type": "object"}}}}},
+    }}
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -95,6 +95,8 @@ def authenticate(request: Request, ctx: Ctx, auth: Auth) -> Principal:
         return Principal("service")
     if auth == "service":
         raise Unauthorized("a service token is required")
+    if auth == "user" and is_service_token(ctx, token):
+        raise Unauthorized("a user token is required (this is a service token)")
     return decode_user_token(ctx, token)
 
 
@@ -119,6 +121,10 @@ def decode_user_token(ctx: Ctx, token: str) -> Principal:
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("invalid token: `sub` must be a non-empty string")
     roles = claims.get("roles") or ()
+    if isinstance(roles, str):  # one role as a plain string, not a string of one-letter roles
+        roles = (roles,)
+    if not isinstance(roles, list | tuple):
+        raise Unauthorized("invalid token: `roles` must be a list of strings")
     return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)))
 
 
@@ -148,6 +154,9 @@ class Operation:
     query: dict[str, str] = field(default_factory=dict)
     stream: bool = False
     tag: str = ""
+    # extra error statuses the route may answer (e.g. 409, 412), and a non-JSON response type
+    errors: tuple[int, ...] = ()
+    media_type: str = "application/json"
 
 
 class Router:
@@ -170,6 +179,8 @@ class Router:
         status: int = 200,
         query: dict[str, str] | None = None,
         stream: bool = False,
+        errors: tuple[int, ...] = (),
+        media_type: str = "application/json",
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             async def endpoint(request: Request) -> Response:
@@ -181,7 +192,7 @@ class Router:
             self.routes.append(Route(path, endpoint, methods=[method]))
             self.operations.append(
                 Operation(method, path, summary, auth, body, response, status,
-                          query or {}, stream, self.tag)
+                          query or {}, stream, self.tag, errors, media_type)
             )
             return handler
 
@@ -237,8 +248,14 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
                     "description": "OK",
                     "content": {"application/json": {"schema": by_type[op.response]}},
                 }
+            elif op.media_type != "application/json":
+                responses[str(op.status)] = {
+                    "description": "OK",
+                    "content": {op.media_type: {"schema": {"type": "string"}}},
+                }
             else:
-                responses[str(op.status)] = {"description": "OK"}
+                responses[str(op.status)] = {
+                    "description": "No content" if op.status == 204 else "OK"}
             for code in _error_codes(op):
                 responses[str(code)] = {
                     "description": "Error",
@@ -272,4 +289,5 @@ def _error_codes(op: Operation) -> list[int]:
         codes += [400, 413, 422]
     if "{" in op.path:
         codes.append(404)
+    codes += op.errors
     return sorted(set(codes))

@@ -1,0 +1,85 @@
+"""Alert settings routes (the alert configurator): CRUD with ETag / If-Match.
+
+The body is read and validated before the setting is looked up, so a bad body is
+always 413/422 whatever the id. Storage and its atomicity live in streams.settings.
+"""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from streams.schemas import AlertSetting, SettingIn, SettingList, SettingPatch
+from streams.settings import SettingsStore, check_name, etag, parse_if_match, parse_limit
+
+from .context import Ctx
+from .http import Principal, Router, json_response, read_body
+
+router = Router("settings")
+
+ITEM = "/api/v1/settings/{id}"
+WRITE_ERRORS = (409, 412)  # 409: kept losing to concurrent writers; 412: stale If-Match
+
+
+def store_of(ctx: Ctx) -> SettingsStore:
+    store = ctx.parts.get("settings")
+    if store is None:
+        store = ctx.parts["settings"] = SettingsStore(
+            ctx.redis, ctx.keys, topic_maxlen=ctx.settings.topic_maxlen)
+    return store
+
+
+def _one(setting: AlertSetting, status: int = 200) -> Response:
+    return json_response(setting, status, headers={"ETag": etag(setting)})
+
+
+def _if_match(request: Request) -> frozenset[int] | None:
+    return parse_if_match(request.headers.get("if-match"))
+
+
+@router.route("POST", "/api/v1/settings", summary="Create an alert setting", auth="service",
+              body=SettingIn, response=AlertSetting, status=201)
+async def create_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    body = await read_body(request, SettingIn, ctx)
+    return _one(await store_of(ctx).create(body), 201)
+
+
+@router.route("GET", "/api/v1/settings", summary="List alert settings (by alert name), paged",
+              auth="service", response=SettingList, errors=(400,),
+              query={"name": "only the settings of this alert name",
+                     "cursor": "the `next` of the previous page",
+                     "limit": "items per page, 1-500 (default 50)"})
+async def list_settings(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    q = request.query_params
+    name = q.get("name")
+    page = await store_of(ctx).list(
+        check_name(name) if name is not None else None, q.get("cursor") or None,
+        parse_limit(q.get("limit")))
+    return json_response(page)
+
+
+@router.route("GET", ITEM, summary="One alert setting (ETag = its version)", auth="service",
+              response=AlertSetting)
+async def get_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return _one(await store_of(ctx).get(request.path_params["id"]))
+
+
+@router.route("PUT", ITEM, summary="Replace an alert setting (honours If-Match)",
+              auth="service", body=SettingIn, response=AlertSetting, errors=WRITE_ERRORS)
+async def put_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    body = await read_body(request, SettingIn, ctx)
+    return _one(await store_of(ctx).replace(request.path_params["id"], body, _if_match(request)))
+
+
+@router.route("PATCH", ITEM, summary="Change some fields of an alert setting (honours If-Match)",
+              auth="service", body=SettingPatch, response=AlertSetting, errors=WRITE_ERRORS)
+async def patch_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    body = await read_body(request, SettingPatch, ctx)
+    return _one(await store_of(ctx).patch(request.path_params["id"], body, _if_match(request)))
+
+
+@router.route("DELETE", ITEM, summary="Delete an alert setting (honours If-Match)",
+              auth="service", status=204, errors=WRITE_ERRORS)
+async def delete_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    await store_of(ctx).delete(request.path_params["id"], _if_match(request))
+    return Response(status_code=204)

@@ -1,0 +1,242 @@
+"""Alert settings: storage, optimistic concurrency and the `settings` topic event.
+
+A setting lives in the hash `vn:settings` (id → JSON) and is indexed in two
+sorted sets (all scores 0, ids ordered lexicographically, so paging is a
+ZRANGEBYLEX after the last id seen): every id, and the ids of each alert name.
+
+Every change is a compare-and-set in ONE Lua call: check the stored version,
+write the hash, fix both indexes and XADD the whole setting to topic
+`settings` (`op` create|update|delete, `data` = the setting, also on delete).
+So a concurrent edit can never be lost, and the topic never disagrees with the
+store. A caller's `If-Match` is checked against the version read just before
+the CAS; when the CAS loses a race the caller with `If-Match` gets 412, one
+without it simply retries on the fresher version.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from .errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from .ids import now_ms, ulid
+from .keys import SETTINGS_TOPIC, Keys
+from .metrics import EVENTS_PUBLISHED
+from .schemas import (
+    AlertSetting,
+    SettingIn,
+    SettingList,
+    SettingPatch,
+    TopicEvent,
+    json_encode,
+    topic_fields,
+    validate_channel,
+)
+
+DEFAULT_LIMIT = 50
+MAX_LIMIT = 500
+CAS_ATTEMPTS = 20
+_NAME_RE = re.compile(r"^[\w.:-]{1,200}$")
+_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+
+_decode_setting = msgspec.json.Decoder(AlertSetting).decode
+
+# KEYS: settings hash, ids zset, topic stream, old-name zset, new-name zset
+# ARGV: id, expected version (0 = must not exist), new JSON ('' = delete), maxlen,
+#       then the topic entry's flat fields as name/value pairs
+# Returns {1, stream id} on success, {0, stored version} on a version mismatch,
+# {-1} when the setting is gone.
+WRITE_LUA = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+local expected = tonumber(ARGV[2])
+if cur then
+  local v = cjson.decode(cur)['version']
+  if v ~= expected then return {0, v} end
+elseif expected ~= 0 then
+  return {-1}
+end
+if ARGV[3] == '' then
+  redis.call('HDEL', KEYS[1], ARGV[1])
+  redis.call('ZREM', KEYS[2], ARGV[1])
+  redis.call('ZREM', KEYS[4], ARGV[1])
+else
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
+  redis.call('ZADD', KEYS[2], 0, ARGV[1])
+  if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[1]) end
+  redis.call('ZADD', KEYS[5], 0, ARGV[1])
+end
+local fields = {}
+for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
+local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+return {1, sid}
+"""
+
+
+def etag(setting: AlertSetting) -> str:
+    return f'"{setting.version}"'
+
+
+def parse_if_match(header: str | None) -> frozenset[int] | None:
+    """`If-Match` → the versions it accepts; None when absent or `*` (unconditional).
+
+    An entity tag that is not one of ours (`"abc"`) matches nothing, so it yields 412.
+    """
+    if header is None or header.strip() == "*":
+        return None
+    out: set[int] = set()
+    for tag in header.split(","):
+        tag = tag.strip().removeprefix("W/").strip('"')
+        if tag.isdigit():
+            out.add(int(tag))
+    return frozenset(out)
+
+
+def encode_cursor(last_id: str) -> str:
+    return base64.urlsafe_b64encode(last_id.encode()).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> str:
+    try:
+        last = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        last = ""
+    if not _ID_RE.match(last):
+        raise BadRequest("cursor is not one returned as `next` by this API", field="cursor")
+    return last
+
+
+def parse_limit(raw: str | None) -> int:
+    if raw is None or raw == "":
+        return DEFAULT_LIMIT
+    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
+    return int(raw)
+
+
+def check_name(name: str) -> str:
+    if not _NAME_RE.match(name):
+        raise BadRequest("name must be 1-200 characters of letters, digits, `_`, `.`, `:` or `-`",
+                         field="name")
+    return name
+
+
+class SettingsStore:
+    """CRUD of alert settings; every change is one atomic Lua call (see the module doc)."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, topic_maxlen: int, src: str = "api") -> None:
+        self.redis = redis
+        self.keys = keys
+        self.topic_maxlen = topic_maxlen
+        self.src = src
+        self._write = redis.register_script(WRITE_LUA)
+
+    # reads ---------------------------------------------------------------------------
+    async def get(self, sid: str) -> AlertSetting:
+        raw = await self.redis.hget(self.keys.settings, sid)
+        if raw is None:
+            raise NotFound(f"no alert setting with id `{sid}`", field="id")
+        return _decode_setting(raw)
+
+    async def list(self, name: str | None = None, cursor: str | None = None,
+                   limit: int = DEFAULT_LIMIT) -> SettingList:
+        """One page in id order (ids are ULIDs: creation order); `next` is null at the end."""
+        index = self.keys.settings_ids if name is None else self.keys.settings_by_name(name)
+        start = "-" if not cursor else "(" + decode_cursor(cursor)
+        ids = await self.redis.zrangebylex(index, start, "+", start=0, num=limit + 1)
+        more = len(ids) > limit
+        ids = ids[:limit]
+        items: list[AlertSetting] = []
+        if ids:
+            for raw in await self.redis.hmget(self.keys.settings, ids):
+                if raw is not None:  # deleted between the two reads
+                    items.append(_decode_setting(raw))
+        nxt = encode_cursor(ids[-1].decode()) if more else None
+        return SettingList(items=items, next=nxt)
+
+    # writes --------------------------------------------------------------------------
+    async def create(self, body: SettingIn) -> AlertSetting:
+        validate_channel(body.channel)
+        now = now_ms()
+        setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
+                               channel=body.channel, enabled=body.enabled, version=1,
+                               created_at=now, updated_at=now)
+        await self._cas(setting, expected=0, old_name=body.name, op="create")
+        return setting
+
+    async def replace(self, sid: str, body: SettingIn,
+                      if_match: frozenset[int] | None = None) -> AlertSetting:
+        validate_channel(body.channel)
+        return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
+            cur, name=body.name, metric=body.metric, channel=body.channel,
+            enabled=body.enabled))
+
+    async def patch(self, sid: str, body: SettingPatch,
+                    if_match: frozenset[int] | None = None) -> AlertSetting:
+        if body.channel is not None:
+            validate_channel(body.channel)
+        changes: dict[str, Any] = {
+            f: getattr(body, f) for f in ("name", "metric", "channel", "enabled")
+            if getattr(body, f) is not None
+        }
+        return await self._update(sid, if_match,
+                                  lambda cur: msgspec.structs.replace(cur, **changes))
+
+    async def delete(self, sid: str, if_match: frozenset[int] | None = None) -> AlertSetting:
+        """Remove a setting; the `delete` event on topic `settings` carries its last state."""
+        for _ in range(CAS_ATTEMPTS):
+            cur = await self.get(sid)
+            self._check(cur, if_match)
+            if await self._cas(cur, expected=cur.version, old_name=cur.name, op="delete"):
+                return cur
+        raise Conflict("the setting keeps changing; try again")
+
+    # internals -----------------------------------------------------------------------
+    async def _update(self, sid: str, if_match: frozenset[int] | None,
+                      change: Any) -> AlertSetting:
+        for _ in range(CAS_ATTEMPTS):
+            cur = await self.get(sid)
+            self._check(cur, if_match)
+            new = change(cur)
+            new.version = cur.version + 1
+            new.updated_at = max(now_ms(), cur.updated_at)
+            if await self._cas(new, expected=cur.version, old_name=cur.name, op="update"):
+                return new
+        raise Conflict("the setting keeps changing; try again")
+
+    @staticmethod
+    def _check(cur: AlertSetting, if_match: frozenset[int] | None) -> None:
+        if if_match is not None and cur.version not in if_match:
+            raise PreconditionFailed(
+                f"the setting is at version {cur.version} (ETag {etag(cur)}); "
+                "read it again and retry", field="If-Match")
+
+    async def _cas(self, setting: AlertSetting, *, expected: int, old_name: str,
+                   op: str) -> bool:
+        """Write (or delete) atomically if the stored version is still `expected`.
+
+        False: someone else wrote first (re-read and retry). Raises 404 when it is gone.
+        """
+        data = msgspec.to_builtins(setting)
+        fields = topic_fields(TopicEvent(op=op, id=setting.id, data=data,  # type: ignore[arg-type]
+                                         ts=setting.updated_at if op != "delete" else now_ms(),
+                                         src=self.src))
+        argv: list[Any] = [setting.id, expected, b"" if op == "delete" else json_encode(data),
+                           self.topic_maxlen]
+        for k, v in fields.items():
+            argv += [k, v]
+        keys = [self.keys.settings, self.keys.settings_ids, self.keys.topic(SETTINGS_TOPIC),
+                self.keys.settings_by_name(old_name), self.keys.settings_by_name(setting.name)]
+        res = await self._write(keys=keys, args=argv)
+        if res[0] == 1:
+            EVENTS_PUBLISHED.labels(SETTINGS_TOPIC, self.src).inc()
+            return True
+        if res[0] == -1:
+            raise NotFound(f"no alert setting with id `{setting.id}`", field="id")
+        if op == "create":
+            raise Conflict(f"a setting with id `{setting.id}` already exists")
+        return False  # lost a race: the caller re-reads, and `_check` decides on If-Match
