@@ -23,6 +23,7 @@ from streams.redis import connect, wait_ready
 
 from . import ops, topics
 from .context import Ctx
+from .deliveries import router as deliveries_router
 from .errors import HANDLERS
 from .http import Router, json_response, openapi
 from .settings import router as settings_router
@@ -32,7 +33,7 @@ VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router, settings_router]
+    return [ops.router, topics.router, settings_router, deliveries_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:

@@ -1,0 +1,78 @@
+"""Webhook: a JSON POST of the notice to the setting's `url`, signed per Standard Webhooks.
+
+Headers `webhook-id` (`<notice id>`, the same on every retry: receivers dedupe on it),
+`webhook-timestamp` (seconds) and `webhook-signature: v1,<base64 HMAC-SHA256>` of
+`"{id}.{timestamp}.{body}"` with the secret — the target's `secret` or
+`VESTNIK_WEBHOOK_SECRET`, in the `whsec_<base64>` form. Without a secret the request is
+sent unsigned.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import hmac
+import time
+from typing import Any
+
+import httpx
+
+from streams.config import ConfigError, Settings
+from streams.schemas import Notice, User, json_encode
+
+from .base import Channel, SendResult, post
+
+
+def secret_key(secret: str) -> bytes:
+    """`whsec_<base64>` (or bare base64) → the HMAC key; ValueError when it is not base64."""
+    raw = secret.removeprefix("whsec_")
+    try:
+        return base64.b64decode(raw, validate=True)
+    except binascii.Error:
+        raise ValueError("a webhook secret is `whsec_` followed by base64") from None
+
+
+def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
+    signed = f"{msg_id}.{timestamp}.".encode() + body
+    return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+class WebhookChannel(Channel):
+    name = "webhook"
+    user_address = None  # webhooks go to the setting's url, not to a user
+
+    def __init__(self, http: httpx.AsyncClient, key: bytes | None) -> None:
+        self.http, self.key = http, key
+
+    @classmethod
+    def create(cls, settings: Settings, http: httpx.AsyncClient) -> WebhookChannel | None:
+        key = None
+        if settings.webhook_secret:
+            try:
+                key = secret_key(settings.webhook_secret)
+            except ValueError as e:
+                raise ConfigError(f"VESTNIK_WEBHOOK_SECRET: {e}") from None
+        return cls(http, key)
+
+    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+                   ) -> SendResult:
+        url = target.get("url")
+        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+            return SendResult.permanent(f"webhook: bad url {url!r}")
+        key = self.key
+        if target.get("secret"):
+            try:
+                key = secret_key(str(target["secret"]))
+            except ValueError as e:
+                return SendResult.permanent(f"webhook: {e}")
+        body = json_encode(notice)
+        msg_id = notice.id
+        ts = int(time.time())
+        headers = {"content-type": "application/json", "webhook-id": msg_id,
+                   "webhook-timestamp": str(ts)}
+        if key is not None:
+            headers["webhook-signature"] = sign(key, msg_id, ts, body)
+        _, result = await post(self.http, url, f"webhook {url}", content=body,
+                               headers=headers)
+        return result

@@ -1,0 +1,387 @@
+"""The forward job against real servers: Redis state laid out as the center stores it, an
+arq worker in burst mode, an SMTP sink and HTTP stand-ins for Telegram, Slack, webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from conftest import base_env
+from fwd_support import HttpSink, SmtpSink, deliveries, store_notice, store_user
+from redis.asyncio import Redis
+from standardwebhooks import Webhook
+
+from streams.config import Settings, load
+from streams.forward import BROADCAST, ForwardJob, add_forward_jobs, job_id, run_forwarder
+from streams.ids import now_ms, ulid
+from streams.keys import Keys
+from streams.schemas import Notice, User
+from support import eventually
+
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()
+
+
+@pytest.fixture
+def http_sink() -> Iterator[HttpSink]:
+    sink = HttpSink().start()
+    yield sink
+    sink.stop()
+
+
+def make_settings(redis_url: str, **env: str) -> Settings:
+    return load(base_env(redis_url, **{"VESTNIK_SEND_BACKOFF": "0.05", **env}))
+
+
+def notice(**kw: Any) -> Notice:
+    base: dict[str, Any] = dict(id=ulid(), alert="disk", title="Disk 95% on web-1",
+                                body="Only 5% left on /var.", severity="warning",
+                                recipients=["1"], channels={"email": {"users": ["1"]}},
+                                created_at=now_ms(), link="https://panel.example/vm/42")
+    base.update(kw)
+    return Notice(**base)
+
+
+ALICE = User(id="1", name="Alice", email="alice@example.org", telegram_chat_id=111,
+             slack_user="U111")
+
+
+async def schedule(redis: Redis, keys: Keys, *jobs: ForwardJob) -> list[Any]:
+    async with redis.pipeline(transaction=True) as pipe:
+        add_forward_jobs(pipe, keys, list(jobs))
+        return await pipe.execute()
+
+
+async def burst(settings: Settings, timeout: float = 20) -> None:
+    await asyncio.wait_for(run_forwarder(settings, burst=True), timeout)
+
+
+async def test_email_is_sent_once_when_scheduled_twice(redis: Redis, keys: Keys, redis_url,
+                                                       smtp: SmtpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="Vestnik <vestnik@example.org>")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    job = ForwardJob(n.id, "1", now_ms())
+    assert await schedule(redis, keys, job, job) == [1, 0]
+    assert await schedule(redis, keys, job) == [0]
+    await burst(settings)
+    assert len(smtp.mails) == 1
+    # the job has run: its arq result key still refuses a re-schedule; a new run never resends
+    assert await schedule(redis, keys, job) == [0]
+    await redis.delete(f"arq:result:{job_id(keys, n.id, '1')}")
+    assert await schedule(redis, keys, job) == [1]
+    await burst(settings)
+    assert len(smtp.mails) == 1
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.uid, d.channel, d.attempt, d.status) for d in log] == [("1", "email", 1, "sent")]
+
+
+async def test_email_headers_parts_and_escaping(redis: Redis, keys: Keys, redis_url,
+                                                smtp: SmtpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="Vestnik <vestnik@example.org>")
+    await store_user(redis, keys, ALICE)
+    n = notice(title="<script>alert(1)</script> disk\r\nBcc: x@evil.example",
+               body="line 1\n<b>not bold</b>")
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    assert len(smtp.mails) == 1
+    mail = smtp.mails[0]
+    assert mail.rcpt_tos == ["alice@example.org"]
+    assert mail.mail_from == "vestnik@example.org"
+    msg = mail.msg
+    assert msg["From"] == "Vestnik <vestnik@example.org>"
+    assert msg["To"] == "Alice <alice@example.org>"
+    assert msg["Subject"] == "<script>alert(1)</script> disk Bcc: x@evil.example"
+    assert msg["Bcc"] is None
+    head = mail.raw.split(b"\r\n\r\n")[0]
+    assert b"\nBcc:" not in head and b"evil" not in head.split(b"Subject:")[0]
+    assert msg.get_content_type() == "multipart/alternative"
+    text, html = mail.part("plain"), mail.part("html")
+    assert "<script>alert(1)</script> disk Bcc: x@evil.example" in text  # plain text: raw
+    assert "<b>not bold</b>" in text
+    assert "<script>" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert "&lt;b&gt;not bold&lt;/b&gt;" in html
+    assert 'href="https://panel.example/vm/42"' in html
+
+
+async def test_locale_template_override(redis: Redis, keys: Keys, redis_url, smtp: SmtpSink,
+                                        tmp_path):
+    from streams.channels import email as email_mod
+
+    (tmp_path / "email.ru.html.j2").write_text("<p>Уведомление: {{ title }}</p>")
+    for name in ("email.html.j2", "email.txt.j2"):
+        (tmp_path / name).write_text((email_mod.TEMPLATES / name).read_text())
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    channel = email_mod.EmailChannel(email_mod.SmtpConfig(smtp.url), "vestnik@example.org",
+                                     templates=tmp_path)
+    ru = User(id="2", email="boris@example.org", locale="ru")
+    msg = channel.message(notice(title="<x>"), ru, "boris@example.org")
+    html = msg.get_body(preferencelist=("html",)).get_content()
+    assert "Уведомление: &lt;x&gt;" in html
+    en = channel.message(notice(title="<x>"), ALICE, "alice@example.org")
+    assert "Уведомление" not in en.get_body(preferencelist=("html",)).get_content()
+    await channel.aclose()
+    assert settings.smtp_url
+
+
+async def test_read_notice_is_not_sent(redis: Redis, keys: Keys, redis_url, smtp: SmtpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n, unread=False)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    assert smtp.mails == []
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.channel, d.status) for d in log] == [("email", "skipped_read")]
+
+
+async def test_pref_off_and_missing_address(redis: Redis, keys: Keys, redis_url,
+                                            smtp: SmtpSink, http_sink: HttpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org",
+                             VESTNIK_TELEGRAM_API=http_sink.base, VESTNIK_TELEGRAM_TOKEN="T")
+    await store_user(redis, keys, User(id="1", email="alice@example.org",
+                                       prefs={"email": False}))
+    n = notice(channels={"email": {}, "telegram": {"users": ["1"]}, "ui": {}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    assert smtp.mails == [] and http_sink.requests == []  # email off; no telegram chat id
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.channel, d.status) for d in log] == [("email", "skipped_pref")]
+
+
+async def test_deferred_until_due(redis: Redis, keys: Keys, redis_url, smtp: SmtpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    due = now_ms() + 1000
+    await schedule(redis, keys, ForwardJob(n.id, "1", due))
+    assert await redis.zscore(keys.arq_queue, job_id(keys, n.id, "1")) == due
+    await burst(settings)
+    assert len(smtp.mails) == 1 and now_ms() >= due
+
+
+async def test_smtp_down_then_up_retries_and_lists_attempts(redis: Redis, keys: Keys,
+                                                            redis_url, start_api):
+    sink = SmtpSink()  # port reserved, nothing listening yet
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=sink.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org",
+                             VESTNIK_SEND_BACKOFF="0.2", VESTNIK_SEND_ATTEMPTS="8")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    worker = asyncio.create_task(run_forwarder(settings, burst=True))
+    try:
+        async def retried() -> bool:
+            return any(d.status == "retrying" for d in await deliveries(redis, keys, n.id))
+
+        await eventually(retried, what="a failed attempt")
+        sink.start()
+        await asyncio.wait_for(worker, 30)
+    finally:
+        worker.cancel()
+        sink.stop()
+    assert len(sink.mails) == 1
+    api = start_api()
+    async with api.client() as http:
+        r = await http.get(f"/api/v1/notices/{n.id}/deliveries")
+        assert r.status_code == 200
+        items = r.json()["items"]
+        assert [i["attempt"] for i in items] == list(range(1, len(items) + 1))
+        assert [i["status"] for i in items[:-1]] == ["retrying"] * (len(items) - 1)
+        assert items[-1]["status"] == "sent" and items[-1]["channel"] == "email"
+        assert "SMTPConnectError" in items[0]["detail"] or "refused" in items[0]["detail"]
+        assert (await http.get("/api/v1/notices/nope/deliveries")).status_code == 404
+    async with api.client("not-a-token") as http:
+        assert (await http.get(f"/api/v1/notices/{n.id}/deliveries")).status_code == 401
+
+
+async def test_attempts_are_bounded(redis: Redis, keys: Keys, redis_url):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=SmtpSink().url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org",
+                             VESTNIK_SEND_ATTEMPTS="3", VESTNIK_SEND_BACKOFF="0.01")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.attempt, d.status) for d in log] == [(1, "retrying"), (2, "retrying"),
+                                                     (3, "failed")]
+
+
+def telegram_stand_in(req) -> tuple[int, Any]:
+    chat = req.json()["chat_id"]
+    if chat == 666:
+        return 400, {"ok": False, "error_code": 400, "description": "Bad Request: chat not found"}
+    return 200, {"ok": True, "result": {"message_id": 7}}
+
+
+async def test_telegram_payload_and_400_is_not_retried(redis: Redis, keys: Keys, redis_url,
+                                                       http_sink: HttpSink):
+    http_sink.respond = telegram_stand_in
+    settings = make_settings(redis_url, VESTNIK_TELEGRAM_API=http_sink.base,
+                             VESTNIK_TELEGRAM_TOKEN="123:SECRET", VESTNIK_SEND_ATTEMPTS="5")
+    await store_user(redis, keys, ALICE)
+    await store_user(redis, keys, User(id="2", telegram_chat_id=666))
+    n = notice(title="CPU <100%> & rising", recipients=["1", "2"],
+               channels={"telegram": {}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()), ForwardJob(n.id, "2", now_ms()))
+    await burst(settings)
+    assert len(http_sink.requests) == 2  # one each: the 400 is not retried
+    by_chat = {r.json()["chat_id"]: r for r in http_sink.requests}
+    ok = by_chat[111]
+    assert ok.path == "/bot123:SECRET/sendMessage"
+    body = ok.json()
+    assert body["parse_mode"] == "HTML"
+    assert "<b>CPU &lt;100%&gt; &amp; rising</b>" in body["text"]
+    assert '<a href="https://panel.example/vm/42">Open</a>' in body["text"]
+    log = {d.uid: d for d in await deliveries(redis, keys, n.id)}
+    assert log["1"].status == "sent"
+    assert (log["2"].attempt, log["2"].status) == (1, "failed")
+    assert "chat not found" in log["2"].detail and "SECRET" not in log["2"].detail
+
+
+async def test_telegram_429_waits_retry_after(redis: Redis, keys: Keys, redis_url,
+                                              http_sink: HttpSink):
+    calls: list[float] = []
+
+    def limited(req) -> tuple[int, Any]:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return 429, {"ok": False, "error_code": 429, "description": "Too Many Requests",
+                         "parameters": {"retry_after": 1}}
+        return 200, {"ok": True, "result": {"message_id": 8}}
+
+    http_sink.respond = limited
+    settings = make_settings(redis_url, VESTNIK_TELEGRAM_API=http_sink.base,
+                             VESTNIK_TELEGRAM_TOKEN="T")
+    await store_user(redis, keys, ALICE)
+    n = notice(channels={"telegram": {}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    assert len(calls) == 2 and calls[1] - calls[0] >= 0.9
+    assert [d.status for d in await deliveries(redis, keys, n.id)] == ["retrying", "sent"]
+
+
+async def test_broadcast_targets_telegram_webhook_slack(redis: Redis, keys: Keys, redis_url,
+                                                        http_sink: HttpSink):
+    settings = make_settings(redis_url, VESTNIK_TELEGRAM_API=http_sink.base,
+                             VESTNIK_TELEGRAM_TOKEN="T", VESTNIK_WEBHOOK_SECRET=SECRET)
+    hook = f"{http_sink.base}/hooks/vestnik"
+    slack = f"{http_sink.base}/slack/T000/B000/XXX"
+    n = notice(recipients=["1"], channels={
+        "telegram": {"chat_ids": [-100123, 555]}, "webhook": {"url": hook},
+        "slack": {"url": slack}, "forward_after": 0})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
+    await burst(settings)
+    paths = sorted(r.path for r in http_sink.requests)
+    assert paths == ["/botT/sendMessage", "/botT/sendMessage", "/hooks/vestnik",
+                     "/slack/T000/B000/XXX"]
+    chats = sorted(r.json()["chat_id"] for r in http_sink.requests if r.path.startswith("/bot"))
+    assert chats == [-100123, 555]
+    wh = next(r for r in http_sink.requests if r.path == "/hooks/vestnik")
+    payload = Webhook(SECRET).verify(wh.body, wh.headers)  # raises on a bad signature
+    assert payload["id"] == n.id and payload["title"] == n.title
+    assert wh.headers["webhook-id"] == n.id
+    sl = next(r for r in http_sink.requests if r.path.startswith("/slack"))
+    assert sl.json()["text"].startswith("*Disk 95% on web-1*")
+    log = await deliveries(redis, keys, n.id)
+    assert sorted((d.uid, d.channel, d.status) for d in log) == [
+        ("*", "slack", "sent"), ("*", "telegram", "sent"), ("*", "telegram", "sent"),
+        ("*", "webhook", "sent")]
+
+
+async def test_broadcast_skipped_once_any_recipient_read(redis: Redis, keys: Keys, redis_url,
+                                                         http_sink: HttpSink):
+    settings = make_settings(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET)
+    n = notice(recipients=["1", "2"],
+               channels={"webhook": {"url": f"{http_sink.base}/h"}})
+    await store_notice(redis, keys, n)
+    await redis.zrem(keys.unread("2"), n.id)  # user 2 read it
+    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
+    await burst(settings)
+    assert http_sink.requests == []
+    assert [(d.uid, d.status) for d in await deliveries(redis, keys, n.id)] == [
+        ("*", "skipped_read")]
+
+
+async def test_slack_post_message_to_user(redis: Redis, keys: Keys, redis_url,
+                                          http_sink: HttpSink):
+    def slack_api(req) -> tuple[int, Any]:
+        if req.json()["channel"] == "U404":
+            return 200, {"ok": False, "error": "channel_not_found"}
+        return 200, {"ok": True, "ts": "1.2"}
+
+    http_sink.respond = slack_api
+    settings = make_settings(redis_url, VESTNIK_SLACK_API=f"{http_sink.base}/api",
+                             VESTNIK_SLACK_TOKEN="xoxb-1")
+    await store_user(redis, keys, ALICE)
+    await store_user(redis, keys, User(id="2", slack_user="U404"))
+    n = notice(title="a <b> & c", recipients=["1", "2"], channels={"slack": {}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()), ForwardJob(n.id, "2", now_ms()))
+    await burst(settings)
+    assert len(http_sink.requests) == 2
+    r = next(r for r in http_sink.requests if r.json()["channel"] == "U111")
+    assert r.path == "/api/chat.postMessage"
+    assert r.headers["authorization"] == "Bearer xoxb-1"
+    assert r.json()["text"].startswith("*a &lt;b&gt; &amp; c*")
+    log = {d.uid: (d.attempt, d.status) for d in await deliveries(redis, keys, n.id)}
+    assert log == {"1": (1, "sent"), "2": (1, "failed")}
+
+
+async def test_channel_not_configured_is_recorded(redis: Redis, keys: Keys, redis_url):
+    settings = make_settings(redis_url)  # no SMTP: the email channel is off
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.channel, d.status) for d in log] == [("email", "failed")]
+    assert "not configured" in log[0].detail
+
+
+def test_registry_reads_entry_points(settings: Settings):
+    from streams.channels import available
+
+    names = available()
+    assert {"email", "telegram", "slack", "webhook"} <= set(names)
+    assert names["email"].user_address == "email"
+    assert names["webhook"].user_address is None
+
+
+@pytest.mark.parametrize("url,expect", [
+    ("smtp://u:p%40ss@mail.example:2525?starttls=1", ("mail.example", 2525, False, True, "p@ss")),
+    ("smtps://mail.example", ("mail.example", 465, True, False, None)),
+    ("smtp://127.0.0.1", ("127.0.0.1", 25, False, False, None)),
+])
+def test_smtp_url(url: str, expect: tuple[Any, ...]):
+    from streams.channels.email import SmtpConfig
+
+    c = SmtpConfig(url)
+    assert (c.host, c.port, c.use_tls, c.start_tls, c.password) == expect
