@@ -119,7 +119,10 @@ def _from_env(env: Mapping[str, str]) -> dict[str, Any]:
 
 def _key_of(err: msgspec.ValidationError) -> str:
     m = re.search(r"at `\$\.([A-Za-z_]+)", str(err))
-    return m.group(1) if m else ""
+    if m:
+        return m.group(1)
+    m = re.match(r"([a-z_]+) ", str(err))  # __post_init__ messages start with the key
+    return m.group(1) if m and m.group(1) in _FIELDS else ""
 
 
 def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Settings:
@@ -136,6 +139,8 @@ def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -
             merged.update(tomllib.loads(Path(path).read_text()))
         except FileNotFoundError:
             raise ConfigError(f"config file {path}: not found") from None
+        except (OSError, UnicodeDecodeError) as e:  # a directory, no permission, not UTF-8
+            raise ConfigError(f"config file {path}: cannot read it ({e})") from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(f"config file {path}: {e}") from None
         source = f"{path} or environment"
@@ -146,10 +151,12 @@ def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -
         return msgspec.convert(merged, Settings, strict=False)
     except msgspec.ValidationError as e:
         key = _key_of(e)
-        where = env_name(key) if key in env_values else (f"{key} ({source})" if key else source)
+        where = env_name(key) if key in env_values else (f"{key} (in {path})" if key and path
+                                                           else key or source)
         reason = str(e).split(" - at ")[0]
-        if "Object contains unknown field" in reason:
-            raise ConfigError(f"{source}: {reason}") from None
+        if "Object contains unknown field" in reason:  # only the file can have unknown keys
+            unknown = reason.rsplit(" ", 1)[-1]
+            raise ConfigError(f"config file {path}: unknown key {unknown}") from None
         raise ConfigError(f"{where}: {reason}") from None
     except ValueError as e:  # from __post_init__
         raise ConfigError(f"{source}: {e}") from None
