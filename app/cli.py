@@ -185,6 +185,41 @@ def cmd_wrap(args: argparse.Namespace, settings: Settings) -> int:
     return run_wrapper(load_alert(args.alert_config), metrics_port=args.metrics_port)
 
 
+def _forwarder_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+
+
+@command("forwarder", "run forward jobs alone (more forwarders = more send throughput)",
+         _forwarder_args)
+def cmd_forwarder(args: argparse.Namespace, settings: Settings) -> int:
+    import signal
+
+    from streams.forward import run_forwarder
+
+    from .server import run
+
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik forwarder`")
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=settings.host)
+
+    async def main() -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await run_forwarder(settings)
+        except asyncio.CancelledError:
+            log.info("forwarder stopped")
+
+    run(main())
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")
