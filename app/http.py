@@ -261,6 +261,7 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
                     "description": "Error",
                     "content": {"application/json": {"schema": error_ref}},
                 }
+            item["responses"] = responses
             if op.auth != "none":
                 item["security"] = [{"bearer": []}]
             paths.setdefault(op.path, {})[op.method.lower()] = item

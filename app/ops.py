@@ -49,6 +49,7 @@ async def readyz(request: Request, ctx: Ctx, principal: Principal) -> Response:
     return json_response(Health("ok" if ok else "unavailable", checks), 200 if ok else 503)
 
 
-@router.route("GET", "/metrics", summary="Prometheus metrics", auth="none")
+@router.route("GET", "/metrics", summary="Prometheus metrics", auth="none",
+              media_type=CONTENT_TYPE_LATEST)
 async def metrics(request: Request, ctx: Ctx, principal: Principal) -> Response:
     return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
