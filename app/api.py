@@ -19,6 +19,7 @@ from streams.config import Settings
 from streams.hub import TopicHub
 from streams.hydrate import Hydrator
 from streams.keys import CENTER_GROUP, Keys
+from streams.live import UserHub
 from streams.redis import connect, wait_ready
 
 from . import ops, topics
@@ -26,6 +27,7 @@ from .context import Ctx
 from .deliveries import router as deliveries_router
 from .errors import HANDLERS
 from .http import Router, json_response, openapi
+from .notices import router as notices_router
 from .settings import router as settings_router
 
 log = logging.getLogger("vestnik.api")
@@ -33,7 +35,7 @@ VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router, settings_router, deliveries_router]
+    return [ops.router, topics.router, settings_router, deliveries_router, notices_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:
@@ -65,10 +67,14 @@ def create_app(settings: Settings) -> Starlette:
         hub = TopicHub(settings.redis_url, redis, ctx.keys, hydrator)
         ctx.parts["topics"] = hub
         await hub.start()
+        users = UserHub(settings.redis_url, ctx.keys)
+        ctx.parts["users"] = users
+        await users.start()
         app.state.ctx = ctx
         try:
             yield
         finally:
+            await users.stop()
             await hub.stop()
             await hydrator.aclose()
             await redis.aclose()
@@ -78,6 +84,9 @@ def create_app(settings: Settings) -> Starlette:
 
     routes = [r for router in all_routers for r in router.routes]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
+    from .pages import routes as page_routes  # the inbox, admin and demo pages
+
+    routes += page_routes()
     middleware = []
     if settings.cors_origins:
         middleware.append(Middleware(

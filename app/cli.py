@@ -220,6 +220,87 @@ def cmd_forwarder(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _center_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--burst", action="store_true",
+                   help="stop once the notice stream is drained (tests, batch jobs)")
+    p.add_argument("--consumer", help="consumer name in the group (default: host-pid)")
+    p.add_argument("--no-forward", action="store_true",
+                   help="do not run the forward worker in this process")
+
+
+@command("center", "store notices per user, push them live, schedule forwards", _center_args)
+def cmd_center(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.center import run_center
+
+    from .server import run
+
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik center`")
+    run(run_center(settings, consumer=args.consumer, burst=args.burst,
+                   forward=not args.no_forward, handle_signals=True))
+    return 0
+
+
+def _send_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alert", required=True, help="alert (setting) name")
+    p.add_argument("--title", required=True)
+    p.add_argument("--severity", default="info", help="info | warning | critical")
+    p.add_argument("--body", default="")
+    p.add_argument("--recipients", help="comma-separated user ids (default: from the setting)")
+    p.add_argument("--data", help="the alert's payload as a JSON object")
+    p.add_argument("--metric", help="JSON object")
+    p.add_argument("--channels", help="JSON object, like a setting's `channel`")
+    p.add_argument("--entity", help='JSON object {"topic": ..., "id": ...}')
+    p.add_argument("--link")
+    p.add_argument("--setting-id")
+    p.add_argument("--dedup-key")
+    p.add_argument("--forward-after", type=float, help="seconds")
+    p.add_argument("--id", dest="notice_id", help="notice id (default: a new ULID)")
+
+
+@command("send", "send one notice (XADD to the ingest stream)", _send_args)
+def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
+    from streams.center import ingest
+    from streams.errors import BadInput
+    from streams.keys import Keys
+    from streams.redis import connect
+    from streams.schemas import NoticeIn, convert
+
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik send`")
+    obj: dict[str, object] = {"alert": args.alert, "title": args.title,
+                              "severity": args.severity, "body": args.body}
+    for name in ("link", "setting_id", "dedup_key", "forward_after"):
+        if getattr(args, name) is not None:
+            obj[name] = getattr(args, name)
+    if args.notice_id:
+        obj["id"] = args.notice_id
+    if args.recipients:
+        obj["recipients"] = [r.strip() for r in args.recipients.split(",") if r.strip()]
+    try:
+        for name in ("data", "metric", "channels", "entity"):
+            raw = getattr(args, name)
+            if raw is not None:
+                try:
+                    obj[name] = msgspec.json.decode(raw)
+                except msgspec.DecodeError as e:
+                    raise BadInput(f"--{name} is not valid JSON: {e}", field=f"$.{name}") from None
+        notice = convert(obj, NoticeIn)
+    except BadInput as e:
+        print(f"vestnik send: {e.detail}", file=sys.stderr)
+        return 2
+
+    async def main() -> str:
+        redis = connect(settings.redis_url or "", name="vestnik-send")
+        try:
+            return await ingest(redis, Keys(settings.prefix), notice, via="cli")
+        finally:
+            await redis.aclose()
+
+    print(asyncio.run(main()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")

@@ -69,6 +69,11 @@ class Keys:
         """String: the stored notice JSON, shared by all its recipients."""
         return f"{self.prefix}notice:{nid}"
 
+    def folded(self, nid: str) -> str:
+        """Set of ids of the repeats folded into notice `nid` (dedup), so a re-delivered
+        repeat is counted once; expires with the dedup window."""
+        return f"{self.prefix}notice:{nid}:folded"
+
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
         return f"{self.prefix}notice:{nid}:deliveries"

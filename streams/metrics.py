@@ -38,3 +38,26 @@ FORWARD_ATTEMPTS = Counter(
     "vestnik_forward_attempts_total", "Forward send attempts, by channel and outcome",
     ["channel", "status"],
 )
+NOTICES_INGESTED = Counter(
+    "vestnik_notices_ingested_total", "Notices added to the ingest stream by Vestnik", ["via"]
+)
+NOTICES_STORED = Counter(
+    "vestnik_notices_stored_total", "Notices stored by the center (one per notice, not per user)"
+)
+NOTICES_DELIVERED = Counter(
+    "vestnik_notice_feed_entries_total", "Feed entries made (one per notice and user)"
+)
+NOTICES_FOLDED = Counter(
+    "vestnik_notices_folded_total", "Notices folded into an earlier one by their dedup_key"
+)
+NOTICES_DEAD = Counter(
+    "vestnik_notices_dead_total", "Ingest entries (or recipients) dead-lettered", ["reason"]
+)
+CENTER_BATCH = Histogram(
+    "vestnik_center_batch_seconds", "Time to handle one batch of the notice stream",
+    buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0),
+)
+CONSUMER_ERRORS = Counter(
+    "vestnik_consumer_errors_total", "Consumer-group loop failures (batch left pending)",
+    ["group", "kind"],
+)

@@ -1,0 +1,237 @@
+"""Notice routes: ingest (`POST /notices`, service token) and the user's inbox (`/me/*`, user
+token): the feed, the unread count, read / unread / archive, and the live stream (SSE).
+
+`GET /me/stream` events:
+- `count` `{count, seq}` first: the unread count and the user's last feed seq;
+- `notice` (SSE id = the user's feed seq) with the feed item: the notice's fields plus
+  `seq`, `read`, `archived`;
+- `read` `{ids, read, count, archived?}` when read state changes (in any tab);
+- `notice-update` with the notice, when a dedup repeat folded into it (`repeat`,
+  `last_seen`);
+- `reset` `{seq}` when Last-Event-ID is ahead of the feed (the store was reset).
+A reconnect with Last-Event-ID (or `?last_event_id=`) replays exactly the missed
+feed entries; live entries at or below the last sent seq are dropped, a jump in seq
+is filled from the feed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import Response
+
+from streams.center import ingest
+from streams.errors import BadRequest
+from streams.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
+from streams.live import RESYNC, Item, UserHub, UserSub
+from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
+from streams.schemas import NoticeIn, json_encode
+
+from .context import Ctx
+from .http import Principal, Router, json_response, read_body
+from .sse import frame, last_event_id, sse_response
+
+router = Router("notices")
+
+BACKLOG_PAGE = 500
+MAX_BACKLOG_PAGES = 1000  # bounded replay: at most 500,000 entries per resume
+
+
+class Accepted(msgspec.Struct):
+    id: str
+
+
+class Head(msgspec.Struct):
+    count: int
+    seq: int
+
+
+def inbox_of(ctx: Ctx) -> Inbox:
+    inbox = ctx.parts.get("inbox")
+    if inbox is None:
+        inbox = ctx.parts["inbox"] = Inbox(ctx.redis, ctx.keys)
+    return inbox
+
+
+def _uid(principal: Principal) -> str:
+    assert principal.user_id is not None
+    return principal.user_id
+
+
+def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise BadRequest(f"`{name}` must be an integer", field=name) from None
+    if not lo <= value <= hi:
+        raise BadRequest(f"`{name}` must be between {lo} and {hi}", field=name)
+    return value
+
+
+def _bool_param(request: Request, name: str) -> bool:
+    raw = (request.query_params.get(name) or "").lower()
+    if raw in ("", "0", "false", "no"):
+        return False
+    if raw in ("1", "true", "yes"):
+        return True
+    raise BadRequest(f"`{name}` must be true or false", field=name)
+
+
+@router.route("POST", "/api/v1/notices", summary="Send a notice (to the ingest stream)",
+              auth="service", body=NoticeIn, response=Accepted, status=202)
+async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    body = await read_body(request, NoticeIn, ctx)
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise BadRequest("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
+    nid = await ingest(ctx.redis, ctx.keys, body, via="http", idempotency_key=key)
+    return json_response(Accepted(nid), 202)
+
+
+@router.route("GET", "/api/v1/me/notices", summary="My notices, newest first, paged",
+              auth="user", response=FeedPage, errors=(400,),
+              query={"unread": "only unread ones (true/false)",
+                     "cursor": "the `next` of the previous page",
+                     "limit": "items per page, 1-200 (default 50)"})
+async def my_notices(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    page = await inbox_of(ctx).page(
+        _uid(principal), unread=_bool_param(request, "unread"),
+        cursor=_int_param(request, "cursor", None, 0, 2**53),
+        limit=_int_param(request, "limit", 50, 1, 200) or 50)
+    return json_response(page)
+
+
+@router.route("GET", "/api/v1/me/unread-count", summary="My unread count", auth="user",
+              response=Count)
+async def unread_count(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return json_response(Count(await inbox_of(ctx).count(_uid(principal))))
+
+
+async def _mark(request: Request, ctx: Ctx, principal: Principal, action: str) -> Response:
+    nid = request.path_params["id"]
+    return json_response(await inbox_of(ctx).mark(_uid(principal), nid, action))
+
+
+@router.route("POST", "/api/v1/me/notices/{id}/read", summary="Mark one notice read",
+              auth="user", response=Marked)
+async def mark_read(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return await _mark(request, ctx, principal, "read")
+
+
+@router.route("POST", "/api/v1/me/notices/{id}/unread", summary="Mark one notice unread",
+              auth="user", response=Marked)
+async def mark_unread(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return await _mark(request, ctx, principal, "unread")
+
+
+@router.route("POST", "/api/v1/me/notices/{id}/archive",
+              summary="Archive one notice (also marks it read)", auth="user", response=Marked)
+async def archive(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return await _mark(request, ctx, principal, "archive")
+
+
+@router.route("POST", "/api/v1/me/notices/read-all", summary="Mark all my notices read",
+              auth="user", response=MarkedAll)
+async def read_all(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return json_response(await inbox_of(ctx).read_all(_uid(principal)))
+
+
+@router.route("GET", "/api/v1/me/stream", summary="My live notices (SSE)", auth="user",
+              stream=True, errors=(400,),
+              query={"last_event_id": "resume after this feed seq (or Last-Event-ID header)",
+                     "token": "user token (EventSource cannot send headers)"})
+async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    uid = _uid(principal)
+    raw = last_event_id(request)
+    after: int | None = None
+    if raw is not None:
+        try:
+            after = int(raw)
+        except ValueError:
+            raise BadRequest("Last-Event-ID must be a feed seq (an integer)",
+                             field="Last-Event-ID") from None
+        if after < 0:
+            raise BadRequest("Last-Event-ID must be >= 0", field="Last-Event-ID")
+    hub: UserHub = ctx.parts["users"]
+    inbox = inbox_of(ctx)
+    # subscribe before reading anything: from here on nothing published can be missed
+    sub = await hub.subscribe(uid)
+    try:
+        count, tip = await inbox.head(uid)
+    except BaseException:
+        await hub.unsubscribe(sub)
+        raise
+    return sse_response(ctx, _frames(hub, inbox, sub, count, tip, after))
+
+
+def _notice_frame(item: Item) -> bytes:
+    if item.frame is None:
+        item.frame = frame(item.payload, event=item.event, id=str(item.seq))
+    return item.frame
+
+
+async def _frames(hub: UserHub, inbox: Inbox, sub: UserSub, count: int, tip: int,
+                  after: int | None) -> AsyncIterator[bytes]:
+    uid = sub.uid
+    SSE_CLIENTS.labels("user").inc()
+    delivered = EVENTS_DELIVERED.labels("user")
+    try:
+        yield frame(json_encode(Head(count, tip)), event="count")
+        if after is not None and after > tip:  # the feed was reset (e.g. Redis flushed)
+            yield frame(json_encode({"seq": tip}), event="reset")
+            after = tip
+        last = tip if after is None else after
+        if after is not None:
+            async for f, seq in _backlog(inbox, uid, last):
+                last = seq
+                delivered.inc()
+                yield f
+        while True:
+            item = await sub.queue.get()
+            if item is None:  # fell behind or the server stops: the client resumes
+                return
+            if item is RESYNC:
+                async for f, seq in _backlog(inbox, uid, last):
+                    last = seq
+                    delivered.inc()
+                    yield f
+                yield frame(json_encode(Head(await inbox.count(uid), last)), event="count")
+                continue
+            if item.seq:
+                if item.seq <= last:
+                    continue
+                if item.seq > last + 1:  # a jump: fill the gap from the feed
+                    async for f, seq in _backlog(inbox, uid, last, upto=item.seq - 1):
+                        last = seq
+                        delivered.inc()
+                        yield f
+                last = item.seq
+                delivered.inc()
+                yield _notice_frame(item)
+            else:
+                if item.frame is None:
+                    item.frame = frame(item.payload, event=item.event)
+                delivered.inc()
+                yield item.frame
+    finally:
+        await hub.unsubscribe(sub)
+        SSE_CLIENTS.labels("user").dec()
+
+
+async def _backlog(inbox: Inbox, uid: str, last: int, upto: int | None = None
+                   ) -> AsyncIterator[tuple[bytes, int]]:
+    """Feed items after `last` (up to `upto`), oldest first, with the new last seq."""
+    for _ in range(MAX_BACKLOG_PAGES):
+        items = await inbox.after(uid, last, BACKLOG_PAGE)
+        for seq, payload in items:
+            if upto is not None and seq > upto:
+                return
+            last = seq
+            yield frame(payload, event="notice", id=str(seq)), last
+        if len(items) < BACKLOG_PAGE:
+            return

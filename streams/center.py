@@ -1,0 +1,574 @@
+"""The notice center's batch handler: validate, resolve recipients, dedup, store, push live,
+schedule forwards — a few pipelined round trips per batch, never one per notice.
+
+Round trips of one batch:
+1. settings named by `setting_id` (HGET) or by alert name (ZRANGE of the name index);
+2. settings found by name (HMGET), when any;
+3. the users (HMGET of the `user` topic state) and the dedup claims (SET NX GET EX);
+4. the store: each notice body once (SET NX), one STORE script call per user with
+   all of that user's notices (idempotent on notice id: a re-delivered entry never
+   makes a second feed entry; the script also trims and PUBLISHes), folds of dedup
+   repeats, and the forward jobs (`streams.forward.add_forward_jobs`);
+5. only when repeats were folded: PUBLISH of `notice-update` to their recipients.
+
+An entry without `id` gets one derived from its stream id (a ULID with the entry's
+time and a hash of the id), so a re-delivery derives the same id: exactly one copy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import re
+import signal
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from .config import Settings
+from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
+from .errors import BadInput
+from .forward import BROADCAST, ForwardJob, add_forward_jobs, forward_jobs_for, run_forwarder
+from .ids import now_ms, parse_stream_id, ulid
+from .keys import CENTER_GROUP, USER_TOPIC, Keys
+from .live import update_message
+from .metrics import (
+    CENTER_BATCH,
+    NOTICES_DELIVERED,
+    NOTICES_FOLDED,
+    NOTICES_INGESTED,
+    NOTICES_STORED,
+)
+from .redis import connect, reader, wait_ready
+from .schemas import (
+    AlertSetting,
+    Notice,
+    NoticeIn,
+    User,
+    decode_notice_entry,
+    json_encode,
+    notice_fields,
+    validate_channel,
+)
+
+log = logging.getLogger("vestnik.center")
+
+_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+_setting_decoder = msgspec.json.Decoder(AlertSetting)
+_any_decoder = msgspec.json.Decoder()
+_notice_decoder = msgspec.json.Decoder(Notice)
+
+# Per user. KEYS: feed, unread, seq, live, archived.
+# ARGV: feed_max, scan_max, then (nid, notice JSON) pairs.
+# Returns the number of new feed entries. Publishes each as
+# {"e":"notice","seq":N,"data":<notice + seq, read, archived>}.
+STORE_LUA = """
+local feed, unread, seqkey, live, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
+local feed_max, scan_max = tonumber(ARGV[1]), tonumber(ARGV[2])
+local msgs = {}
+for i = 3, #ARGV, 2 do
+  local nid = ARGV[i]
+  if not redis.call('ZSCORE', feed, nid) then
+    local seq = redis.call('INCR', seqkey)
+    redis.call('ZADD', feed, seq, nid)
+    redis.call('ZADD', unread, seq, nid)
+    local body = ARGV[i + 1]
+    msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":' .. string.sub(body, 1, -2)
+      .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+  end
+end
+local card = redis.call('ZCARD', feed)
+local need = card - feed_max
+if need > 0 then
+  -- retention: the oldest READ ones first (bounded scan), then the oldest
+  local victims, chosen = {}, {}
+  if card > redis.call('ZCARD', unread) then
+    local start, scanned = 0, 0
+    while #victims < need and scanned < scan_max do
+      local page = redis.call('ZRANGE', feed, start, start + 199)
+      if #page == 0 then break end
+      for _, id in ipairs(page) do
+        if not redis.call('ZSCORE', unread, id) then
+          victims[#victims + 1] = id
+          chosen[id] = true
+          if #victims >= need then break end
+        end
+      end
+      scanned = scanned + #page
+      start = start + #page
+    end
+  end
+  if #victims < need then
+    local page = redis.call('ZRANGE', feed, 0, need + #victims - 1)
+    for _, id in ipairs(page) do
+      if #victims >= need then break end
+      if not chosen[id] then victims[#victims + 1] = id end
+    end
+  end
+  for i = 1, #victims, 500 do
+    local chunk = {unpack(victims, i, math.min(i + 499, #victims))}
+    redis.call('ZREM', feed, unpack(chunk))
+    redis.call('ZREM', unread, unpack(chunk))
+    redis.call('SREM', archived, unpack(chunk))
+  end
+end
+for _, m in ipairs(msgs) do redis.call('PUBLISH', live, m) end
+return #msgs
+"""
+
+# Fold a dedup repeat into the first notice. KEYS: notice body, folded set.
+# ARGV: repeat id, last_seen, window seconds. Returns the new body, 0 when the repeat
+# was already folded (re-delivery), or -1 when the first notice is gone.
+# The body ends with `created_at` (always set) and optionally `repeat`, `last_seen`:
+# msgspec writes Notice fields in declaration order, so they are the tail of the object.
+FOLD_LUA = """
+local body = redis.call('GET', KEYS[1])
+if not body then return -1 end
+if redis.call('SADD', KEYS[2], ARGV[1]) == 0 then return 0 end
+redis.call('EXPIRE', KEYS[2], ARGV[3])
+local head, rep = string.match(body, '^(.-),"repeat":(%d+),"last_seen":%d+}$')
+if not head then head, rep = string.match(body, '^(.-),"repeat":(%d+)}$') end
+if not head then head = string.match(body, '^(.-),"last_seen":%d+}$') end
+if not head then head = string.sub(body, 1, -2) end
+local n = (tonumber(rep) or 0) + 1
+body = head .. ',"repeat":' .. n .. ',"last_seen":' .. ARGV[2] .. '}'
+redis.call('SET', KEYS[1], body, 'KEEPTTL')
+return body
+"""
+
+SCAN_MAX = 2000  # retention looks at most this many oldest entries for read ones
+
+
+def derived_id(sid: str) -> str:
+    """A ULID for an entry sent without `id`: its time from the stream id, the rest a hash of
+    it, so every delivery of the entry gets the same notice id."""
+    ms = parse_stream_id(sid)[0]
+    rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
+    n = (ms << 80) | rnd
+    out = []
+    for _ in range(26):
+        out.append(_ALPHABET[n & 31])
+        n >>= 5
+    return "".join(reversed(out))
+
+
+def choose_trim(oldest_first: list[str], unread: set[str], need: int,
+                scan_max: int = SCAN_MAX) -> list[str]:
+    """Which feed entries retention removes (the rule STORE_LUA implements): the oldest read
+    ones (looking at no more than `scan_max` entries), then the oldest of the rest."""
+    if need <= 0:
+        return []
+    victims = [nid for nid in oldest_first[:scan_max] if nid not in unread][:need]
+    chosen = set(victims)
+    for nid in oldest_first:
+        if len(victims) >= need:
+            break
+        if nid not in chosen:
+            victims.append(nid)
+    return victims
+
+
+def merge_channels(settings: Iterable[AlertSetting]) -> dict[str, Any]:
+    """The channel maps of several settings of one alert as one: users and chat ids united."""
+    out: dict[str, Any] = {}
+    for s in settings:
+        for name, value in s.channel.items():
+            if name == "forward_after":
+                if isinstance(value, int | float) and not isinstance(value, bool):
+                    cur = out.get(name)
+                    out[name] = value if cur is None else min(cur, value)
+                continue
+            if not isinstance(value, dict):
+                continue
+            cur = out.setdefault(name, {})
+            for k, v in value.items():
+                if isinstance(v, list):
+                    have = cur.setdefault(k, [])
+                    have.extend(x for x in v if x not in have)
+                else:
+                    cur.setdefault(k, v)
+    return out
+
+
+def channel_users(channels: dict[str, Any]) -> list[str]:
+    """Every user named by a channel entry (ui, email, ...), in order, once."""
+    targets = validate_channel(channels)
+    seen: dict[str, None] = {}
+    for target in targets.values():
+        for uid in target.users:
+            seen[uid] = None
+    return list(seen)
+
+
+_MISSING = re.compile(r"Object missing required field `([^`]+)`")
+
+
+def decode_entry(fields: dict[bytes, bytes]) -> NoticeIn:
+    """decode_notice_entry, with a missing field named by its own path (`$.title`)."""
+    try:
+        return decode_notice_entry(fields)
+    except BadInput as e:
+        m = _MISSING.search(e.detail)
+        if m and e.field == "$":
+            raise BadInput(f"missing required field `{m.group(1)}`",
+                           field=f"$.{m.group(1)}") from None
+        raise
+
+
+def decode_user(uid: str, raw: bytes) -> User | str:
+    """A user record of the `user` topic state, or why it cannot be used. The hash field is
+    the id (entities often carry a numeric `id`)."""
+    try:
+        obj = _any_decoder.decode(raw)
+        if not isinstance(obj, dict):
+            return f"unreadable record of user {uid}: not a JSON object"
+        obj["id"] = uid
+        return msgspec.convert(obj, User, strict=False)
+    except msgspec.DecodeError as e:  # ValidationError included
+        return f"unreadable record of user {uid}: {e}"
+
+
+def is_muted(user: User, alert: str) -> bool:
+    mute = user.prefs.get("mute")
+    return isinstance(mute, list) and alert in mute
+
+
+def wants_forward(notice: Notice, user: User) -> bool:
+    """Whether any external channel of the notice reaches `user` and is not switched off."""
+    for name, target in notice.channels.items():
+        if name in ("ui", "forward_after") or not isinstance(target, dict):
+            continue
+        users = target.get("users")
+        if isinstance(users, list) and user.id not in [str(u) for u in users]:
+            continue
+        if user.prefs.get(name) is False:
+            continue
+        return True
+    return False
+
+
+@dataclass(slots=True)
+class Plan:
+    """One valid entry on its way to the store."""
+
+    entry: Entry[NoticeIn]
+    notice: Notice
+    settings: list[AlertSetting] = field(default_factory=list)
+    users: list[User] = field(default_factory=list)
+    fold_into: str | None = None
+
+
+def to_notice(entry: Entry[NoticeIn]) -> Notice:
+    n = entry.value
+    created = n.created_at or parse_stream_id(entry.sid)[0]
+    return Notice(
+        id=n.id or derived_id(entry.sid), alert=n.alert, title=n.title, severity=n.severity,
+        body=n.body, link=n.link, setting_id=n.setting_id, entity=n.entity, metric=n.metric,
+        data=n.data, recipients=list(n.recipients or []), channels=n.channels,
+        dedup_key=n.dedup_key, forward_after=n.forward_after, created_at=created,
+    )
+
+
+class Center:
+    """`handle` is the consumer's handler for the `center` group of `vn:notices`."""
+
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
+        self.redis = redis
+        self.keys = keys
+        self.settings = settings
+        self._store = redis.register_script(STORE_LUA)
+        self._fold = redis.register_script(FOLD_LUA)
+
+    async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
+        with CENTER_BATCH.time():
+            return await self._handle(entries)
+
+    async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
+        dead: list[DeadLetter] = []
+        plans = [Plan(e, to_notice(e)) for e in entries]
+        await self._load_settings(plans)
+        plans = self._resolve(plans, dead)
+        await self._load_users_and_dedup(plans, dead)
+        await self._write(plans)
+        return dead
+
+    # 1 + 2: settings ------------------------------------------------------------------
+    async def _load_settings(self, plans: list[Plan]) -> None:
+        need = [p for p in plans if not (p.notice.recipients and p.notice.channels)]
+        if not need:
+            return
+        by_name = sorted({p.notice.alert for p in need if not p.notice.setting_id})
+        by_id = sorted({p.notice.setting_id for p in need if p.notice.setting_id})
+        async with self.redis.pipeline(transaction=False) as pipe:
+            if by_id:
+                pipe.hmget(self.keys.settings, by_id)
+            for name in by_name:
+                pipe.zrange(self.keys.settings_by_name(name), 0, -1)
+            res = await pipe.execute()
+        found: dict[str, AlertSetting] = {}
+        if by_id:
+            for sid, raw in zip(by_id, res.pop(0), strict=True):
+                if raw is not None and (s := self._setting(raw)) is not None:
+                    found[sid] = s
+        name_ids = {name: [i.decode() for i in ids] for name, ids in
+                    zip(by_name, res, strict=True)}
+        more = sorted({i for ids in name_ids.values() for i in ids} - found.keys())
+        if more:
+            for sid, raw in zip(more, await self.redis.hmget(self.keys.settings, more),
+                                strict=True):
+                if raw is not None and (s := self._setting(raw)) is not None:
+                    found[sid] = s
+        for p in need:
+            if p.notice.setting_id:
+                s = found.get(p.notice.setting_id)
+                p.settings = [s] if s is not None else []
+            else:
+                p.settings = [found[i] for i in name_ids.get(p.notice.alert, ())
+                              if i in found and found[i].enabled]
+
+    @staticmethod
+    def _setting(raw: bytes) -> AlertSetting | None:
+        try:
+            return _setting_decoder.decode(raw)
+        except msgspec.DecodeError as e:  # a corrupt record must not stop every notice
+            log.error("unreadable alert setting record (%s): %.200r", e, raw)
+            return None
+
+    # recipients and channels --------------------------------------------------------------
+    def _resolve(self, plans: list[Plan], dead: list[DeadLetter]) -> list[Plan]:
+        ok: list[Plan] = []
+        for p in plans:
+            n = p.notice
+            if not n.channels and p.settings:
+                n.channels = merge_channels(p.settings)
+            if not n.metric and len(p.settings) == 1:
+                n.metric = p.settings[0].metric
+            if not n.setting_id and len(p.settings) == 1:
+                n.setting_id = p.settings[0].id
+            try:
+                if not n.recipients:
+                    n.recipients = channel_users(n.channels)
+                else:
+                    validate_channel(n.channels)
+            except BadInput as e:
+                path = (e.field or "$").replace("$.channel", "$.channels", 1)
+                dead.append(DeadLetter(p.entry.sid, e.detail, path, p.entry.raw))
+                continue
+            if not n.recipients:
+                dead.append(DeadLetter(
+                    p.entry.sid,
+                    f"no recipients: the notice has none and no enabled setting of alert "
+                    f"`{n.alert}` names a user", "$.recipients", p.entry.raw, kind="recipient"))
+                continue
+            ok.append(p)
+        return ok
+
+    # 3: users and dedup claims ------------------------------------------------------------
+    async def _load_users_and_dedup(self, plans: list[Plan], dead: list[DeadLetter]) -> None:
+        uids = sorted({u for p in plans for u in p.notice.recipients})
+        window = int(self.settings.dedup_window)
+        dedup = [p for p in plans if p.notice.dedup_key and window > 0]
+        if not uids:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.keys.state(USER_TOPIC), uids)
+            for p in dedup:
+                assert p.notice.dedup_key is not None
+                pipe.set(self.keys.dedup(p.notice.dedup_key), p.notice.id, nx=True, ex=window,
+                         get=True)
+            res = await pipe.execute()
+        users: dict[str, User | str] = {}
+        for uid, raw in zip(uids, res[0], strict=True):
+            if raw is None:
+                users[uid] = f"unknown user {uid}"
+                continue
+            users[uid] = decode_user(uid, raw)
+        for p, first in zip(dedup, res[1:], strict=True):
+            if first is not None and first.decode() != p.notice.id:
+                p.fold_into = first.decode()
+        for p in plans:
+            for i, uid in enumerate(p.notice.recipients):
+                u = users[uid]
+                if isinstance(u, str):
+                    dead.append(DeadLetter(p.entry.sid, u, f"$.recipients[{i}]", p.entry.raw,
+                                           kind="recipient"))
+                elif not is_muted(u, p.notice.alert):
+                    p.users.append(u)
+
+    # 4 + 5: store -----------------------------------------------------------------------
+    async def _write(self, plans: list[Plan]) -> None:
+        per_user: dict[str, list[str | bytes]] = {}
+        new: list[tuple[Plan, bytes]] = []
+        folds: list[Plan] = []
+        jobs: list[ForwardJob] = []
+        default_after = self.settings.forward_after
+        for p in plans:
+            if p.fold_into is not None:
+                folds.append(p)
+                continue
+            if not p.users:
+                continue  # every recipient muted it (or is unknown: dead-lettered)
+            p.notice.recipients = [u.id for u in p.users]
+            body = json_encode(p.notice)
+            new.append((p, body))
+            for u in p.users:
+                per_user.setdefault(u.id, []).extend((p.notice.id, body))
+            wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
+            jobs += [j for j in forward_jobs_for(p.notice, default_after)
+                     if j.uid in wanted or j.uid == BROADCAST]
+        if not new and not folds:
+            return
+        k = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for p, body in new:
+                pipe.set(k.notice(p.notice.id), body, nx=True)
+            for uid, args in per_user.items():
+                await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid),
+                                        k.archived(uid)],
+                                  args=[self.settings.feed_max, SCAN_MAX, *args], client=pipe)
+            for p in folds:
+                assert p.fold_into is not None
+                await self._fold(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
+                                 args=[p.notice.id, p.notice.created_at,
+                                       int(self.settings.dedup_window)], client=pipe)
+            add_forward_jobs(pipe, k, jobs)
+            res = await pipe.execute()
+        stored = res[len(new):len(new) + len(per_user)]
+        NOTICES_STORED.inc(len(new))
+        NOTICES_DELIVERED.inc(sum(int(r) for r in stored))
+        fold_res = res[len(new) + len(per_user):len(new) + len(per_user) + len(folds)]
+        await self._after_folds(folds, fold_res)
+
+    async def _after_folds(self, folds: list[Plan], results: list[Any]) -> None:
+        updates: list[bytes] = []
+        orphans: list[Plan] = []
+        for p, r in zip(folds, results, strict=True):
+            if isinstance(r, bytes):
+                updates.append(r)
+            elif r == -1:  # the first notice is gone: this one starts over
+                orphans.append(p)
+        NOTICES_FOLDED.inc(len(updates))
+        if updates:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for body in updates:
+                    msg = update_message(body)
+                    for uid in _notice_decoder.decode(body).recipients:
+                        pipe.publish(self.keys.live(uid), msg)
+                await pipe.execute()
+        if orphans:
+            window = int(self.settings.dedup_window)
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for p in orphans:
+                    assert p.notice.dedup_key is not None
+                    pipe.set(self.keys.dedup(p.notice.dedup_key), p.notice.id, ex=window)
+                await pipe.execute()
+            for p in orphans:
+                p.fold_into = None
+            await self._write(orphans)
+
+
+# ----------------------------------------------------------------------------- ingest
+
+IDEMPOTENCY_TTL_S = 86_400
+
+# KEYS: idempotency key, notices stream. ARGV: ttl, notice id, then field/value pairs.
+# The key and the entry are written together, so a failure never leaves a key that
+# points to a notice that was not added.
+INGEST_LUA = """
+local prev = redis.call('GET', KEYS[1])
+if prev then return prev end
+redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
+redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
+return ARGV[2]
+"""
+
+
+def prepare(notice: NoticeIn) -> NoticeIn:
+    """Assign the id (ULID) and created_at at ingest when the sender gave none."""
+    at = now_ms()
+    return msgspec.structs.replace(notice, id=notice.id or ulid(at),
+                                   created_at=notice.created_at or at)
+
+
+async def ingest(redis: Redis, keys: Keys, notice: NoticeIn, *, via: str,
+                 idempotency_key: str | None = None) -> str:
+    """XADD one notice to the ingest stream; returns its id. With `idempotency_key`, the
+    same key returns the first id and adds nothing (for IDEMPOTENCY_TTL_S seconds)."""
+    notice = prepare(notice)
+    assert notice.id is not None
+    fields = notice_fields(notice)
+    if idempotency_key is None:
+        await redis.xadd(keys.notices, fields)
+        NOTICES_INGESTED.labels(via).inc()
+        return notice.id
+    argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
+    for k, v in fields.items():
+        argv += [k, v]
+    got = await redis.eval(INGEST_LUA, 2, keys.idempotency(idempotency_key), keys.notices, *argv)
+    nid = got.decode() if isinstance(got, bytes) else str(got)
+    if nid == notice.id:
+        NOTICES_INGESTED.labels(via).inc()
+    return nid
+
+
+# ------------------------------------------------------------------------------ runner
+
+
+async def run_center(settings: Settings, *, consumer: str | None = None, burst: bool = False,
+                     forward: bool = True, handle_signals: bool = False) -> int:
+    """Run one member of the `center` group (and the forward worker beside it).
+
+    Returns the number of entries handled. Without `handle_signals` it is embeddable:
+    cancel the task to stop it (a batch in flight stays pending and is handled again).
+    With it, SIGTERM/SIGINT finish the batch in hand, ack it and return. `burst` returns
+    once the stream is drained (queued forward jobs stay queued for the next run).
+    """
+    assert settings.redis_url, "redis_url is required"
+    redis = connect(settings.redis_url, name="vestnik-center")
+    blocking = reader(settings.redis_url, name="vestnik-center-reader")
+    keys = Keys(settings.prefix)
+    cons: Consumer[NoticeIn] | None = None
+    tasks: list[asyncio.Task[Any]] = []
+    try:
+        await wait_ready(redis)
+        center = Center(redis, keys, settings)
+        cons = Consumer(
+            redis, blocking, stream=keys.notices, group=CENTER_GROUP,
+            consumer=consumer or default_consumer_name(), decode=decode_entry,
+            handle=center.handle, dead_stream=keys.notices_dead,
+            dead_maxlen=settings.dead_maxlen, batch=settings.center_batch,
+            claim_idle_ms=settings.claim_idle_ms, burst=burst)
+        if handle_signals:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, cons.stop)
+        log.info("center %s consuming %s (batch %d, claim idle %d ms%s)", cons.name,
+                 keys.notices, settings.center_batch, settings.claim_idle_ms,
+                 ", burst" if burst else "")
+        run = asyncio.create_task(cons.run(), name="center-consumer")
+        tasks.append(run)
+        if forward:
+            fwd = asyncio.create_task(run_forwarder(settings), name="center-forwarder")
+            tasks.append(fwd)
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            if fwd in done and not run.done():
+                log.error("forward worker stopped (%r); stopping the center", fwd.exception()
+                          if not fwd.cancelled() else "cancelled")
+                cons.stop()
+        await run
+        log.info("center %s stopped after %d entries", cons.name, cons.processed)
+        return cons.processed
+    finally:
+        for t in tasks:
+            if not t.done():
+                t.cancel()
+        results = await asyncio.gather(*tasks, return_exceptions=True)
+        for t, r in zip(tasks, results, strict=True):
+            if isinstance(r, Exception):
+                log.error("%s failed: %r", t.get_name(), r)
+        await blocking.aclose()
+        await redis.aclose()

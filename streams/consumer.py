@@ -1,0 +1,319 @@
+"""The consumer-group loop: the one place that reads a stream as a member of a group.
+
+Shaped after centrifugo's redisqueue consumer: bounded blocking reads (never
+`BLOCK 0`), idle pending entries of dead members reclaimed with XAUTOCLAIM,
+XACK only after the handler has stored the batch, BUSYGROUP/NOGROUP tolerated
+(the group is recreated after a Redis flush), and an orderly stop: the batch
+in hand is finished and acked, then the loop returns.
+
+Errors are sorted where they are caught:
+- bad input: the decoder raises BadInput → the entry is dead-lettered (reason,
+  JSON path, raw fields) and acked with the batch; the handler may dead-letter
+  more (e.g. an unknown recipient) by returning DeadLetters;
+- retryable (Redis down): back off, keep the batch pending and read it again;
+- a bug in the handler: logged with its traceback, the batch stays pending and is
+  retried after a backoff; an entry that keeps failing is dead-lettered after
+  `max_deliveries` attempts instead of blocking the group forever.
+
+A handler is a plain coroutine `async def handle(entries: list[Entry[T]]) ->
+list[DeadLetter]` that stores the decoded batch idempotently (entries can come
+twice: at-least-once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from redis.asyncio import Redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from .errors import BadInput
+from .ids import now_ms
+from .metrics import CONSUMER_ERRORS, NOTICES_DEAD
+from .redis import RETRYABLE, Backoff
+from .schemas import json_encode
+
+log = logging.getLogger("vestnik.consumer")
+
+T = TypeVar("T")
+Fields = dict[bytes, bytes]
+
+
+@dataclass(slots=True)
+class Entry(Generic[T]):
+    """One decoded stream entry: its id, the decoded value and the raw fields."""
+
+    sid: str
+    value: T
+    raw: Fields
+
+
+@dataclass(slots=True)
+class DeadLetter:
+    """Why an entry (or part of it) could not be served; written to the dead-letter stream."""
+
+    sid: str
+    reason: str
+    field: str | None
+    raw: Fields
+    kind: str = "invalid"  # metric label: invalid | recipient | failed
+
+
+Handler = Callable[[list[Entry[T]]], Awaitable[list[DeadLetter]]]
+Decoder = Callable[[Fields], T]
+
+# Redis answers that mean "not now" rather than "wrong": retry like a lost connection
+TRANSIENT = ("OOM", "BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def default_consumer_name() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+def raw_json(fields: Fields) -> bytes:
+    """The original fields as a JSON object (text fields; bytes that are not UTF-8 replaced)."""
+    return json_encode({k.decode(errors="replace"): v.decode(errors="replace")
+                        for k, v in fields.items()})
+
+
+def dead_fields(d: DeadLetter, source: str) -> dict[str, str | bytes]:
+    return {
+        "reason": d.reason, "field": d.field or "$", "raw": raw_json(d.raw),
+        "at": str(now_ms()), "source": source, "entry": d.sid,
+    }
+
+
+class Consumer(Generic[T]):
+    """A member of consumer group `group` on `stream`.
+
+    `redis` is a pooled client for acks and writes; `blocking` is a dedicated
+    single-connection client for the blocking XREADGROUP (see streams.redis.reader).
+    """
+
+    def __init__(
+        self,
+        redis: Redis,
+        blocking: Redis,
+        *,
+        stream: str,
+        group: str,
+        consumer: str,
+        decode: Decoder[T],
+        handle: Handler[T],
+        dead_stream: str,
+        dead_maxlen: int = 100_000,
+        batch: int = 500,
+        block_ms: int = 1000,
+        claim_idle_ms: int = 30_000,
+        claim_every: float | None = None,
+        max_deliveries: int = 10,
+        burst: bool = False,
+    ) -> None:
+        self.redis = redis
+        self.blocking = blocking
+        self.stream = stream
+        self.group = group
+        self.name = consumer
+        self.decode = decode
+        self.handle = handle
+        self.dead_stream = dead_stream
+        self.dead_maxlen = dead_maxlen
+        self.batch = batch
+        self.block_ms = max(1, min(block_ms, 10_000))  # bounded: stop is noticed in time
+        self.claim_idle_ms = claim_idle_ms
+        self.claim_every = (claim_idle_ms / 2000) if claim_every is None else claim_every
+        self.max_deliveries = max_deliveries
+        self.burst = burst
+        self.processed = 0
+        self._stopping = False
+        self._own_pending = True  # start by re-reading our own pending history ("0")
+        self._claim_cursor = "0-0"
+        self._last_claim = -1e9
+        self._failures: dict[str, int] = {}
+
+    # lifecycle ----------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand, ack it and return (within ~block_ms)."""
+        self._stopping = True
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    async def ensure_group(self) -> None:
+        try:
+            await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
+            log.info("created consumer group %s on %s", self.group, self.stream)
+        except ResponseError as e:
+            if "BUSYGROUP" not in str(e):
+                raise
+
+    async def run(self) -> None:
+        """Consume until stop() (or, in burst mode, until nothing is left to do)."""
+        backoff = Backoff(base=0.05, cap=2.0)
+        loop = asyncio.get_running_loop()
+        group_ok = False
+        while not self._stopping:
+            try:
+                if not group_ok:
+                    await self.ensure_group()
+                    group_ok = True
+                did = 0
+                if loop.time() - self._last_claim >= self.claim_every:
+                    self._last_claim = loop.time()
+                    did += await self._claim()
+                if self._own_pending:
+                    entries = await self._read("0")
+                    if not entries:
+                        self._own_pending = False
+                else:
+                    entries = await self._read(">")
+                if entries:
+                    did += await self._process(entries)
+                backoff.reset()
+                if self.burst and not did and not self._own_pending and await self._drained():
+                    return
+            except RETRYABLE as e:
+                CONSUMER_ERRORS.labels(self.group, "redis").inc()
+                log.warning("consumer %s: Redis unavailable (%s); batch stays pending, retrying",
+                            self.name, e)
+                self._own_pending = True
+                await backoff.wait()
+            except ResponseError as e:
+                if str(e).startswith(TRANSIENT):
+                    CONSUMER_ERRORS.labels(self.group, "redis").inc()
+                    log.warning("consumer %s: Redis refused (%s); retrying", self.name, e)
+                    self._own_pending = True
+                    await backoff.wait()
+                    continue
+                if "NOGROUP" in str(e):
+                    log.warning("consumer group %s is gone (Redis flushed or restarted without "
+                                "data?); recreating it", self.group)
+                    group_ok = False
+                    self._own_pending = True
+                    continue
+                raise
+
+    # reading ------------------------------------------------------------------------
+    async def _read(self, start: str) -> list[tuple[bytes, Fields | None]]:
+        block = None if start == "0" else (100 if self.burst else self.block_ms)
+        resp = await self.blocking.xreadgroup(self.group, self.name, {self.stream: start},
+                                              count=self.batch, block=block)
+        if not resp:
+            return []
+        # RESP2: [[stream, entries]]; RESP3: {stream: [entries]}
+        if isinstance(resp, dict):
+            return next(iter(resp.values()))[0] if resp else []
+        return resp[0][1]
+
+    async def _claim(self) -> int:
+        """Take over entries other members left pending longer than claim_idle_ms."""
+        done = 0
+        for _ in range(100):  # bounded: at most 100 pages per claim round
+            nxt, entries, deleted = await self.redis.xautoclaim(
+                self.stream, self.group, self.name, self.claim_idle_ms,
+                start_id=self._claim_cursor, count=self.batch)
+            self._claim_cursor = nxt.decode() if isinstance(nxt, bytes) else str(nxt)
+            if deleted:  # trimmed while pending: nothing left to serve
+                await self.redis.xack(self.stream, self.group, *deleted)
+            if entries:
+                log.info("consumer %s claimed %d idle entries", self.name, len(entries))
+                done += await self._process(entries)
+            if self._claim_cursor in ("0-0", "0"):
+                break
+        return done
+
+    async def _drained(self) -> bool:
+        """Burst mode: nothing new for the group and nothing pending anywhere in it."""
+        info = await self.redis.xpending(self.stream, self.group)
+        pending = info.get("pending", 0) if isinstance(info, dict) else info[0]
+        if pending:
+            return False
+        groups = await self.redis.xinfo_groups(self.stream)
+        for g in groups:
+            name = g.get("name") or g.get(b"name")
+            if isinstance(name, bytes):
+                name = name.decode()
+            if name == self.group:
+                lag = g.get("lag")
+                return lag is None or int(lag) == 0
+        return True
+
+    # handling -----------------------------------------------------------------------
+    async def _process(self, raw_entries: list) -> int:
+        """Decode, handle, then dead-letter and ack in one round trip. Returns entries done."""
+        entries: list[Entry[T]] = []
+        dead: list[DeadLetter] = []
+        ids: list[str] = []
+        for raw_sid, fields in raw_entries:
+            if raw_sid is None:
+                continue
+            sid = raw_sid.decode() if isinstance(raw_sid, bytes) else raw_sid
+            ids.append(sid)
+            if not fields:  # deleted from the stream while pending
+                continue
+            try:
+                entries.append(Entry(sid, self.decode(fields), fields))
+            except BadInput as e:
+                dead.append(DeadLetter(sid, e.detail, e.field, fields))
+        if entries:
+            try:
+                dead += await self.handle(entries)
+            except RETRYABLE:
+                raise
+            except ResponseError as e:
+                if "NOGROUP" in str(e):
+                    raise
+                if str(e).startswith(TRANSIENT):
+                    raise RedisConnectionError(str(e)) from e
+                return await self._failed(entries, e, dead, ids)
+            except Exception as e:
+                return await self._failed(entries, e, dead, ids)
+        await self._ack(ids, dead)
+        return len(ids)
+
+    async def _failed(self, entries: list[Entry[T]], err: Exception, dead: list[DeadLetter],
+                      ids: list[str]) -> int:
+        """A bug or an unexpected failure: keep the batch pending unless an entry is poison."""
+        CONSUMER_ERRORS.labels(self.group, "handler").inc()
+        log.exception("consumer %s: handler failed on %d entries; they stay pending",
+                      self.name, len(entries), exc_info=err)
+        if len(self._failures) > 100_000:
+            self._failures.clear()
+        poison: list[Entry[T]] = []
+        for e in entries:
+            n = self._failures[e.sid] = self._failures.get(e.sid, 0) + 1
+            if n >= self.max_deliveries:
+                poison.append(e)
+        if not poison:
+            self._own_pending = True  # retry soon from our own pending list
+            await asyncio.sleep(0.5)
+            return 0
+        for e in poison:
+            dead.append(DeadLetter(e.sid, f"failed {self.max_deliveries} times: {err!r}", None,
+                                   e.raw, kind="failed"))
+        served = {e.sid for e in entries} - {e.sid for e in poison}
+        await self._ack([i for i in ids if i not in served], dead)
+        return len(poison)
+
+    async def _ack(self, ids: list[str], dead: list[DeadLetter]) -> None:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for d in dead:
+                pipe.xadd(self.dead_stream, dead_fields(d, self.group), maxlen=self.dead_maxlen,
+                          approximate=True)
+            if ids:
+                pipe.xack(self.stream, self.group, *ids)
+            await pipe.execute()
+        for d in dead:
+            NOTICES_DEAD.labels(d.kind).inc()
+            log.warning("dead-lettered entry %s: %s (at %s)", d.sid, d.reason, d.field or "$")
+        for sid in ids:
+            self._failures.pop(sid, None)
+        self.processed += len(ids)

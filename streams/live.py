@@ -1,0 +1,260 @@
+"""The user hub: ONE Redis pub/sub connection per api process serves every connected user.
+
+Channel `keys.live(uid)` is subscribed when a user's first SSE connection arrives
+and unsubscribed when the last one leaves. Each message is decoded once and
+offered to every connection of that user. Messages on the channel (JSON):
+
+    {"e": "notice", "seq": N, "data": <feed item>}    new feed entry (center STORE script)
+    {"e": "notice-update", "data": <notice>}          a dedup repeat was folded into it
+    {"e": "read", "data": {"ids": [...], "read": true|false, "count": N,
+                           "archived": true?}}        read state changed (inbox scripts)
+
+Pub/sub is fire-and-forget, so the feed stays the truth: every connection keeps the
+last seq it sent and fills any gap from the feed. When the pub/sub connection is
+lost, every connection is told to resync from the feed (`RESYNC`), because messages
+published meanwhile are gone. A connection that falls `queue_size` messages behind
+is cut off (it gets `None`) and resumes with Last-Event-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Final
+
+import msgspec
+from redis.asyncio import Redis
+from redis.asyncio.client import PubSub
+
+from .keys import Keys
+from .metrics import READER_RECONNECTS, SSE_DROPPED
+from .redis import RETRYABLE, Backoff, reader
+
+log = logging.getLogger("vestnik.live")
+
+
+class LiveMsg(msgspec.Struct, omit_defaults=True):
+    """One message on a user's live channel; `data` is kept as raw JSON (never re-encoded)."""
+
+    e: str
+    data: msgspec.Raw
+    seq: int = 0
+
+
+_decode_msg = msgspec.json.Decoder(LiveMsg).decode
+_encode = msgspec.json.Encoder().encode
+
+
+def update_message(notice_json: bytes) -> bytes:
+    return _encode(LiveMsg("notice-update", msgspec.Raw(notice_json)))
+
+
+class Item:
+    """One live message ready to send: event name, seq (0 = no SSE id) and JSON payload."""
+
+    __slots__ = ("event", "frame", "payload", "seq")
+
+    def __init__(self, event: str, payload: bytes, seq: int = 0) -> None:
+        self.event = event
+        self.payload = payload
+        self.seq = seq
+        self.frame: bytes | None = None  # encoded once, by the first connection that sends it
+
+
+RESYNC: Final = Item("resync", b"{}")
+
+
+class UserSub:
+    __slots__ = ("queue", "uid")
+
+    def __init__(self, uid: str, queue_size: int) -> None:
+        self.uid = uid
+        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(queue_size)
+
+    def offer(self, item: Item) -> bool:
+        try:
+            self.queue.put_nowait(item)
+            return True
+        except asyncio.QueueFull:
+            return False
+
+    def close(self) -> None:
+        while not self.queue.empty():
+            self.queue.get_nowait()
+        self.queue.put_nowait(None)
+
+
+class UserHub:
+    def __init__(self, url: str, keys: Keys, *, queue_size: int = 1000,
+                 confirm_timeout: float = 5.0) -> None:
+        self.url = url
+        self.keys = keys
+        self.queue_size = queue_size
+        self.confirm_timeout = confirm_timeout
+        self.subs: dict[str, set[UserSub]] = {}
+        self._client: Redis | None = None
+        self._ps: PubSub | None = None
+        self._confirm: dict[bytes, asyncio.Future[None]] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._stopping = False
+        self._wake = asyncio.Event()
+        self._connected = asyncio.Event()
+
+    # lifecycle -----------------------------------------------------------------------
+    async def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="user-hub")
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        for subs in self.subs.values():
+            for sub in subs:
+                sub.close()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        await self._drop()
+
+    @property
+    def client_count(self) -> int:
+        return sum(len(s) for s in self.subs.values())
+
+    # subscribers ---------------------------------------------------------------------
+    async def subscribe(self, uid: str) -> UserSub:
+        """Register a connection; returns once Redis confirmed the channel subscription, so
+        a backlog read after this misses nothing. (When Redis is away it returns after
+        `confirm_timeout`; the reconnect then sends RESYNC to every connection.)"""
+        sub = UserSub(uid, self.queue_size)
+        self.subs.setdefault(uid, set()).add(sub)
+        channel = self.keys.live(uid).encode()
+        fut = self._confirm.get(channel)
+        if fut is None:
+            fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
+            if self._ps is not None and self._connected.is_set():
+                try:
+                    await self._ps.subscribe(channel)
+                except RETRYABLE as e:  # the reader loop reconnects and resyncs everyone
+                    log.warning("user hub: subscribe failed (%s)", e)
+            else:
+                self._wake.set()  # the reader opens the connection with every channel
+        if not fut.done():
+            try:
+                await asyncio.wait_for(asyncio.shield(fut), self.confirm_timeout)
+            except TimeoutError:
+                log.warning("user hub: no subscribe confirmation for user %s yet", uid)
+        return sub
+
+    async def unsubscribe(self, sub: UserSub) -> None:
+        subs = self.subs.get(sub.uid)
+        if subs is None:
+            return
+        subs.discard(sub)
+        if subs:
+            return
+        del self.subs[sub.uid]
+        channel = self.keys.live(sub.uid).encode()
+        self._confirm.pop(channel, None)
+        if self._ps is not None and self._connected.is_set():
+            try:
+                await self._ps.unsubscribe(channel)
+            except RETRYABLE:
+                pass  # the reconnect subscribes only to the users still connected
+
+    # reader loop ---------------------------------------------------------------------
+    async def _run(self) -> None:
+        backoff = Backoff()
+        while not self._stopping:
+            try:
+                if self._ps is None:
+                    if not self.subs:
+                        self._wake.clear()
+                        try:
+                            await asyncio.wait_for(self._wake.wait(), 1.0)
+                        except TimeoutError:
+                            pass
+                        continue
+                    await self._open()
+                    # whatever was published while we were away is gone: read the feed
+                    self._broadcast(RESYNC)
+                assert self._ps is not None
+                if not self._ps.subscribed:
+                    if not self.subs:
+                        await self._drop()
+                        continue
+                    await self._ps.subscribe(*(self.keys.live(u).encode() for u in self.subs))
+                msg = await self._ps.get_message(timeout=1.0)
+                if msg is not None:
+                    self._dispatch(msg)
+                backoff.reset()
+            except RETRYABLE as e:
+                READER_RECONNECTS.labels("users").inc()
+                log.warning("user hub lost Redis (%s); reconnecting", e)
+                await self._drop()
+                await backoff.wait()
+
+    async def _open(self) -> None:
+        self._client = reader(self.url, name="vestnik-user-hub")
+        self._ps = self._client.pubsub()
+        channels = [self.keys.live(u).encode() for u in self.subs]
+        await self._ps.subscribe(*channels)
+        self._connected.set()
+
+    async def _drop(self) -> None:
+        self._connected.clear()
+        ps, client, self._ps, self._client = self._ps, self._client, None, None
+        if ps is not None:
+            try:
+                await ps.aclose()
+            except RETRYABLE:
+                pass
+        if client is not None:
+            try:
+                await client.aclose()
+            except RETRYABLE:
+                pass
+
+    def _broadcast(self, item: Item) -> None:
+        for subs in self.subs.values():
+            for sub in list(subs):
+                if not sub.offer(item):
+                    self._cut(sub)
+
+    def _cut(self, sub: UserSub) -> None:
+        SSE_DROPPED.labels("user").inc()
+        sub.close()
+        subs = self.subs.get(sub.uid)
+        if subs is not None:
+            subs.discard(sub)
+
+    def _dispatch(self, msg: dict) -> None:
+        kind = msg.get("type")
+        channel = msg.get("channel")
+        if kind == "subscribe":
+            fut = self._confirm.get(channel) if isinstance(channel, bytes) else None
+            if fut is not None and not fut.done():
+                fut.set_result(None)
+            return
+        if kind != "message" or not isinstance(channel, bytes):
+            return
+        uid = self._uid_of(channel)
+        subs = self.subs.get(uid)
+        if not subs:
+            return
+        try:
+            m = _decode_msg(msg["data"])
+        except msgspec.DecodeError as e:
+            log.error("user hub: bad live message on %r: %s", channel, e)
+            return
+        item = Item(m.e, bytes(m.data), m.seq)
+        for sub in list(subs):  # copy: a slow connection never blocks the others
+            if not sub.offer(item):
+                self._cut(sub)
+
+    def _uid_of(self, channel: bytes) -> str:
+        # keys.live(uid) is f"{prefix}{{u:{uid}}}:live"
+        text = channel.decode()
+        head = f"{self.keys.prefix}{{u:"
+        return text[len(head):-len("}:live")]
