@@ -105,7 +105,7 @@ def events_in(r: redis.Redis, url: str, tmp: Path, n: int) -> tuple[float, float
     pipe.execute()
     publish_rate = n / (time.monotonic() - t0)
     assert proc.wait(300) == 0, (tmp / "in.log").read_text()
-    done = [f for _, f in r.xrange("vn:notices") if f[b"title"] == b"done"][0]
+    done = next(f for _, f in r.xrange("vn:notices") if f[b"title"] == b"done")
     data = json.loads(done[b"data"])
     return data["lines"] / data["seconds"], publish_rate
 
@@ -115,7 +115,8 @@ def main() -> int:
     p.add_argument("--notices", type=int, default=200_000)
     p.add_argument("--events", type=int, default=200_000)
     args = p.parse_args()
-    with tempfile.TemporaryDirectory() as d, RedisServer(Path(d) / "redis", appendonly=False) as srv:
+    with (tempfile.TemporaryDirectory() as d,
+          RedisServer(Path(d) / "redis", appendonly=False) as srv):
         r = redis.Redis.from_url(srv.url)
         out = notices_out(r, srv.url, Path(d), args.notices)
         print(f"notices out: {out:,.0f} notices/s ({args.notices:,} lines, stdout → vn:notices)")
