@@ -1,0 +1,98 @@
+"""The web pages `vestnik api` serves: the inbox (`/`), the admin page (`/admin`), the live
+entity demo (`/demo/vms`), the demo mailbox (`/demo/mail`) and the static files behind
+them, including the embeddable widget `/static/vestnik-inbox.js`.
+
+The pages are plain HTML and ES modules (no build step); they talk to the same JSON API
+and SSE streams as any product would. Tokens travel in the URL only once (`?token=`): the
+page moves them to sessionStorage and removes them from the address bar, and every page
+answers with `Referrer-Policy: no-referrer` so a token never leaks to a linked site.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import msgspec
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import BaseRoute, Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import Receive, Scope, Send
+
+from streams.errors import NotFound
+
+from .context import Ctx
+from .http import json_response
+
+STATIC = Path(__file__).resolve().parent / "static"
+
+PAGE_HEADERS = {
+    "Cache-Control": "no-cache",
+    "Referrer-Policy": "no-referrer",
+    "X-Content-Type-Options": "nosniff",
+    "X-Frame-Options": "SAMEORIGIN",
+}
+
+# the demo's mailbox (written by app.demo's SMTP sink, read by /demo/mail.json)
+MAILBOX = "demo:mail"
+MAILBOX_MAX = 200
+
+
+def mailbox_key(prefix: str) -> str:
+    return f"{prefix}{MAILBOX}"
+
+
+def _page(name: str):
+    path = STATIC / name
+
+    async def page(request: Request) -> Response:
+        return FileResponse(path, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
+
+    page.__name__ = f"page_{path.stem}"
+    return page
+
+
+async def demo_mail(request: Request) -> Response:
+    """Mail received by the demo SMTP sink, newest first (404 unless `up --demo` runs)."""
+    ctx: Ctx = request.app.state.ctx
+    key = mailbox_key(ctx.settings.prefix)
+    raw_limit = request.query_params.get("limit", "")
+    limit = max(1, min(MAILBOX_MAX, int(raw_limit))) if raw_limit.isdigit() else MAILBOX_MAX
+    async with ctx.redis.pipeline(transaction=False) as pipe:
+        pipe.exists(key + ":on")
+        pipe.lrange(key, 0, limit - 1)
+        on, raw = await pipe.execute()
+    if not on:
+        raise NotFound("the demo SMTP sink is not running (start `vestnik up --demo`)")
+    return json_response({"items": [msgspec.json.decode(m) for m in raw]},
+                         headers={"Cache-Control": "no-store"})
+
+
+class Static(StaticFiles):
+    """Static files, readable from any origin: the widget script is loaded by other sites
+    (a module script is fetched in CORS mode), and nothing here is private."""
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                headers = list(message.get("headers", []))
+                names = {k.lower() for k, _ in headers}
+                if b"access-control-allow-origin" not in names:
+                    headers.append((b"access-control-allow-origin", b"*"))
+                headers.append((b"cache-control", b"no-cache"))
+                headers.append((b"x-content-type-options", b"nosniff"))
+                message = {**message, "headers": headers}
+            await send(message)
+
+        await super().__call__(scope, receive, send_with_headers)
+
+
+def routes() -> list[BaseRoute]:
+    return [
+        Route("/", _page("index.html"), methods=["GET", "HEAD"]),
+        Route("/admin", _page("admin.html"), methods=["GET", "HEAD"]),
+        Route("/demo/vms", _page("vms.html"), methods=["GET", "HEAD"]),
+        Route("/demo/mail", _page("mail.html"), methods=["GET", "HEAD"]),
+        Route("/demo/mail.json", demo_mail, methods=["GET"]),
+        Mount("/static", app=Static(directory=STATIC), name="static"),
+    ]

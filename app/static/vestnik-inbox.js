@@ -1,0 +1,817 @@
+/*
+ * <vestnik-inbox>: the Vestnik notification inbox as one custom element.
+ *
+ *   <script src="https://vestnik.example.com/static/vestnik-inbox.js" defer></script>
+ *   <vestnik-inbox api="https://vestnik.example.com" token="USER_JWT"></vestnik-inbox>
+ *
+ * Attributes
+ *   api      base URL of Vestnik (default: where this script came from)
+ *   token    the user's token (JWT); default: the tab's sessionStorage `vestnik_token`
+ *   mode     "popover" (a bell that opens a panel; default) or "page" (the panel inline)
+ *   limit    notices per page (default 20)
+ *
+ * Events (on the element): `vestnik-count` {count}, `vestnik-notice` {notice} for each new
+ * live notice, and `vestnik-open` {notice} before following a notice's link (cancel it with
+ * preventDefault() to route inside your SPA instead).
+ *
+ * Self-contained on purpose (no imports, no build step): it works as a classic or a module
+ * script and from any origin the server lists in VESTNIK_CORS_ORIGINS.
+ */
+(() => {
+  "use strict";
+  if (customElements.get("vestnik-inbox")) return;
+
+  const TOKEN_KEY = "vestnik_token";
+  const SCRIPT_ORIGIN = (() => {
+    try {
+      return document.currentScript ? new URL(document.currentScript.src).origin : null;
+    } catch {
+      return null;
+    }
+  })();
+  const SEVERITY = { info: "Info", warning: "Warning", critical: "Critical" };
+  const BELL =
+    '<svg viewBox="0 0 24 24" width="20" height="20" aria-hidden="true" focusable="false">' +
+    '<path fill="currentColor" d="M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22Zm7-6V11a7 ' +
+    '7 0 0 0-5.5-6.84V3.5a1.5 1.5 0 0 0-3 0v.66A7 7 0 0 0 5 11v5l-1.7 1.7A1 1 0 0 0 4 19.4h16a1 ' +
+    '1 0 0 0 .7-1.7Z"/></svg>';
+
+  const CSS = `
+:host { display: inline-block; position: relative; font: inherit; color: var(--vn-fg);
+  --vn-fg: #1f2328; --vn-muted: #656d76; --vn-bg: #fff; --vn-soft: #f6f8fa; --vn-line: #d8dee4;
+  --vn-accent: #0969da; --vn-unread: #ddf4ff; --vn-info: #0969da; --vn-warning: #bf8700;
+  --vn-critical: #cf222e; --vn-radius: 10px; }
+:host([mode="page"]) { display: block; }
+@media (prefers-color-scheme: dark) {
+  :host { --vn-fg: #e6edf3; --vn-muted: #9198a1; --vn-bg: #161b22; --vn-soft: #0d1117;
+    --vn-line: #30363d; --vn-accent: #4493f8; --vn-unread: #12263f; --vn-info: #4493f8;
+    --vn-warning: #d29922; --vn-critical: #f85149; }
+}
+* { box-sizing: border-box; }
+[hidden] { display: none !important; }
+.sr { position: absolute; width: 1px; height: 1px; overflow: hidden; clip: rect(0 0 0 0);
+  white-space: nowrap; }
+button { font: inherit; color: inherit; }
+:focus-visible { outline: 2px solid var(--vn-accent); outline-offset: 2px; }
+.bell { position: relative; display: inline-flex; align-items: center; justify-content: center;
+  width: 40px; height: 40px; border: 1px solid var(--vn-line); border-radius: 50%;
+  background: var(--vn-bg); cursor: pointer; color: var(--vn-fg); }
+.bell:hover { background: var(--vn-soft); }
+.badge { position: absolute; top: -4px; right: -6px; min-width: 20px; height: 20px;
+  padding: 0 6px; border-radius: 10px; background: var(--vn-critical); color: #fff;
+  font-size: 12px; font-weight: 600; line-height: 20px; text-align: center;
+  box-shadow: 0 0 0 2px var(--vn-bg); font-variant-numeric: tabular-nums; }
+.head-bell { position: relative; display: inline-flex; color: var(--vn-muted); }
+.head-bell .badge { top: -8px; right: -10px; }
+.panel { background: var(--vn-bg); border: 1px solid var(--vn-line); border-radius: var(--vn-radius);
+  overflow: hidden; }
+:host(:not([mode="page"])) .panel { position: absolute; z-index: 1000; right: 0; top: 48px;
+  width: min(400px, 92vw); box-shadow: 0 12px 32px rgba(31, 35, 40, .16); }
+:host(:not([mode="page"])) .scroll { max-height: min(70vh, 560px); overflow-y: auto;
+  overscroll-behavior: contain; }
+header { display: flex; align-items: center; gap: 12px; padding: 14px 16px;
+  border-bottom: 1px solid var(--vn-line); }
+header h2 { margin: 0; font-size: 16px; font-weight: 600; }
+.pill { font-size: 12px; color: var(--vn-muted); font-variant-numeric: tabular-nums; }
+.tools { margin-left: auto; display: flex; gap: 8px; align-items: center; }
+.seg { display: inline-flex; border: 1px solid var(--vn-line); border-radius: 6px; overflow: hidden; }
+.seg button { border: 0; background: transparent; padding: 4px 10px; font-size: 13px;
+  cursor: pointer; color: var(--vn-muted); }
+.seg button[aria-pressed="true"] { background: var(--vn-soft); color: var(--vn-fg); font-weight: 600; }
+.link { border: 0; background: none; color: var(--vn-accent); cursor: pointer; font-size: 13px;
+  padding: 4px 2px; }
+.link:disabled { color: var(--vn-muted); cursor: default; }
+.banner { display: flex; align-items: center; gap: 8px; padding: 8px 16px; font-size: 13px;
+  background: #fff8c5; color: #633c01; border-bottom: 1px solid #eed888; }
+.banner.bad { background: #ffebe9; color: #82071e; border-color: #ffcecb; }
+.spin { width: 12px; height: 12px; border: 2px solid currentColor; border-right-color: transparent;
+  border-radius: 50%; animation: spin .8s linear infinite; flex: none; }
+@keyframes spin { to { transform: rotate(360deg); } }
+ul { list-style: none; margin: 0; padding: 0; }
+li { border-bottom: 1px solid var(--vn-line); }
+li:last-child { border-bottom: 0; }
+.hit { display: flex; gap: 12px; width: 100%; padding: 12px 16px 12px 13px; text-align: left;
+  border: 0; border-left: 3px solid transparent; background: none; cursor: pointer;
+  color: inherit; text-decoration: none; }
+.hit:hover { background: var(--vn-soft); }
+.unread .hit { background: var(--vn-unread); }
+.unread .hit:hover { filter: brightness(0.98); }
+.sev-info .hit { border-left-color: var(--vn-info); }
+.sev-warning .hit { border-left-color: var(--vn-warning); }
+.sev-critical .hit { border-left-color: var(--vn-critical); }
+.icon { flex: none; width: 10px; height: 10px; margin-top: 6px; border-radius: 50%; }
+.sev-info .icon { background: var(--vn-info); }
+.sev-warning .icon { background: var(--vn-warning); }
+.sev-critical .icon { background: var(--vn-critical); }
+.main { flex: 1; min-width: 0; }
+.title { font-size: 14px; line-height: 20px; overflow-wrap: anywhere; }
+.unread .title { font-weight: 600; }
+.body { margin-top: 2px; font-size: 13px; line-height: 18px; color: var(--vn-muted);
+  display: -webkit-box; -webkit-line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden;
+  overflow-wrap: anywhere; }
+.meta { margin-top: 4px; font-size: 12px; color: var(--vn-muted); display: flex; gap: 6px;
+  flex-wrap: wrap; align-items: center; }
+.sev { font-weight: 600; }
+.sev-warning .sev { color: var(--vn-warning); }
+.sev-critical .sev { color: var(--vn-critical); }
+.sev-info .sev { color: var(--vn-info); }
+.repeat { border: 1px solid var(--vn-line); border-radius: 8px; padding: 0 6px; }
+.dot { flex: none; width: 8px; height: 8px; margin-top: 7px; border-radius: 50%;
+  background: var(--vn-accent); visibility: hidden; }
+.unread .dot { visibility: visible; }
+li.fresh .hit { animation: fresh 1.6s ease-out; }
+@keyframes fresh { from { box-shadow: inset 0 0 0 2px var(--vn-accent); } to { box-shadow: none; } }
+.state { padding: 40px 24px; text-align: center; color: var(--vn-muted); font-size: 14px; }
+.state strong { display: block; color: var(--vn-fg); font-size: 15px; margin-bottom: 4px; }
+.state button { margin-top: 12px; }
+.btn { border: 1px solid var(--vn-line); background: var(--vn-soft); border-radius: 6px;
+  padding: 5px 12px; cursor: pointer; font-size: 13px; }
+.more { padding: 12px; text-align: center; font-size: 13px; color: var(--vn-muted);
+  display: flex; justify-content: center; gap: 8px; align-items: center; }
+.sentinel { height: 1px; }
+form.tok { display: flex; gap: 8px; margin-top: 12px; justify-content: center; }
+form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid var(--vn-line);
+  border-radius: 6px; font: inherit; font-size: 13px; background: var(--vn-bg); color: inherit; }
+`;
+
+  const fmt = (() => {
+    let rtf;
+    try {
+      rtf = new Intl.RelativeTimeFormat(navigator.language || "en", { numeric: "auto" });
+    } catch {
+      rtf = new Intl.RelativeTimeFormat("en", { numeric: "auto" });
+    }
+    return (ms) => {
+      const s = Math.round((ms - Date.now()) / 1000);
+      const a = Math.abs(s);
+      if (a < 45) return "just now";
+      if (a < 3600) return rtf.format(Math.round(s / 60), "minute");
+      if (a < 86400) return rtf.format(Math.round(s / 3600), "hour");
+      if (a < 7 * 86400) return rtf.format(Math.round(s / 86400), "day");
+      return new Date(ms).toLocaleDateString();
+    };
+  })();
+
+  const toMs = (t) => (typeof t === "number" ? (t < 1e12 ? t * 1000 : t) : Date.parse(t) || 0);
+  const num = (x) => (typeof x === "number" ? x : Number(x) || 0);
+
+  function h(tag, attrs = {}, ...kids) {
+    const e = document.createElement(tag);
+    for (const [k, v] of Object.entries(attrs)) {
+      if (v === null || v === undefined || v === false) continue;
+      if (k === "class") e.className = v;
+      else if (k === "text") e.textContent = v;
+      else if (k.startsWith("on")) e.addEventListener(k.slice(2), v);
+      else e.setAttribute(k, v === true ? "" : String(v));
+    }
+    for (const kid of kids.flat()) if (kid != null) e.append(kid);
+    return e;
+  }
+
+  class ApiError extends Error {
+    constructor(status, body) {
+      super((body && body.detail) || `HTTP ${status}`);
+      this.status = status;
+      this.body = body;
+    }
+  }
+
+  class VestnikInbox extends HTMLElement {
+    static get observedAttributes() {
+      return ["api", "token", "mode"];
+    }
+
+    constructor() {
+      super();
+      this.root = this.attachShadow({ mode: "open" });
+      this.items = new Map(); // id -> notice (dedupe: one node per id, whatever path it came by)
+      this.nodes = new Map(); // id -> <li>
+      this.count = 0;
+      this.next = null;
+      this.loading = false;
+      this.filter = "all";
+      this.lastSeq = null;
+      this.es = null;
+      this.retry = 0;
+      this.generation = 0;
+      this.timers = new Set();
+      this.build();
+    }
+
+    get api() {
+      const a = this.getAttribute("api") || SCRIPT_ORIGIN || location.origin;
+      return a.replace(/\/+$/, "");
+    }
+
+    get token() {
+      return this.getAttribute("token") || sessionStorage.getItem(TOKEN_KEY) || "";
+    }
+
+    get isPage() {
+      return this.getAttribute("mode") === "page";
+    }
+
+    get limit() {
+      return Math.min(100, Math.max(1, parseInt(this.getAttribute("limit") || "20", 10) || 20));
+    }
+
+    // ---------------------------------------------------------------- layout
+    build() {
+      const r = this.root;
+      r.append(h("style", { text: CSS }));
+      this.bell = h("button", {
+        class: "bell", type: "button", part: "bell", "aria-haspopup": "true",
+        "aria-expanded": "false", onclick: () => this.toggle(),
+      });
+      this.bell.innerHTML = BELL;
+      this.badge = h("span", { class: "badge", hidden: true, "aria-hidden": "true" });
+      this.bell.append(this.badge);
+      this.pill = h("span", { class: "pill" });
+      // page mode: the bell sits in the header, showing the count (nothing to open)
+      this.headBell = h("span", { class: "head-bell", "aria-hidden": "true" });
+      this.headBell.innerHTML = BELL;
+      this.headBadge = h("span", { class: "badge", hidden: true });
+      this.headBell.append(this.headBadge);
+      this.allBtn = h("button", { type: "button", "aria-pressed": "true", text: "All",
+        onclick: () => this.setFilter("all") });
+      this.unreadBtn = h("button", { type: "button", "aria-pressed": "false", text: "Unread",
+        onclick: () => this.setFilter("unread") });
+      this.markAll = h("button", { class: "link", type: "button", text: "Mark all read",
+        onclick: () => this.readAll() });
+      this.banner = h("div", { class: "banner", role: "status", hidden: true });
+      this.list = h("ul", { role: "list", "aria-label": "Notifications",
+        onkeydown: (e) => this.onListKey(e) });
+      this.state = h("div", { class: "state", hidden: true });
+      this.more = h("div", { class: "more", hidden: true });
+      this.sentinel = h("div", { class: "sentinel", "aria-hidden": "true" });
+      this.scroll = h("div", { class: "scroll" }, this.banner, this.list, this.state, this.more,
+        this.sentinel);
+      this.panel = h("section", { class: "panel", part: "panel", "aria-label": "Notifications" },
+        h("header", {},
+          this.headBell, h("h2", { text: "Notifications" }), this.pill,
+          h("div", { class: "tools" },
+            h("div", { class: "seg", role: "group", "aria-label": "Show" }, this.allBtn,
+              this.unreadBtn),
+            this.markAll)),
+        this.scroll);
+      this.live = h("div", { class: "sr", "aria-live": "polite", "aria-atomic": "true" });
+      r.append(this.bell, this.panel, this.live);
+      this.onDocClick = (e) => {
+        if (!this.isPage && !this.panel.hidden && !e.composedPath().includes(this)) this.close();
+      };
+      this.onKey = (e) => {
+        if (e.key === "Escape" && !this.isPage && !this.panel.hidden) {
+          this.close();
+          this.bell.focus();
+        }
+      };
+    }
+
+    layout() {
+      const page = this.isPage;
+      this.bell.hidden = page;
+      this.headBell.hidden = !page;
+      this.panel.hidden = !page;
+      this.panel.setAttribute("role", page ? "region" : "dialog");
+    }
+
+    toggle() {
+      if (this.panel.hidden) this.openPanel();
+      else this.close();
+    }
+
+    openPanel() {
+      this.panel.hidden = false;
+      this.bell.setAttribute("aria-expanded", "true");
+      const first = this.list.querySelector(".hit");
+      (first || this.markAll).focus({ preventScroll: true });
+      this.maybeMore();
+    }
+
+    close() {
+      this.panel.hidden = true;
+      this.bell.setAttribute("aria-expanded", "false");
+    }
+
+    // ---------------------------------------------------------------- lifecycle
+    connectedCallback() {
+      this.layout();
+      document.addEventListener("click", this.onDocClick, true);
+      document.addEventListener("keydown", this.onKey);
+      this.io = new IntersectionObserver((entries) => {
+        if (entries.some((e) => e.isIntersecting)) this.maybeMore();
+      }, { root: this.isPage ? null : this.scroll, rootMargin: "200px" });
+      this.io.observe(this.sentinel);
+      this.tick = setInterval(() => this.refreshTimes(), 30000);
+      this.onVisible = () => {
+        if (document.visibilityState === "visible" && this.es === null && this.token) this.connect();
+      };
+      document.addEventListener("visibilitychange", this.onVisible);
+      this.start();
+    }
+
+    disconnectedCallback() {
+      document.removeEventListener("click", this.onDocClick, true);
+      document.removeEventListener("keydown", this.onKey);
+      document.removeEventListener("visibilitychange", this.onVisible);
+      clearInterval(this.tick);
+      if (this.io) this.io.disconnect();
+      this.stop();
+    }
+
+    attributeChangedCallback(name, old, value) {
+      if (old === value || !this.isConnected) return;
+      if (name === "mode") this.layout();
+      else this.start();
+    }
+
+    stop() {
+      this.generation++;
+      if (this.es) this.es.close();
+      this.es = null;
+      for (const t of this.timers) clearTimeout(t);
+      this.timers.clear();
+    }
+
+    later(fn, ms) {
+      const t = setTimeout(() => {
+        this.timers.delete(t);
+        fn();
+      }, ms);
+      this.timers.add(t);
+    }
+
+    start() {
+      this.stop();
+      this.items.clear();
+      this.nodes.clear();
+      this.list.replaceChildren();
+      this.next = null;
+      this.lastSeq = null;
+      this.setBanner(null);
+      if (!this.token) {
+        this.setCount(0);
+        this.showState("signin");
+        return;
+      }
+      this.showState("loading");
+      // subscribe first, then read the first page: a notice that lands in between comes by
+      // both paths and is shown once (items are keyed by id)
+      this.connect();
+      this.loadFirst();
+    }
+
+    // ---------------------------------------------------------------- HTTP
+    async request(path, opts = {}) {
+      const res = await fetch(this.api + path, {
+        ...opts,
+        headers: { Authorization: `Bearer ${this.token}`, Accept: "application/json",
+          ...(opts.body ? { "Content-Type": "application/json" } : {}) },
+      });
+      const text = await res.text();
+      let body = null;
+      try {
+        body = text ? JSON.parse(text) : null;
+      } catch {
+        body = null;
+      }
+      if (!res.ok) throw new ApiError(res.status, body);
+      return body;
+    }
+
+    query(cursor) {
+      const q = new URLSearchParams({ limit: String(this.limit) });
+      if (this.filter === "unread") q.set("unread", "true");
+      if (cursor) q.set("cursor", cursor);
+      return `/api/v1/me/notices?${q}`;
+    }
+
+    async loadFirst() {
+      const gen = this.generation;
+      this.loading = true;
+      try {
+        const page = await this.request(this.query(null));
+        if (gen !== this.generation) return;
+        this.next = page.next || null;
+        for (const n of page.items || []) this.upsert(n, false);
+        this.afterLoad();
+      } catch (e) {
+        if (gen !== this.generation) return;
+        this.showError(e);
+      } finally {
+        if (gen === this.generation) this.loading = false;
+      }
+      if (gen === this.generation) this.maybeMore();
+    }
+
+    async maybeMore() {
+      if (this.loading || !this.next || (!this.isPage && this.panel.hidden)) return;
+      const rect = this.sentinel.getBoundingClientRect();
+      const bottom = this.isPage ? window.innerHeight : this.scroll.getBoundingClientRect().bottom;
+      if (rect.top > bottom + 200) return;
+      const gen = this.generation;
+      this.loading = true;
+      this.more.hidden = false;
+      this.more.replaceChildren(h("span", { class: "spin", "aria-hidden": "true" }),
+        h("span", { text: "Loading older notices…" }));
+      try {
+        const page = await this.request(this.query(this.next));
+        if (gen !== this.generation) return;
+        this.next = page.next || null;
+        for (const n of page.items || []) this.upsert(n, false);
+        this.afterLoad();
+      } catch (e) {
+        if (gen !== this.generation) return;
+        this.more.replaceChildren(h("span", { text: `Could not load more (${e.message}).` }),
+          h("button", { class: "link", type: "button", text: "Retry",
+            onclick: () => this.maybeMore() }));
+        return;
+      } finally {
+        if (gen === this.generation) this.loading = false;
+      }
+      // the next page may still be in view (short pages, tall screens)
+      requestAnimationFrame(() => this.maybeMore());
+    }
+
+    afterLoad() {
+      if (this.items.size === 0) this.showState("empty");
+      else this.showState(null);
+      if (this.next) {
+        this.more.hidden = true;
+      } else if (this.items.size > this.limit) {
+        this.more.hidden = false;
+        this.more.replaceChildren(h("span", { text: "That's everything." }));
+      } else {
+        this.more.hidden = true;
+      }
+    }
+
+    // ---------------------------------------------------------------- live stream
+    connect() {
+      if (this.es) this.es.close();
+      const gen = this.generation;
+      const u = new URL(this.api + "/api/v1/me/stream");
+      u.searchParams.set("token", this.token);
+      // a fresh EventSource has no Last-Event-ID: carry it ourselves
+      if (this.lastSeq) u.searchParams.set("last_event_id", this.lastSeq);
+      const es = new EventSource(u.toString());
+      this.es = es;
+      let dropped = false;
+      es.addEventListener("open", () => {
+        if (gen !== this.generation) return;
+        this.retry = 0;
+        this.setBanner(null);
+        if (dropped) this.resync();
+      });
+      es.addEventListener("count", (e) => this.onCount(e));
+      es.addEventListener("notice", (e) => this.onNotice(e, true));
+      es.addEventListener("notice-update", (e) => this.onNotice(e, false));
+      es.addEventListener("read", (e) => this.onRead(e));
+      es.addEventListener("error", () => {
+        if (gen !== this.generation || es !== this.es) return;
+        dropped = true;
+        if (es.readyState === EventSource.CLOSED) {
+          // the browser gave up (e.g. a 503 while the server restarts): retry ourselves
+          this.es = null;
+          const wait = Math.min(30000, 500 * 2 ** this.retry++) * (0.75 + Math.random() / 2);
+          this.setBanner("Reconnecting…");
+          this.later(() => this.checkAndConnect(gen), wait);
+        } else {
+          this.setBanner("Reconnecting…");
+        }
+      });
+    }
+
+    async checkAndConnect(gen) {
+      if (gen !== this.generation) return;
+      try {
+        await this.request("/api/v1/me/unread-count");
+      } catch (e) {
+        if (gen !== this.generation) return;
+        if (e instanceof ApiError && e.status === 401) {
+          this.setBanner("Your session has expired: sign in again.", true);
+          return;
+        }
+      }
+      if (gen === this.generation) this.connect();
+    }
+
+    /** After a drop: the stream replays from Last-Event-ID; also refresh what it cannot
+     * (the first page, for read changes made while we were away). */
+    async resync() {
+      const gen = this.generation;
+      try {
+        const [page, c] = await Promise.all([
+          this.request(this.query(null)),
+          this.request("/api/v1/me/unread-count"),
+        ]);
+        if (gen !== this.generation) return;
+        for (const n of page.items || []) this.upsert(n, false);
+        if (this.items.size === 0) this.next = page.next || null;
+        this.setCount(c.count);
+        this.afterLoad();
+      } catch {
+        /* the stream will tell us again */
+      }
+    }
+
+    parse(e) {
+      try {
+        return JSON.parse(e.data);
+      } catch {
+        return null;
+      }
+    }
+
+    onCount(e) {
+      const d = this.parse(e);
+      if (d && typeof d.count === "number") this.setCount(d.count);
+    }
+
+    onNotice(e, isNew) {
+      const n = this.parse(e);
+      if (!n || !n.id) return;
+      if (e.lastEventId && isNew) {
+        if (this.lastSeq === null || num(e.lastEventId) > num(this.lastSeq)) {
+          this.lastSeq = e.lastEventId;
+        }
+        if (n.seq === undefined) n.seq = num(e.lastEventId);
+      }
+      const known = this.items.has(n.id);
+      this.upsert(n, isNew && !known);
+      if (typeof n.count === "number") this.setCount(n.count);
+      else if (isNew && !known && !n.read) this.setCount(this.count + 1);
+      if (isNew && !known) {
+        this.announce(`New ${SEVERITY[n.severity] ? n.severity + " " : ""}notice: ${n.title}`);
+        this.dispatchEvent(new CustomEvent("vestnik-notice", { detail: { notice: n } }));
+      }
+      if (this.items.size > 0) this.showState(null);
+    }
+
+    onRead(e) {
+      const d = this.parse(e);
+      if (!d) return;
+      const ids = d.ids === "*" || d.all ? [...this.items.keys()] : d.ids || [];
+      for (const id of ids) {
+        const n = this.items.get(id);
+        if (n && !n.read) {
+          n.read = true;
+          this.render(n);
+        }
+      }
+      if (typeof d.count === "number") this.setCount(d.count);
+    }
+
+    // ---------------------------------------------------------------- model -> DOM
+    upsert(n, fresh) {
+      if (n.archived) return;
+      const old = this.items.get(n.id);
+      const merged = old ? { ...old, ...n } : n;
+      if (old && old.read && n.read === false && !fresh) merged.read = old.read;
+      this.items.set(n.id, merged);
+      const seq = num(merged.seq);
+      if (seq && (this.lastSeq === null || seq > num(this.lastSeq))) this.lastSeq = String(seq);
+      let li = this.nodes.get(n.id);
+      if (!li) {
+        li = h("li", { "data-id": n.id });
+        this.nodes.set(n.id, li);
+        // newest first: before the first node with a lower seq (or older time)
+        const key = this.sortKey(merged);
+        let before = null;
+        for (const other of this.list.children) {
+          const o = this.items.get(other.dataset.id);
+          if (o && this.compare(this.sortKey(o), key) < 0) {
+            before = other;
+            break;
+          }
+        }
+        this.list.insertBefore(li, before);
+        if (fresh) {
+          li.classList.add("fresh");
+          this.later(() => li.classList.remove("fresh"), 1700);
+        }
+      }
+      this.render(merged);
+    }
+
+    sortKey(n) {
+      return [num(n.seq), toMs(n.created_at)];
+    }
+
+    compare(a, b) {
+      return a[0] && b[0] ? a[0] - b[0] : a[1] - b[1];
+    }
+
+    render(n) {
+      const li = this.nodes.get(n.id);
+      if (!li) return;
+      const sev = SEVERITY[n.severity] ? n.severity : "info";
+      const focused = this.root.activeElement && li.contains(this.root.activeElement);
+      li.className = `sev-${sev}${n.read ? "" : " unread"}${li.classList.contains("fresh") ? " fresh" : ""}`;
+      const ms = toMs(n.created_at);
+      const when = h("time", { datetime: ms ? new Date(ms).toISOString() : null,
+        title: ms ? new Date(ms).toLocaleString() : null, "data-ms": ms || null,
+        text: ms ? fmt(ms) : "" });
+      const label = `${n.read ? "" : "Unread. "}${SEVERITY[sev]}: ${n.title}`;
+      const inner = [
+        h("span", { class: "icon", "aria-hidden": "true" }),
+        h("span", { class: "main" },
+          h("div", { class: "title", text: n.title }),
+          n.body ? h("div", { class: "body", text: n.body }) : null,
+          h("div", { class: "meta" },
+            h("span", { class: "sev", text: SEVERITY[sev] }), h("span", { text: "·" }), when,
+            n.alert ? h("span", { text: "·" }) : null,
+            n.alert ? h("span", { text: n.alert }) : null,
+            n.repeat > 0 ? h("span", { class: "repeat", title: "repeated", text: `×${n.repeat + 1}` })
+              : null)),
+        h("span", { class: "dot", "aria-hidden": "true" }),
+      ];
+      const safe = safeLink(n.link);
+      const hit = safe
+        ? h("a", { class: "hit", href: safe, "aria-label": label }, inner)
+        : h("button", { class: "hit", type: "button", "aria-label": label }, inner);
+      hit.addEventListener("click", (e) => this.activate(e, n.id));
+      li.replaceChildren(hit);
+      if (focused) hit.focus({ preventScroll: true });
+    }
+
+    refreshTimes() {
+      for (const t of this.list.querySelectorAll("time[data-ms]")) {
+        t.textContent = fmt(Number(t.dataset.ms));
+      }
+    }
+
+    setCount(c) {
+      c = Math.max(0, c | 0);
+      const changed = c !== this.count;
+      this.count = c;
+      this.badge.hidden = c === 0;
+      this.badge.textContent = c > 99 ? "99+" : String(c);
+      this.headBadge.hidden = c === 0;
+      this.headBadge.textContent = this.badge.textContent;
+      this.bell.setAttribute("aria-label", c ? `Notifications, ${c} unread` : "Notifications");
+      this.pill.textContent = c ? `${c} unread` : "";
+      this.markAll.disabled = c === 0;
+      this.setAttribute("unread", String(c));
+      if (changed) this.dispatchEvent(new CustomEvent("vestnik-count", { detail: { count: c } }));
+    }
+
+    setBanner(text, bad = false) {
+      this.banner.hidden = !text;
+      this.banner.classList.toggle("bad", bad);
+      this.banner.replaceChildren();
+      if (text) {
+        if (!bad) this.banner.append(h("span", { class: "spin", "aria-hidden": "true" }));
+        this.banner.append(h("span", { text }));
+      }
+      this.toggleAttribute("reconnecting", Boolean(text) && !bad);
+    }
+
+    showState(kind, detail) {
+      const s = this.state;
+      s.replaceChildren();
+      s.hidden = !kind;
+      this.setAttribute("state", kind || "ready");
+      if (!kind) return;
+      if (kind === "loading") {
+        s.append(h("div", { class: "more" }, h("span", { class: "spin", "aria-hidden": "true" }),
+          h("span", { text: "Loading notifications…" })));
+      } else if (kind === "empty") {
+        s.append(h("strong", { text: this.filter === "unread" ? "No unread notices" : "You're all caught up" }),
+          h("span", { text: "New notices appear here as they happen." }));
+      } else if (kind === "error") {
+        s.append(h("strong", { text: "Could not load notifications" }),
+          h("span", { text: detail || "" }), h("br"),
+          h("button", { class: "btn", type: "button", text: "Try again",
+            onclick: () => this.start() }));
+      } else if (kind === "signin") {
+        const input = h("input", { type: "password", placeholder: "Paste a user token",
+          "aria-label": "User token", autocomplete: "off" });
+        s.append(h("strong", { text: "Not signed in" }),
+          h("span", { text: "Open this page with ?token=… or paste a user token." }),
+          h("form", { class: "tok", onsubmit: (e) => {
+            e.preventDefault();
+            if (!input.value.trim()) return;
+            sessionStorage.setItem(TOKEN_KEY, input.value.trim());
+            this.start();
+          } }, input, h("button", { class: "btn", type: "submit", text: "Open" })));
+      }
+    }
+
+    showError(e) {
+      let text = e.message || String(e);
+      if (e instanceof ApiError && e.status === 401) {
+        text = "Your session has expired or the token is not valid.";
+      } else if (!(e instanceof ApiError)) {
+        text = "The server cannot be reached.";
+        // keep trying in the background: the stream's reconnect will resync us
+      }
+      if (this.items.size === 0) this.showState("error", text);
+      else this.setBanner(text, true);
+    }
+
+    announce(text) {
+      this.live.textContent = "";
+      // a separate task so screen readers see a change even for equal text
+      this.later(() => {
+        this.live.textContent = text;
+      }, 50);
+    }
+
+    // ---------------------------------------------------------------- actions
+    setFilter(f) {
+      if (f === this.filter) return;
+      this.filter = f;
+      this.allBtn.setAttribute("aria-pressed", String(f === "all"));
+      this.unreadBtn.setAttribute("aria-pressed", String(f === "unread"));
+      const gen = ++this.generation;
+      this.items.clear();
+      this.nodes.clear();
+      this.list.replaceChildren();
+      this.next = null;
+      this.showState("loading");
+      this.loading = false;
+      // keep the stream; reload the list under the new filter
+      if (gen === this.generation) this.loadFirst();
+    }
+
+    async activate(e, id) {
+      const n = this.items.get(id);
+      if (!n) return;
+      const link = safeLink(n.link);
+      const modified = e.metaKey || e.ctrlKey || e.shiftKey || e.button === 1;
+      if (link && !modified) e.preventDefault();
+      const marking = n.read ? Promise.resolve() : this.markRead(n);
+      if (!link || modified) return;
+      const open = new CustomEvent("vestnik-open", { detail: { notice: n }, cancelable: true });
+      if (!this.dispatchEvent(open)) return;
+      // give the read request a moment, then follow the link (keepalive finishes it anyway)
+      await Promise.race([marking, new Promise((r) => setTimeout(r, 800))]);
+      location.assign(link);
+    }
+
+    async markRead(n) {
+      n.read = true;
+      this.render(n);
+      this.setCount(this.count - 1);
+      try {
+        const res = await this.request(`/api/v1/me/notices/${encodeURIComponent(n.id)}/read`,
+          { method: "POST", keepalive: true });
+        if (res && typeof res.count === "number") this.setCount(res.count);
+      } catch (e) {
+        n.read = false;
+        this.render(n);
+        this.setCount(this.count + 1);
+        this.setBanner(`Could not mark as read: ${e.message}`, true);
+        this.later(() => this.setBanner(null), 4000);
+      }
+    }
+
+    async readAll() {
+      this.markAll.disabled = true;
+      try {
+        const res = await this.request("/api/v1/me/notices/read-all", { method: "POST" });
+        for (const n of this.items.values()) {
+          if (!n.read) {
+            n.read = true;
+            this.render(n);
+          }
+        }
+        this.setCount(res && typeof res.count === "number" ? res.count : 0);
+        this.announce("All notices marked as read");
+      } catch (e) {
+        this.markAll.disabled = false;
+        this.setBanner(`Could not mark all as read: ${e.message}`, true);
+        this.later(() => this.setBanner(null), 4000);
+      }
+    }
+
+    onListKey(e) {
+      const hits = [...this.list.querySelectorAll(".hit")];
+      const i = hits.indexOf(this.root.activeElement);
+      let j = null;
+      if (e.key === "ArrowDown" || e.key === "j") j = Math.min(hits.length - 1, i + 1);
+      else if (e.key === "ArrowUp" || e.key === "k") j = Math.max(0, i - 1);
+      else if (e.key === "Home") j = 0;
+      else if (e.key === "End") j = hits.length - 1;
+      if (j === null || !hits.length) return;
+      e.preventDefault();
+      hits[j].focus();
+      hits[j].scrollIntoView({ block: "nearest" });
+      if (j === hits.length - 1) this.maybeMore();
+    }
+  }
+
+  /** Only http(s) and same-site relative links are followed (never javascript: URLs). */
+  function safeLink(link) {
+    if (!link || typeof link !== "string") return null;
+    try {
+      const u = new URL(link, location.href);
+      return u.protocol === "http:" || u.protocol === "https:" ? u.href : null;
+    } catch {
+      return null;
+    }
+  }
+
+  customElements.define("vestnik-inbox", VestnikInbox);
+})();
