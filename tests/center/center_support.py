@@ -1,0 +1,67 @@
+"""Helpers of the notice-center tests: users in the `user` state, notices as stream entries,
+and a view of one user's feed straight from Redis."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from redis.asyncio import Redis
+
+from streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+
+K = Keys("vn:")
+
+
+async def add_users(redis: Redis, *uids: str, prefs: dict[str, dict[str, Any]] | None = None
+                    ) -> None:
+    """Users as the topic hub materializes them (HSET of the `user` state)."""
+    prefs = prefs or {}
+    await redis.hset(K.state(USER_TOPIC), mapping={
+        uid: msgspec.json.encode({"id": uid, "name": f"user {uid}", "email": f"u{uid}@example.com",
+                                  "prefs": prefs.get(uid, {})})
+        for uid in uids})
+
+
+def entry(title: str = "Disk 95% on web-1", recipients: str = "1", **extra: str
+          ) -> dict[str, str]:
+    return {"alert": "disk", "title": title, "severity": "warning", "recipients": recipients,
+            **extra}
+
+
+async def xadd_many(redis: Redis, entries: list[dict[str, str]], chunk: int = 1000) -> list[str]:
+    ids: list[str] = []
+    for i in range(0, len(entries), chunk):
+        async with redis.pipeline(transaction=False) as pipe:
+            for e in entries[i:i + chunk]:
+                pipe.xadd(K.notices, e)
+            ids += [x.decode() for x in await pipe.execute()]
+    return ids
+
+
+async def feed(redis: Redis, uid: str) -> list[str]:
+    """The user's feed, oldest first."""
+    return [x.decode() for x in await redis.zrange(K.feed(uid), 0, -1)]
+
+
+async def stored(redis: Redis, nid: str) -> dict[str, Any]:
+    raw = await redis.get(K.notice(nid))
+    assert raw is not None, nid
+    return msgspec.json.decode(raw)
+
+
+async def pending(redis: Redis) -> int:
+    info = await redis.xpending(K.notices, CENTER_GROUP)
+    return int(info["pending"])
+
+
+async def lag(redis: Redis) -> int:
+    for g in await redis.xinfo_groups(K.notices):
+        if g["name"] in (b"center", "center"):
+            return int(g.get("lag") or 0)
+    return -1
+
+
+async def dead(redis: Redis) -> list[dict[str, str]]:
+    return [{k.decode(): v.decode() for k, v in f.items()}
+            for _, f in await redis.xrange(K.notices_dead)]

@@ -1,0 +1,154 @@
+"""The center as a process: validation and dead letters, idempotent store, dedup folding,
+recipients from settings, mute, retention, the `send` command and a clean SIGTERM stop."""
+
+from __future__ import annotations
+
+import signal
+
+import msgspec
+from center_support import K, add_users, dead, entry, feed, pending, stored, xadd_many
+
+from support import eventually
+
+
+def run_burst(start_proc, *args: str, **env: str) -> str:
+    proc = start_proc("center", "--burst", "--no-forward", *args, **env)
+    assert proc.proc.wait(60) == 0, proc.output()
+    return proc.output()
+
+
+async def test_invalid_entries_are_dead_lettered_and_the_rest_of_the_batch_stored(
+        redis, start_proc):
+    await add_users(redis, "1", "2")
+    ids = await xadd_many(redis, [
+        entry("ok 1", "1,2"),
+        {"alert": "disk", "severity": "warning", "recipients": "1"},          # no title
+        entry("bad severity", severity="urgent"),
+        entry("bad data", data="{not json"),
+        entry("unknown user", "1,42"),                                         # 1 still served
+        entry("ok 2", "2"),
+        {"alert": "disk", "title": "x", "recipients": "1", "colour": "red"},   # unknown field
+        {"alert": "nobody-set-this", "title": "no recipients"},
+    ])
+    run_burst(start_proc)
+    letters = {d["entry"]: d for d in await dead(redis)}
+    assert set(letters) == {ids[1], ids[2], ids[3], ids[4], ids[6], ids[7]}
+    assert letters[ids[1]]["field"] == "$.title" and "title" in letters[ids[1]]["reason"]
+    assert letters[ids[2]]["field"] == "$.severity"
+    assert letters[ids[3]]["field"] == "$.data" and "JSON" in letters[ids[3]]["reason"]
+    assert letters[ids[4]]["reason"] == "unknown user 42"
+    assert letters[ids[4]]["field"] == "$.recipients[1]"
+    assert letters[ids[6]]["field"] == "$.colour"
+    assert letters[ids[7]]["field"] == "$.recipients"
+    raw = msgspec.json.decode(letters[ids[2]]["raw"])
+    assert raw == {"alert": "disk", "title": "bad severity", "severity": "urgent",
+                   "recipients": "1"}
+    assert int(letters[ids[2]]["at"]) > 0 and letters[ids[2]]["source"] == "center"
+    titles1 = [(await stored(redis, n))["title"] for n in await feed(redis, "1")]
+    titles2 = [(await stored(redis, n))["title"] for n in await feed(redis, "2")]
+    assert titles1 == ["ok 1", "unknown user"]
+    assert titles2 == ["ok 1", "ok 2"]
+    assert await pending(redis) == 0
+
+
+async def test_redelivery_never_makes_a_second_copy(redis, start_proc):
+    """Entries without an id get one derived from the stream id: handling them again
+    (a crash before XACK) stores nothing new."""
+    await add_users(redis, "1")
+    await xadd_many(redis, [entry(f"n{i}") for i in range(20)]
+                    + [entry("with id", id="01HZZZZZZZZZZZZZZZZZZZZZZZ")])
+    run_burst(start_proc)
+    first = await feed(redis, "1")
+    assert len(first) == 21
+    # rewind the group: every entry is delivered again, as after a crash before XACK
+    await redis.xgroup_setid(K.notices, "center", "0")
+    run_burst(start_proc)
+    assert await feed(redis, "1") == first
+    assert int(await redis.get(K.user_seq("1"))) == 21
+    assert await redis.zcard(K.unread("1")) == 21
+
+
+async def test_dedup_key_folds_repeats_into_the_first_notice(redis, start_proc):
+    await add_users(redis, "1")
+    await xadd_many(redis, [entry("disk full", dedup_key="disk:web-1") for _ in range(3)]
+                    + [entry("other")])
+    run_burst(start_proc)
+    ids = await feed(redis, "1")
+    assert len(ids) == 2
+    first = await stored(redis, ids[0])
+    assert first["repeat"] == 2 and first["last_seen"] >= first["created_at"]
+    # more repeats later (another batch) and a re-delivery count once each
+    await xadd_many(redis, [entry("disk full", dedup_key="disk:web-1")])
+    run_burst(start_proc)
+    await redis.xgroup_setid(K.notices, "center", "0")
+    run_burst(start_proc)
+    assert (await stored(redis, ids[0]))["repeat"] == 3
+    assert len(await feed(redis, "1")) == 2
+
+
+async def test_recipients_and_channels_come_from_the_setting(redis, start_proc):
+    await add_users(redis, "1", "2", "3")
+    setting = {"id": "s1", "name": "disk", "metric": {"threshold": 90},
+               "channel": {"ui": {"users": ["1", "2"]}, "email": {"users": [3]},
+                           "forward_after": 60}, "enabled": True}
+    await redis.hset(K.settings, "s1", msgspec.json.encode(setting))
+    await redis.zadd(K.settings_by_name("disk"), {"s1": 0})
+    await xadd_many(redis, [{"alert": "disk", "title": "from setting"}])
+    proc = start_proc("center", "--burst", "--consumer", "c1")
+    await eventually(lambda: feed(redis, "3"), what="user 3's feed")
+    nid = (await feed(redis, "1"))[0]
+    assert await feed(redis, "2") == [nid] and await feed(redis, "3") == [nid]
+    body = await stored(redis, nid)
+    assert body["setting_id"] == "s1" and body["metric"] == {"threshold": 90}
+    assert body["recipients"] == ["1", "2", "3"]
+    # user 3 is named by the email channel: one forward job, due after forward_after
+    jobs = await redis.zrange(K.arq_queue, 0, -1, withscores=True)
+    assert [j.decode() for j, _ in jobs] == [f"vn:fwd:{nid}:3"]
+    assert jobs[0][1] == body["created_at"] + 60_000
+    proc.stop()
+
+
+async def test_muted_alert_makes_no_feed_entry(redis, start_proc):
+    await add_users(redis, "1", "2", prefs={"2": {"mute": ["disk"]}})
+    await xadd_many(redis, [entry("disk", "1,2"), {**entry("cpu", "1,2"), "alert": "cpu"}])
+    run_burst(start_proc)
+    assert len(await feed(redis, "1")) == 2
+    only = await feed(redis, "2")
+    assert [(await stored(redis, n))["alert"] for n in only] == ["cpu"]
+    assert await dead(redis) == []
+
+
+async def test_retention_trims_the_oldest_read_ones_first(redis, start_proc):
+    await add_users(redis, "1")
+    await xadd_many(redis, [entry(f"n{i}") for i in range(5)])
+    run_burst(start_proc, VESTNIK_FEED_MAX="5")
+    ids = await feed(redis, "1")
+    await redis.zrem(K.unread("1"), ids[1], ids[3])  # read: n1 and n3
+    await xadd_many(redis, [entry("n5"), entry("n6")])
+    run_burst(start_proc, VESTNIK_FEED_MAX="5")
+    now = await feed(redis, "1")
+    titles = [(await stored(redis, n))["title"] for n in now]
+    assert titles == ["n0", "n2", "n4", "n5", "n6"]  # the read ones went, not the oldest
+    await xadd_many(redis, [entry("n7")])
+    run_burst(start_proc, VESTNIK_FEED_MAX="5")
+    titles = [(await stored(redis, n))["title"] for n in await feed(redis, "1")]
+    assert titles == ["n2", "n4", "n5", "n6", "n7"]  # none read: the oldest went
+    assert await redis.zcard(K.unread("1")) == 5
+
+
+async def test_send_command_and_sigterm_stop(redis, start_proc):
+    await add_users(redis, "1", "2")
+    center = start_proc("center", "--consumer", "c1")
+    send = start_proc("send", "--alert", "disk", "--title", "Disk 95% on web-1",
+                      "--severity", "critical", "--recipients", "1,2",
+                      "--data", '{"host": "web-1"}')
+    assert send.proc.wait(20) == 0, send.output()
+    nid = send.output().strip().splitlines()[-1]
+    await eventually(lambda: feed(redis, "2"), what="stored")
+    assert await feed(redis, "1") == [nid]
+    body = await stored(redis, nid)
+    assert body["severity"] == "critical" and body["data"] == {"host": "web-1"}
+    bad = start_proc("send", "--alert", "disk", "--title", "x", "--severity", "meh")
+    assert bad.proc.wait(20) == 2 and "severity" in bad.output()
+    assert center.stop(signal.SIGTERM) == 0
+    assert "stopped" in center.output()
