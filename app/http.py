@@ -19,6 +19,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from streams.errors import Forbidden, TooLarge, Unauthorized
+from streams.keys import SETTINGS_TOPIC, USER_TOPIC
 from streams.schemas import decode_json, json_encode
 
 from .context import Ctx
@@ -128,11 +129,19 @@ def decode_user_token(ctx: Ctx, token: str) -> Principal:
     return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)))
 
 
+PRIVATE_TOPICS = frozenset({SETTINGS_TOPIC, USER_TOPIC})
+
+
 def check_topic_read(ctx: Ctx, principal: Principal, topic: str) -> None:
-    """Per-topic read ACL: `topic_acl = {topic = ["role", "user:<id>", "*"]}`; default open."""
+    """Per-topic read ACL: `topic_acl = {topic = ["role", "user:<id>", "*"]}`; default open,
+    except Vestnik's own topics (settings, users: other users' ids, emails, chat ids), which
+    only services read unless the ACL names them."""
     if principal.is_service:
         return
     allowed = ctx.settings.topic_acl.get(topic)
+    if allowed is None and topic in PRIVATE_TOPICS:
+        raise Forbidden(f"topic `{topic}` is readable with a service token only, unless "
+                        f"VESTNIK_TOPIC_ACL names it (e.g. `{topic}=admin`)")
     if allowed is None or "*" in allowed:
         return
     if f"user:{principal.user_id}" in allowed or any(r in allowed for r in principal.roles):

@@ -125,6 +125,35 @@ def check_name(name: str) -> str:
     return name
 
 
+def normalize_channel(channel: dict[str, Any]) -> dict[str, Any]:
+    """Validate `channel` (BadInput names the path) and store user ids as strings:
+    `"users": [1, 2]` means `["1", "2"]`. Everything else is kept as given."""
+    validate_channel(channel)
+    out: dict[str, Any] = {}
+    for name, value in channel.items():
+        if isinstance(value, dict) and isinstance(value.get("users"), list):
+            value = {**value, "users": [str(u) for u in value["users"]]}
+        out[name] = value
+    return out
+
+
+async def read_setting(redis: Redis, keys: Keys, sid: str) -> AlertSetting | None:
+    """One setting by id, or None (for readers that do not write: center, wrapper)."""
+    raw = await redis.hget(keys.settings, sid)
+    return None if raw is None else _decode_setting(raw)
+
+
+async def read_named(redis: Redis, keys: Keys, name: str, *,
+                     enabled_only: bool = True) -> list[AlertSetting]:
+    """Every setting of alert `name` in id order (what a wrapper hands its alert)."""
+    ids = await redis.zrange(keys.settings_by_name(name), 0, -1)
+    if not ids:
+        return []
+    raws = await redis.hmget(keys.settings, ids)
+    items = [_decode_setting(r) for r in raws if r is not None]
+    return [s for s in items if s.enabled] if enabled_only else items
+
+
 class SettingsStore:
     """CRUD of alert settings; every change is one atomic Lua call (see the module doc)."""
 
@@ -137,10 +166,10 @@ class SettingsStore:
 
     # reads ---------------------------------------------------------------------------
     async def get(self, sid: str) -> AlertSetting:
-        raw = await self.redis.hget(self.keys.settings, sid)
-        if raw is None:
+        setting = await read_setting(self.redis, self.keys, sid)
+        if setting is None:
             raise NotFound(f"no alert setting with id `{sid}`", field="id")
-        return _decode_setting(raw)
+        return setting
 
     async def list(self, name: str | None = None, cursor: str | None = None,
                    limit: int = DEFAULT_LIMIT) -> SettingList:
@@ -160,29 +189,28 @@ class SettingsStore:
 
     # writes --------------------------------------------------------------------------
     async def create(self, body: SettingIn) -> AlertSetting:
-        validate_channel(body.channel)
+        channel = normalize_channel(body.channel)
         now = now_ms()
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
-                               channel=body.channel, enabled=body.enabled, version=1,
+                               channel=channel, enabled=body.enabled, version=1,
                                created_at=now, updated_at=now)
         await self._cas(setting, expected=0, old_name=body.name, op="create")
         return setting
 
     async def replace(self, sid: str, body: SettingIn,
                       if_match: frozenset[int] | None = None) -> AlertSetting:
-        validate_channel(body.channel)
+        channel = normalize_channel(body.channel)
         return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
-            cur, name=body.name, metric=body.metric, channel=body.channel,
-            enabled=body.enabled))
+            cur, name=body.name, metric=body.metric, channel=channel, enabled=body.enabled))
 
     async def patch(self, sid: str, body: SettingPatch,
                     if_match: frozenset[int] | None = None) -> AlertSetting:
-        if body.channel is not None:
-            validate_channel(body.channel)
         changes: dict[str, Any] = {
             f: getattr(body, f) for f in ("name", "metric", "channel", "enabled")
             if getattr(body, f) is not None
         }
+        if body.channel is not None:
+            changes["channel"] = normalize_channel(body.channel)
         return await self._update(sid, if_match,
                                   lambda cur: msgspec.structs.replace(cur, **changes))
 

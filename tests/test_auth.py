@@ -173,6 +173,24 @@ async def test_topic_acl(start_api, user_token):
             assert (await http.get(url, headers=bearer(user_token("1")))).status_code == 200
 
 
+async def test_own_topics_are_private_unless_the_acl_names_them(api: Api, start_api,
+                                                                 user_token):
+    async with client(api) as http:
+        for topic in ("settings", "user"):
+            r = await http.get(f"/api/v1/topics/{topic}", headers=bearer(user_token("1")))
+            assert r.status_code == 403 and "VESTNIK_TOPIC_ACL" in r.json()["detail"]
+            r = await http.get(f"/api/v1/topics/{topic}", headers=bearer(api.service_token))
+            assert r.status_code == 200
+    api = start_api(VESTNIK_TOPIC_ACL="settings=admin,user=*")
+    async with client(api) as http:
+        url = "/api/v1/topics/settings"
+        assert (await http.get(url, headers=bearer(user_token("1")))).status_code == 403
+        r = await http.get(url, headers=bearer(user_token("1", roles=["admin"])))
+        assert r.status_code == 200
+        r = await http.get("/api/v1/topics/user", headers=bearer(user_token("1")))
+        assert r.status_code == 200
+
+
 async def test_audience_is_checked_when_configured(start_api):
     api = start_api(VESTNIK_JWT_AUDIENCE="vestnik")
     secret = api.env["VESTNIK_SECRET"]

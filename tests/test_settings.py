@@ -7,6 +7,7 @@ import asyncio
 
 import msgspec
 
+from streams.settings import read_named, read_setting
 from support import SSE, Api
 
 SETTING = {
@@ -30,6 +31,13 @@ async def test_crud_round_trip(api: Api):
 
         r = await http.get(f"/api/v1/settings/{sid}")
         assert r.status_code == 200 and r.json() == created and r.headers["etag"] == '"1"'
+
+        # user ids may be sent as numbers; they are stored as the strings they stand for
+        r = await http.post("/api/v1/settings", json={
+            "name": "cpu", "channel": {"ui": {"users": [1, "2"]}, "tg": {"chat_ids": [5]}}})
+        assert r.status_code == 201
+        assert r.json()["channel"] == {"ui": {"users": ["1", "2"]}, "tg": {"chat_ids": [5]}}
+        assert (await http.delete(f"/api/v1/settings/{r.json()['id']}")).status_code == 204
 
         replaced = {**SETTING, "metric": {"path": "/var", "above": 95}, "enabled": False}
         r = await http.put(f"/api/v1/settings/{sid}", json=replaced)
@@ -128,7 +136,13 @@ async def test_if_match(api: Api):
 
 
 async def test_every_change_is_a_settings_topic_event(api: Api, redis, keys, user_token):
-    sse = await SSE(f"{api.base}/api/v1/topics/settings/stream?token={user_token('1')}").connect()
+    # settings name other users (ids, chat ids): a plain user token may not follow them
+    denied = await SSE(f"{api.base}/api/v1/topics/settings/stream?token={user_token('1')}"
+                       ).connect()
+    assert denied.status == 403 and b"VESTNIK_TOPIC_ACL" in denied.body
+    await denied.close()
+    sse = await SSE(f"{api.base}/api/v1/topics/settings/stream?token={api.service_token}"
+                    ).connect()
     assert sse.status == 200
     async with api.client() as http:
         created = (await http.post("/api/v1/settings", json=SETTING)).json()
@@ -223,3 +237,17 @@ async def test_concurrent_patches_with_same_if_match_one_wins(api: Api, redis, k
         assert sorted(r.json()["version"] for r in results) == list(range(3, 3 + n))
     entries = await redis.xrange(keys.topic("settings"))
     assert len(entries) == 2 + n  # create, the one winner, then n unconditional updates
+
+
+async def test_readers_for_other_parts(api: Api, redis, keys):
+    """What the wrapper and the center use: enabled settings of one alert, one by id."""
+    async with api.client() as http:
+        on = (await http.post("/api/v1/settings", json=SETTING)).json()
+        off = (await http.post("/api/v1/settings", json={**SETTING, "enabled": False})).json()
+        await http.post("/api/v1/settings", json={**SETTING, "name": "cpu"})
+    assert [s.id for s in await read_named(redis, keys, "disk")] == [on["id"]]
+    everything = await read_named(redis, keys, "disk", enabled_only=False)
+    assert [msgspec.to_builtins(s) for s in everything] == [on, off]
+    assert await read_named(redis, keys, "nothing") == []
+    assert msgspec.to_builtins(await read_setting(redis, keys, off["id"])) == off
+    assert await read_setting(redis, keys, "01HZZZZZZZZZZZZZZZZZZZZZZZ") is None
