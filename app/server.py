@@ -19,6 +19,15 @@ from streams.config import Settings
 
 
 class Server(uvicorn.Server):
+    def handle_exit(self, sig: int, frame: object) -> None:
+        """Also end open SSE streams at once, so shutdown does not wait on them."""
+        super().handle_exit(sig, frame)  # type: ignore[arg-type]
+        ctx = getattr(getattr(self.config.app, "state", None), "ctx", None)
+        for part in getattr(ctx, "parts", {}).values():
+            close = getattr(part, "close_subscribers", None)
+            if close is not None:
+                close()
+
     @contextmanager
     def capture_signals(self) -> Iterator[None]:
         loop = asyncio.get_running_loop()

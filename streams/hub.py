@@ -102,12 +102,16 @@ class TopicHub:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="topic-hub")
 
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+    def close_subscribers(self) -> None:
+        """End every subscriber's stream (server shutdown: clients reconnect elsewhere)."""
         for subs in self.subscribers.values():
             for sub in subs:
                 sub.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self.close_subscribers()
         if self._task is not None:
             self._task.cancel()
             try:

@@ -15,7 +15,8 @@ OnEvent = Callable[[str, bytes], None]
 
 
 class SSEProtocol(asyncio.Protocol):
-    __slots__ = ("_buf", "_data", "_event", "connected", "on_event", "status", "transport")
+    __slots__ = ("_buf", "_data", "_event", "connected", "on_event", "request", "status",
+                 "transport")
 
     def __init__(self, request: bytes, on_event: OnEvent) -> None:
         self.request = request
@@ -28,9 +29,8 @@ class SSEProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+        self.transport = transport  # type: ignore[assignment] - uvloop's is not a subclass
+        self.transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf + data
