@@ -68,7 +68,11 @@ async def dead_letters(redis: Redis, keys: Keys) -> list[dict[str, str]]:
 
 
 def metrics(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    """Every sample the wrapper exports (none while its metrics port is not up yet)."""
+    try:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    except httpx.ConnectError:
+        return {}
     out = {}
     for family in text_string_to_metric_families(text):
         for s in family.samples:
