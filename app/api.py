@@ -46,6 +46,27 @@ async def ensure_group(ctx: Ctx) -> None:
             raise
 
 
+def describe_plain_routes(spec: dict, routes: list) -> None:
+    """Routes added outside a Router (the web pages) still appear in /openapi.json, as pages.
+
+    A route that is not meant to be described says so with include_in_schema=False.
+    """
+    for r in routes:
+        if not isinstance(r, Route) or not r.include_in_schema:
+            continue
+        media, schema = (("application/json", {}) if r.path.endswith(".json")
+                         else ("text/html", {"type": "string"}))
+        doc = (getattr(r.endpoint, "__doc__", None) or f"The {r.path} page").strip()
+        for method in sorted((r.methods or set()) - {"HEAD"}):
+            spec["paths"].setdefault(r.path, {}).setdefault(method.lower(), {
+                "summary": doc.splitlines()[0], "tags": ["pages"],
+                "operationId": f"{method.lower()}_{r.name}_{r.path}".replace("/", "_")
+                .replace(".", "_").replace("-", "_"),
+                "responses": {"200": {"description": "OK",
+                                      "content": {media: {"schema": schema}}}},
+            })
+
+
 def create_app(settings: Settings) -> Starlette:
     if not settings.redis_url:
         raise ValueError("redis_url is required (vestnik up starts a private Redis)")
@@ -87,6 +108,7 @@ def create_app(settings: Settings) -> Starlette:
     from .pages import routes as page_routes  # the inbox, admin and demo pages
 
     routes += page_routes()
+    describe_plain_routes(spec, routes)
     middleware = []
     if settings.cors_origins:
         middleware.append(Middleware(

@@ -84,15 +84,16 @@ def etag(setting: AlertSetting) -> str:
 def parse_if_match(header: str | None) -> frozenset[int] | None:
     """`If-Match` → the versions it accepts; None when absent or `*` (unconditional).
 
-    An entity tag that is not one of ours (`"abc"`) matches nothing, so it yields 412.
+    An entity tag that is not one of ours (`"abc"`, or a weak `W/"3"`: If-Match compares
+    strongly, RFC 9110 13.1.1) matches nothing, so it yields 412.
     """
     if header is None or header.strip() == "*":
         return None
     out: set[int] = set()
     for tag in header.split(","):
-        tag = tag.strip().removeprefix("W/").strip('"')
-        if tag.isdigit():
-            out.add(int(tag))
+        tag = tag.strip()
+        if len(tag) > 2 and tag[0] == tag[-1] == '"' and tag[1:-1].isdigit():
+            out.add(int(tag[1:-1]))
     return frozenset(out)
 
 

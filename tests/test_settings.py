@@ -120,13 +120,15 @@ async def test_if_match(api: Api):
                                    headers={"If-Match": v1})
             assert r.status_code == 412, (method, r.text)
             assert r.json()["error"] == "precondition_failed"
-        r = await http.patch(f"/api/v1/settings/{sid}", json={"enabled": True},
-                             headers={"If-Match": '"not-ours"'})
-        assert r.status_code == 412
+        for tag in ('"not-ours"', "W/" + v2, v2.strip('"'), ""):
+            r = await http.patch(f"/api/v1/settings/{sid}", json={"enabled": True},
+                                 headers={"If-Match": tag})
+            assert r.status_code == 412, tag
         got = await http.get(f"/api/v1/settings/{sid}")
         assert got.json()["version"] == 2 and got.json()["enabled"] is False
         # the fresh one works; `*` and no If-Match are unconditional
-        r = await http.put(f"/api/v1/settings/{sid}", json=SETTING, headers={"If-Match": v2})
+        r = await http.put(f"/api/v1/settings/{sid}", json=SETTING,
+                           headers={"If-Match": f'"41", {v2}'})  # any listed tag may match
         assert r.status_code == 200 and r.headers["etag"] == '"3"'
         r = await http.patch(f"/api/v1/settings/{sid}", json={"metric": {}},
                              headers={"If-Match": "*"})
