@@ -195,8 +195,10 @@ class Wrapper:
             while True:
                 hb = sink.heartbeat
                 timeout = min(0.25, hb / 4) if hb else 0.5
-                await asyncio.wait({exited, stopping, tasks["feed"], tasks["sink"]},
-                                   timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+                watch = {exited, stopping, tasks["feed"]}
+                if not tasks["sink"].done():  # an alert may close stdout and keep running
+                    watch.add(tasks["sink"])
+                await asyncio.wait(watch, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if exited.done():
                     break
                 if stopping.done():
