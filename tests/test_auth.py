@@ -116,6 +116,29 @@ async def test_service_and_user_tokens_are_not_interchangeable(api: Api, user_to
         assert r.status_code == 200
 
 
+async def test_user_routes_refuse_service_tokens(api: Api, user_token):
+    """Every route that needs a user (from the OpenAPI document: /me/...) refuses a service
+    token by name and accepts a user token."""
+    async with client(api) as http:
+        spec = (await http.get("/openapi.json")).json()
+        me = [(m.upper(), p) for p, item in spec["paths"].items() for m in item
+              if p.startswith("/api/v1/me/")]
+        if not me:
+            pytest.skip("no user routes in this build")
+        for method, path in me:
+            if path.endswith("/stream"):
+                continue
+            url = path.replace("{id}", "01HZZZZZZZZZZZZZZZZZZZZZZZ")
+            r = await http.request(method, url, headers=bearer(api.service_token))
+            assert_401(r, (method, path))
+            assert "user token" in r.json()["detail"]
+            r = await http.request(method, url, headers=bearer(user_token("1")))
+            assert r.status_code != 401, (method, path, r.text)
+        sse = await SSE(f"{api.base}/api/v1/me/stream?token={api.service_token}").connect()
+        assert sse.status == 401
+        await sse.close()
+
+
 def _request(headers: dict[str, str] | None = None, query: str = "") -> Request:
     raw = [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
     return Request({"type": "http", "method": "GET", "path": "/", "headers": raw,
