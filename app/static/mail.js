@@ -25,6 +25,7 @@ async function poll() {
   try {
     const { data } = await api("/demo/mail.json");
     failures = 0;
+    if (!data.on) throw Object.assign(new Error("not running"), { status: 404 });
     document.getElementById("error").hidden = true;
     document.getElementById("live").className = "live on";
     document.getElementById("live").textContent = "live";

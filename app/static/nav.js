@@ -2,8 +2,9 @@
 const link = document.querySelector("nav a[data-demo]");
 if (link) {
   fetch("/demo/mail.json?limit=1")
-    .then((r) => {
-      if (r.ok) link.hidden = false;
+    .then((r) => (r.ok ? r.json() : { on: false }))
+    .then((d) => {
+      link.hidden = !d.on;
     })
     .catch(() => {});
 }

@@ -39,7 +39,7 @@
   const CSS = `
 :host { display: inline-block; position: relative; font: inherit; color: var(--vn-fg);
   --vn-fg: #1f2328; --vn-muted: #656d76; --vn-bg: #fff; --vn-soft: #f6f8fa; --vn-line: #d8dee4;
-  --vn-accent: #0969da; --vn-unread: #ddf4ff; --vn-info: #0969da; --vn-warning: #bf8700;
+  --vn-accent: #0969da; --vn-unread: #f0f7ff; --vn-info: #0969da; --vn-warning: #bf8700;
   --vn-critical: #cf222e; --vn-radius: 10px; }
 :host([mode="page"]) { display: block; }
 @media (prefers-color-scheme: dark) {
@@ -61,8 +61,9 @@ button { font: inherit; color: inherit; }
   padding: 0 6px; border-radius: 10px; background: var(--vn-critical); color: #fff;
   font-size: 12px; font-weight: 600; line-height: 20px; text-align: center;
   box-shadow: 0 0 0 2px var(--vn-bg); font-variant-numeric: tabular-nums; }
-.head-bell { position: relative; display: inline-flex; color: var(--vn-muted); }
-.head-bell .badge { top: -8px; right: -10px; }
+.head-bell { position: relative; display: inline-flex; color: var(--vn-muted); margin-right: 8px; }
+.head-bell .badge { top: -9px; right: -15px; min-width: 18px; height: 18px; line-height: 18px;
+  font-size: 11px; padding: 0 5px; }
 .panel { background: var(--vn-bg); border: 1px solid var(--vn-line); border-radius: var(--vn-radius);
   overflow: hidden; }
 :host(:not([mode="page"])) .panel { position: absolute; z-index: 1000; right: 0; top: 48px;
@@ -90,19 +91,18 @@ header h2 { margin: 0; font-size: 16px; font-weight: 600; }
 ul { list-style: none; margin: 0; padding: 0; }
 li { border-bottom: 1px solid var(--vn-line); }
 li:last-child { border-bottom: 0; }
-.hit { display: flex; gap: 12px; width: 100%; padding: 12px 16px 12px 13px; text-align: left;
-  border: 0; border-left: 3px solid transparent; background: none; cursor: pointer;
-  color: inherit; text-decoration: none; }
+.hit { display: flex; gap: 12px; width: 100%; padding: 12px 16px; text-align: left;
+  border: 0; background: none; cursor: pointer; color: inherit; text-decoration: none; }
 .hit:hover { background: var(--vn-soft); }
 .unread .hit { background: var(--vn-unread); }
 .unread .hit:hover { filter: brightness(0.98); }
-.sev-info .hit { border-left-color: var(--vn-info); }
-.sev-warning .hit { border-left-color: var(--vn-warning); }
-.sev-critical .hit { border-left-color: var(--vn-critical); }
-.icon { flex: none; width: 10px; height: 10px; margin-top: 6px; border-radius: 50%; }
-.sev-info .icon { background: var(--vn-info); }
-.sev-warning .icon { background: var(--vn-warning); }
-.sev-critical .icon { background: var(--vn-critical); }
+.icon { flex: none; display: grid; place-items: center; width: 24px; height: 24px;
+  margin-top: -1px; border-radius: 50%; font-size: 13px; font-weight: 700;
+  font-family: ui-monospace, Menlo, Consolas, monospace; }
+.sev-info .icon { color: var(--vn-info); background: color-mix(in srgb, var(--vn-info) 14%, transparent); }
+.sev-warning .icon { color: var(--vn-warning);
+  background: color-mix(in srgb, var(--vn-warning) 18%, transparent); }
+.sev-critical .icon { color: #fff; background: var(--vn-critical); }
 .main { flex: 1; min-width: 0; }
 .title { font-size: 14px; line-height: 20px; overflow-wrap: anywhere; }
 .unread .title { font-weight: 600; }
@@ -120,7 +120,7 @@ li:last-child { border-bottom: 0; }
   background: var(--vn-accent); visibility: hidden; }
 .unread .dot { visibility: visible; }
 li.fresh .hit { animation: fresh 1.6s ease-out; }
-@keyframes fresh { from { box-shadow: inset 0 0 0 2px var(--vn-accent); } to { box-shadow: none; } }
+@keyframes fresh { from { background: color-mix(in srgb, var(--vn-accent) 25%, var(--vn-bg)); } }
 .state { padding: 40px 24px; text-align: center; color: var(--vn-muted); font-size: 14px; }
 .state strong { display: block; color: var(--vn-fg); font-size: 15px; margin-bottom: 4px; }
 .state button { margin-top: 12px; }
@@ -193,7 +193,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.lastSeq = null;
       this.es = null;
       this.retry = 0;
-      this.generation = 0;
+      this.generation = 0; // bumped by stop(): stale stream callbacks and timers do nothing
+      this.listGen = 0; // bumped whenever the list starts over: stale page loads are dropped
       this.timers = new Set();
       this.build();
     }
@@ -212,7 +213,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     get limit() {
-      return Math.min(100, Math.max(1, parseInt(this.getAttribute("limit") || "20", 10) || 20));
+      return Math.min(200, Math.max(1, parseInt(this.getAttribute("limit") || "20", 10) || 20));
     }
 
     // ---------------------------------------------------------------- layout
@@ -303,17 +304,12 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       }, { root: this.isPage ? null : this.scroll, rootMargin: "200px" });
       this.io.observe(this.sentinel);
       this.tick = setInterval(() => this.refreshTimes(), 30000);
-      this.onVisible = () => {
-        if (document.visibilityState === "visible" && this.es === null && this.token) this.connect();
-      };
-      document.addEventListener("visibilitychange", this.onVisible);
       this.start();
     }
 
     disconnectedCallback() {
       document.removeEventListener("click", this.onDocClick, true);
       document.removeEventListener("keydown", this.onKey);
-      document.removeEventListener("visibilitychange", this.onVisible);
       clearInterval(this.tick);
       if (this.io) this.io.disconnect();
       this.stop();
@@ -343,6 +339,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
     start() {
       this.stop();
+      this.listGen++;
       this.items.clear();
       this.nodes.clear();
       this.list.replaceChildren();
@@ -387,21 +384,21 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     async loadFirst() {
-      const gen = this.generation;
+      const gen = this.listGen;
       this.loading = true;
       try {
         const page = await this.request(this.query(null));
-        if (gen !== this.generation) return;
-        this.next = page.next || null;
+        if (gen !== this.listGen) return;
+        this.next = page.next ?? null;
         for (const n of page.items || []) this.upsert(n, false);
         this.afterLoad();
       } catch (e) {
-        if (gen !== this.generation) return;
+        if (gen !== this.listGen) return;
         this.showError(e);
       } finally {
-        if (gen === this.generation) this.loading = false;
+        if (gen === this.listGen) this.loading = false;
       }
-      if (gen === this.generation) this.maybeMore();
+      if (gen === this.listGen) this.maybeMore();
     }
 
     async maybeMore() {
@@ -409,25 +406,25 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       const rect = this.sentinel.getBoundingClientRect();
       const bottom = this.isPage ? window.innerHeight : this.scroll.getBoundingClientRect().bottom;
       if (rect.top > bottom + 200) return;
-      const gen = this.generation;
+      const gen = this.listGen;
       this.loading = true;
       this.more.hidden = false;
       this.more.replaceChildren(h("span", { class: "spin", "aria-hidden": "true" }),
         h("span", { text: "Loading older notices…" }));
       try {
         const page = await this.request(this.query(this.next));
-        if (gen !== this.generation) return;
-        this.next = page.next || null;
+        if (gen !== this.listGen) return;
+        this.next = page.next ?? null;
         for (const n of page.items || []) this.upsert(n, false);
         this.afterLoad();
       } catch (e) {
-        if (gen !== this.generation) return;
+        if (gen !== this.listGen) return;
         this.more.replaceChildren(h("span", { text: `Could not load more (${e.message}).` }),
           h("button", { class: "link", type: "button", text: "Retry",
             onclick: () => this.maybeMore() }));
         return;
       } finally {
-        if (gen === this.generation) this.loading = false;
+        if (gen === this.listGen) this.loading = false;
       }
       // the next page may still be in view (short pages, tall screens)
       requestAnimationFrame(() => this.maybeMore());
@@ -456,29 +453,31 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (this.lastSeq) u.searchParams.set("last_event_id", this.lastSeq);
       const es = new EventSource(u.toString());
       this.es = es;
-      let dropped = false;
       es.addEventListener("open", () => {
         if (gen !== this.generation) return;
         this.retry = 0;
         this.setBanner(null);
-        if (dropped) this.resync();
+        if (this.dropped) {
+          this.dropped = false;
+          this.resync();
+        }
       });
       es.addEventListener("count", (e) => this.onCount(e));
+      es.addEventListener("reset", (e) => this.onReset(e));
       es.addEventListener("notice", (e) => this.onNotice(e, true));
       es.addEventListener("notice-update", (e) => this.onNotice(e, false));
       es.addEventListener("read", (e) => this.onRead(e));
       es.addEventListener("error", () => {
         if (gen !== this.generation || es !== this.es) return;
-        dropped = true;
-        if (es.readyState === EventSource.CLOSED) {
-          // the browser gave up (e.g. a 503 while the server restarts): retry ourselves
-          this.es = null;
-          const wait = Math.min(30000, 500 * 2 ** this.retry++) * (0.75 + Math.random() / 2);
-          this.setBanner("Reconnecting…");
-          this.later(() => this.checkAndConnect(gen), wait);
-        } else {
-          this.setBanner("Reconnecting…");
-        }
+        // Reconnect ourselves rather than let the browser do it: its Last-Event-ID is only
+        // the last *notice* id, while we also know the feed position from `count`, and it
+        // gives up for good on an error status (e.g. 503 while the server restarts).
+        es.close();
+        this.es = null;
+        this.dropped = true;
+        const wait = Math.min(30000, 400 * 2 ** this.retry++) * (0.75 + Math.random() / 2);
+        this.setBanner("Reconnecting…");
+        this.later(() => this.checkAndConnect(gen), wait);
       });
     }
 
@@ -499,15 +498,15 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     /** After a drop: the stream replays from Last-Event-ID; also refresh what it cannot
      * (the first page, for read changes made while we were away). */
     async resync() {
-      const gen = this.generation;
+      const gen = this.listGen;
       try {
         const [page, c] = await Promise.all([
           this.request(this.query(null)),
           this.request("/api/v1/me/unread-count"),
         ]);
-        if (gen !== this.generation) return;
+        if (gen !== this.listGen) return;
         for (const n of page.items || []) this.upsert(n, false);
-        if (this.items.size === 0) this.next = page.next || null;
+        if (this.items.size === 0) this.next = page.next ?? null;
         this.setCount(c.count);
         this.afterLoad();
       } catch {
@@ -525,7 +524,25 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
     onCount(e) {
       const d = this.parse(e);
-      if (d && typeof d.count === "number") this.setCount(d.count);
+      if (!d) return;
+      if (typeof d.count === "number") this.setCount(d.count);
+      // the feed position the stream starts from: resume after it on reconnect
+      if (typeof d.seq === "number" && (this.lastSeq === null || d.seq > num(this.lastSeq))) {
+        this.lastSeq = String(d.seq);
+      }
+    }
+
+    onReset(e) {
+      // the server's feed is behind our position (its store was reset): start over
+      const d = this.parse(e);
+      this.lastSeq = d && typeof d.seq === "number" ? String(d.seq) : null;
+      const gen = ++this.listGen;
+      this.items.clear();
+      this.nodes.clear();
+      this.list.replaceChildren();
+      this.next = null;
+      this.loading = false;
+      if (gen === this.listGen) this.loadFirst();
     }
 
     onNotice(e, isNew) {
@@ -551,11 +568,16 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     onRead(e) {
       const d = this.parse(e);
       if (!d) return;
-      const ids = d.ids === "*" || d.all ? [...this.items.keys()] : d.ids || [];
-      for (const id of ids) {
+      const read = d.read !== false;
+      for (const id of d.ids || []) {
         const n = this.items.get(id);
-        if (n && !n.read) {
-          n.read = true;
+        if (!n) continue;
+        if (d.archived) {
+          this.items.delete(id);
+          this.nodes.get(id)?.remove();
+          this.nodes.delete(id);
+        } else if (n.read !== read) {
+          n.read = read;
           this.render(n);
         }
       }
@@ -567,7 +589,6 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (n.archived) return;
       const old = this.items.get(n.id);
       const merged = old ? { ...old, ...n } : n;
-      if (old && old.read && n.read === false && !fresh) merged.read = old.read;
       this.items.set(n.id, merged);
       const seq = num(merged.seq);
       if (seq && (this.lastSeq === null || seq > num(this.lastSeq))) this.lastSeq = String(seq);
@@ -614,7 +635,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         text: ms ? fmt(ms) : "" });
       const label = `${n.read ? "" : "Unread. "}${SEVERITY[sev]}: ${n.title}`;
       const inner = [
-        h("span", { class: "icon", "aria-hidden": "true" }),
+        h("span", { class: "icon", "aria-hidden": "true", text: sev === "info" ? "i" : "!" }),
         h("span", { class: "main" },
           h("div", { class: "title", text: n.title }),
           n.body ? h("div", { class: "body", text: n.body }) : null,
@@ -724,7 +745,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.filter = f;
       this.allBtn.setAttribute("aria-pressed", String(f === "all"));
       this.unreadBtn.setAttribute("aria-pressed", String(f === "unread"));
-      const gen = ++this.generation;
+      const gen = ++this.listGen;
       this.items.clear();
       this.nodes.clear();
       this.list.replaceChildren();
@@ -732,7 +753,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.showState("loading");
       this.loading = false;
       // keep the stream; reload the list under the new filter
-      if (gen === this.generation) this.loadFirst();
+      if (gen === this.listGen) this.loadFirst();
     }
 
     async activate(e, id) {

@@ -1,0 +1,25 @@
+"""Helpers of the browser tests: users in the `user` state, console error capture."""
+
+from __future__ import annotations
+
+import msgspec
+from redis.asyncio import Redis
+
+from streams.keys import USER_TOPIC, Keys
+
+K = Keys("vn:")
+
+
+async def add_users(redis: Redis, *users: tuple[str, str]) -> None:
+    """Users as the topic hub materializes them (HSET of the `user` state)."""
+    await redis.hset(K.state(USER_TOPIC), mapping={
+        uid: msgspec.json.encode({"id": uid, "name": name, "email": f"{name.lower()}@example.test"})
+        for uid, name in users})
+
+
+def console_errors(page) -> list[str]:
+    """Collect the page's console errors and uncaught exceptions (asserted empty at the end)."""
+    errors: list[str] = []
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    return errors

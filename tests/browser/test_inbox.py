@@ -1,0 +1,101 @@
+"""The inbox page in a real browser: live notices from a product's XADD, the badge, reading
+(and the other tab following), infinite scroll, and surviving an api restart."""
+
+from __future__ import annotations
+
+import re
+
+from browser_support import K, add_users, console_errors
+from playwright.async_api import expect
+
+from support import Api
+
+
+def notice(title: str, to: str = "1", severity: str = "warning", **extra: str) -> dict[str, str]:
+    return {"alert": "disk", "title": title, "severity": severity, "recipients": to, **extra}
+
+
+async def test_live_notice_badge_read_and_second_tab(api: Api, redis, start_proc, user_token,
+                                                     context, shot):
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    token = user_token("1")
+    tab1 = await context.new_page()
+    errors = console_errors(tab1)
+    await tab1.goto(f"{api.base}/?token={token}")
+    inbox1 = tab1.locator("vestnik-inbox")
+    await expect(inbox1).to_have_attribute("state", "empty")
+    assert "token=" not in tab1.url  # kept for the tab, not in the address bar
+    await shot(tab1, "empty")
+    # a second tab of the same user (the token is per tab: it comes by URL again)
+    tab2 = await context.new_page()
+    await tab2.goto(f"{api.base}/?token={token}")
+    inbox2 = tab2.locator("vestnik-inbox")
+    await expect(inbox2).to_have_attribute("state", "empty")
+
+    # a product sends notices with a plain XADD
+    await redis.xadd(K.notices, notice("Backup finished on db-1", severity="info",
+                                       body="Nightly backup took 4 min."))
+    await redis.xadd(K.notices, notice("Disk 95% on web-1", body="/var is 95% full.",
+                                       link=f"{api.base}/demo/vms"))
+    await redis.xadd(K.notices, notice("web-3 is down", severity="critical",
+                                       body="No heartbeat for 60 s."))
+    items = inbox1.locator("li")
+    await expect(items).to_have_count(3)
+    await expect(items.first).to_contain_text("web-3 is down")  # newest first
+    badge1 = inbox1.locator(".head-bell .badge")
+    await expect(badge1).to_have_text("3")
+    await expect(inbox2.locator(".head-bell .badge")).to_have_text("3")
+    await expect(tab1).to_have_title("(3) Inbox · Vestnik")
+    await expect(inbox1.locator("[aria-live]")).to_contain_text("web-3 is down")
+    await expect(items.first).to_have_class(re.compile(r"\bsev-critical unread\b"))
+    await shot(tab1, "three-unread")
+
+    # clicking an item without a link marks it read: the badge drops, the other tab follows
+    await inbox1.locator("li", has_text="Backup finished").locator(".hit").click()
+    await expect(badge1).to_have_text("2")
+    await expect(inbox2.locator(".head-bell .badge")).to_have_text("2")
+    await expect(inbox2.locator("li", has_text="Backup finished")).not_to_have_class(
+        re.compile(r"\bunread\b"))
+    await shot(tab2, "other-tab-follows")
+
+    # keyboard: focus the first item, arrow down, Enter on the linked notice follows its link
+    await inbox1.locator("li").first.locator(".hit").focus()
+    await tab1.keyboard.press("ArrowDown")
+    focused = inbox1.locator("li", has_text="Disk 95% on web-1").locator(".hit")
+    await expect(focused).to_be_focused()
+    await tab1.keyboard.press("Enter")
+    await tab1.wait_for_url(f"{api.base}/demo/vms")
+    await expect(inbox2.locator(".head-bell .badge")).to_have_text("1")
+
+    # mark all read from the second tab
+    await inbox2.get_by_role("button", name="Mark all read").click()
+    await expect(inbox2.locator(".head-bell .badge")).to_be_hidden()
+    await expect(inbox2.locator("li.unread")).to_have_count(0)
+    await shot(tab2, "all-read")
+    assert not errors, errors
+
+
+async def test_infinite_scroll_pages_with_the_cursor(api: Api, redis, start_proc, user_token,
+                                                     context, shot):
+    await add_users(redis, ("1", "Alice"))
+    for i in range(45):
+        await redis.xadd(K.notices, notice(f"Notice {i:02d}", severity=("info", "warning")[i % 2]))
+    start_proc("center", "--no-forward")
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(f"{api.base}/?token={user_token('1')}")
+    inbox = page.locator("vestnik-inbox")
+    # pages of 20: once all 45 are stored, scrolling down loads the rest, newest first
+    await expect(inbox.locator(".head-bell .badge")).to_have_text("45", timeout=20_000)
+    await page.reload()
+    await expect(inbox.locator("li")).to_have_count(20)
+    await inbox.locator("li").last.scroll_into_view_if_needed()
+    await expect(inbox.locator("li")).to_have_count(40)
+    await inbox.locator("li").last.scroll_into_view_if_needed()
+    await expect(inbox.locator("li")).to_have_count(45)
+    titles = await inbox.locator("li .title").all_inner_texts()
+    assert titles == [f"Notice {i:02d}" for i in reversed(range(45))]
+    await expect(inbox.locator(".more")).to_contain_text("That's everything")
+    await shot(page, "scrolled", full_page=True)
+    assert not errors, errors
