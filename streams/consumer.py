@@ -193,7 +193,7 @@ class Consumer(Generic[T]):
                     self._own_pending = True
                     await backoff.wait()
                     continue
-                if "NOGROUP" in str(e):
+                if "NOGROUP" in str(e) or "UNBLOCKED" in str(e):
                     log.warning("consumer group %s is gone (Redis flushed or restarted without "
                                 "data?); recreating it", self.group)
                     group_ok = False

@@ -1,0 +1,119 @@
+"""Faults: a center worker SIGKILLed mid-stream (its pending entries are claimed by the
+other, every notice lands exactly once), the group recreated after a flush, and live
+pushes surviving a Redis restart."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+from center_support import K, add_users, entry, feed, lag, pending, xadd_many
+
+from streams.center import derived_id, run_center
+from support import SSE, Api, eventually
+
+USERS = [str(u) for u in range(1, 6)]
+N = 10_000
+
+
+@pytest.mark.slow
+async def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(redis, start_proc):
+    await add_users(redis, *USERS)
+    entries = [entry(f"n{i}", f"{USERS[i % 5]},{USERS[(i + 1) % 5]}") for i in range(N)]
+    env = {"VESTNIK_CLAIM_IDLE_MS": "1000", "VESTNIK_CENTER_BATCH": "100",
+           "VESTNIK_FEED_MAX": str(N)}
+    w1 = start_proc("center", "--no-forward", "--consumer", "w1", **env)
+    w2 = start_proc("center", "--no-forward", "--consumer", "w2", **env)
+    await eventually(lambda: _group_has(redis, "w1", "w2"), timeout=20, what="both workers")
+    sids = await xadd_many(redis, entries)
+    expected: dict[str, set[str]] = {u: set() for u in USERS}
+    for i, sid in enumerate(sids):
+        expected[USERS[i % 5]].add(derived_id(sid))
+        expected[USERS[(i + 1) % 5]].add(derived_id(sid))
+
+    # kill w1 while it holds a batch it has not acked yet
+    async def w1_holds() -> bool:
+        return bool(await redis.xpending_range(K.notices, "center", "-", "+", 1,
+                                               consumername="w1"))
+
+    await eventually(w1_holds, timeout=20, interval=0.001, what="w1 holding a batch")
+    w1.kill()
+    left = await redis.xpending_range(K.notices, "center", "-", "+", 1000, consumername="w1")
+    assert left, "w1 died holding entries that only a claim can recover"
+    done = sum([len(await feed(redis, u)) for u in USERS])
+    assert done < 2 * N, "the kill came too late to test anything"
+
+    async def all_done() -> bool:
+        return await pending(redis) == 0 and await lag(redis) == 0 and sum(
+            [len(await feed(redis, u)) for u in USERS]) >= 2 * N
+
+    await eventually(all_done, timeout=90, interval=0.1, what="every entry stored and acked")
+    for u in USERS:
+        ids = await feed(redis, u)
+        assert len(ids) == len(set(ids)) == len(expected[u]) == 2 * N // 5
+        assert set(ids) == expected[u]
+        # the per-user seq counts every feed insert: equal to the size means no second copy
+        # was ever added (and trimmed) on the way
+        assert int(await redis.get(K.user_seq(u))) == len(ids)
+        assert await redis.zcard(K.unread(u)) == len(ids)
+    assert await redis.xlen(K.notices_dead) == 0
+    assert "claimed" in w2.output()
+
+
+async def _group_has(redis, *names: str) -> bool:
+    try:
+        got = {c["name"].decode() for c in await redis.xinfo_consumers(K.notices, "center")}
+    except Exception:  # the group does not exist yet
+        return False
+    return set(names) <= got
+
+
+async def test_group_is_recreated_after_a_flush(redis, settings):
+    """A Redis flushed under a running center (NOGROUP): the group comes back and new
+    notices are stored."""
+    await add_users(redis, "1")
+    task = asyncio.create_task(run_center(settings, consumer="solo", forward=False))
+    try:
+        await xadd_many(redis, [entry("before")])
+        await eventually(lambda: feed(redis, "1"), what="first notice")
+        await redis.flushall()
+        await add_users(redis, "1")
+        # XADD creates the stream again, without the group: the consumer gets NOGROUP
+        deadline = time.monotonic() + 20
+        while not await feed(redis, "1") and time.monotonic() < deadline:
+            await xadd_many(redis, [entry("after")])
+            await asyncio.sleep(0.3)
+        titles = await feed(redis, "1")
+        assert titles, "nothing stored after the flush"
+        assert await redis.xinfo_groups(K.notices)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_live_push_survives_a_redis_restart(api: Api, redis_server, redis, start_proc,
+                                                  user_token):
+    await add_users(redis, "1")
+    start_proc("center", "--no-forward")
+    sse = await SSE(f"{api.base}/api/v1/me/stream?token={user_token('1')}").connect()
+    assert (await sse.next()).event == "count"
+    async with api.client() as svc:
+        r = await svc.post("/api/v1/notices", json={"alert": "disk", "title": "before",
+                                                    "recipients": ["1"]})
+        assert r.status_code == 202
+        assert (await sse.take(1, event="notice"))[0].json()["title"] == "before"
+        redis_server.restart()
+
+        async def sent() -> bool:
+            try:
+                r = await svc.post("/api/v1/notices", json={"alert": "disk", "title": "after",
+                                                            "recipients": ["1"]})
+            except Exception:
+                return False
+            return r.status_code == 202
+
+        await eventually(sent, timeout=20, interval=0.2, what="api back")
+        got = await sse.take(1, event="notice", timeout=30)
+        assert got[0].json()["title"] == "after" and got[0].id == "2"
+    await sse.close()
