@@ -7,6 +7,7 @@ import asyncio
 import itertools
 import json
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -26,7 +27,7 @@ from wrapping import (
     wait_exit,
 )
 
-from support import eventually
+from support import ROOT, eventually
 from wrapper.lines import LineSplitter, Oversized
 from wrapper.mailbox import Mailbox
 from wrapper.protocol import Entity, Ready, Settings
@@ -293,7 +294,7 @@ async def test_hung_alert_is_restarted_after_its_heartbeat(redis, keys, wrap, tm
     name = "hung"
     starts = tmp_path / "starts"
     cfg = alert_toml(tmp_path / "alert.toml", name,
-                     [PY, script(tmp_path, "h.py", HUNG), str(starts)],
+                     [PY, script(tmp_path, "h.py", HUNG), str(starts)], grace=0.5,
                      restart={"policy": "on-failure", "backoff_min": 0.1})
     w = wrap(cfg)
 
@@ -306,7 +307,7 @@ async def test_hung_alert_is_restarted_after_its_heartbeat(redis, keys, wrap, tm
     assert t[1] - t[0] >= 0.5  # not before the announced interval
     assert "restarting a hung alert" in w.proc.output()
     assert metric(w.metrics_port, "vestnik_wrapper_restarts_total", reason="hung") >= 1
-    assert w.proc.stop() == 4  # sleep ignores EOF on stdin: killed after grace
+    assert w.proc.stop(signal.SIGINT) == 4  # it ignores EOF on stdin: killed after grace
 
 
 CRASH = """#!/bin/sh
@@ -381,3 +382,62 @@ async def test_sigterm_ends_everything_within_grace_no_orphans(redis, keys, wrap
 
 async def _gone(*pids: int) -> bool:
     return all(gone(p) for p in pids)
+
+
+FLAKY = """#!/bin/sh
+echo start >> "$1"
+n=$(wc -l < "$1")
+if [ "$n" -le 3 ]; then echo "E! attempt $n failed" >&2; exit 1; fi
+exec cat >> "$1.stdin"
+"""
+
+
+async def test_recovery_is_logged_and_the_restarted_alert_gets_a_new_snapshot(
+        redis, keys, wrap, tmp_path):
+    name = "flaky"
+    await put_setting(redis, keys, setting("s1", name))
+    starts = tmp_path / "starts"
+    cfg = alert_toml(tmp_path / "alert.toml", name,
+                     ["sh", script(tmp_path, "f.sh", FLAKY), str(starts)], admins=["1"],
+                     restart={"policy": "on-failure", "backoff_min": 0.05, "backoff_max": 0.2,
+                              "crash_loop": 3, "stable_after": 0.5})
+    w = wrap(cfg)
+
+    async def recovered():
+        assert w.proc.proc.poll() is None, w.proc.output()
+        return "alert recovered" in w.proc.output()
+
+    await eventually(recovered, timeout=20, what="recovery")
+    assert len(read_lines(starts)) == 4
+    loop = [n for n in await notices(redis, keys) if n["dedup_key"].endswith(":crash-loop")]
+    assert len(loop) == 1 and "attempt 3 failed" in loop[0]["body"]
+    got = [json.loads(x)["type"] for x in read_lines(Path(f"{starts}.stdin"))]
+    assert got == ["hello", "settings", "ready"]  # the run that stayed up got it all
+    code, _ = wait_exit_after_term(w.proc, 10)
+    assert code == 0
+
+
+@pytest.mark.parametrize("command, code", [(["sh", "-c", "exit 3"], 1), (["true"], 0)])
+def test_policy_never_exit_code_says_how_the_alert_ended(start_proc, tmp_path, command, code):
+    cfg = alert_toml(tmp_path / "alert.toml", "once", command, restart={"policy": "never"})
+    proc = start_proc("wrap", str(cfg))
+    assert wait_exit(proc, 20)[0] == code
+    assert "not restarting (policy never)" in proc.output()
+
+
+def test_wrapper_imports_only_the_shared_streams_helpers(tmp_path):
+    """wrapper/ runs on a box with only Redis: no app/, no web framework."""
+    code = ("import sys, wrapper.supervisor, wrapper.__main__, wrapper.kit; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in "
+            "('app', 'starlette', 'uvicorn', 'sse_starlette', 'streams')))")
+    out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert json.loads(out.replace("'", '"')) == sorted(
+        ["streams", "streams.config", "streams.errors", "streams.ids", "streams.keys",
+         "streams.redis", "streams.schemas"])
+    # and `python -m wrapper` is the same command without the main CLI
+    bad = tmp_path / "alert.toml"
+    bad.write_text('name = "x"\ncommand = ["x"]\nrestart = 1\n')
+    run = subprocess.run([PY, "-m", "wrapper", str(bad)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=30)
+    assert run.returncode == 2 and "restart" in run.stderr
