@@ -1,0 +1,120 @@
+"""Pure logic of the center with plain objects: recipient and channel resolution, mute and
+prefs, derived ids, retention choice (and the Lua store agreeing with it)."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+from center_support import K
+
+from streams.center import (
+    SCAN_MAX,
+    STORE_LUA,
+    channel_users,
+    choose_trim,
+    decode_entry,
+    decode_user,
+    derived_id,
+    is_muted,
+    merge_channels,
+    prepare,
+    wants_forward,
+)
+from streams.errors import BadInput
+from streams.schemas import AlertSetting, Notice, NoticeIn, User
+
+
+def setting(sid: str, channel: dict, enabled: bool = True) -> AlertSetting:
+    return AlertSetting(id=sid, name="disk", channel=channel, enabled=enabled)
+
+
+def test_channel_users_in_order_once_ints_as_strings():
+    assert channel_users({"ui": {"users": ["1", "2"]}, "email": {"users": [2, 3]},
+                          "telegram": {"chat_ids": [7]}, "forward_after": 60}) == ["1", "2", "3"]
+    assert channel_users({}) == []
+    with pytest.raises(BadInput) as e:
+        channel_users({"email": "everyone"})
+    assert e.value.field == "$.channel.email"
+
+
+def test_merge_channels_of_several_settings():
+    merged = merge_channels([
+        setting("a", {"ui": {"users": ["1"]}, "telegram": {"chat_ids": [5]},
+                      "forward_after": 300}),
+        setting("b", {"ui": {"users": ["1", "2"]}, "webhook": {"url": "http://x"},
+                      "forward_after": 60}),
+    ])
+    assert merged == {"ui": {"users": ["1", "2"]}, "telegram": {"chat_ids": [5]},
+                      "webhook": {"url": "http://x"}, "forward_after": 60}
+
+
+def test_mute_and_channel_prefs():
+    user = User(id="1", prefs={"mute": ["disk"], "email": False})
+    assert is_muted(user, "disk") and not is_muted(user, "cpu")
+    assert not is_muted(User(id="2", prefs={"mute": "disk"}), "disk")  # not a list: ignored
+    n = Notice(id="n", alert="cpu", title="t",
+               channels={"ui": {}, "email": {}, "forward_after": 5})
+    assert not wants_forward(n, user)  # email switched off, ui is not external
+    assert wants_forward(n, User(id="2"))
+    n.channels["slack"] = {"users": ["3"]}
+    assert not wants_forward(n, user)  # slack names someone else
+    n.channels["slack"] = {"users": [1]}
+    assert wants_forward(n, user)
+
+
+def test_derived_id_is_a_stable_ulid_of_the_entry():
+    a = derived_id("1700000000000-0")
+    assert a == derived_id("1700000000000-0") != derived_id("1700000000000-1")
+    assert len(a) == 26 and a < derived_id("1700000000001-0")  # time-sortable
+
+
+def test_decode_entry_and_user_records():
+    with pytest.raises(BadInput) as e:
+        decode_entry({b"alert": b"disk"})
+    assert e.value.field == "$.title"
+    assert decode_user("7", b'{"id": 7, "name": "x"}') == User(id="7", name="x")
+    assert decode_user("7", b"[1]").startswith("unreadable record of user 7")
+    assert "unreadable" in decode_user("7", b'{"prefs": 3}')
+
+
+def test_prepare_assigns_id_and_time_only_when_absent():
+    got = prepare(NoticeIn(alert="a", title="t"))
+    assert got.id and len(got.id) == 26 and got.created_at
+    kept = prepare(NoticeIn(alert="a", title="t", id="mine", created_at=5))
+    assert (kept.id, kept.created_at) == ("mine", 5)
+
+
+def test_choose_trim_prefers_the_oldest_read():
+    feed = [f"n{i}" for i in range(10)]
+    assert choose_trim(feed, set(feed), 2) == ["n0", "n1"]  # none read: the oldest
+    assert choose_trim(feed, set(feed) - {"n3", "n7"}, 2) == ["n3", "n7"]
+    assert choose_trim(feed, set(feed) - {"n3"}, 2) == ["n3", "n0"]
+    assert choose_trim(feed, set(), 0) == []
+    # the scan for read ones is bounded
+    assert choose_trim(feed, set(feed) - {"n9"}, 1, scan_max=5) == ["n0"]
+
+
+async def test_store_script_trims_like_choose_trim(redis):
+    rnd = random.Random(7)
+    script = redis.register_script(STORE_LUA)
+    uid = "u"
+    keys = [K.feed(uid), K.unread(uid), K.user_seq(uid), K.live(uid), K.archived(uid)]
+    model: list[str] = []
+    unread: set[str] = set()
+    for step in range(60):
+        batch = [f"s{step}-{i}" for i in range(rnd.randint(1, 4))]
+        args: list[str] = []
+        for nid in batch:
+            args += [nid, f'{{"id":"{nid}"}}']
+        await script(keys=keys, args=[10, SCAN_MAX, *args])
+        model += batch
+        unread |= set(batch)
+        for victim in choose_trim(model, unread, len(model) - 10):
+            model.remove(victim)
+            unread.discard(victim)
+        for nid in rnd.sample(model, k=min(len(model), rnd.randint(0, 3))):  # read some
+            await redis.zrem(K.unread(uid), nid)
+            unread.discard(nid)
+        assert [x.decode() for x in await redis.zrange(K.feed(uid), 0, -1)] == model
+        assert {x.decode() for x in await redis.zrange(K.unread(uid), 0, -1)} == unread
