@@ -120,7 +120,7 @@ li:last-child { border-bottom: 0; }
   background: var(--vn-accent); visibility: hidden; }
 .unread .dot { visibility: visible; }
 li.fresh .hit { animation: fresh 1.6s ease-out; }
-@keyframes fresh { from { background: color-mix(in srgb, var(--vn-accent) 25%, var(--vn-bg)); } }
+@keyframes fresh { from { background: color-mix(in srgb, var(--vn-accent) 12%, var(--vn-bg)); } }
 .state { padding: 40px 24px; text-align: center; color: var(--vn-muted); font-size: 14px; }
 .state strong { display: block; color: var(--vn-fg); font-size: 15px; margin-bottom: 4px; }
 .state button { margin-top: 12px; }

@@ -35,7 +35,7 @@ function cells(id, vm) {
     h("td", { class: "num" }, pct(d.cpu)),
     h("td", { class: "num" }, pct(d.mem ?? d.memory)),
     h("td", { class: "num" }, pct(d.disk)),
-    h("td", { class: "muted", "data-ts": vm.ts || "", text: ago(vm.ts) }),
+    h("td", { class: "muted", "data-ts": vm.ts || "", text: vm.ts ? ago(vm.ts) : "—" }),
   ];
 }
 

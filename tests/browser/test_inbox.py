@@ -8,7 +8,7 @@ import re
 from browser_support import K, add_users, console_errors
 from playwright.async_api import expect
 
-from support import Api
+from support import Api, Proc, eventually, vestnik_argv, wait_http
 
 
 def notice(title: str, to: str = "1", severity: str = "warning", **extra: str) -> dict[str, str]:
@@ -99,3 +99,52 @@ async def test_infinite_scroll_pages_with_the_cursor(api: Api, redis, start_proc
     await expect(inbox.locator(".more")).to_contain_text("That's everything")
     await shot(page, "scrolled", full_page=True)
     assert not errors, errors
+
+
+async def test_api_restart_resumes_without_loss_or_duplicates(start_api, redis, start_proc,
+                                                              user_token, context, shot,
+                                                              tmp_path):
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    api = start_api()
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(f"{api.base}/?token={user_token('1')}")
+    inbox = page.locator("vestnik-inbox")
+    await expect(inbox).to_have_attribute("state", "empty")
+    for i in range(2):
+        await redis.xadd(K.notices, notice(f"before {i}"))
+    await expect(inbox.locator("li")).to_have_count(2)
+
+    # the api dies hard while the page is open
+    api.proc.kill()
+    await expect(inbox).to_have_attribute("reconnecting", "")
+    await expect(inbox.locator(".banner")).to_contain_text("Reconnecting")
+    await shot(page, "reconnecting")
+    # notices keep coming meanwhile (the center stores them; nobody pushes them to us)
+    for i in range(3):
+        await redis.xadd(K.notices, notice(f"while down {i}", severity="critical"))
+    await eventually(lambda: _feed_len(redis, "1", 5), what="stored while the api is down")
+
+    # the same api comes back on the same port: the page resumes from its last feed seq
+    again = Proc(vestnik_argv("api", "--port", str(api.port)), api.env,
+                 tmp_path / "api-again.log").start()
+    try:
+        wait_http(api.base + "/readyz", proc=again)
+        await expect(inbox).not_to_have_attribute("reconnecting", "", timeout=30_000)
+        await expect(inbox.locator("li")).to_have_count(5)
+        await redis.xadd(K.notices, notice("after"))
+        await expect(inbox.locator("li")).to_have_count(6)
+        titles = await inbox.locator("li .title").all_inner_texts()
+        assert sorted(titles) == sorted(["after", *(f"while down {i}" for i in range(3)),
+                                         *(f"before {i}" for i in range(2))])
+        assert titles[0] == "after"
+        await expect(inbox.locator(".head-bell .badge")).to_have_text("6")
+        await shot(page, "resumed")
+    finally:
+        again.stop()
+    assert not errors, errors
+
+
+async def _feed_len(redis, uid: str, n: int) -> bool:
+    return await redis.zcard(K.feed(uid)) >= n
