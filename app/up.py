@@ -52,10 +52,17 @@ def with_generated_secrets(settings: Settings) -> Settings:
 
 
 def parts_for(settings: Settings, demo: bool) -> list[Part]:
-    parts: list[Part] = []
+    parts: list[Part] = [run_notice_center]
     if settings.keyspace_patterns:
         parts.append(run_bridge)
     return parts
+
+
+async def run_notice_center(settings: Settings) -> None:
+    """The notice center (one consumer of group `center`) and its forward worker."""
+    from streams.center import run_center
+
+    await run_center(settings, consumer="up")
 
 
 async def run_bridge(settings: Settings) -> None:

@@ -166,3 +166,49 @@ async def test_feed_pages_with_a_cursor(api: Api, redis, start_proc, user_token)
         assert r.status_code == 400 and r.json()["path"] == "limit"
         r = await http.get("/api/v1/me/stream", headers={"Last-Event-ID": "abc"})
         assert r.status_code == 400
+
+
+async def test_up_runs_the_center(redis_url, redis, tmp_path, user_token):
+    """`vestnik up` stores and pushes notices with no other process."""
+    from conftest import SERVICE_TOKEN, base_env
+
+    from streams.redis_server import free_port
+    from support import Proc, vestnik_argv, wait_http
+
+    await add_users(redis, "1")
+    port = free_port()
+    proc = Proc(vestnik_argv("up", "--port", str(port)),
+                base_env(redis_url, VESTNIK_DATA_DIR=str(tmp_path / "data")),
+                tmp_path / "up.log").start()
+    try:
+        base = f"http://127.0.0.1:{port}"
+        wait_http(base + "/readyz", timeout=30, proc=proc)
+        up = Api(base, proc, SERVICE_TOKEN, {})
+        token = user_token("1")
+        sse = await SSE(stream_url(up, token)).connect()
+        async with up.client() as svc:
+            nid = await post(svc, "1", "via up")
+        ev = (await sse.take(1, event="notice", timeout=20))[0]
+        assert ev.json()["id"] == nid
+        await sse.close()
+    finally:
+        assert proc.stop() == 0, proc.output()
+
+
+async def test_dedup_repeat_is_pushed_as_notice_update(api: Api, redis, start_proc, user_token):
+    await add_users(redis, "1")
+    start_proc("center", "--no-forward")
+    sse = await SSE(stream_url(api, user_token("1"))).connect()
+    async with api.client() as svc:
+        first = await post(svc, "1", "disk full", dedup_key="disk:web-1")
+        assert (await sse.take(1, event="notice"))[0].json()["id"] == first
+        again = await post(svc, "1", "disk full", dedup_key="disk:web-1")
+        assert again != first
+        upd = (await sse.take(1, event="notice-update"))[0]
+        assert upd.id is None
+        body = upd.json()
+        assert body["id"] == first and body["repeat"] == 1 and body["last_seen"] > 0
+    async with api.client(user_token("1")) as http:
+        items = (await http.get("/api/v1/me/notices")).json()["items"]
+    assert [(i["id"], i["repeat"]) for i in items] == [(first, 1)]
+    await sse.close()
