@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streams.errors import Forbidden, TooLarge, Unauthorized
+from streams.errors import BadInput, Forbidden, TooLarge, Unauthorized
 from streams.keys import SETTINGS_TOPIC, USER_TOPIC
 from streams.schemas import decode_json, json_encode
 
@@ -61,7 +61,10 @@ async def read_body(request: Request, typ: type[T], ctx: Ctx) -> T:
         if size > limit:
             raise TooLarge(f"request body is larger than {limit} bytes")
         chunks.append(chunk)
-    return decode_json(b"".join(chunks) or b"null", typ)
+    try:
+        return decode_json(b"".join(chunks) or b"null", typ)
+    except RecursionError:  # msgspec's answer to a body nested ~1,000 levels deep
+        raise BadInput("body is nested too deeply", field="$") from None
 
 
 def _token_from(request: Request, allow_query: bool) -> str | None:

@@ -4,19 +4,21 @@ A setting lives in the hash `vn:settings` (id → JSON) and is indexed in two
 sorted sets (all scores 0, ids ordered lexicographically, so paging is a
 ZRANGEBYLEX after the last id seen): every id, and the ids of each alert name.
 
-Every change is a compare-and-set in ONE Lua call: check the stored version,
-write the hash, fix both indexes and XADD the whole setting to topic
-`settings` (`op` create|update|delete, `data` = the setting, also on delete).
-So a concurrent edit can never be lost, and the topic never disagrees with the
-store. A caller's `If-Match` is checked against the version read just before
-the CAS; when the CAS loses a race the caller with `If-Match` gets 412, one
-without it simply retries on the fresher version.
+Every change is a compare-and-set in ONE Lua call: check that the stored JSON is
+still the one the change was made from (by its SHA-1), write the hash, fix both
+indexes and XADD the whole setting to topic `settings` (`op` create|update|delete,
+`data` = the setting, also on delete). So a concurrent edit can never be lost, and
+the topic never disagrees with the store. A caller's `If-Match` is checked against
+the version read just before the CAS; when the CAS loses a race the change is
+re-read and re-checked, so a stale `If-Match` gets 412 and a request without one
+simply applies to the fresher version.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import re
 from typing import Any
 
@@ -47,18 +49,19 @@ _ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 _decode_setting = msgspec.json.Decoder(AlertSetting).decode
 
 # KEYS: settings hash, ids zset, topic stream, old-name zset, new-name zset
-# ARGV: id, expected version (0 = must not exist), new JSON ('' = delete), maxlen,
-#       then the topic entry's flat fields as name/value pairs
-# Returns {1, stream id} on success, {0, stored version} on a version mismatch,
-# {-1} when the setting is gone.
+# ARGV: id, SHA-1 of the stored JSON the change was made from ('' = must not exist),
+#       new JSON ('' = delete), maxlen, then the topic entry's flat fields as pairs.
+# Comparing a digest of the whole stored value (not a decoded `version`) needs no JSON
+# parsing in Lua, so any setting msgspec accepted can be changed (cjson has other limits).
+# Returns {1, stream id} on success, {0} when the stored value changed, {-1} when it is gone.
 WRITE_LUA = """
 local cur = redis.call('HGET', KEYS[1], ARGV[1])
-local expected = tonumber(ARGV[2])
-if cur then
-  local v = cjson.decode(cur)['version']
-  if v ~= expected then return {0, v} end
-elseif expected ~= 0 then
+if ARGV[2] == '' then
+  if cur then return {0} end
+elseif not cur then
   return {-1}
+elseif redis.sha1hex(cur) ~= ARGV[2] then
+  return {0}
 end
 if ARGV[3] == '' then
   redis.call('HDEL', KEYS[1], ARGV[1])
@@ -167,10 +170,14 @@ class SettingsStore:
 
     # reads ---------------------------------------------------------------------------
     async def get(self, sid: str) -> AlertSetting:
-        setting = await read_setting(self.redis, self.keys, sid)
-        if setting is None:
+        return (await self._load(sid))[0]
+
+    async def _load(self, sid: str) -> tuple[AlertSetting, str]:
+        """The setting and the SHA-1 of its stored JSON (what a change is compared with)."""
+        raw = await self.redis.hget(self.keys.settings, sid)
+        if raw is None:
             raise NotFound(f"no alert setting with id `{sid}`", field="id")
-        return setting
+        return _decode_setting(raw), hashlib.sha1(raw).hexdigest()
 
     async def list(self, name: str | None = None, cursor: str | None = None,
                    limit: int = DEFAULT_LIMIT) -> SettingList:
@@ -195,7 +202,7 @@ class SettingsStore:
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
                                channel=channel, enabled=body.enabled, version=1,
                                created_at=now, updated_at=now)
-        await self._cas(setting, expected=0, old_name=body.name, op="create")
+        await self._cas(setting, expected="", old_name=body.name, op="create")
         return setting
 
     async def replace(self, sid: str, body: SettingIn,
@@ -218,9 +225,9 @@ class SettingsStore:
     async def delete(self, sid: str, if_match: frozenset[int] | None = None) -> AlertSetting:
         """Remove a setting; the `delete` event on topic `settings` carries its last state."""
         for _ in range(CAS_ATTEMPTS):
-            cur = await self.get(sid)
+            cur, digest = await self._load(sid)
             self._check(cur, if_match)
-            if await self._cas(cur, expected=cur.version, old_name=cur.name, op="delete"):
+            if await self._cas(cur, expected=digest, old_name=cur.name, op="delete"):
                 return cur
         raise Conflict("the setting keeps changing; try again")
 
@@ -228,12 +235,12 @@ class SettingsStore:
     async def _update(self, sid: str, if_match: frozenset[int] | None,
                       change: Any) -> AlertSetting:
         for _ in range(CAS_ATTEMPTS):
-            cur = await self.get(sid)
+            cur, digest = await self._load(sid)
             self._check(cur, if_match)
             new = change(cur)
             new.version = cur.version + 1
             new.updated_at = max(now_ms(), cur.updated_at)
-            if await self._cas(new, expected=cur.version, old_name=cur.name, op="update"):
+            if await self._cas(new, expected=digest, old_name=cur.name, op="update"):
                 return new
         raise Conflict("the setting keeps changing; try again")
 
@@ -244,9 +251,9 @@ class SettingsStore:
                 f"the setting is at version {cur.version} (ETag {etag(cur)}); "
                 "read it again and retry", field="If-Match")
 
-    async def _cas(self, setting: AlertSetting, *, expected: int, old_name: str,
+    async def _cas(self, setting: AlertSetting, *, expected: str, old_name: str,
                    op: str) -> bool:
-        """Write (or delete) atomically if the stored version is still `expected`.
+        """Write (or delete) atomically if the stored JSON still has the digest `expected`.
 
         False: someone else wrote first (re-read and retry). Raises 404 when it is gone.
         """

@@ -178,6 +178,7 @@ async def test_no_500_for_bad_bodies(start_api, user_token):
                            "Content-Type": "application/json"}
                 bad: list[bytes] = [b"", b"{", b"[1,", b"null", b"[]", b"7", b'"x"', b"\xff\xfe",
                                     b'{"no_such_field_anywhere": 1}',
+                                    b'{"data": ' + b"[" * 1800 + b"]" * 1800 + b"}",
                                     httpx.Request("GET", "/", json=_wrong_types(spec, schema))
                                     .content]
                 for content in bad:
