@@ -51,7 +51,7 @@ async def create_setting(request: Request, ctx: Ctx, principal: Principal) -> Re
                      "limit": "items per page, 1-500 (default 50)"})
 async def list_settings(request: Request, ctx: Ctx, principal: Principal) -> Response:
     q = request.query_params
-    name = q.get("name")
+    name = q.get("name") or None  # `?name=` (empty) means every name
     page = await store_of(ctx).list(
         check_name(name) if name is not None else None, q.get("cursor") or None,
         parse_limit(q.get("limit")))

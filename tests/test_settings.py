@@ -199,7 +199,7 @@ async def test_list_by_name_pages(api: Api, redis, keys):
 
         got, n = await pages("name=disk&limit=3")
         assert got == sorted(ids["disk"]) and n == 3
-        got, n = await pages("limit=5")
+        got, n = await pages("name=&limit=5")
         assert got == sorted(ids["disk"] + ids["cpu"]) and n == 3
         got, n = await pages("name=cpu&limit=7")
         assert got == sorted(ids["cpu"]) and n == 1
