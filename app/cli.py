@@ -226,6 +226,7 @@ def _center_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consumer", help="consumer name in the group (default: host-pid)")
     p.add_argument("--no-forward", action="store_true",
                    help="do not run the forward worker in this process")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
 
 
 @command("center", "store notices per user, push them live, schedule forwards", _center_args)
@@ -236,6 +237,10 @@ def cmd_center(args: argparse.Namespace, settings: Settings) -> int:
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik center`")
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port, addr=settings.host)
     run(run_center(settings, consumer=args.consumer, burst=args.burst,
                    forward=not args.no_forward, handle_signals=True))
     return 0

@@ -35,7 +35,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from .errors import BadInput
-from .ids import now_ms
+from .ids import now_ms, parse_stream_id
 from .metrics import CONSUMER_ERRORS, NOTICES_DEAD
 from .redis import RETRYABLE, Backoff
 from .schemas import json_encode
@@ -71,6 +71,12 @@ Decoder = Callable[[Fields], T]
 
 # Redis answers that mean "not now" rather than "wrong": retry like a lost connection
 TRANSIENT = ("OOM", "BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def _text(v: object) -> str:
+    if isinstance(v, bytes):
+        return v.decode()
+    return "" if v is None else str(v)
 
 
 def default_consumer_name() -> str:
@@ -114,6 +120,7 @@ class Consumer(Generic[T]):
         claim_idle_ms: int = 30_000,
         claim_every: float | None = None,
         max_deliveries: int = 10,
+        trim_every: float = 5.0,
         burst: bool = False,
     ) -> None:
         self.redis = redis
@@ -130,12 +137,14 @@ class Consumer(Generic[T]):
         self.claim_idle_ms = claim_idle_ms
         self.claim_every = (claim_idle_ms / 2000) if claim_every is None else claim_every
         self.max_deliveries = max_deliveries
+        self.trim_every = trim_every
         self.burst = burst
         self.processed = 0
         self._stopping = False
         self._own_pending = True  # start by re-reading our own pending history ("0")
         self._claim_cursor = "0-0"
         self._last_claim = -1e9
+        self._last_trim: float | None = None
         self._failures: dict[str, int] = {}
 
     # lifecycle ----------------------------------------------------------------------
@@ -169,6 +178,11 @@ class Consumer(Generic[T]):
                 if loop.time() - self._last_claim >= self.claim_every:
                     self._last_claim = loop.time()
                     did += await self._claim()
+                if self._last_trim is None:
+                    self._last_trim = loop.time()
+                elif self.trim_every and loop.time() - self._last_trim >= self.trim_every:
+                    self._last_trim = loop.time()
+                    await self._trim()
                 if self._own_pending:
                     entries = await self._read("0")
                     if not entries:
@@ -229,6 +243,23 @@ class Consumer(Generic[T]):
             if self._claim_cursor in ("0-0", "0"):
                 break
         return done
+
+    async def _trim(self) -> None:
+        """Drop entries every group of the stream has acked: XTRIM MINID ~ the oldest entry
+        still pending (or not yet delivered) in any group. Nothing unacked is removed."""
+        floor: tuple[int, int] | None = None
+        for g in await self.redis.xinfo_groups(self.stream):
+            last = _text(g.get("last-delivered-id"))
+            cand = last
+            if int(g.get("pending") or 0):
+                info = await self.redis.xpending(self.stream, _text(g.get("name")))
+                cand = _text(info.get("min")) or last
+            if not cand:
+                return
+            key = parse_stream_id(cand)
+            floor = key if floor is None else min(floor, key)
+        if floor is not None and floor > (0, 0):
+            await self.redis.xtrim(self.stream, minid=f"{floor[0]}-{floor[1]}", approximate=True)
 
     async def _drained(self) -> bool:
         """Burst mode: nothing new for the group and nothing pending anywhere in it."""

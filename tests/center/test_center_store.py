@@ -152,3 +152,32 @@ async def test_send_command_and_sigterm_stop(redis, start_proc):
     assert bad.proc.wait(20) == 2 and "severity" in bad.output()
     assert center.stop(signal.SIGTERM) == 0
     assert "stopped" in center.output()
+
+
+async def test_metrics_and_acked_entries_are_trimmed(redis, start_proc):
+    import httpx
+
+    from streams.redis_server import free_port
+
+    await add_users(redis, "1")
+    port = free_port()
+    start_proc("center", "--no-forward", "--metrics-port", str(port))
+    await xadd_many(redis, [entry(f"n{i}") for i in range(600)] + [entry("bad", severity="x")])
+
+    async def metrics() -> str:
+        try:
+            async with httpx.AsyncClient() as http:
+                text = (await http.get(f"http://127.0.0.1:{port}/metrics")).text
+        except httpx.HTTPError:
+            return ""
+        return text if 'vestnik_notices_dead_total{reason="invalid"} 1.0' in text else ""
+
+    text = await eventually(metrics, timeout=20, what="dead-letter metric")
+    assert "vestnik_notices_stored_total 600.0" in text
+    # acked entries leave the ingest stream (XTRIM MINID ~, every few seconds)
+
+    async def trimmed() -> bool:
+        return await redis.xlen(K.notices) < 601
+
+    await eventually(trimmed, timeout=20, interval=0.2, what="ingest stream trimmed")
+    assert await pending(redis) == 0
