@@ -73,7 +73,10 @@ button { font: inherit; color: inherit; }
 header { display: flex; align-items: center; gap: 12px; padding: 14px 16px;
   border-bottom: 1px solid var(--vn-line); }
 header h2 { margin: 0; font-size: 16px; font-weight: 600; }
-.pill { font-size: 12px; color: var(--vn-muted); font-variant-numeric: tabular-nums; }
+.pill { font-size: 12px; color: var(--vn-muted); font-variant-numeric: tabular-nums;
+  white-space: nowrap; }
+:host(:not([mode="page"])) .pill { display: none; }
+header h2, .seg button, .link { white-space: nowrap; }
 .tools { margin-left: auto; display: flex; gap: 8px; align-items: center; }
 .seg { display: inline-flex; border: 1px solid var(--vn-line); border-radius: 6px; overflow: hidden; }
 .seg button { border: 0; background: transparent; padding: 4px 10px; font-size: 13px;
@@ -124,6 +127,7 @@ li.fresh .hit { animation: fresh 1.6s ease-out; }
 .state { padding: 40px 24px; text-align: center; color: var(--vn-muted); font-size: 14px; }
 .state strong { display: block; color: var(--vn-fg); font-size: 15px; margin-bottom: 4px; }
 .state button { margin-top: 12px; }
+.state .note { font-size: 12px; }
 .btn { border: 1px solid var(--vn-line); background: var(--vn-soft); border-radius: 6px;
   padding: 5px 12px; cursor: pointer; font-size: 13px; }
 .more { padding: 12px; text-align: center; font-size: 13px; color: var(--vn-muted);
@@ -457,10 +461,12 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         if (gen !== this.generation) return;
         this.retry = 0;
         this.setBanner(null);
-        if (this.dropped) {
-          this.dropped = false;
+        if (this.getAttribute("state") === "error") {
+          this.reloadList(); // the server is back: recover from a failed first load
+        } else if (this.dropped) {
           this.resync();
         }
+        this.dropped = false;
       });
       es.addEventListener("count", (e) => this.onCount(e));
       es.addEventListener("reset", (e) => this.onReset(e));
@@ -536,13 +542,19 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       // the server's feed is behind our position (its store was reset): start over
       const d = this.parse(e);
       this.lastSeq = d && typeof d.seq === "number" ? String(d.seq) : null;
-      const gen = ++this.listGen;
+      this.reloadList();
+    }
+
+    /** Forget the list and load its first page again (the stream stays open). */
+    reloadList() {
+      this.listGen++;
       this.items.clear();
       this.nodes.clear();
       this.list.replaceChildren();
       this.next = null;
       this.loading = false;
-      if (gen === this.listGen) this.loadFirst();
+      this.showState("loading");
+      this.loadFirst();
     }
 
     onNotice(e, isNew) {
@@ -678,6 +690,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     setBanner(text, bad = false) {
+      // while the list itself shows the error, a "reconnecting" banner would say it twice
+      if (!bad && this.getAttribute("state") === "error") text = null;
       this.banner.hidden = !text;
       this.banner.classList.toggle("bad", bad);
       this.banner.replaceChildren();
@@ -703,6 +717,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       } else if (kind === "error") {
         s.append(h("strong", { text: "Could not load notifications" }),
           h("span", { text: detail || "" }), h("br"),
+          h("small", { class: "note", text: "Retrying in the background…" }), h("br"),
           h("button", { class: "btn", type: "button", text: "Try again",
             onclick: () => this.start() }));
       } else if (kind === "signin") {
@@ -745,15 +760,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.filter = f;
       this.allBtn.setAttribute("aria-pressed", String(f === "all"));
       this.unreadBtn.setAttribute("aria-pressed", String(f === "unread"));
-      const gen = ++this.listGen;
-      this.items.clear();
-      this.nodes.clear();
-      this.list.replaceChildren();
-      this.next = null;
-      this.showState("loading");
-      this.loading = false;
-      // keep the stream; reload the list under the new filter
-      if (gen === this.listGen) this.loadFirst();
+      this.reloadList(); // the stream stays; the list reloads under the new filter
     }
 
     async activate(e, id) {

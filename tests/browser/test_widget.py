@@ -1,0 +1,114 @@
+"""The widget embedded in a product's page served from another origin: one script tag and
+the element, CORS for the configured origins (and nothing for the others)."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from browser_support import K, add_users, console_errors
+from playwright.async_api import expect
+
+from streams.redis_server import free_port
+
+PRODUCT_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Acme Cloud</title>
+<script src="{api}/static/vestnik-inbox.js" defer></script>
+<style>
+  body {{ margin: 0; font: 14px/1.5 system-ui, sans-serif; background: #fafafa; color: #222; }}
+  header {{ display: flex; align-items: center; gap: 16px; padding: 10px 24px; background: #fff;
+           border-bottom: 1px solid #e5e5e5; }}
+  header b {{ font-size: 16px; }} header .sp {{ flex: 1; }}
+  main {{ padding: 24px; color: #666; }}
+</style></head>
+<body>
+  <header><b>Acme Cloud</b><span>Servers</span><span>Billing</span><span class="sp"></span>
+    <vestnik-inbox api="{api}" token="{token}"></vestnik-inbox></header>
+  <main>The product's own single-page app.</main>
+</body></html>"""
+
+
+def _serve(port: int, html: str) -> ThreadingHTTPServer:
+    body = html.encode()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", "text/html; charset=utf-8")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", port), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture
+def product_site() -> Iterator[Callable[..., str]]:
+    """Factory: serve one HTML page from a local port (another origin); its base URL."""
+    servers: list[ThreadingHTTPServer] = []
+
+    def serve(html: str, port: int | None = None) -> str:
+        server = _serve(port or free_port(), html)
+        servers.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}"
+
+    yield serve
+    for s in servers:
+        s.shutdown()
+        s.server_close()
+
+
+async def test_widget_from_another_origin_with_cors(start_api, redis, start_proc, user_token,
+                                                    product_site, context, shot):
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    # the product's origin must be configured before the api starts: reserve its port
+    port = free_port()
+    api = start_api(VESTNIK_CORS_ORIGINS=f"http://127.0.0.1:{port}")
+    html = PRODUCT_PAGE.format(api=api.base, token=user_token("1"))
+    site = product_site(html, port)
+
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(site + "/")
+    widget = page.locator("vestnik-inbox")
+    await expect(widget).to_have_attribute("state", "empty")
+    await redis.xadd(K.notices, {"alert": "disk", "title": "Disk 95% on web-1",
+                                 "severity": "warning", "recipients": "1",
+                                 "body": "/var is 95% full."})
+    badge = widget.locator(".bell .badge")
+    await expect(badge).to_have_text("1")
+    await expect(widget.get_by_role("button", name="Notifications, 1 unread")).to_be_visible()
+    await shot(page, "badge")
+    # the bell opens the panel; Escape closes it and gives focus back to the bell
+    await widget.locator(".bell").click()
+    item = widget.locator("li", has_text="Disk 95% on web-1")
+    await expect(item).to_be_visible()
+    await expect(item.locator(".hit")).to_be_focused()
+    await shot(page, "open")
+    await page.keyboard.press("Escape")
+    await expect(widget.locator(".panel")).to_be_hidden()
+    await expect(widget.locator(".bell")).to_be_focused()
+    await page.keyboard.press("Enter")
+    await expect(item).to_be_visible()
+    # reading it crosses origins too (POST with a bearer token: a preflighted request)
+    await item.locator(".hit").click()
+    await expect(badge).to_be_hidden()
+    await expect(item).not_to_have_class("unread")
+    assert not errors, errors
+
+    # an origin that is not configured gets nothing: the widget shows its error state
+    other = await context.new_page()
+    await other.goto(product_site(html) + "/")
+    await expect(other.locator("vestnik-inbox")).to_have_attribute("state", "error")
+    await other.locator("vestnik-inbox .bell").click()
+    await expect(other.locator("vestnik-inbox .state")).to_contain_text(
+        "Could not load notifications")
+    await shot(other, "origin-refused")
