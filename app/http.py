@@ -169,6 +169,7 @@ class Operation:
     # extra error statuses the route may answer (e.g. 409, 412), and a non-JSON response type
     errors: tuple[int, ...] = ()
     media_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)  # request headers it reads
 
 
 class Router:
@@ -193,6 +194,7 @@ class Router:
         stream: bool = False,
         errors: tuple[int, ...] = (),
         media_type: str = "application/json",
+        headers: dict[str, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             async def endpoint(request: Request) -> Response:
@@ -204,7 +206,7 @@ class Router:
             self.routes.append(Route(path, endpoint, methods=[method]))
             self.operations.append(
                 Operation(method, path, summary, auth, body, response, status,
-                          query or {}, stream, self.tag, errors, media_type)
+                          query or {}, stream, self.tag, errors, media_type, headers or {})
             )
             return handler
 
@@ -241,6 +243,10 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
                 {"name": n, "in": "query", "required": False, "schema": {"type": "string"},
                  "description": d}
                 for n, d in op.query.items()
+            ] + [
+                {"name": n, "in": "header", "required": False, "schema": {"type": "string"},
+                 "description": d}
+                for n, d in op.headers.items()
             ]
             if params:
                 item["parameters"] = params

@@ -19,6 +19,7 @@ router = Router("settings")
 
 ITEM = "/api/v1/settings/{id}"
 WRITE_ERRORS = (409, 412)  # 409: kept losing to concurrent writers; 412: stale If-Match
+IF_MATCH = {"If-Match": 'the ETag read (`"<version>"`): change only that version, else 412'}
 
 
 def store_of(ctx: Ctx) -> SettingsStore:
@@ -65,21 +66,24 @@ async def get_setting(request: Request, ctx: Ctx, principal: Principal) -> Respo
 
 
 @router.route("PUT", ITEM, summary="Replace an alert setting (honours If-Match)",
-              auth="service", body=SettingIn, response=AlertSetting, errors=WRITE_ERRORS)
+              auth="service", body=SettingIn, response=AlertSetting, errors=WRITE_ERRORS,
+              headers=IF_MATCH)
 async def put_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, SettingIn, ctx)
     return _one(await store_of(ctx).replace(request.path_params["id"], body, _if_match(request)))
 
 
 @router.route("PATCH", ITEM, summary="Change some fields of an alert setting (honours If-Match)",
-              auth="service", body=SettingPatch, response=AlertSetting, errors=WRITE_ERRORS)
+              auth="service", body=SettingPatch, response=AlertSetting, errors=WRITE_ERRORS,
+              headers=IF_MATCH)
 async def patch_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, SettingPatch, ctx)
     return _one(await store_of(ctx).patch(request.path_params["id"], body, _if_match(request)))
 
 
 @router.route("DELETE", ITEM, summary="Delete an alert setting (honours If-Match)",
-              auth="service", status=204, errors=WRITE_ERRORS)
+              auth="service", status=204, errors=WRITE_ERRORS,
+              headers=IF_MATCH)
 async def delete_setting(request: Request, ctx: Ctx, principal: Principal) -> Response:
     await store_of(ctx).delete(request.path_params["id"], _if_match(request))
     return Response(status_code=204)

@@ -144,6 +144,9 @@ async def test_openapi_describes_every_route(api: Api, settings):
     item = spec["paths"]["/api/v1/settings/{id}"]
     assert {"get", "put", "patch", "delete"} <= item.keys()
     assert "412" in item["patch"]["responses"] and "204" in item["delete"]["responses"]
+    for method in ("put", "patch", "delete"):
+        assert {"name": "If-Match", "in": "header"}.items() <= next(
+            p for p in item[method]["parameters"] if p["name"] == "If-Match").items()
     assert item["patch"]["requestBody"]["content"]["application/json"]["schema"] == {
         "$ref": "#/components/schemas/SettingPatch"}
     assert {p["name"] for p in spec["paths"]["/api/v1/settings"]["get"]["parameters"]} == {

@@ -168,6 +168,10 @@ async def test_every_change_is_a_settings_topic_event(api: Api, redis, keys, use
     assert [b["data"] for b in bodies] == [created, updated, updated]
     assert all(b["topic"] == "settings" and b["id"] == sid for b in bodies)
 
+    async with api.client() as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'vestnik_events_published_total{topic="settings",via="api"} 3.0' in metrics
+
     # the store agrees with the topic: no hash entry, no index entry left
     assert await redis.hlen(keys.settings) == 0
     assert await redis.zcard(keys.settings_ids) == 0
