@@ -181,3 +181,23 @@ async def test_metrics_and_acked_entries_are_trimmed(redis, start_proc):
 
     await eventually(trimmed, timeout=20, interval=0.2, what="ingest stream trimmed")
     assert await pending(redis) == 0
+
+
+async def test_readme_xadd_line_is_stored(redis, redis_url, start_proc):
+    """The README's redis-cli line, run verbatim, reaches both users' feeds."""
+    import subprocess
+
+    from support import ROOT
+
+    await add_users(redis, "1", "2")
+    line = next(ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
+                if ln.strip().startswith("redis-cli XADD vn:notices"))
+    port = redis_url.split(":")[2].split("/")[0]
+    subprocess.run(line.replace("redis-cli", f"redis-cli -p {port}", 1), shell=True,
+                   check=True, capture_output=True)
+    run_burst(start_proc)
+    nid = (await feed(redis, "1"))[0]
+    assert await feed(redis, "2") == [nid]
+    body = await stored(redis, nid)
+    assert (body["title"], body["severity"], body["alert"]) == ("Disk 95% on web-1", "warning",
+                                                                "disk")
