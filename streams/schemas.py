@@ -95,6 +95,8 @@ def _json_field(fields: dict[bytes, bytes], name: str) -> Any:
         return _json_decode_any(raw)
     except msgspec.DecodeError as e:
         raise BadInput(f"field `{name}` is not valid JSON: {e}", field=f"$.{name}") from None
+    except RecursionError:  # thousands of nested arrays: msgspec recurses per level
+        raise BadInput(f"field `{name}` is nested too deeply", field=f"$.{name}") from None
 
 
 def decode_topic_entry(fields: dict[bytes, bytes]) -> TopicEvent:

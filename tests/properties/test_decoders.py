@@ -90,3 +90,16 @@ def test_config_loads_or_names_the_key(env):
         assert any(k in str(e) for k in env) or "environment" in str(e)
     else:
         assert isinstance(s, Settings)
+
+
+def test_deeply_nested_json_is_bad_input_not_a_crash():
+    deep = b"[" * 100_000 + b"]" * 100_000
+    for decode, fields in ((decode_topic_entry, {b"op": b"update", b"id": b"1", b"data": deep}),
+                           (decode_notice_entry, {b"alert": b"a", b"title": b"t",
+                                                  b"data": deep})):
+        try:
+            decode(fields)
+        except BadInput as e:
+            assert e.field == "$.data"
+        else:
+            raise AssertionError("accepted a 100,000-level document")
