@@ -74,7 +74,7 @@ DELIVERIES_TTL_S = 7 * 86_400  # the attempt log of a notice
 JOB_TIMEOUT_S = 120
 SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
-MAX_JOBS = 200  # concurrent jobs per forwarder: sends are I/O-bound
+MAX_JOBS = 64  # concurrent jobs per forwarder (sends are I/O-bound; more forwarders scale out)
 POLL_DELAY_S = 0.05
 
 DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref"]
@@ -223,11 +223,16 @@ class Forwarder:
 
     async def run(self, nid: str, uid: str, attempt: int) -> str:
         k = self.keys
+        # one round trip for a user: the notice, the user, unread?, and the sent markers
+        # of every channel that could apply (a user's marker is `<nid>:<uid>:<channel>`)
+        names = list(self.channels.classes) if uid != BROADCAST else []
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
                 pipe.zscore(k.unread(uid), nid)
+                for name in names:
+                    pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
             replies = await pipe.execute()
         if replies[0] is None:
             log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
@@ -249,11 +254,16 @@ class Forwarder:
         if not sends:
             await self._record(nid, records)
             return "nothing to send"
-        sends = await self._not_sent_yet(nid, uid, sends)
+        if uid == BROADCAST:
+            sends, read = await self._broadcast_state(notice, sends)
+        else:
+            marked = {name for name, m in zip(names, replies[3:], strict=True) if m}
+            sends = [s for s in sends if s.marker not in marked]
+            read = replies[2] is None
         if not sends:
             await self._record(nid, records)
             return "already sent"
-        if await self._is_read(notice, uid, replies):
+        if read:
             records += [self._rec(uid, s.channel, attempt, "skipped_read") for s in sends]
             await self._record(nid, records)
             return "read"
@@ -319,23 +329,18 @@ class Forwarder:
                 sends.append(Send(name, f"{name}:{key}" if key else name, one))
         return sends
 
-    async def _not_sent_yet(self, nid: str, uid: str, sends: list[Send]) -> list[Send]:
+    async def _broadcast_state(self, notice: Notice, sends: list[Send]
+                               ) -> tuple[list[Send], bool]:
+        """The shared sends not marked sent yet, and whether any recipient has read it."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for s in sends:
-                pipe.exists(f"{self.keys.sent}{nid}:{uid}:{s.marker}")
-            marked = await pipe.execute()
-        return [s for s, m in zip(sends, marked, strict=True) if not m]
-
-    async def _is_read(self, notice: Notice, uid: str, replies: list[Any]) -> bool:
-        if uid != BROADCAST:
-            return replies[2] is None
-        if not notice.recipients:
-            return False
-        async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.exists(f"{self.keys.sent}{notice.id}:{BROADCAST}:{s.marker}")
             for r in notice.recipients:
                 pipe.zscore(self.keys.unread(r), notice.id)
-            scores = await pipe.execute()
-        return any(s is None for s in scores)
+            replies = await pipe.execute()
+        marked, scores = replies[:len(sends)], replies[len(sends):]
+        return ([s for s, m in zip(sends, marked, strict=True) if not m],
+                any(score is None for score in scores))
 
     async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
         channel = self.channels.get(s.channel)
@@ -395,6 +400,47 @@ def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
                     default_queue_name=keys.arq_queue)
 
 
+# KEYS: queue. ARGV: now ms, in-progress ttl ms, max jobs to claim, job ids...
+_CLAIM = b"""
+local out, n, limit, now = {}, 0, tonumber(ARGV[3]), tonumber(ARGV[1])
+for i = 4, #ARGV do
+  if n >= limit then break end
+  local id = ARGV[i]
+  local score = redis.call('ZSCORE', KEYS[1], id)
+  if score and tonumber(score) <= now
+     and redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', ARGV[2], 'NX') then
+    out[#out + 1] = id
+    out[#out + 1] = score
+    n = n + 1
+  end
+end
+return out
+"""
+
+
+class ForwardWorker(Worker):
+    """arq's Worker, claiming a poll's due jobs with one script call instead of a
+    WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key)."""
+
+    async def start_jobs(self, job_ids: list[bytes]) -> None:
+        free = self.max_jobs - self.job_counter
+        if free <= 0 or not job_ids:
+            return
+        script = self.ctx.get("_claim")
+        if script is None:
+            script = self.ctx["_claim"] = self.pool.register_script(_CLAIM)
+        claimed = await script(
+            keys=[self.queue_name],
+            args=[now_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids])
+        for i in range(0, len(claimed), 2):
+            await self.sem.acquire()  # never waits: at most `free` jobs are claimed
+            self.job_counter += 1
+            job_id = claimed[i].decode()
+            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+
 def make_worker(settings: Settings, *, burst: bool = False,
                 channels: Channels | None = None) -> Worker:
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
@@ -407,7 +453,7 @@ def make_worker(settings: Settings, *, burst: bool = False,
     if logging.getLogger("arq.worker").level == logging.NOTSET:
         # arq logs every job start and end at INFO: too much at 1,000 jobs/s
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
-    return Worker(
+    return ForwardWorker(
         [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
               max_tries=settings.send_attempts + 3)],
         queue_name=keys.arq_queue,
@@ -416,6 +462,7 @@ def make_worker(settings: Settings, *, burst: bool = False,
         handle_signals=False,
         poll_delay=POLL_DELAY_S,
         max_jobs=MAX_JOBS,
+        queue_read_limit=2 * MAX_JOBS,
         ctx={"forwarder": forwarder},
         job_serializer=job_serializer,
         job_deserializer=job_deserializer,

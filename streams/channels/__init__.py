@@ -10,8 +10,10 @@ and a setting then names it in its channel map (`"sms": {"users": ["1"]}`).
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from importlib.metadata import entry_points
+from typing import Any
 
 import httpx
 
@@ -23,6 +25,21 @@ __all__ = ["GROUP", "Channel", "Channels", "SendResult", "available"]
 
 GROUP = "vestnik.channels"
 log = logging.getLogger("vestnik.channels")
+# httpcore scans every pooled connection (a poll() each) for every request it assigns, so
+# its cost grows with the pool: keep it small and queue the excess here, in O(1).
+HTTP_CONNECTIONS = 16
+
+
+class BoundedClient(httpx.AsyncClient):
+    """One shared client; at most `slots` requests in flight, the rest wait their turn."""
+
+    def __init__(self, *, slots: int, **kw: Any) -> None:
+        super().__init__(**kw)
+        self._slots = asyncio.Semaphore(slots)
+
+    async def send(self, request: httpx.Request, **kw: Any) -> httpx.Response:
+        async with self._slots:
+            return await super().send(request, **kw)
 
 
 def available(group: str = GROUP) -> dict[str, type[Channel]]:
@@ -52,9 +69,11 @@ class Channels:
     def from_settings(cls, settings: Settings, *,
                       classes: dict[str, type[Channel]] | None = None) -> Channels:
         classes = available() if classes is None else classes
-        http = httpx.AsyncClient(
+        http = BoundedClient(
+            slots=HTTP_CONNECTIONS,
             timeout=httpx.Timeout(10.0, connect=5.0),
-            limits=httpx.Limits(max_connections=200, max_keepalive_connections=200),
+            limits=httpx.Limits(max_connections=HTTP_CONNECTIONS,
+                                max_keepalive_connections=HTTP_CONNECTIONS),
             headers={"User-Agent": "vestnik"},
         )
         built: dict[str, Channel] = {}

@@ -12,10 +12,12 @@ optional per-locale override `email.<locale>.html.j2` / `email.<locale>.txt.j2`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import re
+import secrets
 from datetime import UTC, datetime
-from email.message import EmailMessage
-from email.utils import format_datetime, formataddr, parseaddr
+from email.header import Header
+from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
@@ -34,11 +36,18 @@ TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SEVERITY_COLOR = {"info": "#0969da", "warning": "#9a6700", "critical": "#cf222e"}
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
 _CRLF = re.compile(r"[\r\n]+")
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[^@\s<>()\[\],;:\\\"]+\Z")
 
 
 def one_line(text: str) -> str:
     """A header value: CR/LF (and runs of them) become one space, so no header injection."""
     return _CRLF.sub(" ", text).strip()
+
+
+def encode_header(value: str, name: str) -> str:
+    """A header value, folded, RFC 2047-encoded (UTF-8) when it is not ASCII."""
+    charset = "us-ascii" if value.isascii() else "utf-8"
+    return Header(value, charset, header_name=name).encode(linesep="\r\n")
 
 
 def safe_link(link: str | None) -> str | None:
@@ -82,7 +91,7 @@ class SmtpPool:
         self._idle: list[aiosmtplib.SMTP] = []
         self._slots = asyncio.Semaphore(size)
 
-    async def send(self, msg: EmailMessage, sender: str, to: str) -> None:
+    async def send(self, msg: bytes, sender: str, to: str) -> None:
         async with self._slots:
             smtp = self._idle.pop() if self._idle else None
             reused = smtp is not None
@@ -91,14 +100,14 @@ class SmtpPool:
                     reused = False
                     smtp = await self._connect()
                 try:
-                    await smtp.send_message(msg, sender=sender, recipients=[to])
+                    await smtp.sendmail(sender, [to], msg)
                 except aiosmtplib.SMTPServerDisconnected:
                     if not reused:
                         raise
                     # the server closed an idle connection: the message was not taken
                     smtp.close()
                     smtp = await self._connect()
-                    await smtp.send_message(msg, sender=sender, recipients=[to])
+                    await smtp.sendmail(sender, [to], msg)
             except BaseException:
                 if smtp is not None:
                     smtp.close()
@@ -142,14 +151,17 @@ class EmailChannel(Channel):
     def __init__(self, config: SmtpConfig, sender: str, templates: Path = TEMPLATES) -> None:
         self.pool = SmtpPool(config)
         self.sender = sender
-        self.sender_addr = parseaddr(sender)[1]
+        name, self.sender_addr = parseaddr(sender)
+        self.from_header = formataddr((name, self.sender_addr), charset="utf-8")
         self.domain = self.sender_addr.rpartition("@")[2] or "vestnik"
         self.env = jinja2.Environment(
             loader=jinja2.FileSystemLoader(templates),
             autoescape=jinja2.select_autoescape(enabled_extensions=("html.j2", "html"),
                                                 default_for_string=False, default=False),
             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
+            auto_reload=False,
         )
+        self._templates: dict[tuple[str, str], jinja2.Template] = {}
 
     @classmethod
     def create(cls, settings: Settings, http: httpx.AsyncClient) -> EmailChannel | None:
@@ -161,10 +173,12 @@ class EmailChannel(Channel):
         return cls(SmtpConfig(settings.smtp_url), one_line(settings.smtp_from))
 
     def render(self, notice: Notice, user: User | None, kind: str) -> str:
-        names = [f"email.{kind}.j2"]
-        locale = user.locale if user else ""
-        if locale and _LOCALE.match(locale):
-            names.insert(0, f"email.{locale}.{kind}.j2")
+        locale = user.locale if user and _LOCALE.match(user.locale or "") else ""
+        template = self._templates.get((locale, kind))
+        if template is None:
+            names = [f"email.{locale}.{kind}.j2", f"email.{kind}.j2"] if locale \
+                else [f"email.{kind}.j2"]
+            template = self._templates[(locale, kind)] = self.env.select_template(names)
         created = datetime.fromtimestamp((notice.created_at or 0) / 1000, UTC)
         ctx: dict[str, Any] = {
             "notice": notice, "user": user, "title": one_line(notice.title), "body": notice.body,
@@ -173,27 +187,43 @@ class EmailChannel(Channel):
             "created": created.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "color": SEVERITY_COLOR.get(notice.severity, "#59636e"),
         }
-        return self.env.select_template(names).render(ctx)
+        return template.render(ctx)
 
-    def message(self, notice: Notice, user: User, to: str) -> EmailMessage:
-        msg = EmailMessage()
-        msg["From"] = self.sender
-        msg["To"] = formataddr((one_line(user.name), to)) if user.name else to
-        msg["Subject"] = one_line(notice.title)
-        msg["Date"] = format_datetime(datetime.now(UTC))
-        msg["Message-ID"] = f"<{notice.id}.{user.id}@{self.domain}>"
-        msg["X-Vestnik-Notice"] = notice.id
-        msg["Auto-Submitted"] = "auto-generated"
-        msg.set_content(self.render(notice, user, "txt"))
-        msg.add_alternative(self.render(notice, user, "html"), subtype="html")
-        return msg
+    def message(self, notice: Notice, user: User, to: str) -> bytes:
+        """The whole RFC 5322 message: multipart/alternative, text then HTML, base64 UTF-8.
+
+        Built by hand: the stdlib `EmailMessage` path costs ~1.7 ms per message, this ~35 us
+        (B5). Every header value is one line (CR/LF removed) and RFC 2047-encoded when it
+        is not ASCII, so a title can never add a header.
+        """
+        boundary = f"=_vestnik_{secrets.token_hex(12)}"
+        to_header = formataddr((one_line(user.name), to), charset="utf-8") if user.name else to
+        head = [
+            f"From: {self.from_header}",
+            f"To: {to_header}",
+            f"Subject: {encode_header(one_line(notice.title), 'Subject')}",
+            f"Date: {formatdate(usegmt=True)}",
+            f"Message-ID: <{one_line(notice.id)}.{one_line(user.id)}@{self.domain}>",
+            f"X-Vestnik-Notice: {one_line(notice.id)}",
+            "Auto-Submitted: auto-generated",
+            "MIME-Version: 1.0",
+            f'Content-Type: multipart/alternative; boundary="{boundary}"',
+        ]
+        out = ["\r\n".join(head), "\r\n\r\n"]
+        for subtype, kind in (("plain", "txt"), ("html", "html")):
+            body = base64.encodebytes(self.render(notice, user, kind).encode())
+            out += [f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
+                    "Content-Transfer-Encoding: base64\r\n\r\n",
+                    body.decode("ascii").replace("\n", "\r\n")]
+        out.append(f"--{boundary}--\r\n")
+        return "".join(out).encode("ascii")
 
     async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
                    ) -> SendResult:
         if user is None or not user.email:
             return SendResult.permanent("email needs a user with an address")
-        to = one_line(user.email)
-        if to != user.email or parseaddr(to)[1] != to or "@" not in to:
+        to = user.email
+        if not _ADDRESS.match(to):
             return SendResult.permanent(f"invalid email address {user.email!r}")
         msg = self.message(notice, user, to)
         try:

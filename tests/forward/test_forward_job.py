@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from conftest import base_env
-from fwd_support import HttpSink, SmtpSink, deliveries, store_notice, store_user
+from fwd_support import HttpSink, Mail, SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
@@ -129,11 +129,10 @@ async def test_locale_template_override(redis: Redis, keys: Keys, redis_url, smt
     channel = email_mod.EmailChannel(email_mod.SmtpConfig(smtp.url), "vestnik@example.org",
                                      templates=tmp_path)
     ru = User(id="2", email="boris@example.org", locale="ru")
-    msg = channel.message(notice(title="<x>"), ru, "boris@example.org")
-    html = msg.get_body(preferencelist=("html",)).get_content()
-    assert "Уведомление: &lt;x&gt;" in html
-    en = channel.message(notice(title="<x>"), ALICE, "alice@example.org")
-    assert "Уведомление" not in en.get_body(preferencelist=("html",)).get_content()
+    ru_mail = Mail("", [], channel.message(notice(title="<x>"), ru, "boris@example.org"))
+    assert "Уведомление: &lt;x&gt;" in ru_mail.part("html")
+    en = Mail("", [], channel.message(notice(title="<x>"), ALICE, "alice@example.org"))
+    assert "Уведомление" not in en.part("html")
     await channel.aclose()
     assert settings.smtp_url
 
