@@ -114,8 +114,21 @@ def _enc_hook(obj: Any) -> Any:
 job_serializer = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
 job_deserializer = msgspec.msgpack.Decoder().decode
 _notice_decoder = msgspec.json.Decoder(Notice)
-_user_decoder = msgspec.json.Decoder(User)
+_any_decoder = msgspec.json.Decoder()
 _delivery_decoder = msgspec.json.Decoder(Delivery)
+
+
+def decode_user(uid: str, raw: bytes) -> User | str:
+    """A user record of the `user` topic state (as the center reads it: the hash field is
+    the id, scalars coerced), or why it cannot be used."""
+    try:
+        obj = _any_decoder.decode(raw)
+        if not isinstance(obj, dict):
+            return f"unreadable record of user {uid}: not a JSON object"
+        obj["id"] = uid
+        return msgspec.convert(obj, User, strict=False)
+    except msgspec.DecodeError as e:  # ValidationError included
+        return f"unreadable record of user {uid}: {e}"
 
 
 def decode_delivery(raw: bytes) -> Delivery:
@@ -249,7 +262,12 @@ class Forwarder:
                     await self._record(nid, [self._rec(uid, "", attempt, "failed",
                                                        f"user {uid} not found")])
                 return "user not found"
-            user = _user_decoder.decode(replies[1])
+            user = decode_user(uid, replies[1])
+            if isinstance(user, str):
+                log.warning("forward %s: %s", nid, user)
+                if attempt == 1:
+                    await self._record(nid, [self._rec(uid, "", attempt, "failed", user)])
+                return user
             sends, records = self._user_sends(notice, user, attempt)
         if not sends:
             await self._record(nid, records)

@@ -166,6 +166,25 @@ async def test_pref_off_and_missing_address(redis: Redis, keys: Keys, redis_url,
     assert [(d.channel, d.status) for d in log] == [("email", "skipped_pref")]
 
 
+async def test_user_record_as_products_write_it(redis: Redis, keys: Keys, redis_url,
+                                                smtp: SmtpSink, http_sink: HttpSink):
+    """A numeric id and chat id, extra fields: read like the center reads it."""
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org",
+                             VESTNIK_TELEGRAM_API=http_sink.base, VESTNIK_TELEGRAM_TOKEN="T")
+    await redis.hset(keys.state("user"), mapping={
+        "5": b'{"id": 5, "email": "five@example.org", "telegram_chat_id": 55, "team": "ops"}',
+        "6": b'["not", "an", "object"]'})
+    n = notice(recipients=["5", "6"], channels={"email": {}, "telegram": {}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "5", now_ms()), ForwardJob(n.id, "6", now_ms()))
+    await burst(settings)
+    assert [m.rcpt_tos for m in smtp.mails] == [["five@example.org"]]
+    assert [r.json()["chat_id"] for r in http_sink.requests] == [55]
+    log = sorted((d.uid, d.channel, d.status) for d in await deliveries(redis, keys, n.id))
+    assert log == [("5", "email", "sent"), ("5", "telegram", "sent"), ("6", "", "failed")]
+
+
 async def test_deferred_until_due(redis: Redis, keys: Keys, redis_url, smtp: SmtpSink):
     settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
                              VESTNIK_SMTP_FROM="vestnik@example.org")
