@@ -55,6 +55,10 @@ def parts_for(settings: Settings, demo: bool) -> list[Part]:
     parts: list[Part] = [run_notice_center]
     if settings.keyspace_patterns:
         parts.append(run_bridge)
+    if demo:
+        from .demo import run_demo  # demo users, VMs, alert, simulator, SMTP sink
+
+        parts.append(run_demo)
     return parts
 
 
@@ -116,6 +120,10 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         private = RedisServer(Path(settings.data_dir) / "redis").start()
         settings = msgspec.structs.replace(settings, redis_url=private.url)
     try:
+        if demo:
+            from .demo import prepare  # mail to the demo's SMTP sink, a short forward_after
+
+            settings = prepare(settings)
         print(banner(settings, private), file=sys.stderr, flush=True)
         run(serve_all(settings, parts_for(settings, demo)))
     finally:

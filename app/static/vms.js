@@ -115,7 +115,12 @@ async function main() {
   const stream = follow((after) => streamUrl(after || lastId), {
     entity(ev) {
       if (ev.op === "delete") drop(ev.id);
-      else put(ev.id, { data: ev.data || vms.get(ev.id)?.data || {}, ts: ev.ts }, true);
+      else {
+        // flash a row when it appears or its status changes, not on every metric tick
+        const before = vms.get(ev.id);
+        const data = ev.data || before?.data || {};
+        put(ev.id, { data, ts: ev.ts }, !before || before.data.status !== data.status);
+      }
     },
     async reset() {
       // the stream was trimmed past our position: reload the snapshot, then follow again
