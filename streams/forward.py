@@ -64,6 +64,7 @@ from .metrics import FORWARD_ATTEMPTS
 from .schemas import Notice, User, json_encode
 
 log = logging.getLogger("vestnik.forward")
+REDIS_RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError)
 
 FUNCTION = "forward"
 BROADCAST = "*"  # the uid of a notice's user-independent targets
@@ -396,7 +397,15 @@ class Forwarder:
 async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
     """The arq job: forward notice `nid` to user `uid` (see the module docstring)."""
     forwarder: Forwarder = ctx["forwarder"]
-    return await forwarder.run(nid, uid, ctx.get("job_try") or 1)
+    attempt = ctx.get("job_try") or 1
+    try:
+        return await forwarder.run(nid, uid, attempt)
+    except REDIS_RETRYABLE as e:
+        # Redis flaked (restart, failover): run again later; sent markers skip what went out
+        delay = forwarder.backoff(min(attempt, 6), None)
+        log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid, e,
+                    delay)
+        raise Retry(defer=delay) from e
 
 
 # ---------------------------------------------------------------------- the worker

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 from streams.forward import ForwardJob, add_forward_jobs
 from streams.ids import now_ms, ulid
 from streams.keys import Keys
+from streams.redis import connect
 from streams.schemas import Notice, User
 from support import eventually
 
@@ -44,3 +45,32 @@ async def test_forwarder_process_sends_and_stops_on_sigterm(redis: Redis, keys: 
     assert [d.status for d in await deliveries(redis, keys, nids[0])] == ["sent"]
     assert proc.stop() == 0, proc.output()
     assert "Traceback" not in proc.output()
+
+
+async def test_forwarder_survives_a_redis_restart(redis_url, keys: Keys, redis_server,
+                                                  start_proc, smtp: SmtpSink):
+    redis = connect(redis_url)  # retries across the restart, like Vestnik's own clients
+    proc = start_proc("forwarder", VESTNIK_SMTP_URL=smtp.url,
+                      VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, User(id="7", email="u7@example.org"))
+
+    async def send_one(title: str) -> None:
+        n = Notice(id=ulid(), alert="a", title=title, recipients=["7"],
+                   channels={"email": {}}, created_at=now_ms())
+        await store_notice(redis, keys, n)
+        async with redis.pipeline(transaction=False) as pipe:
+            add_forward_jobs(pipe, keys, [ForwardJob(n.id, "7", now_ms())])
+            await pipe.execute()
+
+    await send_one("before")
+    await eventually(lambda: _count(smtp, 1), timeout=20, what="the first email")
+    redis_server.restart()  # graceful: the AOF keeps the queue and the state
+    await send_one("after")
+    await eventually(lambda: _count(smtp, 2), timeout=30, what="an email after the restart")
+    assert [m.msg["Subject"] for m in smtp.mails] == ["before", "after"]
+    assert proc.proc is not None and proc.proc.poll() is None, proc.output()
+    await redis.aclose()
+
+
+async def _count(smtp: SmtpSink, n: int) -> bool:
+    return len(smtp.mails) >= n
