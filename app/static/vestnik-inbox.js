@@ -8,6 +8,8 @@
  *   api      base URL of Vestnik (default: where this script came from)
  *   token    the user's token (JWT); default: the tab's sessionStorage `vestnik_token`
  *   mode     "popover" (a bell that opens a panel; default) or "page" (the panel inline)
+ *   with-credentials  send cookies cross-origin (the `vestnik_token` cookie of the Vestnik
+ *            host) instead of a token: fetch credentials "include", EventSource withCredentials
  *   limit    notices per page (default 20)
  *
  * Events (on the element): `vestnik-count` {count}, `vestnik-notice` {notice} for each new
@@ -182,7 +184,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
   class VestnikInbox extends HTMLElement {
     static get observedAttributes() {
-      return ["api", "token", "mode"];
+      return ["api", "token", "mode", "with-credentials"];
     }
 
     constructor() {
@@ -210,6 +212,10 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
     get token() {
       return this.getAttribute("token") || sessionStorage.getItem(TOKEN_KEY) || "";
+    }
+
+    get credentials() {
+      return this.hasAttribute("with-credentials");
     }
 
     get isPage() {
@@ -350,7 +356,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.next = null;
       this.lastSeq = null;
       this.setBanner(null);
-      if (!this.token) {
+      if (!this.token && !this.credentials) {
         this.setCount(0);
         this.showState("signin");
         return;
@@ -366,7 +372,9 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     async request(path, opts = {}) {
       const res = await fetch(this.api + path, {
         ...opts,
-        headers: { Authorization: `Bearer ${this.token}`, Accept: "application/json",
+        credentials: this.credentials ? "include" : "same-origin",
+        headers: { Accept: "application/json",
+          ...(this.token ? { Authorization: `Bearer ${this.token}` } : {}),
           ...(opts.body ? { "Content-Type": "application/json" } : {}) },
       });
       const text = await res.text();
@@ -452,10 +460,10 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (this.es) this.es.close();
       const gen = this.generation;
       const u = new URL(this.api + "/api/v1/me/stream");
-      u.searchParams.set("token", this.token);
+      if (this.token) u.searchParams.set("token", this.token);
       // a fresh EventSource has no Last-Event-ID: carry it ourselves
       if (this.lastSeq) u.searchParams.set("last_event_id", this.lastSeq);
-      const es = new EventSource(u.toString());
+      const es = new EventSource(u.toString(), { withCredentials: this.credentials });
       this.es = es;
       es.addEventListener("open", () => {
         if (gen !== this.generation) return;

@@ -92,7 +92,20 @@ async def test_up_demo_end_to_end(tmp_path: Path, context, shot):
         await shot(page, "mail")
         async with httpx.AsyncClient() as http:
             items = (await http.get(base + "/demo/mail.json")).json()["items"]
-        assert any(m["to"] == ["alice@example.test"] and "Disk" in m["subject"] for m in items)
+            assert any(m["to"] == ["alice@example.test"] and "Disk" in m["subject"]
+                       for m in items)
+            token = inbox_url.split("token=", 1)[1]
+            feed = (await http.get(base + "/api/v1/me/notices", headers={
+                "Authorization": f"Bearer {token}"})).json()["items"]
+        # the admin page (service token from the banner) shows that notice's delivery log
+        admin_url = re.search(r"^\s+admin\s+(\S+)", proc.output(), re.M).group(1)
+        await page.goto(admin_url)
+        await expect(page.locator("#settings tbody tr", has_text="disk-usage")).to_have_count(1)
+        await page.get_by_label("Notice id").fill(feed[-1]["id"])  # the oldest: mailed first
+        await page.get_by_role("button", name="Show").click()
+        sent = page.locator("#deliveries tbody tr", has_text="email")
+        await expect(sent.filter(has_text="sent").first).to_be_visible()
+        await shot(page, "admin-deliveries", full_page=True)
         assert not errors, errors
     finally:
         code = proc.stop(signal.SIGTERM, timeout=30)

@@ -112,3 +112,31 @@ async def test_widget_from_another_origin_with_cors(start_api, redis, start_proc
     await expect(other.locator("vestnik-inbox .state")).to_contain_text(
         "Could not load notifications")
     await shot(other, "origin-refused")
+
+
+async def test_widget_with_cookie_credentials_cross_origin(start_api, redis, start_proc,
+                                                           user_token, product_site, context,
+                                                           shot):
+    """A product that logs users in with the `vestnik_token` cookie of the Vestnik host:
+    `with-credentials` sends it cross-origin (fetch and EventSource), no token attribute."""
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    port = free_port()
+    api = start_api(VESTNIK_CORS_ORIGINS=f"http://127.0.0.1:{port}")
+    await context.add_cookies([{"name": "vestnik_token", "value": user_token("1"),
+                                "url": api.base}])
+    html = PRODUCT_PAGE.replace(' token="{token}"', " with-credentials").format(api=api.base)
+    site = product_site(html, port)
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(site + "/")
+    widget = page.locator("vestnik-inbox")
+    await expect(widget).to_have_attribute("state", "empty")
+    await redis.xadd(K.notices, {"alert": "disk", "title": "Cookie-borne notice",
+                                 "severity": "info", "recipients": "1"})
+    await expect(widget.locator(".bell .badge")).to_have_text("1")
+    await widget.locator(".bell").click()
+    await widget.locator("li", has_text="Cookie-borne notice").locator(".hit").click()
+    await expect(widget.locator(".bell .badge")).to_be_hidden()
+    await shot(page, "read")
+    assert not errors, errors
