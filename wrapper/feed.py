@@ -11,6 +11,11 @@ Snapshot first, consistently, then tail live from where the snapshot stands:
   api running), the topic stream is read from the start to build it.
 
 One XREAD BLOCK (bounded) over every stream on one dedicated connection.
+
+When the alert reads slowly the mailbox fills and this watcher waits; if meanwhile a
+topic stream was trimmed past its position (`MAXLEN ~`), the events in between are
+gone from the stream, so the topic is re-sent from its materialized state instead
+(every current entity, coalesced like any update).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from streams.errors import BadInput
+from streams.ids import parse_stream_id
 from streams.keys import SETTINGS_TOPIC, Keys
 from streams.redis import RETRYABLE, Backoff, reader
 from streams.schemas import AlertSetting, TopicEvent, convert, decode_topic_entry
@@ -92,6 +98,8 @@ class Feed:
         self.positions: dict[str, str] = {}
         self.topic_of: dict[str, str] = {}
         self._coalesced_seen = 0
+        self._waits_seen = 0
+        self.resyncs = 0
 
     async def run(self) -> None:
         await self.snapshot()
@@ -183,6 +191,11 @@ class Feed:
         conn: Redis | None = None
         try:
             while True:
+                # held up by a slow alert since the last read: was a stream trimmed past
+                # the last entry we handled? (a resend may hold us up again: loop)
+                while self.mailbox.waits != self._waits_seen:
+                    self._waits_seen = self.mailbox.waits
+                    await self._check_gaps()
                 try:
                     if conn is None:
                         conn = reader(self.cfg.redis_url or "",
@@ -242,6 +255,40 @@ class Feed:
         if self.view.changed():
             log.info("%s: settings changed: %d enabled", self.cfg.name, len(self.view.enabled))
             await self.mailbox.put(Settings(items=self.view.enabled), ("s",))
+
+    async def _check_gaps(self) -> None:
+        """After a wait: was a topic trimmed past our position? (Its first entry is newer
+        than the last one we read. Redis 7.0 does not record trims in XINFO's
+        max-deleted-entry-id, so the first entry is the evidence; when the trim stopped
+        exactly at our position, the resend below is merely redundant.)"""
+        for key, topic in self.topic_of.items():
+            first = await self.redis.xrange(key, count=1)
+            if not first:
+                continue
+            if parse_stream_id(first[0][0].decode()) <= parse_stream_id(self.positions[key]):
+                continue
+            async with self.redis.pipeline(transaction=True) as pipe:
+                pipe.hgetall(self.keys.state(topic))
+                pipe.get(self.keys.state_pos(topic))
+                state, pos = await pipe.execute()
+            if pos is None:
+                log.error("%s: topic %s was trimmed past %s while the alert was slow and "
+                          "there is no materialized state to resend: events may be lost",
+                          self.cfg.name, topic, self.positions[key])
+                continue
+            self.resyncs += 1
+            log.warning("%s: topic %s was trimmed past %s while the alert was slow; "
+                        "resending its %d entities from the state at %s", self.cfg.name, topic,
+                        self.positions[key], len(state), pos.decode())
+            for eid, value in sorted(state.items()):
+                try:
+                    data = _entity_decode(value)
+                except (msgspec.DecodeError, msgspec.ValidationError):
+                    continue
+                await self.mailbox.put(Entity(topic=topic, op="update", id=eid.decode(),
+                                              data=data), ("e", topic, eid.decode()))
+            if parse_stream_id(pos.decode()) > parse_stream_id(self.positions[key]):
+                self.positions[key] = pos.decode()
 
     def _report(self) -> None:
         mb = self.mailbox
