@@ -86,6 +86,12 @@ def run_http_sink(port: int, counter: Path) -> None:
                 loop="uvloop", http="httptools")
 
 
+def cpu_seconds(pid: int) -> float:
+    """user + system CPU time of a process so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def read_counter(counter: Path) -> tuple[int, float, float]:
     try:
         n, first, last = counter.read_text().split()
@@ -157,12 +163,17 @@ def main() -> int:
             time.sleep(1.0)  # let the sink bind before the forwarder's first connect
             procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "forwarder"],
                                           env=env, cwd=ROOT))
+            fwd = procs[-1].pid
+            cpu_start = None
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
                 n, first, last = read_counter(counter)
+                if cpu_start is None and n:
+                    cpu_start = cpu_seconds(fwd)  # startup (imports, connects) left out
                 if n >= args.n:
                     break
-                time.sleep(0.2)
+                time.sleep(0.1)
+            cpu = cpu_seconds(fwd) - (cpu_start or 0.0)
             n, first, last = read_counter(counter)
         finally:
             for p in reversed(procs):
@@ -173,7 +184,10 @@ def main() -> int:
                     p.kill()
     rate = (n - 1) / (last - first) if n > 1 and last > first else 0.0
     print(json.dumps({"bench": "B5", "channel": args.channel, "messages": n,
-                      "seconds": round(last - first, 3), "messages_per_s": round(rate)}))
+                      "seconds": round(last - first, 3), "messages_per_s": round(rate),
+                      "forwarder_cpu_s": round(cpu, 2),
+                      "messages_per_cpu_s": round(n / cpu) if cpu else None,
+                      "load_avg_1m": os.getloadavg()[0]}))
     return 0 if n >= args.n else 1
 
 
