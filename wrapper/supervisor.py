@@ -99,7 +99,11 @@ class Wrapper:
         server = None
         try:
             if self.metrics_port is not None:
-                server = await serve_metrics(self.metrics_host, self.metrics_port)
+                try:
+                    server = await serve_metrics(self.metrics_host, self.metrics_port)
+                except OSError as e:
+                    log.error("%s: --metrics-port %d: %s", self.name, self.metrics_port, e)
+                    return EXIT_CONFIG
                 log.info("%s: metrics on http://%s:%d/metrics", self.name, self.metrics_host,
                          self.metrics_port)
             self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}")

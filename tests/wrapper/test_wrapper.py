@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from wrapping import (
     alert_toml,
     dead_letters,
@@ -188,6 +189,7 @@ line(json.dumps({"type": "notice", "body": "no title"}).encode())     # 5
 line(b'{"type":"notice","title":"' + b"x" * (5 * 1024 * 1024) + b'"}')  # 6: 5 MiB
 line(json.dumps({"type": "notice", "title": "after"}).encode())      # 7
 line(json.dumps({"type": "error", "message": "source unreachable"}).encode())  # 8
+line(json.dumps({"type": "resolve", "dedup_key": "disk-1"}).encode())  # 9
 sys.stdin.read()
 """
 
@@ -197,6 +199,7 @@ async def test_garbage_on_stdout_is_dead_lettered_and_valid_lines_still_flow(
     name = "garbage"
     await put_setting(redis, keys, setting("s1", name, {"limit": 1},
                                            {"ui": {"users": ["1"]}, "email": {"users": ["1"]}}))
+    await redis.set(keys.dedup("garbage:s1:disk-1"), "01EARLIERNOTICE")  # the center's marker
     cfg = alert_toml(tmp_path / "alert.toml", name, [PY, script(tmp_path, "g.py", GARBAGE)])
     w = wrap(cfg)
 
@@ -231,6 +234,10 @@ async def test_garbage_on_stdout_is_dead_lettered_and_valid_lines_still_flow(
     assert metric(port, "vestnik_wrapper_bad_lines_total", reason="too_long") == 1
     assert metric(port, "vestnik_wrapper_notices_total", alert=name) == 2
     assert metric(port, "vestnik_wrapper_alert_errors_total", alert=name) == 1
+
+    async def resolved():  # the center's dedup marker is gone: the next one is new
+        return await redis.exists(keys.dedup("garbage:s1:disk-1")) == 0
+    await eventually(resolved, what="resolve")
     assert "line 6 rejected (too_long)" in w.proc.output()
     assert "source unreachable" in w.proc.output()
 
@@ -532,3 +539,43 @@ async def test_trimmed_while_the_alert_was_slow_resends_from_state(redis, keys, 
 
     await eventually(caught_up, timeout=30, what="the alert's view matches the state")
     assert "resending its" in w.proc.output()
+
+
+# ------------------------------------------------------------------ Redis restarts
+
+ECHO = r"""
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m["type"] == "entity":
+        print(json.dumps({"type": "notice", "title": f"saw {m['id']}"}), flush=True)
+"""
+
+
+async def test_wrapper_rides_out_a_redis_restart(redis_server, redis, keys, wrap, tmp_path):
+    name = "resilient"
+    await put_setting(redis, keys, setting("s1", name))
+    cfg = alert_toml(tmp_path / "alert.toml", name, [PY, script(tmp_path, "e.py", ECHO)],
+                     topics=["vm"])
+    w = wrap(cfg)
+
+    async def titles(n: int):
+        assert w.proc.proc.poll() is None, w.proc.output()
+        try:
+            got = [x["title"] for x in await notices(redis, keys)]
+        except (ConnectionError, OSError, RedisConnectionError):
+            return None
+        return got if len(got) >= n else None
+
+    async def ready():
+        return metric(w.metrics_port, "vestnik_wrapper_lines_out_total", type="ready") >= 1
+
+    await eventually(ready, timeout=20, what="snapshot")
+    await redis.xadd(keys.topic("vm"), {"op": "create", "id": "1", "data": "{}"})
+    await eventually(lambda: titles(1), what="first notice")
+    redis_server.restart()  # same port, same data (AOF)
+    await redis.connection_pool.disconnect()  # the test's own client: fresh connections
+    await redis.xadd(keys.topic("vm"), {"op": "create", "id": "2", "data": "{}"})
+    got = await eventually(lambda: titles(2), timeout=20, what="notice after the restart")
+    assert got == ["saw 1", "saw 2"]
+    assert metric(w.metrics_port, "vestnik_wrapper_restarts_total") == 0  # the alert kept going
