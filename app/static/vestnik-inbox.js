@@ -135,7 +135,9 @@ li.fresh .hit { animation: fresh 1.6s ease-out; }
 .more { padding: 12px; text-align: center; font-size: 13px; color: var(--vn-muted);
   display: flex; justify-content: center; gap: 8px; align-items: center; }
 .sentinel { height: 1px; }
-form.tok { display: flex; gap: 8px; margin-top: 12px; justify-content: center; }
+form.tok { display: flex; gap: 8px; margin-top: 12px; justify-content: center;
+  align-items: center; }
+form.tok button { margin-top: 0; }
 form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid var(--vn-line);
   border-radius: 6px; font: inherit; font-size: 13px; background: var(--vn-bg); color: inherit; }
 `;
@@ -260,7 +262,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.panel = h("section", { class: "panel", part: "panel", "aria-label": "Notifications" },
         h("header", {},
           this.headBell, h("h2", { text: "Notifications" }), this.pill,
-          h("div", { class: "tools" },
+          this.tools = h("div", { class: "tools" },
             h("div", { class: "seg", role: "group", "aria-label": "Show" }, this.allBtn,
               this.unreadBtn),
             this.markAll)),
@@ -699,7 +701,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
     setBanner(text, bad = false) {
       // while the list itself shows the error, a "reconnecting" banner would say it twice
-      if (!bad && this.getAttribute("state") === "error") text = null;
+      if (!bad && ["error", "signin"].includes(this.getAttribute("state"))) text = null;
       this.banner.hidden = !text;
       this.banner.classList.toggle("bad", bad);
       this.banner.replaceChildren();
@@ -714,6 +716,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       const s = this.state;
       s.replaceChildren();
       s.hidden = !kind;
+      // nothing to filter or mark while signed out or failing
+      this.tools.hidden = kind === "signin" || kind === "error";
       this.setAttribute("state", kind || "ready");
       if (!kind) return;
       if (kind === "loading") {
@@ -725,14 +729,16 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       } else if (kind === "error") {
         s.append(h("strong", { text: "Could not load notifications" }),
           h("span", { text: detail || "" }), h("br"),
-          h("small", { class: "note", text: "Retrying in the background…" }), h("br"),
+          this.es || this.timers.size
+            ? h("small", { class: "note", text: "Retrying in the background…" }) : null,
+          h("br"),
           h("button", { class: "btn", type: "button", text: "Try again",
             onclick: () => this.start() }));
       } else if (kind === "signin") {
         const input = h("input", { type: "password", placeholder: "Paste a user token",
           "aria-label": "User token", autocomplete: "off" });
-        s.append(h("strong", { text: "Not signed in" }),
-          h("span", { text: "Open this page with ?token=… or paste a user token." }),
+        s.append(h("strong", { text: detail ? "Sign in again" : "Not signed in" }),
+          h("span", { text: detail || "Open this page with ?token=… or paste a user token." }),
           h("form", { class: "tok", onsubmit: (e) => {
             e.preventDefault();
             if (!input.value.trim()) return;
@@ -746,6 +752,14 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       let text = e.message || String(e);
       if (e instanceof ApiError && e.status === 401) {
         text = "Your session has expired or the token is not valid.";
+        this.stop(); // retrying cannot help
+        this.setBanner(null);
+        if (!this.getAttribute("token")) {
+          // the tab's own token (from ?token= or pasted): ask for another one
+          sessionStorage.removeItem(TOKEN_KEY);
+          this.showState("signin", `${text} Paste a new token.`);
+          return;
+        }
       } else if (!(e instanceof ApiError)) {
         text = "The server cannot be reached.";
         // keep trying in the background: the stream's reconnect will resync us

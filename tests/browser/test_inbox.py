@@ -148,3 +148,40 @@ async def test_api_restart_resumes_without_loss_or_duplicates(start_api, redis, 
 
 async def _feed_len(redis, uid: str, n: int) -> bool:
     return await redis.zcard(K.feed(uid)) >= n
+
+
+async def test_sign_in_bad_token_and_unread_filter(api: Api, redis, start_proc, user_token,
+                                                   context, shot):
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    for i in range(3):
+        await redis.xadd(K.notices, notice(f"n{i}", severity="info"))
+    page = await context.new_page()
+    errors = console_errors(page)
+    # no token: the page asks for one
+    await page.goto(api.base + "/")
+    inbox = page.locator("vestnik-inbox")
+    await expect(inbox).to_have_attribute("state", "signin")
+    await shot(page, "signin")
+    # a token that is not valid: the error state says so
+    await inbox.get_by_label("User token").fill("not-a-jwt")
+    await inbox.get_by_role("button", name="Open").click()
+    await expect(inbox.locator(".state")).to_contain_text("not valid")
+    await expect(inbox).to_have_attribute("state", "signin")  # and asks for another one
+    await shot(page, "bad-token")
+    # a good one, pasted: the inbox loads (and the tab keeps it across a reload)
+    await inbox.get_by_label("User token").fill(user_token("1"))
+    await inbox.get_by_role("button", name="Open").click()
+    await expect(inbox.locator("li")).to_have_count(3)
+    await page.reload()
+    await expect(inbox.locator("li")).to_have_count(3)
+    # read one, then show only the unread ones
+    await inbox.locator("li", has_text="n1").locator(".hit").click()
+    await expect(inbox.locator(".head-bell .badge")).to_have_text("2")
+    await inbox.get_by_role("button", name="Unread", exact=True).click()
+    await expect(inbox.get_by_role("button", name="Unread", exact=True)).to_have_attribute(
+        "aria-pressed", "true")
+    await expect(inbox.locator("li")).to_have_count(2)
+    assert await inbox.locator("li .title").all_inner_texts() == ["n2", "n0"]
+    await shot(page, "unread-only")
+    assert not errors, errors
