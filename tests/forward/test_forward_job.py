@@ -403,3 +403,53 @@ def test_smtp_url(url: str, expect: tuple[Any, ...]):
 
     c = SmtpConfig(url)
     assert (c.host, c.port, c.use_tls, c.start_tls, c.password) == expect
+
+
+async def test_webhook_5xx_is_retried_with_a_stable_id(redis: Redis, keys: Keys, redis_url,
+                                                        http_sink: HttpSink):
+    answers = iter([(503, {"busy": True}), (200, {})])
+    http_sink.respond = lambda req: next(answers)
+    settings = make_settings(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET)
+    n = notice(channels={"webhook": {"url": f"{http_sink.base}/h"}})
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
+    await burst(settings)
+    assert len(http_sink.requests) == 2
+    assert {r.headers["webhook-id"] for r in http_sink.requests} == {n.id}
+    for r in http_sink.requests:
+        Webhook(SECRET).verify(r.body, r.headers)
+    log = await deliveries(redis, keys, n.id)
+    assert [(d.attempt, d.status) for d in log] == [(1, "retrying"), (2, "sent")]
+    assert "503" in log[0].detail
+
+
+async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url):
+    """A stock arq Worker (not ours) runs what add_forward_jobs wrote, once."""
+    from arq.connections import RedisSettings
+    from arq.jobs import Job
+    from arq.worker import Worker, func
+
+    from streams.forward import FUNCTION, job_deserializer, job_serializer
+
+    calls: list[tuple[str, str]] = []
+
+    async def fake_forward(ctx: dict, nid: str, uid: str) -> str:
+        calls.append((nid, uid))
+        return "ok"
+
+    job = ForwardJob("N1", "7", now_ms())
+    assert await schedule(redis, keys, job, job) == [1, 0]
+    jid = job_id(keys, "N1", "7")
+    pool_job = Job(jid, redis, _queue_name=keys.arq_queue, _deserializer=job_deserializer)
+    info = await pool_job.info()
+    assert info is not None and info.function == FUNCTION and list(info.args) == ["N1", "7"]
+    worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.arq_queue,
+                    redis_settings=RedisSettings.from_dsn(redis_url), burst=True,
+                    handle_signals=False, poll_delay=0.05, job_serializer=job_serializer,
+                    job_deserializer=job_deserializer)
+    try:
+        await asyncio.wait_for(worker.async_run(), 20)
+    finally:
+        await worker.close()
+    assert calls == [("N1", "7")]
+    assert await schedule(redis, keys, job) == [0]  # its result is kept: still a no-op
