@@ -107,8 +107,15 @@ class Wrapper:
                 log.info("%s: metrics on http://%s:%d/metrics", self.name, self.metrics_host,
                          self.metrics_port)
             self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}")
+            ready = asyncio.create_task(wait_ready(self.redis, timeout=self.redis_timeout))
+            stopped = asyncio.create_task(self.stop.wait())
+            await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            stopped.cancel()
+            if not ready.done():  # a signal while Redis is still away: nothing was started
+                ready.cancel()
+                return EXIT_OK
             try:
-                await wait_ready(self.redis, timeout=self.redis_timeout)
+                ready.result()
             except RETRYABLE as e:
                 log.error("%s: Redis at %s unreachable: %s", self.name, self.cfg.redis_url, e)
                 return EXIT_REDIS
