@@ -61,6 +61,7 @@ from .config import ConfigError, Settings
 from .ids import now_ms
 from .keys import USER_TOPIC, Keys
 from .metrics import FORWARD_ATTEMPTS
+from .redis import RETRYABLE, Backoff
 from .schemas import Notice, User, json_encode
 
 log = logging.getLogger("vestnik.forward")
@@ -506,11 +507,26 @@ async def run_forwarder(settings: Settings, *, burst: bool = False) -> None:
     """
     worker = make_worker(settings, burst=burst)
     forwarder: Forwarder = worker.ctx["forwarder"]
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(base=0.1, cap=5.0)
     try:
-        await worker.async_run()
+        while True:
+            # arq's poll loop ends on the first refused connection (redis-py does not retry
+            # a refused connect): run it again once Redis is back, instead of stopping
+            started = loop.time()
+            try:
+                await worker.async_run()
+                return
+            except RETRYABLE as e:
+                if loop.time() - started > 30:
+                    backoff.reset()
+                log.warning("forwarder lost Redis (%s); polling again after a backoff", e)
+                await backoff.wait()
     finally:
         try:
             await worker.close()
+        except RETRYABLE as e:
+            log.warning("forwarder closed without Redis (%s)", e)
         finally:
             await forwarder.channels.aclose()
 
