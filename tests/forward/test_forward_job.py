@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from conftest import base_env
 from fwd_support import HttpSink, Mail, SmtpSink, deliveries, store_notice, store_user
+from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
@@ -75,8 +76,11 @@ async def test_email_is_sent_once_when_scheduled_twice(redis: Redis, keys: Keys,
     job = ForwardJob(n.id, "1", now_ms())
     assert await schedule(redis, keys, job, job) == [1, 0]
     assert await schedule(redis, keys, job) == [0]
+    sent = {"channel": "email", "status": "sent"}
+    before = REGISTRY.get_sample_value("vestnik_forward_attempts_total", sent) or 0
     await burst(settings)
     assert len(smtp.mails) == 1
+    assert REGISTRY.get_sample_value("vestnik_forward_attempts_total", sent) == before + 1
     # the job has run: its arq result key still refuses a re-schedule; a new run never resends
     assert await schedule(redis, keys, job) == [0]
     await redis.delete(f"arq:result:{job_id(keys, n.id, '1')}")
