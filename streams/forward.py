@@ -65,7 +65,6 @@ from .redis import RETRYABLE, Backoff
 from .schemas import Notice, User, json_encode
 
 log = logging.getLogger("vestnik.forward")
-REDIS_RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError)
 
 FUNCTION = "forward"
 BROADCAST = "*"  # the uid of a notice's user-independent targets
@@ -401,7 +400,7 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
     attempt = ctx.get("job_try") or 1
     try:
         return await forwarder.run(nid, uid, attempt)
-    except REDIS_RETRYABLE as e:
+    except RETRYABLE as e:
         # Redis flaked (restart, failover): run again later; sent markers skip what went out
         delay = forwarder.backoff(min(attempt, 6), None)
         log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid, e,
