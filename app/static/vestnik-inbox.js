@@ -199,6 +199,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.loading = false;
       this.filter = "all";
       this.lastSeq = null;
+      this.countSeq = 0; // the feed seq the last `count` event covers
       this.es = null;
       this.retry = 0;
       this.generation = 0; // bumped by stop(): stale stream callbacks and timers do nothing
@@ -357,6 +358,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.list.replaceChildren();
       this.next = null;
       this.lastSeq = null;
+      this.countSeq = 0;
       this.setBanner(null);
       if (!this.token && !this.credentials) {
         this.setCount(0);
@@ -516,14 +518,11 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     async resync() {
       const gen = this.listGen;
       try {
-        const [page, c] = await Promise.all([
-          this.request(this.query(null)),
-          this.request("/api/v1/me/unread-count"),
-        ]);
+        // (the count is not fetched here: the stream's `count` event is the exact one)
+        const page = await this.request(this.query(null));
         if (gen !== this.listGen) return;
         for (const n of page.items || []) this.upsert(n, false);
         if (this.items.size === 0) this.next = page.next ?? null;
-        this.setCount(c.count);
         this.afterLoad();
       } catch {
         /* the stream will tell us again */
@@ -542,6 +541,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       const d = this.parse(e);
       if (!d) return;
       if (typeof d.count === "number") this.setCount(d.count);
+      if (typeof d.seq === "number") this.countSeq = d.seq;
       // the feed position the stream starts from: resume after it on reconnect
       if (typeof d.seq === "number" && (this.lastSeq === null || d.seq > num(this.lastSeq))) {
         this.lastSeq = String(d.seq);
@@ -570,16 +570,20 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     onNotice(e, isNew) {
       const n = this.parse(e);
       if (!n || !n.id) return;
-      if (e.lastEventId && isNew) {
-        if (this.lastSeq === null || num(e.lastEventId) > num(this.lastSeq)) {
-          this.lastSeq = e.lastEventId;
-        }
-        if (n.seq === undefined) n.seq = num(e.lastEventId);
-      }
       const known = this.items.has(n.id);
+      if (!isNew && !known) return; // a repeat of a notice we do not show (an older page)
+      const seq = isNew && e.lastEventId ? num(e.lastEventId) : num(n.seq);
+      if (isNew && seq) {
+        if (this.lastSeq === null || seq > num(this.lastSeq)) this.lastSeq = String(seq);
+        if (n.seq === undefined) n.seq = seq;
+      }
       this.upsert(n, isNew && !known);
-      if (typeof n.count === "number") this.setCount(n.count);
-      else if (isNew && !known && !n.read) this.setCount(this.count + 1);
+      // the `count` sent on (re)connect already counts every notice up to its seq: a
+      // replayed one is not counted twice
+      if (isNew && !n.read && seq > this.countSeq) {
+        this.countSeq = seq;
+        this.setCount(this.count + 1);
+      }
       if (isNew && !known) {
         this.announce(`New ${SEVERITY[n.severity] ? n.severity + " " : ""}notice: ${n.title}`);
         this.dispatchEvent(new CustomEvent("vestnik-notice", { detail: { notice: n } }));

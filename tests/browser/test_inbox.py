@@ -133,6 +133,8 @@ async def test_api_restart_resumes_without_loss_or_duplicates(start_api, redis, 
         wait_http(api.base + "/readyz", proc=again)
         await expect(inbox).not_to_have_attribute("reconnecting", "", timeout=30_000)
         await expect(inbox.locator("li")).to_have_count(5)
+        # the count sent on reconnect already includes the replayed notices: not 8
+        await expect(inbox.locator(".head-bell .badge")).to_have_text("5")
         await redis.xadd(K.notices, notice("after"))
         await expect(inbox.locator("li")).to_have_count(6)
         titles = await inbox.locator("li .title").all_inner_texts()
