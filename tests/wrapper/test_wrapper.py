@@ -579,3 +579,54 @@ async def test_wrapper_rides_out_a_redis_restart(redis_server, redis, keys, wrap
     got = await eventually(lambda: titles(2), timeout=20, what="notice after the restart")
     assert got == ["saw 1", "saw 2"]
     assert metric(w.metrics_port, "vestnik_wrapper_restarts_total") == 0  # the alert kept going
+
+
+# --------------------------------------------------------------------------- the kit
+
+KIT_ALERT = r"""
+import time
+from wrapper.kit import Alert
+
+alert = Alert(heartbeat=0.4)
+
+@alert.on_entity
+def on_vm(ev):
+    if alert.ready and ev.data.get("status") == "wedged":
+        time.sleep(3600)  # a handler that never returns: the heartbeats stop
+    if alert.ready:
+        alert.notice(f"{ev.id} is {ev.data['status']}", entity=(ev.topic, ev.id))
+
+alert.run()
+"""
+
+
+async def test_kit_heartbeats_while_idle_and_a_stuck_handler_is_restarted(
+        redis, keys, wrap, tmp_path):
+    name = "kitted"
+    await put_setting(redis, keys, setting("s1", name))
+    cfg = alert_toml(tmp_path / "alert.toml", name, ["python3", script(tmp_path, "k.py",
+                     KIT_ALERT)], topics=["vm"], grace=0.5,
+                     restart={"policy": "on-failure", "backoff_min": 0.1})
+    w = wrap(cfg)
+
+    async def beats(n: int):
+        assert w.proc.proc.poll() is None, w.proc.output()
+        return metric(w.metrics_port, "vestnik_wrapper_lines_in_total", type="heartbeat") >= n
+
+    await eventually(lambda: beats(5), timeout=20, what="heartbeats while idle")
+    assert metric(w.metrics_port, "vestnik_wrapper_restarts_total") == 0  # idle is not hung
+    await redis.xadd(keys.topic("vm"), {"op": "update", "id": "1",
+                                        "data": '{"status": "running"}'})
+
+    async def notice():
+        return [n["title"] for n in await notices(redis, keys)] == ["1 is running"]
+
+    await eventually(notice, what="a notice through the kit")
+    await redis.xadd(keys.topic("vm"), {"op": "update", "id": "2",
+                                        "data": '{"status": "wedged"}'})
+
+    async def restarted():
+        assert w.proc.proc.poll() is None, w.proc.output()
+        return metric(w.metrics_port, "vestnik_wrapper_restarts_total", reason="hung") >= 1
+
+    await eventually(restarted, timeout=20, what="restart of the stuck alert")
