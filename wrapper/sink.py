@@ -19,11 +19,13 @@ import asyncio
 import logging
 import os
 import random
+import re
 import time
 
 import msgspec
 from redis.asyncio import Redis
 
+from streams.errors import from_validation
 from streams.ids import now_ms
 from streams.keys import Keys
 from streams.redis import RETRYABLE, Backoff
@@ -41,6 +43,7 @@ CHUNK = 256 * 1024
 DEAD_MAXLEN = 100_000
 RAW_SAMPLE = 1024
 PENDING_BATCHES = 2
+_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 characters
@@ -161,7 +164,12 @@ class Sink:
         try:
             msg = decode_line(line)
         except msgspec.ValidationError as e:
-            return self._bad(lineno, "invalid", str(e), line)
+            err = from_validation(e)
+            field = err.field or "$"
+            named = _NAMED.search(err.detail)
+            if named:  # "missing required field `title`" has no path of its own
+                field = f"{field}.{named.group(1)}"
+            return self._bad(lineno, "invalid", err.detail, line, field=field)
         except msgspec.DecodeError as e:
             return self._bad(lineno, "not_json", str(e), line)
         match msg:
@@ -197,7 +205,7 @@ class Sink:
             if setting is None:
                 return self._bad(lineno, "unknown_setting",
                                  f"setting_id {n.setting_id!r} is not an enabled setting of "
-                                 f"alert {self.name!r}", raw)
+                                 f"alert {self.name!r}", raw, field="$.setting_id")
             targets: list[AlertSetting | None] = [setting]
         elif view.enabled:
             targets = list(view.enabled)
@@ -205,7 +213,8 @@ class Sink:
             targets = [None]
         else:
             return self._bad(lineno, "no_setting",
-                             f"no enabled setting named {self.name!r} and no recipients", raw)
+                             f"no enabled setting named {self.name!r} and no recipients", raw,
+                             field="$.recipients")
         created = now_ms()
         head, add = self._xadd_head, self._batch.add
         for s in targets:
@@ -224,15 +233,16 @@ class Sink:
                 + b"".join([_bulk(k) + _bulk(v) for k, v in fields.items()]), True)
         return None
 
-    def _bad(self, lineno: int, reason: str, detail: str, raw: bytes, size: int | None = None
-             ) -> None:
+    def _bad(self, lineno: int, reason: str, detail: str, raw: bytes, size: int | None = None,
+             *, field: str | None = None) -> None:
         self.bad += 1
         BAD_LINES.labels(self.name, reason).inc()
         sample = raw[:RAW_SAMPLE]
         log.warning("%s: stdout line %d rejected (%s): %s; line starts %r", self.name, lineno,
                     reason, detail, sample[:120])
         fields = {
-            "reason": f"{reason}: {detail}", "raw": sample, "source": f"wrapper:{self.name}",
+            "reason": f"{reason}: {detail}", "field": field or "$", "raw": sample,
+            "source": f"wrapper:{self.name}",
             "line": str(lineno), "size": str(len(raw) if size is None else size),
             "at": str(now_ms()),
         }

@@ -213,6 +213,7 @@ async def test_garbage_on_stdout_is_dead_lettered_and_valid_lines_still_flow(
     reasons = [d["reason"].split(":")[0] for d in found]
     assert reasons == ["not_json", "not_json", "invalid", "invalid", "too_long"]
     assert "title" in found[3]["reason"] and "type" in found[2]["reason"]
+    assert [d["field"] for d in found] == ["$", "$", "$.type", "$.title", "$"]
     assert all(d["source"] == "wrapper:garbage" and d["at"].isdigit() for d in found)
     assert found[4]["size"] == str(5 * 1024 * 1024 + len('{"type":"notice","title":""}'))
     assert len(found[4]["raw"]) <= 1024  # a sample, not the 5 MiB
