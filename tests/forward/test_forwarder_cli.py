@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
 from collections.abc import Iterator
 
 import pytest
+from conftest import base_env
 from fwd_support import SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
@@ -13,7 +15,7 @@ from streams.ids import now_ms, ulid
 from streams.keys import Keys
 from streams.redis import connect
 from streams.schemas import Notice, User
-from support import eventually
+from support import ROOT, eventually, vestnik_argv
 
 
 @pytest.fixture
@@ -74,3 +76,14 @@ async def test_forwarder_survives_a_redis_restart(redis_url, keys: Keys, redis_s
 
 async def _count(smtp: SmtpSink, n: int) -> bool:
     return len(smtp.mails) >= n
+
+
+@pytest.mark.parametrize("env,says", [
+    ({"VESTNIK_SMTP_URL": "smtp://127.0.0.1:25"}, "VESTNIK_SMTP_FROM"),
+    ({"VESTNIK_WEBHOOK_SECRET": "whsec_not base64!"}, "VESTNIK_WEBHOOK_SECRET"),
+])
+def test_forwarder_refuses_bad_channel_config(redis_url, env: dict[str, str], says: str):
+    out = subprocess.run(vestnik_argv("forwarder"), env=base_env(redis_url, **env), cwd=ROOT,
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 2
+    assert says in out.stderr and "configuration error" in out.stderr
