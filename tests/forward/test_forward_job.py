@@ -137,6 +137,13 @@ async def test_locale_template_override(redis: Redis, keys: Keys, redis_url, smt
     assert "Уведомление: &lt;x&gt;" in ru_mail.part("html")
     en = Mail("", [], channel.message(notice(title="<x>"), ALICE, "alice@example.org"))
     assert "Уведомление" not in en.part("html")
+    # non-ASCII headers are RFC 2047 encoded (the raw message stays ASCII) and decode back
+    title = "Диск заполнен на 95% " * 6
+    boris = User(id="2", name="Борис", email="boris@example.org", locale="ru")
+    raw = channel.message(notice(title=title), boris, "boris@example.org")
+    assert raw.isascii()
+    msg = Mail("", [], raw).msg
+    assert msg["Subject"] == title.strip() and msg["To"] == "Борис <boris@example.org>"
     await channel.aclose()
     assert settings.smtp_url
 
