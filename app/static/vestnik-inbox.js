@@ -72,12 +72,13 @@ button { font: inherit; color: inherit; }
   width: min(400px, 92vw); box-shadow: 0 12px 32px rgba(31, 35, 40, .16); }
 :host(:not([mode="page"])) .scroll { max-height: min(70vh, 560px); overflow-y: auto;
   overscroll-behavior: contain; }
-header { display: flex; align-items: center; gap: 12px; padding: 14px 16px;
+header { display: flex; align-items: center; flex-wrap: wrap; gap: 8px 12px; padding: 14px 16px;
   border-bottom: 1px solid var(--vn-line); }
 header h2 { margin: 0; font-size: 16px; font-weight: 600; }
 .pill { font-size: 12px; color: var(--vn-muted); font-variant-numeric: tabular-nums;
   white-space: nowrap; }
 :host(:not([mode="page"])) .pill { display: none; }
+@media (max-width: 480px) { .pill { display: none; } .hit { padding: 12px; } }
 header h2, .seg button, .link { white-space: nowrap; }
 .tools { margin-left: auto; display: flex; gap: 8px; align-items: center; }
 .seg { display: inline-flex; border: 1px solid var(--vn-line); border-radius: 6px; overflow: hidden; }
@@ -283,6 +284,12 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
 
     layout() {
       const page = this.isPage;
+      // infinite scroll: the sentinel below the list, seen by the page or by the popover
+      if (this.io) this.io.disconnect();
+      this.io = new IntersectionObserver((entries) => {
+        if (entries.some((e) => e.isIntersecting)) this.maybeMore();
+      }, { root: page ? null : this.scroll, rootMargin: "200px" });
+      this.io.observe(this.sentinel);
       this.bell.hidden = page;
       this.headBell.hidden = !page;
       this.panel.hidden = !page;
@@ -312,10 +319,6 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.layout();
       document.addEventListener("click", this.onDocClick, true);
       document.addEventListener("keydown", this.onKey);
-      this.io = new IntersectionObserver((entries) => {
-        if (entries.some((e) => e.isIntersecting)) this.maybeMore();
-      }, { root: this.isPage ? null : this.scroll, rootMargin: "200px" });
-      this.io.observe(this.sentinel);
       this.tick = setInterval(() => this.refreshTimes(), 30000);
       this.start();
     }
