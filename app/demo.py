@@ -28,7 +28,6 @@ import sys
 import time
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import Redis
@@ -66,11 +65,17 @@ VMS = [
 ]
 
 
+# the SMTP sink `prepare` promised (it set smtp_url to it): run_demo starts it
+_sink: tuple[str, int] | None = None
+
+
 def prepare(settings: Settings) -> Settings:
     """Settings for a demo run: mail to the local sink, a short forward_after."""
+    global _sink
     changes: dict[str, object] = {}
     if not settings.smtp_url:
-        changes["smtp_url"] = f"smtp://127.0.0.1:{free_port()}"
+        _sink = ("127.0.0.1", free_port())
+        changes["smtp_url"] = f"smtp://{_sink[0]}:{_sink[1]}"
         changes["smtp_from"] = settings.smtp_from or SENDER
     if settings.forward_after == DEFAULT_FORWARD_AFTER:
         changes["forward_after"] = FORWARD_AFTER
@@ -80,16 +85,6 @@ def prepare(settings: Settings) -> Settings:
 def base_url(settings: Settings) -> str:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     return f"http://{host}:{settings.port}"
-
-
-def _sink_address(settings: Settings) -> tuple[str, int] | None:
-    """Where our own SMTP sink listens: the smtp_url that `prepare` chose (loopback, no user)."""
-    if not settings.smtp_url or settings.smtp_from != SENDER:
-        return None
-    u = urlsplit(settings.smtp_url)
-    if u.scheme != "smtp" or u.hostname != "127.0.0.1" or u.username or not u.port:
-        return None
-    return u.hostname, u.port
 
 
 # ------------------------------------------------------------------------- SMTP sink
@@ -402,7 +397,7 @@ async def run_demo(settings: Settings) -> None:
     assert settings.redis_url
     redis = connect(settings.redis_url, name="vestnik-demo")
     keys = Keys(settings.prefix)
-    sink_at = _sink_address(settings)
+    sink_at = _sink if _sink and settings.smtp_url == f"smtp://{_sink[0]}:{_sink[1]}" else None
     sink: MailSink | None = None
     tasks: list[asyncio.Task[None]] = []
     try:

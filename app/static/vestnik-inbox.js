@@ -798,7 +798,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       const link = safeLink(n.link);
       const modified = e.metaKey || e.ctrlKey || e.shiftKey || e.button === 1;
       if (link && !modified) e.preventDefault();
-      const marking = n.read ? Promise.resolve() : this.markRead(n);
+      // keepalive: the request outlives the page when we navigate away right after
+      const marking = n.read ? Promise.resolve() : this.markRead(n, Boolean(link && !modified));
       if (!link || modified) return;
       const open = new CustomEvent("vestnik-open", { detail: { notice: n }, cancelable: true });
       if (!this.dispatchEvent(open)) return;
@@ -807,13 +808,13 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       location.assign(link);
     }
 
-    async markRead(n) {
+    async markRead(n, keepalive = false) {
       n.read = true;
       this.render(n);
       this.setCount(this.count - 1);
       try {
         const res = await this.request(`/api/v1/me/notices/${encodeURIComponent(n.id)}/read`,
-          { method: "POST", keepalive: true });
+          { method: "POST", keepalive });
         if (res && typeof res.count === "number") this.setCount(res.count);
       } catch (e) {
         n.read = false;

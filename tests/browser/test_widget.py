@@ -12,6 +12,7 @@ from browser_support import K, add_users, console_errors
 from playwright.async_api import expect
 
 from streams.redis_server import free_port
+from support import eventually
 
 PRODUCT_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme Cloud</title>
@@ -102,6 +103,7 @@ async def test_widget_from_another_origin_with_cors(start_api, redis, start_proc
     await item.locator(".hit").click()
     await expect(badge).to_be_hidden()
     await expect(item).not_to_have_class("unread")
+    await eventually(lambda: _unread_is(redis, "1", 0), what="read on the server")
     assert not errors, errors
 
     # an origin that is not configured gets nothing: the widget shows its error state
@@ -138,5 +140,10 @@ async def test_widget_with_cookie_credentials_cross_origin(start_api, redis, sta
     await widget.locator(".bell").click()
     await widget.locator("li", has_text="Cookie-borne notice").locator(".hit").click()
     await expect(widget.locator(".bell .badge")).to_be_hidden()
+    await eventually(lambda: _unread_is(redis, "1", 0), what="read on the server")
     await shot(page, "read")
     assert not errors, errors
+
+
+async def _unread_is(redis, uid: str, n: int) -> bool:
+    return await redis.zcard(K.unread(uid)) == n
