@@ -50,6 +50,13 @@ class SmtpSink:
         self.port = port or free_port()
         self.mails: list[Mail] = []
         self.controller: Controller | None = None
+        self.peers: list[Any] = []  # one per SMTP connection (session) opened
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.peers.append(session.peer)
+        session.host_name = hostname
+        return responses
 
     @property
     def url(self) -> str:

@@ -4,6 +4,7 @@ arq worker in burst mode, an SMTP sink and HTTP stand-ins for Telegram, Slack, w
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -464,3 +465,34 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
         await worker.close()
     assert calls == [("N1", "7")]
     assert await schedule(redis, keys, job) == [0]  # its result is kept: still a no-op
+
+
+async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, keys: Keys,
+                                                                  redis_url, smtp: SmtpSink):
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, ALICE)
+    worker = asyncio.create_task(run_forwarder(settings))
+    try:
+        sessions: list[int] = []
+        for i in range(3):
+            n = notice(title=f"n{i}")
+            await store_notice(redis, keys, n)
+            await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+
+            async def arrived(count: int = i + 1) -> bool:
+                return len(smtp.mails) >= count
+
+            await eventually(arrived, what=f"email {i}")
+            log = await deliveries(redis, keys, n.id)
+            assert [(d.attempt, d.status) for d in log] == [(1, "sent")]  # no retry needed
+            sessions.append(len(smtp.peers))
+            if i == 1:  # the server goes away and comes back: the idle connection is dead
+                smtp.stop()
+                smtp.start()
+        assert sessions[0] == sessions[1] == 1  # one connection carried the first two
+        assert sessions[2] == 2  # a fresh one after the restart, within the same attempt
+    finally:
+        worker.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await worker
