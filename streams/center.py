@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
@@ -60,64 +60,93 @@ log = logging.getLogger("vestnik.center")
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _setting_decoder = msgspec.json.Decoder(AlertSetting)
 _any_decoder = msgspec.json.Decoder()
+_msgpack = msgspec.msgpack.Encoder().encode
 _notice_decoder = msgspec.json.Decoder(Notice)
 
-# Per user. KEYS: feed, unread, seq, live, archived.
-# ARGV: feed_max, scan_max, then (nid, notice JSON) pairs.
-# Returns the number of new feed entries. Publishes each as
-# {"e":"notice","seq":N,"data":<notice + seq, read, archived>}.
-STORE_LUA = """
-local feed, unread, seqkey, live, archived = KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5]
-local feed_max, scan_max = tonumber(ARGV[1]), tonumber(ARGV[2])
-local msgs = {}
-for i = 3, #ARGV, 2 do
-  local nid = ARGV[i]
-  if not redis.call('ZSCORE', feed, nid) then
-    local seq = redis.call('INCR', seqkey)
-    redis.call('ZADD', feed, seq, nid)
-    redis.call('ZADD', unread, seq, nid)
-    local body = ARGV[i + 1]
-    msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":' .. string.sub(body, 1, -2)
-      .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+# The per-user store, shared by both entry points below. For each notice not already in
+# the feed (idempotent on notice id): INCR seq, ZADD feed and unread; then retention to
+# feed_max (the oldest READ ones first, scanning at most scan_max, then the oldest); then
+# PUBLISH each new entry as {"e":"notice","seq":N,"data":<notice + seq, read, archived>}.
+# Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (JSON); `idxs` lists the j's.
+# Returns the number of feed entries made.
+_STORE_USER = """
+local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_max,
+                          base, idxs)
+  local msgs = {}
+  for _, j in ipairs(idxs) do
+    local nid = ARGV[base + 2 * j - 1]
+    if not redis.call('ZSCORE', feed, nid) then
+      local seq = redis.call('INCR', seqkey)
+      redis.call('ZADD', feed, seq, nid)
+      redis.call('ZADD', unread, seq, nid)
+      local body = ARGV[base + 2 * j]
+      msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":'
+        .. string.sub(body, 1, -2) .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+    end
   end
-end
-local card = redis.call('ZCARD', feed)
-local need = card - feed_max
-if need > 0 then
-  -- retention: the oldest READ ones first (bounded scan), then the oldest
-  local victims, chosen = {}, {}
-  if card > redis.call('ZCARD', unread) then
-    local start, scanned = 0, 0
-    while #victims < need and scanned < scan_max do
-      local page = redis.call('ZRANGE', feed, start, start + 199)
-      if #page == 0 then break end
-      for _, id in ipairs(page) do
-        if not redis.call('ZSCORE', unread, id) then
-          victims[#victims + 1] = id
-          chosen[id] = true
-          if #victims >= need then break end
+  local card = redis.call('ZCARD', feed)
+  local need = card - feed_max
+  if need > 0 then
+    local victims, chosen = {}, {}
+    if card > redis.call('ZCARD', unread) then
+      local start, scanned = 0, 0
+      while #victims < need and scanned < scan_max do
+        local page = redis.call('ZRANGE', feed, start, start + 199)
+        if #page == 0 then break end
+        for _, id in ipairs(page) do
+          if not redis.call('ZSCORE', unread, id) then
+            victims[#victims + 1] = id
+            chosen[id] = true
+            if #victims >= need then break end
+          end
         end
+        scanned = scanned + #page
+        start = start + #page
       end
-      scanned = scanned + #page
-      start = start + #page
+    end
+    if #victims < need then
+      local page = redis.call('ZRANGE', feed, 0, need + #victims - 1)
+      for _, id in ipairs(page) do
+        if #victims >= need then break end
+        if not chosen[id] then victims[#victims + 1] = id end
+      end
+    end
+    for i = 1, #victims, 500 do
+      local chunk = {unpack(victims, i, math.min(i + 499, #victims))}
+      redis.call('ZREM', feed, unpack(chunk))
+      redis.call('ZREM', unread, unpack(chunk))
+      redis.call('SREM', archived, unpack(chunk))
     end
   end
-  if #victims < need then
-    local page = redis.call('ZRANGE', feed, 0, need + #victims - 1)
-    for _, id in ipairs(page) do
-      if #victims >= need then break end
-      if not chosen[id] then victims[#victims + 1] = id end
-    end
-  end
-  for i = 1, #victims, 500 do
-    local chunk = {unpack(victims, i, math.min(i + 499, #victims))}
-    redis.call('ZREM', feed, unpack(chunk))
-    redis.call('ZREM', unread, unpack(chunk))
-    redis.call('SREM', archived, unpack(chunk))
-  end
+  for _, m in ipairs(msgs) do redis.call('PUBLISH', live, m) end
+  return #msgs
 end
-for _, m in ipairs(msgs) do redis.call('PUBLISH', live, m) end
-return #msgs
+"""
+
+# One user (Redis Cluster: every key in the user's slot). KEYS: feed, unread, seq, live,
+# archived. ARGV: feed_max, scan_max, then (nid, notice JSON) pairs.
+STORE_LUA = _STORE_USER + """
+local idxs = {}
+for j = 1, (#ARGV - 2) / 2 do idxs[j] = j end
+return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]),
+                  tonumber(ARGV[2]), 2, idxs)
+"""
+
+# A whole batch in one call (a single Redis; the keys span slots, so never on a
+# cluster). ARGV[1]: msgpack [feed_max, scan_max, [body key of notice j...],
+# [[feed, unread, seq, live, archived, [j...]] per user]]; then (nid, notice JSON) pairs.
+# Bodies are SET NX once. Returns the feed entries made per user. (The keys are built
+# by streams.keys in Python and passed in the msgpack header, so one module still owns
+# every key name; packing them as one argument is what makes a batch cheap to send.)
+STORE_BATCH_LUA = _STORE_USER + """
+local h = cmsgpack.unpack(ARGV[1])
+local feed_max, scan_max, bodies, users = h[1], h[2], h[3], h[4]
+for j, key in ipairs(bodies) do redis.call('SET', key, ARGV[1 + 2 * j], 'NX') end
+local out = {}
+for i, u in ipairs(users) do
+  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6])
+end
+return out
 """
 
 # Fold a dedup repeat into the first notice. KEYS: notice body, folded set.
@@ -281,6 +310,9 @@ class Center:
         self.keys = keys
         self.settings = settings
         self._store = redis.register_script(STORE_LUA)
+        self._store_batch = redis.register_script(STORE_BATCH_LUA)
+        # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
+        self.one_call = not isinstance(redis, RedisCluster)
         self._fold = redis.register_script(FOLD_LUA)
 
     async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
@@ -401,7 +433,7 @@ class Center:
 
     # 4 + 5: store -----------------------------------------------------------------------
     async def _write(self, plans: list[Plan]) -> None:
-        per_user: dict[str, list[str | bytes]] = {}
+        per_user: dict[str, list[str]] = {}
         new: list[tuple[Plan, bytes]] = []
         folds: list[Plan] = []
         jobs: list[ForwardJob] = []
@@ -416,20 +448,37 @@ class Center:
             body = json_encode(p.notice)
             new.append((p, body))
             for u in p.users:
-                per_user.setdefault(u.id, []).extend((p.notice.id, body))
+                per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
             jobs += [j for j in forward_jobs_for(p.notice, default_after)
                      if j.uid in wanted or j.uid == BROADCAST]
         if not new and not folds:
             return
         k = self.keys
+        batch = self.one_call
+        new_by_id = [(p.notice.id, body) for p, body in new]
         async with self.redis.pipeline(transaction=False) as pipe:
-            for p, body in new:
-                pipe.set(k.notice(p.notice.id), body, nx=True)
-            for uid, args in per_user.items():
-                await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid),
-                                        k.archived(uid)],
-                                  args=[self.settings.feed_max, SCAN_MAX, *args], client=pipe)
+            if batch and new:
+                index = {p.notice.id: j for j, (p, _) in enumerate(new, 1)}
+                argv: list[str | bytes] = [b""]
+                for p, body in new:
+                    argv += [p.notice.id, body]
+                argv[0] = _msgpack([
+                    self.settings.feed_max, SCAN_MAX, [k.notice(p.notice.id) for p, _ in new],
+                    [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
+                      [index[nid] for nid in nids]] for uid, nids in per_user.items()]])
+                await self._store_batch(keys=[], args=argv, client=pipe)
+            elif not batch:
+                for p, body in new:
+                    pipe.set(k.notice(p.notice.id), body, nx=True)
+                bodies = dict(new_by_id)
+                for uid, nids in per_user.items():
+                    args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
+                    for nid in nids:
+                        args += [nid, bodies[nid]]
+                    await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid),
+                                            k.live(uid), k.archived(uid)],
+                                      args=args, client=pipe)
             for p in folds:
                 assert p.fold_into is not None
                 await self._fold(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
@@ -437,11 +486,13 @@ class Center:
                                        int(self.settings.dedup_window)], client=pipe)
             add_forward_jobs(pipe, k, jobs)
             res = await pipe.execute()
-        stored = res[len(new):len(new) + len(per_user)]
+        if batch:
+            stored, at = (list(res[0]), 1) if new else ([], 0)
+        else:
+            stored, at = res[len(new):len(new) + len(per_user)], len(new) + len(per_user)
         NOTICES_STORED.inc(len(new))
         NOTICES_DELIVERED.inc(sum(int(r) for r in stored))
-        fold_res = res[len(new) + len(per_user):len(new) + len(per_user) + len(folds)]
-        await self._after_folds(folds, fold_res)
+        await self._after_folds(folds, res[at:at + len(folds)])
 
     async def _after_folds(self, folds: list[Plan], results: list[Any]) -> None:
         updates: list[bytes] = []

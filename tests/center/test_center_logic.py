@@ -118,3 +118,23 @@ async def test_store_script_trims_like_choose_trim(redis):
             unread.discard(nid)
         assert [x.decode() for x in await redis.zrange(K.feed(uid), 0, -1)] == model
         assert {x.decode() for x in await redis.zrange(K.unread(uid), 0, -1)} == unread
+
+
+async def test_per_user_path_stores_like_the_batch_path(redis, settings):
+    """The per-user calls (used on a Redis Cluster) give the same feeds as one batch call."""
+    from center_support import add_users, entry, feed, xadd_many
+
+    from streams.center import Center, decode_entry
+    from streams.consumer import Entry
+
+    await add_users(redis, "1", "2")
+    sids = await xadd_many(redis, [entry(f"n{i}", "1,2") for i in range(5)])
+    raw = await redis.xrange(K.notices)
+    entries = [Entry(s.decode(), decode_entry(f), f) for s, f in raw]
+    center = Center(redis, K, settings)
+    center.one_call = False
+    assert await center.handle(entries) == []
+    assert await center.handle(entries) == []  # again: nothing new
+    ids = [derived_id(s) for s in sids]
+    assert await feed(redis, "1") == ids and await feed(redis, "2") == ids
+    assert int(await redis.get(K.user_seq("2"))) == 5
