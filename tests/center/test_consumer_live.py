@@ -1,0 +1,87 @@
+"""The consumer loop and the user hub in-process against the real Redis: a poison entry is
+dead-lettered after its retries while the rest flows; burst mode ends; a slow connection
+is cut off without holding up the others; the hub keeps one channel per connected user."""
+
+from __future__ import annotations
+
+import asyncio
+
+from center_support import K, dead, pending
+
+from streams.consumer import Consumer, DeadLetter, Entry
+from streams.errors import BadInput
+from streams.live import UserHub
+from streams.redis import reader
+from support import eventually
+
+
+def decode(fields: dict[bytes, bytes]) -> str:
+    value = fields.get(b"v", b"").decode()
+    if not value:
+        raise BadInput("field `v` is required", field="$.v")
+    return value
+
+
+async def test_poison_entry_is_dead_lettered_after_retries(redis, redis_url):
+    seen: list[str] = []
+
+    async def handle(entries: list[Entry[str]]) -> list[DeadLetter]:
+        if any(e.value == "boom" for e in entries):
+            raise RuntimeError("handler bug")
+        seen.extend(e.value for e in entries)
+        return []
+
+    blocking = reader(redis_url, name="test-consumer")
+    c = Consumer(redis, blocking, stream=K.notices, group="center", consumer="t", decode=decode,
+                 handle=handle, dead_stream=K.notices_dead, batch=1, claim_idle_ms=100,
+                 max_deliveries=3, burst=True)
+    await c.ensure_group()
+    for v in ("a", "boom", "", "b"):
+        await redis.xadd(K.notices, {"v": v} if v else {"x": "1"})
+    try:
+        await asyncio.wait_for(c.run(), 30)
+    finally:
+        await blocking.aclose()
+    assert seen == ["a", "b"]
+    letters = await dead(redis)
+    reasons = sorted((d["field"], d["reason"].split(":")[0]) for d in letters)
+    assert reasons == [("$", "failed 3 times"), ("$.v", "field `v` is required")]
+    assert await pending(redis) == 0
+
+
+async def test_user_hub_cuts_off_a_slow_connection_only(redis, redis_url):
+    hub = UserHub(redis_url, K, queue_size=5)
+    await hub.start()
+    try:
+        slow = await hub.subscribe("1")
+        fast = await hub.subscribe("1")
+        other = await hub.subscribe("2")
+        assert hub.client_count == 3
+        got: list[int] = []
+
+        async def drain() -> None:
+            while True:
+                item = await fast.queue.get()
+                if item is None:
+                    return
+                if item.seq:
+                    got.append(item.seq)
+
+        task = asyncio.create_task(drain())
+        for seq in range(1, 21):
+            await redis.publish(K.live("1"), b'{"e":"notice","seq":%d,"data":{}}' % seq)
+            await asyncio.sleep(0.005)
+        await eventually(lambda: _is(got, list(range(1, 21))), what="fast got all")
+        # the slow one (never read) was cut off: its queue ends with the end marker
+        assert slow.queue.qsize() == 1 and slow.queue.get_nowait() is None
+        assert other.queue.empty()
+        await hub.unsubscribe(other)
+        assert set(hub.subs) == {"1"}
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await hub.stop()
+
+
+async def _is(a: list[int], b: list[int]) -> bool:
+    return a == b
