@@ -191,7 +191,8 @@ class MailSink:
         return b"".join(lines) if size <= self.MAX_MESSAGE else None
 
     async def _store(self, sender: str, rcpts: list[str], data: bytes) -> None:
-        msg = email.message_from_bytes(data, policy=email.policy.default)
+        # SMTP lines end in CRLF; the page shows the text as written
+        msg = email.message_from_bytes(data.replace(b"\r\n", b"\n"), policy=email.policy.default)
         text = html = None
         for kind in ("plain", "html"):
             part = msg.get_body(preferencelist=(kind,))  # type: ignore[attr-defined]

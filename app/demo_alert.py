@@ -82,7 +82,9 @@ def main() -> int:
         try:
             msg = json.loads(line)
         except json.JSONDecodeError:
-            say({"type": "error", "message": f"not JSON: {line[:80]!r}"})
+            msg = None
+        if not isinstance(msg, dict):
+            say({"type": "error", "message": f"not a JSON object: {line[:80]!r}"})
             continue
         kind = msg.get("type")
         if kind == "settings":

@@ -20,15 +20,6 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-dev-shm-usage"]
 SHOTS = ROOT / "artifacts" / "screenshots"
 
-pytestmark = pytest.mark.browser
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for item in items:
-        if "tests/browser/" in str(item.path).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.browser)
-
-
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[object]:
     if not Path(CHROMIUM).exists() and not shutil.which("chromium"):

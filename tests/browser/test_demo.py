@@ -11,11 +11,14 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 from browser_support import console_errors
 from playwright.async_api import expect
 
 from streams.redis_server import free_port, running
 from support import Proc, eventually, vestnik_argv, wait_http
+
+pytestmark = pytest.mark.browser
 
 
 def descendants(pid: int) -> list[int]:

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from browser_support import K, add_users, console_errors
 from playwright.async_api import expect
 
 from support import Api, Proc, eventually, vestnik_argv, wait_http
+
+pytestmark = pytest.mark.browser
 
 
 def notice(title: str, to: str = "1", severity: str = "warning", **extra: str) -> dict[str, str]:

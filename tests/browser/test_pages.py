@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from browser_support import K, console_errors
 from playwright.async_api import expect
 
 from support import Api
+
+pytestmark = pytest.mark.browser
 
 
 async def test_vms_table_shows_created_vm_and_its_status_change(api: Api, redis, user_token,

@@ -14,6 +14,8 @@ from playwright.async_api import expect
 from streams.redis_server import free_port
 from support import eventually
 
+pytestmark = pytest.mark.browser
+
 PRODUCT_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme Cloud</title>
 <script src="{api}/static/vestnik-inbox.js" defer></script>
