@@ -559,7 +559,8 @@ async def ingest(redis: Redis, keys: Keys, notice: NoticeIn, *, via: str,
     argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
     for k, v in fields.items():
         argv += [k, v]
-    got = await redis.eval(INGEST_LUA, 2, keys.idempotency(idempotency_key), keys.notices, *argv)
+    got = await redis.register_script(INGEST_LUA)(
+        keys=[keys.idempotency(idempotency_key), keys.notices], args=argv)
     nid = got.decode() if isinstance(got, bytes) else str(got)
     if nid == notice.id:
         NOTICES_INGESTED.labels(via).inc()
