@@ -40,13 +40,14 @@ def mailbox_key(prefix: str) -> str:
     return f"{prefix}{MAILBOX}"
 
 
-def _page(name: str):
+def _page(name: str, doc: str):
     path = STATIC / name
 
     async def page(request: Request) -> Response:
         return FileResponse(path, media_type="text/html; charset=utf-8", headers=PAGE_HEADERS)
 
     page.__name__ = f"page_{path.stem}"
+    page.__doc__ = doc  # the summary of the page in /openapi.json
     return page
 
 
@@ -87,10 +88,14 @@ class Static(StaticFiles):
 
 def routes() -> list[BaseRoute]:
     return [
-        Route("/", _page("index.html"), methods=["GET", "HEAD"]),
-        Route("/admin", _page("admin.html"), methods=["GET", "HEAD"]),
-        Route("/demo/vms", _page("vms.html"), methods=["GET", "HEAD"]),
-        Route("/demo/mail", _page("mail.html"), methods=["GET", "HEAD"]),
+        Route("/", _page("index.html", "The user's inbox (HTML; takes ?token= once)"),
+              methods=["GET", "HEAD"]),
+        Route("/admin", _page("admin.html", "Alert settings and delivery logs (HTML)"),
+              methods=["GET", "HEAD"]),
+        Route("/demo/vms", _page("vms.html", "Live table of topic `vm` (HTML)"),
+              methods=["GET", "HEAD"]),
+        Route("/demo/mail", _page("mail.html", "Mail received by the demo SMTP sink (HTML)"),
+              methods=["GET", "HEAD"]),
         Route("/demo/mail.json", demo_mail, methods=["GET"]),
         Mount("/static", app=Static(directory=STATIC), name="static"),
     ]
