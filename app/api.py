@@ -7,7 +7,7 @@ import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.cors import CORSMiddleware
@@ -42,8 +42,13 @@ async def ensure_group(ctx: Ctx) -> None:
     try:
         await ctx.redis.xgroup_create(ctx.keys.notices, CENTER_GROUP, id="0", mkstream=True)
     except ResponseError as e:
-        if "BUSYGROUP" not in str(e):
+        if "BUSYGROUP" in str(e):
+            return
+        # Redis full (OOM) refuses XGROUP CREATE even for an existing group: start anyway
+        # (reads work; writes answer 503 until memory frees, /readyz tells the group state)
+        if not isinstance(e, OutOfMemoryError):
             raise
+        log.warning("redis is full (%s): consumer group not checked", e)
 
 
 def describe_plain_routes(spec: dict, routes: list) -> None:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
@@ -47,7 +47,9 @@ async def http_error(request: Request, exc: Exception) -> Response:
 async def redis_down(request: Request, exc: Exception) -> Response:
     """Redis unreachable or out of memory: retryable, tell the client when to come back."""
     text = str(exc)
-    if isinstance(exc, ResponseError) and not text.startswith("OOM"):
+    # redis-py turns an `OOM ...` answer into OutOfMemoryError and drops the `OOM` prefix
+    if isinstance(exc, ResponseError) and not (isinstance(exc, OutOfMemoryError)
+                                               or text.startswith("OOM")):
         raise exc
     log.warning("redis unavailable for %s %s: %s", request.method, request.url.path, text)
     return error_response(503, "unavailable", f"storage unavailable: {text}", None,

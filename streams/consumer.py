@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
 
 from .errors import BadInput
 from .ids import now_ms, parse_stream_id
@@ -71,6 +71,12 @@ Decoder = Callable[[Fields], T]
 
 # Redis answers that mean "not now" rather than "wrong": retry like a lost connection
 TRANSIENT = ("OOM", "BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "CLUSTERDOWN")
+
+
+def transient(e: ResponseError) -> bool:
+    """redis-py maps `OOM ...` and `READONLY ...` to their own classes and strips the code
+    from the message, so the prefixes alone miss them."""
+    return isinstance(e, OutOfMemoryError | ReadOnlyError) or str(e).startswith(TRANSIENT)
 
 
 def _text(v: object) -> str:
@@ -161,8 +167,20 @@ class Consumer(Generic[T]):
             await self.redis.xgroup_create(self.stream, self.group, id="0", mkstream=True)
             log.info("created consumer group %s on %s", self.group, self.stream)
         except ResponseError as e:
-            if "BUSYGROUP" not in str(e):
-                raise
+            if "BUSYGROUP" in str(e):
+                return
+            # XGROUP CREATE is refused when Redis is full (OOM), even for a group that
+            # exists; reading and acking need no memory, so go on if it is there
+            if isinstance(e, OutOfMemoryError) and await self._group_exists():
+                return
+            raise
+
+    async def _group_exists(self) -> bool:
+        try:
+            groups = await self.redis.xinfo_groups(self.stream)
+        except ResponseError:  # no such stream
+            return False
+        return any(_text(g.get("name")) == self.group for g in groups)
 
     async def run(self) -> None:
         """Consume until stop() (or, in burst mode, until nothing is left to do)."""
@@ -201,7 +219,7 @@ class Consumer(Generic[T]):
                 self._own_pending = True
                 await backoff.wait()
             except ResponseError as e:
-                if str(e).startswith(TRANSIENT):
+                if transient(e):
                     CONSUMER_ERRORS.labels(self.group, "redis").inc()
                     log.warning("consumer %s: Redis refused (%s); retrying", self.name, e)
                     self._own_pending = True
@@ -302,7 +320,7 @@ class Consumer(Generic[T]):
             except ResponseError as e:
                 if "NOGROUP" in str(e):
                     raise
-                if str(e).startswith(TRANSIENT):
+                if transient(e):
                     raise RedisConnectionError(str(e)) from e
                 return await self._failed(entries, e, dead, ids)
             except Exception as e:

@@ -24,6 +24,7 @@ import time
 
 import msgspec
 from redis.asyncio import Redis
+from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from streams.errors import from_validation
 from streams.ids import now_ms
@@ -265,8 +266,11 @@ class Sink:
                     for _ in range(batch.count):
                         await conn.read_response()
                     break
-                except RETRYABLE as e:
-                    # at-least-once: the same notice ids go again, the center keeps one copy
+                except (*RETRYABLE, OutOfMemoryError, ReadOnlyError) as e:
+                    # at-least-once: the same notice ids go again, the center keeps one copy.
+                    # A full Redis (OOM) or a read-only replica is not the notices' fault:
+                    # keep them and retry too (read_response raised on the first error
+                    # reply; the rest of the batch's replies go with the connection)
                     await conn.disconnect()
                     log.warning("%s: cannot write %d notices to Redis (%s); retrying",
                                 self.name, batch.notices, e)
