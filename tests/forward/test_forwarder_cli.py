@@ -87,3 +87,25 @@ def test_forwarder_refuses_bad_channel_config(redis_url, env: dict[str, str], sa
                          capture_output=True, text=True, timeout=30)
     assert out.returncode == 2
     assert says in out.stderr and "configuration error" in out.stderr
+
+
+async def test_two_forwarders_share_the_queue_each_job_runs_once(redis: Redis, keys: Keys,
+                                                                start_proc, smtp: SmtpSink):
+    env = {"VESTNIK_SMTP_URL": smtp.url, "VESTNIK_SMTP_FROM": "vestnik@example.org"}
+    procs = [start_proc("forwarder", **env), start_proc("forwarder", **env)]
+    await store_user(redis, keys, User(id="7", email="u7@example.org"))
+    nids = [ulid() for _ in range(200)]
+    for nid in nids:
+        await store_notice(redis, keys, Notice(id=nid, alert="a", title=nid, recipients=["7"],
+                                               channels={"email": {}}, created_at=now_ms()))
+    async with redis.pipeline(transaction=False) as pipe:
+        add_forward_jobs(pipe, keys, [ForwardJob(nid, "7", now_ms()) for nid in nids])
+        await pipe.execute()
+
+    async def drained() -> bool:
+        return await redis.zcard(keys.arq_queue) == 0 and len(smtp.mails) >= 200
+
+    await eventually(drained, timeout=60, what="200 jobs done")
+    assert sorted(m.msg["Subject"] for m in smtp.mails) == sorted(nids)  # each exactly once
+    for p in procs:
+        assert p.stop() == 0, p.output()
