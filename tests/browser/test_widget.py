@@ -106,6 +106,17 @@ async def test_widget_from_another_origin_with_cors(start_api, redis, start_proc
     await expect(badge).to_be_hidden()
     await expect(item).not_to_have_class("unread")
     await eventually(lambda: _unread_is(redis, "1", 0), what="read on the server")
+
+    # a linked notice: the SPA cancels `vestnik-open` and routes itself (no page load)
+    await page.evaluate("""document.querySelector("vestnik-inbox").addEventListener(
+        "vestnik-open", (e) => { e.preventDefault(); window.routed = e.detail.notice.link; })""")
+    await redis.xadd(K.notices, {"alert": "vm", "title": "web-7 is running", "recipients": "1",
+                                 "link": site + "/servers/7"})
+    linked = widget.locator("li", has_text="web-7 is running")
+    await linked.locator(".hit").click()
+    await expect(badge).to_be_hidden()
+    assert await page.evaluate("window.routed") == site + "/servers/7"
+    assert page.url == site + "/"
     assert not errors, errors
 
     # an origin that is not configured gets nothing: the widget shows its error state
