@@ -3,8 +3,6 @@ factories that start real Vestnik processes against it."""
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
@@ -14,10 +12,7 @@ from redis.asyncio import Redis
 from streams.config import Settings, load
 from streams.keys import Keys
 from streams.redis_server import RedisServer, free_port
-from support import Api, Proc, vestnik_argv, wait_http
-
-SECRET = "test-secret-" + secrets.token_hex(16)
-SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)
+from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
 
 
 @pytest.fixture(scope="session")
@@ -57,20 +52,6 @@ async def redis(redis_url: str) -> AsyncIterator[Redis]:
 @pytest.fixture
 def keys() -> Keys:
     return Keys("vn:")
-
-
-def base_env(redis_url: str, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
-    env.update({
-        "VESTNIK_REDIS_URL": redis_url,
-        "VESTNIK_SECRET": SECRET,
-        "VESTNIK_SERVICE_TOKENS": SERVICE_TOKEN,
-        "VESTNIK_LOG_LEVEL": "info",
-        "VESTNIK_SSE_PING": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
-    env.update(extra)
-    return env
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -21,6 +22,23 @@ from streams.redis_server import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
+SECRET = "test-secret-" + secrets.token_hex(16)
+SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)
+
+
+def base_env(redis_url: str, **extra: str) -> dict[str, str]:
+    """The environment of a Vestnik child process under test (VESTNIK_* from us only)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    env.update({
+        "VESTNIK_REDIS_URL": redis_url,
+        "VESTNIK_SECRET": SECRET,
+        "VESTNIK_SERVICE_TOKENS": SERVICE_TOKEN,
+        "VESTNIK_LOG_LEVEL": "info",
+        "VESTNIK_SSE_PING": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra)
+    return env
 
 
 def vestnik_argv(*args: str) -> list[str]:

@@ -17,13 +17,12 @@ from typing import Any
 
 import httpx
 import pytest
-from conftest import base_env
 
 from app.cli import issue_token
 from streams.config import load
 from streams.keys import USER_TOPIC, Keys
 from streams.redis_server import RedisServer, free_port
-from support import SSE, Api, Proc, vestnik_argv, wait_http
+from support import SSE, Api, Proc, base_env, vestnik_argv, wait_http
 
 K = Keys("vn:")
 

@@ -10,7 +10,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import base_env
 from fwd_support import HttpSink, Mail, SmtpSink, deliveries, store_notice, store_user
 from prometheus_client import REGISTRY
 from redis.asyncio import Redis
@@ -21,7 +20,7 @@ from streams.forward import BROADCAST, ForwardJob, add_forward_jobs, job_id, run
 from streams.ids import now_ms, ulid
 from streams.keys import Keys
 from streams.schemas import Notice, User
-from support import eventually
+from support import base_env, eventually
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 

@@ -6,7 +6,6 @@ import subprocess
 from collections.abc import Iterator
 
 import pytest
-from conftest import base_env
 from fwd_support import SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
@@ -15,7 +14,7 @@ from streams.ids import now_ms, ulid
 from streams.keys import Keys
 from streams.redis import connect
 from streams.schemas import Notice, User
-from support import ROOT, eventually, vestnik_argv
+from support import ROOT, base_env, eventually, vestnik_argv
 
 
 @pytest.fixture
