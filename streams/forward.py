@@ -411,6 +411,12 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
 # ---------------------------------------------------------------------- the worker
 
 
+class _ArqRedis(ArqRedis):
+    async def close(self, close_connection_pool: bool | None = None) -> None:
+        # arq 0.28 still calls redis-py's deprecated close(); same effect, no warning
+        await self.aclose(close_connection_pool=close_connection_pool)
+
+
 def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
     pool = BlockingConnectionPool.from_url(
@@ -423,8 +429,8 @@ def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
         retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
-    return ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer,
-                    default_queue_name=keys.arq_queue)
+    return _ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer,
+                     default_queue_name=keys.arq_queue)
 
 
 # KEYS: queue. ARGV: now ms, in-progress ttl ms, max jobs to claim, job ids...
