@@ -32,12 +32,21 @@ Retries
 
 Idempotency and the remaining duplicate window
     After a successful send, `SET keys.sent + "<nid>:<uid>:<channel>" NX EX` marks it, and
-    every run skips channels already marked, so a retried, re-run (worker crash, job
-    timeout) or re-scheduled job never resends what went out. The window that remains:
+    every run skips channels already marked, so a retried, re-run (a worker that died or
+    was stopped mid-job) or re-scheduled job never resends what went out. The window that
+    remains:
     a process that dies (or loses Redis) after the other side accepted a message and
     before the marker is written resends that one message when the job runs again — at
     least once, never silently lost. Webhook receivers can dedupe on `webhook-id`, which
-    is stable across retries (`<nid>:<uid>`).
+    is stable across retries (the notice id); emails carry a stable Message-ID.
+
+The worker
+    arq's Worker (`ForwardWorker`: the due jobs of a poll are claimed with one Lua call
+    instead of arq's WATCH/MULTI exchange per job), msgpack instead of pickle, polling
+    every 50 ms, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
+    `vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
+    `arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
+    slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
 """
 
 from __future__ import annotations
