@@ -91,6 +91,19 @@ async def test_email_is_sent_once_when_scheduled_twice(redis: Redis, keys: Keys,
     assert [(d.uid, d.channel, d.attempt, d.status) for d in log] == [("1", "email", 1, "sent")]
 
 
+async def test_scheduling_survives_script_flush(redis: Redis, keys: Keys):
+    """EVALSHA through the pipeline: a flushed script cache (restart, SCRIPT FLUSH) is
+    reloaded before the pipeline runs, so a batch never fails with NOSCRIPT."""
+    assert await schedule(redis, keys, ForwardJob("A", "1", now_ms())) == [1]
+    await redis.script_flush()
+    assert await schedule(redis, keys, ForwardJob("B", "1", now_ms()),
+                          ForwardJob("A", "1", now_ms())) == [1, 0]
+    async with redis.pipeline(transaction=False) as pipe:  # and outside MULTI
+        add_forward_jobs(pipe, keys, [ForwardJob("C", "1", now_ms())])
+        assert await pipe.execute() == [1]
+    assert await redis.zcard(keys.arq_queue) == 3
+
+
 async def test_email_headers_parts_and_escaping(redis: Redis, keys: Keys, redis_url,
                                                 smtp: SmtpSink):
     settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
