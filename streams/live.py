@@ -104,12 +104,18 @@ class UserHub:
     async def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="user-hub")
 
-    async def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
+    def close_subscribers(self) -> None:
+        """End every connection's stream (server shutdown: clients resume elsewhere with
+        Last-Event-ID). app/server.py calls it on SIGTERM, so a restart does not wait out
+        uvicorn's graceful timeout on open SSE connections."""
         for subs in self.subs.values():
             for sub in subs:
                 sub.close()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        self._wake.set()
+        self.close_subscribers()
         if self._task is not None:
             self._task.cancel()
             try:
