@@ -464,13 +464,15 @@ class ForwardWorker(Worker):
     """arq's Worker, claiming a poll's due jobs with one script call instead of a
     WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key)."""
 
+    _claim: AsyncScript | None = None
+
     async def start_jobs(self, job_ids: list[bytes]) -> None:
         free = self.max_jobs - self.job_counter
         if free <= 0 or not job_ids:
             return
-        script = self.ctx.get("_claim")
+        script = self._claim
         if script is None:
-            script = self.ctx["_claim"] = self.pool.register_script(_CLAIM)
+            script = self._claim = self.pool.register_script(_CLAIM)
         claimed = await script(
             keys=[self.queue_name],
             args=[now_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids])
