@@ -497,6 +497,10 @@ def make_worker(settings: Settings, *, burst: bool = False,
     if logging.getLogger("arq.worker").level == logging.NOTSET:
         # arq logs every job start and end at INFO: too much at 1,000 jobs/s
         logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    if logging.getLogger("httpx").level == logging.NOTSET:
+        # httpx logs every request's URL at INFO: a Telegram bot token is in the path and
+        # a Slack or webhook URL can be a secret itself (attempts are in /deliveries)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
     return ForwardWorker(
         [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
               max_tries=settings.send_attempts + 3)],
