@@ -14,7 +14,7 @@ from .suite import SUITE
 
 
 async def run(quick: bool, only: list[str], json_path: str | None) -> int:
-    console = Console(stderr=True)
+    console = Console(stderr=True, width=150)
     started = time.perf_counter()
     names = [n for n in SUITE if not only or n in only]
     with new_progress(console) as progress:

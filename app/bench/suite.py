@@ -17,6 +17,7 @@ from streams.redis_server import free_port
 from .core import Bench, percentile
 from .env import BenchProc, World
 from .sse_client import SSEProtocol, open_sse
+from .wrapping import b4_wrapper
 
 K = Keys("vn:")
 enc = msgspec.json.encode
@@ -324,5 +325,6 @@ SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "B1": b1_ingest,
     "B2": b2_latency,
     "B3": b3_fanout,
+    "B4": b4_wrapper,
     "B6": b6_memory,
 }
