@@ -8,7 +8,7 @@ dead-letter stream, DELs for `resolve`. Each notice gets its ULID here, so a
 pipeline retried after a dropped connection cannot make a second copy in any feed.
 This path waits only on Redis, never on the stdin side.
 
-Speed (scripts/bench_wrapper.py): the commands are packed into RESP here, a batch per
+Speed (`vestnik bench --only B4`): the commands are packed into RESP here, a batch per
 chunk, and written by a second task while the next chunk is parsed; redis-py's
 per-argument packing of a ten-field XADD costs more than everything else together.
 """
