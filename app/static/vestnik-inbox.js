@@ -327,12 +327,14 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       document.removeEventListener("click", this.onDocClick, true);
       document.removeEventListener("keydown", this.onKey);
       clearInterval(this.tick);
+      this.tick = null;
       if (this.io) this.io.disconnect();
       this.stop();
     }
 
     attributeChangedCallback(name, old, value) {
-      if (old === value || !this.isConnected) return;
+      // (an upgrade reports every attribute before connectedCallback: that one starts us)
+      if (old === value || !this.isConnected || !this.tick) return;
       if (name === "mode") this.layout();
       else this.start();
     }

@@ -87,6 +87,7 @@ async def test_widget_from_another_origin_with_cors(start_api, redis, start_proc
                                  "severity": "warning", "recipients": "1",
                                  "body": "/var is 95% full."})
     badge = widget.locator(".bell .badge")
+    await eventually(lambda: _unread_is(redis, "1", 1), what="stored for the user")
     await expect(badge).to_have_text("1")
     await expect(widget.get_by_role("button", name="Notifications, 1 unread")).to_be_visible()
     await shot(page, "badge")
