@@ -201,6 +201,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.filter = "all";
       this.lastSeq = null;
       this.countSeq = 0; // the feed seq the last `count` event covers
+      this.topSeq = 0;
+      this.listed = false;
       this.es = null;
       this.retry = 0;
       this.generation = 0; // bumped by stop(): stale stream callbacks and timers do nothing
@@ -364,6 +366,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.next = null;
       this.lastSeq = null;
       this.countSeq = 0;
+      this.topSeq = 0; // the highest feed seq shown
+      this.listed = false; // the first page is in
       this.setBanner(null);
       if (!this.token && !this.credentials) {
         this.setCount(0);
@@ -412,6 +416,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         if (gen !== this.listGen) return;
         this.next = page.next ?? null;
         for (const n of page.items || []) this.upsert(n, false);
+        this.listed = true;
         this.afterLoad();
       } catch (e) {
         if (gen !== this.listGen) return;
@@ -419,7 +424,11 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       } finally {
         if (gen === this.listGen) this.loading = false;
       }
-      if (gen === this.listGen) this.maybeMore();
+      if (gen !== this.listGen) return;
+      // the stream started after our page was read, and the feed grew in between: those
+      // notices came by neither path, so read the first page again
+      if (this.listed && this.countSeq > this.topSeq) this.resync();
+      this.maybeMore();
     }
 
     async maybeMore() {
@@ -547,6 +556,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (!d) return;
       if (typeof d.count === "number") this.setCount(d.count);
       if (typeof d.seq === "number") this.countSeq = d.seq;
+      // the list was read before notices up to d.seq were stored: fetch what we lack
+      if (this.listed && this.countSeq > this.topSeq) this.resync();
       // the feed position the stream starts from: resume after it on reconnect
       if (typeof d.seq === "number" && (this.lastSeq === null || d.seq > num(this.lastSeq))) {
         this.lastSeq = String(d.seq);
@@ -563,6 +574,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     /** Forget the list and load its first page again (the stream stays open). */
     reloadList() {
       this.listGen++;
+      this.listed = false;
+      this.topSeq = 0;
       this.items.clear();
       this.nodes.clear();
       this.list.replaceChildren();
@@ -623,6 +636,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.items.set(n.id, merged);
       const seq = num(merged.seq);
       if (seq && (this.lastSeq === null || seq > num(this.lastSeq))) this.lastSeq = String(seq);
+      if (seq > this.topSeq) this.topSeq = seq;
       let li = this.nodes.get(n.id);
       if (!li) {
         li = h("li", { "data-id": n.id });

@@ -190,3 +190,33 @@ async def test_sign_in_bad_token_and_unread_filter(api: Api, redis, start_proc, 
     assert await inbox.locator("li .title").all_inner_texts() == ["n2", "n0"]
     await shot(page, "unread-only")
     assert not errors, errors
+
+
+async def test_notice_stored_between_list_and_stream_still_shows(api: Api, redis, start_proc,
+                                                                 user_token, context, shot):
+    """The stream connects late (held here): a notice stored after the list was read and
+    before the stream began comes by neither path unless the widget notices the gap."""
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    page = await context.new_page()
+    errors = console_errors(page)
+    held: list = []
+    await page.route("**/api/v1/me/stream**", lambda route: held.append(route))
+    await page.goto(f"{api.base}/?token={user_token('1')}")
+    inbox = page.locator("vestnik-inbox")
+    await expect(inbox).to_have_attribute("state", "empty")
+    await redis.xadd(K.notices, notice("in the gap"))
+    await eventually(lambda: _feed_len(redis, "1", 1), what="stored")
+
+    async def stream_requested() -> bool:
+        return bool(held)
+
+    await eventually(stream_requested, what="the stream request")
+    await held[0].continue_()
+    await expect(inbox.locator("li", has_text="in the gap")).to_be_visible()
+    await expect(inbox.locator(".head-bell .badge")).to_have_text("1")
+    # and the stream is live from there: the next one comes once
+    await redis.xadd(K.notices, notice("after the gap"))
+    await expect(inbox.locator("li")).to_have_count(2)
+    await expect(inbox.locator(".head-bell .badge")).to_have_text("2")
+    assert not errors, errors
