@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,7 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--channel", choices=["email", "webhook"], default="email")
     ap.add_argument("--n", type=int, default=5000)
+    ap.add_argument("--pyspy", help="write a py-spy profile (speedscope/flamegraph by suffix)")
     ap.add_argument("--sink", help=argparse.SUPPRESS)
     ap.add_argument("--port", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--counter", help=argparse.SUPPRESS)
@@ -164,6 +166,12 @@ def main() -> int:
             procs.append(subprocess.Popen([sys.executable, "-m", "app.cli", "forwarder"],
                                           env=env, cwd=ROOT))
             fwd = procs[-1].pid
+            if args.pyspy:
+                fmt = "speedscope" if args.pyspy.endswith(".json") else (
+                    "raw" if args.pyspy.endswith(".txt") else "flamegraph")
+                procs.append(subprocess.Popen(
+                    [str(Path(sys.executable).parent / "py-spy"), "record", "-p", str(fwd),
+                     "-o", args.pyspy, "-f", fmt, "-r", "200", "--nonblocking"]))
             cpu_start = None
             deadline = time.monotonic() + 300
             while time.monotonic() < deadline:
@@ -177,7 +185,8 @@ def main() -> int:
             n, first, last = read_counter(counter)
         finally:
             for p in reversed(procs):
-                p.terminate()
+                # py-spy writes its profile on SIGINT (Ctrl-C), not on SIGTERM
+                p.send_signal(signal.SIGINT if p.args[0].endswith("py-spy") else signal.SIGTERM)
                 try:
                     p.wait(15)
                 except subprocess.TimeoutExpired:

@@ -11,7 +11,7 @@ An exception out of `send` is a bug: it is recorded and surfaces in the worker's
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
 import msgspec
@@ -98,7 +98,18 @@ class Channel(ABC):
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
 
 
-def retry_after_of(resp: httpx.Response) -> float | None:
+class AnyResponse(Protocol):
+    """What classify_http reads: an httpx.Response or an http1.HttpResponse."""
+
+    @property
+    def status_code(self) -> int: ...
+    @property
+    def text(self) -> str: ...
+    @property
+    def headers(self) -> Any: ...
+
+
+def retry_after_of(resp: AnyResponse) -> float | None:
     raw = resp.headers.get("retry-after")
     try:
         return float(raw) if raw is not None else None
@@ -106,7 +117,7 @@ def retry_after_of(resp: httpx.Response) -> float | None:
         return None
 
 
-def classify_http(resp: httpx.Response, what: str) -> SendResult:
+def classify_http(resp: AnyResponse, what: str) -> SendResult:
     """2xx sent; 408/409/425/429 and 5xx retry; any other 4xx can never succeed as it is."""
     code = resp.status_code
     if 200 <= code < 300:

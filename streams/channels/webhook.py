@@ -5,15 +5,21 @@ Headers `webhook-id` (`<notice id>`, the same on every retry: receivers dedupe o
 `"{id}.{timestamp}.{body}"` with the secret — the target's `secret` or
 `VESTNIK_WEBHOOK_SECRET`, in the `whsec_<base64>` form. Without a secret the request is
 sent unsigned.
+
+Requests go through a lean keep-alive HTTP/1.1 pool (`http1.HttpPool`, ~0.1 ms of CPU per
+request against httpx's ~0.8 ms, B5) unless a proxy is configured in the environment
+(`HTTP(S)_PROXY`), which only the shared httpx client honours.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hashlib
 import hmac
 import time
+import urllib.request
 from typing import Any
 
 import httpx
@@ -21,7 +27,10 @@ import httpx
 from streams.config import ConfigError, Settings
 from streams.schemas import Notice, User, json_encode
 
-from .base import Channel, SendResult, post
+from .base import Channel, SendResult, classify_http, post
+from .http1 import HttpPool
+
+TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
 
 
 def secret_key(secret: str) -> bytes:
@@ -42,8 +51,9 @@ class WebhookChannel(Channel):
     name = "webhook"
     user_address = None  # webhooks go to the setting's url, not to a user
 
-    def __init__(self, http: httpx.AsyncClient, key: bytes | None) -> None:
-        self.http, self.key = http, key
+    def __init__(self, http: httpx.AsyncClient, key: bytes | None,
+                 lean: HttpPool | None = None) -> None:
+        self.http, self.key, self.lean = http, key, lean
 
     @classmethod
     def create(cls, settings: Settings, http: httpx.AsyncClient) -> WebhookChannel | None:
@@ -53,7 +63,9 @@ class WebhookChannel(Channel):
                 key = secret_key(settings.webhook_secret)
             except ValueError as e:
                 raise ConfigError(f"VESTNIK_WEBHOOK_SECRET: {e}") from None
-        return cls(http, key)
+        proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
+        return cls(http, key, None if proxied else HttpPool(
+            per_host=16, headers={"User-Agent": "vestnik"}))
 
     async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
                    ) -> SendResult:
@@ -73,6 +85,19 @@ class WebhookChannel(Channel):
                    "webhook-timestamp": str(ts)}
         if key is not None:
             headers["webhook-signature"] = sign(key, msg_id, ts, body)
-        _, result = await post(self.http, url, f"webhook {url}", content=body,
-                               headers=headers)
-        return result
+        what = f"webhook {url}"
+        if self.lean is None:
+            _, result = await post(self.http, url, what, content=body, headers=headers)
+            return result
+        try:
+            async with asyncio.timeout(TIMEOUT_S):
+                resp = await self.lean.post(url, body, headers)
+        except TimeoutError:
+            return SendResult.retry(f"{what}: timeout")
+        except OSError as e:  # HttpError, refused, reset, DNS
+            return SendResult.retry(f"{what}: {type(e).__name__}: {e}")
+        return classify_http(resp, what)
+
+    async def aclose(self) -> None:
+        if self.lean is not None:
+            await self.lean.aclose()
