@@ -120,6 +120,11 @@ async function loadPage(cursor) {
   try {
     const { data } = await api(`/api/v1/settings?${q}`, { token });
     listError(null);
+    if (!cursor) {
+      // the first page again: what is gone (or filtered out) goes, the rest updates in place
+      const ids = new Set(data.items.map((s) => s.id));
+      for (const id of [...settings.keys()]) if (!ids.has(id)) drop(id);
+    }
     for (const s of data.items) put(s);
     next = data.next || null;
     $("more-wrap").hidden = !next;
@@ -131,8 +136,6 @@ async function loadPage(cursor) {
 }
 
 function reload() {
-  for (const id of [...settings.keys()]) drop(id);
-  $("empty").hidden = true;
   return loadPage(null);
 }
 
@@ -157,6 +160,8 @@ $("filter").addEventListener("input", () => {
 function setLive(state) {
   $("live").className = `live ${state === "live" ? "on" : "down"}`;
   $("live").textContent = state === "live" ? "live" : "reconnecting…";
+  // (re)connected: read the list now, so no change falls between the list and the stream
+  if (state === "live") reload();
 }
 
 function followSettings() {
@@ -355,8 +360,8 @@ $("dlv-form").addEventListener("submit", async (e) => {
 // ------------------------------------------------------------------ start
 function start() {
   showApp(true);
-  followSettings();
   reload();
+  followSettings(); // and again on each `open`: nothing falls between the list and the stream
 }
 
 if (token) start();
