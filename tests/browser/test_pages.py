@@ -121,6 +121,13 @@ async def test_admin_create_validate_disable_delete(api: Api, context, shot):
     await expect(row).to_have_count(0)
     await expect(page.locator("#empty")).to_be_visible()
 
+    # another admin's change (through the API) shows up live, from topic `settings`
+    async with api.client() as http:
+        r = await http.post("/api/v1/settings", json={"name": "low-balance",
+                                                      "channel": {"ui": {"users": ["1"]}}})
+        assert r.status_code == 201, r.text
+    await expect(page.locator("#settings tbody tr", has_text="low-balance")).to_have_count(1)
+
     # the delivery log of an unknown notice says so
     await page.get_by_label("Notice id").fill("01NOSUCHNOTICE00000000000")
     await page.get_by_role("button", name="Show").click()
