@@ -61,8 +61,8 @@ async def demo_mail(request: Request) -> Response:
     """Mail received by the demo SMTP sink, newest first (`on`: `up --demo` runs)."""
     ctx: Ctx = request.app.state.ctx
     key = mailbox_key(ctx.settings.prefix)
-    raw_limit = request.query_params.get("limit", "")
-    limit = max(1, min(MAILBOX_MAX, int(raw_limit))) if raw_limit.isdigit() else MAILBOX_MAX
+    raw = request.query_params.get("limit", "")
+    limit = max(1, min(MAILBOX_MAX, int(raw))) if raw.isascii() and raw.isdigit() else MAILBOX_MAX
     async with ctx.redis.pipeline(transaction=False) as pipe:
         pipe.exists(key + ":on")
         pipe.lrange(key, 0, limit - 1)
