@@ -12,13 +12,21 @@ from browser_support import K, add_users, console_errors
 from playwright.async_api import expect
 
 from streams.redis_server import free_port
-from support import eventually
+from support import ROOT, eventually
 
 pytestmark = pytest.mark.browser
 
+def readme_snippet() -> str:
+    """The README's embed snippet, so the documented lines are the tested ones."""
+    text = (ROOT / "README.md").read_text()
+    block = text.split("**Embed the inbox in your app**", 1)[1].split("```html\n", 1)[1]
+    return block.split("```", 1)[0]
+
+
+SNIPPET = (readme_snippet().replace("https://vestnik.example.com", "{api}")
+           .replace("USER_JWT", "{token}"))
 PRODUCT_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme Cloud</title>
-<script src="{api}/static/vestnik-inbox.js" defer></script>
 <style>
   body {{ margin: 0; font: 14px/1.5 system-ui, sans-serif; background: #fafafa; color: #222; }}
   header {{ display: flex; align-items: center; gap: 16px; padding: 10px 24px; background: #fff;
@@ -28,9 +36,9 @@ PRODUCT_PAGE = """<!doctype html>
 </style></head>
 <body>
   <header><b>Acme Cloud</b><span>Servers</span><span>Billing</span><span class="sp"></span>
-    <vestnik-inbox api="{api}" token="{token}"></vestnik-inbox></header>
+    SNIPPET</header>
   <main>The product's own single-page app.</main>
-</body></html>"""
+</body></html>""".replace("SNIPPET", SNIPPET)
 
 
 def _serve(port: int, html: str) -> ThreadingHTTPServer:
