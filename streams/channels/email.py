@@ -20,7 +20,7 @@ from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, unquote, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiosmtplib
 import httpx
@@ -35,18 +35,22 @@ POOL_SIZE = 8
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SEVERITY_COLOR = {"info": "#0969da", "warning": "#9a6700", "critical": "#cf222e"}
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
-_CRLF = re.compile(r"[\r\n]+")
+# every character str.splitlines() breaks at: the email package folds headers with it, so a
+# \v or \u2028 left in a title would start a new header line (or make Header raise)
+_CRLF = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[^@\s<>()\[\],;:\\\"]+\Z")
 
 
 def one_line(text: str) -> str:
-    """A header value: CR/LF (and runs of them) become one space, so no header injection."""
+    """A header value: line breaks (and runs of them) become one space: no header injection."""
     return _CRLF.sub(" ", text).strip()
 
 
 def encode_header(value: str, name: str) -> str:
     """A header value, folded, RFC 2047-encoded (UTF-8) when it is not ASCII."""
-    charset = "us-ascii" if value.isascii() else "utf-8"
+    # an ASCII title that looks like an encoded word (`=?utf-8?q?x?=`) is encoded too, so
+    # mail clients show it as written instead of decoding it
+    charset = "us-ascii" if value.isascii() and "=?" not in value else "utf-8"
     return Header(value, charset, header_name=name).encode(linesep="\r\n")
 
 
@@ -203,8 +207,11 @@ class EmailChannel(Channel):
             f"To: {to_header}",
             f"Subject: {encode_header(one_line(notice.title), 'Subject')}",
             f"Date: {formatdate(usegmt=True)}",
-            f"Message-ID: <{one_line(notice.id)}.{one_line(user.id)}@{self.domain}>",
-            f"X-Vestnik-Notice: {one_line(notice.id)}",
+            # ids are free text from products: percent-encoded (a ULID stays as it is), so
+            # the header is ASCII and the Message-ID a valid, still unique, token
+            f"Message-ID: <{quote(notice.id, safe='')}.{quote(user.id, safe='')}"
+            f"@{self.domain}>",
+            f"X-Vestnik-Notice: {quote(notice.id, safe='')}",
             "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
