@@ -20,15 +20,25 @@ ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-dev-shm-usage"]
 SHOTS = ROOT / "artifacts" / "screenshots"
 
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]):
+    """Keep each phase's report on the test item (the context fixture looks at it)."""
+    report = yield
+    setattr(item, f"report_{report.when}", report)
+    return report
+
+
 @pytest.fixture(scope="session")
 async def browser() -> AsyncIterator[object]:
-    if not Path(CHROMIUM).exists() and not shutil.which("chromium"):
+    executable = CHROMIUM if Path(CHROMIUM).exists() else shutil.which("chromium")
+    if not executable:
         pytest.fail(f"{CHROMIUM} is missing: run scripts/bootstrap.sh with "
                     "VESTNIK_WITH_TEST_TOOLS=1 (apt-get install chromium)")
     from playwright.async_api import async_playwright
 
     async with async_playwright() as p:
-        b = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        b = await p.chromium.launch(executable_path=executable, args=ARGS)
         yield b
         await b.close()
 
@@ -39,6 +49,12 @@ async def context(browser, request: pytest.FixtureRequest) -> AsyncIterator[obje
                                     locale="en-US", color_scheme="light")
     ctx.set_default_timeout(15_000)
     yield ctx
+    report = getattr(request.node, "report_call", None)
+    if report is not None and report.failed:  # what the pages showed when it failed
+        SHOTS.mkdir(parents=True, exist_ok=True)
+        test = re.sub(r"[^\w-]+", "_", request.node.name).strip("_")
+        for i, page in enumerate(ctx.pages):
+            await page.screenshot(path=str(SHOTS / f"{test}-FAILED-{i}.png"))
     await ctx.close()
 
 
