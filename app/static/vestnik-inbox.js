@@ -644,7 +644,11 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         // newest first: before the first node with a lower seq (or older time)
         const key = this.sortKey(merged);
         let before = null;
-        for (const other of this.list.children) {
+        const last = this.list.lastElementChild;
+        const lastItem = last && this.items.get(last.dataset.id);
+        // older pages arrive oldest-last: append without scanning the list
+        const scan = lastItem && this.compare(this.sortKey(lastItem), key) < 0;
+        for (const other of scan ? this.list.children : []) {
           const o = this.items.get(other.dataset.id);
           if (o && this.compare(this.sortKey(o), key) < 0) {
             before = other;
