@@ -52,6 +52,7 @@ from .schemas import (
     decode_notice_entry,
     json_encode,
     notice_fields,
+    notice_view,
     validate_channel,
 )
 
@@ -133,15 +134,16 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
-# cluster). ARGV[1]: msgpack [feed_max, scan_max, [body key of notice j...],
-# [[feed, unread, seq, live, archived, [j...]] per user]]; then (nid, notice JSON) pairs.
-# Bodies are SET NX once. Returns the feed entries made per user. (The keys are built
-# by streams.keys in Python and passed in the msgpack header, so one module still owns
-# every key name; packing them as one argument is what makes a batch cheap to send.)
+# cluster). ARGV[1]: msgpack [feed_max, scan_max, [[body key, stored JSON] of notice j...],
+# [[feed, unread, seq, live, archived, [j...]] per user]]; then (nid, the recipients'
+# view of the notice) pairs. Bodies are SET NX once. Returns the feed entries made per
+# user. (The keys are built by streams.keys in Python and passed in the msgpack header,
+# so one module still owns every key name; packing them as one argument is what makes a
+# batch cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, scan_max, bodies, users = h[1], h[2], h[3], h[4]
-for j, key in ipairs(bodies) do redis.call('SET', key, ARGV[1 + 2 * j], 'NX') end
+for _, kb in ipairs(bodies) do redis.call('SET', kb[1], kb[2], 'NX') end
 local out = {}
 for i, u in ipairs(users) do
   out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6])
@@ -434,7 +436,7 @@ class Center:
     # 4 + 5: store -----------------------------------------------------------------------
     async def _write(self, plans: list[Plan]) -> None:
         per_user: dict[str, list[str]] = {}
-        new: list[tuple[Plan, bytes]] = []
+        new: list[tuple[Plan, bytes, bytes]] = []  # (plan, stored JSON, view)
         folds: list[Plan] = []
         jobs: list[ForwardJob] = []
         default_after = self.settings.forward_after
@@ -446,7 +448,7 @@ class Center:
                 continue  # every recipient muted it (or is unknown: dead-lettered)
             p.notice.recipients = [u.id for u in p.users]
             body = json_encode(p.notice)
-            new.append((p, body))
+            new.append((p, body, notice_view(body)))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
@@ -456,26 +458,27 @@ class Center:
             return
         k = self.keys
         batch = self.one_call
-        new_by_id = [(p.notice.id, body) for p, body in new]
+        views = {p.notice.id: view for p, _, view in new}
         async with self.redis.pipeline(transaction=False) as pipe:
             if batch and new:
-                index = {p.notice.id: j for j, (p, _) in enumerate(new, 1)}
+                index = {p.notice.id: j for j, (p, _, _) in enumerate(new, 1)}
                 argv: list[str | bytes] = [b""]
-                for p, body in new:
-                    argv += [p.notice.id, body]
+                for p, _, view in new:
+                    argv += [p.notice.id, view]
                 argv[0] = _msgpack([
-                    self.settings.feed_max, SCAN_MAX, [k.notice(p.notice.id) for p, _ in new],
+                    self.settings.feed_max, SCAN_MAX,
+                    # as str: Redis's cmsgpack does not read msgpack's bin type
+                    [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
                     [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
                       [index[nid] for nid in nids]] for uid, nids in per_user.items()]])
                 await self._store_batch(keys=[], args=argv, client=pipe)
             elif not batch:
-                for p, body in new:
+                for p, body, _ in new:
                     pipe.set(k.notice(p.notice.id), body, nx=True)
-                bodies = dict(new_by_id)
                 for uid, nids in per_user.items():
                     args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
                     for nid in nids:
-                        args += [nid, bodies[nid]]
+                        args += [nid, views[nid]]
                     await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid),
                                             k.live(uid), k.archived(uid)],
                                       args=args, client=pipe)
@@ -506,7 +509,7 @@ class Center:
         if updates:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for body in updates:
-                    msg = update_message(body)
+                    msg = update_message(notice_view(body))
                     for uid in _notice_decoder.decode(body).recipients:
                         pipe.publish(self.keys.live(uid), msg)
                 await pipe.execute()

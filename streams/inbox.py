@@ -16,6 +16,7 @@ from redis.asyncio import Redis
 
 from .errors import NotFound
 from .keys import Keys
+from .schemas import notice_view
 
 MAX_LIMIT = 200
 
@@ -146,7 +147,7 @@ class Inbox:
         out: list[tuple[int, bytes]] = []
         for (_, seq), body, u, a in zip(rows, bodies, unread, archived, strict=True):
             if body is not None:  # a notice body is never deleted before its feed entries
-                out.append((seq, item_json(body, seq, not u, bool(a))))
+                out.append((seq, item_json(notice_view(body), seq, not u, bool(a))))
         return out
 
     async def mark(self, uid: str, nid: str, action: str) -> Marked:

@@ -235,6 +235,19 @@ class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
     last_seen: int = 0
 
 
+# What a notice's recipients must not see of it: the other recipients, and the alert's
+# channel map (user ids, chat ids, webhook URLs that are secrets).
+PRIVATE_NOTICE_FIELDS = ("recipients", "channels")
+
+
+def notice_view(body: bytes) -> bytes:
+    """A stored notice's JSON as its recipients see it (feed items, live pushes)."""
+    obj = _json_decode_any(body)
+    for name in PRIVATE_NOTICE_FIELDS:
+        obj.pop(name, None)
+    return json_encode(obj)
+
+
 class NoticeIn(Strict):
     """Body of `POST /api/v1/notices` (and `vestnik send`): id and created_at are optional."""
 
