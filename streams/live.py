@@ -207,12 +207,6 @@ class UserHub:
         channels = [self.keys.live(u).encode() for u in self.subs]
         await self._ps.subscribe(*channels)
         self._connected.set()
-        # users who arrived while the SUBSCRIBE above was in flight only woke us up:
-        # subscribe them now (from here on, subscribe() sends their SUBSCRIBE itself)
-        sent = set(channels)
-        late = [c for c in (self.keys.live(u).encode() for u in self.subs) if c not in sent]
-        if late:
-            await self._ps.subscribe(*late)
         # users whose first connection came while we were connecting are not in `channels`
         # (subscribe() left them to us): without this, their stream waited confirm_timeout
         # on every connect and got no live event

@@ -33,7 +33,10 @@ async def main(url: str, port: int, stream: str) -> None:
                 frames = b"".join(b"data: " + f[b"d"] + b"\n\n" for _, f in entries)
                 last = entries[-1][0]
                 for w in list(clients):
-                    w.write(frames)
+                    if w.is_closing():  # a client of an earlier round went away
+                        clients.discard(w)
+                    else:
+                        w.write(frames)
 
 
 if __name__ == "__main__":
