@@ -55,6 +55,7 @@
   white-space: nowrap; }
 button { font: inherit; color: inherit; }
 :focus-visible { outline: 2px solid var(--vn-accent); outline-offset: 2px; }
+.hit:focus-visible { outline-offset: -2px; border-radius: 2px; } /* inside: never clipped */
 .bell { position: relative; display: inline-flex; align-items: center; justify-content: center;
   width: 40px; height: 40px; border: 1px solid var(--vn-line); border-radius: 50%;
   background: var(--vn-bg); cursor: pointer; color: var(--vn-fg); }

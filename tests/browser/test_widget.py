@@ -169,3 +169,38 @@ async def test_widget_with_cookie_credentials_cross_origin(start_api, redis, sta
 
 async def _unread_is(redis, uid: str, n: int) -> bool:
     return await redis.zcard(K.unread(uid)) == n
+
+
+async def test_widget_popover_pages_as_it_scrolls(start_api, redis, start_proc, user_token,
+                                                  product_site, context, shot):
+    """In the popover the panel itself scrolls: its bottom loads the next page."""
+    await add_users(redis, ("1", "Alice"))
+    for i in range(25):
+        await redis.xadd(K.notices, {"alert": "disk", "title": f"Notice {i:02d}",
+                                     "severity": "info", "recipients": "1"})
+    start_proc("center", "--no-forward")
+    await eventually(lambda: _feed_is(redis, "1", 25), what="stored")
+    port = free_port()
+    api = start_api(VESTNIK_CORS_ORIGINS=f"http://127.0.0.1:{port}")
+    site = product_site(PRODUCT_PAGE.format(api=api.base, token=user_token("1")), port)
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(site + "/")
+    widget = page.locator("vestnik-inbox")
+    await expect(widget.locator(".bell .badge")).to_have_text("25")
+    await widget.locator(".bell").click()
+    items = widget.locator("li")
+    await expect(items).to_have_count(20)
+    await widget.locator(".scroll").evaluate("el => el.scrollTo(0, el.scrollHeight)")
+    await expect(items).to_have_count(25)
+    # keyboard: End goes to the oldest, Home back to the newest
+    await page.keyboard.press("End")
+    await expect(items.last.locator(".hit")).to_be_focused()
+    await page.keyboard.press("Home")
+    await expect(items.first.locator(".hit")).to_be_focused()
+    await shot(page, "popover")
+    assert not errors, errors
+
+
+async def _feed_is(redis, uid: str, n: int) -> bool:
+    return await redis.zcard(K.feed(uid)) == n
