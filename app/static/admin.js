@@ -331,6 +331,7 @@ function showSaveError(err) {
 }
 
 // ------------------------------------------------------------------ delivery log
+const DLABEL = { skipped_read: "skipped (read)", skipped_pref: "skipped (user's choice)" };
 const DSTATUS = { sent: "ok", failed: "bad", retrying: "warn", skipped_read: "off", skipped_pref: "off" };
 
 $("dlv-form").addEventListener("submit", async (e) => {
@@ -345,7 +346,8 @@ $("dlv-form").addEventListener("submit", async (e) => {
       h("td", { class: "mono", text: d.uid }),
       h("td", { text: d.channel }),
       h("td", { class: "num", text: d.attempt }),
-      h("td", {}, h("span", { class: `tag ${DSTATUS[d.status] || "info"}`, text: d.status })),
+      h("td", {}, h("span", { class: `tag ${DSTATUS[d.status] || "info"}`, "data-status": d.status,
+        title: d.status, text: DLABEL[d.status] || d.status })),
       h("td", { class: "muted", text: d.detail || "" }),
       h("td", { class: "muted", title: d.at ? new Date(d.at).toLocaleString() : "", text: ago(d.at) }))));
     table.hidden = items.length === 0;

@@ -42,7 +42,7 @@ def _cmdline(pid: int) -> bytes:
 async def test_up_demo_end_to_end(tmp_path: Path, context, shot):
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
-    env["VESTNIK_FORWARD_AFTER"] = "5"  # the demo's 20 s, shortened for the test
+    env["VESTNIK_FORWARD_AFTER"] = "8"  # the demo's 20 s, shortened for the test
     proc = Proc(vestnik_argv("up", "--demo", "--port", str(port)), env, tmp_path / "up.log",
                 cwd=tmp_path).start()
     base = f"http://127.0.0.1:{port}"
@@ -76,38 +76,49 @@ async def test_up_demo_end_to_end(tmp_path: Path, context, shot):
         await expect(notice.first).to_be_visible(timeout=45_000)
         await expect(inbox.locator(".head-bell .badge")).not_to_have_text("0")
         await shot(page, "inbox")
+        # Alice reads the first one at once (its link leads to the VM table); Bob does not
+        read_id = await notice.first.get_attribute("data-id")
+        await notice.first.locator(".hit").click()
+        await page.wait_for_url(base + "/demo/vms")
 
         # the live VM table of the demo (the token is kept for the tab)
-        await page.goto(base + "/demo/vms")
         await expect(page.locator("#vms tbody tr")).to_have_count(6)
         await expect(page.locator("#live")).to_have_text("live")
         await expect(page.locator('#vms tbody tr[data-id="7"] [data-status]')).to_have_text(
             "running", timeout=20_000)
         await shot(page, "vms")
 
-        # nobody read it: after forward_after it is emailed to the sink, shown at /demo/mail
+        # unread after forward_after: emailed to the sink, shown at /demo/mail
         await page.goto(base + "/demo/mail")
         mail = page.locator(".mail", has_text=re.compile(r"Disk \d+% full on "))
         await expect(mail.first).to_be_visible(timeout=60_000)
-        await expect(page.locator(".mail", has_text="alice@example.test").first).to_be_visible()
+        # Bob left it unread: his copy was emailed
+        await expect(page.locator(".mail", has_text="bob@example.test").first).to_be_visible()
         await mail.first.locator("summary").click()
         await expect(mail.first.locator("iframe, pre").first).to_be_visible()
         await shot(page, "mail")
-        async with httpx.AsyncClient() as http:
-            items = (await http.get(base + "/demo/mail.json")).json()["items"]
-            assert any(m["to"] == ["alice@example.test"] and "Disk" in m["subject"]
-                       for m in items)
-            token = inbox_url.split("token=", 1)[1]
-            feed = (await http.get(base + "/api/v1/me/notices", headers={
-                "Authorization": f"Bearer {token}"})).json()["items"]
-        # the admin page (service token from the banner) shows that notice's delivery log
+        # the notice Alice read was emailed to Bob only
         admin_url = re.search(r"^\s+admin\s+(\S+)", proc.output(), re.M).group(1)
+        service = admin_url.split("token=", 1)[1]
+        async with httpx.AsyncClient(base_url=base, headers={
+                "Authorization": f"Bearer {service}"}) as http:
+
+            async def forwarded() -> dict[str, str] | None:
+                r = await http.get(f"/api/v1/notices/{read_id}/deliveries")
+                got = {d["uid"]: d["status"] for d in r.json().get("items", [])
+                       if d["channel"] == "email"}
+                return got if got.get("2") == "sent" and "1" in got else None
+
+            statuses = await eventually(forwarded, timeout=30, what="the read notice handled")
+        assert statuses == {"1": "skipped_read", "2": "sent"}
+        # the admin page (service token from the banner) shows that delivery log
         await page.goto(admin_url)
         await expect(page.locator("#settings tbody tr", has_text="disk-usage")).to_have_count(1)
-        await page.get_by_label("Notice id").fill(feed[-1]["id"])  # the oldest: mailed first
+        await page.get_by_label("Notice id").fill(read_id)
         await page.get_by_role("button", name="Show").click()
-        sent = page.locator("#deliveries tbody tr", has_text="email")
-        await expect(sent.filter(has_text="sent").first).to_be_visible()
+        rows = page.locator("#deliveries tbody tr")
+        await expect(rows.filter(has_text="skipped (read)")).to_contain_text("email")
+        await expect(rows.filter(has_text="sent")).to_contain_text("bob@example.test")
         await shot(page, "admin-deliveries", full_page=True)
         assert not errors, errors
     finally:
