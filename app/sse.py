@@ -7,8 +7,8 @@ response runs two coroutines per client: the ASGI call itself, which sends
 frames as the source yields them, and a watcher that waits for the client to
 go away, sending a ping comment whenever it has been quiet for `ping` seconds.
 uvicorn writes each `send` with one transport call, so the two never
-interleave inside a frame. A client that stops reading is cut off after
-`send_timeout`, and resumes with Last-Event-ID.
+interleave inside a frame. A client that stops reading is cut off once a send
+has been blocked for `send_timeout`, and resumes with Last-Event-ID.
 
 A frame built for the first client of an event is cached on the shared `Item`,
 so N clients cost one encoding.
@@ -68,22 +68,22 @@ class SSEResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
-        state = {"last": asyncio.get_running_loop().time()}
+        loop = asyncio.get_running_loop()
+        # last: when we last wrote; busy: since when a send has been blocked (0 = none)
+        state = {"last": loop.time(), "busy": 0.0}
         writer = asyncio.current_task()
         assert writer is not None
         watcher = asyncio.create_task(self._watch(receive, send, state, writer))
         try:
             async for chunk in self.frames:
-                async with asyncio.timeout(self.send_timeout):
-                    await send({"type": "http.response.body", "body": chunk, "more_body": True})
-                state["last"] = asyncio.get_running_loop().time()
+                state["busy"] = now = loop.time()
+                await send({"type": "http.response.body", "body": chunk, "more_body": True})
+                state["last"], state["busy"] = now, 0.0
         except asyncio.CancelledError:
             if not watcher.done() or watcher.result() is not True:
                 raise  # cancelled from outside (shutdown): let it propagate
-            writer.uncancel()  # we cancelled ourselves because the client went away
+            writer.uncancel()  # we cancelled ourselves: the client went away or stalled
             return
-        except TimeoutError:
-            return  # the client stopped reading
         finally:
             watcher.cancel()
             with contextlib.suppress(BaseException):
@@ -93,14 +93,25 @@ class SSEResponse:
 
     async def _watch(self, receive: Receive, send: Send, state: dict[str, float],
                      writer: asyncio.Task[object]) -> bool:
-        """Ping while quiet; when the client disconnects, stop the writer. True = gone."""
+        """Ping while quiet; stop the writer when the client disconnects, or when a send has
+        been blocked for `send_timeout` (a client that stopped reading). True = stopped it.
+
+        Checking the blocked send here, at most every `ping` seconds, costs nothing per
+        event, where a timeout around every send cost a timer each."""
         loop = asyncio.get_running_loop()
         while True:
-            wait = state["last"] + self.ping - loop.time()
+            now = loop.time()
+            if state["busy"] and now - state["busy"] > self.send_timeout:
+                writer.cancel()
+                return True
+            wait = min(state["last"] + self.ping - now, self.send_timeout)
             if wait <= 0:
-                state["last"] = loop.time()
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
-                continue
+                if state["busy"]:  # a send is stuck: a ping would queue behind it
+                    wait = self.send_timeout
+                else:
+                    state["last"] = now
+                    await send({"type": "http.response.body", "body": PING, "more_body": True})
+                    continue
             try:
                 async with asyncio.timeout(wait):
                     message = await receive()

@@ -99,6 +99,8 @@ class UserHub:
         self._stopping = False
         self._wake = asyncio.Event()
         self._connected = asyncio.Event()
+        self._pending: list[bytes] = []
+        self._flusher: asyncio.Task[None] | None = None
 
     # lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -140,10 +142,7 @@ class UserHub:
         if fut is None:
             fut = self._confirm[channel] = asyncio.get_running_loop().create_future()
             if self._ps is not None and self._connected.is_set():
-                try:
-                    await self._ps.subscribe(channel)
-                except RETRYABLE as e:  # the reader loop reconnects and resyncs everyone
-                    log.warning("user hub: subscribe failed (%s)", e)
+                self._queue_subscribe(channel)
             else:
                 self._wake.set()  # the reader opens the connection with every channel
         if not fut.done():
@@ -152,6 +151,25 @@ class UserHub:
             except TimeoutError:
                 log.warning("user hub: no subscribe confirmation for user %s yet", uid)
         return sub
+
+    def _queue_subscribe(self, channel: bytes) -> None:
+        """SUBSCRIBE in batches: users connecting in the same loop tick share one command
+        (5,000 clients arriving at once were 5,000 writes on the pub/sub connection)."""
+        self._pending.append(channel)
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.create_task(self._flush_subscribes())
+
+    async def _flush_subscribes(self) -> None:
+        await asyncio.sleep(0)  # let the connections of this tick queue their channels
+        for _ in range(1000):  # bounded: each round takes everything queued so far
+            if not self._pending or self._ps is None:
+                return
+            channels, self._pending = self._pending, []
+            try:
+                await self._ps.subscribe(*channels)
+            except RETRYABLE as e:  # the reader loop reconnects and resyncs everyone
+                log.warning("user hub: subscribe failed (%s)", e)
+                return
 
     async def unsubscribe(self, sub: UserSub) -> None:
         subs = self.subs.get(sub.uid)
