@@ -32,7 +32,7 @@ from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import OutOfMemoryError, ReadOnlyError, ResponseError
+from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
 from .errors import BadInput
 from .ids import now_ms, parse_stream_id
@@ -75,8 +75,11 @@ TRANSIENT = ("OOM", "BUSY ", "LOADING", "MASTERDOWN", "READONLY", "TRYAGAIN", "C
 
 def transient(e: ResponseError) -> bool:
     """redis-py maps `OOM ...` and `READONLY ...` to their own classes and strips the code
-    from the message, so the prefixes alone miss them."""
-    return isinstance(e, OutOfMemoryError | ReadOnlyError) or str(e).startswith(TRANSIENT)
+    from the message, so the prefixes alone miss them. NOSCRIPT: Redis restarted between
+    a pipeline's script check and its retry (the script cache is empty); the next try
+    loads the scripts again."""
+    return (isinstance(e, OutOfMemoryError | ReadOnlyError | NoScriptError)
+            or str(e).startswith(TRANSIENT))
 
 
 def _text(v: object) -> str:
