@@ -72,14 +72,27 @@ class Unavailable(VestnikError):
 
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_MISSING = re.compile(r"^Object missing required field `([^`]+)`")
+_UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
 
 
 def from_validation(err: msgspec.ValidationError | msgspec.DecodeError) -> BadInput:
-    """Turn msgspec's message ('Expected `str`, got `int` - at `$.title`') into BadInput."""
+    """Turn msgspec's message ('Expected `str`, got `int` - at `$.title`') into BadInput.
+
+    A missing or unknown field is named by its own path (`$.title`, not the object holding
+    it), and only a real syntax error is called invalid JSON (ValidationError is a
+    DecodeError)."""
     text = str(err)
     m = _PATH.search(text)
     field = m.group(1) if m else "$"
     detail = _PATH.sub("", text)
-    if isinstance(err, msgspec.DecodeError) and not m:
+    missing, unknown = _MISSING.match(detail), _UNKNOWN.match(detail)
+    if missing:
+        field = f"{field}.{missing.group(1)}"
+        detail = f"missing required field `{missing.group(1)}`"
+    elif unknown:
+        field = f"{field}.{unknown.group(1)}"
+        detail = f"unknown field `{unknown.group(1)}`"
+    elif not isinstance(err, msgspec.ValidationError) and not m:
         detail = f"body is not valid JSON: {text}"
     return BadInput(f"{detail} (at {field})" if field != "$" else detail, field=field)

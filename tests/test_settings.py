@@ -72,10 +72,10 @@ async def test_invalid_bodies_name_the_field(api: Api):
             ({**SETTING, "channel": {"email": {"users": [None]}}}, "$.channel.email.users[0]"),
             ({**SETTING, "channel": {"email": ["1"]}}, "$.channel.email"),
             ({**SETTING, "channel": {"forward_after": -1}}, "$.channel.forward_after"),
-            ({**SETTING, "color": "red"}, "$"),
+            ({**SETTING, "color": "red"}, "$.color"),
             ({**SETTING, "enabled": "yes"}, "$.enabled"),
             ({**SETTING, "name": "bad name!"}, "$.name"),
-            ({"metric": {}}, "$"),
+            ({"metric": {}}, "$.name"),
         ]
         for body, path in cases:
             r = await http.post("/api/v1/settings", json=body)

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import os
 import random
-import re
 import time
 
 import msgspec
@@ -44,7 +43,6 @@ CHUNK = 256 * 1024
 DEAD_MAXLEN = 100_000
 RAW_SAMPLE = 1024
 PENDING_BATCHES = 2
-_NAMED = re.compile(r"(?:missing required|unknown) field `([^`]+)`")
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 characters
@@ -165,12 +163,8 @@ class Sink:
         try:
             msg = decode_line(line)
         except msgspec.ValidationError as e:
-            err = from_validation(e)
-            field = err.field or "$"
-            named = _NAMED.search(err.detail)
-            if named:  # "missing required field `title`" has no path of its own
-                field = f"{field}.{named.group(1)}"
-            return self._bad(lineno, "invalid", err.detail, line, field=field)
+            err = from_validation(e)  # names a missing field by its own path ($.title)
+            return self._bad(lineno, "invalid", err.detail, line, field=err.field or "$")
         except msgspec.DecodeError as e:
             return self._bad(lineno, "not_json", str(e), line)
         match msg:

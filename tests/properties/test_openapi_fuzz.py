@@ -16,7 +16,6 @@ from pathlib import Path
 
 import pytest
 import schemathesis
-from conftest import SERVICE_TOKEN, base_env
 from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
@@ -31,7 +30,7 @@ from schemathesis.checks import (
 from app.cli import issue_token
 from streams.config import load
 from streams.redis_server import RedisServer, free_port
-from support import Api, Proc, vestnik_argv, wait_http
+from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
 
 MAX_EXAMPLES = int(os.environ.get("VESTNIK_FUZZ_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
