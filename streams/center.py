@@ -8,7 +8,8 @@ Round trips of one batch:
 4. the store: each notice body once (SET NX), one STORE script call per user with
    all of that user's notices (idempotent on notice id: a re-delivered entry never
    makes a second feed entry; the script also trims and PUBLISHes), folds of dedup
-   repeats, and the forward jobs (`streams.forward.add_forward_jobs`);
+   repeats, and the forward jobs (on a single Redis the delayed ones inside the batch's
+   store call, the rest by `streams.forward.add_forward_jobs`);
 5. only when repeats were folded: PUBLISH of `notice-update` to their recipients.
 
 An entry without `id` gets one derived from its stream id (a ULID with the entry's
@@ -27,12 +28,22 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
+from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from redis.asyncio import Redis, RedisCluster
 
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
 from .errors import BadInput
-from .forward import BROADCAST, ForwardJob, add_forward_jobs, forward_jobs_for, run_forwarder
+from .forward import (
+    BROADCAST,
+    FUNCTION,
+    ForwardJob,
+    add_forward_jobs,
+    forward_jobs_for,
+    job_id,
+    job_serializer,
+    run_forwarder,
+)
 from .ids import now_ms, parse_stream_id, ulid
 from .keys import CENTER_GROUP, USER_TOPIC, Keys
 from .live import update_message
@@ -135,11 +146,13 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
 # cluster). ARGV[1]: msgpack [feed_max, scan_max, [[body key, stored JSON] of notice j...],
-# [[feed, unread, seq, live, archived, [j...]] per user]]; then (nid, the recipients'
-# view of the notice) pairs. Bodies are SET NX once. Returns the feed entries made per
-# user. (The keys are built by streams.keys in Python and passed in the msgpack header,
-# so one module still owns every key name; packing them as one argument is what makes a
-# batch cheap to send.)
+# [[feed, unread, seq, live, archived, [j...]] per user], forward jobs or nil]; then
+# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads. Forward
+# jobs: [job key prefix, result key prefix, queue, ARGV index before the first payload,
+# [[job id, expiry ms, due ms] per job]]. Bodies are SET NX once. Returns the feed
+# entries made per user. (The keys are built by streams.keys in Python and passed in the
+# msgpack header, so one module still owns every key name; packing them as one argument
+# is what makes a batch cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, scan_max, bodies, users = h[1], h[2], h[3], h[4]
@@ -147,6 +160,24 @@ for _, kb in ipairs(bodies) do redis.call('SET', kb[1], kb[2], 'NX') end
 local out = {}
 for i, u in ipairs(users) do
   out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6])
+end
+local fwd = h[5]
+if fwd then
+  -- forward jobs, as streams.forward's schedule script writes them: unless the job or
+  -- its result exists, PSETEX arq's job record and ZADD the queue at the due time
+  local job_prefix, result_prefix, queue, base, jobs = fwd[1], fwd[2], fwd[3], fwd[4], fwd[5]
+  local due = {}
+  for i, j in ipairs(jobs) do
+    local jid = j[1]
+    if redis.call('EXISTS', job_prefix .. jid, result_prefix .. jid) == 0 then
+      redis.call('PSETEX', job_prefix .. jid, j[2], ARGV[base + i])
+      due[#due + 1] = j[3]
+      due[#due + 1] = jid
+    end
+  end
+  for i = 1, #due, 1000 do
+    redis.call('ZADD', queue, unpack(due, i, math.min(i + 999, #due)))
+  end
 end
 return out
 """
@@ -465,12 +496,25 @@ class Center:
                 argv: list[str | bytes] = [b""]
                 for p, _, view in new:
                     argv += [p.notice.id, view]
+                # delayed forward jobs are scheduled by the store call itself; jobs due now
+                # go through add_forward_jobs, which also wakes the forwarders
+                now = now_ms()
+                later = [j for j in jobs if j.due_ms > now]
+                jobs = [j for j in jobs if j.due_ms <= now]
+                fwd: list[Any] | None = None
+                if later:
+                    fwd = [job_key_prefix, result_key_prefix, k.arq_queue, len(argv), []]
+                    for j in later:
+                        argv.append(job_serializer({"t": None, "f": FUNCTION, "a": [j.nid, j.uid],
+                                                    "k": {}, "et": now}))
+                        fwd[4].append([job_id(k, j.nid, j.uid), j.due_ms - now + expires_extra_ms,
+                                       j.due_ms])
                 argv[0] = _msgpack([
                     self.settings.feed_max, SCAN_MAX,
                     # as str: Redis's cmsgpack does not read msgpack's bin type
                     [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
                     [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
-                      [index[nid] for nid in nids]] for uid, nids in per_user.items()]])
+                      [index[nid] for nid in nids]] for uid, nids in per_user.items()], fwd])
                 await self._store_batch(keys=[], args=argv, client=pipe)
             elif not batch:
                 for p, body, _ in new:
