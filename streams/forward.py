@@ -53,17 +53,28 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextvars import ContextVar
 from typing import Any, Literal
 
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
-from arq.worker import Retry, Worker, func
+from arq.constants import (
+    abort_jobs_ss,
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.utils import ms_to_datetime
+from arq.worker import JobExecutionFailed, Retry, Worker, func
 from redis.asyncio import BlockingConnectionPool
 from redis.asyncio.retry import Retry as RedisRetry
 from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import BusyLoadingError, ConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .channels import Channels, SendResult
 from .config import ConfigError, Settings
@@ -147,8 +158,11 @@ def decode_delivery(raw: bytes) -> Delivery:
 
 # ------------------------------------------------------------------- scheduling
 
-# KEYS: job key, result key, queue. ARGV: job payload, expiry ms, score (due ms), job id.
+# KEYS: job key, result key, queue[, wake channel]. ARGV: job payload, expiry ms, score
+# (due ms), job id. With a 4th key, PUBLISH to it (the batch's last job when one is due
+# now), scheduled or not: a woken forwarder that finds nothing new just polls once.
 _SCHEDULE = AsyncScript(None, b"""
+if KEYS[4] then redis.call('PUBLISH', KEYS[4], '') end
 if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
 redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
 redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
@@ -160,11 +174,18 @@ def job_id(keys: Keys, nid: str, uid: str) -> str:
     return f"{keys.prefix}fwd:{nid}:{uid}"
 
 
+def wake_channel(keys: Keys) -> str:
+    """The pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
+    return f"{keys.prefix}fwd:wake"
+
+
 def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     """Queue on `pipe` (a redis.asyncio pipeline) the commands that schedule `jobs`.
 
     One EVALSHA per job; each result is 1 (scheduled) or 0 (already scheduled or done).
-    The caller executes the pipeline; its results include these replies in order.
+    When a job is already due, the last call also PUBLISHes to `wake_channel` (the
+    forwarders poll at once). The caller executes the pipeline; its results include
+    these replies in order.
     """
     if not jobs:
         return
@@ -172,17 +193,24 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     scripts = getattr(pipe, "scripts", None)
     if scripts is not None:
         scripts.add(_SCHEDULE)  # execute() runs SCRIPT EXISTS / LOAD first: no NOSCRIPT
-    for job in jobs:
+    # due now (forward_after 0): the last job's call also wakes the forwarders instead of
+    # leaving the jobs to the next poll; after every ZADD, so a woken forwarder finds them
+    wake = wake_channel(keys) if min(job.due_ms for job in jobs) <= now else None
+    last = len(jobs) - 1
+    for i, job in enumerate(jobs):
         jid = job_id(keys, job.nid, job.uid)
         payload = job_serializer(
             {"t": None, "f": FUNCTION, "a": [job.nid, job.uid], "k": {}, "et": now})
         expires = max(job.due_ms - now, 0) + expires_extra_ms
-        args = (job_key_prefix + jid, result_key_prefix + jid, keys.arq_queue,
-                payload, expires, job.due_ms, jid)
+        qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
+                                  keys.arq_queue)
+        if wake is not None and i == last:
+            qkeys += (wake,)
+        args = (*qkeys, payload, expires, job.due_ms, jid)
         if scripts is not None:
-            pipe.evalsha(_SCHEDULE.sha, 3, *args)
+            pipe.evalsha(_SCHEDULE.sha, len(qkeys), *args)
         else:  # a pipeline without script support (e.g. cluster): plain EVAL
-            pipe.eval(_SCHEDULE.script, 3, *args)
+            pipe.eval(_SCHEDULE.script, len(qkeys), *args)
 
 
 def forward_delay(notice: Notice, default: float) -> float:
@@ -226,6 +254,20 @@ def forward_jobs_for(notice: Notice, default_after: float) -> list[ForwardJob]:
 
 
 # ----------------------------------------------------------------------- the job
+
+
+class Pending(msgspec.Struct):
+    """Attempt records and sent markers of one job run, not written yet."""
+
+    nid: str
+    records: list[Delivery]
+    sent_markers: list[str]
+
+
+# Set by ForwardWorker.run_claimed for its job: the run's records and markers are then
+# written in the same MULTI as the job's finish (one round trip less per job) instead of
+# by `_record` itself. Unset (stock arq, tests calling `Forwarder.run`): written at once.
+_PENDING: ContextVar[list[Pending] | None] = ContextVar("forward_pending", default=None)
 
 
 class Send(msgspec.Struct):
@@ -391,14 +433,26 @@ class Forwarder:
                       sent_markers: list[str] | None = None) -> None:
         if not records and not sent_markers:
             return
-        dkey = self.keys.deliveries(nid)
+        pending = _PENDING.get()
+        if pending is not None:  # ForwardWorker writes them with the job's finish
+            pending.append(Pending(nid, records, sent_markers or []))
+            return
         async with self.redis.pipeline(transaction=False) as pipe:
-            for marker in sent_markers or ():
-                pipe.set(marker, b"1", nx=True, ex=MARKER_TTL_S)
-            if records:
-                pipe.rpush(dkey, *(json_encode(r) for r in records))
-                pipe.expire(dkey, DELIVERIES_TTL_S)
+            self.add_records(pipe, Pending(nid, records, sent_markers or []))
             await pipe.execute()
+        self.count(records)
+
+    def add_records(self, pipe: Any, p: Pending) -> None:
+        """Queue on `pipe` the sent markers and the attempt records of one job run."""
+        for marker in p.sent_markers:
+            pipe.set(marker, b"1", nx=True, ex=MARKER_TTL_S)
+        if p.records:
+            dkey = self.keys.deliveries(p.nid)
+            pipe.rpush(dkey, *(json_encode(r) for r in p.records))
+            pipe.expire(dkey, DELIVERIES_TTL_S)
+
+    @staticmethod
+    def count(records: list[Delivery]) -> None:
         for r in records:
             FORWARD_ATTEMPTS.labels(r.channel or "-", r.status).inc()
 
@@ -436,23 +490,31 @@ def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
         health_check_interval=30,
         socket_connect_timeout=5,
         retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
+        retry_on_error=[ConnectionError, RedisTimeoutError, BusyLoadingError],
     )
     return _ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer,
                      default_queue_name=keys.arq_queue)
 
 
-# KEYS: queue. ARGV: now ms, in-progress ttl ms, max jobs to claim, job ids...
+# KEYS: queue. ARGV: now ms, in-progress ttl ms, max jobs to claim, queue read limit.
+# Reads the due ids (arq's ZRANGEBYSCORE) and claims them as arq's start_jobs does (the
+# in-progress key, SET NX). Returns the number of due ids read, then per claimed job: id,
+# score, the job record (false when expired) and the try number — what arq's run_job
+# reads first with its own MULTI (GET job, INCR + EXPIRE retry key).
 _CLAIM = b"""
-local out, n, limit, now = {}, 0, tonumber(ARGV[3]), tonumber(ARGV[1])
-for i = 4, #ARGV do
+local n, limit, now = 0, tonumber(ARGV[3]), tonumber(ARGV[1])
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[4]))
+local out = {#ids / 2}
+for i = 1, #ids, 2 do
   if n >= limit then break end
-  local id = ARGV[i]
-  local score = redis.call('ZSCORE', KEYS[1], id)
-  if score and tonumber(score) <= now
-     and redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', ARGV[2], 'NX') then
+  local id, score = ids[i], ids[i + 1]
+  if redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', ARGV[2], 'NX') then
     out[#out + 1] = id
     out[#out + 1] = score
+    out[#out + 1] = redis.call('GET', 'arq:job:' .. id)
+    out[#out + 1] = redis.call('INCR', 'arq:retry:' .. id)
+    redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
     n = n + 1
   end
 end
@@ -462,27 +524,201 @@ return out
 
 class ForwardWorker(Worker):
     """arq's Worker, claiming a poll's due jobs with one script call instead of a
-    WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key)."""
+    WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key).
+
+    It polls every `poll_delay` as arq does, and also at once when (a) a message arrives
+    on `wake_channel` (jobs due now were scheduled) or (b) a job ends while the last poll
+    left due jobs unclaimed (every slot was busy) and a quarter of the slots are free
+    again: arq's loop would wait for the next
+    poll in both cases, which caps a worker at `max_jobs` per poll and delays an
+    immediate forward by up to `poll_delay`.
+    """
 
     _claim: AsyncScript | None = None
+    wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
+    _wake: asyncio.Event | None = None
+    _backlog = False
 
-    async def start_jobs(self, job_ids: list[bytes]) -> None:
+    async def main(self) -> None:
+        # arq's main without its poll timer: the same iteration, woken early (see above)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wake = self._wake = asyncio.Event()
+        listener = (asyncio.create_task(self._listen(wake), name="forwarder-wake")
+                    if self.wake_on and not self.burst else None)
+        try:
+            while True:
+                wake.clear()
+                await self._poll_iteration()
+                if self.burst:
+                    if 0 <= self.max_burst_jobs <= self._jobs_started():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                    if await self.pool.zcard(self.queue_name) == 0:
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                if not wake.is_set():
+                    try:
+                        async with asyncio.timeout(self.poll_delay_s):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        """Set `wake` on every message of `wake_on`; resubscribe after a lost connection
+        (meanwhile the timer polls)."""
+        assert self.wake_on is not None
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.subscribe(self.wake_on)
+                backoff.reset()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
+                    if msg is not None:
+                        wake.set()
+            except RETRYABLE as e:
+                log.warning("forwarder wake-up channel lost (%s); polling meanwhile", e)
+            finally:
+                await pubsub.aclose()
+            await backoff.wait()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        # a quarter of the slots free: one poll claims a batch, not one job per poll
+        if self._backlog and self._wake is not None \
+                and self.max_jobs - self.job_counter >= self.max_jobs // 4:
+            self._wake.set()
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll: claim due jobs (one script call that also reads the queue: no
+        ZRANGEBYSCORE round trip with the ids sent back), reap done tasks, heartbeat."""
         free = self.max_jobs - self.job_counter
-        if free <= 0 or not job_ids:
-            return
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        if free > 0:
+            await self._claim_due(free)
+        else:
+            self._backlog = True  # full: the next job to end polls again
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()  # errors of a job task surface, as in arq
+        await self.heart_beat()
+
+    async def _claim_due(self, free: int) -> None:
         script = self._claim
         if script is None:
             script = self._claim = self.pool.register_script(_CLAIM)
-        claimed = await script(
+        due, *claimed = await script(
             keys=[self.queue_name],
-            args=[now_ms(), int(self.in_progress_timeout_s * 1000), free, *job_ids])
-        for i in range(0, len(claimed), 2):
+            args=[now_ms(), int(self.in_progress_timeout_s * 1000), free,
+                  self.queue_read_limit])
+        # every free slot taken and more were due: poll again as soon as slots free up
+        self._backlog = len(claimed) // 4 >= free and due > free
+        for i in range(0, len(claimed), 4):
             await self.sem.acquire()  # never waits: at most `free` jobs are claimed
             self.job_counter += 1
             job_id = claimed[i].decode()
-            task = self.loop.create_task(self.run_job(job_id, int(float(claimed[i + 1]))))
+            task = self.loop.create_task(self.run_claimed(
+                job_id, int(float(claimed[i + 1])), claimed[i + 2], int(claimed[i + 3])))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+
+    async def run_claimed(self, job_id: str, score: int, raw: bytes | None,
+                          job_try: int) -> None:
+        """arq's run_job for a job the claim script read: the same outcomes (result record,
+        retry with defer, max tries, failure, cancellation re-runs it) and the same finish
+        (`finish_job` / `finish_failed_job`), without run_job's first MULTI round trip and
+        its per-job task. Only `forward` runs here (arq's abort and cron are off)."""
+        start_ms = now_ms()
+        fn, args, kwargs, enqueue_ms = "<unknown>", (), {}, 0
+        failed: BaseException | None = None
+        if raw is None:
+            failed = JobExecutionFailed("job expired")
+        else:
+            try:
+                fn, args, kwargs, _, enqueue_ms = deserialize_job_raw(
+                    raw, deserializer=self.job_deserializer)
+            except SerializationError as e:
+                failed = e
+        function = self.functions.get(fn)
+        if failed is None and function is None:
+            failed = JobExecutionFailed(f"function {fn!r} not found")
+        if failed is None and function is not None:
+            max_tries = self.max_tries if function.max_tries is None else function.max_tries
+            if job_try > max_tries:
+                failed = JobExecutionFailed(f"max {max_tries} retries exceeded")
+        ref = f"{job_id}:{fn}"
+        if failed is not None or function is None:
+            log.warning("forward job %s failed before it ran: %s", ref, failed)
+            self.jobs_failed += 1
+            data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, False, failed,
+                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
+                                    serializer=self.job_serializer)
+            await asyncio.shield(self.finish_failed_job(job_id, data))
+            return
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "score": score,
+               "enqueue_time": ms_to_datetime(enqueue_ms)}
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        result: Any = None
+        success = finish = False
+        incr_score: int | None = None
+        pending: list[Pending] = []
+        _PENDING.set(pending)  # this task's context only
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await function.coroutine(ctx, *args, **kwargs)
+        except Retry as e:
+            incr_score = e.defer_score + (now_ms() - score) if e.defer_score else None
+            self.jobs_retried += 1
+        except asyncio.CancelledError:
+            # the worker stops: the job stays queued and runs again (arq's "cancelled, will
+            # be run again"); its in-progress key is dropped below
+            self.jobs_retried += 1
+            await asyncio.shield(self._finish(job_id, pending, False, None, 0, None))
+            raise
+        except Exception as e:
+            log.exception("forward job %s failed: %s: %s", ref, type(e).__name__, e)
+            result, finish = e, True
+            self.jobs_failed += 1
+        else:
+            success = finish = True
+            self.jobs_complete += 1
+        keep = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
+        data = None
+        if finish and keep > 0:
+            data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, success, result,
+                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
+                                    serializer=self.job_serializer)
+        await asyncio.shield(self._finish(job_id, pending, finish, data, keep, incr_score))
+
+    async def _finish(self, job_id: str, pending: list[Pending], finish: bool,
+                      result: bytes | None, keep_s: float, incr_score: int | None) -> None:
+        """arq's finish_job (same MULTI) with the run's attempt records and sent markers."""
+        forwarder: Forwarder = self.ctx["forwarder"]
+        async with self.pool.pipeline(transaction=True) as tr:
+            for p in pending:
+                forwarder.add_records(tr, p)
+            delete = [in_progress_key_prefix + job_id]
+            if finish:
+                if result:
+                    tr.set(result_key_prefix + job_id, result, px=int(keep_s * 1000))
+                delete += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                tr.zrem(abort_jobs_ss, job_id)
+                tr.zrem(self.queue_name, job_id)
+            elif incr_score:
+                tr.zincrby(self.queue_name, incr_score, job_id)
+            tr.delete(*delete)
+            await tr.execute()
+        for p in pending:
+            forwarder.count(p.records)
 
 
 def make_worker(settings: Settings, *, burst: bool = False,
@@ -501,7 +737,7 @@ def make_worker(settings: Settings, *, burst: bool = False,
         # httpx logs every request's URL at INFO: a Telegram bot token is in the path and
         # a Slack or webhook URL can be a secret itself (attempts are in /deliveries)
         logging.getLogger("httpx").setLevel(logging.WARNING)
-    return ForwardWorker(
+    worker = ForwardWorker(
         [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
               max_tries=settings.send_attempts + 3)],
         queue_name=keys.arq_queue,
@@ -516,6 +752,8 @@ def make_worker(settings: Settings, *, burst: bool = False,
         job_deserializer=job_deserializer,
         health_check_interval=30,
     )
+    worker.wake_on = wake_channel(keys)
+    return worker
 
 
 async def run_forwarder(settings: Settings, *, burst: bool = False) -> None:
