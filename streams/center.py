@@ -56,6 +56,7 @@ from .metrics import (
 )
 from .redis import connect, reader, wait_ready
 from .schemas import (
+    PRIVATE_NOTICE_FIELDS,
     AlertSetting,
     Notice,
     NoticeIn,
@@ -211,11 +212,11 @@ def derived_id(sid: str) -> str:
     ms = parse_stream_id(sid)[0]
     rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
     n = (ms << 80) | rnd
-    out = []
-    for _ in range(26):
-        out.append(_ALPHABET[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    return "".join([_PAIRS[(n >> s) & 1023] for s in _PAIR_SHIFTS])  # 2 characters a step
+
+
+_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 ULID characters
+_PAIR_SHIFTS = range(120, -1, -10)
 
 
 def choose_trim(oldest_first: list[str], unread: set[str], need: int,
@@ -264,6 +265,12 @@ def channel_users(channels: dict[str, Any]) -> list[str]:
         for uid in target.users:
             seen[uid] = None
     return list(seen)
+
+
+# notice_view() of the stored body, without decoding it again: the private fields set to
+# their defaults, which Notice (omit_defaults) leaves out
+_PRIVATE = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+            for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
 
 
 _MISSING = re.compile(r"Object missing required field `([^`]+)`")
@@ -479,7 +486,7 @@ class Center:
                 continue  # every recipient muted it (or is unknown: dead-lettered)
             p.notice.recipients = [u.id for u in p.users]
             body = json_encode(p.notice)
-            new.append((p, body, notice_view(body)))
+            new.append((p, body, json_encode(msgspec.structs.replace(p.notice, **_PRIVATE))))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
