@@ -6,6 +6,12 @@ XACK only after the handler has stored the batch, BUSYGROUP/NOGROUP tolerated
 (the group is recreated after a Redis flush), and an orderly stop: the batch
 in hand is finished and acked, then the loop returns.
 
+While a full batch is being handled, the next one is already read (a non-blocking
+XREADGROUP on the reader connection), so Redis serves the read while the handler
+decodes and the two processes overlap. Still ack-after-store: the prefetched entries
+are pending until their own batch is stored; after a failure they are dropped and
+read again from the pending list ("0") with the batch that failed.
+
 Errors are sorted where they are caught:
 - bad input: the decoder raises BadInput → the entry is dead-lettered (reason,
   JSON path, raw fields) and acked with the batch; the handler may dead-letter
@@ -155,6 +161,7 @@ class Consumer(Generic[T]):
         self._last_claim = -1e9
         self._last_trim: float | None = None
         self._failures: dict[str, int] = {}
+        self._prefetch: asyncio.Task[list[tuple[bytes, Fields | None]]] | None = None
 
     # lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -187,6 +194,15 @@ class Consumer(Generic[T]):
 
     async def run(self) -> None:
         """Consume until stop() (or, in burst mode, until nothing is left to do)."""
+        try:
+            await self._run()
+            await self._finish_prefetch()
+        finally:
+            if self._prefetch is not None:  # cancelled: those entries stay pending
+                self._prefetch.cancel()
+                self._prefetch = None
+
+    async def _run(self) -> None:
         backoff = Backoff(base=0.05, cap=2.0)
         loop = asyncio.get_running_loop()
         group_ok = False
@@ -205,11 +221,14 @@ class Consumer(Generic[T]):
                     self._last_trim = loop.time()
                     await self._trim()
                 if self._own_pending:
+                    await self._drop_prefetch()
                     entries = await self._read("0")
                     if not entries:
                         self._own_pending = False
                 else:
-                    entries = await self._read(">")
+                    entries = await self._next()
+                    if len(entries) >= self.batch:  # a backlog: read on while handling
+                        self._prefetch = asyncio.create_task(self._read(">", block=False))
                 if entries:
                     did += await self._process(entries)
                 backoff.reset()
@@ -237,16 +256,49 @@ class Consumer(Generic[T]):
                 raise
 
     # reading ------------------------------------------------------------------------
-    async def _read(self, start: str) -> list[tuple[bytes, Fields | None]]:
-        block = None if start == "0" else (100 if self.burst else self.block_ms)
+    async def _read(self, start: str, *, block: bool = True
+                    ) -> list[tuple[bytes, Fields | None]]:
+        ms = None if start == "0" or not block else (100 if self.burst else self.block_ms)
         resp = await self.blocking.xreadgroup(self.group, self.name, {self.stream: start},
-                                              count=self.batch, block=block)
+                                              count=self.batch, block=ms)
         if not resp:
             return []
         # RESP2: [[stream, entries]]; RESP3: {stream: [entries]}
         if isinstance(resp, dict):
             return next(iter(resp.values()))[0] if resp else []
         return resp[0][1]
+
+    async def _next(self) -> list[tuple[bytes, Fields | None]]:
+        """The prefetched batch if there is one with entries, else a blocking read."""
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            entries = await task
+            if entries:
+                return entries
+        return await self._read(">")
+
+    async def _drop_prefetch(self) -> None:
+        """Before reading the pending list: a prefetched batch is in it, so it is dropped
+        (awaited, so the reader connection is free; a failed read is of no interest)."""
+        task, self._prefetch = self._prefetch, None
+        if task is not None:
+            try:
+                await task
+            except (*RETRYABLE, ResponseError):
+                pass
+
+    async def _finish_prefetch(self) -> None:
+        """On stop: a batch read ahead is handled and acked too, not left pending to wait
+        for a claim by another member."""
+        task, self._prefetch = self._prefetch, None
+        if task is None:
+            return
+        try:
+            entries = await task
+            if entries and not self._own_pending:
+                await self._process(entries)
+        except (*RETRYABLE, ResponseError) as e:
+            log.warning("consumer %s: batch read ahead stays pending (%s)", self.name, e)
 
     async def _claim(self) -> int:
         """Take over entries other members left pending longer than claim_idle_ms."""
