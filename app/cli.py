@@ -163,13 +163,15 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="fewer rounds and smaller loads (<2 min)")
     p.add_argument("--json", dest="json_path", help="write every figure and the machine here")
     p.add_argument("--only", action="append", default=[], help="run only B1, B2, ... (repeat)")
+    p.add_argument("--peer", choices=["alertmanager"],
+                   help="also run B7's load against this peer (prometheus-alertmanager)")
 
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
     from .bench import main as bench_main
 
-    return bench_main(args.quick, args.only, args.json_path)
+    return bench_main(args.quick, args.only, args.json_path, args.peer)
 
 
 def _wrap_args(p: argparse.ArgumentParser) -> None:

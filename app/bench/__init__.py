@@ -10,10 +10,13 @@ import msgspec
 from rich.console import Console
 
 from .core import Bench, Report, machine, new_progress, table
+from .forwarding import use_peer
 from .suite import SUITE
 
 
-async def run(quick: bool, only: list[str], json_path: str | None) -> int:
+async def run(quick: bool, only: list[str], json_path: str | None,
+              peer: str | None = None) -> int:
+    use_peer(peer)
     console = Console(stderr=True, width=150)
     started = time.perf_counter()
     names = [n for n in SUITE if not only or n in only]
@@ -31,9 +34,10 @@ async def run(quick: bool, only: list[str], json_path: str | None) -> int:
     return 0
 
 
-def main(quick: bool, only: list[str], json_path: str | None) -> int:
+def main(quick: bool, only: list[str], json_path: str | None,
+         peer: str | None = None) -> int:
     try:
         import uvloop
     except ImportError:  # pragma: no cover
-        return asyncio.run(run(quick, only, json_path))
-    return uvloop.run(run(quick, only, json_path))
+        return asyncio.run(run(quick, only, json_path, peer))
+    return uvloop.run(run(quick, only, json_path, peer))

@@ -16,6 +16,7 @@ from streams.redis_server import free_port
 
 from .core import Bench, percentile
 from .env import BenchProc, World
+from .forwarding import b5_forwarding, b7_immediate
 from .sse_client import SSEProtocol, open_sse
 from .wrapping import b4_wrapper
 
@@ -326,5 +327,7 @@ SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "B2": b2_latency,
     "B3": b3_fanout,
     "B4": b4_wrapper,
+    "B5": b5_forwarding,
     "B6": b6_memory,
+    "B7": b7_immediate,
 }

@@ -1,0 +1,519 @@
+"""B5 (forwarding throughput) and B7 (immediate forward, against a peer).
+
+B5: N forward jobs due at once (one notice each, unread) → messages/s of ONE `vestnik
+forwarder` process accepted by a local SMTP sink (aiosmtpd) and by a local webhook
+receiver, and messages per forwarder CPU-second (/proc utime+stime, which the box's
+load does not bend). Ceiling: the same sink fed by a bare sender loop (aiosmtplib over
+8 connections; the lean HTTP pool with 16), measured in the same run.
+
+B7: `POST /api/v1/notices` (one notice per request, forward_after 0, a webhook channel)
+→ arrival at the local receiver: delivered/s with 1 and 8 closed-loop clients, and
+p50/p99/max at 100/s and 1,000/s (open loop, paced). With `--peer alertmanager` the same
+load runs against Prometheus Alertmanager (group_wait 0s, one alert per POST to
+/api/v2/alerts, a webhook receiver to the same sink) and its rows are `AM:`-prefixed.
+
+The sinks run in their own process (`python -m app.bench.forwarding http|smtp PORT
+STATS_PORT`), so the bench's event loop never competes with what it measures. Each
+request body carries `"t":<ns>` (the send time); the sink keeps arrival times and
+latencies and serves them as JSON on `GET /stats` (`POST /reset` clears them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from redis.asyncio import Redis
+
+from streams.channels.http1 import HttpPool
+from streams.forward import BROADCAST, ForwardJob, add_forward_jobs
+from streams.ids import now_ms, ulid
+from streams.keys import USER_TOPIC, Keys
+from streams.redis_server import free_port
+from streams.schemas import Notice, User, json_encode
+
+from .core import Bench, percentile
+from .env import BenchProc, World
+
+K = Keys("vn:")
+SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # webhooks are signed, as in production
+ALERTMANAGER = "prometheus-alertmanager"
+_peer: str | None = None
+# B7 notices go round-robin to this many users: one user's feed past feed_max drops its
+# oldest (unread) notices, and a dropped notice counts as read (skipped, never forwarded)
+USERS = 5000
+
+
+def use_peer(peer: str | None) -> None:
+    """`vestnik bench --peer NAME`: run B7's load against NAME too (only alertmanager)."""
+    global _peer
+    _peer = peer
+
+
+class Stats(msgspec.Struct):
+    n: int
+    first: float  # arrival times, seconds (time.time)
+    last: float
+    lat_ms: list[float]
+
+
+# ------------------------------------------------------------------------ the sinks
+
+_STAMP = re.compile(rb'"t":"?(\d{16,20})')
+
+
+class _Record:
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.n, self.first, self.last = 0, 0.0, 0.0
+        self.lat: list[float] = []
+
+    def hit(self, body: bytes) -> None:
+        now_ns = time.time_ns()
+        self.last = now_ns / 1e9
+        if not self.n:
+            self.first = self.last
+        self.n += 1
+        for m in _STAMP.finditer(body):  # an Alertmanager POST can carry several alerts
+            self.lat.append((now_ns - int(m.group(1))) / 1e6)
+
+    def stats(self) -> bytes:
+        return msgspec.json.encode(Stats(self.n, self.first, self.last, self.lat))
+
+
+class _HttpSink(asyncio.Protocol):
+    """HTTP/1.1 keep-alive; every request with a body is a hit, answered 200 at once."""
+
+    def __init__(self, rec: _Record) -> None:
+        self.rec, self.buf, self.transport = rec, b"", None
+
+    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while True:
+            end = self.buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self.buf[:end].lower()
+            m = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
+            size = int(m.group(1)) if m else 0
+            if len(self.buf) < end + 4 + size:
+                return
+            body = self.buf[end + 4:end + 4 + size]
+            self.buf = self.buf[end + 4 + size:]
+            out = b""
+            if head.startswith(b"get /stats"):
+                out = self.rec.stats()
+            elif head.startswith(b"post /reset"):
+                self.rec.reset()
+            else:
+                self.rec.hit(body)
+            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                                 b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
+
+
+async def _serve(kind: str, port: int, stats_port: int) -> None:
+    rec = _Record()
+    loop = asyncio.get_running_loop()
+    if kind == "smtp":
+        from aiosmtpd.controller import Controller
+
+        class Handler:
+            async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+                rec.hit(envelope.original_content or b"")
+                return "250 OK"
+
+        controller = Controller(Handler(), hostname="127.0.0.1", port=port)
+        controller.start()
+        # the SMTP sink runs in the controller's thread; stats here, read racily (counts)
+        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", stats_port)
+    else:
+        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", port)
+    async with server:
+        await server.serve_forever()
+
+
+# ------------------------------------------------------------------------ helpers
+
+
+class Sink:
+    def __init__(self, world_dir: Path, env: dict[str, str], kind: str) -> None:
+        self.port = free_port()
+        self.stats_port = free_port() if kind == "smtp" else self.port
+        self.proc = BenchProc([sys.executable, "-m", "app.bench.forwarding", kind,
+                               str(self.port), str(self.stats_port)], env,
+                              world_dir / f"sink-{kind}.log")
+        self.pool = HttpPool(per_host=2)
+
+    async def ready(self) -> None:
+        for _ in range(200):
+            try:
+                await self.reset()
+                return
+            except OSError:
+                await asyncio.sleep(0.05)
+        raise RuntimeError(f"sink not up: {self.proc.log_path.read_text()[-1500:]}")
+
+    async def reset(self) -> None:
+        await self.pool.post(f"http://127.0.0.1:{self.stats_port}/reset", b"", {})
+
+    async def stats(self) -> Stats:
+        req = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
+        reader, writer = await asyncio.open_connection("127.0.0.1", self.stats_port)
+        try:
+            writer.write(req)
+            head = await reader.readuntil(b"\r\n\r\n")
+            size = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
+            return msgspec.json.decode(await reader.readexactly(size), type=Stats)
+        finally:
+            writer.close()
+
+    async def wait(self, n: int, seconds: float) -> Stats:
+        deadline = time.monotonic() + seconds
+        while True:
+            st = await self.stats()
+            if st.n >= n or time.monotonic() > deadline:
+                return st
+            await asyncio.sleep(0.05)
+
+    async def close(self) -> None:
+        await self.pool.aclose()
+        self.proc.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def rate(st: Stats) -> float:
+    return (st.n - 1) / (st.last - st.first) if st.n > 1 and st.last > st.first else 0.0
+
+
+# ------------------------------------------------------------------------------ B5
+
+
+async def _schedule(r: Redis, n: int, channel: str, sink_port: int) -> None:
+    await r.hset(K.state(USER_TOPIC), "1", json_encode(User(id="1", email="b5@example.org")))
+    target = ({"email": {"users": ["1"]}} if channel == "email"
+              else {"webhook": {"url": f"http://127.0.0.1:{sink_port}/hook"}})
+    uid = "1" if channel == "email" else BROADCAST
+    now = now_ms()
+    for start in range(0, n, 1000):
+        async with r.pipeline(transaction=False) as pipe:
+            jobs = []
+            for _ in range(start, min(n, start + 1000)):
+                nid = ulid()
+                notice = Notice(id=nid, alert="bench", title=f"bench {nid}", body="x" * 200,
+                                recipients=["1"], channels=target, created_at=now)
+                pipe.set(K.notice(nid), json_encode(notice))
+                pipe.zadd(K.unread("1"), {nid: 1})
+                jobs.append(ForwardJob(nid, uid, now))
+            add_forward_jobs(pipe, K, jobs)
+            await pipe.execute()
+
+
+async def _bare_smtp(port: int, n: int) -> None:
+    import aiosmtplib
+
+    msg = (b"From: b5@example.org\r\nTo: b5@example.org\r\nSubject: bare\r\n\r\n"
+           + (b"x" * 75 + b"\r\n") * 20)
+    per = n // 8
+
+    async def one() -> None:
+        smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port)
+        await smtp.connect()
+        for _ in range(per):
+            await smtp.sendmail("b5@example.org", ["b5@example.org"], msg)
+        smtp.close()
+
+    await asyncio.gather(*(one() for _ in range(8)))
+
+
+async def _bare_http(port: int, n: int) -> None:
+    pool = HttpPool(per_host=16)
+    body = b'{"title":"bare"}' + b" " * 400
+    per = n // 16
+
+    async def one() -> None:
+        for _ in range(per):
+            await pool.post(f"http://127.0.0.1:{port}/hook", body,
+                            {"content-type": "application/json"})
+
+    await asyncio.gather(*(one() for _ in range(16)))
+    await pool.aclose()
+
+
+async def _b5_one(bench: Bench, channel: str, n: int) -> tuple[float, float, float]:
+    """(messages/s, messages per forwarder CPU-s, bare sender's messages/s)."""
+    kind = "smtp" if channel == "email" else "http"
+    with World() as world:
+        r = world.redis()
+        sink = Sink(world.dir, world.env(), kind)
+        try:
+            await sink.ready()
+            await (_bare_smtp(sink.port, min(n, 2000)) if kind == "smtp"
+                   else _bare_http(sink.port, min(n, 2000)))
+            ceiling = rate(await sink.stats())
+            await sink.reset()
+            await _schedule(r, n, channel, sink.port)
+            fwd = world.start("forwarder", VESTNIK_SMTP_URL=f"smtp://127.0.0.1:{sink.port}",
+                              VESTNIK_SMTP_FROM="vestnik@example.org",
+                              VESTNIK_WEBHOOK_SECRET=SECRET)
+            cpu0 = None
+            deadline = time.monotonic() + 120
+            st = await sink.stats()
+            while st.n < n and time.monotonic() < deadline:
+                if fwd.proc.poll() is not None:
+                    raise RuntimeError(f"forwarder exited: {fwd.log_path.read_text()[-1500:]}")
+                if cpu0 is None and st.n:
+                    cpu0 = cpu_seconds(fwd.pid)  # start-up (imports, connects) left out
+                await asyncio.sleep(0.02)
+                st = await sink.stats()
+            cpu = cpu_seconds(fwd.pid) - (cpu0 or 0.0)
+        finally:
+            await sink.close()
+            await r.aclose()
+    return rate(st), (st.n / cpu if cpu else 0.0), ceiling
+
+
+async def b5_forwarding(bench: Bench) -> None:
+    n = 3000 if bench.quick else 10_000
+    rounds = bench.rounds()
+    task = bench.progress.add_task("B5 forwarding", total=2 * rounds)
+    for channel, row in (("email", "smtp"), ("webhook", "webhook")):
+        rates, per_cpu, ceilings = [], [], []
+        for _ in range(rounds):
+            a, b, c = await _b5_one(bench, channel, n)
+            rates.append(a)
+            per_cpu.append(b)
+            ceilings.append(c)
+            bench.progress.advance(task)
+        sink = "SMTP sink (aiosmtpd)" if channel == "email" else "webhook receiver"
+        bench.record(f"B5:{row}_per_s", f"{n:,} {channel} forwards due at once → {sink}, one "
+                     "forwarder; ceiling: a bare sender loop to the same sink", rates,
+                     "msgs/s", ceiling=ceilings, target=1000)
+        bench.record(f"B5:{row}_per_cpu_s", f"{channel} messages per forwarder CPU-second "
+                     "(utime+stime; robust to the box's load)", per_cpu, "msgs/CPU-s")
+
+
+# ------------------------------------------------------------------------------ B7
+
+
+class Target:
+    """Where B7 POSTs: Vestnik's API or Alertmanager's, with one request body per send."""
+
+    def __init__(self, name: str, url: str, headers: dict[str, str], hook: str) -> None:
+        self.name, self.url, self.headers, self.hook = name, url, headers, hook
+        self.pool = HttpPool(per_host=32)
+        self.seq = 0
+        self.errors = 0
+
+    def body(self) -> bytes:
+        self.seq += 1
+        t = time.time_ns()
+        if self.name == "vestnik":
+            return msgspec.json.encode({
+                "alert": "b7", "title": f"B7 {self.seq}", "severity": "warning",
+                "recipients": [f"u{self.seq % USERS}"], "forward_after": 0, "data": {"t": t},
+                "channels": {"webhook": {"url": self.hook}}})
+        return msgspec.json.encode([{
+            "labels": {"alertname": "b7", "seq": str(self.seq)},
+            "annotations": {"t": str(t), "summary": f"B7 {self.seq}"}}])
+
+    async def send(self) -> None:
+        resp = await self.pool.post(self.url, self.body(), self.headers)
+        if resp.status_code >= 300:
+            self.errors += 1
+
+
+async def _closed_loop(target: Target, sink: Sink, clients: int, seconds: float) -> float:
+    await sink.reset()
+    stop = time.monotonic() + seconds
+    sent = 0
+
+    async def client() -> None:
+        nonlocal sent
+        while time.monotonic() < stop:
+            await target.send()
+            sent += 1
+
+    await asyncio.gather(*(client() for _ in range(clients)))
+    return rate(await sink.wait(sent, 10))
+
+
+async def _open_loop(target: Target, sink: Sink, per_s: int, seconds: float) -> list[float]:
+    await sink.reset()
+    tasks: set[asyncio.Task[None]] = set()
+    total = int(per_s * seconds)
+    sent = 0
+    t0 = time.perf_counter()
+    while sent < total:
+        due = min(int((time.perf_counter() - t0) * per_s) + 1, total)
+        for _ in range(due - sent):
+            task = asyncio.create_task(target.send())
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+        sent = due
+        await asyncio.sleep(max(0.0, t0 + sent / per_s - time.perf_counter()))
+    await asyncio.gather(*tasks)
+    st = await sink.wait(sent, 10)
+    return st.lat_ms + [float("inf")] * (sent - len(st.lat_ms))  # a loss is the worst
+
+
+async def _b7_load(bench: Bench, target: Target, sink: Sink, prefix: str, task: object
+                   ) -> None:
+    """The rows of one system; `prefix` "AM:" for the peer, whose same-run 1-client rate
+    then is Vestnik's target and ceiling (else the rate measured in issue 6)."""
+    peer_rate = next((r.value for r in bench.rows if r.id == "AM:B7:delivered_per_s"), None)
+    quick = bench.quick
+    secs = 2.0 if quick else 6.0
+    await _open_loop(target, sink, 100, 0.5)  # warm: connections, scripts, JIT-free paths
+    for clients, row in ((1, f"{prefix}B7"), (8, f"{prefix}B7x8")):
+        values = [await _closed_loop(target, sink, clients, secs) for _ in range(bench.rounds())]
+        mine = not prefix and clients == 1
+        bench.record(f"{row}:delivered_per_s", f"{target.name}: POST one notice per request "
+                     f"→ webhook arrival, {clients} client(s)", values, "msgs/s",
+                     ceiling=peer_rate if mine else None,
+                     target=(peer_rate or _PEER_RATE) if mine else None)
+        bench.progress.advance(task)
+    for per_s in (100, 1000):
+        lat = await _open_loop(target, sink, per_s, secs)
+        for name, p in (("p50", 50), ("p99", 99), ("max", 100)):
+            bench.record(f"{prefix}B7@{per_s}:{name}_ms", f"{target.name}: POST → webhook "
+                         f"arrival at {per_s}/s, {name}", [percentile(lat, p)], "ms",
+                         better="lower",
+                         target=10.0 if (per_s == 1000 and name == "p99" and not prefix)
+                         else None)
+        bench.record(f"{prefix}B7@{per_s}:lost", f"{target.name}: not arrived at {per_s}/s",
+                     [sum(1 for x in lat if x == float("inf"))], "msgs", better="lower",
+                     target=0)
+        bench.progress.advance(task)
+    if target.errors:
+        bench.console.log(f"[red]{target.name}: {target.errors} POSTs answered >= 300")
+
+
+# Alertmanager measured ~2,200 alerts/s with 1 client on the reference box (issue 6); the
+# row's target is that figure unless the peer runs in the same run (then compare the rows)
+_PEER_RATE = 2200.0
+
+
+async def _vestnik_b7(bench: Bench, task: object) -> None:
+    with World() as world:
+        r = world.redis()
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(USERS):
+                pipe.hset(K.state(USER_TOPIC), f"u{i}", json_encode(User(id=f"u{i}")))
+            await pipe.execute()
+        sink = Sink(world.dir, world.env(), "http")
+        try:
+            await sink.ready()
+            _, base = world.start_api()
+            world.start("center", VESTNIK_WEBHOOK_SECRET=SECRET)
+            target = Target("vestnik", f"{base}/api/v1/notices",
+                            {"authorization": f"Bearer {world.service_token}",
+                             "content-type": "application/json"},
+                            f"http://127.0.0.1:{sink.port}/hook")
+            await _b7_load(bench, target, sink, "", task)
+            await target.pool.aclose()
+        finally:
+            await sink.close()
+            await r.aclose()
+
+
+AM_CONFIG = """route:
+  receiver: hook
+  group_by: ['...']
+  group_wait: 0s
+  group_interval: 1s
+  repeat_interval: 24h
+receivers:
+- name: hook
+  webhook_configs:
+  - url: http://127.0.0.1:{port}/am
+    send_resolved: false
+"""
+
+
+async def _alertmanager_b7(bench: Bench, task: object) -> None:
+    exe = shutil.which(ALERTMANAGER) or shutil.which("alertmanager")
+    if exe is None:
+        bench.console.log(f"[red]--peer alertmanager: `{ALERTMANAGER}` is not installed "
+                          "(apt-get install prometheus-alertmanager); peer rows skipped")
+        return
+    tmp = Path(tempfile.mkdtemp(prefix="vestnik-bench-am-"))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    sink = Sink(tmp, env, "http")
+    port = free_port()
+    (tmp / "am.yml").write_text(AM_CONFIG.format(port=sink.port))
+    am = BenchProc([exe, f"--config.file={tmp / 'am.yml'}", f"--storage.path={tmp / 'data'}",
+                    f"--web.listen-address=127.0.0.1:{port}", "--cluster.listen-address=",
+                    "--log.level=warn"], env, tmp / "am.log")
+    try:
+        await sink.ready()
+        probe = HttpPool(per_host=1)
+        for _ in range(200):
+            try:
+                await probe.post(f"http://127.0.0.1:{port}/api/v2/alerts", b"[]",
+                                 {"content-type": "application/json"})
+                break
+            except OSError:
+                await asyncio.sleep(0.05)
+        await probe.aclose()
+        target = Target("alertmanager", f"http://127.0.0.1:{port}/api/v2/alerts",
+                        {"content-type": "application/json"}, "")
+        await _b7_load(bench, target, sink, "AM:", task)
+        await target.pool.aclose()
+    finally:
+        am.stop()
+        await sink.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def b7_immediate(bench: Bench) -> None:
+    peer = _peer == "alertmanager"
+    task = bench.progress.add_task("B7 immediate forward", total=4 * (2 if peer else 1))
+    if peer:
+        await _alertmanager_b7(bench, task)
+    await _vestnik_b7(bench, task)
+    if peer:
+        _side_by_side(bench)
+
+
+def _side_by_side(bench: Bench) -> None:
+    from rich.table import Table
+
+    rows = {r.id: r for r in bench.rows}
+    t = Table(title="B7: Vestnik vs Alertmanager (same load, same receiver, same run)")
+    for col in ("figure", "vestnik", "alertmanager"):
+        t.add_column(col, justify="left" if col == "figure" else "right")
+    for rid in [r.id for r in bench.rows if r.id.startswith("B7")]:
+        peer = rows.get(f"AM:{rid}")
+        t.add_row(f"{rid} ({rows[rid].unit})", f"{rows[rid].value:g}",
+                  "" if peer is None else f"{peer.value:g}")
+    bench.console.print(t)
+
+
+def main(argv: list[str]) -> None:
+    kind, port, stats_port = argv[0], int(argv[1]), int(argv[2])
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover
+        asyncio.run(_serve(kind, port, stats_port))
+        return
+    uvloop.run(_serve(kind, port, stats_port))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
