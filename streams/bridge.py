@@ -115,6 +115,7 @@ class Bridge:
                 await pubsub.psubscribe(*(self.prefix + p.glob.encode() for p in self.patterns))
                 await self.resync()
                 self.ready.set()
+                log.info("bridge: following %s", ", ".join(p.glob for p in self.patterns))
                 backoff.reset()
                 await self._listen(pubsub)
             except RETRYABLE as e:
