@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Iterable
+from typing import Generic, TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
@@ -29,6 +30,7 @@ from .topics import TOPIC_RE, StateWriter
 log = logging.getLogger("vestnik.hub")
 
 StreamKey = tuple[int, int]
+T = TypeVar("T")
 
 
 class Item:
@@ -43,14 +45,16 @@ class Item:
         self.frame: bytes | None = None  # filled once by the first writer that formats it
 
 
-class Subscription:
-    __slots__ = ("queue", "topic")
+class Mailbox(Generic[T]):
+    """One subscriber's bounded queue. The fan-out only ever offers (never waits), so a slow
+    subscriber cannot hold up the others; `None` in the queue ends its stream."""
 
-    def __init__(self, topic: str, queue_size: int) -> None:
-        self.topic = topic
-        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(queue_size)
+    __slots__ = ("queue",)
 
-    def offer(self, item: Item) -> bool:
+    def __init__(self, queue_size: int) -> None:
+        self.queue: asyncio.Queue[T | None] = asyncio.Queue(queue_size)
+
+    def offer(self, item: T) -> bool:
         try:
             self.queue.put_nowait(item)
             return True
@@ -62,6 +66,14 @@ class Subscription:
         while not self.queue.empty():
             self.queue.get_nowait()
         self.queue.put_nowait(None)
+
+
+class Subscription(Mailbox[Item]):
+    __slots__ = ("topic",)
+
+    def __init__(self, topic: str, queue_size: int) -> None:
+        super().__init__(queue_size)
+        self.topic = topic
 
 
 class TopicHub:

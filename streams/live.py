@@ -26,6 +26,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
+from .hub import Mailbox
 from .keys import Keys
 from .metrics import READER_RECONNECTS, SSE_DROPPED
 from .redis import RETRYABLE, Backoff, reader
@@ -64,24 +65,12 @@ class Item:
 RESYNC: Final = Item("resync", b"{}")
 
 
-class UserSub:
-    __slots__ = ("queue", "uid")
+class UserSub(Mailbox[Item]):
+    __slots__ = ("uid",)
 
     def __init__(self, uid: str, queue_size: int) -> None:
+        super().__init__(queue_size)
         self.uid = uid
-        self.queue: asyncio.Queue[Item | None] = asyncio.Queue(queue_size)
-
-    def offer(self, item: Item) -> bool:
-        try:
-            self.queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
-            return False
-
-    def close(self) -> None:
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
 
 
 class UserHub:
