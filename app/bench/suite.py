@@ -318,6 +318,15 @@ async def b6_memory(bench: Bench) -> None:
         bench.record("B6:bytes_per_entry", f"Redis memory per stored feed entry "
                      f"(notice of ~{len(sample)} bytes)", [(after - before) / n], "bytes",
                      better="lower", target=700)
+        conns = 1000 if bench.quick else 5000
+        api, base = world.start_api()
+        rss0 = api.rss_kb()
+        clients = await _connect_users(world, int(base.rsplit(":", 1)[1]), conns, Latencies())
+        await asyncio.sleep(1.0)  # let the server settle before reading its RSS
+        bench.record("B6:api_kb_per_conn", f"api RSS per idle /me/stream connection ({conns})",
+                     [(api.rss_kb() - rss0) / conns], "KB", better="lower", target=25.0)
+        for c in clients:
+            c.close()
         await r.aclose()
     bench.progress.advance(task)
 
