@@ -535,12 +535,15 @@ class ForwardWorker(Worker):
     """
 
     _claim: AsyncScript | None = None
+    _ending: list[Any]  # finishes of jobs ended in this loop iteration (_finish)
+    _flushes: set[asyncio.Task[None]]
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
     _wake: asyncio.Event | None = None
     _backlog = False
 
     async def main(self) -> None:
         # arq's main without its poll timer: the same iteration, woken early (see above)
+        self._ending, self._flushes = [], set()
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -701,24 +704,47 @@ class ForwardWorker(Worker):
 
     async def _finish(self, job_id: str, pending: list[Pending], finish: bool,
                       result: bytes | None, keep_s: float, incr_score: int | None) -> None:
-        """arq's finish_job (same MULTI) with the run's attempt records and sent markers."""
+        """arq's finish_job with the run's attempt records and sent markers. The jobs that
+        end in the same loop iteration share one MULTI (one round trip, one write)."""
+        fut: asyncio.Future[None] = self.loop.create_future()
+        self._ending.append((job_id, pending, finish, result, keep_s, incr_score, fut))
+        if len(self._ending) == 1:  # the first of this iteration: flush on the next one
+            task = self.loop.create_task(self._flush_ending())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        await fut
+
+    async def _flush_ending(self) -> None:
+        batch, self._ending = self._ending, []
         forwarder: Forwarder = self.ctx["forwarder"]
-        async with self.pool.pipeline(transaction=True) as tr:
+        try:
+            async with self.pool.pipeline(transaction=True) as tr:
+                for job_id, pending, finish, result, keep_s, incr_score, _ in batch:
+                    for p in pending:
+                        forwarder.add_records(tr, p)
+                    delete = [in_progress_key_prefix + job_id]
+                    if finish:
+                        if result:
+                            tr.set(result_key_prefix + job_id, result, px=int(keep_s * 1000))
+                        delete += [retry_key_prefix + job_id, job_key_prefix + job_id]
+                        tr.zrem(abort_jobs_ss, job_id)
+                        tr.zrem(self.queue_name, job_id)
+                    elif incr_score:
+                        tr.zincrby(self.queue_name, incr_score, job_id)
+                    tr.delete(*delete)
+                await tr.execute()
+        except BaseException as e:  # each job sees it (RETRYABLE: its in-progress key expires)
+            for *_, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        for _, pending, *_, fut in batch:
             for p in pending:
-                forwarder.add_records(tr, p)
-            delete = [in_progress_key_prefix + job_id]
-            if finish:
-                if result:
-                    tr.set(result_key_prefix + job_id, result, px=int(keep_s * 1000))
-                delete += [retry_key_prefix + job_id, job_key_prefix + job_id]
-                tr.zrem(abort_jobs_ss, job_id)
-                tr.zrem(self.queue_name, job_id)
-            elif incr_score:
-                tr.zincrby(self.queue_name, incr_score, job_id)
-            tr.delete(*delete)
-            await tr.execute()
-        for p in pending:
-            forwarder.count(p.records)
+                forwarder.count(p.records)
+            if not fut.done():
+                fut.set_result(None)
 
 
 def make_worker(settings: Settings, *, burst: bool = False,
