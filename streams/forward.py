@@ -41,9 +41,12 @@ Idempotency and the remaining duplicate window
     is stable across retries (the notice id); emails carry a stable Message-ID.
 
 The worker
-    arq's Worker (`ForwardWorker`: the due jobs of a poll are claimed with one Lua call
-    instead of arq's WATCH/MULTI exchange per job), msgpack instead of pickle, polling
-    every 50 ms, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
+    arq's Worker (`ForwardWorker`: the due jobs of a poll are read and claimed with one
+    Lua call that also returns their records, instead of arq's WATCH/MULTI exchange and
+    run_job's first MULTI per job; the jobs ending in one loop iteration share one
+    finish MULTI that also writes their attempt records and sent markers), msgpack
+    instead of pickle, polling every 50 ms and at once when `add_forward_jobs` publishes
+    that jobs are due now, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
     `vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
     `arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
     slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
