@@ -331,6 +331,67 @@ async def b6_memory(bench: Bench) -> None:
     bench.progress.advance(task)
 
 
+class Counter:
+    """Counts `entity` events; `done` is set once every client has `want` of them."""
+
+    def __init__(self, clients: int, want: int) -> None:
+        self.got = [0] * clients
+        self.want = want
+        self.complete = 0
+        self.done = asyncio.Event()
+
+    def on_event(self, i: int) -> Callable[[str, bytes], None]:
+        def count(event: str, _data: bytes) -> None:
+            if event == "entity":
+                self.got[i] += 1
+                if self.got[i] == self.want:
+                    self.complete += 1
+                    if self.complete == len(self.got):
+                        self.done.set()
+        return count
+
+
+async def _topic_rate(world: World, port: int, n: int, clients: int) -> float:
+    """Topic events/s from XADD to `clients` SSE clients (each gets all n)."""
+    r = world.redis()
+    await r.delete("vn:topic:vm")
+    counter = Counter(clients, n)
+    conns = [await open_sse("127.0.0.1", port,
+                            f"/api/v1/topics/vm/stream?token={world.token('u1')}",
+                            counter.on_event(i)) for i in range(clients)]
+    t0 = time.perf_counter()
+    for start in range(0, n, 1000):
+        async with r.pipeline(transaction=False) as pipe:
+            for i in range(start, min(n, start + 1000)):
+                pipe.xadd("vn:topic:vm", {"op": "update", "id": str(i % 500),
+                                          "data": '{"status":"running","cpu":42}'})
+            await pipe.execute()
+    await asyncio.wait_for(counter.done.wait(), 120)
+    rate = n / (time.perf_counter() - t0)
+    for c in conns:
+        c.close()
+    await r.aclose()
+    return rate
+
+
+async def n1_topic_sse(bench: Bench) -> None:
+    n = 20_000 if bench.quick else 50_000
+    task = bench.progress.add_task("N1 topic SSE", total=2 * bench.rounds())
+    one, hundred = [], []
+    for _ in range(bench.rounds()):
+        with World() as world:
+            _, base = world.start_api()
+            port = int(base.rsplit(":", 1)[1])
+            one.append(await _topic_rate(world, port, n, 1))
+            bench.progress.advance(task)
+            hundred.append(await _topic_rate(world, port, n // 10, 100))
+            bench.progress.advance(task)
+    bench.record("N1:events_per_s", f"{n:,} topic events XADDed → one SSE client (materialized, "
+                 "whole entity)", one, "events/s")
+    bench.record("N1x100:deliveries_per_s", f"{n // 10:,} topic events → 100 SSE clients",
+                 [x * 100 for x in hundred], "deliveries/s")
+
+
 SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "B1": b1_ingest,
     "B2": b2_latency,
@@ -339,4 +400,5 @@ SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
     "B5": b5_forwarding,
     "B6": b6_memory,
     "B7": b7_immediate,
+    "N1": n1_topic_sse,
 }
