@@ -204,6 +204,7 @@ return body
 """
 
 SCAN_MAX = 2000  # retention looks at most this many oldest entries for read ones
+USER_CACHE = 50_000  # decoded user records kept between batches
 
 
 def derived_id(sid: str) -> str:
@@ -354,6 +355,9 @@ class Center:
         # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
         self.one_call = not isinstance(redis, RedisCluster)
         self._fold = redis.register_script(FOLD_LUA)
+        # uid -> (record bytes, decoded): the records are read every batch, decoded only
+        # when they changed (users are read-only here)
+        self._users: dict[str, tuple[bytes, User | str]] = {}
 
     async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         with CENTER_BATCH.time():
@@ -458,7 +462,14 @@ class Center:
             if raw is None:
                 users[uid] = f"unknown user {uid}"
                 continue
+            hit = self._users.get(uid)
+            if hit is not None and hit[0] == raw:  # the same record as last time: decoded
+                users[uid] = hit[1]
+                continue
             users[uid] = decode_user(uid, raw)
+            if len(self._users) >= USER_CACHE:
+                self._users.clear()
+            self._users[uid] = (raw, users[uid])
         for p, first in zip(dedup, res[1:], strict=True):
             if first is not None and first.decode() != p.notice.id:
                 p.fold_into = first.decode()
