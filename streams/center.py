@@ -21,7 +21,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import re
 import signal
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -62,6 +61,7 @@ from .schemas import (
     NoticeIn,
     User,
     decode_notice_entry,
+    decode_user,
     json_encode,
     notice_fields,
     notice_view,
@@ -272,34 +272,6 @@ def channel_users(channels: dict[str, Any]) -> list[str]:
 # their defaults, which Notice (omit_defaults) leaves out
 _PRIVATE = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
             for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
-
-
-_MISSING = re.compile(r"Object missing required field `([^`]+)`")
-
-
-def decode_entry(fields: dict[bytes, bytes]) -> NoticeIn:
-    """decode_notice_entry, with a missing field named by its own path (`$.title`)."""
-    try:
-        return decode_notice_entry(fields)
-    except BadInput as e:
-        m = _MISSING.search(e.detail)
-        if m and e.field == "$":
-            raise BadInput(f"missing required field `{m.group(1)}`",
-                           field=f"$.{m.group(1)}") from None
-        raise
-
-
-def decode_user(uid: str, raw: bytes) -> User | str:
-    """A user record of the `user` topic state, or why it cannot be used. The hash field is
-    the id (entities often carry a numeric `id`)."""
-    try:
-        obj = _any_decoder.decode(raw)
-        if not isinstance(obj, dict):
-            return f"unreadable record of user {uid}: not a JSON object"
-        obj["id"] = uid
-        return msgspec.convert(obj, User, strict=False)
-    except msgspec.DecodeError as e:  # ValidationError included
-        return f"unreadable record of user {uid}: {e}"
 
 
 def is_muted(user: User, alert: str) -> bool:
@@ -655,7 +627,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
         center = Center(redis, keys, settings)
         cons = Consumer(
             redis, blocking, stream=keys.notices, group=CENTER_GROUP,
-            consumer=consumer or default_consumer_name(), decode=decode_entry,
+            consumer=consumer or default_consumer_name(), decode=decode_notice_entry,
             handle=center.handle, dead_stream=keys.notices_dead,
             dead_maxlen=settings.dead_maxlen, batch=settings.center_batch,
             claim_idle_ms=settings.claim_idle_ms, burst=burst)

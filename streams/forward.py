@@ -85,7 +85,7 @@ from .ids import now_ms
 from .keys import USER_TOPIC, Keys
 from .metrics import FORWARD_ATTEMPTS
 from .redis import RETRYABLE, Backoff
-from .schemas import Notice, User, json_encode
+from .schemas import Notice, User, decode_user, json_encode
 
 log = logging.getLogger("vestnik.forward")
 
@@ -140,19 +140,6 @@ job_deserializer = msgspec.msgpack.Decoder().decode
 _notice_decoder = msgspec.json.Decoder(Notice)
 _any_decoder = msgspec.json.Decoder()
 _delivery_decoder = msgspec.json.Decoder(Delivery)
-
-
-def decode_user(uid: str, raw: bytes) -> User | str:
-    """A user record of the `user` topic state (as the center reads it: the hash field is
-    the id, scalars coerced), or why it cannot be used."""
-    try:
-        obj = _any_decoder.decode(raw)
-        if not isinstance(obj, dict):
-            return f"unreadable record of user {uid}: not a JSON object"
-        obj["id"] = uid
-        return msgspec.convert(obj, User, strict=False)
-    except msgspec.DecodeError as e:  # ValidationError included
-        return f"unreadable record of user {uid}: {e}"
 
 
 def decode_delivery(raw: bytes) -> Delivery:

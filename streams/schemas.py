@@ -280,6 +280,21 @@ class User(msgspec.Struct, kw_only=True):
     prefs: dict[str, Any] = {}
 
 
+def decode_user(uid: str, raw: bytes) -> User | str:
+    """A user record of the `user` topic state, or why it cannot be used. The hash field is
+    the id (entities often carry a numeric `id`); scalars are coerced."""
+    try:
+        obj = _json_decode_any(raw)
+        if not isinstance(obj, dict):
+            return f"unreadable record of user {uid}: not a JSON object"
+        obj["id"] = uid
+        return msgspec.convert(obj, User, strict=False)
+    except msgspec.DecodeError as e:  # ValidationError included
+        return f"unreadable record of user {uid}: {e}"
+    except RecursionError:
+        return f"unreadable record of user {uid}: nested too deeply"
+
+
 # -------------------------------------------------------------------------- errors
 
 

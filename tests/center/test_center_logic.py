@@ -13,8 +13,6 @@ from streams.center import (
     STORE_LUA,
     channel_users,
     choose_trim,
-    decode_entry,
-    decode_user,
     derived_id,
     is_muted,
     merge_channels,
@@ -22,7 +20,7 @@ from streams.center import (
     wants_forward,
 )
 from streams.errors import BadInput
-from streams.schemas import AlertSetting, Notice, NoticeIn, User
+from streams.schemas import AlertSetting, Notice, NoticeIn, User, decode_notice_entry, decode_user
 
 
 def setting(sid: str, channel: dict, enabled: bool = True) -> AlertSetting:
@@ -71,7 +69,7 @@ def test_derived_id_is_a_stable_ulid_of_the_entry():
 
 def test_decode_entry_and_user_records():
     with pytest.raises(BadInput) as e:
-        decode_entry({b"alert": b"disk"})
+        decode_notice_entry({b"alert": b"disk"})
     assert e.value.field == "$.title"
     assert decode_user("7", b'{"id": 7, "name": "x"}') == User(id="7", name="x")
     assert decode_user("7", b"[1]").startswith("unreadable record of user 7")
@@ -124,13 +122,13 @@ async def test_per_user_path_stores_like_the_batch_path(redis, settings):
     """The per-user calls (used on a Redis Cluster) give the same feeds as one batch call."""
     from center_support import add_users, entry, feed, xadd_many
 
-    from streams.center import Center, decode_entry
+    from streams.center import Center
     from streams.consumer import Entry
 
     await add_users(redis, "1", "2")
     sids = await xadd_many(redis, [entry(f"n{i}", "1,2") for i in range(5)])
     raw = await redis.xrange(K.notices)
-    entries = [Entry(s.decode(), decode_entry(f), f) for s, f in raw]
+    entries = [Entry(s.decode(), decode_notice_entry(f), f) for s, f in raw]
     center = Center(redis, K, settings)
     center.one_call = False
     assert await center.handle(entries) == []
