@@ -11,6 +11,7 @@ instead of slowing the others; it resumes with Last-Event-ID.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Iterable
 from typing import Generic, TypeVar
@@ -31,6 +32,14 @@ log = logging.getLogger("vestnik.hub")
 
 StreamKey = tuple[int, int]
 T = TypeVar("T")
+
+
+async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
+    """Stop a hub's reader task and wait until it has stopped."""
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 class Item:
@@ -124,12 +133,7 @@ class TopicHub:
         self._stopping = True
         self._wake.set()
         self.close_subscribers()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         if self._reader is not None:
             await self._reader.aclose()
 

@@ -26,7 +26,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from .hub import Mailbox
+from .hub import Mailbox, cancel_and_wait
 from .keys import Keys
 from .metrics import READER_RECONNECTS, SSE_DROPPED
 from .redis import RETRYABLE, Backoff, reader
@@ -107,12 +107,7 @@ class UserHub:
         self._stopping = True
         self._wake.set()
         self.close_subscribers()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+        await cancel_and_wait(self._task)
         await self._drop()
 
     @property
