@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import email
+import email.policy
 import os
 import secrets
 import signal
@@ -11,12 +13,14 @@ import sys
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from email.message import EmailMessage
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+from aiosmtpd.controller import Controller
 
 from streams.redis_server import free_port
 
@@ -247,3 +251,65 @@ class SSE:
 
 def free_ports(n: int) -> list[int]:
     return [free_port() for _ in range(n)]
+
+
+# ------------------------------------------------------------------------- SMTP
+
+
+@dataclass
+class Mail:
+    mail_from: str
+    rcpt_tos: list[str]
+    raw: bytes
+
+    @property
+    def msg(self) -> EmailMessage:
+        m = email.message_from_bytes(self.raw, policy=email.policy.default)
+        assert isinstance(m, EmailMessage)
+        return m
+
+    def part(self, subtype: str) -> str:
+        body = self.msg.get_body(preferencelist=(subtype,))
+        assert body is not None, f"no text/{subtype} part"
+        return body.get_content()
+
+
+class SmtpSink:
+    """An aiosmtpd server in a thread; `start()` / `stop()` keep the port (down then up).
+    `delay` holds each DATA before answering (a slow server, to kill a forwarder mid-send)."""
+
+    def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
+        self.port = port or free_port()
+        self.delay = delay
+        self.mails: list[Mail] = []
+        self.controller: Controller | None = None
+        self.peers: list[Any] = []  # one per SMTP connection (session) opened
+
+    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
+                          responses: list[str]) -> list[str]:
+        self.peers.append(session.peer)
+        session.host_name = hostname
+        return responses
+
+    @property
+    def url(self) -> str:
+        return f"smtp://127.0.0.1:{self.port}"
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        if self.delay:
+            await asyncio.sleep(self.delay)
+        self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
+        return "250 OK"
+
+    def subjects(self) -> list[str]:
+        return [str(m.msg["Subject"]) for m in list(self.mails)]
+
+    def start(self) -> SmtpSink:
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+        self.controller.start()
+        return self
+
+    def stop(self) -> None:
+        if self.controller is not None:
+            self.controller.stop()
+            self.controller = None

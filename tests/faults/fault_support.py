@@ -192,46 +192,6 @@ def elapsed(t0: float) -> float:
     return time.monotonic() - t0
 
 
-class Smtp:
-    """An aiosmtpd sink on a fixed port: `start()` / `stop()` keep the port. `delay` holds
-    each DATA before answering (a slow server, to kill a forwarder mid-send)."""
-
-    def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
-        self.port = port or free_port()
-        self.delay = delay
-        self.mails: list[bytes] = []
-        self.controller: Any = None
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        if self.delay:
-            await asyncio.sleep(self.delay)
-        self.mails.append(envelope.content)
-        return "250 OK"
-
-    def subjects(self) -> list[str]:
-        import email
-        import email.policy
-
-        return [str(email.message_from_bytes(m, policy=email.policy.default)["Subject"])
-                for m in list(self.mails)]
-
-    def start(self) -> Smtp:
-        from aiosmtpd.controller import Controller
-
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
-
 def record(name: str, figures: dict[str, Any]) -> None:
     """Measured figures of a fault test, for docs/reliability.md (artifacts/ is ignored)."""
     out = Path(__file__).resolve().parents[2] / "artifacts" / "faults"

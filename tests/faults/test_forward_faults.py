@@ -5,16 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import email
-import email.policy
 
 import pytest
-from fault_support import FlakyHttp, K, Smtp, Stack, add_users, deliveries, record, stack
+from fault_support import FlakyHttp, K, Stack, add_users, deliveries, record, stack
 from redis.asyncio import Redis
 
 from streams.forward import KEEP_RESULT_S, job_id
 from streams.ids import ulid
-from support import eventually
+from support import SmtpSink, eventually
 
 __all__ = ["stack"]
 
@@ -29,11 +27,10 @@ def _notice(nid: str, title: str, channels: dict) -> dict[str, str]:
             "channels": json.dumps(channels), "forward_after": "0"}
 
 
-def _per_notice(smtp: Smtp) -> collections.Counter[str]:
+def _per_notice(smtp: SmtpSink) -> collections.Counter[str]:
     out: collections.Counter[str] = collections.Counter()
-    for raw in list(smtp.mails):
-        msg = email.message_from_bytes(raw, policy=email.policy.default)
-        out[str(msg["X-Vestnik-Notice"])] += 1
+    for mail in list(smtp.mails):
+        out[str(mail.msg["X-Vestnik-Notice"])] += 1
     return out
 
 
@@ -43,7 +40,7 @@ async def test_forwarder_sigkilled_mid_send_retries_with_one_email_per_marker(st
     server = stack.redis(appendonly=False)
     url = server.url
     r = Redis.from_url(url)
-    smtp = Smtp(delay=0.25).start()  # slow server: several mails are always in flight
+    smtp = SmtpSink(delay=0.25).start()  # slow server: several mails are always in flight
     env = {"VESTNIK_SMTP_URL": smtp.url, "VESTNIK_SMTP_FROM": "vestnik@example.org",
            "VESTNIK_SEND_BACKOFF": "0.2"}
     try:
@@ -108,7 +105,7 @@ async def test_smtp_and_telegram_down_then_back_every_forward_delivered_once(sta
     server = stack.redis(appendonly=False)
     url = server.url
     r = Redis.from_url(url)
-    smtp = Smtp()  # both down: nothing listens on their ports yet
+    smtp = SmtpSink()  # both down: nothing listens on their ports yet
     tg = FlakyHttp()
     env = {"VESTNIK_SMTP_URL": smtp.url, "VESTNIK_SMTP_FROM": "vestnik@example.org",
            "VESTNIK_TELEGRAM_TOKEN": "123:secret-bot-token", "VESTNIK_TELEGRAM_API": tg.base,
@@ -162,11 +159,11 @@ async def test_smtp_and_telegram_down_then_back_every_forward_delivered_once(sta
         await r.aclose()
 
 
-async def _at_least(smtp: Smtp, n: int) -> bool:
+async def _at_least(smtp: SmtpSink, n: int) -> bool:
     return len(smtp.mails) >= n
 
 
-async def _all_sent(smtp: Smtp, nids: list[str]) -> bool:
+async def _all_sent(smtp: SmtpSink, nids: list[str]) -> bool:
     return set(_per_notice(smtp)) >= set(nids)
 
 
@@ -189,5 +186,5 @@ async def _failed_attempts(api, nids: list[str], n: int) -> bool:
     return True
 
 
-async def _delivered(smtp: Smtp, tg: FlakyHttp, n: int) -> bool:
+async def _delivered(smtp: SmtpSink, tg: FlakyHttp, n: int) -> bool:
     return len(smtp.mails) >= n and len(tg.requests) >= n

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fault_support import Follower, K, Smtp, Stack, add_users, record, stack, token
+from fault_support import Follower, K, Stack, add_users, record, stack, token
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
@@ -27,7 +27,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.ids import parse_stream_id, ulid
 from streams.keys import CENTER_GROUP
-from support import eventually
+from support import SmtpSink, eventually
 
 __all__ = ["stack"]
 
@@ -121,14 +121,14 @@ async def _drained(redis: Redis) -> bool:
 async def test_acknowledged_notices_survive_a_redis_sigkill(stack: Stack, tmp_path: Path,
                                                             fsync: str):
     server = stack.redis(appendfsync=fsync)
-    smtp = Smtp().start()
+    smtp = SmtpSink().start()
     try:
         await _run(stack, tmp_path, server, smtp, fsync)
     finally:
         smtp.stop()
 
 
-async def _run(stack: Stack, tmp_path: Path, server, smtp: Smtp, fsync: str) -> None:
+async def _run(stack: Stack, tmp_path: Path, server, smtp: SmtpSink, fsync: str) -> None:
     url = server.url
     r = Redis.from_url(url)
     await add_users(r, "1", "2")
@@ -254,7 +254,7 @@ async def _feed_has_title(http: httpx.AsyncClient, url: str, title: str) -> bool
     return r.status_code == 200 and any(i["title"] == title for i in r.json()["items"])
 
 
-async def _has(smtp: Smtp, subject: str) -> bool:
+async def _has(smtp: SmtpSink, subject: str) -> bool:
     return subject in smtp.subjects()
 
 

@@ -4,78 +4,22 @@ store notices and users in Redis exactly as the notice center does."""
 
 from __future__ import annotations
 
-import email
-import email.policy
 import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from email.message import EmailMessage
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from aiosmtpd.controller import Controller
 from redis.asyncio import Redis
 
 from streams.forward import Delivery, decode_delivery
 from streams.keys import USER_TOPIC, Keys
-from streams.redis_server import free_port
 from streams.schemas import Notice, User, json_encode
 
 # ------------------------------------------------------------------------- SMTP
-
-
-@dataclass
-class Mail:
-    mail_from: str
-    rcpt_tos: list[str]
-    raw: bytes
-
-    @property
-    def msg(self) -> EmailMessage:
-        m = email.message_from_bytes(self.raw, policy=email.policy.default)
-        assert isinstance(m, EmailMessage)
-        return m
-
-    def part(self, subtype: str) -> str:
-        body = self.msg.get_body(preferencelist=(subtype,))
-        assert body is not None, f"no text/{subtype} part"
-        return body.get_content()
-
-
-class SmtpSink:
-    """An aiosmtpd server in a thread; `start()` / `stop()` keep the port (down then up)."""
-
-    def __init__(self, port: int | None = None) -> None:
-        self.port = port or free_port()
-        self.mails: list[Mail] = []
-        self.controller: Controller | None = None
-        self.peers: list[Any] = []  # one per SMTP connection (session) opened
-
-    async def handle_EHLO(self, server: Any, session: Any, envelope: Any, hostname: str,
-                          responses: list[str]) -> list[str]:
-        self.peers.append(session.peer)
-        session.host_name = hostname
-        return responses
-
-    @property
-    def url(self) -> str:
-        return f"smtp://127.0.0.1:{self.port}"
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.mails.append(Mail(envelope.mail_from, list(envelope.rcpt_tos), envelope.content))
-        return "250 OK"
-
-    def start(self) -> SmtpSink:
-        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
-        self.controller.start()
-        return self
-
-    def stop(self) -> None:
-        if self.controller is not None:
-            self.controller.stop()
-            self.controller = None
-
+# Mail and SmtpSink live in support.py: the fault tests use the same sink
+from support import Mail, SmtpSink  # noqa: F401
 
 # ------------------------------------------------------------------------- HTTP
 
