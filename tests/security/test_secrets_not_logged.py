@@ -13,9 +13,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "faults"))
 
-from fault_support import FlakyHttp, Smtp, Stack, add_users, stack, token
+from fault_support import FlakyHttp, Stack, add_users, stack, token
 
-from support import SSE, eventually
+from support import SSE, SmtpSink, eventually
 
 __all__ = ["stack"]
 
@@ -26,7 +26,7 @@ BOT_TOKEN = "987654:bot-token-" + "s" * 20
 async def test_secrets_never_logged_at_debug_level(stack: Stack):
     server = stack.redis(appendonly=False)
     url = server.url
-    smtp = Smtp().start()
+    smtp = SmtpSink().start()
     tg = FlakyHttp().start()
     env = {"VESTNIK_LOG_LEVEL": "debug", "VESTNIK_SMTP_URL": smtp.url,
            "VESTNIK_SMTP_FROM": "vestnik@example.org", "VESTNIK_TELEGRAM_TOKEN": BOT_TOKEN,
@@ -77,5 +77,5 @@ async def test_secrets_never_logged_at_debug_level(stack: Stack):
     assert not leaks, leaks
 
 
-async def _sent(smtp: Smtp, tg: FlakyHttp) -> bool:
+async def _sent(smtp: SmtpSink, tg: FlakyHttp) -> bool:
     return len(smtp.mails) >= 1 and len(tg.requests) >= 1
