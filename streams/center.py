@@ -27,7 +27,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
-from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
+from arq.constants import (
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 from redis.asyncio import Redis, RedisCluster
 
 from .config import Settings
@@ -36,12 +42,16 @@ from .errors import BadInput
 from .forward import (
     BROADCAST,
     FUNCTION,
+    Claim,
     ForwardJob,
+    ForwardWorker,
     add_forward_jobs,
     forward_jobs_for,
     job_id,
     job_serializer,
+    make_worker,
     run_forwarder,
+    wake_channel,
 )
 from .ids import now_ms, parse_stream_id, ulid
 from .keys import CENTER_GROUP, USER_TOPIC, Keys
@@ -155,39 +165,58 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
 # cluster). ARGV[1]: msgpack [feed_max, scan_max, [[body key, stored JSON] of notice j...],
 # [[feed, unread, seq, live, archived, [j...]] per user], forward jobs or nil]; then
-# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads. Forward
-# jobs: [job key prefix, result key prefix, queue, ARGV index before the first payload,
-# [[job id, expiry ms, due ms] per job]]. Bodies are SET NX once. Returns the feed
-# entries made per user. (The keys are built by streams.keys in Python and passed in the
-# msgpack header, so one module still owns every key name; packing them as one argument
-# is what makes a batch cheap to send.)
+# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads. Bodies are
+# SET NX once. Forward jobs: [job key prefix, result key prefix, queue, ARGV index before
+# the first payload, [[job id, expiry ms, due ms, mode, notice j] per job], in-progress key
+# prefix, retry key prefix, claim ms, wake channel]; mode 0: delayed; -1: due now (PUBLISH
+# to the wake channel); 1: due now, claimed for the caller (arq's in-progress key and try
+# counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
+# caller's process at once, queued at due + claim ms as the fallback should the caller die
+# (a re-delivered notice's job is left to the forwarders instead, woken). Returns
+# {feed entries made per user, indexes of the claimed jobs}. (The keys are built by
+# streams.keys in Python and passed in the msgpack header, so one module still owns every
+# key name; packing them as one argument is what makes a batch cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, scan_max, bodies, users = h[1], h[2], h[3], h[4]
-for _, kb in ipairs(bodies) do redis.call('SET', kb[1], kb[2], 'NX') end
+local fresh = {}
+for i, kb in ipairs(bodies) do fresh[i] = redis.call('SET', kb[1], kb[2], 'NX') end
 local out = {}
 for i, u in ipairs(users) do
   out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6])
 end
+local claimed = {}
 local fwd = h[5]
 if fwd then
   -- forward jobs, as streams.forward's schedule script writes them: unless the job or
   -- its result exists, PSETEX arq's job record and ZADD the queue at the due time
   local job_prefix, result_prefix, queue, base, jobs = fwd[1], fwd[2], fwd[3], fwd[4], fwd[5]
-  local due = {}
+  local progress_prefix, retry_prefix, claim_ms = fwd[6], fwd[7], fwd[8]
+  local due, wake = {}, false
   for i, j in ipairs(jobs) do
-    local jid = j[1]
-    if redis.call('EXISTS', job_prefix .. jid, result_prefix .. jid) == 0 then
+    local jid, mode, at = j[1], j[4], j[5]
+    -- a new notice's jobs cannot exist yet: the check is for re-delivered ones
+    if fresh[at] or redis.call('EXISTS', job_prefix .. jid, result_prefix .. jid) == 0 then
       redis.call('PSETEX', job_prefix .. jid, j[2], ARGV[base + i])
-      due[#due + 1] = j[3]
+      if mode > 0 and fresh[at] then
+        redis.call('SET', progress_prefix .. jid, '1', 'PX', claim_ms)
+        redis.call('INCR', retry_prefix .. jid)
+        redis.call('EXPIRE', retry_prefix .. jid, 88400)
+        claimed[#claimed + 1] = i
+        due[#due + 1] = j[3] + claim_ms
+      else
+        wake = wake or mode ~= 0
+        due[#due + 1] = j[3]
+      end
       due[#due + 1] = jid
     end
   end
   for i = 1, #due, 1000 do
     redis.call('ZADD', queue, unpack(due, i, math.min(i + 999, #due)))
   end
+  if wake then redis.call('PUBLISH', fwd[9], '') end
 end
-return out
+return {out, claimed}
 """
 
 # Fold a dedup repeat into the first notice. KEYS: notice body, folded set.
@@ -212,6 +241,7 @@ return body
 
 SCAN_MAX = 2000  # retention looks at most this many oldest entries for read ones
 USER_CACHE = 50_000  # decoded user records kept between batches
+DEPTH = 2  # batches handled at once: one built in Python while Redis stores the other
 
 
 def derived_id(sid: str) -> str:
@@ -301,6 +331,18 @@ def wants_forward(notice: Notice, user: User) -> bool:
 
 
 @dataclass(slots=True)
+class Write:
+    """One batch's store, built and not sent yet."""
+
+    pipe: Any  # a redis-py pipeline: the per-user calls (a cluster) and the folds
+    new: list[tuple[Plan, bytes, bytes]]  # (plan, stored JSON, recipients' view)
+    folds: list[Plan]
+    argv: list[str | bytes] | None = None  # the batch call's (a single Redis)
+    calls: int = 0  # per-user calls in `pipe`, before the folds
+    claims: list[Claim | None] = field(default_factory=list)  # per forward job
+
+
+@dataclass(slots=True)
 class Plan:
     """One valid entry on its way to the store."""
 
@@ -325,7 +367,8 @@ def to_notice(entry: Entry[NoticeIn]) -> Notice:
 class Center:
     """`handle` is the consumer's handler for the `center` group of `vn:notices`."""
 
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings) -> None:
+    def __init__(self, redis: Redis, keys: Keys, settings: Settings,
+                 inline: ForwardWorker | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.settings = settings
@@ -333,10 +376,18 @@ class Center:
         self._store_batch = redis.register_script(STORE_BATCH_LUA)
         # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
         self.one_call = not isinstance(redis, RedisCluster)
+        # the forward worker of this process: forwards due now run here at once, claimed
+        # in the store call (no queue poll, no wake-up, no second read of the notice)
+        self.inline = inline if self.one_call else None
         self._fold = redis.register_script(FOLD_LUA)
         # uid -> (record bytes, decoded): the records are read every batch, decoded only
         # when they changed (users are read-only here)
         self._users: dict[str, tuple[bytes, User | str]] = {}
+        # batches may be handled concurrently (Consumer depth > 1): their reads, and their
+        # stores, stay in arrival order (a dedup repeat folds into a notice stored before
+        # it), while one batch is built in Python as the previous one is stored by Redis
+        self._loading = asyncio.Lock()
+        self._storing = asyncio.Lock()
 
     async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         with CENTER_BATCH.time():
@@ -345,10 +396,17 @@ class Center:
     async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
         plans = [Plan(e, to_notice(e)) for e in entries]
-        await self._load_settings(plans)
-        plans = self._resolve(plans, dead)
-        await self._load_users_and_dedup(plans, dead)
-        await self._write(plans)
+        async with self._loading:
+            await self._load_settings(plans)
+            plans = self._resolve(plans, dead)
+            await self._load_users_and_dedup(plans, dead)
+        # let the next batch send its reads now, so they are answered while this one is
+        # built, rather than queued behind this one's store in Redis
+        await asyncio.sleep(0)
+        write = await self._build(plans)
+        if write is not None:
+            async with self._storing:
+                await self._send(write)
         return dead
 
     # 1 + 2: settings ------------------------------------------------------------------
@@ -463,10 +521,16 @@ class Center:
 
     # 4 + 5: store -----------------------------------------------------------------------
     async def _write(self, plans: list[Plan]) -> None:
+        write = await self._build(plans)
+        if write is not None:
+            await self._send(write)
+
+    async def _build(self, plans: list[Plan]) -> Write | None:
+        """Everything the store needs, as one pipeline (Python work only: no round trip)."""
         per_user: dict[str, list[str]] = {}
         new: list[tuple[Plan, bytes, bytes]] = []  # (plan, stored JSON, view)
         folds: list[Plan] = []
-        jobs: list[ForwardJob] = []
+        jobs: list[tuple[ForwardJob, Plan, int]] = []  # (job, its plan, notice index)
         default_after = self.settings.forward_after
         for p in plans:
             if p.fold_into is not None:
@@ -480,62 +544,92 @@ class Center:
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
-            jobs += [j for j in forward_jobs_for(p.notice, default_after)
+            jobs += [(j, p, len(new)) for j in forward_jobs_for(p.notice, default_after)
                      if j.uid in wanted or j.uid == BROADCAST]
         if not new and not folds:
-            return
+            return None
         k = self.keys
-        batch = self.one_call
-        views = {p.notice.id: view for p, _, view in new}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            if batch and new:
-                index = {p.notice.id: j for j, (p, _, _) in enumerate(new, 1)}
-                argv: list[str | bytes] = [b""]
-                for p, _, view in new:
-                    argv += [p.notice.id, view]
-                # delayed forward jobs are scheduled by the store call itself; jobs due now
-                # go through add_forward_jobs, which also wakes the forwarders
-                now = now_ms()
-                later = [j for j in jobs if j.due_ms > now]
-                jobs = [j for j in jobs if j.due_ms <= now]
-                fwd: list[Any] | None = None
-                if later:
-                    fwd = [job_key_prefix, result_key_prefix, k.arq_queue, len(argv), []]
-                    for j in later:
-                        argv.append(job_serializer({"t": None, "f": FUNCTION, "a": [j.nid, j.uid],
-                                                    "k": {}, "et": now}))
-                        fwd[4].append([job_id(k, j.nid, j.uid), j.due_ms - now + expires_extra_ms,
-                                       j.due_ms])
-                argv[0] = _msgpack([
-                    self.settings.feed_max, SCAN_MAX,
-                    # as str: Redis's cmsgpack does not read msgpack's bin type
-                    [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
-                    [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
-                      [index[nid] for nid in nids]] for uid, nids in per_user.items()], fwd])
-                await self._store_batch(keys=[], args=argv, client=pipe)
-            elif not batch:
-                for p, body, _ in new:
-                    pipe.set(k.notice(p.notice.id), body, nx=True)
-                for uid, nids in per_user.items():
-                    args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
-                    for nid in nids:
-                        args += [nid, views[nid]]
-                    await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid),
-                                            k.live(uid), k.archived(uid)],
-                                      args=args, client=pipe)
-            for p in folds:
-                assert p.fold_into is not None
-                await self._fold(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
-                                 args=[p.notice.id, p.notice.created_at,
-                                       int(self.settings.dedup_window)], client=pipe)
-            add_forward_jobs(pipe, k, jobs)
-            res = await pipe.execute()
-        if batch:
-            stored, at = (list(res[0]), 1) if new else ([], 0)
+        write = Write(self.redis.pipeline(transaction=False), new, folds)
+        pipe = write.pipe
+        if self.one_call and new:
+            index = {p.notice.id: j for j, (p, _, _) in enumerate(new, 1)}
+            argv: list[str | bytes] = [b""]
+            for p, _, view in new:
+                argv += [p.notice.id, view]
+            fwd = self._forward_header(jobs, argv, write) if jobs else None
+            argv[0] = _msgpack([
+                self.settings.feed_max, SCAN_MAX,
+                # as str: Redis's cmsgpack does not read msgpack's bin type
+                [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
+                [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
+                  [index[nid] for nid in nids]] for uid, nids in per_user.items()], fwd])
+            write.argv = argv  # sent alone: a pipeline would check the script first
+        elif new:  # a cluster: one call per user, each in its slot
+            views = {p.notice.id: view for p, _, view in new}
+            for p, body, _ in new:
+                pipe.set(k.notice(p.notice.id), body, nx=True)
+            for uid, nids in per_user.items():
+                args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
+                for nid in nids:
+                    args += [nid, views[nid]]
+                await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid),
+                                  k.archived(uid)], args=args, client=pipe)
+            write.calls = len(new) + len(per_user)
+            add_forward_jobs(pipe, k, [j for j, _, _ in jobs])
+        for p in folds:
+            assert p.fold_into is not None
+            await self._fold(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
+                             args=[p.notice.id, p.notice.created_at,
+                                   int(self.settings.dedup_window)], client=pipe)
+        return write
+
+    def _forward_header(self, jobs: list[tuple[ForwardJob, Plan, int]], argv: list[str | bytes],
+                        write: Write) -> list[Any]:
+        """The store call's forward part (see STORE_BATCH_LUA); the jobs' payloads are
+        appended to `argv`. With an inline worker, jobs due now are claimed for it."""
+        k = self.keys
+        now = now_ms()
+        claim_ms = int(self.inline.in_progress_timeout_s * 1000) if self.inline else 0
+        rows: list[list[Any]] = []
+        for j, p, at in jobs:
+            payload = job_serializer({"t": None, "f": FUNCTION, "a": [j.nid, j.uid], "k": {},
+                                      "et": now})
+            argv.append(payload)
+            jid = job_id(k, j.nid, j.uid)
+            expires = max(j.due_ms - now, 0) + expires_extra_ms
+            claim = None
+            if j.due_ms > now:
+                mode = 0  # delayed: the queue alone
+            elif claim_ms:
+                # claimed by this process when its notice is new (queued at due + claim_ms:
+                # should the process die, arq runs it once the claim has expired)
+                mode = 1
+                expires += claim_ms
+                user = next((u for u in p.users if u.id == j.uid), None)
+                claim = Claim(jid, j.due_ms + claim_ms, payload, p.notice, user)
+            else:
+                mode = -1  # due now: wake the forwarders
+            rows.append([jid, expires, j.due_ms, mode, at])
+            write.claims.append(claim)
+        return [job_key_prefix, result_key_prefix, k.arq_queue, len(argv) - len(jobs), rows,
+                in_progress_key_prefix, retry_key_prefix, claim_ms, wake_channel(k)]
+
+    async def _send(self, write: Write) -> None:
+        new, folds = write.new, write.folds
+        stored: list[Any] = []
+        claimed: list[Any] = []
+        if write.argv is not None:  # [feed entries made per user, claimed jobs]
+            stored, claimed = await self._store_batch(keys=[], args=write.argv)
+        async with write.pipe as pipe:
+            res = await pipe.execute() if len(pipe) else []
+        if write.calls:
+            stored, at = res[len(new):write.calls], write.calls
         else:
-            stored, at = res[len(new):len(new) + len(per_user)], len(new) + len(per_user)
+            at = 0
         NOTICES_STORED.inc(len(new))
         NOTICES_DELIVERED.inc(sum(int(r) for r in stored))
+        if claimed and self.inline is not None:
+            self.inline.start_inline([c for i in claimed if (c := write.claims[int(i) - 1])])
         await self._after_folds(folds, res[at:at + len(folds)])
 
     async def _after_folds(self, folds: list[Plan], results: list[Any]) -> None:
@@ -631,13 +725,14 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(redis)
-        center = Center(redis, keys, settings)
+        worker = make_worker(settings) if forward else None
+        center = Center(redis, keys, settings, inline=worker)
         cons = Consumer(
             redis, blocking, stream=keys.notices, group=CENTER_GROUP,
             consumer=consumer or default_consumer_name(), decode=decode_notice_entry,
             handle=center.handle, dead_stream=keys.notices_dead,
             dead_maxlen=settings.dead_maxlen, batch=settings.center_batch,
-            claim_idle_ms=settings.claim_idle_ms, burst=burst)
+            claim_idle_ms=settings.claim_idle_ms, burst=burst, depth=DEPTH)
         if handle_signals:
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
@@ -648,7 +743,8 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
         run = asyncio.create_task(cons.run(), name="center-consumer")
         tasks.append(run)
         if forward:
-            fwd = asyncio.create_task(run_forwarder(settings), name="center-forwarder")
+            fwd = asyncio.create_task(run_forwarder(settings, worker=worker),
+                                      name="center-forwarder")
             tasks.append(fwd)
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
             if fwd in done and not run.done():

@@ -12,6 +12,13 @@ decodes and the two processes overlap. Still ack-after-store: the prefetched ent
 are pending until their own batch is stored; after a failure they are dropped and
 read again from the pending list ("0") with the batch that failed.
 
+With `depth` > 1, up to `depth` batches are handled at once: a handler that splits its
+work into a Python part and a Redis part (the center: decode and build, then one store
+call) builds batch k+1 while Redis runs batch k's store, so the process and Redis work
+in parallel instead of taking turns. The handler keeps its own writes in order; acks may
+come out of order. Before the pending list is read again, a claim, or a stop, every
+batch in flight is finished first.
+
 Errors are sorted where they are caught:
 - bad input: the decoder raises BadInput → the entry is dead-lettered (reason,
   JSON path, raw fields) and acked with the batch; the handler may dead-letter
@@ -32,6 +39,7 @@ import asyncio
 import logging
 import os
 import socket
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Generic, TypeVar
@@ -137,6 +145,7 @@ class Consumer(Generic[T]):
         max_deliveries: int = 10,
         trim_every: float = 5.0,
         burst: bool = False,
+        depth: int = 1,
     ) -> None:
         self.redis = redis
         self.blocking = blocking
@@ -163,6 +172,8 @@ class Consumer(Generic[T]):
         self._failures: dict[str, int] = {}
         self._logged: set[tuple[str, str]] = set()  # failures whose traceback was printed
         self._prefetch: asyncio.Task[list[tuple[bytes, Fields | None]]] | None = None
+        self.depth = max(1, depth)
+        self._inflight: deque[asyncio.Task[int]] = deque()  # batches handled now, oldest first
 
     # lifecycle ----------------------------------------------------------------------
     def stop(self) -> None:
@@ -197,11 +208,16 @@ class Consumer(Generic[T]):
         """Consume until stop() (or, in burst mode, until nothing is left to do)."""
         try:
             await self._run()
+            await self._settle()
             await self._finish_prefetch()
         finally:
             if self._prefetch is not None:  # cancelled: those entries stay pending
                 self._prefetch.cancel()
                 self._prefetch = None
+            inflight, self._inflight = list(self._inflight), deque()
+            for task in inflight:  # cancelled: their entries stay pending
+                task.cancel()
+            await asyncio.gather(*inflight, return_exceptions=True)
 
     async def _run(self) -> None:
         backoff = Backoff(base=0.05, cap=2.0)
@@ -215,6 +231,7 @@ class Consumer(Generic[T]):
                 did = 0
                 if loop.time() - self._last_claim >= self.claim_every:
                     self._last_claim = loop.time()
+                    did += await self._settle()
                     did += await self._claim()
                 if self._last_trim is None:
                     self._last_trim = loop.time()
@@ -222,6 +239,7 @@ class Consumer(Generic[T]):
                     self._last_trim = loop.time()
                     await self._trim()
                 if self._own_pending:
+                    did += await self._settle()
                     await self._drop_prefetch()
                     entries = await self._read("0")
                     if not entries:
@@ -231,17 +249,19 @@ class Consumer(Generic[T]):
                     if len(entries) >= self.batch:  # a backlog: read on while handling
                         self._prefetch = asyncio.create_task(self._read(">", block=False))
                 if entries:
-                    did += await self._process(entries)
+                    did += await self._dispatch(entries)
                 backoff.reset()
                 if self.burst and not did and not self._own_pending and await self._drained():
                     return
             except RETRYABLE as e:
+                await self._settle(quiet=True)
                 CONSUMER_ERRORS.labels(self.group, "redis").inc()
                 log.warning("consumer %s: Redis unavailable (%s); batch stays pending, retrying",
                             self.name, e)
                 self._own_pending = True
                 await backoff.wait()
             except ResponseError as e:
+                await self._settle(quiet=True)
                 if transient(e):
                     CONSUMER_ERRORS.labels(self.group, "redis").inc()
                     log.warning("consumer %s: Redis refused (%s); retrying", self.name, e)
@@ -352,6 +372,30 @@ class Consumer(Generic[T]):
         return True
 
     # handling -----------------------------------------------------------------------
+    async def _dispatch(self, entries: list) -> int:
+        """Handle a batch: at once with depth 1; else as a task beside at most depth - 1
+        others (waiting for the oldest first). Returns the entries of batches finished."""
+        if self.depth == 1:
+            return await self._process(entries)
+        done = 0
+        while len(self._inflight) >= self.depth:
+            done += await self._inflight.popleft()  # its error surfaces here
+        self._inflight.append(asyncio.create_task(self._process(entries)))
+        return done
+
+    async def _settle(self, *, quiet: bool = False) -> int:
+        """Finish every batch in flight; the first error is raised after all are done
+        (`quiet`: dropped, when the loop is handling an error already)."""
+        done, first = 0, None
+        while self._inflight:
+            try:
+                done += await self._inflight.popleft()
+            except Exception as e:
+                first = first or e
+        if first is not None and not quiet:
+            raise first
+        return done
+
     async def _process(self, raw_entries: list) -> int:
         """Decode, handle, then dead-letter and ack in one round trip. Returns entries done."""
         entries: list[Entry[T]] = []

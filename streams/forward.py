@@ -112,6 +112,18 @@ class ForwardJob(msgspec.Struct):
     due_ms: int
 
 
+class Claim(msgspec.Struct):
+    """A job due now that the notice center's store call claimed for its own process (see
+    `ForwardWorker.start_inline`), with the notice and user in hand: a fresh notice has no
+    sent markers and nobody has read it yet, so the job reads nothing before it sends."""
+
+    job_id: str
+    score: int  # where it waits in the queue meanwhile: the fallback should we die
+    payload: bytes  # arq's job record, as written
+    notice: Notice
+    user: User | None  # None for BROADCAST
+
+
 class Delivery(msgspec.Struct, kw_only=True):
     """One attempt to send a notice on one channel; a JSON item of `keys.deliveries(nid)`."""
 
@@ -137,6 +149,7 @@ def _enc_hook(obj: Any) -> Any:
 
 job_serializer = msgspec.msgpack.Encoder(enc_hook=_enc_hook).encode
 job_deserializer = msgspec.msgpack.Decoder().decode
+_msgpack = msgspec.msgpack.Encoder().encode
 _notice_decoder = msgspec.json.Decoder(Notice)
 _any_decoder = msgspec.json.Decoder()
 _delivery_decoder = msgspec.json.Decoder(Delivery)
@@ -276,7 +289,15 @@ class Forwarder:
         delay = self.settings.send_backoff * (2 ** (attempt - 1))
         return min(BACKOFF_CAP_S, max(delay, asked or 0.0))
 
-    async def run(self, nid: str, uid: str, attempt: int) -> str:
+    async def run(self, nid: str, uid: str, attempt: int, fresh: Claim | None = None) -> str:
+        if fresh is not None:  # just stored: nothing sent, nobody has read it yet
+            notice, user = fresh.notice, fresh.user
+            sends, records = (self._shared_sends(notice), []) if user is None \
+                else self._user_sends(notice, user, attempt)
+            if not sends:
+                await self._record(nid, records)
+                return "nothing to send"
+            return await self._deliver(notice, uid, user, attempt, sends, records)
         k = self.keys
         # one round trip for a user: the notice, the user, unread?, and the sent markers
         # of every channel that could apply (a user's marker is `<nid>:<uid>:<channel>`)
@@ -327,6 +348,13 @@ class Forwarder:
             records += [self._rec(uid, s.channel, attempt, "skipped_read") for s in sends]
             await self._record(nid, records)
             return "read"
+        return await self._deliver(notice, uid, user, attempt, sends, records)
+
+    async def _deliver(self, notice: Notice, uid: str, user: User | None, attempt: int,
+                       sends: list[Send], records: list[Delivery]) -> str:
+        """Send on every channel in `sends`; record each attempt; Retry what may succeed
+        later."""
+        nid, k = notice.id, self.keys
         final = attempt >= self.settings.send_attempts
         results = await asyncio.gather(*(self._send(notice, user, s) for s in sends),
                                        return_exceptions=True)
@@ -432,6 +460,11 @@ class Forwarder:
             await pipe.execute()
         self.count(records)
 
+    def record_args(self, p: Pending) -> list[Any]:
+        """`p` as `_FINISH` takes it: [deliveries key, [record JSON...], [marker key...]]."""
+        return [self.keys.deliveries(p.nid), [json_encode(r).decode() for r in p.records],
+                p.sent_markers]
+
     def add_records(self, pipe: Any, p: Pending) -> None:
         """Queue on `pipe` the sent markers and the attempt records of one job run."""
         for marker in p.sent_markers:
@@ -452,7 +485,7 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
     forwarder: Forwarder = ctx["forwarder"]
     attempt = ctx.get("job_try") or 1
     try:
-        return await forwarder.run(nid, uid, attempt)
+        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"))
     except RETRYABLE as e:
         # Redis flaked (restart, failover): run again later; sent markers skip what went out
         delay = forwarder.backoff(min(attempt, 6), None)
@@ -525,15 +558,34 @@ class ForwardWorker(Worker):
     """
 
     _claim: AsyncScript | None = None
+    _finish_script: AsyncScript | None = None
     _ending: list[Any]  # finishes of jobs ended in this loop iteration (_finish)
     _flushes: set[asyncio.Task[None]]
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
     _wake: asyncio.Event | None = None
     _backlog = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ending, self._flushes = [], set()
+
+    def start_inline(self, claims: list[Claim]) -> None:
+        """Run jobs the notice center claimed in its store call, in this process, now (in
+        the worker's slots, as if this worker had claimed them; `Claim`)."""
+        for c in claims:
+            task = self.loop.create_task(self._run_inline(c))
+            self.tasks[c.job_id] = task
+
+    async def _run_inline(self, c: Claim) -> None:
+        await self.sem.acquire()
+        self.job_counter += 1
+        try:
+            await self.run_claimed(c.job_id, c.score, c.payload, 1, c)
+        finally:
+            self._release_sem_dec_counter_on_complete()
+
     async def main(self) -> None:
         # arq's main without its poll timer: the same iteration, woken early (see above)
-        self._ending, self._flushes = [], set()
         self.ctx["redis"] = self.pool
         if self.on_startup:
             await self.on_startup(self.ctx)
@@ -625,7 +677,7 @@ class ForwardWorker(Worker):
             self.tasks[job_id] = task
 
     async def run_claimed(self, job_id: str, score: int, raw: bytes | None,
-                          job_try: int) -> None:
+                          job_try: int, fresh: Claim | None = None) -> None:
         """arq's run_job for a job the claim script read: the same outcomes (result record,
         retry with defer, max tries, failure, cancellation re-runs it) and the same finish
         (`finish_job` / `finish_failed_job`), without run_job's first MULTI round trip and
@@ -658,7 +710,7 @@ class ForwardWorker(Worker):
             await asyncio.shield(self.finish_failed_job(job_id, data))
             return
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "score": score,
-               "enqueue_time": ms_to_datetime(enqueue_ms)}
+               "enqueue_time": ms_to_datetime(enqueue_ms), "fresh": fresh}
         timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
         result: Any = None
         success = finish = False
@@ -707,22 +759,22 @@ class ForwardWorker(Worker):
     async def _flush_ending(self) -> None:
         batch, self._ending = self._ending, []
         forwarder: Forwarder = self.ctx["forwarder"]
+        jobs: list[list[Any]] = []
+        results: list[bytes] = []
+        for job_id, pending, finish, result, keep_s, incr_score, _ in batch:
+            if finish and result:
+                results.append(result)
+            jobs.append([job_id, int(finish), int(keep_s * 1000),
+                         (len(results) + 1) if finish and result else 0, incr_score or 0,
+                         [forwarder.record_args(p) for p in pending]])
         try:
-            async with self.pool.pipeline(transaction=True) as tr:
-                for job_id, pending, finish, result, keep_s, incr_score, _ in batch:
-                    for p in pending:
-                        forwarder.add_records(tr, p)
-                    delete = [in_progress_key_prefix + job_id]
-                    if finish:
-                        if result:
-                            tr.set(result_key_prefix + job_id, result, px=int(keep_s * 1000))
-                        delete += [retry_key_prefix + job_id, job_key_prefix + job_id]
-                        tr.zrem(abort_jobs_ss, job_id)
-                        tr.zrem(self.queue_name, job_id)
-                    elif incr_score:
-                        tr.zincrby(self.queue_name, incr_score, job_id)
-                    tr.delete(*delete)
-                await tr.execute()
+            script = self._finish_script
+            if script is None:
+                script = self._finish_script = self.pool.register_script(_FINISH)
+            await script(keys=[], args=[_msgpack([
+                [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
+                 abort_jobs_ss, self.queue_name, MARKER_TTL_S, DELIVERIES_TTL_S], jobs]),
+                *results])
         except BaseException as e:  # each job sees it (RETRYABLE: its in-progress key expires)
             for *_, fut in batch:
                 if not fut.done():
@@ -737,8 +789,41 @@ class ForwardWorker(Worker):
                 fut.set_result(None)
 
 
+# arq's finish_job for the jobs that ended in one loop iteration, with their attempt
+# records and sent markers: one call, atomic as arq's MULTI. ARGV[1]: msgpack [[in-progress
+# prefix, result prefix, retry prefix, job prefix, abort set, queue, marker ttl s,
+# deliveries ttl s], [[job id, finished (0/1), keep result ms, ARGV index of its result or
+# 0, score increment (a retry) or 0, [[deliveries key, [record JSON...], [marker key...]]
+# ...]] per job]]; ARGV[2...]: the results (arq's msgpack records).
+_FINISH = b"""
+local h = cmsgpack.unpack(ARGV[1])
+local c, jobs = h[1], h[2]
+local progress, result, retry, job, abort, queue = c[1], c[2], c[3], c[4], c[5], c[6]
+for _, j in ipairs(jobs) do
+  local jid = j[1]
+  for _, p in ipairs(j[6]) do
+    for _, m in ipairs(p[3]) do redis.call('SET', m, '1', 'NX', 'EX', c[7]) end
+    if #p[2] > 0 then
+      redis.call('RPUSH', p[1], unpack(p[2]))
+      redis.call('EXPIRE', p[1], c[8])
+    end
+  end
+  if j[2] == 1 then
+    if j[4] > 0 then redis.call('SET', result .. jid, ARGV[j[4]], 'PX', j[3]) end
+    redis.call('DEL', progress .. jid, retry .. jid, job .. jid)
+    redis.call('ZREM', abort, jid)
+    redis.call('ZREM', queue, jid)
+  else
+    if j[5] ~= 0 then redis.call('ZINCRBY', queue, j[5], jid) end
+    redis.call('DEL', progress .. jid)
+  end
+end
+return #jobs
+"""
+
+
 def make_worker(settings: Settings, *, burst: bool = False,
-                channels: Channels | None = None) -> Worker:
+                channels: Channels | None = None) -> ForwardWorker:
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
@@ -772,14 +857,15 @@ def make_worker(settings: Settings, *, burst: bool = False,
     return worker
 
 
-async def run_forwarder(settings: Settings, *, burst: bool = False) -> None:
+async def run_forwarder(settings: Settings, *, burst: bool = False,
+                        worker: ForwardWorker | None = None) -> None:
     """Run forward jobs until cancelled (or, with `burst`, until the queue is empty).
 
     Embeddable: it installs no signal handlers; cancel the task to stop it. Jobs running
     at that moment are cancelled and run again later (their sent markers prevent a
     second send of what already went out).
     """
-    worker = make_worker(settings, burst=burst)
+    worker = worker or make_worker(settings, burst=burst)
     forwarder: Forwarder = worker.ctx["forwarder"]
     loop = asyncio.get_running_loop()
     backoff = Backoff(base=0.1, cap=5.0)
