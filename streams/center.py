@@ -22,7 +22,7 @@ import asyncio
 import hashlib
 import logging
 import signal
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,6 +36,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis, RedisCluster
 
+from .channels import available as available_channels
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
 from .errors import BadInput
@@ -316,8 +317,14 @@ def is_muted(user: User, alert: str) -> bool:
     return isinstance(mute, list) and alert in mute
 
 
-def wants_forward(notice: Notice, user: User) -> bool:
-    """Whether any external channel of the notice reaches `user` and is not switched off."""
+def wants_forward(notice: Notice, user: User,
+                  addresses: Mapping[str, str | None] | None = None) -> bool:
+    """Whether any external channel of the notice reaches `user` and is not switched off.
+
+    `addresses`: a known channel's user field (`Channel.user_address`; None for a channel
+    with shared targets only, such as a webhook URL): the user must have it set, as the
+    forward job would skip them otherwise. A job per user that sends nothing is a waste.
+    """
     for name, target in notice.channels.items():
         if name in ("ui", "forward_after") or not isinstance(target, dict):
             continue
@@ -326,6 +333,10 @@ def wants_forward(notice: Notice, user: User) -> bool:
             continue
         if user.prefs.get(name) is False:
             continue
+        if addresses is not None and name in addresses:
+            field_name = addresses[name]
+            if field_name is None or not getattr(user, field_name, None):
+                continue
         return True
     return False
 
@@ -379,6 +390,7 @@ class Center:
         # the forward worker of this process: forwards due now run here at once, claimed
         # in the store call (no queue poll, no wake-up, no second read of the notice)
         self.inline = inline if self.one_call else None
+        self._addresses = {name: c.user_address for name, c in available_channels().items()}
         self._fold = redis.register_script(FOLD_LUA)
         # uid -> (record bytes, decoded): the records are read every batch, decoded only
         # when they changed (users are read-only here)
@@ -543,7 +555,7 @@ class Center:
             new.append((p, body, json_encode(msgspec.structs.replace(p.notice, **_PRIVATE))))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
-            wanted = {u.id for u in p.users if wants_forward(p.notice, u)}
+            wanted = {u.id for u in p.users if wants_forward(p.notice, u, self._addresses)}
             jobs += [(j, p, len(new)) for j in forward_jobs_for(p.notice, default_after)
                      if j.uid in wanted or j.uid == BROADCAST]
         if not new and not folds:

@@ -24,9 +24,10 @@ Errors are sorted where they are caught:
   JSON path, raw fields) and acked with the batch; the handler may dead-letter
   more (e.g. an unknown recipient) by returning DeadLetters;
 - retryable (Redis down): back off, keep the batch pending and read it again;
-- a bug in the handler: logged with its traceback, the batch stays pending and is
-  retried after a backoff; an entry that keeps failing is dead-lettered after
-  `max_deliveries` attempts instead of blocking the group forever.
+- a bug in the handler: logged with its traceback; the batch's entries are handled one by
+  one, the ones that succeed alone are acked, the others stay pending and are retried
+  after a backoff; an entry that keeps failing is dead-lettered after `max_deliveries`
+  attempts instead of blocking the group forever.
 
 A handler is a plain coroutine `async def handle(entries: list[Entry[T]]) ->
 list[DeadLetter]` that stores the decoded batch idempotently (entries can come
@@ -442,26 +443,45 @@ class Consumer(Generic[T]):
         first = kind not in self._logged
         if first and len(self._logged) < 1000:
             self._logged.add(kind)
-        log.error("consumer %s: handler failed on %d entries; they stay pending: %s: %s",
+        log.error("consumer %s: handler failed on %d entries (handling them one by one): %s: %s",
                   self.name, len(entries), type(err).__name__, text,
                   exc_info=err if first else None)
         if len(self._failures) > 100_000:
             self._failures.clear()
+        failing = await self._one_by_one(entries, dead) if len(entries) > 1 else entries
         poison: list[Entry[T]] = []
-        for e in entries:
+        for e in failing:
             n = self._failures[e.sid] = self._failures.get(e.sid, 0) + 1
             if n >= self.max_deliveries:
                 poison.append(e)
-        if not poison:
-            self._own_pending = True  # retry soon from our own pending list
-            await asyncio.sleep(0.5)
-            return 0
         for e in poison:
             dead.append(DeadLetter(e.sid, f"failed {self.max_deliveries} times: {err!r}", None,
                                    e.raw, kind="failed"))
-        served = {e.sid for e in entries} - {e.sid for e in poison}
-        await self._ack([i for i in ids if i not in served], dead)
-        return len(poison)
+        stay = {e.sid for e in failing} - {e.sid for e in poison}
+        if len(stay) < len(ids):
+            await self._ack([i for i in ids if i not in stay], dead)
+        if stay:
+            self._own_pending = True  # retry soon from our own pending list
+            await asyncio.sleep(0.5)
+        return len(ids) - len(stay)
+
+    async def _one_by_one(self, entries: list[Entry[T]], dead: list[DeadLetter]
+                          ) -> list[Entry[T]]:
+        """After a batch failed: handle its entries alone, so that one bad entry does not
+        keep (or dead-letter) the others with it. Returns the entries that still fail."""
+        failing: list[Entry[T]] = []
+        for e in entries:
+            try:
+                dead += await self.handle([e])
+            except RETRYABLE:
+                raise
+            except ResponseError as err:
+                if "NOGROUP" in str(err) or transient(err):
+                    raise
+                failing.append(e)
+            except Exception:
+                failing.append(e)
+        return failing
 
     async def _ack(self, ids: list[str], dead: list[DeadLetter]) -> None:
         async with self.redis.pipeline(transaction=False) as pipe:

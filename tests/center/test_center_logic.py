@@ -59,6 +59,12 @@ def test_mute_and_channel_prefs():
     assert not wants_forward(n, user)  # slack names someone else
     n.channels["slack"] = {"users": [1]}
     assert wants_forward(n, user)
+    # with the channels' user fields: no job for a user it would send nothing to
+    addresses = {"email": "email", "slack": "slack_user", "webhook": None}
+    assert not wants_forward(n, User(id="2"), addresses)  # no email address, no slack user
+    assert wants_forward(n, User(id="2", email="b@example.org"), addresses)
+    hook = Notice(id="n", alert="cpu", title="t", channels={"webhook": {"url": "http://x"}})
+    assert not wants_forward(hook, User(id="2", email="b@example.org"), addresses)
 
 
 def test_derived_id_is_a_stable_ulid_of_the_entry():

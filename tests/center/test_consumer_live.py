@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
 from center_support import K, dead, pending
 
 from streams.consumer import Consumer, DeadLetter, Entry
@@ -46,6 +47,46 @@ async def test_poison_entry_is_dead_lettered_after_retries(redis, redis_url):
     letters = await dead(redis)
     reasons = sorted((d["field"], d["reason"].split(":")[0]) for d in letters)
     assert reasons == [("$", "failed 3 times"), ("$.v", "field `v` is required")]
+    assert await pending(redis) == 0
+
+
+@pytest.mark.parametrize("depth", [1, 2])
+async def test_poison_in_a_batch_takes_none_of_the_others_with_it(redis, redis_url, depth):
+    """A bad entry in a batch of 10 is dead-lettered alone: its 9 neighbours are handled
+    (one by one after the batch failed). With depth 2 the next batch is handled while one
+    waits (as the center's store call does), and still nothing is lost or left pending."""
+    seen: list[str] = []
+    inflight = peak = 0
+
+    async def handle(entries: list[Entry[str]]) -> list[DeadLetter]:
+        nonlocal inflight, peak
+        if any(e.value == "boom" for e in entries):
+            raise RuntimeError("handler bug")
+        inflight += 1
+        peak = max(peak, inflight)
+        await asyncio.sleep(0.02)  # a store call in flight
+        inflight -= 1
+        seen.extend(e.value for e in entries)
+        return []
+
+    blocking = reader(redis_url, name="test-consumer")
+    c = Consumer(redis, blocking, stream=K.notices, group="center", consumer="t", decode=decode,
+                 handle=handle, dead_stream=K.notices_dead, batch=10, claim_idle_ms=100,
+                 max_deliveries=2, burst=True, depth=depth)
+    await c.ensure_group()
+    values = [f"v{i}" for i in range(200)]
+    values.insert(95, "boom")
+    async with redis.pipeline(transaction=False) as pipe:
+        for v in values:
+            pipe.xadd(K.notices, {"v": v})
+        await pipe.execute()
+    try:
+        await asyncio.wait_for(c.run(), 60)
+    finally:
+        await blocking.aclose()
+    assert peak == depth
+    assert sorted(set(seen)) == sorted(v for v in values if v != "boom")
+    assert [d["reason"].split(":")[0] for d in await dead(redis)] == ["failed 2 times"]
     assert await pending(redis) == 0
 
 
