@@ -243,7 +243,7 @@ return body
 
 SCAN_MAX = 2000  # retention looks at most this many oldest entries for read ones
 USER_CACHE = 50_000  # decoded user records kept between batches
-DEPTH = 2  # batches handled at once: one built in Python while Redis stores the other
+DEPTH = 3  # batches handled at once: one read and built in Python while Redis stores another
 
 
 def derived_id(sid: str) -> str:
