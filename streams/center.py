@@ -48,6 +48,7 @@ from .forward import (
     ForwardJob,
     ForwardWorker,
     add_forward_jobs,
+    due_member,
     forward_jobs_for,
     job_id,
     job_serializer,
@@ -167,11 +168,13 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
 # cluster). ARGV[1]: msgpack [feed_max, scan_max, [[body key, stored JSON] of notice j...],
 # [[feed, unread, seq, live, archived, [j...]] per user], forward jobs or nil]; then
-# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads. Bodies are
-# SET NX once. Forward jobs: [job key prefix, result key prefix, queue, ARGV index before
-# the first payload, [[job id, expiry ms, due ms, mode, notice j] per job], in-progress key
-# prefix, retry key prefix, claim ms, wake channel]; mode 0: delayed; -1: due now (PUBLISH
-# to the wake channel); 1: due now, claimed for the caller (arq's in-progress key and try
+# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads, then the
+# delayed forwards' due-set members. Bodies are SET NX once. Forwards: [job key prefix,
+# result key prefix, queue, ARGV index before the first payload, [[job id, expiry ms, due
+# ms, mode, notice j] per job due now], in-progress key prefix, retry key prefix, claim ms,
+# wake channel, due set, ARGV index before the first member, [due ms per delayed forward]];
+# delayed forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
+# -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
 # caller's process at once, queued at due + claim ms as the fallback should the caller die
 # (a re-delivered notice's job is left to the forwarders instead, woken). Returns
@@ -207,7 +210,7 @@ if fwd then
         claimed[#claimed + 1] = i
         due[#due + 1] = j[3] + claim_ms
       else
-        wake = wake or mode ~= 0
+        wake = true
         due[#due + 1] = j[3]
       end
       due[#due + 1] = jid
@@ -217,6 +220,16 @@ if fwd then
     redis.call('ZADD', queue, unpack(due, i, math.min(i + 999, #due)))
   end
   if wake then redis.call('PUBLISH', fwd[9], '') end
+  -- delayed forwards: one member each in the due set (streams.forward pumps them)
+  local later, dbase = fwd[12], fwd[11]
+  local zargs = {}
+  for i, score in ipairs(later) do
+    zargs[#zargs + 1] = score
+    zargs[#zargs + 1] = ARGV[dbase + i]
+  end
+  for i = 1, #zargs, 1000 do
+    redis.call('ZADD', fwd[10], unpack(zargs, i, math.min(i + 999, #zargs)))
+  end
 end
 return {out, claimed}
 """
@@ -598,34 +611,36 @@ class Center:
 
     def _forward_header(self, jobs: list[tuple[ForwardJob, Plan, int]], argv: list[str | bytes],
                         write: Write) -> list[Any]:
-        """The store call's forward part (see STORE_BATCH_LUA); the jobs' payloads are
-        appended to `argv`. With an inline worker, jobs due now are claimed for it."""
+        """The store call's forward part (see STORE_BATCH_LUA): the arq payloads of the jobs
+        due now, then the due-set members of the delayed ones, are appended to `argv`. With
+        an inline worker, jobs due now are claimed for it."""
         k = self.keys
         now = now_ms()
         claim_ms = int(self.inline.in_progress_timeout_s * 1000) if self.inline else 0
         rows: list[list[Any]] = []
+        later: list[ForwardJob] = []
+        base = len(argv)
         for j, p, at in jobs:
+            if j.due_ms > now:
+                later.append(j)
+                continue
             payload = job_serializer({"t": None, "f": FUNCTION, "a": [j.nid, j.uid], "k": {},
                                       "et": now})
             argv.append(payload)
             jid = job_id(k, j.nid, j.uid)
-            expires = max(j.due_ms - now, 0) + expires_extra_ms
             claim = None
-            if j.due_ms > now:
-                mode = 0  # delayed: the queue alone
-            elif claim_ms:
+            if claim_ms:
                 # claimed by this process when its notice is new (queued at due + claim_ms:
                 # should the process die, arq runs it once the claim has expired)
-                mode = 1
-                expires += claim_ms
                 user = next((u for u in p.users if u.id == j.uid), None)
                 claim = Claim(jid, j.due_ms + claim_ms, payload, p.notice, user)
-            else:
-                mode = -1  # due now: wake the forwarders
-            rows.append([jid, expires, j.due_ms, mode, at])
+            rows.append([jid, expires_extra_ms + claim_ms, j.due_ms, 1 if claim else -1, at])
             write.claims.append(claim)
-        return [job_key_prefix, result_key_prefix, k.arq_queue, len(argv) - len(jobs), rows,
-                in_progress_key_prefix, retry_key_prefix, claim_ms, wake_channel(k)]
+        due_base = len(argv)
+        argv += [due_member(j.nid, j.uid) for j in later]
+        return [job_key_prefix, result_key_prefix, k.arq_queue, base, rows,
+                in_progress_key_prefix, retry_key_prefix, claim_ms, wake_channel(k),
+                k.forward_due, due_base, [j.due_ms for j in later]]
 
     async def _send(self, write: Write) -> None:
         new, folds = write.new, write.folds

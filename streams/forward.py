@@ -519,16 +519,51 @@ def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
                      default_queue_name=keys.arq_queue)
 
 
-# KEYS: queue. ARGV: now ms, in-progress ttl ms, max jobs to claim, queue read limit.
-# Reads the due ids (arq's ZRANGEBYSCORE) and claims them as arq's start_jobs does (the
-# in-progress key, SET NX). Returns the number of due ids read, then per claimed job: id,
+# Delayed forwards wait in `keys.forward_due` (a sorted set: member `due_member(nid, uid)`,
+# score the due time in ms), written by the notice center's store call: one ZADD member per
+# (notice, user) instead of an arq job record, a key with an expiry and a queue entry each
+# (the center's hot path; ZADD of the same member again is a no-op, so a re-delivered
+# notice schedules nothing twice). When due, `_PUMP` turns them into arq jobs exactly as
+# `add_forward_jobs` writes them (unless the job or its result exists) and drops them.
+# KEYS: queue, due set. ARGV (from 5): job id prefix, function, job expiry ms, pump limit.
+_PUMP = b"""
+local function pump(queue, due_key, now, prefix, fn, expiry, limit)
+  local items = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                           limit)
+  if #items == 0 then return 0 end
+  local pack = cmsgpack.pack
+  -- arq's job record {t: nil, f: fn, a: [nid, uid], k: {}, et: now} in msgpack; the
+  -- member is the msgpack array [nid, uid] already
+  local head = '\\133' .. pack('t') .. '\\192' .. pack('f') .. pack(fn) .. pack('a')
+  local tail = pack('k') .. '\\128' .. pack('et') .. pack(now)
+  local members = {}
+  for i = 1, #items, 2 do
+    local m, score = items[i], items[i + 1]
+    local a = cmsgpack.unpack(m)
+    local jid = prefix .. a[1] .. ':' .. a[2]
+    if redis.call('EXISTS', 'arq:job:' .. jid, 'arq:result:' .. jid) == 0 then
+      redis.call('PSETEX', 'arq:job:' .. jid, expiry, head .. m .. tail)
+      redis.call('ZADD', queue, score, jid)
+    end
+    members[#members + 1] = m
+  end
+  redis.call('ZREM', due_key, unpack(members))
+  return #members
+end
+"""
+
+# KEYS: queue, due set. ARGV: now ms, in-progress ttl ms, max jobs to claim, queue read
+# limit, then _PUMP's. Pumps the due forwards into jobs, reads the due ids (arq's
+# ZRANGEBYSCORE) and claims them as arq's start_jobs does (the in-progress key, SET NX).
+# Returns the number of due ids read and of forwards pumped, then per claimed job: id,
 # score, the job record (false when expired) and the try number — what arq's run_job
 # reads first with its own MULTI (GET job, INCR + EXPIRE retry key).
-_CLAIM = b"""
+_CLAIM = _PUMP + b"""
 local n, limit, now = 0, tonumber(ARGV[3]), tonumber(ARGV[1])
+local pumped = pump(KEYS[1], KEYS[2], now, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
                        tonumber(ARGV[4]))
-local out = {#ids / 2}
+local out = {#ids / 2, pumped}
 for i = 1, #ids, 2 do
   if n >= limit then break end
   local id, score = ids[i], ids[i + 1]
@@ -543,6 +578,29 @@ for i = 1, #ids, 2 do
 end
 return out
 """
+
+# The pump alone (for an arq Worker of one's own): KEYS and ARGV as _CLAIM's, ARGV[1] now.
+_PUMP_ONLY = AsyncScript(None, _PUMP + b"""
+return pump(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
+""")
+PUMP_LIMIT = 1000  # forwards turned into jobs per call (bounded script time)
+
+
+def due_member(nid: str, uid: str) -> bytes:
+    """The member of `keys.forward_due` for a delayed forward of `nid` to `uid`."""
+    return _msgpack([nid, uid])
+
+
+def _pump_args(keys: Keys) -> list[str | int]:
+    return [f"{keys.prefix}fwd:", FUNCTION, expires_extra_ms, PUMP_LIMIT]
+
+
+async def pump_due(redis: Any, keys: Keys) -> int:
+    """Turn the delayed forwards that are due into arq jobs (at most PUMP_LIMIT); returns
+    how many were taken. ForwardWorker does this on every poll; a stock arq Worker needs it
+    called beside it."""
+    return int(await _PUMP_ONLY(keys=[keys.arq_queue, keys.forward_due],
+                                args=[now_ms(), 0, 0, 0, *_pump_args(keys)], client=redis))
 
 
 class ForwardWorker(Worker):
@@ -600,7 +658,7 @@ class ForwardWorker(Worker):
                     if 0 <= self.max_burst_jobs <= self._jobs_started():
                         await asyncio.gather(*self.tasks.values())
                         return
-                    if await self.pool.zcard(self.queue_name) == 0:
+                    if await self._queues_empty():
                         await asyncio.gather(*self.tasks.values())
                         return
                 if not wake.is_set():
@@ -613,6 +671,12 @@ class ForwardWorker(Worker):
             if listener is not None:
                 listener.cancel()
                 await asyncio.gather(listener, return_exceptions=True)
+
+    async def _queues_empty(self) -> bool:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zcard(self.ctx["forwarder"].keys.forward_due)
+            return not any(await pipe.execute())
 
     async def _listen(self, wake: asyncio.Event) -> None:
         """Set `wake` on every message of `wake_on`; resubscribe after a lost connection
@@ -661,12 +725,15 @@ class ForwardWorker(Worker):
         script = self._claim
         if script is None:
             script = self._claim = self.pool.register_script(_CLAIM)
-        due, *claimed = await script(
-            keys=[self.queue_name],
+        keys: Keys = self.ctx["forwarder"].keys
+        due, pumped, *claimed = await script(
+            keys=[self.queue_name, keys.forward_due],
             args=[now_ms(), int(self.in_progress_timeout_s * 1000), free,
-                  self.queue_read_limit])
+                  self.queue_read_limit, *_pump_args(keys)])
         # every free slot taken and more were due: poll again as soon as slots free up
         self._backlog = len(claimed) // 4 >= free and due > free
+        if pumped >= PUMP_LIMIT and self._wake is not None:
+            self._wake.set()  # more forwards are due: pump again at once
         for i in range(0, len(claimed), 4):
             await self.sem.acquire()  # never waits: at most `free` jobs are claimed
             self.job_counter += 1

@@ -113,5 +113,10 @@ class Keys:
 
     # forwarding (arq) -------------------------------------------------------
     @property
+    def forward_due(self) -> str:
+        """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
+        return f"{self.prefix}fwd:due"
+
+    @property
     def arq_queue(self) -> str:
         return f"{self.prefix}arq:queue"

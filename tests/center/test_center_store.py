@@ -101,10 +101,10 @@ async def test_recipients_and_channels_come_from_the_setting(redis, start_proc):
     body = await stored(redis, nid)
     assert body["setting_id"] == "s1" and body["metric"] == {"threshold": 90}
     assert body["recipients"] == ["1", "2", "3"]
-    # user 3 is named by the email channel: one forward job, due after forward_after
-    jobs = await redis.zrange(K.arq_queue, 0, -1, withscores=True)
-    assert [j.decode() for j, _ in jobs] == [f"vn:fwd:{nid}:3"]
-    assert jobs[0][1] == body["created_at"] + 60_000
+    # user 3 is named by the email channel: one forward, due after forward_after
+    due = await redis.zrange(K.forward_due, 0, -1, withscores=True)
+    assert [msgspec.msgpack.decode(m) for m, _ in due] == [[nid, "3"]]
+    assert due[0][1] == body["created_at"] + 60_000
     proc.stop()
 
 

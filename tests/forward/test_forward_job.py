@@ -479,6 +479,49 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
     assert await schedule(redis, keys, job) == [0]  # its result is kept: still a no-op
 
 
+async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
+        redis: Redis, keys: Keys, redis_url):
+    """The center writes a delayed forward as one member of the due set; when due, the pump
+    makes it arq's own job record, which a stock arq Worker runs exactly once, however
+    often the same forward was written (a re-delivered notice)."""
+    from arq.connections import RedisSettings
+    from arq.worker import Worker, func
+
+    from streams.forward import FUNCTION, due_member, job_deserializer, job_serializer, pump_due
+
+    calls: list[tuple[str, str]] = []
+
+    async def fake_forward(ctx: dict, nid: str, uid: str) -> str:
+        calls.append((nid, uid))
+        return "ok"
+
+    due = now_ms() - 1
+    for _ in range(2):  # the same forward twice: one member
+        await redis.zadd(keys.forward_due, {due_member("N1", "7"): due,
+                                            due_member("N2", "u:8 x"): due,
+                                            due_member("N3", "9"): due + 3_600_000})
+    assert await redis.zcard(keys.forward_due) == 3
+    assert await pump_due(redis, keys) == 2  # N3 is not due yet
+    assert await pump_due(redis, keys) == 0
+    assert [m.decode() for m in await redis.zrange(keys.arq_queue, 0, -1)] == \
+        [job_id(keys, "N1", "7"), job_id(keys, "N2", "u:8 x")]
+    worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.arq_queue,
+                    redis_settings=RedisSettings.from_dsn(redis_url), burst=True,
+                    handle_signals=False, poll_delay=0.05, job_serializer=job_serializer,
+                    job_deserializer=job_deserializer)
+    try:
+        await asyncio.wait_for(worker.async_run(), 20)
+    finally:
+        await worker.close()
+    assert sorted(calls) == [("N1", "7"), ("N2", "u:8 x")]
+    # written again after it ran (its result is kept): pumped, and not run a second time
+    await redis.zadd(keys.forward_due, {due_member("N1", "7"): due})
+    assert await pump_due(redis, keys) == 1
+    assert await redis.zcard(keys.arq_queue) == 0
+    assert [m for m, _ in await redis.zrange(keys.forward_due, 0, -1, withscores=True)] == \
+        [due_member("N3", "9")]
+
+
 async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, keys: Keys,
                                                                   redis_url, smtp: SmtpSink):
     settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
