@@ -56,7 +56,7 @@ from .forward import (
     run_forwarder,
     wake_channel,
 )
-from .ids import now_ms, parse_stream_id, ulid
+from .ids import encode_ulid, now_ms, parse_stream_id, ulid
 from .keys import CENTER_GROUP, USER_TOPIC, Keys
 from .live import update_message
 from .metrics import (
@@ -83,7 +83,6 @@ from .schemas import (
 
 log = logging.getLogger("vestnik.center")
 
-_ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _setting_decoder = msgspec.json.Decoder(AlertSetting)
 _any_decoder = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Encoder().encode
@@ -97,12 +96,13 @@ _notice_decoder = msgspec.json.Decoder(Notice)
 # Returns the number of feed entries made.
 _STORE_USER = """
 local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_max,
-                          base, idxs)
+                          base, idxs, fresh)
   local msgs = {}
   local top = 0
   for _, j in ipairs(idxs) do
     local nid = ARGV[base + 2 * j - 1]
-    if not redis.call('ZSCORE', feed, nid) then
+    -- a notice whose body this call created cannot be in a feed yet
+    if fresh[j] or not redis.call('ZSCORE', feed, nid) then
       local seq = redis.call('INCR', seqkey)
       top = seq
       redis.call('ZADD', feed, seq, nid)
@@ -162,7 +162,7 @@ STORE_LUA = _STORE_USER + """
 local idxs = {}
 for j = 1, (#ARGV - 2) / 2 do idxs[j] = j end
 return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]),
-                  tonumber(ARGV[2]), 2, idxs)
+                  tonumber(ARGV[2]), 2, idxs, {})
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
@@ -188,7 +188,7 @@ local fresh = {}
 for i, kb in ipairs(bodies) do fresh[i] = redis.call('SET', kb[1], kb[2], 'NX') end
 local out = {}
 for i, u in ipairs(users) do
-  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6])
+  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6], fresh)
 end
 local claimed = {}
 local fwd = h[5]
@@ -264,12 +264,7 @@ def derived_id(sid: str) -> str:
     it, so every delivery of the entry gets the same notice id."""
     ms = parse_stream_id(sid)[0]
     rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
-    n = (ms << 80) | rnd
-    return "".join([_PAIRS[(n >> s) & 1023] for s in _PAIR_SHIFTS])  # 2 characters a step
-
-
-_PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 ULID characters
-_PAIR_SHIFTS = range(120, -1, -10)
+    return encode_ulid((ms << 80) | rnd)
 
 
 def choose_trim(oldest_first: list[str], unread: set[str], need: int,

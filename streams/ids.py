@@ -2,21 +2,25 @@
 
 from __future__ import annotations
 
+import base64
 import os
 import time
 
 _ALPHABET = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+# RFC 4648 base32 (what base64.b32encode writes, in C) -> Crockford's (ULID's)
+_CROCKFORD = bytes.maketrans(b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _ALPHABET.encode())
+
+
+def encode_ulid(n: int) -> str:
+    """The 26 characters of a 128-bit ULID value: 160 bits are 32 base32 digits, the last 26
+    of which are the value (with its 2 leading zero bits)."""
+    return base64.b32encode(n.to_bytes(20, "big"))[6:].translate(_CROCKFORD).decode()
 
 
 def ulid(ms: int | None = None) -> str:
     """A 26-character ULID: 48 bits of milliseconds then 80 random bits."""
     ms = int(time.time() * 1000) if ms is None else ms
-    n = (ms << 80) | int.from_bytes(os.urandom(10), "big")
-    out = []
-    for _ in range(26):
-        out.append(_ALPHABET[n & 31])
-        n >>= 5
-    return "".join(reversed(out))
+    return encode_ulid((ms << 80) | int.from_bytes(os.urandom(10), "big"))
 
 
 def now_ms() -> int:

@@ -337,6 +337,9 @@ _NOTICE_JSON_FIELDS = ("metric", "data", "entity", "channels")
 _NOTICE_TEXT_FIELDS = ("id", "alert", "title", "severity", "body", "link", "setting_id",
                        "dedup_key", "forward_after", "created_at")
 _NOTICE_FIELDS = {*_NOTICE_JSON_FIELDS, *_NOTICE_TEXT_FIELDS, "recipients"}
+_NOTICE_FIELD_BYTES = frozenset(n.encode() for n in _NOTICE_FIELDS)
+_TEXT_BYTES = {n.encode(): n for n in _NOTICE_TEXT_FIELDS}
+_JSON_BYTES = {n.encode(): n for n in _NOTICE_JSON_FIELDS}
 
 
 def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
@@ -346,19 +349,21 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
     `metric`, `data`, `entity` and `channels` are JSON objects. Raises BadInput
     naming the field; an unknown field is refused like over HTTP.
     """
+    if not fields.keys() <= _NOTICE_FIELD_BYTES:
+        for raw_name in fields:
+            if raw_name not in _NOTICE_FIELD_BYTES:
+                name = raw_name.decode(errors="replace")
+                raise BadInput(f"unknown field `{name}`", field=f"$.{name}")
     obj: dict[str, Any] = {}
-    for raw_name in fields:
-        name = raw_name.decode(errors="replace")
-        if name not in _NOTICE_FIELDS:
-            raise BadInput(f"unknown field `{name}`", field=f"$.{name}")
-    for name in _NOTICE_TEXT_FIELDS:
-        value = _field_text(fields, name)
-        if value is not None:
-            obj[name] = value
-    for name in _NOTICE_JSON_FIELDS:
-        value = _json_field(fields, name)
-        if value is not None:
-            obj[name] = value
+    for raw_name, raw in fields.items():  # one pass: this runs for every notice
+        if (name := _TEXT_BYTES.get(raw_name)) is not None:
+            try:
+                obj[name] = raw.decode()
+            except UnicodeDecodeError:
+                raise BadInput(f"field `{name}` is not UTF-8", field=f"$.{name}") from None
+        elif (name := _JSON_BYTES.get(raw_name)) is not None:
+            if raw:
+                obj[name] = _json_field(fields, name)
     recipients = _field_text(fields, "recipients")
     if recipients is not None:
         text = recipients.strip()
