@@ -12,6 +12,11 @@ Scheduling (the notice center's hot path)
     (plus one SCRIPT EXISTS per pipeline, which also reloads the script after a
     SCRIPT FLUSH or a restart: the NOSCRIPT case).
 
+    The notice center writes its forwards in its own store call instead (see
+    streams.center): a delayed one as one member of `keys.forward_due` that the worker's
+    poll pumps into the same job record when due (`_PUMP`, `pump_due`); one due now as
+    the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
+
 The job (`forward(ctx, nid, uid)`)
     Loads the notice (`keys.notice(nid)`) and the user (`HGET keys.state("user") uid`).
     The notice is unread by `uid` while `ZSCORE keys.unread(uid) nid` is not nil. A read
@@ -44,9 +49,9 @@ The worker
     arq's Worker (`ForwardWorker`: the due jobs of a poll are read and claimed with one
     Lua call that also returns their records, instead of arq's WATCH/MULTI exchange and
     run_job's first MULTI per job; the jobs ending in one loop iteration share one
-    finish MULTI that also writes their attempt records and sent markers), msgpack
-    instead of pickle, polling every 50 ms and at once when `add_forward_jobs` publishes
-    that jobs are due now, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
+    finish call, atomic like arq's MULTI, that also writes their attempt records and sent
+    markers), msgpack instead of pickle, polling every 50 ms and at once when jobs due now
+    are published on `wake_channel`, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
     `vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
     `arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
     slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
