@@ -11,7 +11,7 @@ and the CPU time per notice of the center process and of redis-server
 the ratio and the CPU per notice are the robust figures, not wall-clock alone.
 
     .venv/bin/python scripts/bench_center.py [-n 50000] [--rounds 3] [--per 1]
-        [--batch 500] [--no-forward] [--stats] [--py-spy out.svg] [--baseline DIR]
+        [--batch 250] [--no-forward] [--stats] [--py-spy out.svg] [--baseline DIR]
 """
 
 from __future__ import annotations
@@ -130,7 +130,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--per", type=int, default=1, help="recipients per notice")
     p.add_argument("--users", type=int, default=1000)
-    p.add_argument("--batch", type=int, default=500, help="VESTNIK_CENTER_BATCH")
+    p.add_argument("--batch", type=int, default=250, help="VESTNIK_CENTER_BATCH")
     p.add_argument("--no-forward", dest="forward", action="store_false",
                    help="notices without forward channels")
     p.add_argument("--baseline", metavar="DIR",

@@ -50,7 +50,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     max_body: Positive = 1_048_576
     # notice center
     forward_after: NonNegative = 300.0
-    center_batch: Positive = 500
+    center_batch: Positive = 250
     claim_idle_ms: Positive = 30_000
     dedup_window: NonNegative = 3600.0
     feed_max: Positive = 1000
