@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import secrets
 import signal
@@ -18,6 +19,9 @@ import jwt
 from redis.asyncio import Redis
 
 from streams.redis_server import RedisServer, free_port
+
+# the readiness polls would print a line each between the progress bars
+logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
 class BenchProc:

@@ -447,10 +447,10 @@ async def test_webhook_5xx_is_retried_with_a_stable_id(redis: Redis, keys: Keys,
     assert "503" in log[0].detail
 
 
-async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url):
-    """A stock arq Worker (not ours) runs what add_forward_jobs wrote, once."""
+async def run_stock_arq_worker(redis_url: str, keys: Keys) -> list[tuple[str, str]]:
+    """Run a stock arq Worker (not ours) in burst mode on the forward queue with a fake
+    `forward` job; returns the (nid, uid) of every job it ran."""
     from arq.connections import RedisSettings
-    from arq.jobs import Job
     from arq.worker import Worker, func
 
     from streams.forward import FUNCTION, job_deserializer, job_serializer
@@ -461,12 +461,6 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
         calls.append((nid, uid))
         return "ok"
 
-    job = ForwardJob("N1", "7", now_ms())
-    assert await schedule(redis, keys, job, job) == [1, 0]
-    jid = job_id(keys, "N1", "7")
-    pool_job = Job(jid, redis, _queue_name=keys.arq_queue, _deserializer=job_deserializer)
-    info = await pool_job.info()
-    assert info is not None and info.function == FUNCTION and list(info.args) == ["N1", "7"]
     worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.arq_queue,
                     redis_settings=RedisSettings.from_dsn(redis_url), burst=True,
                     handle_signals=False, poll_delay=0.05, job_serializer=job_serializer,
@@ -475,7 +469,22 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
         await asyncio.wait_for(worker.async_run(), 20)
     finally:
         await worker.close()
-    assert calls == [("N1", "7")]
+    return calls
+
+
+async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url):
+    """A stock arq Worker (not ours) runs what add_forward_jobs wrote, once."""
+    from arq.jobs import Job
+
+    from streams.forward import FUNCTION, job_deserializer
+
+    job = ForwardJob("N1", "7", now_ms())
+    assert await schedule(redis, keys, job, job) == [1, 0]
+    jid = job_id(keys, "N1", "7")
+    pool_job = Job(jid, redis, _queue_name=keys.arq_queue, _deserializer=job_deserializer)
+    info = await pool_job.info()
+    assert info is not None and info.function == FUNCTION and list(info.args) == ["N1", "7"]
+    assert await run_stock_arq_worker(redis_url, keys) == [("N1", "7")]
     assert await schedule(redis, keys, job) == [0]  # its result is kept: still a no-op
 
 
@@ -484,16 +493,7 @@ async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
     """The center writes a delayed forward as one member of the due set; when due, the pump
     makes it arq's own job record, which a stock arq Worker runs exactly once, however
     often the same forward was written (a re-delivered notice)."""
-    from arq.connections import RedisSettings
-    from arq.worker import Worker, func
-
-    from streams.forward import FUNCTION, due_member, job_deserializer, job_serializer, pump_due
-
-    calls: list[tuple[str, str]] = []
-
-    async def fake_forward(ctx: dict, nid: str, uid: str) -> str:
-        calls.append((nid, uid))
-        return "ok"
+    from streams.forward import due_member, pump_due
 
     due = now_ms() - 1
     for _ in range(2):  # the same forward twice: one member
@@ -505,15 +505,7 @@ async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
     assert await pump_due(redis, keys) == 0
     assert [m.decode() for m in await redis.zrange(keys.arq_queue, 0, -1)] == \
         [job_id(keys, "N1", "7"), job_id(keys, "N2", "u:8 x")]
-    worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.arq_queue,
-                    redis_settings=RedisSettings.from_dsn(redis_url), burst=True,
-                    handle_signals=False, poll_delay=0.05, job_serializer=job_serializer,
-                    job_deserializer=job_deserializer)
-    try:
-        await asyncio.wait_for(worker.async_run(), 20)
-    finally:
-        await worker.close()
-    assert sorted(calls) == [("N1", "7"), ("N2", "u:8 x")]
+    assert sorted(await run_stock_arq_worker(redis_url, keys)) == [("N1", "7"), ("N2", "u:8 x")]
     # written again after it ran (its result is kept): pumped, and not run a second time
     await redis.zadd(keys.forward_due, {due_member("N1", "7"): due})
     assert await pump_due(redis, keys) == 1
