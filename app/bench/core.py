@@ -35,6 +35,7 @@ class Row(msgspec.Struct, kw_only=True):
     ceiling: float | None = None
     ratio: float | None = None
     target: float | None = None
+    target_ratio: float | None = None  # the ratio to the ceiling the target also asks for
     better: Literal["higher", "lower"] = "higher"
     met: bool | None = None
 
@@ -97,6 +98,7 @@ class Bench:
 
     def record(self, id: str, what: str, values: list[float], unit: str, *,
                ceiling: list[float] | float | None = None, target: float | None = None,
+               target_ratio: float | None = None,
                better: Literal["higher", "lower"] = "higher") -> Row:
         value = statistics.median(values)
         ceil = statistics.median(ceiling) if isinstance(ceiling, list) else ceiling
@@ -106,11 +108,13 @@ class Bench:
         met = None
         if target is not None:
             met = value >= target if better == "higher" else value <= target
+        if target_ratio is not None:
+            met = (met is not False) and ratio is not None and ratio >= target_ratio
         row = Row(id=id, what=what, value=round(value, 3), unit=unit, min=round(min(values), 3),
                   max=round(max(values), 3), rounds=len(values),
                   ceiling=round(ceil, 3) if ceil is not None else None,
                   ratio=round(ratio, 3) if ratio is not None else None, target=target,
-                  better=better, met=met)
+                  target_ratio=target_ratio, better=better, met=met)
         self.rows.append(row)
         self.console.log(f"{row.id}: {row.value:g} {row.unit}"
                          + (f" (ceiling {row.ceiling:g}, ratio {row.ratio:.2f})"
@@ -131,7 +135,8 @@ def table(rows: list[Row]) -> Table:
             r.id, f"{r.value:g}", r.unit, f"{r.min:g}", f"{r.max:g}",
             "" if r.ceiling is None else f"{r.ceiling:g}",
             "" if r.ratio is None else f"{r.ratio:.2f}",
-            "" if r.target is None else ("≥" if r.better == "higher" else "≤") + f"{r.target:g}",
+            ("" if r.target is None else ("≥" if r.better == "higher" else "≤") + f"{r.target:g}")
+            + ("" if r.target_ratio is None else f", ratio ≥{r.target_ratio:g}"),
             "" if r.met is None else ("yes" if r.met else "NO"),
         )
     return t

@@ -126,7 +126,7 @@ async def b1_ingest(bench: Bench) -> None:
         if per == 1:
             bench.record("B1:notices_per_s", f"{n:,} one-recipient notices through one center "
                          "(stored, counted, published, forward scheduled)", rates, "notices/s",
-                         ceiling=ceilings, target=20_000)
+                         ceiling=ceilings, target=20_000, target_ratio=0.8)
         else:
             bench.record("B1x5:notices_per_s", f"{n:,} notices with 5 recipients each",
                          rates, "notices/s", ceiling=ceilings)
