@@ -404,6 +404,7 @@ class Center:
         # uid -> (record bytes, decoded): the records are read every batch, decoded only
         # when they changed (users are read-only here)
         self._users: dict[str, tuple[bytes, User | str]] = {}
+        self._keys_of: dict[str, list[str]] = {}
         # batches may be handled concurrently (Consumer depth > 1): their reads, and their
         # stores, stay in arrival order (a dedup repeat folds into a notice stored before
         # it), while one batch is built in Python as the previous one is stored by Redis
@@ -463,6 +464,17 @@ class Center:
             else:
                 p.settings = [found[i] for i in name_ids.get(p.notice.alert, ())
                               if i in found and found[i].enabled]
+
+    def _user_keys(self, uid: str) -> list[str]:
+        """feed, unread, seq, live, archived of a user (built once; five per user a batch)."""
+        got = self._keys_of.get(uid)
+        if got is None:
+            if len(self._keys_of) >= USER_CACHE:
+                self._keys_of.clear()
+            k = self.keys
+            got = self._keys_of[uid] = [k.feed(uid), k.unread(uid), k.user_seq(uid),
+                                        k.live(uid), k.archived(uid)]
+        return got
 
     @staticmethod
     def _setting(raw: bytes) -> AlertSetting | None:
@@ -582,8 +594,8 @@ class Center:
                 self.settings.feed_max, SCAN_MAX,
                 # as str: Redis's cmsgpack does not read msgpack's bin type
                 [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
-                [[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid), k.archived(uid),
-                  [index[nid] for nid in nids]] for uid, nids in per_user.items()], fwd])
+                [[*self._user_keys(uid), [index[nid] for nid in nids]]
+                 for uid, nids in per_user.items()], fwd])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
