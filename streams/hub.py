@@ -32,6 +32,7 @@ log = logging.getLogger("vestnik.hub")
 
 StreamKey = tuple[int, int]
 T = TypeVar("T")
+DISCOVER_PAGE_PAUSE = 0.05  # between SCAN pages of a discovery pass (20,000 keys/s)
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
@@ -116,7 +117,8 @@ class TopicHub:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
-        self._last_discovery = -1e9
+        self._next_discovery = -1e9
+        self._scan_cursor = 0
         self.ready = asyncio.Event()
 
     # lifecycle ---------------------------------------------------------------------
@@ -189,19 +191,22 @@ class TopicHub:
                 if self._reader is None:
                     self._reader = reader(self.url, name="vestnik-topic-hub")
                     self._reader_id = int(await self._reader.client_id())
-                if loop.time() - self._last_discovery >= self.discover_every:
-                    await self._discover()
-                    self._last_discovery = loop.time()
+                if loop.time() >= self._next_discovery:
+                    passed = await self._discover(whole=not self.ready.is_set())
+                    self._next_discovery = loop.time() + (
+                        self.discover_every if passed else DISCOVER_PAGE_PAUSE)
                     self.ready.set()
+                until_discovery = max(0.001, self._next_discovery - loop.time())
                 if not self.positions:
                     self._wake.clear()
                     try:
-                        await asyncio.wait_for(self._wake.wait(), self.discover_every)
+                        await asyncio.wait_for(self._wake.wait(), until_discovery)
                     except TimeoutError:
                         pass
                     continue
                 streams = {self.keys.topic(t): p for t, p in self.positions.items()}
-                resp = await self._reader.xread(streams, count=self.batch, block=self.block_ms)
+                block = max(1, min(self.block_ms, int(until_discovery * 1000)))
+                resp = await self._reader.xread(streams, count=self.batch, block=block)
                 for key, entries in resp or ():
                     await self._handle(self.keys.topic_of(key.decode()), entries)
                 backoff.reset()
@@ -232,15 +237,25 @@ class TopicHub:
             except RETRYABLE:
                 pass
 
-    async def _discover(self) -> None:
+    async def _discover(self, *, whole: bool) -> bool:
+        """Follow topic streams a product created with a plain XADD. SCAN walks the whole
+        keyspace (every stored notice is a key), so after the first pass at start-up it
+        takes one page of 1,000 keys per call, DISCOVER_PAGE_PAUSE apart: a pass over
+        250,000 keys took 220 ms of Redis every 2 s in one go, and each of its calls held
+        Redis for about 0.9 ms. Returns whether a pass ended."""
         found: list[str] = []
-        async for key in self.redis.scan_iter(match=self.keys.topic_glob, count=1000,
-                                              _type="stream"):
-            topic = self.keys.topic_of(key.decode())
-            if topic not in self.positions and TOPIC_RE.match(topic):
-                found.append(topic)
+        for _ in range(1_000_000 if whole else 1):  # bounded: a pass ends at cursor 0
+            self._scan_cursor, keys = await self.redis.scan(
+                self._scan_cursor, match=self.keys.topic_glob, count=1000, _type="stream")
+            for key in keys:
+                topic = self.keys.topic_of(key.decode())
+                if topic not in self.positions and TOPIC_RE.match(topic):
+                    found.append(topic)
+            if self._scan_cursor == 0:
+                break
         if found:
             await self._follow(found)
+        return self._scan_cursor == 0
 
     async def _follow(self, topics: Iterable[str]) -> None:
         """Start tailing topics from their materialized position (or the beginning)."""

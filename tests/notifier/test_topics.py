@@ -96,3 +96,19 @@ async def test_vestnik_publish_command(api: Api, start_proc, user_token):
 
 async def _has(http, topic, eid):
     return eid in (await http.get(f"/api/v1/topics/{topic}")).json()["items"]
+
+
+async def test_new_topic_found_among_many_keys(api: Api, redis, keys, user_token):
+    """A product's first XADD to a topic nobody watches is materialized even when the
+    keyspace holds many other keys (discovery SCANs it a page at a time)."""
+    async with redis.pipeline(transaction=False) as pipe:
+        for i in range(20_000):
+            pipe.set(keys.notice(f"filler-{i}"), b"{}")
+        await pipe.execute()
+    sid = (await redis.xadd(keys.topic("disk"), {"op": "update", "id": "sda",
+                                                 "data": '{"id":"sda","used":91}'})).decode()
+    async with api.client(user_token("1")) as http:
+        async def materialized() -> bool:
+            snap = (await http.get("/api/v1/topics/disk")).json()
+            return snap.get("last_id") == sid and snap["items"]["sda"]["used"] == 91
+        await eventually(materialized, timeout=20, what="topic disk materialized")
