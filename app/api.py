@@ -3,7 +3,6 @@ Redis and starts this process's long-lived parts (the topic hub, the live user h
 
 from __future__ import annotations
 
-import gc
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from streams import gcsettle
 from streams.config import Settings
 from streams.hub import TopicHub
 from streams.hydrate import Hydrator
@@ -98,9 +98,7 @@ def create_app(settings: Settings) -> Starlette:
         ctx.parts["users"] = users
         await users.start()
         app.state.ctx = ctx
-        # what start-up made lives as long as the process: out of the collector's sight,
-        # so a full collection under 10,000 connections walks only what they hold
-        gc.freeze()
+        gcsettle.settle()
         try:
             yield
         finally:

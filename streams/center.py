@@ -19,7 +19,6 @@ time and a hash of the id), so a re-delivery derives the same id: exactly one co
 from __future__ import annotations
 
 import asyncio
-import gc
 import hashlib
 import logging
 import signal
@@ -37,6 +36,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis, RedisCluster
 
+from . import gcsettle
 from .channels import available as available_channels
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
@@ -772,7 +772,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, cons.stop)
-        gc.freeze()  # start-up's objects live as long as the process: never collect them
+        gcsettle.settle()
         log.info("center %s consuming %s (batch %d, claim idle %d ms%s)", cons.name,
                  keys.notices, settings.center_batch, settings.claim_idle_ms,
                  ", burst" if burst else "")
