@@ -264,7 +264,7 @@ def derived_id(sid: str) -> str:
     it, so every delivery of the entry gets the same notice id."""
     ms = parse_stream_id(sid)[0]
     rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
-    return encode_ulid((ms << 80) | rnd)
+    return encode_ulid(ms, rnd)
 
 
 def choose_trim(oldest_first: list[str], unread: set[str], need: int,
