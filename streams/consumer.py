@@ -374,9 +374,12 @@ class Consumer(Generic[T]):
 
     # handling -----------------------------------------------------------------------
     async def _dispatch(self, entries: list) -> int:
-        """Handle a batch: at once with depth 1; else as a task beside at most depth - 1
-        others (waiting for the oldest first). Returns the entries of batches finished."""
-        if self.depth == 1:
+        """Handle a batch: a full one (a backlog) as a task beside at most depth - 1 others
+        (waiting for the oldest first); otherwise, or with depth 1, at once: while it is
+        handled the next entries gather into one read, instead of one read per entry
+        (at 1,600 single entries a second, concurrency cost 130 us of CPU per entry).
+        Returns the entries of the batches finished."""
+        if self.depth == 1 or len(entries) < self.batch:
             return await self._process(entries)
         done = 0
         while len(self._inflight) >= self.depth:
