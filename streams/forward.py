@@ -460,9 +460,9 @@ class Forwarder:
         if pending is not None:  # ForwardWorker writes them with the job's finish
             pending.append(Pending(nid, records, sent_markers or []))
             return
-        async with self.redis.pipeline(transaction=False) as pipe:
-            self.add_records(pipe, Pending(nid, records, sent_markers or []))
-            await pipe.execute()
+        # no job to finish (a stock arq worker, a direct call): the records alone
+        await self.finish(None, [[None, 0, 0, 0, 0, [self.record_args(
+            Pending(nid, records, sent_markers or []))]]], [])
         self.count(records)
 
     def record_args(self, p: Pending) -> list[Any]:
@@ -470,14 +470,13 @@ class Forwarder:
         return [self.keys.deliveries(p.nid), [json_encode(r).decode() for r in p.records],
                 p.sent_markers]
 
-    def add_records(self, pipe: Any, p: Pending) -> None:
-        """Queue on `pipe` the sent markers and the attempt records of one job run."""
-        for marker in p.sent_markers:
-            pipe.set(marker, b"1", nx=True, ex=MARKER_TTL_S)
-        if p.records:
-            dkey = self.keys.deliveries(p.nid)
-            pipe.rpush(dkey, *(json_encode(r) for r in p.records))
-            pipe.expire(dkey, DELIVERIES_TTL_S)
+    async def finish(self, queue: str | None, jobs: list[list[Any]],
+                     results: list[bytes]) -> None:
+        """Run `_FINISH`: the jobs' finishes (arq's) with their records and sent markers."""
+        await _FINISH(keys=[], args=[_msgpack([
+            [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
+             abort_jobs_ss, queue or "", MARKER_TTL_S, DELIVERIES_TTL_S], jobs]), *results],
+            client=self.redis)
 
     @staticmethod
     def count(records: list[Delivery]) -> None:
@@ -621,7 +620,6 @@ class ForwardWorker(Worker):
     """
 
     _claim: AsyncScript | None = None
-    _finish_script: AsyncScript | None = None
     _ending: list[Any]  # finishes of jobs ended in this loop iteration (_finish)
     _flushes: set[asyncio.Task[None]]
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
@@ -840,13 +838,7 @@ class ForwardWorker(Worker):
                          (len(results) + 1) if finish and result else 0, incr_score or 0,
                          [forwarder.record_args(p) for p in pending]])
         try:
-            script = self._finish_script
-            if script is None:
-                script = self._finish_script = self.pool.register_script(_FINISH)
-            await script(keys=[], args=[_msgpack([
-                [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
-                 abort_jobs_ss, self.queue_name, MARKER_TTL_S, DELIVERIES_TTL_S], jobs]),
-                *results])
+            await forwarder.finish(self.queue_name, jobs, results)
         except BaseException as e:  # each job sees it (RETRYABLE: its in-progress key expires)
             for *_, fut in batch:
                 if not fut.done():
@@ -866,13 +858,14 @@ class ForwardWorker(Worker):
 # prefix, result prefix, retry prefix, job prefix, abort set, queue, marker ttl s,
 # deliveries ttl s], [[job id, finished (0/1), keep result ms, ARGV index of its result or
 # 0, score increment (a retry) or 0, [[deliveries key, [record JSON...], [marker key...]]
-# ...]] per job]]; ARGV[2...]: the results (arq's msgpack records).
-_FINISH = b"""
+# ...]] per job]]; ARGV[2...]: the results (arq's msgpack records). A job id of nil: the
+# records and markers alone (the one place both are written).
+_FINISH = AsyncScript(None, b"""
 local h = cmsgpack.unpack(ARGV[1])
 local c, jobs = h[1], h[2]
 local progress, result, retry, job, abort, queue = c[1], c[2], c[3], c[4], c[5], c[6]
 for _, j in ipairs(jobs) do
-  local jid = j[1]
+  local jid = j[1]  -- nil: records alone
   for _, p in ipairs(j[6]) do
     for _, m in ipairs(p[3]) do redis.call('SET', m, '1', 'NX', 'EX', c[7]) end
     if #p[2] > 0 then
@@ -880,7 +873,9 @@ for _, j in ipairs(jobs) do
       redis.call('EXPIRE', p[1], c[8])
     end
   end
-  if j[2] == 1 then
+  if not jid then
+    -- no job to finish
+  elseif j[2] == 1 then
     if j[4] > 0 then redis.call('SET', result .. jid, ARGV[j[4]], 'PX', j[3]) end
     redis.call('DEL', progress .. jid, retry .. jid, job .. jid)
     redis.call('ZREM', abort, jid)
@@ -891,7 +886,7 @@ for _, j in ipairs(jobs) do
   end
 end
 return #jobs
-"""
+""")
 
 
 def make_worker(settings: Settings, *, burst: bool = False,

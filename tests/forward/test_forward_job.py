@@ -190,6 +190,31 @@ async def test_pref_off_and_missing_address(redis: Redis, keys: Keys, redis_url,
     assert [(d.channel, d.status) for d in log] == [("email", "skipped_pref")]
 
 
+async def test_forward_run_outside_our_worker_records_and_marks(redis: Redis, keys: Keys,
+                                                                 redis_url, smtp: SmtpSink):
+    """The job as a stock arq worker (or any caller) runs it: its attempt records and sent
+    markers are written by the job itself, and a second run sends nothing more."""
+    from streams.forward import make_worker
+
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, ALICE)
+    n = notice()
+    await store_notice(redis, keys, n)
+    worker = make_worker(settings)
+    forwarder = worker.ctx["forwarder"]
+    try:
+        assert await forwarder.run(n.id, "1", 1) == "sent 1/1"
+        assert await forwarder.run(n.id, "1", 1) == "already sent"
+    finally:
+        await worker.close()
+        await forwarder.channels.aclose()
+    assert len(smtp.mails) == 1
+    assert [(d.channel, d.status) for d in await deliveries(redis, keys, n.id)] == \
+        [("email", "sent")]
+    assert await redis.exists(f"{keys.sent}{n.id}:1:email") == 1
+
+
 async def test_user_record_as_products_write_it(redis: Redis, keys: Keys, redis_url,
                                                 smtp: SmtpSink, http_sink: HttpSink):
     """A numeric id and chat id, extra fields: read like the center reads it."""
