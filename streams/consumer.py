@@ -12,12 +12,12 @@ decodes and the two processes overlap. Still ack-after-store: the prefetched ent
 are pending until their own batch is stored; after a failure they are dropped and
 read again from the pending list ("0") with the batch that failed.
 
-With `depth` > 1, up to `depth` batches are handled at once: a handler that splits its
-work into a Python part and a Redis part (the center: decode and build, then one store
-call) builds batch k+1 while Redis runs batch k's store, so the process and Redis work
-in parallel instead of taking turns. The handler keeps its own writes in order; acks may
-come out of order. Before the pending list is read again, a claim, or a stop, every
-batch in flight is finished first.
+With `depth` > 1, up to `depth` full batches (a backlog) are handled at once: a handler
+that splits its work into a Python part and a Redis part (the center: decode and build,
+then one store call) builds batch k+1 while Redis runs batch k's store, so the process
+and Redis work in parallel instead of taking turns. The handler keeps its own writes in
+order; acks may come out of order. Before the pending list is read again, a claim, a
+batch that is not full, or a stop, every batch in flight is finished first.
 
 Errors are sorted where they are caught:
 - bad input: the decoder raises BadInput → the entry is dead-lettered (reason,
@@ -95,6 +95,20 @@ def transient(e: ResponseError) -> bool:
     loads the scripts again."""
     return (isinstance(e, OutOfMemoryError | ReadOnlyError | NoScriptError)
             or str(e).startswith(TRANSIENT))
+
+
+def _not_ours(e: Exception) -> Exception:
+    """A handler's exception, unless Redis is the trouble: then it is raised for the loop
+    (lost or refusing for now: the batch stays pending and is read again; NOGROUP: the
+    group is recreated), not counted against the entries."""
+    if isinstance(e, RETRYABLE):
+        raise e
+    if isinstance(e, ResponseError):
+        if "NOGROUP" in str(e):
+            raise e
+        if transient(e):
+            raise RedisConnectionError(str(e)) from e
+    return e
 
 
 def _text(v: object) -> str:
@@ -424,16 +438,8 @@ class Consumer(Generic[T]):
         if entries:
             try:
                 dead += await self.handle(entries)
-            except RETRYABLE:
-                raise
-            except ResponseError as e:
-                if "NOGROUP" in str(e):
-                    raise
-                if transient(e):
-                    raise RedisConnectionError(str(e)) from e
-                return await self._failed(entries, e, dead, ids)
             except Exception as e:
-                return await self._failed(entries, e, dead, ids)
+                return await self._failed(entries, _not_ours(e), dead, ids)
         await self._ack(ids, dead)
         return len(ids)
 
@@ -481,13 +487,8 @@ class Consumer(Generic[T]):
         for e in entries:
             try:
                 dead += await self.handle([e])
-            except RETRYABLE:
-                raise
-            except ResponseError as err:
-                if "NOGROUP" in str(err) or transient(err):
-                    raise
-                failing.append(e)
-            except Exception:
+            except Exception as err:
+                _not_ours(err)
                 failing.append(e)
         return failing
 

@@ -91,6 +91,10 @@ def _json_field(fields: dict[bytes, bytes], name: str) -> Any:
     raw = fields.get(name.encode())
     if raw is None or raw == b"":
         return None
+    return _json_value(raw, name)
+
+
+def _json_value(raw: bytes, name: str) -> Any:
     try:
         return _json_decode_any(raw)
     except msgspec.DecodeError as e:
@@ -363,7 +367,7 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
                 raise BadInput(f"field `{name}` is not UTF-8", field=f"$.{name}") from None
         elif (name := _JSON_BYTES.get(raw_name)) is not None:
             if raw:
-                obj[name] = _json_field(fields, name)
+                obj[name] = _json_value(raw, name)
     recipients = _field_text(fields, "recipients")
     if recipients is not None:
         text = recipients.strip()
