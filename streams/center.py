@@ -43,7 +43,6 @@ from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
 from .errors import BadInput
 from .forward import (
     BROADCAST,
-    FUNCTION,
     Claim,
     ForwardJob,
     ForwardWorker,
@@ -51,7 +50,7 @@ from .forward import (
     due_member,
     forward_jobs_for,
     job_id,
-    job_serializer,
+    job_record,
     make_worker,
     run_forwarder,
     wake_channel,
@@ -605,8 +604,7 @@ class Center:
                 args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
                 for nid in nids:
                     args += [nid, views[nid]]
-                await self._store(keys=[k.feed(uid), k.unread(uid), k.user_seq(uid), k.live(uid),
-                                  k.archived(uid)], args=args, client=pipe)
+                await self._store(keys=self._user_keys(uid), args=args, client=pipe)
             write.calls = len(new) + len(per_user)
             add_forward_jobs(pipe, k, [j for j, _, _ in jobs])
         for p in folds:
@@ -631,8 +629,7 @@ class Center:
             if j.due_ms > now:
                 later.append(j)
                 continue
-            payload = job_serializer({"t": None, "f": FUNCTION, "a": [j.nid, j.uid], "k": {},
-                                      "et": now})
+            payload = job_record(j.nid, j.uid, now)
             argv.append(payload)
             jid = job_id(k, j.nid, j.uid)
             claim = None

@@ -182,6 +182,11 @@ def job_id(keys: Keys, nid: str, uid: str) -> str:
     return f"{keys.prefix}fwd:{nid}:{uid}"
 
 
+def job_record(nid: str, uid: str, now: int) -> bytes:
+    """arq's job record of a forward (its dict `{t, f, a, k, et}`, msgpack not pickle)."""
+    return job_serializer({"t": None, "f": FUNCTION, "a": [nid, uid], "k": {}, "et": now})
+
+
 def wake_channel(keys: Keys) -> str:
     """The pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
     return f"{keys.prefix}fwd:wake"
@@ -207,8 +212,7 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     last = len(jobs) - 1
     for i, job in enumerate(jobs):
         jid = job_id(keys, job.nid, job.uid)
-        payload = job_serializer(
-            {"t": None, "f": FUNCTION, "a": [job.nid, job.uid], "k": {}, "et": now})
+        payload = job_record(job.nid, job.uid, now)
         expires = max(job.due_ms - now, 0) + expires_extra_ms
         qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
                                   keys.arq_queue)
