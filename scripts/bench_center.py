@@ -114,12 +114,15 @@ async def one_round(args: argparse.Namespace, root: Path | None) -> dict[str, fl
             spy.send_signal(2)  # SIGINT: py-spy writes the profile and exits
             spy.wait(30)
         stats = await r.info("commandstats")
+        pers = await r.info("persistence")
         await r.aclose()
     if args.stats:  # where Redis spent its time during the center's drain
         top = sorted(stats.items(), key=lambda kv: -kv[1]["usec"])[:10]
         print("  redis commandstats (µs per notice, calls per notice): " + ", ".join(
             f"{name.removeprefix('cmdstat_')} {v['usec'] / args.n:.1f} ({v['calls'] / args.n:.2f})"
             for name, v in top))
+        print(f"  AOF rewrites during the round: {pers.get('aof_rewrites', 0)}, "
+              f"AOF size {pers.get('aof_current_size', 0) / 1e6:.0f} MB")
     return {"rate": rate, "ceiling": c_rate, "ratio": rate / c_rate, "cpu_us": cpu * 1e6,
             "redis_us": rcpu * 1e6, "ceil_cpu_us": c_cpu * 1e6, "ceil_redis_us": c_rcpu * 1e6}
 

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
-from redis.asyncio import BlockingConnectionPool, Redis
+import hiredis
+from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
@@ -16,6 +19,36 @@ RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
 
 
 POOL_SIZE = 16
+
+
+class _HiredisPack:
+    """Commands packed by hiredis (C) instead of redis-py's asyncio packer (Python), which
+    costs 10 µs for a small command and 4.4 µs per notice for the center's store call,
+    against 1.3 µs and 0.9 µs here. Anything hiredis does not take (redis-py's packer
+    names it in a DataError) and commands named with a space go to redis-py's packer."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        first = args[0]
+        if isinstance(first, str) and " " not in first:
+            try:
+                return [hiredis.pack_command(args)]
+            except TypeError:
+                pass
+        return super().pack_command(*args)  # type: ignore[misc]
+
+
+_fast: dict[type, type] = {}
+
+
+def _fast_pack(pool: ConnectionPool) -> None:
+    """Make `pool` open connections of its own class (TCP, TLS, unix) that pack with hiredis."""
+    cls = pool.connection_class
+    if not issubclass(cls, AbstractConnection) or issubclass(cls, _HiredisPack):
+        return
+    fast = _fast.get(cls)
+    if fast is None:
+        fast = _fast[cls] = type(f"Hiredis{cls.__name__}", (_HiredisPack, cls), {})
+    pool.connection_class = fast
 
 
 def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
@@ -34,6 +67,7 @@ def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
+    _fast_pack(pool)
     return Redis(connection_pool=pool)
 
 
@@ -43,7 +77,7 @@ def reader(url: str, *, name: str) -> Redis:
     No retry inside redis-py: the loop that owns it handles reconnects itself, so a
     blocked read is never silently re-issued from a stale position.
     """
-    return Redis.from_url(
+    client = Redis.from_url(
         url,
         decode_responses=False,
         max_connections=1,
@@ -51,6 +85,8 @@ def reader(url: str, *, name: str) -> Redis:
         socket_connect_timeout=5,
         socket_keepalive=True,
     )
+    _fast_pack(client.connection_pool)
+    return client
 
 
 async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:

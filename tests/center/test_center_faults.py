@@ -26,19 +26,24 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(redis, star
     w1 = start_proc("center", "--no-forward", "--consumer", "w1", **env)
     w2 = start_proc("center", "--no-forward", "--consumer", "w2", **env)
     await eventually(lambda: _group_has(redis, "w1", "w2"), timeout=20, what="both workers")
-    sids = await xadd_many(redis, entries)
-    expected: dict[str, set[str]] = {u: set() for u in USERS}
-    for i, sid in enumerate(sids):
-        expected[USERS[i % 5]].add(derived_id(sid))
-        expected[USERS[(i + 1) % 5]].add(derived_id(sid))
 
-    # kill w1 while it holds a batch it has not acked yet
+    # kill w1 while it holds a batch it has not acked yet: watched while the entries are
+    # added (the workers may keep up with the adding and hold nothing once it is done)
     async def w1_holds() -> bool:
         return bool(await redis.xpending_range(K.notices, "center", "-", "+", 1,
                                                consumername="w1"))
 
-    await eventually(w1_holds, timeout=20, interval=0.001, what="w1 holding a batch")
-    w1.kill()
+    async def kill_w1_holding() -> None:
+        await eventually(w1_holds, timeout=20, interval=0.001, what="w1 holding a batch")
+        w1.kill()
+
+    killer = asyncio.create_task(kill_w1_holding())
+    sids = await xadd_many(redis, entries, chunk=100)
+    await killer
+    expected: dict[str, set[str]] = {u: set() for u in USERS}
+    for i, sid in enumerate(sids):
+        expected[USERS[i % 5]].add(derived_id(sid))
+        expected[USERS[(i + 1) % 5]].add(derived_id(sid))
     left = await redis.xpending_range(K.notices, "center", "-", "+", 1000, consumername="w1")
     assert left, "w1 died holding entries that only a claim can recover"
     done = sum([len(await feed(redis, u)) for u in USERS])
