@@ -50,6 +50,48 @@ async def test_poison_entry_is_dead_lettered_after_retries(redis, redis_url):
     assert await pending(redis) == 0
 
 
+@pytest.mark.parametrize("depth", [1, 3])
+async def test_single_entries_are_acked_while_the_consumer_waits_for_more(redis, redis_url,
+                                                                          depth):
+    """One entry at a time (no backlog): each is acked, a bad one dead-lettered, by the time
+    the consumer waits in its next read (they go in the same round trip as that read), and
+    what was handled last is acked when the consumer stops."""
+    seen: list[str] = []
+
+    async def handle(entries: list[Entry[str]]) -> list[DeadLetter]:
+        seen.extend(e.value for e in entries)
+        return []
+
+    blocking = reader(redis_url, name="test-consumer")
+    c = Consumer(redis, blocking, stream=K.notices, group="center", consumer="t", decode=decode,
+                 handle=handle, dead_stream=K.notices_dead, batch=50, block_ms=5000, depth=depth)
+    await c.ensure_group()
+    task = asyncio.create_task(c.run())
+    try:
+        for i, v in enumerate(["a", "", "b", "c"]):
+            await redis.xadd(K.notices, {"v": v} if v else {"x": "1"})
+            want = len([x for x in ["a", "", "b", "c"][:i + 1] if x])
+
+            async def handled(n: int = want) -> bool:
+                return len(seen) == n
+
+            await eventually(handled, timeout=10, what=f"{v!r} handled")
+
+            async def acked() -> bool:
+                return await pending(redis) == 0
+
+            # handled, then acked within the 5 s block: not at the read's timeout
+            await eventually(acked, timeout=2, what=f"{v!r} acked while waiting")
+        assert [d["field"] for d in await dead(redis)] == ["$.v"]
+        assert c.processed == 4
+        c.stop()
+        await asyncio.wait_for(task, 10)
+    finally:
+        task.cancel()
+        await blocking.aclose()
+    assert seen == ["a", "b", "c"]
+
+
 @pytest.mark.parametrize("depth", [1, 2])
 async def test_poison_in_a_batch_takes_none_of_the_others_with_it(redis, redis_url, depth):
     """A bad entry in a batch of 10 is dead-lettered alone: its 9 neighbours are handled
