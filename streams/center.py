@@ -36,7 +36,7 @@ from arq.constants import (
 )
 from redis.asyncio import Redis, RedisCluster
 
-from . import gcsettle
+from . import gcsettle, inbox
 from .channels import available as available_channels
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
@@ -88,14 +88,13 @@ _msgpack = msgspec.msgpack.Encoder().encode
 _notice_decoder = msgspec.json.Decoder(Notice)
 
 # The per-user store, shared by both entry points below. For each notice not already in
-# the feed (idempotent on notice id): INCR seq, ZADD feed and unread; then retention to
-# feed_max (the oldest READ ones first, scanning at most scan_max, then the oldest); then
-# PUBLISH each new entry as {"e":"notice","seq":N,"data":<notice + seq, read, archived>}.
-# Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (JSON); `idxs` lists the j's.
-# Returns the number of feed entries made.
+# the feed (idempotent on notice id): INCR seq, ZADD feed (a new entry is unread: it is
+# not in the read set); then retention to feed_max (the oldest READ ones first, then the
+# oldest); then PUBLISH each new entry as {"e":"notice","seq":N,"data":<notice + seq,
+# read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (JSON);
+# `idxs` lists the j's. Returns the number of feed entries made.
 _STORE_USER = """
-local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_max,
-                          base, idxs, fresh)
+local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh)
   local msgs = {}
   local top = 0
   for _, j in ipairs(idxs) do
@@ -105,7 +104,6 @@ local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_m
       local seq = redis.call('INCR', seqkey)
       top = seq
       redis.call('ZADD', feed, seq, nid)
-      redis.call('ZADD', unread, seq, nid)
       local body = ARGV[base + 2 * j]
       msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":'
         .. string.sub(body, 1, -2) .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
@@ -119,23 +117,9 @@ local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_m
     need = card - feed_max
   end
   if need > 0 then
-    local victims, chosen = {}, {}
-    if card > redis.call('ZCARD', unread) then
-      local start, scanned = 0, 0
-      while #victims < need and scanned < scan_max do
-        local page = redis.call('ZRANGE', feed, start, start + 199)
-        if #page == 0 then break end
-        for _, id in ipairs(page) do
-          if not redis.call('ZSCORE', unread, id) then
-            victims[#victims + 1] = id
-            chosen[id] = true
-            if #victims >= need then break end
-          end
-        end
-        scanned = scanned + #page
-        start = start + #page
-      end
-    end
+    local victims = redis.call('ZRANGE', read, 0, need - 1)
+    local chosen = {}
+    for _, id in ipairs(victims) do chosen[id] = true end
     if #victims < need then
       local page = redis.call('ZRANGE', feed, 0, need + #victims - 1)
       for _, id in ipairs(page) do
@@ -146,7 +130,7 @@ local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_m
     for i = 1, #victims, 500 do
       local chunk = {unpack(victims, i, math.min(i + 499, #victims))}
       redis.call('ZREM', feed, unpack(chunk))
-      redis.call('ZREM', unread, unpack(chunk))
+      redis.call('ZREM', read, unpack(chunk))
       redis.call('SREM', archived, unpack(chunk))
     end
   end
@@ -155,18 +139,17 @@ local function store_user(feed, unread, seqkey, live, archived, feed_max, scan_m
 end
 """
 
-# One user (Redis Cluster: every key in the user's slot). KEYS: feed, unread, seq, live,
-# archived. ARGV: feed_max, scan_max, then (nid, notice JSON) pairs.
+# One user (Redis Cluster: every key in the user's slot). KEYS: feed, read, seq, live,
+# archived. ARGV: feed_max, then (nid, notice JSON) pairs.
 STORE_LUA = _STORE_USER + """
 local idxs = {}
-for j = 1, (#ARGV - 2) / 2 do idxs[j] = j end
-return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]),
-                  tonumber(ARGV[2]), 2, idxs, {})
+for j = 1, (#ARGV - 1) / 2 do idxs[j] = j end
+return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), 1, idxs, {})
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
-# cluster). ARGV[1]: msgpack [feed_max, scan_max, [[body key, stored JSON] of notice j...],
-# [[feed, unread, seq, live, archived, [j...]] per user], forward jobs or nil]; then
+# cluster). ARGV[1]: msgpack [feed_max, [[body key, stored JSON] of notice j...],
+# [[feed, read, seq, live, archived, [j...]] per user], forward jobs or nil]; then
 # (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads, then the
 # delayed forwards' due-set members. Bodies are SET NX once. Forwards: [job key prefix,
 # result key prefix, queue, ARGV index before the first payload, [[job id, expiry ms, due
@@ -182,15 +165,15 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # key name; packing them as one argument is what makes a batch cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
-local feed_max, scan_max, bodies, users = h[1], h[2], h[3], h[4]
+local feed_max, bodies, users = h[1], h[2], h[3]
 local fresh = {}
 for i, kb in ipairs(bodies) do fresh[i] = redis.call('SET', kb[1], kb[2], 'NX') end
 local out = {}
 for i, u in ipairs(users) do
-  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, scan_max, 1, u[6], fresh)
+  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, 1, u[6], fresh)
 end
 local claimed = {}
-local fwd = h[5]
+local fwd = h[4]
 if fwd then
   -- forward jobs, as streams.forward's schedule script writes them: unless the job or
   -- its result exists, PSETEX arq's job record and ZADD the queue at the due time
@@ -253,7 +236,6 @@ redis.call('SET', KEYS[1], body, 'KEEPTTL')
 return body
 """
 
-SCAN_MAX = 2000  # retention looks at most this many oldest entries for read ones
 USER_CACHE = 50_000  # decoded user records kept between batches
 DEPTH = 3  # batches handled at once: one read and built in Python while Redis stores another
 
@@ -266,13 +248,12 @@ def derived_id(sid: str) -> str:
     return encode_ulid(ms, rnd)
 
 
-def choose_trim(oldest_first: list[str], unread: set[str], need: int,
-                scan_max: int = SCAN_MAX) -> list[str]:
+def choose_trim(oldest_first: list[str], read: set[str], need: int) -> list[str]:
     """Which feed entries retention removes (the rule STORE_LUA implements): the oldest read
-    ones (looking at no more than `scan_max` entries), then the oldest of the rest."""
+    ones, then the oldest of the rest."""
     if need <= 0:
         return []
-    victims = [nid for nid in oldest_first[:scan_max] if nid not in unread][:need]
+    victims = [nid for nid in oldest_first if nid in read][:need]
     chosen = set(victims)
     for nid in oldest_first:
         if len(victims) >= need:
@@ -465,13 +446,13 @@ class Center:
                               if i in found and found[i].enabled]
 
     def _user_keys(self, uid: str) -> list[str]:
-        """feed, unread, seq, live, archived of a user (built once; five per user a batch)."""
+        """feed, read, seq, live, archived of a user (built once; five per user a batch)."""
         got = self._keys_of.get(uid)
         if got is None:
             if len(self._keys_of) >= USER_CACHE:
                 self._keys_of.clear()
             k = self.keys
-            got = self._keys_of[uid] = [k.feed(uid), k.unread(uid), k.user_seq(uid),
+            got = self._keys_of[uid] = [k.feed(uid), k.read(uid), k.user_seq(uid),
                                         k.live(uid), k.archived(uid)]
         return got
 
@@ -590,7 +571,7 @@ class Center:
                 argv += [p.notice.id, view]
             fwd = self._forward_header(jobs, argv, write) if jobs else None
             argv[0] = _msgpack([
-                self.settings.feed_max, SCAN_MAX,
+                self.settings.feed_max,
                 # as str: Redis's cmsgpack does not read msgpack's bin type
                 [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
@@ -601,7 +582,7 @@ class Center:
             for p, body, _ in new:
                 pipe.set(k.notice(p.notice.id), body, nx=True)
             for uid, nids in per_user.items():
-                args: list[str | bytes | int] = [self.settings.feed_max, SCAN_MAX]
+                args: list[str | bytes | int] = [self.settings.feed_max]
                 for nid in nids:
                     args += [nid, views[nid]]
                 await self._store(keys=self._user_keys(uid), args=args, client=pipe)
@@ -757,6 +738,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(redis)
+        await inbox.migrate(redis, keys)  # before anything is stored in the new layout
         worker = make_worker(settings) if forward else None
         center = Center(redis, keys, settings, inline=worker)
         cons = Consumer(

@@ -19,8 +19,9 @@ Scheduling (the notice center's hot path)
 
 The job (`forward(ctx, nid, uid)`)
     Loads the notice (`keys.notice(nid)`) and the user (`HGET keys.state("user") uid`).
-    The notice is unread by `uid` while `ZSCORE keys.unread(uid) nid` is not nil. A read
-    notice is recorded `skipped_read` and nothing is sent. Otherwise each external
+    The notice is unread by `uid` while it is in the user's feed and not in their read set
+    (`keys.read`; a notice retention dropped counts as read). A read notice is recorded
+    `skipped_read` and nothing is sent. Otherwise each external
     channel entry of `notice.channels` (not `ui` / `forward_after`) that lists the user
     in `users` or has no `users` list is sent to the user's address on it, unless the
     user's prefs switch it off (`prefs: {"email": false}` → `skipped_pref`) or the user
@@ -315,7 +316,8 @@ class Forwarder:
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
-                pipe.zscore(k.unread(uid), nid)
+                pipe.zscore(k.feed(uid), nid)
+                pipe.zscore(k.read(uid), nid)
                 for name in names:
                     pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
             replies = await pipe.execute()
@@ -347,9 +349,9 @@ class Forwarder:
         if uid == BROADCAST:
             sends, read = await self._broadcast_state(notice, sends)
         else:
-            marked = {name for name, m in zip(names, replies[3:], strict=True) if m}
+            marked = {name for name, m in zip(names, replies[4:], strict=True) if m}
             sends = [s for s in sends if s.marker not in marked]
-            read = replies[2] is None
+            read = replies[2] is None or replies[3] is not None
         if not sends:
             await self._record(nid, records)
             return "already sent"
@@ -433,11 +435,13 @@ class Forwarder:
             for s in sends:
                 pipe.exists(f"{self.keys.sent}{notice.id}:{BROADCAST}:{s.marker}")
             for r in notice.recipients:
-                pipe.zscore(self.keys.unread(r), notice.id)
+                pipe.zscore(self.keys.feed(r), notice.id)
+                pipe.zscore(self.keys.read(r), notice.id)
             replies = await pipe.execute()
         marked, scores = replies[:len(sends)], replies[len(sends):]
         return ([s for s, m in zip(sends, marked, strict=True) if not m],
-                any(score is None for score in scores))
+                any(in_feed is None or read is not None
+                    for in_feed, read in zip(scores[::2], scores[1::2], strict=True)))
 
     async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
         channel = self.channels.get(s.channel)

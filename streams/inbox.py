@@ -1,14 +1,21 @@
-"""One user's inbox: the feed (newest first, cursor = seq), the unread index (ZCARD = count),
-read / unread / archived state. No HTTP here; app/notices.py maps it to routes.
+"""One user's inbox: the feed (newest first, cursor = seq), the read set (a subset of the
+feed; unread count = ZCARD feed - ZCARD read), read / unread / archived state. No HTTP
+here; app/notices.py maps it to routes.
 
 Every change is one Lua call on the user's own keys (one hash tag, one Cluster slot)
 that first checks the notice is in THIS user's feed — a user can never touch another
 user's notice whatever id they send — then changes the state and PUBLISHes a `read`
 message to the user's live channel so every open tab follows.
+
+Layout 2 keeps the READ ids (layout 1 kept the unread ones in `:unread`): a new notice is
+unread by not being in the read set, so storing one is a single ZADD (into the feed)
+instead of two. `migrate` converts layout 1 data, once, before a center stores anything.
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import msgspec
@@ -18,7 +25,10 @@ from .errors import NotFound
 from .keys import Keys
 from .schemas import notice_view
 
+log = logging.getLogger("vestnik.inbox")
+
 MAX_LIMIT = 200
+UNREAD_SCAN_MAX = 20_000  # an unread-only page looks at most this many feed entries
 
 
 class FeedPage(msgspec.Struct):
@@ -42,26 +52,26 @@ class MarkedAll(msgspec.Struct):
     count: int
 
 
-# KEYS: feed, unread, archived, live. ARGV: nid, action (read|unread|archive).
+# KEYS: feed, read, archived, live. ARGV: nid, action (read|unread|archive).
 # Returns {found(0|1), read(0|1), count, archived(0|1)}.
 MARK_LUA = """
-local feed, unread, archived, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
+local feed, readset, archived, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
 local nid, action = ARGV[1], ARGV[2]
 local seq = redis.call('ZSCORE', feed, nid)
 if not seq then return {0, 0, 0, 0} end
 local changed = 0
 local arch = 0
 if action == 'unread' then
-  changed = redis.call('ZADD', unread, seq, nid)
+  changed = redis.call('ZREM', readset, nid)
   redis.call('SREM', archived, nid)
 else
-  changed = redis.call('ZREM', unread, nid)
+  changed = redis.call('ZADD', readset, seq, nid)
   if action == 'archive' then
     changed = changed + redis.call('SADD', archived, nid)
     arch = 1
   end
 end
-local count = redis.call('ZCARD', unread)
+local count = redis.call('ZCARD', feed) - redis.call('ZCARD', readset)
 local read = (action == 'unread') and 0 or 1
 if changed > 0 then
   redis.call('PUBLISH', live, '{"e":"read","data":{"ids":[' .. cjson.encode(nid) ..
@@ -71,16 +81,60 @@ end
 return {1, read, count, arch}
 """
 
-# KEYS: unread, live. Marks everything read. Returns the number marked.
+# KEYS: feed, read, live. Marks everything read. Returns the number marked.
 READ_ALL_LUA = """
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local ids = redis.call('ZDIFF', 2, KEYS[1], KEYS[2])
 if #ids == 0 then return 0 end
-redis.call('DEL', KEYS[1])
+redis.call('COPY', KEYS[1], KEYS[2], 'REPLACE')
 local parts = {}
 for i, id in ipairs(ids) do parts[i] = cjson.encode(id) end
-redis.call('PUBLISH', KEYS[2], '{"e":"read","data":{"ids":[' .. table.concat(parts, ',') ..
+redis.call('PUBLISH', KEYS[3], '{"e":"read","data":{"ids":[' .. table.concat(parts, ',') ..
   '],"read":true,"count":0}}')
 return #ids
+"""
+
+# KEYS: feed, read. ARGV: the highest score to look at ('+inf' or '(seq'), how many, the
+# most feed entries to look at. The unread entries, newest first, after where to go on
+# when the look ran out first (else false): {go_on, id, seq, id, seq, ...}.
+UNREAD_PAGE_LUA = """
+local feed, readset, top, want = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
+local out, looked = {false}, 0
+while true do
+  if looked >= tonumber(ARGV[3]) then
+    out[1] = string.sub(top, 2)
+    break
+  end
+  local rows = redis.call('ZREVRANGEBYSCORE', feed, top, '-inf', 'WITHSCORES', 'LIMIT', 0, 200)
+  if #rows == 0 then break end
+  local ids = {}
+  for i = 1, #rows, 2 do ids[#ids + 1] = rows[i] end
+  local read = redis.call('ZMSCORE', readset, unpack(ids))
+  for i, id in ipairs(ids) do
+    if not read[i] then
+      out[#out + 1] = id
+      out[#out + 1] = rows[2 * i]
+      if #out >= 2 * want + 1 then return out end
+    end
+  end
+  looked = looked + #ids
+  if #ids < 200 then break end
+  top = '(' .. rows[#rows]
+end
+return out
+"""
+
+# Layout 1 → 2 for one user. KEYS: feed, unread (layout 1), read, migrated marker.
+# read = feed - unread; the marker makes a second run (a crash midway, two centers) a no-op.
+MIGRATE_USER_LUA = """
+if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
+if redis.call('EXISTS', KEYS[2]) == 1 then
+  redis.call('ZDIFFSTORE', KEYS[3], 2, KEYS[1], KEYS[2])
+  redis.call('DEL', KEYS[2])
+else
+  redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
+end
+redis.call('SET', KEYS[4], '1', 'EX', 2592000)
+return 1
 """
 
 
@@ -97,32 +151,50 @@ class Inbox:
         self.keys = keys
         self._mark = redis.register_script(MARK_LUA)
         self._read_all = redis.register_script(READ_ALL_LUA)
+        self._unread_page = redis.register_script(UNREAD_PAGE_LUA)
 
     async def count(self, uid: str) -> int:
-        return int(await self.redis.zcard(self.keys.unread(uid)))
+        return (await self.head(uid))[0]
 
     async def head(self, uid: str) -> tuple[int, int]:
-        """(unread count, last seq) read together."""
-        async with self.redis.pipeline(transaction=True) as pipe:
-            pipe.zcard(self.keys.unread(uid))
-            pipe.get(self.keys.user_seq(uid))
-            count, seq = await pipe.execute()
-        return int(count), int(seq or 0)
+        """(unread count, last seq) as of one moment. Not MULTI (Redis at maxmemory refuses
+        commands queued in one, and the inbox must still answer): the seq is read before
+        and after; every store (and its retention) moves it, so the same seq twice means
+        the feed did not change in between, and a mark only moves the read set."""
+        k = self.keys
+        for _ in range(3):
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.get(k.user_seq(uid))
+                pipe.zcard(k.feed(uid))
+                pipe.zcard(k.read(uid))
+                pipe.get(k.user_seq(uid))
+                before, total, read, after = await pipe.execute()
+            if before == after:
+                break
+        return int(total) - int(read), int(after or 0)
 
     async def page(self, uid: str, *, unread: bool = False, cursor: int | None = None,
-                   limit: int = 50) -> FeedPage:
-        """Newest first; `cursor` is the seq of the last item of the previous page."""
+                   limit: int = 50, scan_max: int = UNREAD_SCAN_MAX) -> FeedPage:
+        """Newest first; `cursor` is the seq of the last item of the previous page (an
+        unread-only page that looked at `scan_max` feed entries may come short, or empty,
+        with a `next` to go on from)."""
         limit = max(1, min(limit, MAX_LIMIT))
-        key = self.keys.unread(uid) if unread else self.keys.feed(uid)
         top = "+inf" if cursor is None else f"({cursor}"
-        rows = await self.redis.zrevrangebyscore(key, top, "-inf", start=0, num=limit + 1,
-                                                 withscores=True)
+        go_on = None  # an unread page that looked at UNREAD_SCAN_MAX entries: go on from here
+        if unread:
+            flat = await self._unread_page(keys=[self.keys.feed(uid), self.keys.read(uid)],
+                                           args=[top, limit + 1, scan_max])
+            go_on = int(flat[0]) if flat[0] else None
+            rows = list(zip(flat[1::2], flat[2::2], strict=True))
+        else:
+            rows = await self.redis.zrevrangebyscore(self.keys.feed(uid), top, "-inf", start=0,
+                                                     num=limit + 1, withscores=True)
         more = len(rows) > limit
         rows = rows[:limit]
         items = await self._items(uid, [(r[0].decode(), int(r[1])) for r in rows],
                                   all_unread=unread)
         return FeedPage([msgspec.Raw(i) for _, i in items],
-                        int(rows[-1][1]) if more and rows else None)
+                        int(rows[-1][1]) if more and rows else go_on)
 
     async def after(self, uid: str, seq: int, limit: int = 500) -> list[tuple[int, bytes]]:
         """Feed items with seq > `seq`, oldest first (at most `limit`): the SSE backlog."""
@@ -138,27 +210,64 @@ class Inbox:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.mget([self.keys.notice(nid) for nid in ids])
             if not all_unread:
-                pipe.zmscore(self.keys.unread(uid), ids)
+                pipe.zmscore(self.keys.read(uid), ids)
             pipe.smismember(self.keys.archived(uid), ids)
             res: list[Any] = await pipe.execute()
         bodies = res[0]
-        unread = [True] * len(ids) if all_unread else [s is not None for s in res[1]]
+        read = [False] * len(ids) if all_unread else [s is not None for s in res[1]]
         archived = res[-1]
         out: list[tuple[int, bytes]] = []
-        for (_, seq), body, u, a in zip(rows, bodies, unread, archived, strict=True):
+        for (_, seq), body, r, a in zip(rows, bodies, read, archived, strict=True):
             if body is not None:  # a notice body is never deleted before its feed entries
-                out.append((seq, item_json(notice_view(body), seq, not u, bool(a))))
+                out.append((seq, item_json(notice_view(body), seq, r, bool(a))))
         return out
 
     async def mark(self, uid: str, nid: str, action: str) -> Marked:
         """action: read | unread | archive. NotFound unless `nid` is in this user's feed."""
         k = self.keys
         found, read, count, arch = await self._mark(
-            keys=[k.feed(uid), k.unread(uid), k.archived(uid), k.live(uid)], args=[nid, action])
+            keys=[k.feed(uid), k.read(uid), k.archived(uid), k.live(uid)], args=[nid, action])
         if not found:
             raise NotFound(f"no notice {nid!r} in your feed", field="id")
         return Marked(nid, bool(read), int(count), bool(arch))
 
     async def read_all(self, uid: str) -> MarkedAll:
-        marked = await self._read_all(keys=[self.keys.unread(uid), self.keys.live(uid)])
+        k = self.keys
+        marked = await self._read_all(keys=[k.feed(uid), k.read(uid), k.live(uid)])
         return MarkedAll(int(marked), 0)
+
+
+async def migrate(redis: Redis, keys: Keys) -> int:
+    """Layout 1 → 2 (unread sets → read sets), once per Redis, run by each center before it
+    stores anything. Data is layout 1 when any user has an `:unread` set (layout 2 never
+    writes one; a layout-1 Redis where every notice was read has none, and its notices come
+    back unread). Then every user with a feed gets read = feed - unread (each once, should
+    the run be cut short or two centers run it). Returns the users changed."""
+    if await redis.get(keys.inbox_layout) == b"2":
+        return 0
+    done = 0
+    if await _first_user_key(redis, keys, keys.unread_before_v2) is not None:
+        script = redis.register_script(MIGRATE_USER_LUA)
+        async for uid in _user_ids(redis, keys, keys.feed):
+            done += int(await script(keys=[keys.feed(uid), keys.unread_before_v2(uid),
+                                           keys.read(uid), keys.migrated(uid)]))
+    await redis.set(keys.inbox_layout, "2")
+    if done:
+        log.info("inbox layout 2: read sets made for %d users", done)
+    return done
+
+
+async def _user_ids(redis: Redis, keys: Keys, key_of: Callable[[str], str]
+                    ) -> AsyncIterator[str]:
+    """The users that have a sorted set `key_of(uid)` (one SCAN of the keyspace)."""
+    head, tail = key_of("\0").split("\0")
+    async for raw in redis.scan_iter(match=f"{head}*{tail}", count=1000, _type="zset"):
+        key = raw.decode() if isinstance(raw, bytes) else raw
+        yield key[len(head):len(key) - len(tail)]
+
+
+async def _first_user_key(redis: Redis, keys: Keys, key_of: Callable[[str], str]
+                          ) -> str | None:
+    async for uid in _user_ids(redis, keys, key_of):
+        return uid
+    return None

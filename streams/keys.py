@@ -90,9 +90,24 @@ class Keys:
         """Sorted set `notice id → per-user seq`: the user's history, newest = highest."""
         return f"{self.prefix}{{u:{uid}}}:feed"
 
-    def unread(self, uid: str) -> str:
-        """Sorted set of unread notice ids (same scores as feed); ZCARD is the unread count."""
+    def read(self, uid: str) -> str:
+        """Sorted set of the feed's READ notice ids (same scores as the feed; always a subset
+        of it): unread = in the feed and not here; unread count = ZCARD feed - ZCARD read.
+        (A new notice is unread by being absent here: storing it is one ZADD, not two.)"""
+        return f"{self.prefix}{{u:{uid}}}:read"
+
+    def unread_before_v2(self, uid: str) -> str:
+        """Sorted set of unread notice ids, as layout 1 kept them (streams.inbox migrates it)."""
         return f"{self.prefix}{{u:{uid}}}:unread"
+
+    def migrated(self, uid: str) -> str:
+        """String: set once this user's read state is in layout 2 (see streams.inbox)."""
+        return f"{self.prefix}{{u:{uid}}}:v2"
+
+    @property
+    def inbox_layout(self) -> str:
+        """String: "2" once every user's read state is a read set (streams.inbox.migrate)."""
+        return f"{self.prefix}layout"
 
     def archived(self, uid: str) -> str:
         """Set of archived notice ids."""

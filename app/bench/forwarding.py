@@ -219,7 +219,7 @@ async def _schedule(r: Redis, n: int, channel: str, sink_port: int) -> None:
                 notice = Notice(id=nid, alert="bench", title=f"bench {nid}", body="x" * 200,
                                 recipients=["1"], channels=target, created_at=now)
                 pipe.set(K.notice(nid), json_encode(notice))
-                pipe.zadd(K.unread("1"), {nid: 1})
+                pipe.zadd(K.feed("1"), {nid: 1})  # in the feed, not read: unread
                 jobs.append(ForwardJob(nid, uid, now))
             add_forward_jobs(pipe, K, jobs)
             await pipe.execute()

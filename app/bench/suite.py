@@ -94,12 +94,14 @@ async def drain_rate(r: Redis, stream: str, group: str, n: int, proc: BenchProc,
     raise TimeoutError(f"{group} did not drain {n} entries in {timeout}s")
 
 
-async def run_ceiling_loop(world: World, n: int) -> float:
+async def run_ceiling_loop(world: World, n: int, *, packed: bool = False) -> float:
     r = world.redis()
+    group = "ceiling-packed" if packed else "ceiling"
     proc = BenchProc([sys.executable, "-m", "app.bench.ceiling_loop", world.url, K.notices,
-                      "ceiling"], world.env(), world.dir / "ceiling.log")
+                      group, *(["--packed"] if packed else [])], world.env(),
+                     world.dir / f"{group}.log")
     try:
-        return await drain_rate(r, K.notices, "ceiling", n, proc)
+        return await drain_rate(r, K.notices, group, n, proc)
     finally:
         proc.stop()
         await r.aclose()
@@ -109,7 +111,7 @@ async def b1_ingest(bench: Bench) -> None:
     n = 50_000 if bench.quick else 200_000
     task = bench.progress.add_task("B1 ingest", total=bench.rounds() + bench.rounds(2))
     for per in (1, 5):
-        rates, ceilings = [], []
+        rates, ceilings, packed = [], [], []
         # the x5 variant writes a million feed entries a round: two rounds keep the full
         # run under 10 minutes (it took 711 s with three, B7's peer included)
         for _ in range(bench.rounds() if per == 1 else bench.rounds(2)):
@@ -118,6 +120,8 @@ async def b1_ingest(bench: Bench) -> None:
                 await seed_users(r, 1000)
                 await load_notices(r, n, per, 1000, forward=True)
                 ceilings.append(await run_ceiling_loop(world, n))
+                if per == 1:
+                    packed.append(await run_ceiling_loop(world, n, packed=True))
                 await r.xgroup_create(K.notices, CENTER_GROUP, id="0")
                 center = world.start("center")
                 rates.append(await drain_rate(r, K.notices, CENTER_GROUP, n, center))
@@ -127,6 +131,10 @@ async def b1_ingest(bench: Bench) -> None:
             bench.record("B1:notices_per_s", f"{n:,} one-recipient notices through one center "
                          "(stored, counted, published, forward scheduled)", rates, "notices/s",
                          ceiling=ceilings, target=20_000, target_ratio=0.8)
+            bench.record("B1:ceiling_packed_per_s", "for reference: the ceiling loop with "
+                         "Vestnik's Redis client (commands packed by hiredis, as the center's "
+                         "are); the ratio above is against issue 6's loop (redis-py's packer)",
+                         packed, "notices/s")
         else:
             bench.record("B1x5:notices_per_s", f"{n:,} notices with 5 recipients each",
                          rates, "notices/s", ceiling=ceilings)

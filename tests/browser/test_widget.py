@@ -168,7 +168,7 @@ async def test_widget_with_cookie_credentials_cross_origin(start_api, redis, sta
 
 
 async def _unread_is(redis, uid: str, n: int) -> bool:
-    return await redis.zcard(K.unread(uid)) == n
+    return await redis.zcard(K.feed(uid)) - await redis.zcard(K.read(uid)) == n
 
 
 async def test_widget_popover_pages_as_it_scrolls(start_api, redis, start_proc, user_token,

@@ -39,6 +39,17 @@ async def xadd_many(redis: Redis, entries: list[dict[str, str]], chunk: int = 10
     return ids
 
 
+async def unread_count(redis: Redis, uid: str) -> int:
+    """As the inbox counts: feed entries not in the read set."""
+    return int(await redis.zcard(K.feed(uid))) - int(await redis.zcard(K.read(uid)))
+
+
+async def mark_read(redis: Redis, uid: str, *nids: str) -> None:
+    """As the inbox marks read: into the read set, at the feed's seq."""
+    scores = await redis.zmscore(K.feed(uid), list(nids))
+    await redis.zadd(K.read(uid), dict(zip(nids, scores, strict=True)))
+
+
 async def feed(redis: Redis, uid: str) -> list[str]:
     """The user's feed, oldest first."""
     return [x.decode() for x in await redis.zrange(K.feed(uid), 0, -1)]

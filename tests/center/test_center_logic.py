@@ -9,7 +9,6 @@ import pytest
 from center_support import K
 
 from streams.center import (
-    SCAN_MAX,
     STORE_LUA,
     channel_users,
     choose_trim,
@@ -91,37 +90,35 @@ def test_prepare_assigns_id_and_time_only_when_absent():
 
 def test_choose_trim_prefers_the_oldest_read():
     feed = [f"n{i}" for i in range(10)]
-    assert choose_trim(feed, set(feed), 2) == ["n0", "n1"]  # none read: the oldest
-    assert choose_trim(feed, set(feed) - {"n3", "n7"}, 2) == ["n3", "n7"]
-    assert choose_trim(feed, set(feed) - {"n3"}, 2) == ["n3", "n0"]
+    assert choose_trim(feed, set(), 2) == ["n0", "n1"]  # none read: the oldest
+    assert choose_trim(feed, {"n3", "n7"}, 2) == ["n3", "n7"]
+    assert choose_trim(feed, {"n3"}, 2) == ["n3", "n0"]
+    assert choose_trim(feed, {"n9", "n1", "n5"}, 2) == ["n1", "n5"]  # the oldest read ones
     assert choose_trim(feed, set(), 0) == []
-    # the scan for read ones is bounded
-    assert choose_trim(feed, set(feed) - {"n9"}, 1, scan_max=5) == ["n0"]
 
 
 async def test_store_script_trims_like_choose_trim(redis):
     rnd = random.Random(7)
     script = redis.register_script(STORE_LUA)
     uid = "u"
-    keys = [K.feed(uid), K.unread(uid), K.user_seq(uid), K.live(uid), K.archived(uid)]
+    keys = [K.feed(uid), K.read(uid), K.user_seq(uid), K.live(uid), K.archived(uid)]
     model: list[str] = []
-    unread: set[str] = set()
+    read: set[str] = set()
     for step in range(60):
         batch = [f"s{step}-{i}" for i in range(rnd.randint(1, 4))]
         args: list[str] = []
         for nid in batch:
             args += [nid, f'{{"id":"{nid}"}}']
-        await script(keys=keys, args=[10, SCAN_MAX, *args])
+        await script(keys=keys, args=[10, *args])
         model += batch
-        unread |= set(batch)
-        for victim in choose_trim(model, unread, len(model) - 10):
+        for victim in choose_trim(model, read, len(model) - 10):
             model.remove(victim)
-            unread.discard(victim)
+            read.discard(victim)
         for nid in rnd.sample(model, k=min(len(model), rnd.randint(0, 3))):  # read some
-            await redis.zrem(K.unread(uid), nid)
-            unread.discard(nid)
+            await redis.zadd(K.read(uid), {nid: await redis.zscore(K.feed(uid), nid)})
+            read.add(nid)
         assert [x.decode() for x in await redis.zrange(K.feed(uid), 0, -1)] == model
-        assert {x.decode() for x in await redis.zrange(K.unread(uid), 0, -1)} == unread
+        assert {x.decode() for x in await redis.zrange(K.read(uid), 0, -1)} == read
 
 
 async def test_per_user_path_stores_like_the_batch_path(redis, settings):

@@ -6,7 +6,18 @@ from __future__ import annotations
 import signal
 
 import msgspec
-from center_support import K, add_users, dead, entry, feed, pending, stored, xadd_many
+from center_support import (
+    K,
+    add_users,
+    dead,
+    entry,
+    feed,
+    mark_read,
+    pending,
+    stored,
+    unread_count,
+    xadd_many,
+)
 
 from support import eventually
 
@@ -65,7 +76,7 @@ async def test_redelivery_never_makes_a_second_copy(redis, start_proc):
     run_burst(start_proc)
     assert await feed(redis, "1") == first
     assert int(await redis.get(K.user_seq("1"))) == 21
-    assert await redis.zcard(K.unread("1")) == 21
+    assert await unread_count(redis, "1") == 21
 
 
 async def test_dedup_key_folds_repeats_into_the_first_notice(redis, start_proc):
@@ -123,7 +134,7 @@ async def test_retention_trims_the_oldest_read_ones_first(redis, start_proc):
     await xadd_many(redis, [entry(f"n{i}") for i in range(5)])
     run_burst(start_proc, VESTNIK_FEED_MAX="5")
     ids = await feed(redis, "1")
-    await redis.zrem(K.unread("1"), ids[1], ids[3])  # read: n1 and n3
+    await mark_read(redis, "1", ids[1], ids[3])  # read: n1 and n3
     await xadd_many(redis, [entry("n5"), entry("n6")])
     run_burst(start_proc, VESTNIK_FEED_MAX="5")
     now = await feed(redis, "1")
@@ -133,7 +144,8 @@ async def test_retention_trims_the_oldest_read_ones_first(redis, start_proc):
     run_burst(start_proc, VESTNIK_FEED_MAX="5")
     titles = [(await stored(redis, n))["title"] for n in await feed(redis, "1")]
     assert titles == ["n2", "n4", "n5", "n6", "n7"]  # none read: the oldest went
-    assert await redis.zcard(K.unread("1")) == 5
+    assert await unread_count(redis, "1") == 5
+    assert await redis.zcard(K.read("1")) == 0  # the read ones left the read set too
 
 
 async def test_send_command_and_sigterm_stop(redis, start_proc):

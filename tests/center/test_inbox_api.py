@@ -3,7 +3,7 @@ read state across tabs, isolation between users, Idempotency-Key, pagination."""
 
 from __future__ import annotations
 
-from center_support import K, add_users, feed
+from center_support import K, add_users, feed, unread_count
 
 from support import SSE, Api, eventually
 
@@ -68,7 +68,7 @@ async def test_live_notices_resume_without_gap_and_stay_private(api: Api, redis,
     b2 = await SSE(stream_url(api, tb, "0")).connect()
     assert (await b2.next()).json() == {"count": 0, "seq": 0}
     assert await b2.nothing_for(0.3, event="notice")
-    assert await redis.zcard(K.unread("A")) == 9
+    assert await unread_count(redis, "A") == 9
     for s in (a, b, b2):
         await s.close()
 

@@ -92,13 +92,14 @@ async def store_user(redis: Redis, keys: Keys, user: User) -> None:
 
 
 async def store_notice(redis: Redis, keys: Keys, notice: Notice, unread: bool = True) -> None:
-    """As the center stores it: the notice once, then per recipient feed (+ unread) at a seq."""
+    """As the center stores it: the notice once, then per recipient feed at a seq (and,
+    with `unread` False, the read set as the inbox marks it)."""
     await redis.set(keys.notice(notice.id), json_encode(notice))
     for uid in notice.recipients:
         seq = await redis.incr(keys.user_seq(uid))
         await redis.zadd(keys.feed(uid), {notice.id: seq})
-        if unread:
-            await redis.zadd(keys.unread(uid), {notice.id: seq})
+        if not unread:
+            await redis.zadd(keys.read(uid), {notice.id: seq})
 
 
 async def deliveries(redis: Redis, keys: Keys, nid: str) -> list[Delivery]:

@@ -388,7 +388,7 @@ async def test_broadcast_skipped_once_any_recipient_read(redis: Redis, keys: Key
     n = notice(recipients=["1", "2"],
                channels={"webhook": {"url": f"{http_sink.base}/h"}})
     await store_notice(redis, keys, n)
-    await redis.zrem(keys.unread("2"), n.id)  # user 2 read it
+    await redis.zadd(keys.read("2"), {n.id: 1})  # user 2 read it
     await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
     await burst(settings)
     assert http_sink.requests == []
