@@ -22,11 +22,16 @@ async def run(quick: bool, only: list[str], json_path: str | None,
     names = [n for n in SUITE if not only or n in only]
     with new_progress(console) as progress:
         bench = Bench(quick=quick, console=console, progress=progress)
+        timings: dict[str, float] = {}
         for name in names:
+            t0 = time.perf_counter()
             await SUITE[name](bench)
+            timings[name] = round(time.perf_counter() - t0, 1)
+            console.log(f"{name} took {timings[name]:g} s")
     console.print(table(bench.rows))
     report = Report(machine=machine(), rows=bench.rows, seconds=round(time.perf_counter()
-                                                                       - started, 1))
+                                                                       - started, 1),
+                    timings=timings)
     if json_path:
         Path(json_path).write_bytes(  # noqa: ASYNC240 - once, at the very end
             msgspec.json.format(msgspec.json.encode(report)))

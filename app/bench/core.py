@@ -44,6 +44,7 @@ class Report(msgspec.Struct):
     machine: dict[str, object]
     rows: list[Row]
     seconds: float
+    timings: dict[str, float] = {}  # seconds each benchmark took (B1, B2, ...)
 
 
 def machine() -> dict[str, object]:
