@@ -78,12 +78,7 @@ from arq.constants import (
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import ms_to_datetime
 from arq.worker import JobExecutionFailed, Retry, Worker, func
-from redis.asyncio import BlockingConnectionPool
-from redis.asyncio.retry import Retry as RedisRetry
-from redis.backoff import ExponentialBackoff
 from redis.commands.core import AsyncScript
-from redis.exceptions import BusyLoadingError, ConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .channels import Channels, SendResult
 from .config import ConfigError, Settings
@@ -91,6 +86,7 @@ from .ids import now_ms
 from .keys import USER_TOPIC, Keys
 from .metrics import FORWARD_ATTEMPTS
 from .redis import RETRYABLE, Backoff
+from .redis import pool as redis_pool
 from .schemas import Notice, User, decode_user, json_encode
 
 log = logging.getLogger("vestnik.forward")
@@ -517,17 +513,9 @@ class _ArqRedis(ArqRedis):
 
 def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
-    pool = BlockingConnectionPool.from_url(
-        settings.redis_url,
-        max_connections=max_connections,
-        timeout=10,
-        client_name="vestnik-forwarder",
-        health_check_interval=30,
-        socket_connect_timeout=5,
-        retry=RedisRetry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
-        retry_on_error=[ConnectionError, RedisTimeoutError, BusyLoadingError],
-    )
-    return _ArqRedis(pool, job_serializer=job_serializer, job_deserializer=job_deserializer,
+    shared = redis_pool(settings.redis_url, max_connections=max_connections,
+                        name="vestnik-forwarder")
+    return _ArqRedis(shared, job_serializer=job_serializer, job_deserializer=job_deserializer,
                      default_queue_name=keys.arq_queue)
 
 

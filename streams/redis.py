@@ -52,12 +52,17 @@ def _fast_pack(pool: ConnectionPool) -> None:
 
 
 def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
-    """A pooled client; commands retry with exponential backoff across a Redis restart.
+    """A pooled client; commands retry with exponential backoff across a Redis restart."""
+    return Redis(connection_pool=pool(url, max_connections=max_connections, name=name))
 
-    The pool is bounded and callers wait for a free connection (BlockingConnectionPool),
-    so a burst of requests never opens more than `max_connections` to Redis.
+
+def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
+         ) -> BlockingConnectionPool:
+    """The pool behind `connect` (arq's client is built on one too): bounded, and callers
+    wait for a free connection, so a burst never opens more than `max_connections`;
+    commands retry with exponential backoff across a Redis restart; hiredis packs them.
     """
-    pool = BlockingConnectionPool.from_url(
+    blocking = BlockingConnectionPool.from_url(
         url,
         max_connections=max_connections,
         timeout=10,
@@ -67,8 +72,8 @@ def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
         retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
-    _fast_pack(pool)
-    return Redis(connection_pool=pool)
+    _fast_pack(blocking)
+    return blocking
 
 
 def reader(url: str, *, name: str) -> Redis:
