@@ -62,6 +62,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from contextvars import ContextVar
 from typing import Any, Literal
 
@@ -285,11 +286,61 @@ class Send(msgspec.Struct):
     target: dict[str, Any]
 
 
+class _Together:
+    """The reads of jobs that start in the same loop iteration (a poll claims many) go to
+    Redis as one pipeline: one round trip per poll instead of one per job. Each caller
+    gets its own replies, or the first error among them."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._queue: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]] = []
+        self._flushes: set[asyncio.Task[None]] = set()
+
+    async def read(self, add: Callable[[Any], None]) -> list[Any]:
+        """`add(pipe)` queues this caller's commands; returns their replies."""
+        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+        self._queue.append((add, fut))
+        if len(self._queue) == 1:  # the first of this iteration: flush on the next one
+            task = asyncio.get_running_loop().create_task(self._flush())
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+        return await fut
+
+    async def _flush(self) -> None:
+        batch, self._queue = self._queue, []
+        sizes: list[int] = []
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for add, _ in batch:
+                    before = len(pipe)
+                    add(pipe)
+                    sizes.append(len(pipe) - before)
+                replies = await pipe.execute(raise_on_error=False)
+        except BaseException as e:
+            for _, fut in batch:
+                if not fut.done():
+                    fut.set_exception(e)
+            if not isinstance(e, Exception):
+                raise
+            return
+        at = 0
+        for (_, fut), n in zip(batch, sizes, strict=True):
+            mine, at = replies[at:at + n], at + n
+            if fut.done():  # its job was cancelled meanwhile
+                continue
+            error = next((r for r in mine if isinstance(r, Exception)), None)
+            if error is not None:
+                fut.set_exception(error)
+            else:
+                fut.set_result(mine)
+
+
 class Forwarder:
     """What the job needs, built once per worker: Redis, key names, settings, channels."""
 
     def __init__(self, redis: Any, keys: Keys, settings: Settings, channels: Channels) -> None:
         self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
+        self._together = _Together(redis)
 
     def backoff(self, attempt: int, asked: float | None) -> float:
         delay = self.settings.send_backoff * (2 ** (attempt - 1))
@@ -305,10 +356,12 @@ class Forwarder:
                 return "nothing to send"
             return await self._deliver(notice, uid, user, attempt, sends, records)
         k = self.keys
-        # one round trip for a user: the notice, the user, unread?, and the sent markers
-        # of every channel that could apply (a user's marker is `<nid>:<uid>:<channel>`)
+        # one read for a user (in one round trip with the other jobs starting now): the
+        # notice, the user, unread?, and the sent markers of every channel that could apply
+        # (a user's marker is `<nid>:<uid>:<channel>`)
         names = list(self.channels.classes) if uid != BROADCAST else []
-        async with self.redis.pipeline(transaction=False) as pipe:
+
+        def add(pipe: Any) -> None:
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
@@ -316,7 +369,8 @@ class Forwarder:
                 pipe.zscore(k.read(uid), nid)
                 for name in names:
                     pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
-            replies = await pipe.execute()
+
+        replies = await self._together.read(add)
         if replies[0] is None:
             log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
             return "notice not found"
