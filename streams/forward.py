@@ -62,9 +62,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import msgspec
 from arq.connections import ArqRedis
@@ -91,6 +91,8 @@ from .redis import pool as redis_pool
 from .schemas import Notice, User, decode_user, json_encode
 
 log = logging.getLogger("vestnik.forward")
+T = TypeVar("T")
+R = TypeVar("R")
 
 FUNCTION = "forward"
 BROADCAST = "*"  # the uid of a notice's user-independent targets
@@ -286,36 +288,32 @@ class Send(msgspec.Struct):
     target: dict[str, Any]
 
 
-class _Together:
-    """The reads of jobs that start in the same loop iteration (a poll claims many) go to
-    Redis as one pipeline: one round trip per poll instead of one per job. Each caller
-    gets its own replies, or the first error among them."""
+class PerIteration(Generic[T, R]):
+    """Calls made in one loop iteration go out as one: the first queues a flush for the
+    next iteration, by when the others of its iteration (the jobs a poll started, the jobs
+    that ended together) have queued theirs. `flush(items)` returns each item's result or
+    exception, in order; an error of the flush itself reaches every caller."""
 
-    def __init__(self, redis: Any) -> None:
-        self.redis = redis
-        self._queue: list[tuple[Callable[[Any], None], asyncio.Future[list[Any]]]] = []
+    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R | BaseException]]]
+                 ) -> None:
+        self._flush_items = flush
+        self._queue: list[tuple[T, asyncio.Future[R]]] = []
         self._flushes: set[asyncio.Task[None]] = set()
 
-    async def read(self, add: Callable[[Any], None]) -> list[Any]:
-        """`add(pipe)` queues this caller's commands; returns their replies."""
-        fut: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-        self._queue.append((add, fut))
-        if len(self._queue) == 1:  # the first of this iteration: flush on the next one
-            task = asyncio.get_running_loop().create_task(self._flush())
+    async def submit(self, item: T) -> R:
+        loop = asyncio.get_running_loop()
+        fut: asyncio.Future[R] = loop.create_future()
+        self._queue.append((item, fut))
+        if len(self._queue) == 1:
+            task = loop.create_task(self._flush())
             self._flushes.add(task)
             task.add_done_callback(self._flushes.discard)
         return await fut
 
     async def _flush(self) -> None:
         batch, self._queue = self._queue, []
-        sizes: list[int] = []
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for add, _ in batch:
-                    before = len(pipe)
-                    add(pipe)
-                    sizes.append(len(pipe) - before)
-                replies = await pipe.execute(raise_on_error=False)
+            results = await self._flush_items([item for item, _ in batch])
         except BaseException as e:
             for _, fut in batch:
                 if not fut.done():
@@ -323,16 +321,43 @@ class _Together:
             if not isinstance(e, Exception):
                 raise
             return
-        at = 0
-        for (_, fut), n in zip(batch, sizes, strict=True):
-            mine, at = replies[at:at + n], at + n
-            if fut.done():  # its job was cancelled meanwhile
+        for (_, fut), res in zip(batch, results, strict=True):
+            if fut.done():  # its caller was cancelled meanwhile
                 continue
-            error = next((r for r in mine if isinstance(r, Exception)), None)
-            if error is not None:
-                fut.set_exception(error)
+            if isinstance(res, BaseException):
+                fut.set_exception(res)
             else:
-                fut.set_result(mine)
+                fut.set_result(res)
+
+
+async def read_many(redis: Any, adds: list[Callable[[Any], None]]
+                    ) -> list[list[Any] | BaseException]:
+    """Every caller's commands (`add(pipe)` queues them) in one pipeline; each caller gets
+    its replies, or the first error among them (a PerIteration flush)."""
+    sizes: list[int] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for add in adds:
+            before = len(pipe)
+            add(pipe)
+            sizes.append(len(pipe) - before)
+        replies = await pipe.execute(raise_on_error=False)
+    out: list[list[Any] | BaseException] = []
+    at = 0
+    for n in sizes:
+        mine, at = replies[at:at + n], at + n
+        out.append(next((r for r in mine if isinstance(r, Exception)), mine))
+    return out
+
+
+def read_state_commands(pipe: Any, keys: Keys, uid: str, nid: str) -> None:
+    """Queue the two reads that tell whether `uid` has read `nid` (see `was_read`)."""
+    pipe.zscore(keys.feed(uid), nid)
+    pipe.zscore(keys.read(uid), nid)
+
+
+def was_read(in_feed: object, in_read: object) -> bool:
+    """The replies of `read_state_commands`: read, or dropped from the feed by retention."""
+    return in_feed is None or in_read is not None
 
 
 class Forwarder:
@@ -340,7 +365,9 @@ class Forwarder:
 
     def __init__(self, redis: Any, keys: Keys, settings: Settings, channels: Channels) -> None:
         self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
-        self._together = _Together(redis)
+        # the state reads of jobs that start together: one pipeline (one round trip a poll)
+        self._reads: PerIteration[Callable[[Any], None], list[Any]] = PerIteration(
+            lambda adds: read_many(redis, adds))
 
     def backoff(self, attempt: int, asked: float | None) -> float:
         delay = self.settings.send_backoff * (2 ** (attempt - 1))
@@ -365,12 +392,11 @@ class Forwarder:
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
-                pipe.zscore(k.feed(uid), nid)
-                pipe.zscore(k.read(uid), nid)
+                read_state_commands(pipe, k, uid, nid)
                 for name in names:
                     pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
 
-        replies = await self._together.read(add)
+        replies = await self._reads.submit(add)
         if replies[0] is None:
             log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
             return "notice not found"
@@ -401,7 +427,7 @@ class Forwarder:
         else:
             marked = {name for name, m in zip(names, replies[4:], strict=True) if m}
             sends = [s for s in sends if s.marker not in marked]
-            read = replies[2] is None or replies[3] is not None
+            read = was_read(replies[2], replies[3])
         if not sends:
             await self._record(nid, records)
             return "already sent"
@@ -485,13 +511,11 @@ class Forwarder:
             for s in sends:
                 pipe.exists(f"{self.keys.sent}{notice.id}:{BROADCAST}:{s.marker}")
             for r in notice.recipients:
-                pipe.zscore(self.keys.feed(r), notice.id)
-                pipe.zscore(self.keys.read(r), notice.id)
+                read_state_commands(pipe, self.keys, r, notice.id)
             replies = await pipe.execute()
         marked, scores = replies[:len(sends)], replies[len(sends):]
         return ([s for s, m in zip(sends, marked, strict=True) if not m],
-                any(in_feed is None or read is not None
-                    for in_feed, read in zip(scores[::2], scores[1::2], strict=True)))
+                any(was_read(f, r) for f, r in zip(scores[::2], scores[1::2], strict=True)))
 
     async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
         channel = self.channels.get(s.channel)
@@ -670,15 +694,14 @@ class ForwardWorker(Worker):
     """
 
     _claim: AsyncScript | None = None
-    _ending: list[Any]  # finishes of jobs ended in this loop iteration (_finish)
-    _flushes: set[asyncio.Task[None]]
+    _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
     _wake: asyncio.Event | None = None
     _backlog = False
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._ending, self._flushes = [], set()
+        self._ending = PerIteration(self._finish_many)
 
     def start_inline(self, claims: list[Claim]) -> None:
         """Run jobs the notice center claimed in its store call, in this process, now (in
@@ -868,39 +891,24 @@ class ForwardWorker(Worker):
                       result: bytes | None, keep_s: float, incr_score: int | None) -> None:
         """arq's finish_job with the run's attempt records and sent markers. The jobs that
         end in the same loop iteration share one MULTI (one round trip, one write)."""
-        fut: asyncio.Future[None] = self.loop.create_future()
-        self._ending.append((job_id, pending, finish, result, keep_s, incr_score, fut))
-        if len(self._ending) == 1:  # the first of this iteration: flush on the next one
-            task = self.loop.create_task(self._flush_ending())
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-        await fut
+        await self._ending.submit((job_id, pending, finish, result, keep_s, incr_score))
 
-    async def _flush_ending(self) -> None:
-        batch, self._ending = self._ending, []
+    async def _finish_many(self, batch: list[tuple[Any, ...]]) -> list[BaseException | None]:
         forwarder: Forwarder = self.ctx["forwarder"]
         jobs: list[list[Any]] = []
         results: list[bytes] = []
-        for job_id, pending, finish, result, keep_s, incr_score, _ in batch:
+        for job_id, pending, finish, result, keep_s, incr_score in batch:
             if finish and result:
                 results.append(result)
             jobs.append([job_id, int(finish), int(keep_s * 1000),
                          (len(results) + 1) if finish and result else 0, incr_score or 0,
                          [forwarder.record_args(p) for p in pending]])
-        try:
-            await forwarder.finish(self.queue_name, jobs, results)
-        except BaseException as e:  # each job sees it (RETRYABLE: its in-progress key expires)
-            for *_, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
-            return
-        for _, pending, *_, fut in batch:
+        # an error reaches each job (RETRYABLE: its in-progress key expires)
+        await forwarder.finish(self.queue_name, jobs, results)
+        for _, pending, *_ in batch:
             for p in pending:
                 forwarder.count(p.records)
-            if not fut.done():
-                fut.set_result(None)
+        return [None] * len(batch)
 
 
 # arq's finish_job for the jobs that ended in one loop iteration, with their attempt

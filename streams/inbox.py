@@ -246,9 +246,9 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     if await redis.get(keys.inbox_layout) == b"2":
         return 0
     done = 0
-    if await _first_user_key(redis, keys, keys.unread_before_v2) is not None:
+    if await _first_user_key(redis, keys.unread_before_v2) is not None:
         script = redis.register_script(MIGRATE_USER_LUA)
-        async for uid in _user_ids(redis, keys, keys.feed):
+        async for uid in _user_ids(redis, keys.feed):
             done += int(await script(keys=[keys.feed(uid), keys.unread_before_v2(uid),
                                            keys.read(uid), keys.migrated(uid)]))
     await redis.set(keys.inbox_layout, "2")
@@ -257,8 +257,7 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     return done
 
 
-async def _user_ids(redis: Redis, keys: Keys, key_of: Callable[[str], str]
-                    ) -> AsyncIterator[str]:
+async def _user_ids(redis: Redis, key_of: Callable[[str], str]) -> AsyncIterator[str]:
     """The users that have a sorted set `key_of(uid)` (one SCAN of the keyspace)."""
     head, tail = key_of("\0").split("\0")
     async for raw in redis.scan_iter(match=f"{head}*{tail}", count=1000, _type="zset"):
@@ -266,8 +265,7 @@ async def _user_ids(redis: Redis, keys: Keys, key_of: Callable[[str], str]
         yield key[len(head):len(key) - len(tail)]
 
 
-async def _first_user_key(redis: Redis, keys: Keys, key_of: Callable[[str], str]
-                          ) -> str | None:
-    async for uid in _user_ids(redis, keys, key_of):
+async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | None:
+    async for uid in _user_ids(redis, key_of):
         return uid
     return None

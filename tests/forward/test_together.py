@@ -7,14 +7,14 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from streams.forward import _Together
+from streams.forward import PerIteration, read_many
 
 
 async def test_reads_started_together_get_their_own_replies(redis):
     await redis.set("t:a", "1")
     await redis.set("t:b", "2")
     await redis.lpush("t:list", "x")  # GET of a list: WRONGTYPE, for that caller only
-    together = _Together(redis)
+    reads = PerIteration(lambda adds: read_many(redis, adds))  # as the forwarder's
     sent: list[int] = []
 
     def reader(*keys: str):
@@ -25,11 +25,11 @@ async def test_reads_started_together_get_their_own_replies(redis):
         return add
 
     a, bad, b = await asyncio.gather(
-        together.read(reader("t:a", "t:none")), together.read(reader("t:list")),
-        together.read(reader("t:b")), return_exceptions=True)
+        reads.submit(reader("t:a", "t:none")), reads.submit(reader("t:list")),
+        reads.submit(reader("t:b")), return_exceptions=True)
     assert a == [b"1", None] and b == [b"2"]
     assert isinstance(bad, ResponseError) and "WRONGTYPE" in str(bad)
     assert sent == [2, 1, 1]  # all three queued before the one pipeline went out
     # later reads go in a pipeline of their own
-    assert await together.read(reader("t:b")) == [b"2"]
+    assert await reads.submit(reader("t:b")) == [b"2"]
 
