@@ -340,8 +340,9 @@ class Target:
             self.errors += 1
 
 
-async def _closed_loop(target: Target, sink: Sink, clients: int, seconds: float) -> float:
-    await sink.reset()
+async def _drive(target: Target, clients: int, seconds: float) -> int:
+    """`clients` closed loops (each sends its next request when the last is answered) for
+    `seconds`; returns the requests answered."""
     stop = time.monotonic() + seconds
     sent = 0
 
@@ -352,6 +353,12 @@ async def _closed_loop(target: Target, sink: Sink, clients: int, seconds: float)
             sent += 1
 
     await asyncio.gather(*(client() for _ in range(clients)))
+    return sent
+
+
+async def _closed_loop(target: Target, sink: Sink, clients: int, seconds: float) -> float:
+    await sink.reset()
+    sent = await _drive(target, clients, seconds)
     return rate(await sink.wait(sent, 10))
 
 
@@ -527,12 +534,50 @@ async def _alertmanager_b7(bench: Bench, task: object) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+async def _bare_b7(bench: Bench, task: object) -> None:
+    """The reference row: answers/s of an endpoint that does nothing (app.bench.bare_http)
+    on the api's HTTP stack, to the same one-client closed loop."""
+    tmp = Path(tempfile.mkdtemp(prefix="vestnik-bench-bare-"))
+    port = free_port()
+    proc = BenchProc([sys.executable, "-m", "app.bench.bare_http", str(port)],
+                     dict(os.environ), tmp / "bare_http.log")
+    target = Target("vestnik", f"http://127.0.0.1:{port}/api/v1/notices",
+                    {"content-type": "application/json"}, "http://127.0.0.1:9/unused")
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            if proc.proc.poll() is not None:
+                raise RuntimeError(f"bare_http exited: {proc.log_path.read_text()[-1500:]}")
+            try:
+                await target.send()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+        await _drive(target, 1, 0.3)  # warm
+        values = []
+        for _ in range(bench.rounds()):
+            t0 = time.perf_counter()
+            answered = await _drive(target, 1, 1.0 if bench.quick else 2.0)
+            values.append(answered / (time.perf_counter() - t0))
+        bench.record("B7:bare_http_per_s", "an endpoint doing nothing (no auth, no Redis) on "
+                     "the api's uvicorn/httptools/uvloop stack: answers/s, 1 client",
+                     values, "answers/s")
+        bench.progress.advance(task)
+    finally:
+        await target.pool.aclose()
+        proc.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 async def b7_immediate(bench: Bench) -> None:
     peer = _peer == "alertmanager"
-    task = bench.progress.add_task("B7 immediate forward", total=4 * (2 if peer else 1))
+    task = bench.progress.add_task("B7 immediate forward", total=4 * (2 if peer else 1) + 1)
     if peer:
         await _alertmanager_b7(bench, task)
     await _vestnik_b7(bench, task)
+    await _bare_b7(bench, task)
     if peer:
         _side_by_side(bench)
 
