@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.bench.env import BenchProc, World  # noqa: E402
-from app.bench.suite import group_state, load_notices, seed_users  # noqa: E402
+from app.bench.suite import fresh_aof, group_state, load_notices, seed_users  # noqa: E402
 from streams.keys import CENTER_GROUP, Keys  # noqa: E402
 
 K = Keys("vn:")
@@ -91,14 +91,17 @@ async def one_round(args: argparse.Namespace, root: Path | None) -> dict[str, fl
         assert redis_pid is not None
         await seed_users(r, args.users)
         await load_notices(r, args.n, args.per, args.users, forward=args.forward)
+        await fresh_aof(r)
         ceiling = BenchProc([sys.executable, "-m", "app.bench.ceiling_loop", world.url,
                              K.notices, "ceiling"], world.env(), world.dir / "ceiling.log")
         try:
             c_rate, c_cpu, c_rcpu = await drain(r, "ceiling", args.n, ceiling, redis_pid)
         finally:
             ceiling.stop()
+        await fresh_aof(r)
         await r.xgroup_create(K.notices, CENTER_GROUP, id="0")
         await r.config_resetstat()
+        rewrites0 = (await r.info("persistence")).get("aof_rewrites", 0)
         if root is None:
             center = world.start("center", "--consumer", "bench",
                                  VESTNIK_CENTER_BATCH=str(args.batch))
@@ -121,7 +124,7 @@ async def one_round(args: argparse.Namespace, root: Path | None) -> dict[str, fl
         print("  redis commandstats (µs per notice, calls per notice): " + ", ".join(
             f"{name.removeprefix('cmdstat_')} {v['usec'] / args.n:.1f} ({v['calls'] / args.n:.2f})"
             for name, v in top))
-        print(f"  AOF rewrites during the round: {pers.get('aof_rewrites', 0)}, "
+        print(f"  AOF rewrites during the round: {pers.get('aof_rewrites', 0) - rewrites0}, "
               f"AOF size {pers.get('aof_current_size', 0) / 1e6:.0f} MB")
     return {"rate": rate, "ceiling": c_rate, "ratio": rate / c_rate, "cpu_us": cpu * 1e6,
             "redis_us": rcpu * 1e6, "ceil_cpu_us": c_cpu * 1e6, "ceil_redis_us": c_rcpu * 1e6}
