@@ -31,3 +31,20 @@ def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
         assert row["min"] <= row["value"] <= row["max"] and row["rounds"] >= 1
         assert row["target"] is not None and row["met"] in (True, False)
         assert row["unit"] and row["what"]
+
+
+async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(redis) -> None:
+    """fresh_aof drops what the ceiling loop wrote, keeps the notices both sides read, and
+    returns once the AOF rewrite it started is done."""
+    from app.bench.suite import fresh_aof
+
+    await redis.hset("ceiling:h:ceiling", mapping={f"{i}-0": "t" for i in range(1000)})
+    await redis.xadd("ceiling:out", {"n": "1-0"})
+    await redis.xadd("vn:notices", {"alert": "disk", "title": "x", "recipients": "1"})
+    before = (await redis.info("persistence"))["aof_rewrites"]
+    await fresh_aof(redis)
+    info = await redis.info("persistence")
+    assert info["aof_rewrites"] > before
+    assert not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+    assert [k async for k in redis.scan_iter(match="ceiling:*")] == []
+    assert await redis.xlen("vn:notices") == 1
