@@ -14,11 +14,14 @@ from redis.asyncio import Redis
 
 from streams.redis import connect
 
+PREFIX = "ceiling:"  # every key the loop writes (app.bench.suite.fresh_aof drops them)
+
 
 async def main(url: str, stream: str, group: str, packed: bool = False) -> None:
     redis = connect(url) if packed else Redis.from_url(url)
     await redis.xgroup_create(stream, group, id="0")
-    table = f"ceiling:h:{group}".encode()  # a hash of its own: inserts, not overwrites
+    table = f"{PREFIX}h:{group}".encode()  # a hash of its own: inserts, not overwrites
+    out = f"{PREFIX}out".encode()
     for _ in range(10**7):
         resp = await redis.xreadgroup(group, "c1", {stream: ">"}, count=500)
         if not resp:
@@ -26,7 +29,7 @@ async def main(url: str, stream: str, group: str, packed: bool = False) -> None:
         entries = resp[0][1]
         async with redis.pipeline(transaction=False) as pipe:
             for sid, fields in entries:
-                pipe.xadd(b"ceiling:out", {b"n": sid}, maxlen=1000, approximate=True)
+                pipe.xadd(out, {b"n": sid}, maxlen=1000, approximate=True)
                 pipe.hset(table, sid, fields.get(b"title", b""))
             pipe.xack(stream, group, *(sid for sid, _ in entries))
             await pipe.execute()

@@ -14,6 +14,7 @@ from redis.asyncio import Redis
 from streams.keys import CENTER_GROUP, Keys
 from streams.redis_server import free_port
 
+from . import ceiling_loop
 from .core import Bench, percentile
 from .env import BenchProc, World
 from .forwarding import b5_forwarding, b7_immediate
@@ -95,12 +96,12 @@ async def drain_rate(r: Redis, stream: str, group: str, n: int, proc: BenchProc,
 
 
 async def fresh_aof(r: Redis, timeout: float = 120) -> None:
-    """Drop what a ceiling loop wrote (`ceiling:*`) and rewrite the AOF, waiting until it is
+    """Drop what a ceiling loop wrote (its PREFIX) and rewrite the AOF, waiting until it is
     done. B1 measures each side on one Redis, one after the other, with the AOF on as in
     production: so each starts from the same compact AOF and pays for the rewrites of its
     own writes only. (A rewrite forks Redis and copies the whole dataset; left in place, the
     ceiling's 200,000-field hash and AOF growth were rewritten during the center's run.)"""
-    drop = [k async for k in r.scan_iter(match="ceiling:*", count=1000)]
+    drop = [k async for k in r.scan_iter(match=f"{ceiling_loop.PREFIX}*", count=1000)]
     if drop:
         await r.delete(*drop)
     await r.bgrewriteaof()
