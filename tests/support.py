@@ -276,11 +276,14 @@ class Mail:
 
 class SmtpSink:
     """An aiosmtpd server in a thread; `start()` / `stop()` keep the port (down then up).
-    `delay` holds each DATA before answering (a slow server, to kill a forwarder mid-send)."""
+    `delay` holds each DATA before answering (a slow server, to kill a forwarder mid-send);
+    the addresses in `refuse` are answered 550 at RCPT."""
 
-    def __init__(self, port: int | None = None, delay: float = 0.0) -> None:
+    def __init__(self, port: int | None = None, delay: float = 0.0,
+                 refuse: frozenset[str] = frozenset()) -> None:
         self.port = port or free_port()
         self.delay = delay
+        self.refuse = refuse
         self.mails: list[Mail] = []
         self.controller: Controller | None = None
         self.peers: list[Any] = []  # one per SMTP connection (session) opened
@@ -294,6 +297,13 @@ class SmtpSink:
     @property
     def url(self) -> str:
         return f"smtp://127.0.0.1:{self.port}"
+
+    async def handle_RCPT(self, server: Any, session: Any, envelope: Any, address: str,
+                          rcpt_options: list[str]) -> str:
+        if address in self.refuse:
+            return "550 5.1.1 no such mailbox"
+        envelope.rcpt_tos.append(address)
+        return "250 OK"
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         if self.delay:

@@ -215,6 +215,40 @@ async def test_forward_run_outside_our_worker_records_and_marks(redis: Redis, ke
     assert await redis.exists(f"{keys.sent}{n.id}:1:email") == 1
 
 
+async def test_refused_or_non_ascii_address_fails_once_and_the_next_mail_goes_out(
+        redis: Redis, keys: Keys, redis_url):
+    """A 550 at RCPT and an address SMTP cannot carry without SMTPUTF8 are permanent: one
+    `failed` attempt naming why, no retry; the refused envelope is reset, so the same
+    connection carries the next user's mail."""
+    from streams.forward import make_worker
+
+    sink = SmtpSink(refuse=frozenset({"gone@example.org"})).start()
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=sink.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    users = [User(id="1", email="gone@example.org"), User(id="2", email="jörg@example.org"),
+             User(id="3", email="carol@example.org")]
+    for u in users:
+        await store_user(redis, keys, u)
+    n = notice(recipients=["1", "2", "3"], channels={"email": {}})
+    await store_notice(redis, keys, n)
+    worker = make_worker(settings)
+    forwarder = worker.ctx["forwarder"]
+    try:
+        for u in users:  # one after the other, over one pooled connection
+            await forwarder.run(n.id, u.id, 1)
+    finally:
+        await worker.close()
+        await forwarder.channels.aclose()
+        sink.stop()
+    assert [m.rcpt_tos for m in sink.mails] == [["carol@example.org"]]
+    assert len(sink.peers) == 1
+    log = {d.uid: d for d in await deliveries(redis, keys, n.id)}
+    assert [(log[u].attempt, log[u].status) for u in "123"] == \
+        [(1, "failed"), (1, "failed"), (1, "sent")]
+    assert "550" in log["1"].detail and "no such mailbox" in log["1"].detail
+    assert "jörg@example.org" in log["2"].detail and "ASCII" in log["2"].detail
+
+
 async def test_user_record_as_products_write_it(redis: Redis, keys: Keys, redis_url,
                                                 smtp: SmtpSink, http_sink: HttpSink):
     """A numeric id and chat id, extra fields: read like the center reads it."""
