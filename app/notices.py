@@ -192,7 +192,7 @@ async def _frames(hub: UserHub, inbox: Inbox, sub: UserSub, count: int, tip: int
                 delivered.inc()
                 yield f
         while True:
-            item = await sub.queue.get()
+            item = await sub.get()
             if item is None:  # fell behind or the server stops: the client resumes
                 return
             if item is RESYNC:

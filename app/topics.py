@@ -87,7 +87,7 @@ async def _topic_frames(hub: TopicHub, sub: Subscription, after: str, *, resume:
                 delivered.inc(len(items))
         last = parse_stream_id(after)
         while True:
-            item = await sub.queue.get()
+            item = await sub.get()
             if item is None:  # fell behind or the server stops: the client resumes
                 return
             if item.key <= last:

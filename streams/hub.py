@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import deque
 from collections.abc import Iterable
 from typing import Generic, TypeVar
 
@@ -57,25 +58,49 @@ class Item:
 
 class Mailbox(Generic[T]):
     """One subscriber's bounded queue. The fan-out only ever offers (never waits), so a slow
-    subscriber cannot hold up the others; `None` in the queue ends its stream."""
+    subscriber cannot hold up the others; `None` ends its stream.
 
-    __slots__ = ("queue",)
+    A deque and one waiter future, not an asyncio.Queue: an offer is an append and, when
+    the reader waits, one set_result (a Queue's put and get were 12 % of an api process's
+    CPU in a broadcast to 5,000 connections, B3)."""
+
+    __slots__ = ("_items", "_size", "_waiter")
 
     def __init__(self, queue_size: int) -> None:
-        self.queue: asyncio.Queue[T | None] = asyncio.Queue(queue_size)
+        self._items: deque[T | None] = deque()
+        self._size = queue_size
+        self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: T) -> bool:
-        try:
-            self.queue.put_nowait(item)
-            return True
-        except asyncio.QueueFull:
+        if len(self._items) >= self._size:
             return False
+        self._items.append(item)
+        self._wake()
+        return True
+
+    async def get(self) -> T | None:
+        """The next item, waiting for one; `None` once the stream is ended."""
+        while not self._items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return self._items.popleft()
+
+    def pending(self) -> int:
+        return len(self._items)
 
     def close(self) -> None:
         """Wake the reader with the end marker, discarding what it has not read."""
-        while not self.queue.empty():
-            self.queue.get_nowait()
-        self.queue.put_nowait(None)
+        self._items.clear()
+        self._items.append(None)
+        self._wake()
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
 
 
 class Subscription(Mailbox[Item]):

@@ -33,9 +33,9 @@ async def test_users_arriving_while_the_hub_connects_are_subscribed(redis_url: s
         for u in range(50):
             assert await r.publish(keys.live(str(u)), b'{"e":"notice","seq":1,"data":{}}') == 1
         for sub in subs:
-            item = await asyncio.wait_for(sub.queue.get(), 5)
+            item = await asyncio.wait_for(sub.get(), 5)
             while item is not None and item.event != "notice":  # RESYNC after connecting
-                item = await asyncio.wait_for(sub.queue.get(), 5)
+                item = await asyncio.wait_for(sub.get(), 5)
             assert item is not None and item.seq == 1, sub.uid
     finally:
         await hub.stop()
