@@ -79,6 +79,8 @@ async def _count(smtp: SmtpSink, n: int) -> bool:
 
 @pytest.mark.parametrize("env,says", [
     ({"VESTNIK_SMTP_URL": "smtp://127.0.0.1:25"}, "VESTNIK_SMTP_FROM"),
+    ({"VESTNIK_SMTP_URL": "smtp://127.0.0.1:25", "VESTNIK_SMTP_FROM": "Jörg <jörg@example.org>"},
+     "VESTNIK_SMTP_FROM: not an ASCII email address: 'jörg@example.org'"),
     ({"VESTNIK_WEBHOOK_SECRET": "whsec_not base64!"}, "VESTNIK_WEBHOOK_SECRET"),
 ])
 def test_forwarder_refuses_bad_channel_config(redis_url, env: dict[str, str], says: str):
