@@ -341,9 +341,12 @@ async def test_crash_loop_backs_off_and_tells_the_admins_once(redis, keys, wrap,
     await eventually(lambda: started(7), timeout=30, what="seven starts")
     t = [float(x) for x in read_lines(starts)]
     gaps = [b - a for a, b in itertools.pairwise(t)]
-    # 0.1, 0.2, 0.4, 0.8, 0.8 s (+ start-up): growing, then capped
-    assert gaps[1] > gaps[0] * 1.4 and gaps[2] > gaps[1] * 1.4 and gaps[3] > gaps[2] * 1.4
-    assert gaps[3] >= 0.8 and gaps[4] < gaps[3] * 1.5
+    # waits of 0.1, 0.2, 0.4, 0.8, 0.8 s: each gap is its wait plus a start of `sh`, which only
+    # adds (tens of ms, more on a loaded box), so the waits are checked from below, and the
+    # growth and the cap with slack larger than a start: from 0.1 s, and 0.8 s, not 1.6 s
+    for gap, wait in zip(gaps, (0.1, 0.2, 0.4, 0.8, 0.8), strict=False):
+        assert gap >= wait - 0.01, gaps
+    assert gaps[0] < 0.4 and gaps[4] < 1.4, gaps
     loop = [n for n in await notices(redis, keys) if n["dedup_key"].endswith(":crash-loop")]
     assert len(loop) == 1
     assert json.loads(loop[0]["recipients"]) == ["7", "8"]
