@@ -196,11 +196,17 @@ async def _frames(hub: UserHub, inbox: Inbox, sub: UserSub, count: int, tip: int
             if item is None:  # fell behind or the server stops: the client resumes
                 return
             if item is RESYNC:
-                async for f, seq in _backlog(inbox, uid, last):
+                # the count and its seq as of one moment first, then the feed up to that
+                # seq: a notice stored after it comes live (seq > the count's) and is
+                # counted once. (Counting after the backlog counted the notices stored in
+                # between in the count and again as live items: a badge at twice the truth.)
+                count, tip = await inbox.head(uid)
+                async for f, seq in _backlog(inbox, uid, last, upto=tip):
                     last = seq
                     delivered.inc()
                     yield f
-                yield frame(json_encode(Head(await inbox.count(uid), last)), event="count")
+                last = max(last, tip)
+                yield frame(json_encode(Head(count, last)), event="count")
                 continue
             if item.seq:
                 if item.seq <= last:
