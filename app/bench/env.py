@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import secrets
@@ -10,9 +11,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
+from typing import TypeVar
 
 import httpx
 import jwt
@@ -22,6 +25,10 @@ from streams.redis_server import RedisServer, free_port
 
 # the readiness polls would print a line each between the progress bars
 logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+T = TypeVar("T")
+UP_PAUSE = 0.05
 
 
 class BenchProc:
@@ -51,6 +58,23 @@ class BenchProc:
                 os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         self._log.close()
+
+
+async def until_up(attempt: Callable[[], Awaitable[T]], what: str, *,
+                   proc: BenchProc | None = None, seconds: float = 10) -> T:
+    """`attempt()`, a first request to a server just started, until it stops raising OSError:
+    every 50 ms, at most `seconds`; at once, with its log's tail, if `proc` has exited."""
+    for i in range(int(seconds / UP_PAUSE) + 1):
+        if proc is not None and proc.proc.poll() is not None:
+            raise RuntimeError(f"{what} exited: {proc.log_path.read_text()[-1500:]}")
+        try:
+            return await attempt()
+        except OSError:
+            if i * UP_PAUSE >= seconds:
+                break
+            await asyncio.sleep(UP_PAUSE)
+    log = f": {proc.log_path.read_text()[-1500:]}" if proc is not None else ""
+    raise RuntimeError(f"{what} not up in {seconds:g} s{log}")
 
 
 class World(AbstractContextManager["World"]):

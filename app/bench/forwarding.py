@@ -41,7 +41,7 @@ from streams.redis_server import free_port
 from streams.schemas import Notice, User, json_encode
 
 from .core import Bench, percentile
-from .env import BenchProc, World
+from .env import BenchProc, World, until_up
 
 K = Keys("vn:")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # webhooks are signed, as in production
@@ -158,13 +158,7 @@ class Sink:
         self.pool = HttpPool(per_host=2)
 
     async def ready(self) -> None:
-        for _ in range(200):
-            try:
-                await self.reset()
-                return
-            except OSError:
-                await asyncio.sleep(0.05)
-        raise RuntimeError(f"sink not up: {self.proc.log_path.read_text()[-1500:]}")
+        await until_up(self.reset, "sink", proc=self.proc)
 
     async def reset(self) -> None:
         await self.pool.post(f"http://127.0.0.1:{self.stats_port}/reset", b"", {})
@@ -491,14 +485,9 @@ class Alertmanager:
                               self.env, self.tmp / "am.log")
         probe = HttpPool(per_host=1)
         try:
-            for _ in range(400):
-                try:
-                    await probe.post(f"http://127.0.0.1:{self.port}/api/v2/alerts", b"[]",
-                                     {"content-type": "application/json"})
-                    return
-                except OSError:
-                    await asyncio.sleep(0.025)
-            raise RuntimeError(f"alertmanager not up: {(self.tmp / 'am.log').read_text()[-1500:]}")
+            await until_up(lambda: probe.post(f"http://127.0.0.1:{self.port}/api/v2/alerts",
+                                              b"[]", {"content-type": "application/json"}),
+                           "alertmanager", proc=self.proc)
         finally:
             await probe.aclose()
 
@@ -544,16 +533,7 @@ async def _bare_b7(bench: Bench, task: object) -> None:
     target = Target("vestnik", f"http://127.0.0.1:{port}/api/v1/notices",
                     {"content-type": "application/json"}, "http://127.0.0.1:9/unused")
     try:
-        for attempt in range(600):  # until it answers: 30 s at most
-            if proc.proc.poll() is not None:
-                raise RuntimeError(f"bare_http exited: {proc.log_path.read_text()[-1500:]}")
-            try:
-                await target.send()
-                break
-            except OSError:
-                if attempt == 599:
-                    raise
-                await asyncio.sleep(0.05)
+        await until_up(target.send, "bare_http", proc=proc, seconds=30)
         await _drive(target, 1, 0.3)  # warm
         values = []
         for _ in range(bench.rounds()):

@@ -16,7 +16,7 @@ from streams.redis_server import free_port
 
 from . import ceiling_loop
 from .core import Bench, percentile
-from .env import BenchProc, World
+from .env import BenchProc, World, until_up
 from .forwarding import b5_forwarding, b7_immediate
 from .sse_client import SSEProtocol, open_sse
 from .wrapping import b4_wrapper
@@ -277,12 +277,8 @@ async def b2_latency(bench: Bench) -> None:
 
 
 async def _open_retrying(port: int, path: str, lat: Latencies) -> SSEProtocol:
-    for _ in range(200):
-        try:
-            return await open_sse("127.0.0.1", port, path, lat.on_event)
-        except OSError:
-            await asyncio.sleep(0.05)
-    raise RuntimeError(f"nothing serves SSE on port {port}")
+    return await until_up(lambda: open_sse("127.0.0.1", port, path, lat.on_event),
+                          f"SSE on port {port}")
 
 
 async def _connect_users(world: World, port: int, n: int, lat: Latencies
