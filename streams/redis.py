@@ -51,6 +51,49 @@ def _fast_pack(pool: ConnectionPool) -> None:
     pool.connection_class = fast
 
 
+def _quiet(conn: AbstractConnection) -> bool:
+    """Open, not at EOF, nothing unread in the socket buffer or the hiredis reader: what
+    redis-py's `can_read_destructive` establishes, read without awaiting anything."""
+    stream = conn._reader
+    parser = getattr(conn._parser, "_reader", None)
+    return (stream is not None and conn._writer is not None and not stream.at_eof()
+            and conn._socket_is_empty() and isinstance(parser, hiredis.Reader)
+            and not parser.has_data())
+
+
+class _LeanCheckout:
+    """A pool checkout that does not cost a loop iteration.
+
+    redis-py's own (both pools) asks the connection for unread input by awaiting a read
+    under a zero timeout, a pass of the event loop, a future and a cancellation per
+    command, and the blocking pool arms a timer for the wait even when a connection is
+    free: 11 µs of CPU of a 44 µs GET, 7 % of the center's CPU in B7. Here a free
+    connection that `_quiet` passes is handed out at once; anything else (none free, a
+    closed or dirty connection) takes redis-py's path, which waits, checks and reconnects
+    as before.
+    """
+
+    _available_connections: list[AbstractConnection]
+    _in_use_connections: set[AbstractConnection]
+
+    async def get_connection(self, command_name: Any = None, *keys: Any,
+                             **options: Any) -> AbstractConnection:
+        free = self._available_connections
+        if free and _quiet(free[-1]):
+            conn = free.pop()
+            self._in_use_connections.add(conn)
+            return conn
+        return await super().get_connection()  # type: ignore[misc, no-any-return]
+
+
+class _Pool(_LeanCheckout, BlockingConnectionPool):
+    pass
+
+
+class _OnePool(_LeanCheckout, ConnectionPool):
+    pass
+
+
 def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
     """A pooled client; commands retry with exponential backoff across a Redis restart."""
     return Redis(connection_pool=pool(url, max_connections=max_connections, name=name))
@@ -62,7 +105,7 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
     wait for a free connection, so a burst never opens more than `max_connections`;
     commands retry with exponential backoff across a Redis restart; hiredis packs them.
     """
-    blocking = BlockingConnectionPool.from_url(
+    blocking = _Pool.from_url(
         url,
         max_connections=max_connections,
         timeout=10,
@@ -82,16 +125,10 @@ def reader(url: str, *, name: str) -> Redis:
     No retry inside redis-py: the loop that owns it handles reconnects itself, so a
     blocked read is never silently re-issued from a stale position.
     """
-    client = Redis.from_url(
-        url,
-        decode_responses=False,
-        max_connections=1,
-        client_name=name,
-        socket_connect_timeout=5,
-        socket_keepalive=True,
-    )
-    _fast_pack(client.connection_pool)
-    return client
+    one = _OnePool.from_url(url, decode_responses=False, max_connections=1, client_name=name,
+                            socket_connect_timeout=5, socket_keepalive=True)
+    _fast_pack(one)
+    return Redis.from_pool(one)
 
 
 async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:

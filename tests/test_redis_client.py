@@ -1,7 +1,10 @@
-"""The Redis client factory: commands packed by hiredis reach a real Redis byte for byte, and
-what Redis cannot take is refused with the type named, before anything is sent."""
+"""The Redis client factory: commands packed by hiredis reach a real Redis byte for byte,
+what Redis cannot take is refused with the type named, before anything is sent, and a
+pooled connection Redis closed is replaced, not handed out to fail."""
 
 from __future__ import annotations
+
+import asyncio
 
 import pytest
 from redis.exceptions import DataError
@@ -41,3 +44,39 @@ async def test_a_value_redis_cannot_take_is_refused_with_its_type(redis_url):
             assert await client.exists("t:flag", "t:none") == 0
         finally:
             await client.aclose()
+
+
+async def test_a_connection_redis_closed_is_replaced_whether_seen_closed_or_not(redis_url):
+    r, admin = connect(redis_url, name="t-pooled"), connect(redis_url)
+    one = reader(redis_url, name="t-reader")
+    try:
+        await r.set("t:k", "v")
+        # paused: the loop has seen the close before the checkout; not paused: the command
+        # is sent on the closed socket, fails, and is retried on a new connection
+        for pause in (0.2, 0.0):
+            old = await r.client_id()
+            assert await admin.client_kill_filter(_id=old) == 1
+            await asyncio.sleep(pause)
+            assert await r.get("t:k") == b"v"
+            assert await r.client_id() != old
+        old = await one.client_id()  # the reader has no retries: only the seen close
+        assert await admin.client_kill_filter(_id=old) == 1
+        await asyncio.sleep(0.2)
+        assert await one.get("t:k") == b"v"
+        assert await one.client_id() != old
+    finally:
+        for c in (r, admin, one):
+            await c.aclose()
+
+
+async def test_callers_beyond_the_pool_size_wait_for_a_connection(redis_url):
+    r, admin = connect(redis_url, max_connections=2, name="t-small"), connect(redis_url)
+    try:
+        await r.mset({f"t:n{i}": i for i in range(40)})
+        got = await asyncio.gather(*(r.get(f"t:n{i}") for i in range(40)))
+        assert got == [str(i).encode() for i in range(40)]
+        clients = await admin.client_list()
+        assert sum(1 for c in clients if c["name"] == "t-small") == 2
+    finally:
+        await r.aclose()
+        await admin.aclose()
