@@ -91,8 +91,10 @@ _notice_decoder = msgspec.json.Decoder(Notice)
 # the feed (idempotent on notice id): INCR seq, ZADD feed (a new entry is unread: it is
 # not in the read set); then retention to feed_max (the oldest READ ones first, then the
 # oldest); then PUBLISH each new entry as {"e":"notice","seq":N,"data":<notice + seq,
-# read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (JSON);
-# `idxs` lists the j's. Returns the number of feed entries made.
+# read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (its JSON
+# object without the closing brace, `open_object`: no copy of it is made here, and every
+# string Lua makes is hashed byte by byte); `idxs` lists the j's. Returns the number of
+# feed entries made.
 _STORE_USER = """
 local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh)
   local msgs = {}
@@ -101,12 +103,11 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
     local nid = ARGV[base + 2 * j - 1]
     -- a notice whose body this call created cannot be in a feed yet
     if fresh[j] or not redis.call('ZSCORE', feed, nid) then
-      local seq = redis.call('INCR', seqkey)
-      top = seq
+      top = redis.call('INCR', seqkey)
+      local seq = tostring(top)  -- once: each number to string conversion is a sprintf
       redis.call('ZADD', feed, seq, nid)
-      local body = ARGV[base + 2 * j]
-      msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":'
-        .. string.sub(body, 1, -2) .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+      msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":' .. ARGV[base + 2 * j]
+        .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
     end
   end
   -- the feed can only exceed feed_max after an insert whose seq (inserts ever) does:
@@ -150,11 +151,12 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
 # cluster). ARGV[1]: msgpack [feed_max, [[body key, stored JSON] of notice j...],
 # [[feed, read, seq, live, archived, [j...]] per user], forward jobs or nil]; then
-# (nid, the recipients' view of the notice) pairs, then the jobs' arq payloads, then the
-# delayed forwards' due-set members. Bodies are SET NX once. Forwards: [job key prefix,
-# result key prefix, queue, ARGV index before the first payload, [[job id, expiry ms, due
-# ms, mode, notice j] per job due now], in-progress key prefix, retry key prefix, claim ms,
-# wake channel, due set, ARGV index before the first member, [due ms per delayed forward]];
+# (nid, the recipients' view of the notice, open) pairs, then the jobs' arq payloads,
+# then the delayed forwards' due-set members. Bodies are SET NX once. Forwards: [job key
+# prefix, result key prefix, queue, ARGV index before the first payload, [[job id, expiry
+# ms, due ms, mode, notice j] per job due now], in-progress key prefix, retry key prefix,
+# claim ms, wake channel, due set, ARGV index before the first member, [due ms per delayed
+# forward]];
 # delayed forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
 # -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
@@ -238,6 +240,11 @@ return body
 
 USER_CACHE = 50_000  # decoded user records kept between batches
 DEPTH = 3  # batches handled at once: one read and built in Python while Redis stores another
+
+
+def open_object(obj_json: bytes) -> bytes:
+    """A JSON object without its closing brace, as the store script takes a notice's view."""
+    return obj_json[:-1]
 
 
 def derived_id(sid: str) -> str:
@@ -335,7 +342,7 @@ class Write:
     """One batch's store, built and not sent yet."""
 
     pipe: Any  # a redis-py pipeline: the per-user calls (a cluster) and the folds
-    new: list[tuple[Plan, bytes, bytes]]  # (plan, stored JSON, recipients' view)
+    new: list[tuple[Plan, bytes, bytes]]  # (plan, stored JSON, open_object(view))
     folds: list[Plan]
     argv: list[str | bytes] | None = None  # the batch call's (a single Redis)
     calls: int = 0  # per-user calls in `pipe`, before the folds
@@ -541,7 +548,7 @@ class Center:
     async def _build(self, plans: list[Plan]) -> Write | None:
         """Everything the store needs, as one pipeline (Python work only: no round trip)."""
         per_user: dict[str, list[str]] = {}
-        new: list[tuple[Plan, bytes, bytes]] = []  # (plan, stored JSON, view)
+        new: list[tuple[Plan, bytes, bytes]] = []  # (plan, stored JSON, open view)
         folds: list[Plan] = []
         jobs: list[tuple[ForwardJob, Plan, int]] = []  # (job, its plan, notice index)
         default_after = self.settings.forward_after
@@ -553,7 +560,8 @@ class Center:
                 continue  # every recipient muted it (or is unknown: dead-lettered)
             p.notice.recipients = [u.id for u in p.users]
             body = json_encode(p.notice)
-            new.append((p, body, json_encode(msgspec.structs.replace(p.notice, **_PRIVATE))))
+            new.append((p, body,
+                        open_object(json_encode(msgspec.structs.replace(p.notice, **_PRIVATE)))))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u, self._addresses)}

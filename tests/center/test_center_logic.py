@@ -108,7 +108,7 @@ async def test_store_script_trims_like_choose_trim(redis):
         batch = [f"s{step}-{i}" for i in range(rnd.randint(1, 4))]
         args: list[str] = []
         for nid in batch:
-            args += [nid, f'{{"id":"{nid}"}}']
+            args += [nid, f'{{"id":"{nid}"']  # the view, open (center.open_object)
         await script(keys=keys, args=[10, *args])
         model += batch
         for victim in choose_trim(model, read, len(model) - 10):
