@@ -11,14 +11,14 @@ _PAIRS = [a + b for a in _ALPHABET for b in _ALPHABET]  # 10 bits -> 2 character
 
 def encode_ulid(ms: int, rnd: int) -> str:
     """The 26 characters of a ULID: 48 bits of milliseconds (10 characters, 2 leading zero
-    bits) then 80 bits of `rnd` (16), 10 bits a step. (base64.b32encode is a Python loop in
-    3.11: twice as slow, and this runs for every notice sent without an id.)"""
+    bits) then 80 bits of `rnd` (16), 10 bits a step, joined once. (base64.b32encode is a
+    Python loop in 3.11: twice as slow, and this runs for every notice sent without an id.)"""
     p = _PAIRS
-    return (p[ms >> 40] + p[(ms >> 30) & 1023] + p[(ms >> 20) & 1023]
-            + p[(ms >> 10) & 1023] + p[ms & 1023]
-            + p[rnd >> 70] + p[(rnd >> 60) & 1023] + p[(rnd >> 50) & 1023]
-            + p[(rnd >> 40) & 1023] + p[(rnd >> 30) & 1023] + p[(rnd >> 20) & 1023]
-            + p[(rnd >> 10) & 1023] + p[rnd & 1023])
+    return "".join((p[ms >> 40], p[(ms >> 30) & 1023], p[(ms >> 20) & 1023],
+                    p[(ms >> 10) & 1023], p[ms & 1023],
+                    p[rnd >> 70], p[(rnd >> 60) & 1023], p[(rnd >> 50) & 1023],
+                    p[(rnd >> 40) & 1023], p[(rnd >> 30) & 1023], p[(rnd >> 20) & 1023],
+                    p[(rnd >> 10) & 1023], p[rnd & 1023]))
 
 
 def ulid(ms: int | None = None) -> str:

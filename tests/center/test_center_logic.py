@@ -19,6 +19,7 @@ from streams.center import (
     wants_forward,
 )
 from streams.errors import BadInput
+from streams.ids import encode_ulid
 from streams.schemas import AlertSetting, Notice, NoticeIn, User, decode_notice_entry, decode_user
 
 
@@ -70,6 +71,15 @@ def test_derived_id_is_a_stable_ulid_of_the_entry():
     a = derived_id("1700000000000-0")
     assert a == derived_id("1700000000000-0") != derived_id("1700000000000-1")
     assert len(a) == 26 and a < derived_id("1700000000001-0")  # time-sortable
+
+
+def test_ulid_text_is_the_specs_crockford_base32():
+    # two JavaScript libraries' README examples: alizain/ulid's ulid(1469918176385) and
+    # @evokegroup/ulid's ulid(1698075890563), time parts 01ARYZ6S41 and 01HDEKBMW3
+    assert encode_ulid(1469918176385, 0) == "01ARYZ6S41" + "0" * 16
+    assert encode_ulid(1698075890563, 0)[:10] == "01HDEKBMW3"
+    assert encode_ulid(0, 2**80 - 1) == "0" * 10 + "Z" * 16
+    assert encode_ulid(2**48 - 1, 0b11111_00000_10101 << 65) == "7ZZZZZZZZZ" + "Z0N" + "0" * 13
 
 
 def test_decode_entry_and_user_records():
