@@ -47,14 +47,29 @@ class Report(msgspec.Struct):
     timings: dict[str, float] = {}  # seconds each benchmark took (B1, B2, ...)
 
 
-def machine() -> dict[str, object]:
-    cpu = ""
+def _cpuinfo() -> dict[str, str]:
+    """The first processor's lines of /proc/cpuinfo (empty where there is none)."""
+    info: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")),
-                       "")
+            for ln in f:
+                if not ln.strip():
+                    break
+                name, _, value = ln.partition(":")
+                info.setdefault(name.strip(), value.strip())
     except OSError:
         pass
+    return info
+
+
+def machine() -> dict[str, object]:
+    info = _cpuinfo()
+    cpu = info.get("model name", "")
+    # a VM's model name is often only the vendor's ("AMD EPYC"): family and model tell
+    # the generation (AMD family 26 is Zen 5), and the hypervisor flag a shared host
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')}"
+        cpu += ", VM)" if "hypervisor" in info.get("flags", "").split() else ")"
     try:
         redis_v = subprocess.run(["redis-server", "--version"], capture_output=True, text=True,
                                  timeout=5).stdout.strip()
