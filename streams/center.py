@@ -90,15 +90,16 @@ _notice_decoder = msgspec.json.Decoder(Notice)
 # The per-user store, shared by both entry points below. For each notice not already in
 # the feed (idempotent on notice id): INCR seq, ZADD feed (a new entry is unread: it is
 # not in the read set); then retention to feed_max (the oldest READ ones first, then the
-# oldest); then PUBLISH each new entry as {"e":"notice","seq":N,"data":<notice + seq,
-# read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (its JSON
+# oldest); then, if `publish`, PUBLISH each new entry as {"e":"notice","seq":N,"data":
+# <notice + seq, read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (its JSON
 # object without the closing brace, `open_object`: no copy of it is made here, and every
 # string Lua makes is hashed byte by byte); `idxs` lists the j's. Returns the number of
 # feed entries made.
 _STORE_USER = """
-local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh)
+local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh,
+                          publish)
   local msgs = {}
-  local top = 0
+  local top, made = 0, 0
   for _, j in ipairs(idxs) do
     local nid = ARGV[base + 2 * j - 1]
     -- a notice whose body this call created cannot be in a feed yet
@@ -106,8 +107,11 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
       top = redis.call('INCR', seqkey)
       local seq = tostring(top)  -- once: each number to string conversion is a sprintf
       redis.call('ZADD', feed, seq, nid)
-      msgs[#msgs + 1] = '{"e":"notice","seq":' .. seq .. ',"data":' .. ARGV[base + 2 * j]
-        .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+      made = made + 1
+      if publish then
+        msgs[made] = '{"e":"notice","seq":' .. seq .. ',"data":' .. ARGV[base + 2 * j]
+          .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
+      end
     end
   end
   -- the feed can only exceed feed_max after an insert whose seq (inserts ever) does:
@@ -136,16 +140,18 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
     end
   end
   for _, m in ipairs(msgs) do redis.call('PUBLISH', live, m) end
-  return #msgs
+  return made
 end
 """
 
 # One user (Redis Cluster: every key in the user's slot). KEYS: feed, read, seq, live,
-# archived. ARGV: feed_max, then (nid, notice JSON) pairs.
+# archived. ARGV: feed_max, then (nid, the recipients' view of the notice, open) pairs.
+# It always publishes: on a cluster PUBSUB NUMSUB counts one node's subscribers only.
 STORE_LUA = _STORE_USER + """
 local idxs = {}
 for j = 1, (#ARGV - 1) / 2 do idxs[j] = j end
-return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), 1, idxs, {})
+return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), 1, idxs, {},
+                  true)
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
@@ -170,9 +176,23 @@ local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users = h[1], h[2], h[3]
 local fresh = {}
 for i, kb in ipairs(bodies) do fresh[i] = redis.call('SET', kb[1], kb[2], 'NX') end
+-- live messages only where someone listens: a SUBSCRIBE to the user's channel (an open
+-- SSE stream), or any pattern subscription at all (it might match). A PUBLISH to nobody
+-- is a no-op, building its message is not, and most recipients are not online.
+local listening = nil
+if redis.call('PUBSUB', 'NUMPAT') == 0 then
+  listening = {}
+  for i = 1, #users, 1000 do
+    local chans = {}
+    for k = i, math.min(i + 999, #users) do chans[#chans + 1] = users[k][4] end
+    local counts = redis.call('PUBSUB', 'NUMSUB', unpack(chans))
+    for k = 2, #counts, 2 do listening[counts[k - 1]] = counts[k] > 0 end
+  end
+end
 local out = {}
 for i, u in ipairs(users) do
-  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, 1, u[6], fresh)
+  out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, 1, u[6], fresh,
+                      listening == nil or listening[u[4]])
 end
 local claimed = {}
 local fwd = h[4]

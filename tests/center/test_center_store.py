@@ -213,3 +213,45 @@ async def test_readme_xadd_line_is_stored(redis, redis_url, start_proc):
     body = await stored(redis, nid)
     assert (body["title"], body["severity"], body["alert"]) == ("Disk 95% on web-1", "warning",
                                                                 "disk")
+
+
+async def test_live_messages_go_to_subscribed_users_and_to_pattern_subscribers(redis,
+                                                                               start_proc):
+    """The store publishes a user's notices while someone SUBSCRIBEs to their live channel
+    (an open stream), and everyone's while any PSUBSCRIBE exists (it might match); a user
+    nobody listens to gets no PUBLISH. Feeds are stored alike in every case."""
+    await add_users(redis, "1", "2", "3")
+
+    async def heard(ps, n: int) -> list[tuple[str, str]]:
+        got: list[tuple[str, str]] = []
+        for _ in range(100):  # at most ~10 s
+            m = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+            if m is not None:
+                data = msgspec.json.decode(m["data"])
+                got.append((m["channel"].decode(), data["data"]["title"]))
+            if len(got) >= n:
+                return got
+        return got
+
+    async def publishes() -> int:
+        return int((await redis.info("commandstats")).get("cmdstat_publish", {}).get("calls", 0))
+
+    one = redis.pubsub()
+    await one.subscribe(K.live("1"))
+    await xadd_many(redis, [entry("to 1 and 2", recipients="1,2"), entry("to 3", recipients="3")])
+    await redis.config_resetstat()
+    run_burst(start_proc)
+    assert await heard(one, 1) == [(K.live("1"), "to 1 and 2")]
+    assert await publishes() == 1  # users 2 and 3: nobody listening
+
+    anyone = redis.pubsub()
+    await anyone.psubscribe("vn:{u:*}:live")
+    await xadd_many(redis, [entry("to 2 and 3", recipients="2,3")])
+    await redis.config_resetstat()
+    run_burst(start_proc)
+    assert sorted(await heard(anyone, 2)) == [(K.live("2"), "to 2 and 3"),
+                                              (K.live("3"), "to 2 and 3")]
+    assert await publishes() == 2
+    assert [len(await feed(redis, u)) for u in ("1", "2", "3")] == [1, 2, 2]
+    for ps in (one, anyone):
+        await ps.aclose()
