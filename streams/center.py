@@ -91,10 +91,10 @@ _notice_decoder = msgspec.json.Decoder(Notice)
 # the feed (idempotent on notice id): INCR seq, ZADD feed (a new entry is unread: it is
 # not in the read set); then retention to feed_max (the oldest READ ones first, then the
 # oldest); then, if `publish`, PUBLISH each new entry as {"e":"notice","seq":N,"data":
-# <notice + seq, read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and ARGV[base + 2j] (its JSON
-# object without the closing brace, `open_object`: no copy of it is made here, and every
-# string Lua makes is hashed byte by byte); `idxs` lists the j's. Returns the number of
-# feed entries made.
+# <notice + seq, read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and
+# ARGV[base + 2j] (its JSON object without the closing brace, `open_object`: no copy of it
+# is made here, and every string Lua makes is hashed byte by byte); `idxs` lists the j's.
+# Returns the number of feed entries made.
 _STORE_USER = """
 local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh,
                           publish)
