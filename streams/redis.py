@@ -53,11 +53,13 @@ def _fast_pack(pool: ConnectionPool) -> None:
 
 def _quiet(conn: AbstractConnection) -> bool:
     """Open, not at EOF, nothing unread in the socket buffer or the hiredis reader: what
-    redis-py's `can_read_destructive` establishes, read without awaiting anything."""
+    redis-py's `can_read_destructive` establishes, read without awaiting anything. (The
+    attributes read are redis-py 5.3's, pinned, and the StreamReader's buffer, which
+    redis-py reads the same way; a parser other than hiredis means "not quiet".)"""
     stream = conn._reader
     parser = getattr(conn._parser, "_reader", None)
     return (stream is not None and conn._writer is not None and not stream.at_eof()
-            and conn._socket_is_empty() and isinstance(parser, hiredis.Reader)
+            and not getattr(stream, "_buffer", True) and isinstance(parser, hiredis.Reader)
             and not parser.has_data())
 
 
