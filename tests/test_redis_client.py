@@ -80,3 +80,28 @@ async def test_callers_beyond_the_pool_size_wait_for_a_connection(redis_url):
     finally:
         await r.aclose()
         await admin.aclose()
+
+
+async def test_a_free_clean_connection_is_handed_out_without_redis_pys_checkout(redis_url,
+                                                                               monkeypatch):
+    """The fast path is taken (redis-py's checkout costs a loop pass per command): should
+    redis-py's internals change under the pin, this fails instead of the speed going."""
+    from redis.asyncio import BlockingConnectionPool
+
+    slow = 0
+    original = BlockingConnectionPool.get_connection
+
+    async def counted(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        nonlocal slow
+        slow += 1
+        return await original(self, *args, **kwargs)
+
+    monkeypatch.setattr(BlockingConnectionPool, "get_connection", counted)
+    r = connect(redis_url)
+    try:
+        for i in range(200):
+            await r.set("t:fast", i)
+        assert await r.get("t:fast") == b"199"
+        assert slow == 1  # the first command: no connection yet
+    finally:
+        await r.aclose()
