@@ -73,7 +73,7 @@ def test_derived_id_is_a_stable_ulid_of_the_entry():
     assert len(a) == 26 and a < derived_id("1700000000001-0")  # time-sortable
 
 
-def test_ulid_text_is_the_specs_crockford_base32():
+def test_ulid_text_is_crockford_base32_as_other_ulid_libraries_write_it():
     # two JavaScript libraries' README examples: alizain/ulid's ulid(1469918176385) and
     # @evokegroup/ulid's ulid(1698075890563), time parts 01ARYZ6S41 and 01HDEKBMW3
     assert encode_ulid(1469918176385, 0) == "01ARYZ6S41" + "0" * 16
