@@ -155,10 +155,13 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
-# cluster). ARGV[1]: msgpack [feed_max, [[body key, stored JSON] of notice j...],
-# [[feed, read, seq, live, archived, [j...]] per user], forward jobs or nil]; then
-# (nid, the recipients' view of the notice, open) pairs, then the jobs' arq payloads,
-# then the delayed forwards' due-set members. Bodies are SET NX once. Forwards: [job key
+# cluster). ARGV[1]: msgpack [feed_max, [body key of notice j...], [[feed, read, seq,
+# live, archived, [j...]] per user], forward jobs or nil, ARGV index before the first
+# body]; then (nid, the recipients' view of the notice, open) pairs, then the stored JSON
+# of each notice, then the jobs' arq payloads, then the delayed forwards' due-set members.
+# Bodies are SET NX once. (Each string a script gets is hashed whole to intern it, so the
+# big ones come as arguments of their own, not inside ARGV[1], which would hash them
+# twice: in ARGV[1] and once unpacked.) Forwards: [job key
 # prefix, result key prefix, queue, ARGV index before the first payload, [[job id, expiry
 # ms, due ms, mode, notice j] per job due now], in-progress key prefix, retry key prefix,
 # claim ms, wake channel, due set, ARGV index before the first member, [due ms per delayed
@@ -173,9 +176,9 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # key name; packing them as one argument is what makes a batch cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
-local feed_max, bodies, users = h[1], h[2], h[3]
+local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
 local fresh = {}
-for i, kb in ipairs(bodies) do fresh[i] = redis.call('SET', kb[1], kb[2], 'NX') end
+for i, key in ipairs(bodies) do fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX') end
 -- live messages only where someone listens: a SUBSCRIBE to the user's channel (an open
 -- SSE stream), or any pattern subscription at all (it might match). A PUBLISH to nobody
 -- is a no-op, building its message is not, and most recipients are not online.
@@ -597,13 +600,13 @@ class Center:
             argv: list[str | bytes] = [b""]
             for p, _, view in new:
                 argv += [p.notice.id, view]
+            body_base = len(argv)
+            argv += [body for _, body, _ in new]
             fwd = self._forward_header(jobs, argv, write) if jobs else None
             argv[0] = _msgpack([
-                self.settings.feed_max,
-                # as str: Redis's cmsgpack does not read msgpack's bin type
-                [[k.notice(p.notice.id), body.decode()] for p, body, _ in new],
+                self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
-                 for uid, nids in per_user.items()], fwd])
+                 for uid, nids in per_user.items()], fwd, body_base])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
