@@ -161,12 +161,11 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # of each notice, then the jobs' arq payloads, then the delayed forwards' due-set members.
 # Bodies are SET NX once. (Each string a script gets is hashed whole to intern it, so the
 # big ones come as arguments of their own, not inside ARGV[1], which would hash them
-# twice: in ARGV[1] and once unpacked.) Forwards: [job key
-# prefix, result key prefix, queue, ARGV index before the first payload, [[job id, expiry
-# ms, due ms, mode, notice j] per job due now], in-progress key prefix, retry key prefix,
-# claim ms, wake channel, due set, ARGV index before the first member, [due ms per delayed
-# forward]];
-# delayed forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
+# twice: in ARGV[1] and once unpacked.) Forwards: [job key prefix, result key prefix,
+# queue, ARGV index before the first payload, [[job id, expiry ms, due ms, mode, notice j]
+# per job due now], in-progress key prefix, retry key prefix, claim ms, wake channel, due
+# set, ARGV index before the first member, [due ms per delayed forward]]; delayed
+# forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
 # -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
 # caller's process at once, queued at due + claim ms as the fallback should the caller die
