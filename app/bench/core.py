@@ -13,14 +13,14 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import metadata
 from typing import Literal
 
 import msgspec
 from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import BarColumn, Progress, TaskID, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 
@@ -111,6 +111,25 @@ class Bench:
 
     def rounds(self, full: int = 3) -> int:
         return 1 if self.quick else full
+
+    def each_round(self, budget_s: float, full: int = 3) -> Iterator[int]:
+        """The rounds of a measurement whose rounds take longer on a slower box: one with
+        --quick; else at least two, and up to `full` while the next one, at the pace of the
+        ones before, still ends within `budget_s` of the first. (A box twice as slow as the
+        one the budgets were set on runs two: the full run stays under 10 minutes.)"""
+        if self.quick:
+            yield 0
+            return
+        t0 = time.monotonic()
+        for i in range(full):
+            spent = time.monotonic() - t0
+            if i >= 2 and spent * (i + 1) / i > budget_s:
+                return
+            yield i
+
+    def done(self, task: TaskID) -> None:
+        """A progress bar ends full when a slow box ran fewer rounds than it counted on."""
+        self.progress.update(task, total=self.progress.tasks[task].completed)
 
     def record(self, id: str, what: str, values: list[float], unit: str, *,
                ceiling: list[float] | float | None = None, target: float | None = None,
