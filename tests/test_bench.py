@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import msgspec
 
@@ -48,3 +50,59 @@ async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(r
     assert not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
     assert [k async for k in redis.scan_iter(match="ceiling:*")] == []
     assert await redis.xlen("vn:notices") == 1
+
+
+async def test_fresh_aof_follows_an_automatic_rewrite_already_running(redis) -> None:
+    """Redis starts its own AOF rewrites (at 64 MB of growth); fresh_aof started while one
+    runs waits for it and then runs its own, instead of failing on 'already in progress'."""
+    from app.bench.suite import fresh_aof
+
+    await redis.mset({f"slow:{i}": "x" for i in range(3)})
+    await redis.config_set("rdb-key-save-delay", 200_000)  # 0.2 s a key: a slow rewrite
+    try:
+        before = (await redis.info("persistence"))["aof_rewrites"]
+        await redis.bgrewriteaof()
+        assert (await redis.info("persistence"))["aof_rewrite_in_progress"]
+        await fresh_aof(redis)
+        info = await redis.info("persistence")
+    finally:
+        await redis.config_set("rdb-key-save-delay", 0)
+    assert info["aof_rewrites"] == before + 2
+    assert not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]
+
+
+def test_rounds_whose_pace_would_overrun_the_budget_stop_at_two(monkeypatch) -> None:
+    from app.bench import core
+
+    def rounds(budget: float, round_s: float, quick: bool = False) -> int:
+        now = [0.0]
+        monkeypatch.setattr(core, "time", SimpleNamespace(monotonic=lambda: now[0]))
+        bench = core.Bench(quick=quick, console=None, progress=None)  # type: ignore[arg-type]
+        done = 0
+        for _ in bench.each_round(budget):
+            now[0] += round_s
+            done += 1
+        return done
+
+    assert rounds(80, 10) == 3  # a fast box: the third round fits
+    assert rounds(80, 33) == 2  # a slow one: 3 x 33 s would not
+    assert rounds(80, 200) == 2  # never fewer than two (a median of several)
+    assert rounds(80, 10, quick=True) == 1
+
+
+def test_a_round_leaves_nothing_on_disk_and_a_failed_one_its_logs() -> None:
+    """A round's Redis AOF runs to 220 MB: a full run had left 4.8 GB in /tmp."""
+    from app.bench.env import World
+
+    with World() as world:
+        (world.dir / "part.log").write_text("ok")
+    assert not world.dir.exists()
+    try:
+        with World() as world:
+            (world.dir / "part.log").write_text("what went wrong")
+            raise RuntimeError("a part exited")
+    except RuntimeError:
+        pass
+    assert (world.dir / "part.log").read_text() == "what went wrong"
+    assert not (world.dir / "redis").exists()
+    shutil.rmtree(world.dir)
