@@ -59,7 +59,7 @@ _packed: dict[tuple[int, int, int, bool], list[tuple[bytes, int]]] = {}
 async def load_notices(r: Redis, n: int, per: int, users: int, *, forward: bool) -> None:
     """XADD `n` notices with `per` recipients each to the ingest stream: chunks of 5,000
     commands packed by hiredis once and kept for the next round (packing 200,000 with
-    redis-py's pipeline took 9.5 s a round on a slow box; sending the kept bytes, 1 s)."""
+    redis-py's pipeline took 9.5 s a round on a slow box; sending the kept bytes, 1.8 s)."""
     key = (n, per, users, forward)
     chunks = _packed.get(key)
     if chunks is None:
@@ -77,6 +77,9 @@ async def load_notices(r: Redis, n: int, per: int, users: int, *, forward: bool)
             await conn.send_packed_command(data, check_health=False)
             for _ in range(count):
                 await conn.read_response()
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: not back to the pool as is
+        raise
     finally:
         await r.connection_pool.release(conn)
 
@@ -162,7 +165,7 @@ async def b1_ingest(bench: Bench) -> None:
         rates, ceilings, packed = [], [], []
         # the x5 variant writes a million feed entries a round: two rounds, its ceiling
         # (the same loop as x1's, over longer entries) once; x1 takes a third round where it
-        # fits. On a slow box (AMD EPYC 7xx3, 2 vCPUs) the full run took 716 s with three
+        # fits. On a slow box (AMD EPYC Zen 3, 2 vCPUs) the full run took 716 s with three
         # rounds each: issue 6 asks for under 10 minutes.
         for _ in bench.each_round(80) if per == 1 else bench.each_round(0, full=2):
             with World() as world:

@@ -38,28 +38,31 @@ async def test_sigkilled_worker_loses_nothing_and_duplicates_nothing(redis, star
         return bool(await redis.xpending_range(K.notices, "center", "-", "+", 1,
                                                consumername="w1"))
 
-    async def kill_w1_holding() -> None:
+    async def kill_w1_holding() -> tuple[list, int]:
+        """What w1 held and how many feed entries were made, read as it died: later, w2 may
+        already have claimed them (they are idle after 1 s; on a slow box adding the
+        10,000 entries outlasts that)."""
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
             if await w1_holds():
                 os.kill(w1.pid, signal.SIGSTOP)
                 if await w1_holds():
                     w1.kill()
-                    return
+                    left = await redis.xpending_range(K.notices, "center", "-", "+", 1000,
+                                                      consumername="w1")
+                    return left, sum([len(await feed(redis, u)) for u in USERS])
                 os.kill(w1.pid, signal.SIGCONT)
             await asyncio.sleep(0.001)
         raise AssertionError("w1 never held a batch in 20 s")
 
     killer = asyncio.create_task(kill_w1_holding())
     sids = await xadd_many(redis, entries, chunk=100)
-    await killer
+    left, done = await killer
     expected: dict[str, set[str]] = {u: set() for u in USERS}
     for i, sid in enumerate(sids):
         expected[USERS[i % 5]].add(derived_id(sid))
         expected[USERS[(i + 1) % 5]].add(derived_id(sid))
-    left = await redis.xpending_range(K.notices, "center", "-", "+", 1000, consumername="w1")
     assert left, "w1 died holding entries that only a claim can recover"
-    done = sum([len(await feed(redis, u)) for u in USERS])
     assert done < 2 * N, "the kill came too late to test anything"
 
     async def all_done() -> bool:
