@@ -9,7 +9,10 @@ Round trips of one batch:
    all of that user's notices (idempotent on notice id: a re-delivered entry never
    makes a second feed entry; the script also trims and PUBLISHes), folds of dedup
    repeats, and the forward jobs (on a single Redis the delayed ones inside the batch's
-   store call, the rest by `streams.forward.add_forward_jobs`);
+   store call, the rest by `streams.forward.add_forward_jobs`); on a single Redis, the
+   whole batch is one call, and a batch with more than STORE_CHUNK recipients (a
+   broadcast) goes on in one more call per chunk of them, so its first recipients get it
+   live before the last ones are stored;
 5. only when repeats were folded: PUBLISH of `notice-update` to their recipients.
 
 An entry without `id` gets one derived from its stream id (a ULID with the entry's
@@ -164,20 +167,28 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # twice: in ARGV[1] and once unpacked.) Forwards: [job key prefix, result key prefix,
 # queue, ARGV index before the first payload, [[job id, expiry ms, due ms, mode, notice j]
 # per job due now], in-progress key prefix, retry key prefix, claim ms, wake channel, due
-# set, ARGV index before the first member, [due ms per delayed forward]]; delayed
+# set, ARGV index before the first member, [due ms per delayed forward]] (or nil), and, in
+# a later call for more of the batch's recipients (STORE_CHUNK), [1 or 0 per notice:
+# its body was new] as the first call found it (no bodies then, no forwards); delayed
 # forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
 # -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
 # caller's process at once, queued at due + claim ms as the fallback should the caller die
 # (a re-delivered notice's job is left to the forwarders instead, woken). Returns
-# {feed entries made per user, indexes of the claimed jobs}. (The keys are built by
-# streams.keys in Python and passed in the msgpack header, so one module still owns every
-# key name; packing them as one argument is what makes a batch cheap to send.)
+# {feed entries made per user, indexes of the claimed jobs, 1 or 0 per body: it was new}.
+# (The keys are built by streams.keys in Python and passed in the msgpack header, so one
+# module still owns every key name; packing them as one argument is what makes a batch
+# cheap to send.)
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
 local fresh = {}
-for i, key in ipairs(bodies) do fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX') end
+local new = {}
+for i, key in ipairs(bodies) do
+  fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX')
+  new[i] = fresh[i] and 1 or 0
+end
+if h[6] then for j, f in ipairs(h[6]) do fresh[j] = f == 1 end end
 -- live messages only where someone listens: a SUBSCRIBE to the user's channel (an open
 -- SSE stream), or any pattern subscription at all (it might match). A PUBLISH to nobody
 -- is a no-op, building its message is not, and most recipients are not online.
@@ -237,7 +248,7 @@ if fwd then
     redis.call('ZADD', fwd[10], unpack(zargs, i, math.min(i + 999, #zargs)))
   end
 end
-return {out, claimed}
+return {out, claimed, new}
 """
 
 # Fold a dedup repeat into the first notice. KEYS: notice body, folded set.
@@ -261,6 +272,10 @@ return body
 """
 
 USER_CACHE = 50_000  # decoded user records kept between batches
+# recipients stored per call: Redis sends a call's PUBLISHes only when the call ends, so a
+# broadcast's first recipients see it after one chunk, not after all of them (5,000 in one
+# call: 86-91 ms of Redis on a Zen 3 box before the api got the first message)
+STORE_CHUNK = 1000
 DEPTH = 3  # batches handled at once: one read and built in Python while Redis stores another
 
 
@@ -367,6 +382,10 @@ class Write:
     new: list[tuple[Plan, bytes, bytes]]  # (plan, stored JSON, open_object(view))
     folds: list[Plan]
     argv: list[str | bytes] | None = None  # the batch call's (a single Redis)
+    # recipients beyond the first call's STORE_CHUNK, stored by later calls, and the
+    # index (from 1) of each new notice, by id
+    rest: list[tuple[str, list[str]]] = field(default_factory=list)
+    index: dict[str, int] = field(default_factory=dict)
     calls: int = 0  # per-user calls in `pipe`, before the folds
     claims: list[Claim | None] = field(default_factory=list)  # per forward job
 
@@ -595,7 +614,9 @@ class Center:
         write = Write(self.redis.pipeline(transaction=False), new, folds)
         pipe = write.pipe
         if self.one_call and new:
-            index = {p.notice.id: j for j, (p, _, _) in enumerate(new, 1)}
+            index = write.index = {p.notice.id: j for j, (p, _, _) in enumerate(new, 1)}
+            users = list(per_user.items())
+            write.rest = users[STORE_CHUNK:]
             argv: list[str | bytes] = [b""]
             for p, _, view in new:
                 argv += [p.notice.id, view]
@@ -605,7 +626,7 @@ class Center:
             argv[0] = _msgpack([
                 self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
-                 for uid, nids in per_user.items()], fwd, body_base])
+                 for uid, nids in users[:STORE_CHUNK]], fwd, body_base])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
@@ -661,8 +682,10 @@ class Center:
         new, folds = write.new, write.folds
         stored: list[Any] = []
         claimed: list[Any] = []
-        if write.argv is not None:  # [feed entries made per user, claimed jobs]
-            stored, claimed = await self._store_batch(keys=[], args=write.argv)
+        if write.argv is not None:  # [feed entries made per user, claimed jobs, new bodies]
+            stored, claimed, fresh = await self._store_batch(keys=[], args=write.argv)
+            for i in range(0, len(write.rest), STORE_CHUNK):
+                stored += await self._store_more(write, write.rest[i:i + STORE_CHUNK], fresh)
         async with write.pipe as pipe:
             res = await pipe.execute() if len(pipe) else []
         if write.calls:
@@ -674,6 +697,29 @@ class Center:
         if claimed and self.inline is not None:
             self.inline.start_inline([c for i in claimed if (c := write.claims[int(i) - 1])])
         await self._after_folds(folds, res[at:at + len(folds)])
+
+    async def _store_more(self, write: Write, users: list[tuple[str, list[str]]],
+                          fresh: list[int]) -> list[Any]:
+        """More of a batch's recipients, after its first call (which stored the bodies and
+        scheduled the forwards): only the notices these users get, numbered anew, with
+        whether each one's body was new then. Feed entries made per user."""
+        at: dict[int, int] = {}  # the notice's index in the batch -> in this call
+        argv: list[str | bytes] = [b""]
+        rows = []
+        for uid, nids in users:
+            idxs = []
+            for nid in nids:
+                j = write.index[nid]
+                k = at.get(j)
+                if k is None:
+                    k = at[j] = len(at) + 1
+                    argv += [nid, write.new[j - 1][2]]
+                idxs.append(k)
+            rows.append([*self._user_keys(uid), idxs])
+        argv[0] = _msgpack([self.settings.feed_max, [], rows, None, 0,
+                            [int(fresh[j - 1]) for j in at]])
+        out, _, _ = await self._store_batch(keys=[], args=argv)
+        return out
 
     async def _after_folds(self, folds: list[Plan], results: list[Any]) -> None:
         updates: list[bytes] = []

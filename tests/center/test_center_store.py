@@ -255,3 +255,47 @@ async def test_live_messages_go_to_subscribed_users_and_to_pattern_subscribers(r
     assert [len(await feed(redis, u)) for u in ("1", "2", "3")] == [1, 2, 2]
     for ps in (one, anyone):
         await ps.aclose()
+
+
+async def test_a_broadcast_beyond_one_store_call_reaches_every_recipient_once(
+        redis, start_proc):
+    """2,501 recipients: the store goes on in more calls than the first (STORE_CHUNK is
+    1,000), each publishing as it ends. Every recipient gets one unread entry and one live
+    message, the last chunk's as the first's; the same notice again (a re-delivery, its
+    body already stored) adds nothing in any chunk."""
+    from streams.center import STORE_CHUNK
+
+    uids = [str(i) for i in range(1, 2 * STORE_CHUNK + 502)]
+    await add_users(redis, *uids)
+    watched = [uids[0], uids[STORE_CHUNK], uids[-1]]  # first, second and third call
+    ps = redis.pubsub()
+    await ps.subscribe(*(K.live(u) for u in watched))
+    nid = "01KB3ZQ5W3N7F4Z3Y0H8C2D6EA"
+    await xadd_many(redis, [entry("to everyone", ",".join(uids), id=nid)])
+    run_burst(start_proc)
+    await xadd_many(redis, [entry("to everyone", ",".join(uids), id=nid)])
+    run_burst(start_proc)
+
+    async with redis.pipeline(transaction=False) as pipe:
+        for u in uids:
+            pipe.zrange(K.feed(u), 0, -1, withscores=True)
+            pipe.get(K.user_seq(u))
+        res = await pipe.execute()
+    feeds, seqs = res[0::2], res[1::2]
+    assert all(f == [(nid.encode(), 1.0)] for f in feeds), "one entry each, at seq 1"
+    assert all(s == b"1" for s in seqs), "no second insert anywhere"
+    assert await unread_count(redis, uids[-1]) == 1
+    live: dict[str, list[int]] = {u: [] for u in watched}
+    quiet = 0
+    for _ in range(100):  # at most ~10 s: until three messages, then 0.3 s of nothing more
+        msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+        if msg is None:
+            quiet += sum(map(len, live.values())) >= len(watched)
+            if quiet >= 3:
+                break
+            continue
+        m = msgspec.json.decode(msg["data"])
+        assert m["e"] == "notice" and m["data"]["id"] == nid
+        live[next(u for u in watched if K.live(u) == msg["channel"].decode())].append(m["seq"])
+    assert live == {u: [1] for u in watched}
+    await ps.aclose()
