@@ -33,10 +33,7 @@ from app.bench import suite  # noqa: E402
 from app.bench.core import percentile  # noqa: E402
 from app.bench.env import BenchProc, World  # noqa: E402
 from app.bench.forwarding import cpu_seconds  # noqa: E402
-from streams.keys import USER_TOPIC, Keys  # noqa: E402
-from streams.schemas import User, json_encode  # noqa: E402
 
-K = Keys("vn:")
 Load = Callable[[], Awaitable[int]]  # runs the load, returns the notices delivered
 
 
@@ -86,33 +83,16 @@ async def measure(world: World, parts: dict[str, BenchProc], load: Load, seconds
 
 async def b7_parts(seconds: float, spy: list[str]) -> None:
     with World() as world:
-        r = world.redis()
-        async with r.pipeline(transaction=False) as pipe:
-            for i in range(b7.USERS):
-                pipe.hset(K.state(USER_TOPIC), f"u{i}", json_encode(User(id=f"u{i}")))
-            await pipe.execute()
-        await r.aclose()
-        sink = b7.Sink(world.dir, world.env(), "http")
-        await sink.ready()
-        api, base = world.start_api()
-        center = world.start("center", VESTNIK_WEBHOOK_SECRET=b7.SECRET)
-        target = b7.Target("vestnik", f"{base}/api/v1/notices",
-                           {"authorization": f"Bearer {world.service_token}",
-                            "content-type": "application/json"},
-                           f"http://127.0.0.1:{sink.port}/hook")
+        async with b7.vestnik_b7(world) as v:
 
-        async def load() -> int:
-            rate = await b7._closed_loop(target, sink, 1, seconds)
-            print(f"one client: {rate:,.0f} delivered/s")
-            return (await sink.stats()).n
+            async def load() -> int:
+                rate = await b7._closed_loop(v.target, v.sink, 1, seconds)
+                print(f"one client: {rate:,.0f} delivered/s")
+                return (await v.sink.stats()).n
 
-        try:
-            await b7._open_loop(target, sink, 100, 1.0)  # warm: connections, scripts
-            await measure(world, {"api": api, "center": center, "receiver": sink.proc},
+            await b7._open_loop(v.target, v.sink, 100, 1.0)  # warm: connections, scripts
+            await measure(world, {"api": v.api, "center": v.center, "receiver": v.sink.proc},
                           load, seconds, spy)
-        finally:
-            await target.pool.aclose()
-            await sink.close()
 
 
 async def b2_parts(rate: int, seconds: float, spy: list[str]) -> None:

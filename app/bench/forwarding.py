@@ -27,7 +27,9 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import msgspec
@@ -425,27 +427,47 @@ async def _b7_load(bench: Bench, target: Target, sink: Sink, prefix: str, task: 
 _PEER_RATE = 2200.0
 
 
+@dataclass
+class VestnikB7:
+    """What B7 drives on Vestnik's side: the POST target, the webhook receiver, the parts."""
+
+    target: Target
+    sink: Sink
+    api: BenchProc
+    center: BenchProc
+
+
+@asynccontextmanager
+async def vestnik_b7(world: World) -> AsyncIterator[VestnikB7]:
+    """B7's users, receiver, api and center (forwarding inline) on `world`, not warmed.
+    (scripts/bench_parts.py measures the same set up.)"""
+    r = world.redis()
+    async with r.pipeline(transaction=False) as pipe:
+        for i in range(USERS):
+            pipe.hset(K.state(USER_TOPIC), f"u{i}", json_encode(User(id=f"u{i}")))
+        await pipe.execute()
+    await r.aclose()
+    sink = Sink(world.dir, world.env(), "http")
+    try:
+        await sink.ready()
+        api, base = world.start_api()
+        center = world.start("center", VESTNIK_WEBHOOK_SECRET=SECRET)
+        target = Target("vestnik", f"{base}/api/v1/notices",
+                        {"authorization": f"Bearer {world.service_token}",
+                         "content-type": "application/json"},
+                        f"http://127.0.0.1:{sink.port}/hook")
+        try:
+            yield VestnikB7(target, sink, api, center)
+        finally:
+            await target.pool.aclose()
+    finally:
+        await sink.close()
+
+
 async def _vestnik_b7(bench: Bench, task: object) -> None:
     with World() as world:
-        r = world.redis()
-        async with r.pipeline(transaction=False) as pipe:
-            for i in range(USERS):
-                pipe.hset(K.state(USER_TOPIC), f"u{i}", json_encode(User(id=f"u{i}")))
-            await pipe.execute()
-        sink = Sink(world.dir, world.env(), "http")
-        try:
-            await sink.ready()
-            _, base = world.start_api()
-            world.start("center", VESTNIK_WEBHOOK_SECRET=SECRET)
-            target = Target("vestnik", f"{base}/api/v1/notices",
-                            {"authorization": f"Bearer {world.service_token}",
-                             "content-type": "application/json"},
-                            f"http://127.0.0.1:{sink.port}/hook")
-            await _b7_load(bench, target, sink, "", task)
-            await target.pool.aclose()
-        finally:
-            await sink.close()
-            await r.aclose()
+        async with vestnik_b7(world) as v:
+            await _b7_load(bench, v.target, v.sink, "", task)
 
 
 AM_CONFIG = """route:
