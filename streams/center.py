@@ -167,15 +167,17 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # twice: in ARGV[1] and once unpacked.) Forwards: [job key prefix, result key prefix,
 # queue, ARGV index before the first payload, [[job id, expiry ms, due ms, mode, notice j]
 # per job due now], in-progress key prefix, retry key prefix, claim ms, wake channel, due
-# set, ARGV index before the first member, [due ms per delayed forward]] (or nil), and, in
-# a later call for more of the batch's recipients (STORE_CHUNK), [1 or 0 per notice:
-# its body was new] as the first call found it (no bodies then, no forwards); delayed
+# set, ARGV index before the first member, [due ms per delayed forward]] (or nil); then,
+# in a later call for more of the batch's recipients (STORE_CHUNK), [1 or 0 per notice:
+# its body was new] as the first call found it (no bodies then, no forwards), and in a
+# first call that later ones follow, 1: report those flags; delayed
 # forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
 # -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
 # caller's process at once, queued at due + claim ms as the fallback should the caller die
 # (a re-delivered notice's job is left to the forwarders instead, woken). Returns
-# {feed entries made per user, indexes of the claimed jobs, 1 or 0 per body: it was new}.
+# {feed entries made per user, indexes of the claimed jobs, 1 or 0 per body: it was new
+# (asked for only)}.
 # (The keys are built by streams.keys in Python and passed in the msgpack header, so one
 # module still owns every key name; packing them as one argument is what makes a batch
 # cheap to send.)
@@ -183,12 +185,10 @@ STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
 local fresh = {}
-local new = {}
-for i, key in ipairs(bodies) do
-  fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX')
-  new[i] = fresh[i] and 1 or 0
-end
+for i, key in ipairs(bodies) do fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX') end
 if h[6] then for j, f in ipairs(h[6]) do fresh[j] = f == 1 end end
+local new = {}
+if h[7] then for i = 1, #bodies do new[i] = fresh[i] and 1 or 0 end end
 -- live messages only where someone listens: a SUBSCRIBE to the user's channel (an open
 -- SSE stream), or any pattern subscription at all (it might match). A PUBLISH to nobody
 -- is a no-op, building its message is not, and most recipients are not online.
@@ -626,7 +626,8 @@ class Center:
             argv[0] = _msgpack([
                 self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
-                 for uid, nids in users[:STORE_CHUNK]], fwd, body_base])
+                 for uid, nids in users[:STORE_CHUNK]], fwd, body_base, None,
+                1 if write.rest else None])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
