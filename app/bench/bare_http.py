@@ -1,26 +1,58 @@
-"""B7's reference row: how many requests an API on Vestnik's HTTP stack answers, doing nothing.
+"""B7's reference rows: what an API on Vestnik's HTTP stack reaches with the least work.
 
 `python -m app.bench.bare_http PORT` serves, on the server the api runs (app.server:
 uvicorn with httptools on uvloop), a Starlette app whose one route reads the body and
-answers 202 with a small JSON body: no auth, no validation, no Redis. B7 drives it with
-the same closed-loop client as the api. With one client, that rate bounds what Vestnik's
-`POST /api/v1/notices` can reach on the box, whatever happens behind it, and so shows
-how far B7's one-client target (the peer's whole pipeline, in Go) is within reach.
+answers 202 with a small JSON body: no auth, no validation, no Redis.
+
+`python -m app.bench.bare_http PORT REDIS_URL` is the least a service does that keeps
+what it accepted: the route decodes the notice, stores it with one script call (its body,
+a feed entry of its recipient, a job record and a queue entry) and answers 202 once Redis
+has it; then, in the same process, POSTs it to its webhook and records that with one more
+call. No auth, no stream, no second process.
+
+B7 drives both with the same closed-loop client as the api. With one client, the first
+bounds what Vestnik's `POST /api/v1/notices` can reach on the box, whatever happens behind
+it; the second, what any design reaches that answers only after Redis holds the notice
+(as Vestnik's must: nothing accepted may be lost), whatever its internals.
 """
 
 from __future__ import annotations
 
+import asyncio
 import sys
 
+import msgspec
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from app.server import make_server, run
+from streams.channels.http1 import HttpPool
 from streams.config import Settings
+from streams.redis import connect
+from streams.schemas import NoticeIn
 
 ANSWER = b'{"id":"01JBARE0000000000000000000"}'
+
+# KEYS: body, feed, seq, job, queue. ARGV: body, id.
+STORE_LUA = """
+redis.call('SET', KEYS[1], ARGV[1], 'NX')
+local seq = redis.call('INCR', KEYS[3])
+redis.call('ZADD', KEYS[2], seq, ARGV[2])
+redis.call('PSETEX', KEYS[4], 300000, ARGV[2])
+redis.call('ZADD', KEYS[5], 0, ARGV[2])
+return seq
+"""
+# KEYS: deliveries, job, queue. ARGV: record, id.
+FINISH_LUA = """
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], 86400)
+redis.call('DEL', KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+return 1
+"""
+SENT = b'{"status":"sent"}'
 
 
 async def accept(request: Request) -> Response:
@@ -28,8 +60,41 @@ async def accept(request: Request) -> Response:
     return Response(ANSWER, status_code=202, media_type="application/json")
 
 
+def stored_app(redis_url: str) -> Starlette:
+    redis = connect(redis_url, name="bench-floor")
+    store = redis.register_script(STORE_LUA)
+    finish = redis.register_script(FINISH_LUA)
+    hooks = HttpPool(per_host=32)
+    decoder = msgspec.json.Decoder(NoticeIn)
+    running: set[asyncio.Task[None]] = set()
+    seq = 0
+
+    async def deliver(nid: str, url: str, body: bytes) -> None:
+        await hooks.post(url, body, {"content-type": "application/json"})
+        await finish(keys=[f"floor:deliveries:{nid}", f"floor:job:{nid}", "floor:queue"],
+                     args=[SENT, nid])
+
+    async def accept_stored(request: Request) -> Response:
+        nonlocal seq
+        notice = decoder.decode(await request.body())
+        seq += 1
+        nid = str(seq)
+        uid = notice.recipients[0]
+        body = msgspec.json.encode(notice)
+        await store(keys=[f"floor:notice:{nid}", f"floor:feed:{uid}", f"floor:seq:{uid}",
+                          f"floor:job:{nid}", "floor:queue"], args=[body, nid])
+        task = asyncio.get_running_loop().create_task(
+            deliver(nid, notice.channels["webhook"]["url"], body))
+        running.add(task)
+        task.add_done_callback(running.discard)
+        return Response(ANSWER, status_code=202, media_type="application/json")
+
+    return Starlette(routes=[Route("/api/v1/notices", accept_stored, methods=["POST"])])
+
+
 def main(argv: list[str]) -> None:
-    app = Starlette(routes=[Route("/api/v1/notices", accept, methods=["POST"])])
+    app = stored_app(argv[1]) if len(argv) > 1 else \
+        Starlette(routes=[Route("/api/v1/notices", accept, methods=["POST"])])
     settings = Settings(host="127.0.0.1", port=int(argv[0]), log_level="warning")
     run(make_server(app, settings).serve())
 

@@ -546,31 +546,53 @@ async def _alertmanager_b7(bench: Bench, task: object) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _bare_b7(bench: Bench, task: object) -> None:
-    """The reference row: answers/s of an endpoint that does nothing (app.bench.bare_http)
-    on the api's HTTP stack, to the same one-client closed loop."""
-    tmp = Path(tempfile.mkdtemp(prefix="vestnik-bench-bare-"))
+async def _floor_rounds(bench: Bench, world_dir: Path, env: dict[str, str], sink: Sink,
+                        redis_url: str | None) -> list[float]:
+    """Rounds of app.bench.bare_http (bare, or storing in `redis_url`), one client: answers/s,
+    or with a store, deliveries/s at `sink`."""
     port = free_port()
-    proc = BenchProc([sys.executable, "-m", "app.bench.bare_http", str(port)],
-                     dict(os.environ), tmp / "bare_http.log")
+    proc = BenchProc([sys.executable, "-m", "app.bench.bare_http", str(port),
+                      *([redis_url] if redis_url else [])], env,
+                     world_dir / f"bare_http{'-stored' if redis_url else ''}.log")
     target = Target("vestnik", f"http://127.0.0.1:{port}/api/v1/notices",
-                    {"content-type": "application/json"}, "http://127.0.0.1:9/unused")
+                    {"content-type": "application/json"}, f"http://127.0.0.1:{sink.port}/hook")
+    seconds = 1.0 if bench.quick or not redis_url else 1.5
     try:
         await until_up(target.send, "bare_http", proc=proc, seconds=30)
         await _drive(target, 1, 0.3)  # warm
         values = []
         for _ in range(bench.rounds()):
-            t0 = time.perf_counter()
-            answered = await _drive(target, 1, 1.0 if bench.quick else 2.0)
-            values.append(answered / (time.perf_counter() - t0))
-        bench.record("B7:bare_http_per_s", "an endpoint doing nothing (no auth, no Redis) on "
-                     "the api's uvicorn/httptools/uvloop stack: answers/s, 1 client",
-                     values, "answers/s")
-        bench.progress.advance(task)
+            if redis_url:
+                values.append(await _closed_loop(target, sink, 1, seconds))
+            else:
+                t0 = time.perf_counter()
+                answered = await _drive(target, 1, seconds)
+                values.append(answered / (time.perf_counter() - t0))
+        return values
     finally:
         await target.pool.aclose()
         proc.stop()
-        shutil.rmtree(tmp, ignore_errors=True)
+
+
+async def _floors_b7(bench: Bench, task: object) -> None:
+    """The reference rows (app.bench.bare_http): an endpoint doing nothing, and the least a
+    service does that answers once Redis holds the notice, on the api's HTTP stack."""
+    with World() as world:
+        sink = Sink(world.dir, world.env(), "http")
+        try:
+            await sink.ready()
+            bench.record("B7:bare_http_per_s", "an endpoint doing nothing (no auth, no Redis) "
+                         "on the api's uvicorn/httptools/uvloop stack: answers/s, 1 client",
+                         await _floor_rounds(bench, world.dir, world.env(), sink, None),
+                         "answers/s")
+            bench.record("B7:stored_floor_per_s", "one process on the same stack that stores "
+                         "each notice with one Redis call before it answers, then POSTs the "
+                         "webhook and records it with one more: delivered/s, 1 client",
+                         await _floor_rounds(bench, world.dir, world.env(), sink, world.url),
+                         "msgs/s")
+        finally:
+            await sink.close()
+    bench.progress.advance(task)
 
 
 async def b7_immediate(bench: Bench) -> None:
@@ -579,7 +601,7 @@ async def b7_immediate(bench: Bench) -> None:
     if peer:
         await _alertmanager_b7(bench, task)
     await _vestnik_b7(bench, task)
-    await _bare_b7(bench, task)
+    await _floors_b7(bench, task)
     if peer:
         _side_by_side(bench)
 
