@@ -36,7 +36,7 @@ from streams.schemas import NoticeIn
 ANSWER = b'{"id":"01JBARE0000000000000000000"}'
 
 # KEYS: body, feed, seq, job, queue. ARGV: body, id.
-STORE_LUA = """
+FLOOR_STORE_LUA = """
 redis.call('SET', KEYS[1], ARGV[1], 'NX')
 local seq = redis.call('INCR', KEYS[3])
 redis.call('ZADD', KEYS[2], seq, ARGV[2])
@@ -45,7 +45,7 @@ redis.call('ZADD', KEYS[5], 0, ARGV[2])
 return seq
 """
 # KEYS: deliveries, job, queue. ARGV: record, id.
-FINISH_LUA = """
+FLOOR_FINISH_LUA = """
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], 86400)
 redis.call('DEL', KEYS[2])
@@ -62,8 +62,8 @@ async def accept(request: Request) -> Response:
 
 def stored_app(redis_url: str) -> Starlette:
     redis = connect(redis_url, name="bench-floor")
-    store = redis.register_script(STORE_LUA)
-    finish = redis.register_script(FINISH_LUA)
+    store = redis.register_script(FLOOR_STORE_LUA)
+    finish = redis.register_script(FLOOR_FINISH_LUA)
     hooks = HttpPool(per_host=32)
     decoder = msgspec.json.Decoder(NoticeIn)
     running: set[asyncio.Task[None]] = set()
