@@ -267,7 +267,7 @@ def _send_args(p: argparse.ArgumentParser) -> None:
 
 @command("send", "send one notice (XADD to the ingest stream)", _send_args)
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.center import ingest
+    from streams.center import Ingest
     from streams.errors import BadInput
     from streams.keys import Keys
     from streams.redis import connect
@@ -300,7 +300,7 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
     async def main() -> str:
         redis = connect(settings.redis_url or "", name="vestnik-send")
         try:
-            return await ingest(redis, Keys(settings.prefix), notice, via="cli")
+            return await Ingest(redis, Keys(settings.prefix)).send(notice, via="cli")
         finally:
             await redis.aclose()
 

@@ -7,6 +7,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
+from streams.center import Ingest
 from streams.config import Settings
 from streams.keys import Keys
 
@@ -18,3 +19,7 @@ class Ctx:
     redis: Redis
     # long-lived parts started by the lifespan (topic hub, user hub, ...), by name
     parts: dict[str, Any] = field(default_factory=dict)
+    ingest: Ingest = field(init=False)  # notices into the ingest stream
+
+    def __post_init__(self) -> None:
+        self.ingest = Ingest(self.redis, self.keys)

@@ -22,7 +22,6 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.center import ingest
 from streams.errors import BadRequest
 from streams.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
 from streams.live import RESYNC, Item, UserHub, UserSub
@@ -89,7 +88,7 @@ async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Respo
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         raise BadRequest("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
-    nid = await ingest(ctx.redis, ctx.keys, body, via="http", idempotency_key=key)
+    nid = await ctx.ingest.send(body, via="http", idempotency_key=key)
     return json_response(Accepted(nid), 202)
 
 

@@ -1,17 +1,18 @@
 """Where B2's and B7's time goes: CPU per notice of each part under the load `vestnik bench`
 drives, with Redis's time per command and per script.
 
-`--load b7` (default): B7's one-client closed loop (POST /api/v1/notices, forward_after 0,
-a webhook channel → B7's local receiver) for SECONDS. `--load b2 --rate R`: B2's paced
-XADDs to vn:notices at R/s, each received by an SSE client of its recipient, printing
-p50/p99/max too. Starts a private redis-server and the parts, warms them, then prints
-delivered/s; CPU per notice (/proc/<pid>/stat utime+stime) of each part and of this
-process (the load and the client); Redis's commands per notice with their µs per call
-(INFO commandstats) and each script's µs per call (SLOWLOG, every command logged).
+`--load b7` (default): B7's closed loop of `--clients` clients (B7: 1, B7x8: 8; POST
+/api/v1/notices, forward_after 0, a webhook channel → B7's local receiver) for SECONDS.
+`--load b2 --rate R`: B2's paced XADDs to vn:notices at R/s, each received by an SSE
+client of its recipient, printing p50/p99/max too. Starts a private redis-server and the
+parts, warms them, then prints delivered/s; CPU per notice (/proc/<pid>/stat
+utime+stime) of each part and of this process (the load and the client); Redis's
+commands per notice with their µs per call (INFO commandstats) and each script's µs per
+call (SLOWLOG, every command logged).
 `--py-spy api center` also records those parts (raw collapsed stacks, /tmp/parts-<part>.txt).
 
-    .venv/bin/python scripts/bench_parts.py [--load b7|b2] [--rate 2000] [--seconds 6]
-        [--py-spy api center]
+    .venv/bin/python scripts/bench_parts.py [--load b7|b2] [--clients 1] [--rate 2000]
+        [--seconds 6] [--py-spy api center]
 """
 
 from __future__ import annotations
@@ -81,13 +82,13 @@ async def measure(world: World, parts: dict[str, BenchProc], load: Load, seconds
     await r.aclose()
 
 
-async def b7_parts(seconds: float, spy: list[str]) -> None:
+async def b7_parts(seconds: float, spy: list[str], clients: int) -> None:
     with World() as world:
         async with b7.vestnik_b7(world) as v:
 
             async def load() -> int:
-                rate = await b7._closed_loop(v.target, v.sink, 1, seconds)
-                print(f"one client: {rate:,.0f} delivered/s")
+                rate = await b7._closed_loop(v.target, v.sink, clients, seconds)
+                print(f"{clients} client(s): {rate:,.0f} delivered/s")
                 return (await v.sink.stats()).n
 
             await b7._open_loop(v.target, v.sink, 100, 1.0)  # warm: connections, scripts
@@ -125,9 +126,10 @@ if __name__ == "__main__":
     ap.add_argument("--load", choices=["b7", "b2"], default="b7")
     ap.add_argument("--rate", type=int, default=2000, help="b2: notices per second")
     ap.add_argument("--seconds", type=float, default=6.0)
+    ap.add_argument("--clients", type=int, default=1, help="b7: closed-loop clients")
     ap.add_argument("--py-spy", nargs="*", default=[], choices=["api", "center", "receiver"])
     args = ap.parse_args()
     import uvloop
 
     uvloop.run(b2_parts(args.rate, args.seconds, args.py_spy) if args.load == "b2"
-               else b7_parts(args.seconds, args.py_spy))
+               else b7_parts(args.seconds, args.py_spy, args.clients))

@@ -82,6 +82,7 @@ from .schemas import (
     notice_view,
     validate_channel,
 )
+from .together import PerIteration
 
 log = logging.getLogger("vestnik.center")
 
@@ -773,26 +774,49 @@ def prepare(notice: NoticeIn) -> NoticeIn:
                                    created_at=notice.created_at or at)
 
 
-async def ingest(redis: Redis, keys: Keys, notice: NoticeIn, *, via: str,
-                 idempotency_key: str | None = None) -> str:
-    """XADD one notice to the ingest stream; returns its id. With `idempotency_key`, the
-    same key returns the first id and adds nothing (for IDEMPOTENCY_TTL_S seconds)."""
-    notice = prepare(notice)
-    assert notice.id is not None
-    fields = notice_fields(notice)
-    if idempotency_key is None:
-        await redis.xadd(keys.notices, fields)
-        NOTICES_INGESTED.labels(via).inc()
-        return notice.id
-    argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
-    for k, v in fields.items():
-        argv += [k, v]
-    got = await redis.register_script(INGEST_LUA)(
-        keys=[keys.idempotency(idempotency_key), keys.notices], args=argv)
-    nid = got.decode() if isinstance(got, bytes) else str(got)
-    if nid == notice.id:
-        NOTICES_INGESTED.labels(via).inc()
-    return nid
+class Ingest:
+    """Notices into the ingest stream (`vn:notices`), as the api's POST and `vestnik send`
+    add them.
+
+    The XADDs of one loop iteration (requests that arrived together) go out in one
+    pipeline: one write and one read for all of them, for the api and for Redis. With B7's
+    8 clients that cut the api's CPU per notice by a fifth and Redis's by a tenth.
+    """
+
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self.redis = redis
+        self.keys = keys
+        self._adds: PerIteration[dict[str, str | bytes], Any] = PerIteration(self._add_all)
+
+    async def send(self, notice: NoticeIn, *, via: str,
+                   idempotency_key: str | None = None) -> str:
+        """Add one notice; returns its id. With `idempotency_key`, the same key returns the
+        first id and adds nothing (for IDEMPOTENCY_TTL_S seconds)."""
+        notice = prepare(notice)
+        assert notice.id is not None
+        fields = notice_fields(notice)
+        if idempotency_key is None:
+            await self._adds.submit(fields)
+            NOTICES_INGESTED.labels(via).inc()
+            return notice.id
+        argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
+        for k, v in fields.items():
+            argv += [k, v]
+        got = await self.redis.register_script(INGEST_LUA)(
+            keys=[self.keys.idempotency(idempotency_key), self.keys.notices], args=argv)
+        nid = got.decode() if isinstance(got, bytes) else str(got)
+        if nid == notice.id:
+            NOTICES_INGESTED.labels(via).inc()
+        return nid
+
+    async def _add_all(self, entries: list[dict[str, str | bytes]]) -> list[Any]:
+        if len(entries) == 1:  # alone: a plain command costs less than a pipeline
+            return [await self.redis.xadd(self.keys.notices, entries[0])]  # type: ignore[arg-type]
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for fields in entries:
+                pipe.xadd(self.keys.notices, fields)  # type: ignore[arg-type]
+            # an error (Redis full) is each caller's own, not annotated with its fields
+            return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
 
 
 # ------------------------------------------------------------------------------ runner

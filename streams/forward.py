@@ -62,9 +62,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, Literal
 
 import msgspec
 from arq.connections import ArqRedis
@@ -89,10 +89,9 @@ from .metrics import FORWARD_ATTEMPTS
 from .redis import RETRYABLE, Backoff
 from .redis import pool as redis_pool
 from .schemas import Notice, User, decode_user, json_encode
+from .together import PerIteration
 
 log = logging.getLogger("vestnik.forward")
-T = TypeVar("T")
-R = TypeVar("R")
 
 FUNCTION = "forward"
 BROADCAST = "*"  # the uid of a notice's user-independent targets
@@ -286,48 +285,6 @@ class Send(msgspec.Struct):
     channel: str
     marker: str  # marker key suffix: channel, or channel:key for one shared target
     target: dict[str, Any]
-
-
-class PerIteration(Generic[T, R]):
-    """Calls made in one loop iteration go out as one: the first queues a flush for the
-    next iteration, by when the others of its iteration (the jobs a poll started, the jobs
-    that ended together) have queued theirs. `flush(items)` returns each item's result or
-    exception, in order; an error of the flush itself reaches every caller."""
-
-    def __init__(self, flush: Callable[[list[T]], Awaitable[list[R | BaseException]]]
-                 ) -> None:
-        self._flush_items = flush
-        self._queue: list[tuple[T, asyncio.Future[R]]] = []
-        self._flushes: set[asyncio.Task[None]] = set()
-
-    async def submit(self, item: T) -> R:
-        loop = asyncio.get_running_loop()
-        fut: asyncio.Future[R] = loop.create_future()
-        self._queue.append((item, fut))
-        if len(self._queue) == 1:
-            task = loop.create_task(self._flush())
-            self._flushes.add(task)
-            task.add_done_callback(self._flushes.discard)
-        return await fut
-
-    async def _flush(self) -> None:
-        batch, self._queue = self._queue, []
-        try:
-            results = await self._flush_items([item for item, _ in batch])
-        except BaseException as e:
-            for _, fut in batch:
-                if not fut.done():
-                    fut.set_exception(e)
-            if not isinstance(e, Exception):
-                raise
-            return
-        for (_, fut), res in zip(batch, results, strict=True):
-            if fut.done():  # its caller was cancelled meanwhile
-                continue
-            if isinstance(res, BaseException):
-                fut.set_exception(res)
-            else:
-                fut.set_result(res)
 
 
 async def read_many(redis: Any, adds: list[Callable[[Any], None]]

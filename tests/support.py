@@ -323,3 +323,28 @@ class SmtpSink:
         if self.controller is not None:
             self.controller.stop()
             self.controller = None
+
+
+async def fill_redis(r: Any) -> int:
+    """Make Redis full (`maxmemory` with `noeviction`): write filler values (`filler:<n>`)
+    until it refuses even a tiny one with OOM (big ones first, then smaller: a refused big
+    value frees its query buffer again), then pin the limit below what is used, so client
+    buffers coming and going never let a write in. Returns how many keys it wrote."""
+    from redis.exceptions import OutOfMemoryError
+
+    used = int((await r.info("memory"))["used_memory"])
+    await r.config_set("maxmemory-policy", "noeviction")
+    await r.config_set("maxmemory", str(used + 4 * 1024 * 1024))
+    n = 0
+    for size in (256 * 1024, 16 * 1024, 1024, 64, 1):
+        for _ in range(10_000):  # bounded: maxmemory is a few MB above use
+            try:
+                await r.set(f"filler:{n}", b"x" * size)
+                n += 1
+            except OutOfMemoryError:  # redis-py's class for an `OOM ...` answer
+                break
+        else:
+            raise AssertionError("Redis never refused a write")
+    used = int((await r.info("memory"))["used_memory"])
+    await r.config_set("maxmemory", str(used - 512 * 1024))
+    return n

@@ -16,7 +16,7 @@ from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
 from streams.keys import CENTER_GROUP
-from support import eventually
+from support import eventually, fill_redis
 
 __all__ = ["stack"]
 
@@ -33,22 +33,6 @@ for line in sys.stdin:
         print(json.dumps({"type": "notice", "title": "wrapped " + m["id"],
                           "recipients": ["1"]}), flush=True)
 """
-
-async def _fill(r: Redis) -> int:
-    """Write filler values until Redis refuses even a tiny one with OOM (big ones first, then
-    smaller: a refused big value frees its query buffer again); returns how many keys."""
-    n = 0
-    for size in (256 * 1024, 16 * 1024, 1024, 64, 1):
-        for _ in range(10_000):  # bounded: maxmemory is a few MB above use
-            try:
-                await r.set(f"filler:{n}", b"x" * size)
-                n += 1
-            except OutOfMemoryError:  # redis-py's class for an `OOM ...` answer
-                break
-        else:
-            raise AssertionError("Redis never refused a write")
-    return n
-
 
 async def _state(r: Redis) -> dict[str, object]:
     return {"notices": await r.xlen(K.notices), "topic": await r.xlen(K.topic("x")),
@@ -85,13 +69,7 @@ async def test_full_redis_refuses_ingest_cleanly_and_recovers(stack: Stack, tmp_
                          what="wrapper up")
         await r.xadd(K.notices, {"alert": "disk", "title": "queued", "recipients": "1"})
 
-        used = int((await r.info("memory"))["used_memory"])
-        await r.config_set("maxmemory-policy", "noeviction")
-        await r.config_set("maxmemory", str(used + 4 * 1024 * 1024))
-        filled = await _fill(r)
-        # pin it over the limit: client buffers coming and going must not let writes in
-        used = int((await r.info("memory"))["used_memory"])
-        await r.config_set("maxmemory", str(used - 512 * 1024))
+        filled = await fill_redis(r)
         before = await _state(r)
 
         # HTTP ingest: 503 + Retry-After, with and without an Idempotency-Key

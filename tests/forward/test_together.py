@@ -7,7 +7,8 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from streams.forward import PerIteration, read_many
+from streams.forward import read_many
+from streams.together import PerIteration
 
 
 async def test_reads_started_together_get_their_own_replies(redis):
