@@ -7,8 +7,10 @@ from __future__ import annotations
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -106,3 +108,61 @@ def test_a_round_leaves_nothing_on_disk_and_a_failed_one_its_logs() -> None:
     assert (world.dir / "part.log").read_text() == "what went wrong"
     assert not (world.dir / "redis").exists()
     shutil.rmtree(world.dir)
+
+
+def _children(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                stat = (d / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(d.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) -> None:
+    """The parts run in sessions of their own (a signal to the bench's process group misses
+    them): SIGTERM must unwind the bench as Ctrl-C does, or `timeout vestnik bench` leaves
+    an api, a center and a redis-server running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    bench = subprocess.Popen([sys.executable, "-m", "app.cli", "bench", "--quick", "--only",
+                              "B2"], env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE, text=True)
+    kids: list[int] = []
+    try:
+        for _ in range(600):  # up to 60 s for the redis-server, the api and the center
+            kids = _children(bench.pid)
+            if len(kids) >= 3 or bench.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert len(kids) >= 3, f"the bench started {len(kids)} processes"
+        bench.send_signal(signal.SIGTERM)
+        _, err = bench.communicate(timeout=90)
+        assert bench.returncode == 128 + signal.SIGTERM, err[-2000:]
+        assert "stopped by SIGTERM" in err
+        left = []
+        for _ in range(100):  # up to 10 s for the last ones to be reaped
+            left = [pid for pid in kids if _alive(pid)]
+            if not left:
+                break
+            time.sleep(0.1)
+        assert not left, f"left running: {left}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+            bench.wait(10)
+        for pid in kids:  # whatever a failure left behind
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
