@@ -28,7 +28,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bench.env import BenchProc, World  # noqa: E402
+from app.bench.env import BenchProc, World, run_stoppable  # noqa: E402
 from app.bench.suite import fresh_aof, group_state, load_notices, seed_users  # noqa: E402
 from streams.keys import CENTER_GROUP, Keys  # noqa: E402
 
@@ -155,7 +155,7 @@ def main() -> None:
     for i in range(args.rounds):  # interleaved, so both see the same load
         for name, root in variants.items():
             args.py_spy = spy if i == args.rounds - 1 and root is None else None
-            row = asyncio.run(one_round(args, root))
+            row = run_stoppable(one_round(args, root))
             rows[name].append(row)
             print(f"round {i + 1} {name}: {row['rate']:,.0f} notices/s, ceiling "
                   f"{row['ceiling']:,.0f}/s, ratio {row['ratio']:.2f}; CPU per notice: center "

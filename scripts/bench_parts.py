@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from app.bench import forwarding as b7  # noqa: E402
 from app.bench import suite  # noqa: E402
 from app.bench.core import percentile  # noqa: E402
-from app.bench.env import BenchProc, World  # noqa: E402
+from app.bench.env import BenchProc, World, run_stoppable  # noqa: E402
 from app.bench.forwarding import cpu_seconds  # noqa: E402
 
 Load = Callable[[], Awaitable[int]]  # runs the load, returns the notices delivered
@@ -129,7 +129,5 @@ if __name__ == "__main__":
     ap.add_argument("--clients", type=int, default=1, help="b7: closed-loop clients")
     ap.add_argument("--py-spy", nargs="*", default=[], choices=["api", "center", "receiver"])
     args = ap.parse_args()
-    import uvloop
-
-    uvloop.run(b2_parts(args.rate, args.seconds, args.py_spy) if args.load == "b2"
-               else b7_parts(args.seconds, args.py_spy, args.clients))
+    run_stoppable(b2_parts(args.rate, args.seconds, args.py_spy) if args.load == "b2"
+                  else b7_parts(args.seconds, args.py_spy, args.clients))

@@ -12,11 +12,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from contextlib import AbstractContextManager
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import httpx
 import jwt
@@ -30,6 +30,39 @@ logging.getLogger("httpx").setLevel(logging.WARNING)
 
 T = TypeVar("T")
 UP_PAUSE = 0.05
+
+
+def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+    """Run `main` on uvloop and return its result. SIGTERM and SIGHUP (a `timeout`, a
+    cancelled CI job) unwind it as Ctrl-C does, so every World stops its processes (each in
+    a session of its own, which a signal to the bench's process group misses) and its
+    redis-server, rather than the process dying and leaving them running; then it exits
+    with 128 + the signal (SystemExit)."""
+    import uvloop
+
+    got: list[int] = []
+
+    async def stoppable() -> T:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def stop(sig: int) -> None:
+            got.append(sig)
+            task.cancel()
+
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGHUP):
+            loop.add_signal_handler(sig, stop, sig)
+        return await main
+
+    try:
+        return uvloop.run(stoppable())
+    except asyncio.CancelledError:
+        if not got:
+            raise
+        sys.stderr.write(f"bench: stopped by {signal.Signals(got[0]).name}; its processes "
+                         "were stopped\n")
+        raise SystemExit(128 + got[0]) from None
 
 
 class BenchProc:
@@ -99,9 +132,12 @@ class World(AbstractContextManager["World"]):
             p.stop()
         self.redis_server.stop()
         # a round's AOF is up to 220 MB: a full run left 4.8 GB in /tmp. The logs of the
-        # parts are kept when the round failed (its error names the process, not the path)
-        shutil.rmtree(self.dir / "redis" if et is not None else self.dir, ignore_errors=True)
-        if et is not None:
+        # parts are kept when the round failed (its error names the process, not the path),
+        # not when it was stopped (Ctrl-C, SIGTERM)
+        failed = et is not None and not issubclass(et, asyncio.CancelledError
+                                                   | KeyboardInterrupt)
+        shutil.rmtree(self.dir / "redis" if failed else self.dir, ignore_errors=True)
+        if failed:
             sys.stderr.write(f"bench: the failed round's logs are in {self.dir}\n")
 
     @property
