@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from streams.center import Ingest
 from streams.config import Settings
 from streams.keys import Keys
+from streams.together import Appends
 
 
 @dataclass
@@ -19,7 +20,10 @@ class Ctx:
     redis: Redis
     # long-lived parts started by the lifespan (topic hub, user hub, ...), by name
     parts: dict[str, Any] = field(default_factory=dict)
+    # XADDs of requests that arrive together, in one pipeline (notices, topic events)
+    appends: Appends = field(init=False)
     ingest: Ingest = field(init=False)  # notices into the ingest stream
 
     def __post_init__(self) -> None:
-        self.ingest = Ingest(self.redis, self.keys)
+        self.appends = Appends(self.redis)
+        self.ingest = Ingest(self.redis, self.keys, self.appends)

@@ -31,8 +31,8 @@ async def publish_event(request: Request, ctx: Ctx, principal: Principal) -> Res
     topic = check_topic(request.path_params["topic"])
     body = await read_body(request, EventIn, ctx)
     event = TopicEvent(op=body.op, id=body.id, data=body.data, src=body.src)
-    sid = await publish(ctx.redis, ctx.keys, topic, event, maxlen=ctx.settings.topic_maxlen,
-                        via="http")
+    sid = await publish(ctx.appends, ctx.keys, topic, event,
+                        maxlen=ctx.settings.topic_maxlen, via="http")
     return json_response(Published(sid), 201)
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -51,3 +51,31 @@ class PerIteration(Generic[T, R]):
                 fut.set_exception(res)
             else:
                 fut.set_result(res)
+
+
+class Appends:
+    """XADDs made in one loop iteration (requests that arrived together) go out in one
+    pipeline: one write and one read for all of them, for the caller and for Redis. Each
+    caller gets its own entry's id, or Redis's own error for it (Redis full), which is not
+    annotated with the batch's commands: they hold the other callers' fields.
+
+    With B7's 8 clients this cut the api's CPU per notice by about a third and Redis's by a
+    quarter (a Zen 4 box); a pipeline of one costs the caller what a plain XADD does."""
+
+    def __init__(self, redis: Any) -> None:
+        self.redis = redis
+        self._adds: PerIteration[tuple[str, dict[Any, Any], int | None], bytes] = \
+            PerIteration(self._add_all)
+
+    async def xadd(self, key: str, fields: dict[Any, Any], *, maxlen: int | None = None
+                   ) -> bytes:
+        """XADD `fields` to `key` (trimmed with MAXLEN ~ `maxlen`); its stream id."""
+        return await self._adds.submit((key, fields, maxlen))
+
+    async def _add_all(self, items: list[tuple[str, dict[Any, Any], int | None]]
+                       ) -> list[bytes | BaseException]:
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for key, fields, maxlen in items:
+                pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
+            return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+

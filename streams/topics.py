@@ -18,6 +18,7 @@ from .ids import now_ms
 from .keys import Keys
 from .metrics import EVENTS_PUBLISHED
 from .schemas import Snapshot, TopicEvent, json_encode, topic_fields
+from .together import Appends
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
@@ -60,13 +61,17 @@ def check_topic(topic: str) -> str:
 
 
 async def publish(
-    redis: Redis, keys: Keys, topic: str, event: TopicEvent, *, maxlen: int, via: str = "api"
+    redis: Redis | Appends, keys: Keys, topic: str, event: TopicEvent, *, maxlen: int,
+    via: str = "api"
 ) -> str:
-    """XADD one event to the topic stream (trimmed with MAXLEN ~); returns its stream id."""
+    """XADD one event to the topic stream (trimmed with MAXLEN ~); returns its stream id.
+    Through `Appends` (the api), the events of requests that arrive together share one
+    pipeline."""
     check_topic(topic)
     if not event.ts:
         event.ts = now_ms()
-    sid = await redis.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen, approximate=True)
+    # (redis-py's XADD trims approximately by default, as Appends does)
+    sid = await redis.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen)
     EVENTS_PUBLISHED.labels(topic, via).inc()
     return sid.decode()
 

@@ -3,6 +3,7 @@ snapshot follows; resume with Last-Event-ID is exact."""
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 
 import msgspec
@@ -80,6 +81,27 @@ async def test_http_publish_validates_and_snapshot_deletes(api: Api, user_token)
         await http.post("/api/v1/topics/vm/events", json={"op": "delete", "id": "1"})
         snap = (await http.get("/api/v1/topics/vm")).json()
     assert snap["items"] == {"2": {"a": 2}}
+
+
+async def test_events_published_together_each_land_once_with_their_own_id(api: Api, redis,
+                                                                          keys):
+    """Concurrent POSTs share the api's XADD pipelines: each still gets its own stream id."""
+    async with api.client() as http:
+        rs = await asyncio.gather(*(
+            http.post("/api/v1/topics/vm/events",
+                      json={"op": "create", "id": f"vm-{i}", "data": {"n": i}})
+            for i in range(30)))
+        assert [r.status_code for r in rs] == [201] * 30
+        sids = [r.json()["sid"] for r in rs]
+        entries = {sid.decode(): fields for sid, fields in await redis.xrange(keys.topic("vm"))}
+        assert len(entries) == 30 and set(sids) == set(entries)
+        for i, sid in enumerate(sids):
+            assert entries[sid][b"id"] == f"vm-{i}".encode()
+        await eventually(lambda: _count(http, "vm", 30), what="all 30 in the snapshot")
+
+
+async def _count(http, topic, n):
+    return len((await http.get(f"/api/v1/topics/{topic}")).json()["items"]) == n
 
 
 async def test_vestnik_publish_command(api: Api, start_proc, user_token):
