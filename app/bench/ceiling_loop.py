@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 
 from streams.redis import connect
 
-PREFIX = "ceiling:"  # every key the loop writes (app.bench.suite.fresh_aof drops them)
+PREFIX = "ceiling:"  # every key the loop writes (app.bench.env.fresh_aof drops them)
 
 
 async def main(url: str, stream: str, group: str, packed: bool = False) -> None:

@@ -21,8 +21,11 @@ from typing import Any, TypeVar
 import httpx
 import jwt
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from streams.redis_server import RedisServer, free_port
+
+from . import ceiling_loop
 
 # the readiness polls would print a line each between the progress bars
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -63,6 +66,34 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
         sys.stderr.write(f"bench: stopped by {signal.Signals(got[0]).name}; its processes "
                          "were stopped\n")
         raise SystemExit(128 + got[0]) from None
+
+
+async def fresh_aof(r: Redis, timeout: float = 120) -> None:
+    """Drop what a ceiling loop wrote (its PREFIX) and rewrite the AOF, waiting until it is
+    done. B1 measures each side on one Redis, one after the other, with the AOF on as in
+    production: so each starts from the same compact AOF and pays for the rewrites of its
+    own writes only. (A rewrite forks Redis and copies the whole dataset; left in place, the
+    ceiling's 200,000-field hash and AOF growth were rewritten during the center's run.)
+    B2's and B7's latency rounds start from one too: Redis rewrites by itself at 64 MB of
+    growth, and a fork landing in one 4 s round is that round's p99."""
+    drop = [k async for k in r.scan_iter(match=f"{ceiling_loop.PREFIX}*", count=1000)]
+    if drop:
+        await r.delete(*drop)
+    deadline = time.monotonic() + timeout
+    started = False
+    while time.monotonic() < deadline:
+        info = await r.info("persistence")
+        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
+            if started:
+                return
+            try:  # (an automatic rewrite may have begun before the deletes: ours follows it)
+                await r.bgrewriteaof()
+                started = True
+            except ResponseError as e:
+                if "in progress" not in str(e):
+                    raise
+        await asyncio.sleep(0.05)
+    raise TimeoutError(f"the AOF rewrite did not finish in {timeout}s")
 
 
 class BenchProc:

@@ -11,14 +11,12 @@ from collections.abc import Awaitable, Callable
 import hiredis
 import msgspec
 from redis.asyncio import Redis
-from redis.exceptions import ResponseError
 
 from streams.keys import CENTER_GROUP, Keys
 from streams.redis_server import free_port
 
-from . import ceiling_loop
 from .core import Bench, percentile
-from .env import BenchProc, World, until_up
+from .env import BenchProc, World, fresh_aof, until_up
 from .forwarding import b5_forwarding, b7_immediate
 from .sse_client import SSEProtocol, open_sse
 from .wrapping import b4_wrapper
@@ -117,32 +115,6 @@ async def drain_rate(r: Redis, stream: str, group: str, n: int, proc: BenchProc,
                 return (n - r0) / max(now - t0, 1e-6) if now > t0 else float("inf")
         await asyncio.sleep(0.005)
     raise TimeoutError(f"{group} did not drain {n} entries in {timeout}s")
-
-
-async def fresh_aof(r: Redis, timeout: float = 120) -> None:
-    """Drop what a ceiling loop wrote (its PREFIX) and rewrite the AOF, waiting until it is
-    done. B1 measures each side on one Redis, one after the other, with the AOF on as in
-    production: so each starts from the same compact AOF and pays for the rewrites of its
-    own writes only. (A rewrite forks Redis and copies the whole dataset; left in place, the
-    ceiling's 200,000-field hash and AOF growth were rewritten during the center's run.)"""
-    drop = [k async for k in r.scan_iter(match=f"{ceiling_loop.PREFIX}*", count=1000)]
-    if drop:
-        await r.delete(*drop)
-    deadline = time.monotonic() + timeout
-    started = False
-    while time.monotonic() < deadline:
-        info = await r.info("persistence")
-        if not info["aof_rewrite_in_progress"] and not info["aof_rewrite_scheduled"]:
-            if started:
-                return
-            try:  # (an automatic rewrite may have begun before the deletes: ours follows it)
-                await r.bgrewriteaof()
-                started = True
-            except ResponseError as e:
-                if "in progress" not in str(e):
-                    raise
-        await asyncio.sleep(0.05)
-    raise TimeoutError(f"the AOF rewrite did not finish in {timeout}s")
 
 
 async def run_ceiling_loop(world: World, n: int, *, packed: bool = False) -> float:
