@@ -29,18 +29,11 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from app.bench.env import BenchProc, World, run_stoppable  # noqa: E402
+from app.bench.forwarding import cpu_seconds  # noqa: E402
 from app.bench.suite import fresh_aof, group_state, load_notices, seed_users  # noqa: E402
 from streams.keys import CENTER_GROUP, Keys  # noqa: E402
 
 K = Keys("vn:")
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_s(pid: int) -> float:
-    """utime + stime of a process, in seconds."""
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
 
 
 def log_errors(path: Path) -> str:
@@ -67,12 +60,12 @@ async def drain(r, group: str, n: int, proc: BenchProc, redis_pid: int,
         if st is not None:
             read, pending = st
             if t0 is None and read > 0:
-                t0, r0, c0, s0 = now, read, cpu_s(proc.pid), cpu_s(redis_pid)
+                t0, r0, c0, s0 = now, read, cpu_seconds(proc.pid), cpu_seconds(redis_pid)
             if read >= n and pending == 0:
                 assert t0 is not None and r0 is not None and c0 is not None and s0 is not None
                 done = n - r0
-                return (done / max(now - t0, 1e-6), (cpu_s(proc.pid) - c0) / max(done, 1),
-                        (cpu_s(redis_pid) - s0) / max(done, 1))
+                return (done / max(now - t0, 1e-6), (cpu_seconds(proc.pid) - c0) / max(done, 1),
+                        (cpu_seconds(redis_pid) - s0) / max(done, 1))
         await asyncio.sleep(0.005)
     raise SystemExit(f"{group} did not drain {n} entries in {timeout}s")
 

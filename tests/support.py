@@ -348,3 +348,12 @@ async def fill_redis(r: Any) -> int:
     used = int((await r.info("memory"))["used_memory"])
     await r.config_set("maxmemory", str(used - 512 * 1024))
     return n
+
+
+def gone(pid: int) -> bool:
+    """No such process, or only a zombie left for its (new) parent to reap."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (FileNotFoundError, ProcessLookupError):
+        return True
+    return state in ("Z", "X")

@@ -16,6 +16,8 @@ from types import SimpleNamespace
 
 import msgspec
 
+from support import gone
+
 
 def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
@@ -124,14 +126,6 @@ def _children(pid: int) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) -> None:
     """The parts run in sessions of their own (a signal to the bench's process group misses
     them): SIGTERM must unwind the bench as Ctrl-C does, or `timeout vestnik bench` leaves
@@ -154,7 +148,7 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
         assert "stopped by SIGTERM" in err and "failed round" not in err
         left = []
         for _ in range(100):  # up to 10 s for the last ones to be reaped
-            left = [pid for pid in kids if _alive(pid)]
+            left = [pid for pid in kids if not gone(pid)]
             if not left:
                 break
             time.sleep(0.1)
@@ -164,5 +158,5 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
             bench.kill()
             bench.wait(10)
         for pid in kids:  # whatever a failure left behind
-            if _alive(pid):
+            if not gone(pid):
                 os.kill(pid, signal.SIGKILL)

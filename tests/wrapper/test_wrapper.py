@@ -18,7 +18,6 @@ from wrapping import (
     alert_toml,
     dead_letters,
     delete_setting,
-    gone,
     metric,
     notices,
     proc_status,
@@ -28,7 +27,7 @@ from wrapping import (
     wait_exit,
 )
 
-from support import ROOT, eventually
+from support import ROOT, eventually, gone
 from wrapper.lines import LineSplitter, Oversized
 from wrapper.mailbox import Mailbox
 from wrapper.protocol import Entity, Ready, Settings

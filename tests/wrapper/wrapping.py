@@ -97,15 +97,6 @@ def proc_status(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def gone(pid: int) -> bool:
-    """No such process, or only a zombie left for its (new) parent to reap."""
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
-        return True
-    return state in ("Z", "X")
-
-
 def read_lines(path: Path) -> list[str]:
     return path.read_text().splitlines() if path.exists() else []
 
