@@ -98,7 +98,12 @@ def proc_status(pid: int, field: str) -> int:
 
 
 def read_lines(path: Path) -> list[str]:
-    return path.read_text().splitlines() if path.exists() else []
+    """The complete lines of a file a live process is writing: a line its writer has not
+    finished (a buffer flushed mid-line) is left for the next read."""
+    if not path.exists():
+        return []
+    text = path.read_text()
+    return text[:text.rfind("\n") + 1].splitlines()
 
 
 def wait_exit(proc: Any, timeout: float) -> tuple[int, float]:
