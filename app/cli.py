@@ -169,7 +169,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
 def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from .bench import main as bench_main
+    from .bench.run import main as bench_main
 
     return bench_main(args.quick, args.only, args.json_path, args.peer)
 

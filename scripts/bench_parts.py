@@ -32,8 +32,7 @@ sys.path.insert(0, str(ROOT))
 from app.bench import forwarding as b7  # noqa: E402
 from app.bench import suite  # noqa: E402
 from app.bench.core import percentile  # noqa: E402
-from app.bench.env import BenchProc, World, run_stoppable  # noqa: E402
-from app.bench.forwarding import cpu_seconds  # noqa: E402
+from app.bench.env import BenchProc, World, cpu_seconds, run_stoppable  # noqa: E402
 
 Load = Callable[[], Awaitable[int]]  # runs the load, returns the notices delivered
 

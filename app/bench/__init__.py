@@ -1,44 +1,6 @@
-"""`vestnik bench`: the figures that matter, each next to its ceiling measured in the same run."""
+"""`vestnik bench`: the figures that matter, each next to its ceiling measured in the same run.
 
-from __future__ import annotations
-
-import time
-from pathlib import Path
-
-import msgspec
-from rich.console import Console
-
-from .core import Bench, Report, machine, new_progress, table
-from .env import run_stoppable
-from .forwarding import use_peer
-from .suite import SUITE
-
-
-async def run(quick: bool, only: list[str], json_path: str | None,
-              peer: str | None = None) -> int:
-    use_peer(peer)
-    console = Console(stderr=True, width=150)
-    started = time.perf_counter()
-    names = [n for n in SUITE if not only or n in only]
-    with new_progress(console) as progress:
-        bench = Bench(quick=quick, console=console, progress=progress)
-        timings: dict[str, float] = {}
-        for name in names:
-            t0 = time.perf_counter()
-            await SUITE[name](bench)
-            timings[name] = round(time.perf_counter() - t0, 1)
-            console.log(f"{name} took {timings[name]:g} s")
-    console.print(table(bench.rows))
-    report = Report(machine=machine(), rows=bench.rows, seconds=round(time.perf_counter()
-                                                                       - started, 1),
-                    timings=timings)
-    if json_path:
-        Path(json_path).write_bytes(  # noqa: ASYNC240 - once, at the very end
-            msgspec.json.format(msgspec.json.encode(report)))
-        console.print(f"figures written to {json_path}")
-    return 0
-
-
-def main(quick: bool, only: list[str], json_path: str | None,
-         peer: str | None = None) -> int:
-    return run_stoppable(run(quick, only, json_path, peer))
+`app.bench.run` runs the suite. This package imports nothing itself: its modules also run
+as processes of their own (`python -m app.bench.sink`, `.ceiling_loop`, `.bare_http`, ...),
+which then load only what they use.
+"""

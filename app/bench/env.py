@@ -125,6 +125,12 @@ class BenchProc:
         self._log.close()
 
 
+def cpu_seconds(pid: int) -> float:
+    """CPU time a process has used (utime + stime), which the box's other load does not bend."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 async def until_up(attempt: Callable[[], Awaitable[T]], what: str, *,
                    proc: BenchProc | None = None, seconds: float = 10) -> T:
     """`attempt()`, a first request to a server just started, until it stops raising OSError:

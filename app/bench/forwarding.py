@@ -11,18 +11,13 @@ B7: `POST /api/v1/notices` (one notice per request, forward_after 0, a webhook c
 p50/p99/max at 100/s and 1,000/s (open loop, paced). With `--peer alertmanager` the same
 load runs against Prometheus Alertmanager (group_wait 0s, one alert per POST to
 /api/v2/alerts, a webhook receiver to the same sink) and its rows are `AM:`-prefixed.
-
-The sinks run in their own process (`python -m app.bench.forwarding http|smtp PORT
-STATS_PORT`), so the bench's event loop never competes with what it measures. Each
-request body carries `"t":<ns>` (the send time); the sink keeps arrival times and
-latencies and serves them as JSON on `GET /stats` (`POST /reset` clears them).
+The sinks are app.bench.sink's, each in a process of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import os
-import re
 import shutil
 import sys
 import tempfile
@@ -43,7 +38,8 @@ from streams.redis_server import free_port
 from streams.schemas import Notice, User, json_encode
 
 from .core import Bench, percentile
-from .env import BenchProc, World, fresh_aof, until_up
+from .env import BenchProc, World, cpu_seconds, fresh_aof, until_up
+from .sink import Sink, rate
 
 K = Keys("vn:")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # webhooks are signed, as in production
@@ -58,144 +54,6 @@ def use_peer(peer: str | None) -> None:
     """`vestnik bench --peer NAME`: run B7's load against NAME too (only alertmanager)."""
     global _peer
     _peer = peer
-
-
-class Stats(msgspec.Struct):
-    n: int
-    first: float  # arrival times, seconds (time.time)
-    last: float
-    lat_ms: list[float]
-
-
-# ------------------------------------------------------------------------ the sinks
-
-_STAMP = re.compile(rb'"t":"?(\d{16,20})')
-
-
-class _Record:
-    def __init__(self) -> None:
-        self.reset()
-
-    def reset(self) -> None:
-        self.n, self.first, self.last = 0, 0.0, 0.0
-        self.lat: list[float] = []
-
-    def hit(self, body: bytes) -> None:
-        now_ns = time.time_ns()
-        self.last = now_ns / 1e9
-        if not self.n:
-            self.first = self.last
-        self.n += 1
-        for m in _STAMP.finditer(body):  # an Alertmanager POST can carry several alerts
-            self.lat.append((now_ns - int(m.group(1))) / 1e6)
-
-    def stats(self) -> bytes:
-        return msgspec.json.encode(Stats(self.n, self.first, self.last, self.lat))
-
-
-class _HttpSink(asyncio.Protocol):
-    """HTTP/1.1 keep-alive; every request with a body is a hit, answered 200 at once."""
-
-    def __init__(self, rec: _Record) -> None:
-        self.rec, self.buf, self.transport = rec, b"", None
-
-    def connection_made(self, transport) -> None:  # type: ignore[no-untyped-def]
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        self.buf += data
-        while True:
-            end = self.buf.find(b"\r\n\r\n")
-            if end < 0:
-                return
-            head = self.buf[:end].lower()
-            m = re.search(rb"\r\ncontent-length:\s*(\d+)", head)
-            size = int(m.group(1)) if m else 0
-            if len(self.buf) < end + 4 + size:
-                return
-            body = self.buf[end + 4:end + 4 + size]
-            self.buf = self.buf[end + 4 + size:]
-            out = b""
-            if head.startswith(b"get /stats"):
-                out = self.rec.stats()
-            elif head.startswith(b"post /reset"):
-                self.rec.reset()
-            else:
-                self.rec.hit(body)
-            self.transport.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                                 b"Content-Length: %d\r\n\r\n%s" % (len(out), out))
-
-
-async def _serve(kind: str, port: int, stats_port: int) -> None:
-    rec = _Record()
-    loop = asyncio.get_running_loop()
-    if kind == "smtp":
-        from aiosmtpd.controller import Controller
-
-        class Handler:
-            async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
-                rec.hit(envelope.original_content or b"")
-                return "250 OK"
-
-        controller = Controller(Handler(), hostname="127.0.0.1", port=port)
-        controller.start()
-        # the SMTP sink runs in the controller's thread; stats here, read racily (counts)
-        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", stats_port)
-    else:
-        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", port)
-    async with server:
-        await server.serve_forever()
-
-
-# ------------------------------------------------------------------------ helpers
-
-
-class Sink:
-    def __init__(self, world_dir: Path, env: dict[str, str], kind: str) -> None:
-        self.port = free_port()
-        self.stats_port = free_port() if kind == "smtp" else self.port
-        self.proc = BenchProc([sys.executable, "-m", "app.bench.forwarding", kind,
-                               str(self.port), str(self.stats_port)], env,
-                              world_dir / f"sink-{kind}.log")
-        self.pool = HttpPool(per_host=2)
-
-    async def ready(self) -> None:
-        await until_up(self.reset, "sink", proc=self.proc)
-
-    async def reset(self) -> None:
-        await self.pool.post(f"http://127.0.0.1:{self.stats_port}/reset", b"", {})
-
-    async def stats(self) -> Stats:
-        req = b"GET /stats HTTP/1.1\r\nHost: x\r\n\r\n"
-        reader, writer = await asyncio.open_connection("127.0.0.1", self.stats_port)
-        try:
-            writer.write(req)
-            head = await reader.readuntil(b"\r\n\r\n")
-            size = int(re.search(rb"Content-Length: (\d+)", head).group(1))  # type: ignore[union-attr]
-            return msgspec.json.decode(await reader.readexactly(size), type=Stats)
-        finally:
-            writer.close()
-
-    async def wait(self, n: int, seconds: float) -> Stats:
-        deadline = time.monotonic() + seconds
-        while True:
-            st = await self.stats()
-            if st.n >= n or time.monotonic() > deadline:
-                return st
-            await asyncio.sleep(0.05)
-
-    async def close(self) -> None:
-        await self.pool.aclose()
-        self.proc.stop()
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def rate(st: Stats) -> float:
-    return (st.n - 1) / (st.last - st.first) if st.n > 1 and st.last > st.first else 0.0
 
 
 # ------------------------------------------------------------------------------ B5
@@ -625,17 +483,3 @@ def _side_by_side(bench: Bench) -> None:
         t.add_row(f"{rid} ({rows[rid].unit})", f"{rows[rid].value:g}",
                   "" if peer is None else f"{peer.value:g}")
     bench.console.print(t)
-
-
-def main(argv: list[str]) -> None:
-    kind, port, stats_port = argv[0], int(argv[1]), int(argv[2])
-    try:
-        import uvloop
-    except ImportError:  # pragma: no cover
-        asyncio.run(_serve(kind, port, stats_port))
-        return
-    uvloop.run(_serve(kind, port, stats_port))
-
-
-if __name__ == "__main__":
-    main(sys.argv[1:])
