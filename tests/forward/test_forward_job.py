@@ -512,7 +512,7 @@ async def run_stock_arq_worker(redis_url: str, keys: Keys) -> list[tuple[str, st
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
 
-    from streams.forward import FUNCTION, job_deserializer, job_serializer
+    from streams.forward.schedule import FUNCTION, job_deserializer, job_serializer
 
     calls: list[tuple[str, str]] = []
 
@@ -535,7 +535,7 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
     """A stock arq Worker (not ours) runs what add_forward_jobs wrote, once."""
     from arq.jobs import Job
 
-    from streams.forward import FUNCTION, job_deserializer
+    from streams.forward.schedule import FUNCTION, job_deserializer
 
     job = ForwardJob("N1", "7", now_ms())
     assert await schedule(redis, keys, job, job) == [1, 0]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from streams.forward import BROADCAST, ForwardJob, forward_delay, forward_jobs_for
+from streams.forward.schedule import BROADCAST, ForwardJob, forward_delay, forward_jobs_for
 from streams.schemas import Notice
 
 

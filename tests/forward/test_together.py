@@ -7,7 +7,7 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from streams.forward import read_many
+from streams.forward.job import read_many
 from streams.together import PerIteration
 
 

@@ -1,0 +1,30 @@
+"""Delayed forwarding: one arq job per (notice, user), run when due, sending only if unread.
+
+- `schedule`: what a forward is (`ForwardJob`) and how one is scheduled: arq's own job
+  record written by one script call per job, or by the notice center's store call.
+- `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
+  was read or already sent, send on each channel, record every attempt, retry.
+- `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with
+  a poll's claims and a loop iteration's finishes in one script call each.
+"""
+
+from .job import Delivery, DeliveryList, decode_delivery
+from .schedule import (
+    BROADCAST,
+    KEEP_RESULT_S,
+    Claim,
+    ForwardJob,
+    add_forward_jobs,
+    due_member,
+    forward_jobs_for,
+    job_id,
+    job_record,
+    wake_channel,
+)
+from .worker import ForwardWorker, make_worker, pump_due, run_forwarder
+
+__all__ = [
+    "BROADCAST", "KEEP_RESULT_S", "Claim", "Delivery", "DeliveryList", "ForwardJob",
+    "ForwardWorker", "add_forward_jobs", "decode_delivery", "due_member", "forward_jobs_for",
+    "job_id", "job_record", "make_worker", "pump_due", "run_forwarder", "wake_channel",
+]

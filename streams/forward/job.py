@@ -1,0 +1,398 @@
+"""The forward job: send a stored notice to one user (or its shared targets), once.
+
+The job (`forward(ctx, nid, uid)`)
+    Loads the notice (`keys.notice(nid)`) and the user (`HGET keys.state("user") uid`).
+    The notice is unread by `uid` while it is in the user's feed and not in their read set
+    (`keys.read`; a notice retention dropped counts as read). A read notice is recorded
+    `skipped_read` and nothing is sent. Otherwise each external
+    channel entry of `notice.channels` (not `ui` / `forward_after`) that lists the user
+    in `users` or has no `users` list is sent to the user's address on it, unless the
+    user's prefs switch it off (`prefs: {"email": false}` → `skipped_pref`) or the user
+    has no address there. uid `*` is the notice's user-independent targets (telegram
+    `chat_ids`, a webhook or Slack `url`), sent only if no recipient has read it.
+
+Retries
+    `retry` results (timeouts, refused connections, 5xx, 429) raise arq's `Retry` with
+    exponential backoff (`send_backoff * 2**(attempt-1)`, at least what the other side
+    asked for) until `send_attempts` attempts; `permanent` results (a 4xx such as a bad
+    chat id) are not retried. Every attempt is one JSON record RPUSHed to
+    `keys.deliveries(nid)` (`Delivery`) and counted in
+    `vestnik_forward_attempts_total{channel,status}`.
+
+Idempotency and the remaining duplicate window
+    After a successful send, `SET keys.sent + "<nid>:<uid>:<channel>" NX EX` marks it, and
+    every run skips channels already marked, so a retried, re-run (a worker that died or
+    was stopped mid-job) or re-scheduled job never resends what went out. The window that
+    remains:
+    a process that dies (or loses Redis) after the other side accepted a message and
+    before the marker is written resends that one message when the job runs again — at
+    least once, never silently lost. Webhook receivers can dedupe on `webhook-id`, which
+    is stable across retries (the notice id); emails carry a stable Message-ID.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any, Literal
+
+import msgspec
+from arq.constants import (
+    abort_jobs_ss,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
+from arq.worker import Retry
+from redis.commands.core import AsyncScript
+
+from ..channels import Channels, SendResult
+from ..config import Settings
+from ..ids import now_ms
+from ..keys import USER_TOPIC, Keys
+from ..metrics import FORWARD_ATTEMPTS
+from ..redis import RETRYABLE
+from ..schemas import Notice, User, decode_user, json_encode
+from ..together import PerIteration
+from .schedule import BROADCAST, Claim, external_channels, msgpack_encode
+
+log = logging.getLogger("vestnik.forward")
+
+MARKER_TTL_S = 86_400  # sent markers outlive every retry and re-run of a job
+DELIVERIES_TTL_S = 7 * 86_400  # the attempt log of a notice
+SEND_TIMEOUT_S = 30.0
+BACKOFF_CAP_S = 600.0
+
+DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref"]
+
+
+class Delivery(msgspec.Struct, kw_only=True):
+    """One attempt to send a notice on one channel; a JSON item of `keys.deliveries(nid)`."""
+
+    uid: str
+    channel: str
+    attempt: int
+    status: DeliveryStatus
+    detail: str = ""
+    at: int = 0
+
+
+class DeliveryList(msgspec.Struct):
+    items: list[Delivery]
+
+
+_notice_decoder = msgspec.json.Decoder(Notice)
+_delivery_decoder = msgspec.json.Decoder(Delivery)
+
+
+def decode_delivery(raw: bytes) -> Delivery:
+    return _delivery_decoder.decode(raw)
+
+
+class Pending(msgspec.Struct):
+    """Attempt records and sent markers of one job run, not written yet."""
+
+    nid: str
+    records: list[Delivery]
+    sent_markers: list[str]
+
+
+# Set by ForwardWorker.run_claimed for its job: the run's records and markers are then
+# written in the same MULTI as the job's finish (one round trip less per job) instead of
+# by `_record` itself. Unset (stock arq, tests calling `Forwarder.run`): written at once.
+PENDING: ContextVar[list[Pending] | None] = ContextVar("forward_pending", default=None)
+
+
+class Send(msgspec.Struct):
+    channel: str
+    marker: str  # marker key suffix: channel, or channel:key for one shared target
+    target: dict[str, Any]
+
+
+async def read_many(redis: Any, adds: list[Callable[[Any], None]]
+                    ) -> list[list[Any] | BaseException]:
+    """Every caller's commands (`add(pipe)` queues them) in one pipeline; each caller gets
+    its replies, or the first error among them (a PerIteration flush)."""
+    sizes: list[int] = []
+    async with redis.pipeline(transaction=False) as pipe:
+        for add in adds:
+            before = len(pipe)
+            add(pipe)
+            sizes.append(len(pipe) - before)
+        replies = await pipe.execute(raise_on_error=False)
+    out: list[list[Any] | BaseException] = []
+    at = 0
+    for n in sizes:
+        mine, at = replies[at:at + n], at + n
+        out.append(next((r for r in mine if isinstance(r, Exception)), mine))
+    return out
+
+
+def read_state_commands(pipe: Any, keys: Keys, uid: str, nid: str) -> None:
+    """Queue the two reads that tell whether `uid` has read `nid` (see `was_read`)."""
+    pipe.zscore(keys.feed(uid), nid)
+    pipe.zscore(keys.read(uid), nid)
+
+
+def was_read(in_feed: object, in_read: object) -> bool:
+    """The replies of `read_state_commands`: read, or dropped from the feed by retention."""
+    return in_feed is None or in_read is not None
+
+
+class Forwarder:
+    """What the job needs, built once per worker: Redis, key names, settings, channels."""
+
+    def __init__(self, redis: Any, keys: Keys, settings: Settings, channels: Channels) -> None:
+        self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
+        # the state reads of jobs that start together: one pipeline (one round trip a poll)
+        self._reads: PerIteration[Callable[[Any], None], list[Any]] = PerIteration(
+            lambda adds: read_many(redis, adds))
+
+    def backoff(self, attempt: int, asked: float | None) -> float:
+        delay = self.settings.send_backoff * (2 ** (attempt - 1))
+        return min(BACKOFF_CAP_S, max(delay, asked or 0.0))
+
+    async def run(self, nid: str, uid: str, attempt: int, fresh: Claim | None = None) -> str:
+        if fresh is not None:  # just stored: nothing sent, nobody has read it yet
+            notice, user = fresh.notice, fresh.user
+            sends, records = (self._shared_sends(notice), []) if user is None \
+                else self._user_sends(notice, user, attempt)
+            if not sends:
+                await self._record(nid, records)
+                return "nothing to send"
+            return await self._deliver(notice, uid, user, attempt, sends, records)
+        k = self.keys
+        # one read for a user (in one round trip with the other jobs starting now): the
+        # notice, the user, unread?, and the sent markers of every channel that could apply
+        # (a user's marker is `<nid>:<uid>:<channel>`)
+        names = list(self.channels.classes) if uid != BROADCAST else []
+
+        def add(pipe: Any) -> None:
+            pipe.get(k.notice(nid))
+            if uid != BROADCAST:
+                pipe.hget(k.state(USER_TOPIC), uid)
+                read_state_commands(pipe, k, uid, nid)
+                for name in names:
+                    pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
+
+        replies = await self._reads.submit(add)
+        if replies[0] is None:
+            log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
+            return "notice not found"
+        notice = _notice_decoder.decode(replies[0])
+        records: list[Delivery] = []
+        if uid == BROADCAST:
+            user = None
+            sends = self._shared_sends(notice)
+        else:
+            if replies[1] is None:
+                log.warning("forward %s: user %s not found in %s", nid, uid, k.state(USER_TOPIC))
+                if attempt == 1:
+                    await self._record(nid, [self._rec(uid, "", attempt, "failed",
+                                                       f"user {uid} not found")])
+                return "user not found"
+            user = decode_user(uid, replies[1])
+            if isinstance(user, str):
+                log.warning("forward %s: %s", nid, user)
+                if attempt == 1:
+                    await self._record(nid, [self._rec(uid, "", attempt, "failed", user)])
+                return user
+            sends, records = self._user_sends(notice, user, attempt)
+        if not sends:
+            await self._record(nid, records)
+            return "nothing to send"
+        if uid == BROADCAST:
+            sends, read = await self._broadcast_state(notice, sends)
+        else:
+            marked = {name for name, m in zip(names, replies[4:], strict=True) if m}
+            sends = [s for s in sends if s.marker not in marked]
+            read = was_read(replies[2], replies[3])
+        if not sends:
+            await self._record(nid, records)
+            return "already sent"
+        if read:
+            records += [self._rec(uid, s.channel, attempt, "skipped_read") for s in sends]
+            await self._record(nid, records)
+            return "read"
+        return await self._deliver(notice, uid, user, attempt, sends, records)
+
+    async def _deliver(self, notice: Notice, uid: str, user: User | None, attempt: int,
+                       sends: list[Send], records: list[Delivery]) -> str:
+        """Send on every channel in `sends`; record each attempt; Retry what may succeed
+        later."""
+        nid, k = notice.id, self.keys
+        final = attempt >= self.settings.send_attempts
+        results = await asyncio.gather(*(self._send(notice, user, s) for s in sends),
+                                       return_exceptions=True)
+        sent: list[Send] = []
+        retry_after: list[float] = []
+        bug: BaseException | None = None
+        for s, res in zip(sends, results, strict=True):
+            if isinstance(res, BaseException):
+                bug = bug or res
+                records.append(self._rec(uid, s.channel, attempt, "failed",
+                                         f"{s.marker}: {type(res).__name__}: {res}"))
+                continue
+            detail = res.detail if s.marker == s.channel else f"{s.marker}: {res.detail}"
+            if res.ok:
+                sent.append(s)
+                records.append(self._rec(uid, s.channel, attempt, "sent", detail))
+            elif res.status == "retry" and not final:
+                retry_after.append(res.retry_after or 0.0)
+                records.append(self._rec(uid, s.channel, attempt, "retrying", detail))
+            else:
+                records.append(self._rec(uid, s.channel, attempt, "failed", detail))
+        await self._record(nid, records, sent_markers=[
+            f"{k.sent}{nid}:{uid}:{s.marker}" for s in sent])
+        if bug is not None:
+            raise bug
+        if retry_after:
+            delay = self.backoff(attempt, max(retry_after))
+            raise Retry(defer=delay)
+        return f"sent {len(sent)}/{len(sends)}"
+
+    def _user_sends(self, notice: Notice, user: User, attempt: int
+                    ) -> tuple[list[Send], list[Delivery]]:
+        sends: list[Send] = []
+        records: list[Delivery] = []
+        for name, target in external_channels(notice).items():
+            users = target.get("users")
+            if isinstance(users, list) and user.id not in {str(u) for u in users}:
+                continue
+            address = self.channels.user_address(name)
+            if name in self.channels.classes and (address is None
+                                                  or not getattr(user, address, None)):
+                continue  # not a per-user channel, or the user has no address on it
+            if user.prefs.get(name) is False:
+                if attempt == 1:
+                    records.append(self._rec(user.id, name, attempt, "skipped_pref",
+                                             f"user {user.id} switched {name} off"))
+                continue
+            sends.append(Send(name, name, target))
+        return sends, records
+
+    def _shared_sends(self, notice: Notice) -> list[Send]:
+        sends: list[Send] = []
+        for name, target in external_channels(notice).items():
+            channel = self.channels.get(name)
+            if channel is None:
+                if target.get("chat_ids") or target.get("url"):
+                    sends.append(Send(name, name, target))  # recorded as not configured
+                continue
+            for key, one in channel.shared_targets(target):
+                sends.append(Send(name, f"{name}:{key}" if key else name, one))
+        return sends
+
+    async def _broadcast_state(self, notice: Notice, sends: list[Send]
+                               ) -> tuple[list[Send], bool]:
+        """The shared sends not marked sent yet, and whether any recipient has read it."""
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for s in sends:
+                pipe.exists(f"{self.keys.sent}{notice.id}:{BROADCAST}:{s.marker}")
+            for r in notice.recipients:
+                read_state_commands(pipe, self.keys, r, notice.id)
+            replies = await pipe.execute()
+        marked, scores = replies[:len(sends)], replies[len(sends):]
+        return ([s for s, m in zip(sends, marked, strict=True) if not m],
+                any(was_read(f, r) for f, r in zip(scores[::2], scores[1::2], strict=True)))
+
+    async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
+        channel = self.channels.get(s.channel)
+        if channel is None:
+            why = "is not configured" if s.channel in self.channels.classes else "is unknown"
+            return SendResult.permanent(f"channel {s.channel} {why}")
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_S):
+                return await channel.send(notice, user, s.target)
+        except TimeoutError:
+            return SendResult.retry(f"no answer in {SEND_TIMEOUT_S:g}s")
+
+    @staticmethod
+    def _rec(uid: str, channel: str, attempt: int, status: DeliveryStatus,
+             detail: str = "") -> Delivery:
+        return Delivery(uid=uid, channel=channel, attempt=attempt, status=status,
+                        detail=detail[:1000], at=now_ms())
+
+    async def _record(self, nid: str, records: list[Delivery],
+                      sent_markers: list[str] | None = None) -> None:
+        if not records and not sent_markers:
+            return
+        pending = PENDING.get()
+        if pending is not None:  # ForwardWorker writes them with the job's finish
+            pending.append(Pending(nid, records, sent_markers or []))
+            return
+        # no job to finish (a stock arq worker, a direct call): the records alone
+        await self.finish(None, [[None, 0, 0, 0, 0, [self.record_args(
+            Pending(nid, records, sent_markers or []))]]], [])
+        self.count(records)
+
+    def record_args(self, p: Pending) -> list[Any]:
+        """`p` as `_FINISH` takes it: [deliveries key, [record JSON...], [marker key...]]."""
+        return [self.keys.deliveries(p.nid), [json_encode(r).decode() for r in p.records],
+                p.sent_markers]
+
+    async def finish(self, queue: str | None, jobs: list[list[Any]],
+                     results: list[bytes]) -> None:
+        """Run `_FINISH`: the jobs' finishes (arq's) with their records and sent markers."""
+        await _FINISH(keys=[], args=[msgpack_encode([
+            [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
+             abort_jobs_ss, queue or "", MARKER_TTL_S, DELIVERIES_TTL_S], jobs]), *results],
+            client=self.redis)
+
+    @staticmethod
+    def count(records: list[Delivery]) -> None:
+        for r in records:
+            FORWARD_ATTEMPTS.labels(r.channel or "-", r.status).inc()
+
+
+async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
+    """The arq job: forward notice `nid` to user `uid` (see the module docstring)."""
+    forwarder: Forwarder = ctx["forwarder"]
+    attempt = ctx.get("job_try") or 1
+    try:
+        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"))
+    except RETRYABLE as e:
+        # Redis flaked (restart, failover): run again later; sent markers skip what went out
+        delay = forwarder.backoff(min(attempt, 6), None)
+        log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid, e,
+                    delay)
+        raise Retry(defer=delay) from e
+
+
+# arq's finish_job for the jobs that ended in one loop iteration, with their attempt
+# records and sent markers: one call, atomic as arq's MULTI. ARGV[1]: msgpack [[in-progress
+# prefix, result prefix, retry prefix, job prefix, abort set, queue, marker ttl s,
+# deliveries ttl s], [[job id, finished (0/1), keep result ms, ARGV index of its result or
+# 0, score increment (a retry) or 0, [[deliveries key, [record JSON...], [marker key...]]
+# ...]] per job]]; ARGV[2...]: the results (arq's msgpack records). A job id of nil: the
+# records and markers alone (the one place both are written).
+_FINISH = AsyncScript(None, b"""
+local h = cmsgpack.unpack(ARGV[1])
+local c, jobs = h[1], h[2]
+local progress, result, retry, job, abort, queue = c[1], c[2], c[3], c[4], c[5], c[6]
+for _, j in ipairs(jobs) do
+  local jid = j[1]  -- nil: records alone
+  for _, p in ipairs(j[6]) do
+    for _, m in ipairs(p[3]) do redis.call('SET', m, '1', 'NX', 'EX', c[7]) end
+    if #p[2] > 0 then
+      redis.call('RPUSH', p[1], unpack(p[2]))
+      redis.call('EXPIRE', p[1], c[8])
+    end
+  end
+  if not jid then
+    -- no job to finish
+  elseif j[2] == 1 then
+    if j[4] > 0 then redis.call('SET', result .. jid, ARGV[j[4]], 'PX', j[3]) end
+    redis.call('DEL', progress .. jid, retry .. jid, job .. jid)
+    redis.call('ZREM', abort, jid)
+    redis.call('ZREM', queue, jid)
+  else
+    if j[5] ~= 0 then redis.call('ZINCRBY', queue, j[5], jid) end
+    redis.call('DEL', progress .. jid)
+  end
+end
+return #jobs
+""")

@@ -1,0 +1,433 @@
+"""The forwarder: arq's Worker, claiming and finishing forward jobs in batched script calls.
+
+arq's Worker (`ForwardWorker`: the due jobs of a poll are read and claimed with one
+Lua call that also returns their records, instead of arq's WATCH/MULTI exchange and
+run_job's first MULTI per job; the jobs ending in one loop iteration share one
+finish call, atomic like arq's MULTI, that also writes their attempt records and sent
+markers), msgpack instead of pickle, polling every 50 ms and at once when jobs due now
+are published on `wake_channel`, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
+`vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
+`arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
+slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+from arq.connections import ArqRedis
+from arq.constants import expires_extra_ms
+from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
+from arq.utils import ms_to_datetime
+from arq.worker import JobExecutionFailed, Retry, Worker, func
+from redis.commands.core import AsyncScript
+
+from ..channels import Channels
+from ..config import ConfigError, Settings
+from ..ids import now_ms
+from ..keys import Keys
+from ..redis import RETRYABLE, Backoff
+from ..redis import pool as redis_pool
+from ..together import PerIteration
+from .job import PENDING, Forwarder, Pending, forward
+from .schedule import FUNCTION, KEEP_RESULT_S, Claim, job_deserializer, job_serializer, wake_channel
+
+log = logging.getLogger("vestnik.forward")
+
+JOB_TIMEOUT_S = 120
+MAX_JOBS = 64  # concurrent jobs per forwarder (sends are I/O-bound; more forwarders scale out)
+POLL_DELAY_S = 0.05
+
+
+class _ArqRedis(ArqRedis):
+    async def close(self, close_connection_pool: bool | None = None) -> None:
+        # arq 0.28 still calls redis-py's deprecated close(); same effect, no warning
+        await self.aclose(close_connection_pool=close_connection_pool)
+
+
+def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
+    assert settings.redis_url
+    shared = redis_pool(settings.redis_url, max_connections=max_connections,
+                        name="vestnik-forwarder")
+    return _ArqRedis(shared, job_serializer=job_serializer, job_deserializer=job_deserializer,
+                     default_queue_name=keys.arq_queue)
+
+
+# Delayed forwards wait in `keys.forward_due` (a sorted set: member `due_member(nid, uid)`,
+# score the due time in ms), written by the notice center's store call: one ZADD member per
+# (notice, user) instead of an arq job record, a key with an expiry and a queue entry each
+# (the center's hot path; ZADD of the same member again is a no-op, so a re-delivered
+# notice schedules nothing twice). When due, `_PUMP` turns them into arq jobs exactly as
+# `add_forward_jobs` writes them (unless the job or its result exists) and drops them.
+# KEYS: queue, due set. ARGV (from 5): job id prefix, function, job expiry ms, pump limit.
+_PUMP = b"""
+local function pump(queue, due_key, now, prefix, fn, expiry, limit)
+  local items = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                           limit)
+  if #items == 0 then return 0 end
+  local pack = cmsgpack.pack
+  -- arq's job record {t: nil, f: fn, a: [nid, uid], k: {}, et: now} in msgpack; the
+  -- member is the msgpack array [nid, uid] already
+  local head = '\\133' .. pack('t') .. '\\192' .. pack('f') .. pack(fn) .. pack('a')
+  local tail = pack('k') .. '\\128' .. pack('et') .. pack(now)
+  local members = {}
+  for i = 1, #items, 2 do
+    local m, score = items[i], items[i + 1]
+    local a = cmsgpack.unpack(m)
+    local jid = prefix .. a[1] .. ':' .. a[2]
+    if redis.call('EXISTS', 'arq:job:' .. jid, 'arq:result:' .. jid) == 0 then
+      redis.call('PSETEX', 'arq:job:' .. jid, expiry, head .. m .. tail)
+      redis.call('ZADD', queue, score, jid)
+    end
+    members[#members + 1] = m
+  end
+  redis.call('ZREM', due_key, unpack(members))
+  return #members
+end
+"""
+
+# KEYS: queue, due set. ARGV: now ms, in-progress ttl ms, max jobs to claim, queue read
+# limit, then _PUMP's. Pumps the due forwards into jobs, reads the due ids (arq's
+# ZRANGEBYSCORE) and claims them as arq's start_jobs does (the in-progress key, SET NX).
+# Returns the number of due ids read and of forwards pumped, then per claimed job: id,
+# score, the job record (false when expired) and the try number — what arq's run_job
+# reads first with its own MULTI (GET job, INCR + EXPIRE retry key).
+_CLAIM = _PUMP + b"""
+local n, limit, now = 0, tonumber(ARGV[3]), tonumber(ARGV[1])
+local pumped = pump(KEYS[1], KEYS[2], now, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
+                       tonumber(ARGV[4]))
+local out = {#ids / 2, pumped}
+for i = 1, #ids, 2 do
+  if n >= limit then break end
+  local id, score = ids[i], ids[i + 1]
+  if redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', ARGV[2], 'NX') then
+    out[#out + 1] = id
+    out[#out + 1] = score
+    out[#out + 1] = redis.call('GET', 'arq:job:' .. id)
+    out[#out + 1] = redis.call('INCR', 'arq:retry:' .. id)
+    redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
+    n = n + 1
+  end
+end
+return out
+"""
+
+# The pump alone (for an arq Worker of one's own): KEYS and ARGV as _CLAIM's, ARGV[1] now.
+_PUMP_ONLY = AsyncScript(None, _PUMP + b"""
+return pump(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
+""")
+PUMP_LIMIT = 1000  # forwards turned into jobs per call (bounded script time)
+
+
+def _pump_args(keys: Keys) -> list[str | int]:
+    return [f"{keys.prefix}fwd:", FUNCTION, expires_extra_ms, PUMP_LIMIT]
+
+
+async def pump_due(redis: Any, keys: Keys) -> int:
+    """Turn the delayed forwards that are due into arq jobs (at most PUMP_LIMIT); returns
+    how many were taken. ForwardWorker does this on every poll; a stock arq Worker needs it
+    called beside it."""
+    return int(await _PUMP_ONLY(keys=[keys.arq_queue, keys.forward_due],
+                                args=[now_ms(), 0, 0, 0, *_pump_args(keys)], client=redis))
+
+
+class ForwardWorker(Worker):
+    """arq's Worker, claiming a poll's due jobs with one script call instead of a
+    WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key).
+
+    It polls every `poll_delay` as arq does, and also at once when (a) a message arrives
+    on `wake_channel` (jobs due now were scheduled) or (b) a job ends while the last poll
+    left due jobs unclaimed (every slot was busy) and a quarter of the slots are free
+    again: arq's loop would wait for the next
+    poll in both cases, which caps a worker at `max_jobs` per poll and delays an
+    immediate forward by up to `poll_delay`.
+    """
+
+    _claim: AsyncScript | None = None
+    _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
+    wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
+    _wake: asyncio.Event | None = None
+    _backlog = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._ending = PerIteration(self._finish_many)
+
+    def start_inline(self, claims: list[Claim]) -> None:
+        """Run jobs the notice center claimed in its store call, in this process, now (in
+        the worker's slots, as if this worker had claimed them; `Claim`)."""
+        for c in claims:
+            task = self.loop.create_task(self._run_inline(c))
+            self.tasks[c.job_id] = task
+
+    async def _run_inline(self, c: Claim) -> None:
+        await self.sem.acquire()
+        self.job_counter += 1
+        try:
+            await self.run_claimed(c.job_id, c.score, c.payload, 1, c)
+        finally:
+            self._release_sem_dec_counter_on_complete()
+
+    async def main(self) -> None:
+        # arq's main without its poll timer: the same iteration, woken early (see above)
+        self.ctx["redis"] = self.pool
+        if self.on_startup:
+            await self.on_startup(self.ctx)
+        wake = self._wake = asyncio.Event()
+        listener = (asyncio.create_task(self._listen(wake), name="forwarder-wake")
+                    if self.wake_on and not self.burst else None)
+        try:
+            while True:
+                wake.clear()
+                await self._poll_iteration()
+                if self.burst:
+                    if 0 <= self.max_burst_jobs <= self._jobs_started():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                    if await self._queues_empty():
+                        await asyncio.gather(*self.tasks.values())
+                        return
+                if not wake.is_set():
+                    try:
+                        async with asyncio.timeout(self.poll_delay_s):
+                            await wake.wait()
+                    except TimeoutError:
+                        pass
+        finally:
+            if listener is not None:
+                listener.cancel()
+                await asyncio.gather(listener, return_exceptions=True)
+
+    async def _queues_empty(self) -> bool:
+        async with self.pool.pipeline(transaction=False) as pipe:
+            pipe.zcard(self.queue_name)
+            pipe.zcard(self.ctx["forwarder"].keys.forward_due)
+            return not any(await pipe.execute())
+
+    async def _listen(self, wake: asyncio.Event) -> None:
+        """Set `wake` on every message of `wake_on`; resubscribe after a lost connection
+        (meanwhile the timer polls)."""
+        assert self.wake_on is not None
+        backoff = Backoff(base=0.1, cap=5.0)
+        while True:
+            pubsub = self.pool.pubsub()
+            try:
+                await pubsub.subscribe(self.wake_on)
+                backoff.reset()
+                while True:
+                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
+                    if msg is not None:
+                        wake.set()
+            except RETRYABLE as e:
+                log.warning("forwarder wake-up channel lost (%s); polling meanwhile", e)
+            finally:
+                await pubsub.aclose()
+            await backoff.wait()
+
+    def _release_sem_dec_counter_on_complete(self) -> None:
+        super()._release_sem_dec_counter_on_complete()
+        # a quarter of the slots free: one poll claims a batch, not one job per poll
+        if self._backlog and self._wake is not None \
+                and self.max_jobs - self.job_counter >= self.max_jobs // 4:
+            self._wake.set()
+
+    async def _poll_iteration(self) -> None:
+        """arq's poll: claim due jobs (one script call that also reads the queue: no
+        ZRANGEBYSCORE round trip with the ids sent back), reap done tasks, heartbeat."""
+        free = self.max_jobs - self.job_counter
+        if self.burst and self.max_burst_jobs >= 0:
+            free = min(free, self.max_burst_jobs - self._jobs_started())
+        if free > 0:
+            await self._claim_due(free)
+        else:
+            self._backlog = True  # full: the next job to end polls again
+        for job_id, t in list(self.tasks.items()):
+            if t.done():
+                del self.tasks[job_id]
+                t.result()  # errors of a job task surface, as in arq
+        await self.heart_beat()
+
+    async def _claim_due(self, free: int) -> None:
+        script = self._claim
+        if script is None:
+            script = self._claim = self.pool.register_script(_CLAIM)
+        keys: Keys = self.ctx["forwarder"].keys
+        due, pumped, *claimed = await script(
+            keys=[self.queue_name, keys.forward_due],
+            args=[now_ms(), int(self.in_progress_timeout_s * 1000), free,
+                  self.queue_read_limit, *_pump_args(keys)])
+        # every free slot taken and more were due: poll again as soon as slots free up
+        self._backlog = len(claimed) // 4 >= free and due > free
+        if pumped >= PUMP_LIMIT and self._wake is not None:
+            self._wake.set()  # more forwards are due: pump again at once
+        for i in range(0, len(claimed), 4):
+            await self.sem.acquire()  # never waits: at most `free` jobs are claimed
+            self.job_counter += 1
+            job_id = claimed[i].decode()
+            task = self.loop.create_task(self.run_claimed(
+                job_id, int(float(claimed[i + 1])), claimed[i + 2], int(claimed[i + 3])))
+            task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
+            self.tasks[job_id] = task
+
+    async def run_claimed(self, job_id: str, score: int, raw: bytes | None,
+                          job_try: int, fresh: Claim | None = None) -> None:
+        """arq's run_job for a job the claim script read: the same outcomes (result record,
+        retry with defer, max tries, failure, cancellation re-runs it) and the same finish
+        (`finish_job` / `finish_failed_job`), without run_job's first MULTI round trip and
+        its per-job task. Only `forward` runs here (arq's abort and cron are off)."""
+        start_ms = now_ms()
+        fn, args, kwargs, enqueue_ms = "<unknown>", (), {}, 0
+        failed: BaseException | None = None
+        if raw is None:
+            failed = JobExecutionFailed("job expired")
+        else:
+            try:
+                fn, args, kwargs, _, enqueue_ms = deserialize_job_raw(
+                    raw, deserializer=self.job_deserializer)
+            except SerializationError as e:
+                failed = e
+        function = self.functions.get(fn)
+        if failed is None and function is None:
+            failed = JobExecutionFailed(f"function {fn!r} not found")
+        if failed is None and function is not None:
+            max_tries = self.max_tries if function.max_tries is None else function.max_tries
+            if job_try > max_tries:
+                failed = JobExecutionFailed(f"max {max_tries} retries exceeded")
+        ref = f"{job_id}:{fn}"
+        if failed is not None or function is None:
+            log.warning("forward job %s failed before it ran: %s", ref, failed)
+            self.jobs_failed += 1
+            data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, False, failed,
+                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
+                                    serializer=self.job_serializer)
+            await asyncio.shield(self.finish_failed_job(job_id, data))
+            return
+        ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "score": score,
+               "enqueue_time": ms_to_datetime(enqueue_ms), "fresh": fresh}
+        timeout_s = self.job_timeout_s if function.timeout_s is None else function.timeout_s
+        result: Any = None
+        success = finish = False
+        incr_score: int | None = None
+        pending: list[Pending] = []
+        PENDING.set(pending)  # this task's context only
+        try:
+            async with asyncio.timeout(timeout_s):
+                result = await function.coroutine(ctx, *args, **kwargs)
+        except Retry as e:
+            incr_score = e.defer_score + (now_ms() - score) if e.defer_score else None
+            self.jobs_retried += 1
+        except asyncio.CancelledError:
+            # the worker stops: the job stays queued and runs again (arq's "cancelled, will
+            # be run again"); its in-progress key is dropped below
+            self.jobs_retried += 1
+            await asyncio.shield(self._finish(job_id, pending, False, None, 0, None))
+            raise
+        except Exception as e:
+            log.exception("forward job %s failed: %s: %s", ref, type(e).__name__, e)
+            result, finish = e, True
+            self.jobs_failed += 1
+        else:
+            success = finish = True
+            self.jobs_complete += 1
+        keep = self.keep_result_s if function.keep_result_s is None else function.keep_result_s
+        data = None
+        if finish and keep > 0:
+            data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, success, result,
+                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
+                                    serializer=self.job_serializer)
+        await asyncio.shield(self._finish(job_id, pending, finish, data, keep, incr_score))
+
+    async def _finish(self, job_id: str, pending: list[Pending], finish: bool,
+                      result: bytes | None, keep_s: float, incr_score: int | None) -> None:
+        """arq's finish_job with the run's attempt records and sent markers. The jobs that
+        end in the same loop iteration share one MULTI (one round trip, one write)."""
+        await self._ending.submit((job_id, pending, finish, result, keep_s, incr_score))
+
+    async def _finish_many(self, batch: list[tuple[Any, ...]]) -> list[BaseException | None]:
+        forwarder: Forwarder = self.ctx["forwarder"]
+        jobs: list[list[Any]] = []
+        results: list[bytes] = []
+        for job_id, pending, finish, result, keep_s, incr_score in batch:
+            if finish and result:
+                results.append(result)
+            jobs.append([job_id, int(finish), int(keep_s * 1000),
+                         (len(results) + 1) if finish and result else 0, incr_score or 0,
+                         [forwarder.record_args(p) for p in pending]])
+        # an error reaches each job (RETRYABLE: its in-progress key expires)
+        await forwarder.finish(self.queue_name, jobs, results)
+        for _, pending, *_ in batch:
+            for p in pending:
+                forwarder.count(p.records)
+        return [None] * len(batch)
+
+
+def make_worker(settings: Settings, *, burst: bool = False,
+                channels: Channels | None = None) -> ForwardWorker:
+    """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
+    if not settings.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
+    keys = Keys(settings.prefix)
+    redis = arq_pool(settings, keys, MAX_JOBS + 8)
+    forwarder = Forwarder(redis, keys, settings,
+                          channels or Channels.from_settings(settings))
+    if logging.getLogger("arq.worker").level == logging.NOTSET:
+        # arq logs every job start and end at INFO: too much at 1,000 jobs/s
+        logging.getLogger("arq.worker").setLevel(logging.WARNING)
+    if logging.getLogger("httpx").level == logging.NOTSET:
+        # httpx logs every request's URL at INFO: a Telegram bot token is in the path and
+        # a Slack or webhook URL can be a secret itself (attempts are in /deliveries)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
+    worker = ForwardWorker(
+        [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
+              max_tries=settings.send_attempts + 3)],
+        queue_name=keys.arq_queue,
+        redis_pool=redis,
+        burst=burst,
+        handle_signals=False,
+        poll_delay=POLL_DELAY_S,
+        max_jobs=MAX_JOBS,
+        queue_read_limit=2 * MAX_JOBS,
+        ctx={"forwarder": forwarder},
+        job_serializer=job_serializer,
+        job_deserializer=job_deserializer,
+        health_check_interval=30,
+    )
+    worker.wake_on = wake_channel(keys)
+    return worker
+
+
+async def run_forwarder(settings: Settings, *, burst: bool = False,
+                        worker: ForwardWorker | None = None) -> None:
+    """Run forward jobs until cancelled (or, with `burst`, until the queue is empty).
+
+    Embeddable: it installs no signal handlers; cancel the task to stop it. Jobs running
+    at that moment are cancelled and run again later (their sent markers prevent a
+    second send of what already went out).
+    """
+    worker = worker or make_worker(settings, burst=burst)
+    forwarder: Forwarder = worker.ctx["forwarder"]
+    loop = asyncio.get_running_loop()
+    backoff = Backoff(base=0.1, cap=5.0)
+    try:
+        while True:
+            # arq's poll loop ends on the first refused connection (redis-py does not retry
+            # a refused connect): run it again once Redis is back, instead of stopping
+            started = loop.time()
+            try:
+                await worker.async_run()
+                return
+            except RETRYABLE as e:
+                if loop.time() - started > 30:
+                    backoff.reset()
+                log.warning("forwarder lost Redis (%s); polling again after a backoff", e)
+                await backoff.wait()
+    finally:
+        try:
+            await worker.close()
+        except RETRYABLE as e:
+            log.warning("forwarder closed without Redis (%s)", e)
+        finally:
+            await forwarder.channels.aclose()
