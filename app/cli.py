@@ -267,8 +267,8 @@ def _send_args(p: argparse.ArgumentParser) -> None:
 
 @command("send", "send one notice (XADD to the ingest stream)", _send_args)
 def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.center import Ingest
     from streams.errors import BadInput
+    from streams.ingest import Ingest
     from streams.keys import Keys
     from streams.redis import connect
     from streams.schemas import NoticeIn, convert

@@ -7,8 +7,8 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streams.center import Ingest
 from streams.config import Settings
+from streams.ingest import Ingest
 from streams.keys import Keys
 from streams.together import Appends
 

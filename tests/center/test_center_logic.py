@@ -15,11 +15,11 @@ from streams.center import (
     derived_id,
     is_muted,
     merge_channels,
-    prepare,
     wants_forward,
 )
 from streams.errors import BadInput
 from streams.ids import encode_ulid
+from streams.ingest import prepare
 from streams.schemas import AlertSetting, Notice, NoticeIn, User, decode_notice_entry, decode_user
 
 

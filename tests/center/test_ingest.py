@@ -9,7 +9,7 @@ import asyncio
 import pytest
 from redis.exceptions import OutOfMemoryError
 
-from streams.center import Ingest
+from streams.ingest import Ingest
 from streams.schemas import NoticeIn, decode_notice_entry
 from support import fill_redis
 
