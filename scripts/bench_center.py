@@ -28,8 +28,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bench.env import BenchProc, World, cpu_seconds, run_stoppable  # noqa: E402
-from app.bench.suite import fresh_aof, group_state, load_notices, seed_users  # noqa: E402
+from app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, run_stoppable  # noqa: E402
+from app.bench.suite import group_state, load_notices, seed_users  # noqa: E402
 from streams.keys import CENTER_GROUP, Keys  # noqa: E402
 
 K = Keys("vn:")

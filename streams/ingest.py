@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import msgspec
 from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
 
 from .ids import now_ms, ulid
 from .keys import Keys
@@ -18,13 +19,13 @@ IDEMPOTENCY_TTL_S = 86_400
 # KEYS: idempotency key, notices stream. ARGV: ttl, notice id, then field/value pairs.
 # The key and the entry are written together, so a failure never leaves a key that
 # points to a notice that was not added.
-INGEST_LUA = """
+_INGEST = AsyncScript(None, b"""
 local prev = redis.call('GET', KEYS[1])
 if prev then return prev end
 redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
 redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
 return ARGV[2]
-"""
+""")
 
 
 def prepare(notice: NoticeIn) -> NoticeIn:
@@ -35,8 +36,8 @@ def prepare(notice: NoticeIn) -> NoticeIn:
 
 
 class Ingest:
-    """Notices into the ingest stream (`vn:notices`), as the api's POST and `vestnik send`
-    add them; the XADDs of requests that arrive together share one pipeline (`Appends`)."""
+    """One per process (the api's `Ctx`, `vestnik send`): its Redis and the shared
+    `Appends`."""
 
     def __init__(self, redis: Redis, keys: Keys, appends: Appends | None = None) -> None:
         self.redis = redis
@@ -57,8 +58,8 @@ class Ingest:
         argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
         for k, v in fields.items():
             argv += [k, v]
-        got = await self.redis.register_script(INGEST_LUA)(
-            keys=[self.keys.idempotency(idempotency_key), self.keys.notices], args=argv)
+        got = await _INGEST(keys=[self.keys.idempotency(idempotency_key), self.keys.notices],
+                            args=argv, client=self.redis)
         nid = got.decode() if isinstance(got, bytes) else str(got)
         if nid == notice.id:
             NOTICES_INGESTED.labels(via).inc()

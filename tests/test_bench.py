@@ -16,7 +16,7 @@ from types import SimpleNamespace
 
 import msgspec
 
-from support import gone
+from support import children, gone
 
 
 def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
 async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(redis) -> None:
     """fresh_aof drops what the ceiling loop wrote, keeps the notices both sides read, and
     returns once the AOF rewrite it started is done."""
-    from app.bench.suite import fresh_aof
+    from app.bench.env import fresh_aof
 
     await redis.hset("ceiling:h:ceiling", mapping={f"{i}-0": "t" for i in range(1000)})
     await redis.xadd("ceiling:out", {"n": "1-0"})
@@ -59,7 +59,7 @@ async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(r
 async def test_fresh_aof_follows_an_automatic_rewrite_already_running(redis) -> None:
     """Redis starts its own AOF rewrites (at 64 MB of growth); fresh_aof started while one
     runs waits for it and then runs its own, instead of failing on 'already in progress'."""
-    from app.bench.suite import fresh_aof
+    from app.bench.env import fresh_aof
 
     await redis.mset({f"slow:{i}": "x" for i in range(3)})
     await redis.config_set("rdb-key-save-delay", 200_000)  # 0.2 s a key: a slow rewrite
@@ -112,20 +112,6 @@ def test_a_round_leaves_nothing_on_disk_and_a_failed_one_its_logs() -> None:
     shutil.rmtree(world.dir)
 
 
-def _children(pid: int) -> list[int]:
-    """The processes whose parent is `pid` (from /proc)."""
-    found = []
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                stat = (d / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                found.append(int(d.name))
-    return found
-
-
 def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) -> None:
     """The parts run in sessions of their own (a signal to the bench's process group misses
     them): SIGTERM must unwind the bench as Ctrl-C does, or `timeout vestnik bench` leaves
@@ -137,7 +123,7 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
     kids: list[int] = []
     try:
         for _ in range(600):  # up to 60 s for the redis-server, the api and the center
-            kids = _children(bench.pid)
+            kids = children(bench.pid)
             if len(kids) >= 3 or bench.poll() is not None:
                 break
             time.sleep(0.1)

@@ -11,15 +11,7 @@ from pathlib import Path
 from redis.asyncio import Redis
 
 from streams.redis_server import free_port, running
-from support import SSE, Proc, vestnik_argv, wait_http
-
-
-def children(pid: int) -> list[int]:
-    out: list[int] = []
-    for task in Path(f"/proc/{pid}/task").iterdir():
-        text = (task / "children").read_text().split()
-        out += [int(c) for c in text]
-    return out
+from support import SSE, Proc, children, vestnik_argv, wait_http
 
 
 def clean_env() -> dict[str, str]:
