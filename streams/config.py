@@ -64,6 +64,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slack_token: str | None = None
     slack_webhook_url: str | None = None
     webhook_secret: str | None = None
+    # CIDRs or host names that data-given webhook/Slack URLs may reach although private
+    egress_allow: list[str] = []
     send_attempts: Positive = 5
     send_backoff: NonNegative = 1.0
     log_level: str = "info"
