@@ -70,7 +70,7 @@ def _embedded_v4(ip: IP) -> ipaddress.IPv4Address | None:
         return ip.sixtofour
     if ip.teredo is not None:
         return ip.teredo[1]
-    if ip in _V4_COMPAT or any(ip in n for n in _NAT64):
+    if (ip in _V4_COMPAT and int(ip) > 1) or any(ip in n for n in _NAT64):  # not :: or ::1
         return ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
     return None
 
@@ -80,7 +80,7 @@ def kind_of(ip: IP) -> str | None:
     inner = _embedded_v4(ip)
     if inner is not None and (why := kind_of(inner)) is not None:
         return why
-    for kind in ("unspecified", "loopback", "link_local", "multicast", "private", "reserved"):
+    for kind in ("unspecified", "loopback", "link_local", "multicast", "reserved", "private"):
         if getattr(ip, f"is_{kind}"):
             return kind.replace("_", "-")
     return None if ip.is_global else "not global"
