@@ -609,6 +609,14 @@ async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, 
 # ------------------------------------------------------- secrets and egress (issue 19)
 
 
+async def broadcast(redis: Redis, keys: Keys, settings: Settings, n: Notice) -> list[Any]:
+    """Store `n`, run its user-independent forward, return its deliveries."""
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
+    await burst(settings)
+    return await deliveries(redis, keys, n.id)
+
+
 async def test_webhook_body_is_the_public_view_of_the_notice(redis: Redis, keys: Keys,
                                                               redis_url, http_sink: HttpSink):
     """A webhook receiver learns what a recipient's feed shows: not the other recipients,
@@ -619,9 +627,7 @@ async def test_webhook_body_is_the_public_view_of_the_notice(redis: Redis, keys:
         "webhook": {"url": f"{http_sink.base}/h", "secret": other_secret},
         "telegram": {"chat_ids": [-100777]},
         "slack": {"url": "https://hooks.slack.example/services/T/B/very-secret"}})
-    await store_notice(redis, keys, n)
-    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
-    await burst(settings)
+    await broadcast(redis, keys, settings, n)
     (req,) = [r for r in http_sink.requests if r.path == "/h"]
     payload = Webhook(other_secret).verify(req.body, req.headers)
     assert payload["id"] == n.id and payload["title"] == n.title
@@ -641,11 +647,8 @@ async def test_loopback_targets_are_refused_by_default_once(redis: Redis, keys: 
     n = notice(recipients=["1"], channels={
         "webhook": {"url": f"http://127.1:{port}/hook"},
         "slack": {"url": f"http://localhost:{port}/slack"}})
-    await store_notice(redis, keys, n)
-    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
-    await burst(settings)
+    log = sorted(await broadcast(redis, keys, settings, n), key=lambda d: d.channel)
     assert http_sink.requests == []
-    log = sorted(await deliveries(redis, keys, n.id), key=lambda d: d.channel)
     assert [(d.channel, d.attempt, d.status) for d in log] == [
         ("slack", 1, "failed"), ("webhook", 1, "failed")]
     assert "egress refused: localhost resolves to" in log[0].detail
@@ -666,10 +669,7 @@ async def test_recorded_answer_is_cut_and_redirects_are_not_followed(
     n = notice(recipients=["1"], channels={
         "webhook": {"url": f"{http_sink.base}/long"},
         "slack": {"url": f"{http_sink.base}/redirect"}})
-    await store_notice(redis, keys, n)
-    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
-    await burst(settings)
+    log = {d.channel: d for d in await broadcast(redis, keys, settings, n)}
     assert sorted(r.path for r in http_sink.requests) == ["/long", "/redirect"]
-    log = {d.channel: d for d in await deliveries(redis, keys, n.id)}
     assert log["webhook"].status == "failed" and log["webhook"].detail.count("E") == 200
     assert log["slack"].status == "failed" and "HTTP 307" in log["slack"].detail
