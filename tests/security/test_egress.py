@@ -5,8 +5,6 @@ write with such a literal address; replies too large to hold. Real local servers
 from __future__ import annotations
 
 import asyncio
-import socket
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ import pytest
 from streams.channels.base import MAX_REPLY, capped_post
 from streams.channels.http1 import MAX_BODY, HttpPool
 from streams.egress import Egress, EgressRefused, pinned_client
+from support import RawHttpServer
 
 REFUSED = [
     ("127.0.0.1", "loopback"), ("127.1", "loopback"), ("0x7f.1", "loopback"),
@@ -60,59 +59,19 @@ async def test_a_name_resolving_to_loopback_is_refused_and_the_decision_cached()
 # ----------------------------------------------------------------- local servers
 
 
-class Recorder:
-    """A raw TCP server on 127.0.0.1 recording each connection's bytes; answers every
-    request with `answer` (a whole HTTP response)."""
-
-    def __init__(self, answer: bytes) -> None:
-        self.answer = answer
-        self.received: list[bytes] = []
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        threading.Thread(target=self._serve, daemon=True).start()
-
-    def _serve(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
-
-    def _one(self, conn: socket.socket) -> None:
-        data = b""
-        with conn:
-            conn.settimeout(5)
-            try:
-                while b"\r\n\r\n" not in data:
-                    chunk = conn.recv(65536)
-                    if not chunk:
-                        break
-                    data += chunk
-                self.received.append(data)
-                conn.sendall(self.answer)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def http_answer(status: int, body: bytes) -> bytes:
     return (f"HTTP/1.1 {status} X\r\nContent-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             .encode() + body)
 
 
 @pytest.fixture
-def big() -> Iterator[Recorder]:
-    server = Recorder(http_answer(200, b"x" * (4 * 1024 * 1024)))
+def big() -> Iterator[RawHttpServer]:
+    server = RawHttpServer(http_answer(200, b"x" * (4 * 1024 * 1024)))
     yield server
     server.close()
 
 
-async def test_http1_reply_is_read_with_a_cap(big: Recorder):
+async def test_http1_reply_is_read_with_a_cap(big: RawHttpServer):
     pool = HttpPool(per_host=1)
     try:
         resp = await pool.post(f"http://127.0.0.1:{big.port}/h", b"{}", {})
@@ -121,7 +80,7 @@ async def test_http1_reply_is_read_with_a_cap(big: Recorder):
     assert resp.status_code == 200 and len(resp.content) == MAX_BODY == 64 * 1024
 
 
-async def test_httpx_reply_is_read_with_a_cap(big: Recorder):
+async def test_httpx_reply_is_read_with_a_cap(big: RawHttpServer):
     async with httpx.AsyncClient() as http:
         resp = await capped_post(http, f"http://127.0.0.1:{big.port}/h", json={})
     assert resp.status_code == 200 and len(resp.content) == MAX_REPLY == 64 * 1024
@@ -140,13 +99,13 @@ class RebindingEgress(Egress):
 
 
 @pytest.fixture
-def ok_server() -> Iterator[Recorder]:
-    server = Recorder(http_answer(204, b""))
+def ok_server() -> Iterator[RawHttpServer]:
+    server = RawHttpServer(http_answer(204, b""))
     yield server
     server.close()
 
 
-async def test_both_clients_connect_to_the_checked_address(ok_server: Recorder):
+async def test_both_clients_connect_to_the_checked_address(ok_server: RawHttpServer):
     egress = RebindingEgress("127.0.0.1")
     url = f"http://hook.invalid:{ok_server.port}/path"
     pool = HttpPool(per_host=1, resolve=egress.resolve)
@@ -161,7 +120,7 @@ async def test_both_clients_connect_to_the_checked_address(ok_server: Recorder):
                for r in ok_server.received)
 
 
-async def test_pinned_client_refuses_loopback_without_connecting(ok_server: Recorder):
+async def test_pinned_client_refuses_loopback_without_connecting(ok_server: RawHttpServer):
     async with pinned_client(Egress()) as http:
         with pytest.raises(EgressRefused, match="loopback"):
             await http.post(f"http://127.0.0.1:{ok_server.port}/x", json={})
