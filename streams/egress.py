@@ -124,6 +124,8 @@ class Egress:
         """The address to connect to for `host`; EgressRefused when it is not allowed.
         DNS failures raise OSError (retryable), and are not cached."""
         key = host.lower().rstrip(".").strip("[]")
+        if not key:
+            raise EgressRefused("egress refused: no host")
         ip = literal_ip(key)
         if ip is not None:  # no DNS, no cache: parsing is cheaper than a lookup
             why = self.refusal(ip, key)

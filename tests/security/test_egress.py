@@ -140,3 +140,12 @@ async def test_settings_refuse_a_literal_private_url_naming_the_field(api: Any):
         r = await c.post("/api/v1/settings", json={
             "name": "disk", "channel": {"slack": {"url": "https://hooks.example.org/T/B"}}})
         assert r.status_code == 201, r.text
+
+
+def test_a_bad_cidr_in_the_allow_list_stops_the_start():
+    from streams.config import ConfigError, load
+
+    with pytest.raises(ConfigError, match="VESTNIK_EGRESS_ALLOW"):
+        load({"VESTNIK_EGRESS_ALLOW": "10.0.0.0/33"})
+    assert load({"VESTNIK_EGRESS_ALLOW": "10.0.0.0/8, hooks.internal"}).egress_allow == [
+        "10.0.0.0/8", "hooks.internal"]
