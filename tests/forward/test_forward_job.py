@@ -642,7 +642,8 @@ async def test_loopback_targets_are_refused_by_default_once(redis: Redis, keys: 
     """Without VESTNIK_EGRESS_ALLOW a webhook or Slack url on loopback (as an IP, a
     resolver's short form or a name) gets nothing; each is one `failed` delivery that
     says why, not retried."""
-    settings = make_settings(redis_url, VESTNIK_EGRESS_ALLOW="")
+    settings = load(base_env(redis_url))  # the default: no VESTNIK_EGRESS_ALLOW
+    assert settings.egress_allow == []
     port = http_sink.port
     n = notice(recipients=["1"], channels={
         "webhook": {"url": f"http://127.1:{port}/hook"},
