@@ -8,8 +8,10 @@ import email.policy
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -376,16 +378,12 @@ class RawHttpServer:
 
     def __init__(self, answer: bytes = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
                  ) -> None:
-        import socket
-        import threading
-
         self.answer = answer
         self.received: list[bytes] = []
         self.sock = socket.socket()
         self.sock.bind(("127.0.0.1", 0))
         self.sock.listen(16)
         self.port: int = self.sock.getsockname()[1]
-        self._thread = threading
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -394,9 +392,9 @@ class RawHttpServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
-            self._thread.Thread(target=self._one, args=(conn,), daemon=True).start()
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
 
-    def _one(self, conn: Any) -> None:
+    def _one(self, conn: socket.socket) -> None:
         data = b""
         with conn:
             conn.settimeout(5)
