@@ -9,6 +9,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
+from streams.egress import Egress
 from streams.schemas import AlertSetting, SettingIn, SettingList, SettingPatch
 from streams.settings import SettingsStore, check_name, etag, parse_if_match, parse_limit
 
@@ -26,7 +27,8 @@ def store_of(ctx: Ctx) -> SettingsStore:
     store = ctx.parts.get("settings")
     if store is None:
         store = ctx.parts["settings"] = SettingsStore(
-            ctx.redis, ctx.keys, topic_maxlen=ctx.settings.topic_maxlen)
+            ctx.redis, ctx.keys, topic_maxlen=ctx.settings.topic_maxlen,
+            egress=Egress.from_settings(ctx.settings))
     return store
 
 

@@ -8,6 +8,7 @@ starts, so a typo fails with the key's name instead of surfacing hours later.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -64,6 +65,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     slack_token: str | None = None
     slack_webhook_url: str | None = None
     webhook_secret: str | None = None
+    # CIDRs or host names that data-given webhook/Slack URLs may reach although private
+    egress_allow: list[str] = []
     send_attempts: Positive = 5
     send_backoff: NonNegative = 1.0
     log_level: str = "info"
@@ -75,6 +78,17 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("redis_url must start with redis://, rediss:// or unix://")
         if self.smtp_url is not None and not re.match(r"^smtps?://", self.smtp_url):
             raise ValueError("smtp_url must start with smtp:// or smtps://")
+        for item in self.egress_allow:  # a CIDR typo must not become a host name
+            if "/" in item and not _is_network(item):
+                raise ValueError(f"egress_allow: {item!r} is not a CIDR (VESTNIK_EGRESS_ALLOW)")
+
+
+def _is_network(text: str) -> bool:
+    try:
+        ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        return False
+    return True
 
 
 _FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}

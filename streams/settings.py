@@ -21,11 +21,13 @@ import binascii
 import hashlib
 import re
 from typing import Any
+from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import Redis
 
-from .errors import BadRequest, Conflict, NotFound, PreconditionFailed
+from .egress import Egress
+from .errors import BadInput, BadRequest, Conflict, NotFound, PreconditionFailed
 from .ids import now_ms, ulid
 from .keys import SETTINGS_TOPIC, Keys
 from .metrics import EVENTS_PUBLISHED
@@ -129,10 +131,28 @@ def check_name(name: str) -> str:
     return name
 
 
-def normalize_channel(channel: dict[str, Any]) -> dict[str, Any]:
+def check_urls(channel: dict[str, Any], egress: Egress) -> None:
+    """A `url` whose host is a literal address the egress policy refuses is bad input now
+    (names resolve when sending: the forwarder refuses those then)."""
+    for name, value in channel.items():
+        url = value.get("url") if isinstance(value, dict) else None
+        if isinstance(url, str):
+            try:
+                host = urlsplit(url).hostname or ""
+            except ValueError:
+                continue  # the channel refuses it when sending, naming it
+            why = egress.check_literal(host)
+            if why is not None:
+                raise BadInput(why, field=f"$.channel.{name}.url")
+
+
+def normalize_channel(channel: dict[str, Any], egress: Egress | None = None
+                      ) -> dict[str, Any]:
     """Validate `channel` (BadInput names the path) and store user ids as strings:
     `"users": [1, 2]` means `["1", "2"]`. Everything else is kept as given."""
     validate_channel(channel)
+    if egress is not None:
+        check_urls(channel, egress)
     out: dict[str, Any] = {}
     for name, value in channel.items():
         if isinstance(value, dict) and isinstance(value.get("users"), list):
@@ -161,11 +181,13 @@ async def read_named(redis: Redis, keys: Keys, name: str, *,
 class SettingsStore:
     """CRUD of alert settings; every change is one atomic Lua call (see the module doc)."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, topic_maxlen: int, src: str = "api") -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, topic_maxlen: int, src: str = "api",
+                 egress: Egress | None = None) -> None:
         self.redis = redis
         self.keys = keys
         self.topic_maxlen = topic_maxlen
         self.src = src
+        self.egress = egress  # None: urls are not checked here (the demo's own settings)
         self._write = redis.register_script(WRITE_LUA)
 
     # reads ---------------------------------------------------------------------------
@@ -197,7 +219,7 @@ class SettingsStore:
 
     # writes --------------------------------------------------------------------------
     async def create(self, body: SettingIn) -> AlertSetting:
-        channel = normalize_channel(body.channel)
+        channel = normalize_channel(body.channel, self.egress)
         now = now_ms()
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
                                channel=channel, enabled=body.enabled, version=1,
@@ -207,7 +229,7 @@ class SettingsStore:
 
     async def replace(self, sid: str, body: SettingIn,
                       if_match: frozenset[int] | None = None) -> AlertSetting:
-        channel = normalize_channel(body.channel)
+        channel = normalize_channel(body.channel, self.egress)
         return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
             cur, name=body.name, metric=body.metric, channel=channel, enabled=body.enabled))
 
@@ -218,7 +240,7 @@ class SettingsStore:
             if getattr(body, f) is not None
         }
         if body.channel is not None:
-            changes["channel"] = normalize_channel(body.channel)
+            changes["channel"] = normalize_channel(body.channel, self.egress)
         return await self._update(sid, if_match,
                                   lambda cur: msgspec.structs.replace(cur, **changes))
 

@@ -8,8 +8,10 @@ import email.policy
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -368,3 +370,52 @@ def children(pid: int) -> list[int]:
     except FileNotFoundError:
         pass
     return out
+
+
+class RawHttpServer:
+    """A raw TCP server on 127.0.0.1 that records the bytes of each connection (head and
+    Content-Length body, as sent: nothing parsed or repaired) and answers `answer`."""
+
+    def __init__(self, answer: bytes = b"HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n"
+                 ) -> None:
+        self.answer = answer
+        self.received: list[bytes] = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(16)
+        self.port: int = self.sock.getsockname()[1]
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one, args=(conn,), daemon=True).start()
+
+    def _one(self, conn: socket.socket) -> None:
+        data = b""
+        with conn:
+            conn.settimeout(5)
+            try:
+                while b"\r\n\r\n" not in data and len(data) < 1 << 20:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                head = data.split(b"\r\n\r\n", 1)[0].lower()
+                length = next((int(line.split(b":", 1)[1]) for line in head.split(b"\r\n")
+                               if line.startswith(b"content-length:")), 0)
+                while len(data) - len(head) - 4 < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    data += chunk
+                self.received.append(data)
+                conn.sendall(self.answer)
+            except (OSError, ValueError):
+                self.received.append(data)
+
+    def close(self) -> None:
+        self.sock.close()

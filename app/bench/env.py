@@ -190,6 +190,8 @@ class World(AbstractContextManager["World"]):
             "VESTNIK_REDIS_URL": self.url, "VESTNIK_SECRET": self.secret,
             "VESTNIK_SERVICE_TOKENS": self.service_token, "VESTNIK_LOG_LEVEL": "warning",
             "VESTNIK_FORWARD_AFTER": "3600",
+            # the bench's webhook sinks listen on loopback, which egress refuses by default
+            "VESTNIK_EGRESS_ALLOW": "127.0.0.1",
         })
         env.update(extra)
         return env

@@ -19,7 +19,7 @@ import httpx
 
 from streams.config import Settings
 
-from .base import Channel, SendResult
+from .base import HTTP_HEADERS, HTTP_TIMEOUT, Channel, SendResult
 
 __all__ = ["GROUP", "Channel", "Channels", "SendResult", "available"]
 
@@ -71,10 +71,10 @@ class Channels:
         classes = available() if classes is None else classes
         http = BoundedClient(
             slots=HTTP_CONNECTIONS,
-            timeout=httpx.Timeout(10.0, connect=5.0),
+            timeout=HTTP_TIMEOUT,
             limits=httpx.Limits(max_connections=HTTP_CONNECTIONS,
                                 max_keepalive_connections=HTTP_CONNECTIONS),
-            headers={"User-Agent": "vestnik"},
+            headers=HTTP_HEADERS,
         )
         built: dict[str, Channel] = {}
         for name, klass in classes.items():

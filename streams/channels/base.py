@@ -10,6 +10,7 @@ An exception out of `send` is a bug: it is recorded and surfaces in the worker's
 
 from __future__ import annotations
 
+import urllib.request
 from abc import ABC, abstractmethod
 from typing import Any, ClassVar, Literal, Protocol
 
@@ -17,6 +18,7 @@ import httpx
 import msgspec
 
 from streams.config import Settings
+from streams.egress import Egress, EgressRefused, pinned_client
 from streams.schemas import Notice, User
 
 Status = Literal["ok", "permanent", "retry"]
@@ -96,6 +98,10 @@ class Channel(ABC):
 # ------------------------------------------------------------------ HTTP helpers
 
 RETRYABLE_STATUS = frozenset({408, 409, 425, 429})
+HTTP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+HTTP_HEADERS = {"User-Agent": "vestnik", "Accept-Encoding": "identity"}
+MAX_REPLY = 64 * 1024  # an answer is read for its status and a short detail: keep this much
+DETAIL_BYTES = 200  # of an answer's body, recorded in /deliveries
 
 
 class AnyResponse(Protocol):
@@ -104,7 +110,7 @@ class AnyResponse(Protocol):
     @property
     def status_code(self) -> int: ...
     @property
-    def text(self) -> str: ...
+    def content(self) -> bytes: ...
     @property
     def headers(self) -> Any: ...
 
@@ -122,19 +128,76 @@ def classify_http(resp: AnyResponse, what: str) -> SendResult:
     code = resp.status_code
     if 200 <= code < 300:
         return SendResult.sent(f"{what}: {code}")
-    detail = f"{what}: HTTP {code} {resp.text[:300]}".strip()
+    text = resp.content[:DETAIL_BYTES].decode("utf-8", "replace")
+    detail = f"{what}: HTTP {code} {text}".strip()
     if code >= 500 or code in RETRYABLE_STATUS:
         return SendResult.retry(detail, retry_after_of(resp))
     return SendResult.permanent(detail)
 
 
+async def capped_post(http: httpx.AsyncClient, url: str, **kw: Any) -> httpx.Response:
+    """POST; the answer's body is read up to MAX_REPLY bytes (as sent: never inflated), the
+    rest left unread, so a hostile endpoint cannot make the forwarder hold a huge reply."""
+    async with http.stream("POST", url, **kw) as resp:
+        raw = bytearray()
+        async for chunk in resp.aiter_raw():
+            raw += chunk[:MAX_REPLY - len(raw)]
+            if len(raw) >= MAX_REPLY:
+                break
+        headers = [(k, v) for k, v in resp.headers.multi_items()
+                   if k not in ("content-encoding", "transfer-encoding", "content-length")]
+        return httpx.Response(resp.status_code, headers=headers, content=bytes(raw),
+                              request=resp.request)
+
+
 async def post(http: httpx.AsyncClient, url: str, what: str, **kw: Any
                ) -> tuple[httpx.Response | None, SendResult]:
-    """POST and classify; transport errors (refused, reset, timeouts) are retryable."""
+    """POST and classify; transport errors (refused, reset, timeouts) are retryable, a
+    target the egress policy refuses or an unusable URL is permanent."""
     try:
-        resp = await http.post(url, **kw)
+        resp = await capped_post(http, url, **kw)
+    except EgressRefused as e:
+        return None, SendResult.permanent(f"{what}: {e}")
+    except (httpx.InvalidURL, httpx.UnsupportedProtocol) as e:
+        return None, SendResult.permanent(f"{what}: bad url: {e}")
     except httpx.TimeoutException as e:
         return None, SendResult.retry(f"{what}: timeout ({type(e).__name__})")
     except httpx.TransportError as e:
         return None, SendResult.retry(f"{what}: {type(e).__name__}: {e}")
     return resp, classify_http(resp, what)
+
+
+def proxied() -> bool:
+    """Whether the environment names an HTTP proxy (only httpx's shared client uses it)."""
+    return any(k in ("http", "https", "all") for k in urllib.request.getproxies())
+
+
+class DataTargets:
+    """POSTs to URLs that come from data (a setting's or notice's `url`): through the
+    egress policy, connected to the address it checked. Behind a configured proxy the name
+    is checked first and the proxy (the operator's) connects."""
+
+    def __init__(self, settings: Settings, shared: httpx.AsyncClient) -> None:
+        self.egress = Egress.from_settings(settings)
+        self.shared = shared
+        self.proxied = proxied()
+        self._pinned: httpx.AsyncClient | None = None
+
+    async def post(self, url: str, what: str, **kw: Any
+                   ) -> tuple[httpx.Response | None, SendResult]:
+        if not self.proxied:
+            if self._pinned is None:
+                self._pinned = pinned_client(self.egress, timeout=HTTP_TIMEOUT,
+                                             headers=HTTP_HEADERS)
+            return await post(self._pinned, url, what, **kw)
+        try:
+            await self.egress.check_url(url)
+        except EgressRefused as e:
+            return None, SendResult.permanent(f"{what}: {e}")
+        except OSError as e:  # DNS
+            return None, SendResult.retry(f"{what}: {type(e).__name__}: {e}")
+        return await post(self.shared, url, what, **kw)
+
+    async def aclose(self) -> None:
+        if self._pinned is not None:
+            await self._pinned.aclose()

@@ -1,7 +1,10 @@
 """Email: multipart text + HTML from Jinja2 templates, over a small pool of SMTP connections.
 
-`VESTNIK_SMTP_URL`: `smtp://user:pass@host:port` (plain), `...?starttls=1` (STARTTLS),
-`smtps://...` (implicit TLS); `?verify=0` skips certificate checks (a local relay).
+`VESTNIK_SMTP_URL`: `smtp://user:pass@host:port` (STARTTLS when the server offers it),
+`...?starttls=1` (STARTTLS required), `smtps://...` (implicit TLS); `?verify=0` skips
+certificate checks (a local relay). Credentials are sent only over TLS: on a connection
+that stayed in clear the login is refused (a `failed` delivery saying why, the password
+never sent) unless `?insecure_auth=1` allows it.
 Connections are kept open and reused (`POOL_SIZE` at most); a reused connection the server
 has closed meanwhile is replaced once, transparently.
 
@@ -78,15 +81,26 @@ def safe_link(link: str | None) -> str | None:
     return None
 
 
+def _flag(q: dict[str, str], name: str, default: str = "0") -> bool:
+    return q.get(name, default).lower() in ("1", "true", "yes")
+
+
+class CleartextAuth(aiosmtplib.SMTPException):
+    """Credentials would go over a connection without TLS: refused (never retried)."""
+
+
 class SmtpConfig:
     def __init__(self, url: str) -> None:
         u = urlsplit(url)
         q = {k: v[-1] for k, v in parse_qs(u.query).items()}
         self.use_tls = u.scheme == "smtps"
-        self.start_tls = q.get("starttls", "0").lower() in ("1", "true", "yes")
+        # None: aiosmtplib upgrades with STARTTLS whenever the server offers it
+        self.start_tls: bool | None = True if _flag(q, "starttls") else \
+            (False if self.use_tls else None)
+        self.insecure_auth = _flag(q, "insecure_auth")
         if self.use_tls and self.start_tls:
             raise ConfigError("VESTNIK_SMTP_URL: smtps:// is implicit TLS; drop ?starttls=1")
-        self.validate_certs = q.get("verify", "1").lower() not in ("0", "false", "no")
+        self.validate_certs = _flag(q, "verify", "1")
         self.host = u.hostname or "localhost"
         try:
             port = u.port
@@ -97,11 +111,26 @@ class SmtpConfig:
         self.password = unquote(u.password) if u.password else None
 
     def client(self) -> aiosmtplib.SMTP:
+        """A client that does not log in by itself: `login` decides after the TLS step."""
         return aiosmtplib.SMTP(
-            hostname=self.host, port=self.port, username=self.username,
-            password=self.password, use_tls=self.use_tls, start_tls=self.start_tls,
-            validate_certs=self.validate_certs, timeout=20,
+            hostname=self.host, port=self.port, use_tls=self.use_tls,
+            start_tls=self.start_tls, validate_certs=self.validate_certs, timeout=20,
         )
+
+    async def login(self, smtp: aiosmtplib.SMTP) -> None:
+        """AUTH with the URL's credentials, only over TLS unless `?insecure_auth=1`."""
+        if self.username is None:
+            return
+        if smtp.get_transport_info("sslcontext") is None and not self.insecure_auth:
+            smtp.close()
+            raise CleartextAuth(
+                f"SMTP AUTH refused: the connection to {self.host}:{self.port} is not "
+                "encrypted (no STARTTLS offered); the password was not sent. Use smtps://, "
+                "a server with STARTTLS, or add ?insecure_auth=1 to VESTNIK_SMTP_URL")
+        await smtp.login(self.username, self.password or "")
+
+    def __repr__(self) -> str:  # never the password
+        return f"SmtpConfig({self.host}:{self.port}, user={self.username!r})"
 
 
 def smtp_path(address: str) -> bytes:
@@ -180,6 +209,7 @@ class SmtpPool:
                 await smtp.ehlo()
             except aiosmtplib.SMTPHeloError:
                 await smtp.helo()
+        await self.config.login(smtp)
         return smtp
 
     async def aclose(self) -> None:
@@ -193,6 +223,8 @@ class SmtpPool:
 
 def classify_smtp(e: Exception) -> SendResult:
     """5xx answers never succeed as they are; 4xx, disconnects and timeouts may later."""
+    if isinstance(e, CleartextAuth):
+        return SendResult.permanent(str(e))
     if isinstance(e, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in e.recipients]
         detail = "; ".join(f"{r.code} {r.message}" for r in e.recipients)

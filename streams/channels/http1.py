@@ -10,23 +10,112 @@ Per (scheme, host, port): at most `per_host` connections, idle ones reused LIFO.
 connection the server has closed meanwhile (nothing of the answer received) is replaced
 once within the same request, as `SmtpPool` does. No redirects, no proxies, no cookies,
 no compression: `WebhookChannel` falls back to httpx when a proxy is configured.
+
+A request is refused (BadRequest naming the part) when httpx/h11 would refuse it: a scheme
+other than http(s), a bad port, a host that is not a DNS name or an IP literal, a header
+name that is not an RFC 7230 token, a header value with CR, LF, NUL or another control
+character. The path and query are percent-encoded (a raw space or non-ASCII character never
+reaches the request line); the fragment is never sent; `user:pw@` becomes Basic auth, as
+httpx does. `resolve(host, port)` (the egress policy) names the address to connect to.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import re
 import ssl
 from collections import deque
-from urllib.parse import urlsplit
+from collections.abc import Awaitable, Callable
+from urllib.parse import quote, unquote, urlsplit
 
-__all__ = ["HttpError", "HttpPool", "HttpResponse"]
+__all__ = ["BadRequest", "HttpError", "HttpPool", "HttpResponse", "build_request"]
 
 MAX_HEAD = 64 * 1024
-MAX_BODY = 1024 * 1024  # a webhook answer is read for its status; keep at most this much
+MAX_BODY = 64 * 1024  # a webhook answer is read for its status; keep at most this much
+# RFC 7230 3.2.6 token; a field value: visible ASCII / obs-text, SP and HTAB inside
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+\Z")
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+_URL_BAD = re.compile(r"[\x00-\x1f\x7f]")
+_HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)\Z")
+# what stays as it is in a path or query (RFC 3986 pchar, `/`, `?` and `%` escapes)
+_PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+_QUERY_SAFE = _PATH_SAFE + "?"
+Resolver = Callable[[str, int], Awaitable[str]]
 
 
 class HttpError(OSError):
     """The request did not get a complete answer (refused, reset, closed, malformed)."""
+
+
+class BadRequest(ValueError):
+    """The request cannot be sent as it is (a bad URL or header): retrying cannot help."""
+
+
+def _header_lines(headers: dict[str, str]) -> str:
+    """`name: value\\r\\n` lines; BadRequest for a name or value h11 would refuse."""
+    out = []
+    for name, value in headers.items():
+        if not _TOKEN.match(name):
+            raise BadRequest(f"header name {name!r} is not an RFC 7230 token")
+        value = str(value)
+        latin1 = value.isascii() or max(value) <= "\xff"
+        if _BAD_VALUE.search(value) or value != value.strip(" \t") or not latin1:
+            raise BadRequest(f"header {name}: value {value!r} has a control character "
+                             "(CR, LF, NUL), surrounding whitespace or is not latin-1")
+        out.append(f"{name}: {value}\r\n")
+    return "".join(out)
+
+
+def _basic_auth(username: str, password: str | None) -> str:
+    raw = f"{unquote(username)}:{unquote(password or '')}".encode()
+    return "Basic " + base64.b64encode(raw).decode("ascii")
+
+
+Target = tuple[tuple[str, str, int], str]
+_targets: dict[str, Target] = {}
+
+
+def _target(url: str) -> Target:
+    """`(scheme, host, port)` and the request line + Host (+ Basic auth) of `url`, checked;
+    cached per URL (a webhook URL repeats: B5 posts ~8,000 a second)."""
+    hit = _targets.get(url)
+    if hit is not None:
+        return hit
+    if _URL_BAD.search(url):  # urlsplit would silently drop a tab, CR or LF
+        raise BadRequest(f"url {url!r} has a control character")
+    try:
+        u = urlsplit(url)
+        port = u.port
+    except ValueError as e:  # a port out of range or not a number, a bad IPv6 literal
+        raise BadRequest(f"bad url {url!r}: {e}") from None
+    if u.scheme not in ("http", "https"):
+        raise BadRequest(f"not an http(s) url: {url!r}")
+    authority = u.netloc.rpartition("@")[2]
+    host = authority if authority.endswith("]") else authority.rsplit(":", 1)[0]
+    if not u.hostname or not _HOST.match(host):
+        raise BadRequest(f"bad host in url {url!r} (a DNS name or an IP literal)")
+    if port == 0:
+        raise BadRequest(f"bad port 0 in url {url!r}")
+    port = port or (443 if u.scheme == "https" else 80)
+    path = quote(u.path or "/", safe=_PATH_SAFE) + (
+        "?" + quote(u.query, safe=_QUERY_SAFE) if u.query else "")
+    auth = _header_lines({"Authorization": _basic_auth(u.username, u.password)}) \
+        if u.username is not None else ""
+    if len(_targets) >= 1024:
+        _targets.clear()
+    hit = _targets[url] = ((u.scheme, u.hostname, port),
+                           f"POST {path} HTTP/1.1\r\nHost: {authority}\r\n{auth}")
+    return hit
+
+
+def build_request(url: str, body: bytes, headers: dict[str, str], extra: str = ""
+                  ) -> tuple[tuple[str, str, int], bytes]:
+    """`(scheme, host, port)` and the bytes of `POST url`; BadRequest (naming the part)
+    when the URL or a header is one httpx would refuse."""
+    key, line = _target(url)
+    head = f"{line}{extra}Content-Length: {len(body)}\r\n{_header_lines(headers)}\r\n"
+    return key, head.encode("latin-1") + body
 
 
 class HttpResponse:
@@ -215,11 +304,13 @@ class HttpPool:
 
     def __init__(self, *, per_host: int = 16, connect_timeout: float = 5.0,
                  headers: dict[str, str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None,
+                 resolve: Resolver | None = None) -> None:
         self.per_host = per_host
         self.connect_timeout = connect_timeout
-        self.extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items())
+        self.extra = _header_lines(headers or {})
         self._ssl = ssl_context
+        self._resolve = resolve
         self._hosts: dict[tuple[str, str, int], _Host] = {}
 
     def _ssl_context(self) -> ssl.SSLContext:
@@ -228,21 +319,11 @@ class HttpPool:
         return self._ssl
 
     async def post(self, url: str, body: bytes, headers: dict[str, str]) -> HttpResponse:
-        u = urlsplit(url)
-        if u.scheme not in ("http", "https") or not u.hostname:
-            raise HttpError(f"not an http(s) url: {url!r}")
-        port = u.port or (443 if u.scheme == "https" else 80)
-        key = (u.scheme, u.hostname, port)
+        key, data = build_request(url, body, headers, self.extra)
         host = self._hosts.get(key)
         if host is None:
             host = self._hosts[key] = _Host(self.per_host)
-        target = (u.path or "/") + (f"?{u.query}" if u.query else "")
-        authority = u.netloc.rpartition("@")[2]
-        head = [f"POST {target} HTTP/1.1\r\nHost: {authority}\r\n{self.extra}"
-                f"Content-Length: {len(body)}\r\n"]
-        head += [f"{k}: {v}\r\n" for k, v in headers.items()]
-        head.append("\r\n")
-        data = "".join(head).encode("latin-1") + body
+        scheme, hostname, port = key
         async with host.slots:
             conn = None
             while host.idle:
@@ -253,7 +334,7 @@ class HttpPool:
                 c.close()
             reused = conn is not None
             if conn is None:
-                conn = await self._connect(u.scheme, u.hostname, port)
+                conn = await self._connect(scheme, hostname, port)
             try:
                 try:
                     resp = await conn.request(data)
@@ -262,7 +343,7 @@ class HttpPool:
                         raise
                     # the server closed an idle connection before reading this request
                     conn.close()
-                    conn = await self._connect(u.scheme, u.hostname, port)
+                    conn = await self._connect(scheme, hostname, port)
                     resp = await conn.request(data)
             except BaseException:
                 conn.close()
@@ -276,8 +357,11 @@ class HttpPool:
     async def _connect(self, scheme: str, hostname: str, port: int) -> _Conn:
         loop = asyncio.get_running_loop()
         async with asyncio.timeout(self.connect_timeout):
+            # the address the egress policy checked: no second lookup that could rebind
+            address = hostname if self._resolve is None \
+                else await self._resolve(hostname, port)
             _, conn = await loop.create_connection(
-                _Conn, hostname, port,
+                _Conn, address, port,
                 ssl=self._ssl_context() if scheme == "https" else None,
                 server_hostname=hostname if scheme == "https" else None)
         return conn

@@ -16,7 +16,7 @@ import httpx
 from streams.config import Settings
 from streams.schemas import Notice, User
 
-from .base import Channel, SendResult, post
+from .base import Channel, DataTargets, SendResult, post
 from .email import safe_link
 
 RETRYABLE_ERRORS = frozenset({"ratelimited", "service_unavailable", "internal_error",
@@ -48,7 +48,8 @@ class SlackChannel(Channel):
         self.http = http
         self.api = settings.slack_api.rstrip("/")
         self.token = settings.slack_token
-        self.webhook_url = settings.slack_webhook_url
+        self.webhook_url = settings.slack_webhook_url  # the operator's: trusted
+        self.targets = DataTargets(settings, http)  # a setting's url: egress policy
 
     @classmethod
     def create(cls, settings: Settings, http: httpx.AsyncClient) -> SlackChannel | None:
@@ -57,15 +58,22 @@ class SlackChannel(Channel):
 
     async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
                    ) -> SendResult:
-        url = target.get("url") or self.webhook_url
+        url = target.get("url")
         if user is not None and user.slack_user and self.token:
             return await self._post_message(notice, user.slack_user)
-        if not url:
+        if not url and not self.webhook_url:
             return SendResult.permanent("slack: no webhook url and no token")
         mention = user.slack_user if user is not None else None
-        _, result = await post(self.http, url, "slack webhook",
-                               json={"text": render(notice, mention)})
+        payload = {"text": render(notice, mention)}
+        if url:
+            _, result = await self.targets.post(str(url), "slack webhook", json=payload)
+        else:
+            _, result = await post(self.http, str(self.webhook_url), "slack webhook",
+                                   json=payload)
         return result
+
+    async def aclose(self) -> None:
+        await self.targets.aclose()
 
     async def _post_message(self, notice: Notice, channel: str) -> SendResult:
         resp, result = await post(

@@ -6,9 +6,15 @@ Headers `webhook-id` (`<notice id>`, the same on every retry: receivers dedupe o
 `VESTNIK_WEBHOOK_SECRET`, in the `whsec_<base64>` form. Without a secret the request is
 sent unsigned.
 
+The body is the notice as its recipients see it in their feed (`notice_view`): without
+`recipients` and `channels` (other users, chat ids, webhook URLs and secrets). The URL comes
+from data, so it passes the egress policy (`streams.egress`): a refused address is a
+permanent failure naming the reason, and the connection goes to the address checked.
+
 Requests go through a lean keep-alive HTTP/1.1 pool (`http1.HttpPool`, ~0.1 ms of CPU per
 request against httpx's ~0.8 ms, B5) unless a proxy is configured in the environment
-(`HTTP(S)_PROXY`), which only the shared httpx client honours.
+(`HTTP(S)_PROXY`), which only the shared httpx client honours (the name is checked before
+the request; the proxy resolves it again).
 """
 
 from __future__ import annotations
@@ -19,18 +25,27 @@ import binascii
 import hashlib
 import hmac
 import time
-import urllib.request
 from typing import Any
 
 import httpx
+import msgspec
 
 from streams.config import ConfigError, Settings
-from streams.schemas import Notice, User, json_encode
+from streams.schemas import PRIVATE_NOTICE_FIELDS, Notice, User, json_encode
 
-from .base import Channel, SendResult, classify_http, post
+from .base import Channel, DataTargets, SendResult, classify_http
 from .http1 import HttpPool
 
 TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
+# the private fields at their defaults, which Notice (omit_defaults) leaves out: the body
+# is notice_view() of the notice without a decode / re-encode per send
+_PRIVATE = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+            for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
+
+
+def public_body(notice: Notice) -> bytes:
+    """The notice's JSON as a recipient's feed shows it (no recipients, no channel map)."""
+    return json_encode(msgspec.structs.replace(notice, **_PRIVATE))
 
 
 def secret_key(secret: str) -> bytes:
@@ -51,9 +66,9 @@ class WebhookChannel(Channel):
     name = "webhook"
     user_address = None  # webhooks go to the setting's url, not to a user
 
-    def __init__(self, http: httpx.AsyncClient, key: bytes | None,
+    def __init__(self, targets: DataTargets, key: bytes | None,
                  lean: HttpPool | None = None) -> None:
-        self.http, self.key, self.lean = http, key, lean
+        self.targets, self.key, self.lean = targets, key, lean
 
     @classmethod
     def create(cls, settings: Settings, http: httpx.AsyncClient) -> WebhookChannel | None:
@@ -63,9 +78,9 @@ class WebhookChannel(Channel):
                 key = secret_key(settings.webhook_secret)
             except ValueError as e:
                 raise ConfigError(f"VESTNIK_WEBHOOK_SECRET: {e}") from None
-        proxied = any(k in ("http", "https", "all") for k in urllib.request.getproxies())
-        return cls(http, key, None if proxied else HttpPool(
-            per_host=16, headers={"User-Agent": "vestnik"}))
+        targets = DataTargets(settings, http)
+        return cls(targets, key, None if targets.proxied else HttpPool(
+            per_host=16, headers={"User-Agent": "vestnik"}, resolve=targets.egress.resolve))
 
     async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
                    ) -> SendResult:
@@ -78,7 +93,7 @@ class WebhookChannel(Channel):
                 key = secret_key(str(target["secret"]))
             except ValueError as e:
                 return SendResult.permanent(f"webhook: {e}")
-        body = json_encode(notice)
+        body = public_body(notice)
         msg_id = notice.id
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": msg_id,
@@ -87,11 +102,13 @@ class WebhookChannel(Channel):
             headers["webhook-signature"] = sign(key, msg_id, ts, body)
         what = f"webhook {url}"
         if self.lean is None:
-            _, result = await post(self.http, url, what, content=body, headers=headers)
+            _, result = await self.targets.post(url, what, content=body, headers=headers)
             return result
         try:
             async with asyncio.timeout(TIMEOUT_S):
                 resp = await self.lean.post(url, body, headers)
+        except ValueError as e:  # EgressRefused, http1.BadRequest: retrying cannot help
+            return SendResult.permanent(f"{what}: {e}")
         except TimeoutError:
             return SendResult.retry(f"{what}: timeout")
         except OSError as e:  # HttpError, refused, reset, DNS
@@ -101,3 +118,4 @@ class WebhookChannel(Channel):
     async def aclose(self) -> None:
         if self.lean is not None:
             await self.lean.aclose()
+        await self.targets.aclose()

@@ -40,7 +40,9 @@ def http_sink() -> Iterator[HttpSink]:
 
 
 def make_settings(redis_url: str, **env: str) -> Settings:
-    return load(base_env(redis_url, **{"VESTNIK_SEND_BACKOFF": "0.05", **env}))
+    """Stand-ins listen on 127.0.0.1, which the egress policy refuses unless allowed."""
+    return load(base_env(redis_url, **{"VESTNIK_SEND_BACKOFF": "0.05",
+                                       "VESTNIK_EGRESS_ALLOW": "127.0.0.1/32", **env}))
 
 
 def notice(**kw: Any) -> Notice:
@@ -479,7 +481,7 @@ def test_registry_reads_entry_points(settings: Settings):
 @pytest.mark.parametrize("url,expect", [
     ("smtp://u:p%40ss@mail.example:2525?starttls=1", ("mail.example", 2525, False, True, "p@ss")),
     ("smtps://mail.example", ("mail.example", 465, True, False, None)),
-    ("smtp://127.0.0.1", ("127.0.0.1", 25, False, False, None)),
+    ("smtp://127.0.0.1", ("127.0.0.1", 25, False, None, None)),  # STARTTLS when offered
 ])
 def test_smtp_url(url: str, expect: tuple[Any, ...]):
     from streams.channels.email import SmtpConfig
@@ -602,3 +604,73 @@ async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, 
         worker.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await worker
+
+
+# ------------------------------------------------------- secrets and egress (issue 19)
+
+
+async def broadcast(redis: Redis, keys: Keys, settings: Settings, n: Notice) -> list[Any]:
+    """Store `n`, run its user-independent forward, return its deliveries."""
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))
+    await burst(settings)
+    return await deliveries(redis, keys, n.id)
+
+
+async def test_webhook_body_is_the_public_view_of_the_notice(redis: Redis, keys: Keys,
+                                                              redis_url, http_sink: HttpSink):
+    """A webhook receiver learns what a recipient's feed shows: not the other recipients,
+    not the channel map (other URLs, a webhook secret, chat ids)."""
+    other_secret = "whsec_T3RoZXJTZWNyZXRPdGhlclNlY3JldA=="
+    settings = make_settings(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET)
+    n = notice(recipients=["1", "user-two", "user-three"], channels={
+        "webhook": {"url": f"{http_sink.base}/h", "secret": other_secret},
+        "telegram": {"chat_ids": [-100777]},
+        "slack": {"url": "https://hooks.slack.example/services/T/B/very-secret"}})
+    await broadcast(redis, keys, settings, n)
+    (req,) = [r for r in http_sink.requests if r.path == "/h"]
+    payload = Webhook(other_secret).verify(req.body, req.headers)
+    assert payload["id"] == n.id and payload["title"] == n.title
+    assert "channels" not in payload and "recipients" not in payload
+    for leak in (b"user-two", b"user-three", b"-100777", b"very-secret",
+                 other_secret.encode(), b"T3RoZXJTZWNyZXRPdGhlclNlY3JldA"):
+        assert leak not in req.body
+
+
+async def test_loopback_targets_are_refused_by_default_once(redis: Redis, keys: Keys,
+                                                             redis_url, http_sink: HttpSink):
+    """Without VESTNIK_EGRESS_ALLOW a webhook or Slack url on loopback (as an IP, a
+    resolver's short form or a name) gets nothing; each is one `failed` delivery that
+    says why, not retried."""
+    settings = load(base_env(redis_url))  # the default: no VESTNIK_EGRESS_ALLOW
+    assert settings.egress_allow == []
+    port = http_sink.port
+    n = notice(recipients=["1"], channels={
+        "webhook": {"url": f"http://127.1:{port}/hook"},
+        "slack": {"url": f"http://localhost:{port}/slack"}})
+    log = sorted(await broadcast(redis, keys, settings, n), key=lambda d: d.channel)
+    assert http_sink.requests == []
+    assert [(d.channel, d.attempt, d.status) for d in log] == [
+        ("slack", 1, "failed"), ("webhook", 1, "failed")]
+    assert "egress refused: localhost resolves to" in log[0].detail
+    assert "loopback" in log[0].detail
+    assert "egress refused: 127.0.0.1 is loopback" in log[1].detail
+
+
+async def test_recorded_answer_is_cut_and_redirects_are_not_followed(
+        redis: Redis, keys: Keys, redis_url, http_sink: HttpSink):
+    """A hostile endpoint's long error body is kept to 200 bytes in /deliveries; a
+    redirect (to loopback, say) is an answer, not followed."""
+    def hostile(req) -> tuple[int, Any]:
+        if req.path == "/long":
+            return 400, b"E" * 5000
+        return 307, b"see /elsewhere"
+    http_sink.respond = hostile
+    settings = make_settings(redis_url)
+    n = notice(recipients=["1"], channels={
+        "webhook": {"url": f"{http_sink.base}/long"},
+        "slack": {"url": f"{http_sink.base}/redirect"}})
+    log = {d.channel: d for d in await broadcast(redis, keys, settings, n)}
+    assert sorted(r.path for r in http_sink.requests) == ["/long", "/redirect"]
+    assert log["webhook"].status == "failed" and log["webhook"].detail.count("E") == 200
+    assert log["slack"].status == "failed" and "HTTP 307" in log["slack"].detail

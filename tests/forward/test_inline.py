@@ -34,7 +34,8 @@ def hook() -> Iterator[HttpSink]:
 
 
 def make_settings(redis_url: str) -> Settings:
-    return load(base_env(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET, VESTNIK_SEND_BACKOFF="0.05"))
+    return load(base_env(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET, VESTNIK_SEND_BACKOFF="0.05",
+                         VESTNIK_EGRESS_ALLOW="127.0.0.1"))
 
 
 def fields(nid: str, hook: HttpSink) -> dict[bytes, bytes]:
