@@ -15,14 +15,14 @@ instead of two. `migrate` converts layout 1 data, once, before a center stores a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .errors import NotFound
-from .keys import Keys
+from .keys import REFS_BUCKET, Keys
 from .schemas import notice_view
 
 log = logging.getLogger("vestnik.inbox")
@@ -135,6 +135,56 @@ else
 end
 redis.call('SET', KEYS[4], '1', 'EX', 2592000)
 return 1
+"""
+
+
+# Notice bodies are shared by their recipients' feeds and deleted by whoever drops the
+# last feed entry of one, in the same script (the store's retention, purge_users). The
+# count lives in `Keys.refs(nid)`: a field per body held by MORE than one feed, its value
+# the feeds beyond the first (no field: one feed; -1: none yet, while a broadcast's later
+# calls store it). `adjust(nid, delta, created, later)` moves a body's holders by `delta`
+# (`created`: this script made the body, so nothing is counted yet; `later`: more calls of
+# the same batch follow, so a body no feed holds yet stays) and deletes the body with its
+# `:deliveries` and `:folded` when none is left. `refs` (prefix, bucket length, notice key
+# prefix) is filled by the script that includes this, from streams.keys. Returns 1 when the
+# body was deleted.
+RELEASE_LUA = """
+local refs = {}
+local function adjust(nid, delta, created, later)
+  local bucket = refs.prefix .. string.sub(nid, 1, refs.split)
+  local field = string.sub(nid, refs.split + 1)
+  local held = 0
+  if not created then
+    local v = redis.call('HGET', bucket, field)
+    held = (v and tonumber(v) or 0) + 1
+  end
+  held = held + delta
+  if held >= 2 then
+    redis.call('HSET', bucket, field, held - 1)
+  elseif held == 1 then
+    if not created then redis.call('HDEL', bucket, field) end
+  elseif later then
+    redis.call('HSET', bucket, field, -1)
+  else
+    if not created then redis.call('HDEL', bucket, field) end
+    local body = refs.notice .. nid
+    redis.call('DEL', body, body .. ':deliveries', body .. ':folded')
+    return 1
+  end
+  return 0
+end
+"""
+
+# One user's keys, and (ARGV[4] = '1', a single Redis) the bodies only their feed held.
+# KEYS: feed, read, seq, archived, migrated marker, layout 1 unread set. ARGV: refs prefix,
+# bucket length, notice key prefix, release. Returns {keys deleted, feed entries}.
+PURGE_USER_LUA = RELEASE_LUA + """
+refs.prefix, refs.split, refs.notice = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if ARGV[4] == '1' then
+  for _, id in ipairs(ids) do adjust(id, -1, false, false) end
+end
+return {redis.call('DEL', unpack(KEYS)), #ids}
 """
 
 
@@ -269,3 +319,28 @@ async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | N
     async for uid in _user_ids(redis, key_of):
         return uid
     return None
+
+
+async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
+    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers;
+    their live channel is pub/sub, no key) and release the notice bodies they held: a body
+    no other feed holds is deleted. One script per user, all in one round trip. On a Redis
+    Cluster the bodies live in other slots than the user's keys, so only the user's keys
+    go (the bodies stay: docs/design.md). Returns the users that had any key."""
+    if not uids:
+        return 0
+    script = redis.register_script(PURGE_USER_LUA)
+    release = "0" if isinstance(redis, RedisCluster) else "1"
+    async with redis.pipeline(transaction=False) as pipe:
+        for uid in uids:
+            await script(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
+                               keys.archived(uid), keys.migrated(uid),
+                               keys.unread_before_v2(uid)],
+                         args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
+                         client=pipe)
+        res = await pipe.execute()
+    gone = sum(1 for deleted, _ in res if int(deleted) > 0)
+    if gone:
+        log.info("purged the inboxes of %d deleted users (%d feed entries)", gone,
+                 sum(int(n) for _, n in res))
+    return gone

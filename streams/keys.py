@@ -11,6 +11,7 @@ from dataclasses import dataclass
 KEYS_VERSION = 1
 
 CENTER_GROUP = "center"
+REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 
@@ -27,6 +28,13 @@ class Keys:
     @property
     def topic_glob(self) -> str:
         return f"{self.prefix}topic:*"
+
+    @property
+    def topics(self) -> str:
+        """Set of topic names, written by every publisher path (HTTP, `vestnik publish`, the
+        settings store, the bridge): what the topic hub follows, instead of a SCAN of the
+        keyspace. A product that XADDs by itself adds its topic with `SADD`."""
+        return f"{self.prefix}topics"
 
     def topic_of(self, key: str) -> str:
         return key[len(self.prefix) + len("topic:"):]
@@ -73,6 +81,18 @@ class Keys:
         """Set of ids of the repeats folded into notice `nid` (dedup), so a re-delivered
         repeat is counted once; expires with the dedup window."""
         return f"{self.prefix}notice:{nid}:folded"
+
+    @property
+    def refs_prefix(self) -> str:
+        return f"{self.prefix}refs:"
+
+    def refs(self, nid: str) -> str:
+        """Hash of one bucket of notice ids (their first REFS_BUCKET characters; field: the
+        rest of the id): how many MORE feeds than one hold each body. No field = one feed,
+        so a notice with one recipient costs nothing here; a bucket of ids made in the same
+        8 s stays a small listpack. The store script (streams.center) and
+        streams.inbox.RELEASE_LUA derive it the same way: change them together."""
+        return f"{self.prefix}refs:{nid[:REFS_BUCKET]}"
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
