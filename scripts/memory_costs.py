@@ -46,6 +46,17 @@ def per_item(r: redis.Redis, n: int, write: Callable[[redis.client.Pipeline, int
     return (int(r.info("memory")["used_memory"]) - before) / n
 
 
+DELIVERY = ('{"uid":"u%d","channel":"email","attempt":1,"status":"sent",'
+            '"detail":"250 2.0.0 Ok: queued","at":1760000000000}')
+
+
+def _user_keys(pipe: redis.client.Pipeline, i: int) -> None:
+    uid = f"u{i}"
+    pipe.zadd(K.feed(uid), {nid(i): 1})
+    pipe.zadd(K.read(uid), {nid(i): 1})
+    pipe.set(K.user_seq(uid), 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("-n", type=int, default=50_000)
@@ -72,6 +83,10 @@ def main() -> None:
         ("sent marker, 1 day TTL", lambda pipe, i: pipe.set(
             f"{K.sent}{nid(i)}:u{i}:email", 1, ex=86_400)),
         ("user: seq counter", lambda pipe, i: pipe.set(K.user_seq(f"u{i}"), 123_456)),
+        ("user: keys of a feed, read set and seq of one entry each", _user_keys),
+        ("attempt log of a forwarded notice (one record, 7 day TTL)",
+         lambda pipe, i: (pipe.rpush(K.deliveries(nid(i)), DELIVERY % i),
+                          pipe.expire(K.deliveries(nid(i)), 7 * 86_400))),
     ]
     with tempfile.TemporaryDirectory() as tmp:
         server = RedisServer(tmp, appendonly=False)
