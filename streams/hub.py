@@ -302,7 +302,10 @@ class TopicHub:
         TOPICS_FOLLOWED.set(len(self.positions))
         found = [t for t, n in zip(topics, there, strict=False) if n]
         if found:
-            await self.redis.sadd(self.keys.topics, *found)
+            try:
+                await self.redis.sadd(self.keys.topics, *found)
+            except ResponseError as e:  # Redis full (OOM): the client is served all the same
+                log.warning("topics %s not recorded in %s: %s", found, self.keys.topics, e)
 
     async def _decode(self, topic: str, entries: list) -> list[tuple[str, TopicEvent]]:
         """Decode stream entries (bad ones are counted and skipped) and hydrate thin ones."""
