@@ -14,7 +14,10 @@ instead of two. `migrate` converts layout 1 data, once, before a center stores a
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -292,8 +295,10 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     stores anything. Data is layout 1 when any user has an `:unread` set (layout 2 never
     writes one; a layout-1 Redis where every notice was read has none, and its notices come
     back unread). Then every user with a feed gets read = feed - unread (each once, should
-    the run be cut short or two centers run it). Returns the users changed."""
+    the run be cut short or two centers run it). Then the bodies' feed counts, once
+    (count_refs). Returns the users changed."""
     if await redis.get(keys.inbox_layout) == b"2":
+        await count_refs(redis, keys)
         return 0
     done = 0
     if await _first_user_key(redis, keys.unread_before_v2) is not None:
@@ -304,7 +309,80 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     await redis.set(keys.inbox_layout, "2")
     if done:
         log.info("inbox layout 2: read sets made for %d users", done)
+    await count_refs(redis, keys)
     return done
+
+
+# Counting the bodies stored before `refs` existed: every feed entry adds one to its
+# body's field (KEYS: a feed; ARGV: refs prefix, bucket length) ...
+COUNT_FEED_LUA = """
+for _, nid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  redis.call('HINCRBY', ARGV[1] .. string.sub(nid, 1, tonumber(ARGV[2])),
+             string.sub(nid, tonumber(ARGV[2]) + 1), 1)
+end
+"""
+# ... then each bucket turns holders into holders beyond the first (KEYS: a bucket).
+FIX_BUCKET_LUA = """
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local n = tonumber(flat[i + 1]) - 1
+  if n > 0 then
+    redis.call('HSET', KEYS[1], flat[i], n)
+  else
+    redis.call('HDEL', KEYS[1], flat[i])
+  end
+end
+"""
+COUNT_LOCK_MS = 600_000  # a center that dies counting is taken over after this
+COUNT_WAIT_S = 3600.0  # how long a center waits for another one's count
+
+
+async def count_refs(redis: Redis, keys: Keys) -> int:
+    """Give the bodies stored before this version their feed counts, once per Redis, before
+    a center stores anything (else one held by several feeds would go with the first that
+    drops it). One center counts, under a lock, from scratch (a run cut short leaves
+    nothing that counts); the others wait for it. Returns the feeds counted."""
+    if await redis.get(keys.refs_counted) == b"1" or isinstance(redis, RedisCluster):
+        return 0
+    me = os.urandom(8).hex()
+    deadline = time.monotonic() + COUNT_WAIT_S
+    while not await redis.set(keys.refs_lock, me, nx=True, px=COUNT_LOCK_MS):
+        if await redis.get(keys.refs_counted) == b"1":
+            return 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another center held {keys.refs_lock} for {COUNT_WAIT_S:g} s")
+        await asyncio.sleep(0.5)
+    try:
+        await _drop_buckets(redis, keys)
+        feeds = 0
+        count = redis.register_script(COUNT_FEED_LUA)
+        async for uid in _user_ids(redis, keys.feed):
+            await count(keys=[keys.feed(uid)], args=[keys.refs_prefix, REFS_BUCKET])
+            feeds += 1
+            if feeds % 1000 == 0:  # still counting: keep the lock
+                await redis.pexpire(keys.refs_lock, COUNT_LOCK_MS)
+        fix = redis.register_script(FIX_BUCKET_LUA)
+        async for key in redis.scan_iter(match=keys.refs_prefix + "*", count=1000,
+                                         _type="hash"):
+            await fix(keys=[key])
+        await redis.set(keys.refs_counted, "1")
+        if feeds:
+            log.info("notice bodies: feed counts made from %d feeds", feeds)
+        return feeds
+    finally:
+        if await redis.get(keys.refs_lock) == me.encode():
+            await redis.delete(keys.refs_lock)
+
+
+async def _drop_buckets(redis: Redis, keys: Keys) -> None:
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=keys.refs_prefix + "*", count=1000, _type="hash"):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await redis.delete(*batch)
+            batch = []
+    if batch:
+        await redis.delete(*batch)
 
 
 async def _user_ids(redis: Redis, key_of: Callable[[str], str]) -> AsyncIterator[str]:

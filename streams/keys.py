@@ -129,6 +129,17 @@ class Keys:
         """String: "2" once every user's read state is a read set (streams.inbox.migrate)."""
         return f"{self.prefix}layout"
 
+    @property
+    def refs_counted(self) -> str:
+        """String: "1" once the bodies stored before `refs` existed have their counts
+        (streams.inbox.count_refs, run by each center before it stores anything)."""
+        return f"{self.prefix}layout:refs"
+
+    @property
+    def refs_lock(self) -> str:
+        """String: the center counting them now (a lock with a TTL)."""
+        return f"{self.prefix}layout:refs:lock"
+
     def archived(self, uid: str) -> str:
         """Set of archived notice ids."""
         return f"{self.prefix}{{u:{uid}}}:archived"

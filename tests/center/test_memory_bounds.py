@@ -94,3 +94,20 @@ async def test_purge_users_removes_their_keys_and_the_bodies_only_they_held(redi
     assert await purge_users(redis, K, ["2"]) == 1
     assert await bodies(redis) == set()
     assert [k async for k in redis.scan_iter(match=K.refs_prefix + "*")] == []
+
+
+async def test_bodies_stored_before_the_counts_keep_until_their_last_feed_drops_them(
+        redis, start_proc):
+    """Data of the version before: bodies in several feeds, no counts. The first center of
+    this version counts them before it stores, so retention keeps a body another feed holds."""
+    await add_users(redis, "1", "2")
+    await xadd_many(redis, [entry("shared", "1,2"), entry("mine", "1")])
+    run_burst(start_proc)
+    await redis.delete(*[k async for k in redis.scan_iter(match=K.refs_prefix + "*")],
+                       K.refs_counted)  # as the version before left it
+    await xadd_many(redis, [entry("new 1", "1"), entry("new 2", "1")])
+    run_burst(start_proc, VESTNIK_FEED_MAX="2")
+    assert len(await feed(redis, "1")) == 2
+    await assert_bodies_match_feeds(redis, ["1", "2"])
+    assert len(await bodies(redis)) == 3  # new 1, new 2 and the shared one user 2 holds
+    assert await redis.get(K.refs_counted) == b"1"
