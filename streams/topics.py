@@ -24,8 +24,8 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 _entity_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
-# KEYS: state hash, position key, topic stream. ARGV: maxlen (0 = no trim), then sid, op,
-# id, data (repeated; data '' = keep state). Once it has applied entries, it trims the
+# KEYS: state hash, position key[, topic stream]. ARGV: sid, op, id, data (repeated; data
+# '' = keep state)[, maxlen: with the stream key]. Once it has applied entries, it trims the
 # stream to about maxlen (products may XADD with no MAXLEN), but only below the position:
 # an entry not applied yet is never trimmed. It reads at most TRIM_STEP entries a call to
 # find where to cut, so a long untrimmed stream shrinks over a few calls.
@@ -39,7 +39,9 @@ local pos = redis.call('GET', KEYS[2])
 if pos then pms, pseq = parse(pos) end
 local last = false
 local applied = 0
-for i = 2, #ARGV, 4 do
+local n, maxlen = #ARGV, 0
+if KEYS[3] then maxlen, n = tonumber(ARGV[n]), n - 1 end
+for i = 1, n, 4 do
   local ms, seq = parse(ARGV[i])
   if ms > pms or (ms == pms and seq > pseq) then
     if ARGV[i + 1] == 'delete' then
@@ -53,7 +55,6 @@ for i = 2, #ARGV, 4 do
 end
 if last then
   redis.call('SET', KEYS[2], last)
-  local maxlen = tonumber(ARGV[1])
   local over = maxlen > 0 and redis.call('XLEN', KEYS[3]) - maxlen or 0
   if over >= TRIM_SLACK then
     local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', math.min(over, TRIM_STEP))
@@ -114,13 +115,16 @@ class StateWriter:
     async def apply(self, topic: str, events: list[tuple[str, TopicEvent]]) -> int:
         if not events:
             return 0
-        argv: list[str | bytes | int] = [self.maxlen]
+        argv: list[str | bytes | int] = []
         for sid, ev in events:
             data = b"" if ev.data is None else json_encode(ev.data)
             argv += [sid, ev.op, ev.id, data]
         k = self.keys
-        return int(await self._apply(keys=[k.state(topic), k.state_pos(topic), k.topic(topic)],
-                                     args=argv))
+        keys = [k.state(topic), k.state_pos(topic)]
+        if self.maxlen:
+            keys.append(k.topic(topic))
+            argv.append(self.maxlen)
+        return int(await self._apply(keys=keys, args=argv))
 
 
 async def read_snapshot(redis: Redis, keys: Keys, topic: str) -> Snapshot:
