@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 from .errors import BadInput
 from .hydrate import Hydrator
 from .ids import parse_stream_id
-from .keys import Keys
+from .keys import SETTINGS_TOPIC, USER_TOPIC, Keys
 from .metrics import (
     EVENTS_APPLIED,
     EVENTS_BAD,
@@ -38,6 +38,7 @@ from .topics import TOPIC_RE, StateWriter
 log = logging.getLogger("vestnik.hub")
 
 StreamKey = tuple[int, int]
+OWN_TOPICS = frozenset({USER_TOPIC, SETTINGS_TOPIC})  # followed whenever their stream exists
 T = TypeVar("T")
 
 
@@ -271,6 +272,7 @@ class TopicHub:
         whose stream exists, and stop following a topic whose stream is gone and that no
         local client asks for. Two round trips, whatever the number of keys: no SCAN."""
         names = {m.decode() for m in await self.redis.smembers(self.keys.topics)}
+        names |= OWN_TOPICS  # Vestnik's own: products publish users with a plain XADD
         check = sorted({t for t in names if t not in self.positions and TOPIC_RE.match(t)}
                        | {t for t in self.positions if t not in self.subscribers})
         if not check:

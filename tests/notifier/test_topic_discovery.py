@@ -57,6 +57,9 @@ async def test_topics_come_from_the_set_and_go_with_their_stream(hub: TopicHub, 
     await redis.sadd(keys.topics, "disk")
     await eventually(lambda: _hget(redis, keys.state("disk"), "sda"), what="disk materialized")
     assert "quiet" not in hub.positions
+    # Vestnik's own topics need no SADD: products publish users with a plain XADD
+    await redis.xadd(keys.topic("user"), {"op": "update", "id": "7", "data": '{"id":"7"}'})
+    await eventually(lambda: _hget(redis, keys.state("user"), "7"), what="user materialized")
     # the first client (or snapshot) asking for it follows it and records it in the set
     await hub.catch_up("quiet")
     assert await redis.sismember(keys.topics, "quiet")
