@@ -131,3 +131,30 @@ async def _hget(redis: Redis, key: str, field: str) -> bool:
 
 async def _len_at_most(redis: Redis, key: str, n: int) -> bool:
     return int(await redis.xlen(key)) <= n
+
+
+async def test_made_up_topics_asked_over_http_leave_nothing_behind(api: Api, redis,
+                                                                  user_token):
+    before = await all_keys(redis)
+    async with api.client(user_token("1")) as http:
+        for i in range(200):
+            r = await http.get(f"/api/v1/topics/made-up-{i}")
+            assert r.status_code == 200 and r.json()["items"] == {}
+        sse = [await http.send(http.build_request(
+            "GET", f"/api/v1/topics/made-up-sse-{i}/stream"), stream=True) for i in range(20)]
+        assert all(s.status_code == 200 for s in sse)
+        assert await _followed(http) >= 20
+        for s in sse:
+            await s.aclose()
+
+        async def none_followed() -> bool:
+            return await _followed(http) == 0
+        await eventually(none_followed, what="made-up topics dropped")
+    assert await all_keys(redis) == before
+
+
+async def _followed(http) -> float:
+    text = (await http.get("/metrics")).text
+    found = re.search(r"^vestnik_topics_followed (\S+)$", text, re.M)
+    assert found, text[-400:]
+    return float(found.group(1))
