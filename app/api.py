@@ -91,7 +91,7 @@ def create_app(settings: Settings) -> Starlette:
         ctx = Ctx(settings, Keys(settings.prefix), redis)
         await ensure_group(ctx)
         hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
-        hub = TopicHub(settings.redis_url, redis, ctx.keys, hydrator)
+        hub = TopicHub(settings.redis_url, redis, ctx.keys, hydrator, maxlen=settings.topic_maxlen)
         ctx.parts["topics"] = hub
         await hub.start()
         users = UserHub(settings.redis_url, ctx.keys)

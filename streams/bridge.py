@@ -149,6 +149,7 @@ class Bridge:
                                                          for k in reads)), strict=True))
         async with self.redis.pipeline(transaction=False) as pipe:
             n = 0
+            topics: set[str] = set()
             for key in changed:
                 found = self.match(key)
                 if found is None:
@@ -160,8 +161,10 @@ class Bridge:
                 pipe.xadd(self.keys.topic(pattern.topic), topic_fields(ev), maxlen=self.maxlen,
                           approximate=True)
                 BRIDGE_EVENTS.labels(pattern.topic).inc()
+                topics.add(pattern.topic)
                 n += 1
             if n:
+                pipe.sadd(self.keys.topics, *topics)  # the hubs follow what is in the set
                 await pipe.execute()
 
     async def resync(self) -> None:
@@ -188,5 +191,6 @@ class Bridge:
                               topic_fields(TopicEvent(op="delete", id=eid, src="bridge")),
                               maxlen=self.maxlen, approximate=True)
                 if gone:
+                    pipe.sadd(self.keys.topics, p.topic)
                     await pipe.execute()
 

@@ -59,7 +59,7 @@ from .forward import (
     wake_channel,
 )
 from .ids import encode_ulid, now_ms, parse_stream_id
-from .keys import CENTER_GROUP, USER_TOPIC, Keys
+from .keys import CENTER_GROUP, REFS_BUCKET, USER_TOPIC, Keys
 from .live import update_message
 from .metrics import (
     CENTER_BATCH,
@@ -95,10 +95,13 @@ _notice_decoder = msgspec.json.Decoder(Notice)
 # <notice + seq, read, archived>}. Notice j is ARGV[base + 2j - 1] (id) and
 # ARGV[base + 2j] (its JSON object without the closing brace, `open_object`: no copy of it
 # is made here, and every string Lua makes is hashed byte by byte); `idxs` lists the j's.
+# `pend` (a single Redis; nil on a cluster, where the bodies are in other slots): feed
+# holders gained per notice id of this call, net of the ones its own retention dropped;
+# any other body retention drops is released at once (inbox.RELEASE_LUA).
 # Returns the number of feed entries made.
-_STORE_USER = """
+_STORE_USER = inbox.RELEASE_LUA + """
 local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh,
-                          publish)
+                          publish, pend)
   local msgs = {}
   local top, made = 0, 0
   for _, j in ipairs(idxs) do
@@ -109,6 +112,7 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
       local seq = tostring(top)  -- once: each number to string conversion is a sprintf
       redis.call('ZADD', feed, seq, nid)
       made = made + 1
+      if pend then pend[nid] = pend[nid] + 1 end
       if publish then
         msgs[made] = '{"e":"notice","seq":' .. seq .. ',"data":' .. ARGV[base + 2 * j]
           .. ',"seq":' .. seq .. ',"read":false,"archived":false}}'
@@ -139,6 +143,11 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
       redis.call('ZREM', read, unpack(chunk))
       redis.call('SREM', archived, unpack(chunk))
     end
+    if pend then
+      for _, id in ipairs(victims) do
+        if pend[id] then pend[id] = pend[id] - 1 else adjust(id, -1, false, false) end
+      end
+    end
   end
   for _, m in ipairs(msgs) do redis.call('PUBLISH', live, m) end
   return made
@@ -152,7 +161,7 @@ STORE_LUA = _STORE_USER + """
 local idxs = {}
 for j = 1, (#ARGV - 1) / 2 do idxs[j] = j end
 return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1]), 1, idxs, {},
-                  true)
+                  true, nil)
 """
 
 # A whole batch in one call (a single Redis; the keys span slots, so never on a
@@ -168,7 +177,9 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 # set, ARGV index before the first member, [due ms per delayed forward]] (or nil); then,
 # in a later call for more of the batch's recipients (STORE_CHUNK), [1 or 0 per notice:
 # its body was new] as the first call found it (no bodies then, no forwards), and in a
-# first call that later ones follow, 1: report those flags; delayed
+# first call that later ones follow, 1: report those flags; then [refs prefix, bucket
+# length, notice key prefix] (streams.keys) to count each body's feeds, and in a first
+# call that later ones follow, [j...]: the notices they store for more users; delayed
 # forwards are ZADDed to the due set (streams.forward.due_member). Job modes:
 # -1: PUBLISH to the wake channel; 1: claimed for the caller (arq's in-progress key and try
 # counter, as the worker's claim sets them) when notice j's body is new, so it runs in the
@@ -182,9 +193,14 @@ return store_user(KEYS[1], KEYS[2], KEYS[3], KEYS[4], KEYS[5], tonumber(ARGV[1])
 STORE_BATCH_LUA = _STORE_USER + """
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
-local fresh = {}
-for i, key in ipairs(bodies) do fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX') end
+refs.prefix, refs.split, refs.notice = h[8][1], h[8][2], h[8][3]
+local fresh, created, pend = {}, {}, {}
+for i, key in ipairs(bodies) do
+  fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX')
+  if fresh[i] then created[ARGV[2 * i]] = true end
+end
 if h[6] then for j, f in ipairs(h[6]) do fresh[j] = f == 1 end end
+for j = 1, math.max(#bodies, h[6] and #h[6] or 0) do pend[ARGV[2 * j]] = 0 end
 local new = {}
 if h[7] then for i = 1, #bodies do new[i] = fresh[i] and 1 or 0 end end
 -- live messages only where someone listens: a SUBSCRIBE to the user's channel (an open
@@ -203,7 +219,13 @@ end
 local out = {}
 for i, u in ipairs(users) do
   out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, 1, u[6], fresh,
-                      listening == nil or listening[u[4]])
+                      listening == nil or listening[u[4]], pend)
+end
+-- each body's feed count, once per notice: a body with one feed costs nothing
+local later = {}
+if h[9] then for _, j in ipairs(h[9]) do later[ARGV[2 * j]] = true end end
+for nid, delta in pairs(pend) do
+  if delta ~= 0 or created[nid] then adjust(nid, delta, created[nid], later[nid]) end
 end
 local claimed = {}
 local fwd = h[4]
@@ -420,6 +442,7 @@ class Center:
         self.settings = settings
         self._store = redis.register_script(STORE_LUA)
         self._store_batch = redis.register_script(STORE_BATCH_LUA)
+        self._refs = [keys.refs_prefix, REFS_BUCKET, keys.notice("")]  # bodies' feed counts
         # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
         self.one_call = not isinstance(redis, RedisCluster)
         # the forward worker of this process: forwards due now run here at once, claimed
@@ -625,7 +648,8 @@ class Center:
                 self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
                  for uid, nids in users[:STORE_CHUNK]], fwd, body_base, None,
-                1 if write.rest else None])
+                1 if write.rest else None, self._refs,
+                sorted({index[nid] for _, nids in write.rest for nid in nids}) or None])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
@@ -716,7 +740,7 @@ class Center:
                 idxs.append(k)
             rows.append([*self._user_keys(uid), idxs])
         argv[0] = _msgpack([self.settings.feed_max, [], rows, None, 0,
-                            [int(fresh[j - 1]) for j in at]])
+                            [int(fresh[j - 1]) for j in at], None, self._refs])
         out, _, _ = await self._store_batch(keys=[], args=argv)
         return out
 

@@ -23,8 +23,14 @@ from redis.exceptions import ResponseError
 from .errors import BadInput
 from .hydrate import Hydrator
 from .ids import parse_stream_id
-from .keys import Keys
-from .metrics import EVENTS_APPLIED, EVENTS_BAD, READER_RECONNECTS, SSE_DROPPED
+from .keys import SETTINGS_TOPIC, USER_TOPIC, Keys
+from .metrics import (
+    EVENTS_APPLIED,
+    EVENTS_BAD,
+    READER_RECONNECTS,
+    SSE_DROPPED,
+    TOPICS_FOLLOWED,
+)
 from .redis import RETRYABLE, Backoff, reader
 from .schemas import EntityEvent, TopicEvent, decode_topic_entry, json_encode
 from .topics import TOPIC_RE, StateWriter
@@ -32,8 +38,8 @@ from .topics import TOPIC_RE, StateWriter
 log = logging.getLogger("vestnik.hub")
 
 StreamKey = tuple[int, int]
+OWN_TOPICS = frozenset({USER_TOPIC, SETTINGS_TOPIC})  # followed whenever their stream exists
 T = TypeVar("T")
-DISCOVER_PAGE_PAUSE = 0.05  # between SCAN pages of a discovery pass (20,000 keys/s)
 
 
 async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
@@ -124,12 +130,13 @@ class TopicHub:
         discover_every: float = 2.0,
         queue_size: int = 10_000,
         materialize: bool = True,
+        maxlen: int = 0,
     ) -> None:
         self.url = url
         self.redis = redis
         self.keys = keys
         self.hydrator = hydrator
-        self.state = StateWriter(redis, keys)
+        self.state = StateWriter(redis, keys, maxlen=maxlen)  # trims what it applied
         self.batch = batch
         self.block_ms = block_ms
         self.discover_every = discover_every
@@ -143,7 +150,6 @@ class TopicHub:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._next_discovery = -1e9
-        self._scan_cursor = 0
         self.ready = asyncio.Event()
 
     # lifecycle ---------------------------------------------------------------------
@@ -169,7 +175,7 @@ class TopicHub:
         sub = Subscription(topic, self.queue_size)
         self.subscribers.setdefault(topic, set()).add(sub)
         if topic not in self.positions:
-            await self._follow([topic])
+            await self._follow([topic], asked=True)
             await self._interrupt()
         return sub
 
@@ -217,9 +223,8 @@ class TopicHub:
                     self._reader = reader(self.url, name="vestnik-topic-hub")
                     self._reader_id = int(await self._reader.client_id())
                 if loop.time() >= self._next_discovery:
-                    passed = await self._discover(whole=not self.ready.is_set())
-                    self._next_discovery = loop.time() + (
-                        self.discover_every if passed else DISCOVER_PAGE_PAUSE)
+                    await self._discover()
+                    self._next_discovery = loop.time() + self.discover_every
                     self.ready.set()
                 until_discovery = max(0.001, self._next_discovery - loop.time())
                 if not self.positions:
@@ -262,34 +267,47 @@ class TopicHub:
             except RETRYABLE:
                 pass
 
-    async def _discover(self, *, whole: bool) -> bool:
-        """Follow topic streams a product created with a plain XADD. SCAN walks the whole
-        keyspace (every stored notice is a key), so after the first pass at start-up it
-        takes one page of 1,000 keys per call, DISCOVER_PAGE_PAUSE apart: a pass over
-        250,000 keys took 220 ms of Redis every 2 s in one go, and each of its calls held
-        Redis for about 0.9 ms. Returns whether a pass ended."""
-        found: list[str] = []
-        for _ in range(1_000_000 if whole else 1):  # bounded: a pass ends at cursor 0
-            self._scan_cursor, keys = await self.redis.scan(
-                self._scan_cursor, match=self.keys.topic_glob, count=1000, _type="stream")
-            for key in keys:
-                topic = self.keys.topic_of(key.decode())
-                if topic not in self.positions and TOPIC_RE.match(topic):
-                    found.append(topic)
-            if self._scan_cursor == 0:
-                break
-        if found:
-            await self._follow(found)
-        return self._scan_cursor == 0
+    async def _discover(self) -> None:
+        """Follow the topics of the topic set (every publisher path adds its topic's name)
+        whose stream exists, and stop following a topic whose stream is gone and that no
+        local client asks for. Two round trips, whatever the number of keys: no SCAN."""
+        names = {m.decode() for m in await self.redis.smembers(self.keys.topics)}
+        names |= OWN_TOPICS  # Vestnik's own: products publish users with a plain XADD
+        check = sorted({t for t in names if t not in self.positions and TOPIC_RE.match(t)}
+                       | {t for t in self.positions if t not in self.subscribers})
+        if not check:
+            return
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for t in check:
+                pipe.exists(self.keys.topic(t))
+            there = await pipe.execute()
+        for t, n in zip(check, there, strict=True):
+            if not n and t not in self.subscribers:
+                self.positions.pop(t, None)  # its stream was deleted (or never made)
+        await self._follow([t for t, n in zip(check, there, strict=True) if n])
+        TOPICS_FOLLOWED.set(len(self.positions))
 
-    async def _follow(self, topics: Iterable[str]) -> None:
-        """Start tailing topics from their materialized position (or the beginning)."""
+    async def _follow(self, topics: Iterable[str], *, asked: bool = False) -> None:
+        """Start tailing topics from their materialized position (or the beginning).
+        `asked`: a client asked for them; the ones whose stream exists go into the topic
+        set (a product's plain XADD is found so), a made-up name leaves nothing behind."""
         topics = [t for t in topics if t not in self.positions]
         if not topics:
             return
-        positions = await self.redis.mget([self.keys.state_pos(t) for t in topics])
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.mget([self.keys.state_pos(t) for t in topics])
+            for t in topics if asked else ():
+                pipe.exists(self.keys.topic(t))
+            positions, *there = await pipe.execute()
         for topic, pos in zip(topics, positions, strict=True):
             self.positions.setdefault(topic, pos.decode() if pos else "0-0")
+        TOPICS_FOLLOWED.set(len(self.positions))
+        found = [t for t, n in zip(topics, there, strict=False) if n]
+        if found:
+            try:
+                await self.redis.sadd(self.keys.topics, *found)
+            except ResponseError as e:  # Redis full (OOM): the client is served all the same
+                log.warning("topics %s not recorded in %s: %s", found, self.keys.topics, e)
 
     async def _decode(self, topic: str, entries: list) -> list[tuple[str, TopicEvent]]:
         """Decode stream entries (bad ones are counted and skipped) and hydrate thin ones."""
@@ -337,9 +355,14 @@ class TopicHub:
         self.positions[topic] = entries[-1][0].decode()
 
     async def catch_up(self, topic: str) -> None:
-        """Apply whatever the topic stream holds beyond the state position (for snapshots)."""
+        """Apply whatever the topic stream holds beyond the state position (for snapshots);
+        the topic is followed from then on while its stream exists."""
         pos = await self.redis.get(self.keys.state_pos(topic))
         after = pos.decode() if pos else "0-0"
+        if topic not in self.positions:
+            await self._follow([topic], asked=True)
+            if topic in self.positions and topic not in self.subscribers:
+                await self._interrupt()
         for _ in range(1000):  # bounded: 1,000 pages of `batch`
             entries = await self.redis.xrange(self.keys.topic(topic), min=f"({after}",
                                               count=self.batch)

@@ -14,15 +14,18 @@ instead of two. `migrate` converts layout 1 data, once, before a center stores a
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import AsyncIterator, Callable
+import os
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from .errors import NotFound
-from .keys import Keys
+from .keys import REFS_BUCKET, Keys
 from .schemas import notice_view
 
 log = logging.getLogger("vestnik.inbox")
@@ -138,6 +141,56 @@ return 1
 """
 
 
+# Notice bodies are shared by their recipients' feeds and deleted by whoever drops the
+# last feed entry of one, in the same script (the store's retention, purge_users). The
+# count lives in `Keys.refs(nid)`: a field per body held by MORE than one feed, its value
+# the feeds beyond the first (no field: one feed; -1: none yet, while a broadcast's later
+# calls store it). `adjust(nid, delta, created, later)` moves a body's holders by `delta`
+# (`created`: this script made the body, so nothing is counted yet; `later`: more calls of
+# the same batch follow, so a body no feed holds yet stays) and deletes the body with its
+# `:deliveries` and `:folded` when none is left. `refs` (prefix, bucket length, notice key
+# prefix) is filled by the script that includes this, from streams.keys. Returns 1 when the
+# body was deleted.
+RELEASE_LUA = """
+local refs = {}
+local function adjust(nid, delta, created, later)
+  local bucket = refs.prefix .. string.sub(nid, 1, refs.split)
+  local field = string.sub(nid, refs.split + 1)
+  local held = 0
+  if not created then
+    local v = redis.call('HGET', bucket, field)
+    held = (v and tonumber(v) or 0) + 1
+  end
+  held = held + delta
+  if held >= 2 then
+    redis.call('HSET', bucket, field, held - 1)
+  elseif held == 1 then
+    if not created then redis.call('HDEL', bucket, field) end
+  elseif later then
+    redis.call('HSET', bucket, field, -1)
+  else
+    if not created then redis.call('HDEL', bucket, field) end
+    local body = refs.notice .. nid
+    redis.call('DEL', body, body .. ':deliveries', body .. ':folded')
+    return 1
+  end
+  return 0
+end
+"""
+
+# One user's keys, and (ARGV[4] = '1', a single Redis) the bodies only their feed held.
+# KEYS: feed, read, seq, archived, migrated marker, layout 1 unread set. ARGV: refs prefix,
+# bucket length, notice key prefix, release. Returns {keys deleted, feed entries}.
+PURGE_USER_LUA = RELEASE_LUA + """
+refs.prefix, refs.split, refs.notice = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+if ARGV[4] == '1' then
+  for _, id in ipairs(ids) do adjust(id, -1, false, false) end
+end
+return {redis.call('DEL', unpack(KEYS)), #ids}
+"""
+
+
 def item_json(notice: bytes, seq: int, read: bool, archived: bool) -> bytes:
     """A feed item: the stored notice JSON with the user's seq and state appended."""
     return (notice[:-1] + b',"seq":' + str(seq).encode() + b',"read":'
@@ -242,8 +295,10 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     stores anything. Data is layout 1 when any user has an `:unread` set (layout 2 never
     writes one; a layout-1 Redis where every notice was read has none, and its notices come
     back unread). Then every user with a feed gets read = feed - unread (each once, should
-    the run be cut short or two centers run it). Returns the users changed."""
+    the run be cut short or two centers run it). Then the bodies' feed counts, once
+    (count_refs). Returns the users changed."""
     if await redis.get(keys.inbox_layout) == b"2":
+        await count_refs(redis, keys)
         return 0
     done = 0
     if await _first_user_key(redis, keys.unread_before_v2) is not None:
@@ -254,7 +309,80 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     await redis.set(keys.inbox_layout, "2")
     if done:
         log.info("inbox layout 2: read sets made for %d users", done)
+    await count_refs(redis, keys)
     return done
+
+
+# Counting the bodies stored before `refs` existed: every feed entry adds one to its
+# body's field (KEYS: a feed; ARGV: refs prefix, bucket length) ...
+COUNT_FEED_LUA = """
+for _, nid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+  redis.call('HINCRBY', ARGV[1] .. string.sub(nid, 1, tonumber(ARGV[2])),
+             string.sub(nid, tonumber(ARGV[2]) + 1), 1)
+end
+"""
+# ... then each bucket turns holders into holders beyond the first (KEYS: a bucket).
+FIX_BUCKET_LUA = """
+local flat = redis.call('HGETALL', KEYS[1])
+for i = 1, #flat, 2 do
+  local n = tonumber(flat[i + 1]) - 1
+  if n > 0 then
+    redis.call('HSET', KEYS[1], flat[i], n)
+  else
+    redis.call('HDEL', KEYS[1], flat[i])
+  end
+end
+"""
+COUNT_LOCK_MS = 600_000  # a center that dies counting is taken over after this
+COUNT_WAIT_S = 3600.0  # how long a center waits for another one's count
+
+
+async def count_refs(redis: Redis, keys: Keys) -> int:
+    """Give the bodies stored before this version their feed counts, once per Redis, before
+    a center stores anything (else one held by several feeds would go with the first that
+    drops it). One center counts, under a lock, from scratch (a run cut short leaves
+    nothing that counts); the others wait for it. Returns the feeds counted."""
+    if await redis.get(keys.refs_counted) == b"1" or isinstance(redis, RedisCluster):
+        return 0
+    me = os.urandom(8).hex()
+    deadline = time.monotonic() + COUNT_WAIT_S
+    while not await redis.set(keys.refs_lock, me, nx=True, px=COUNT_LOCK_MS):
+        if await redis.get(keys.refs_counted) == b"1":
+            return 0
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"another center held {keys.refs_lock} for {COUNT_WAIT_S:g} s")
+        await asyncio.sleep(0.5)
+    try:
+        await _drop_buckets(redis, keys)
+        feeds = 0
+        count = redis.register_script(COUNT_FEED_LUA)
+        async for uid in _user_ids(redis, keys.feed):
+            await count(keys=[keys.feed(uid)], args=[keys.refs_prefix, REFS_BUCKET])
+            feeds += 1
+            if feeds % 1000 == 0:  # still counting: keep the lock
+                await redis.pexpire(keys.refs_lock, COUNT_LOCK_MS)
+        fix = redis.register_script(FIX_BUCKET_LUA)
+        async for key in redis.scan_iter(match=keys.refs_prefix + "*", count=1000,
+                                         _type="hash"):
+            await fix(keys=[key])
+        await redis.set(keys.refs_counted, "1")
+        if feeds:
+            log.info("notice bodies: feed counts made from %d feeds", feeds)
+        return feeds
+    finally:
+        if await redis.get(keys.refs_lock) == me.encode():
+            await redis.delete(keys.refs_lock)
+
+
+async def _drop_buckets(redis: Redis, keys: Keys) -> None:
+    batch: list[Any] = []
+    async for key in redis.scan_iter(match=keys.refs_prefix + "*", count=1000, _type="hash"):
+        batch.append(key)
+        if len(batch) >= 1000:
+            await redis.delete(*batch)
+            batch = []
+    if batch:
+        await redis.delete(*batch)
 
 
 async def _user_ids(redis: Redis, key_of: Callable[[str], str]) -> AsyncIterator[str]:
@@ -269,3 +397,28 @@ async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | N
     async for uid in _user_ids(redis, key_of):
         return uid
     return None
+
+
+async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
+    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers;
+    their live channel is pub/sub, no key) and release the notice bodies they held: a body
+    no other feed holds is deleted. One script per user, all in one round trip. On a Redis
+    Cluster the bodies live in other slots than the user's keys, so only the user's keys
+    go (the bodies stay: docs/design.md). Returns the users that had any key."""
+    if not uids:
+        return 0
+    script = redis.register_script(PURGE_USER_LUA)
+    release = "0" if isinstance(redis, RedisCluster) else "1"
+    async with redis.pipeline(transaction=False) as pipe:
+        for uid in uids:
+            await script(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
+                               keys.archived(uid), keys.migrated(uid),
+                               keys.unread_before_v2(uid)],
+                         args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
+                         client=pipe)
+        res = await pipe.execute()
+    gone = sum(1 for deleted, _ in res if int(deleted) > 0)
+    if gone:
+        log.info("purged the inboxes of %d deleted users (%d feed entries)", gone,
+                 sum(int(n) for _, n in res))
+    return gone

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 KEYS_VERSION = 1
 
 CENTER_GROUP = "center"
+REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 
@@ -27,6 +28,13 @@ class Keys:
     @property
     def topic_glob(self) -> str:
         return f"{self.prefix}topic:*"
+
+    @property
+    def topics(self) -> str:
+        """Set of topic names, written by every publisher path (HTTP, `vestnik publish`, the
+        settings store, the bridge): what the topic hub follows, instead of a SCAN of the
+        keyspace. A product that XADDs by itself adds its topic with `SADD`."""
+        return f"{self.prefix}topics"
 
     def topic_of(self, key: str) -> str:
         return key[len(self.prefix) + len("topic:"):]
@@ -74,6 +82,18 @@ class Keys:
         repeat is counted once; expires with the dedup window."""
         return f"{self.prefix}notice:{nid}:folded"
 
+    @property
+    def refs_prefix(self) -> str:
+        return f"{self.prefix}refs:"
+
+    def refs(self, nid: str) -> str:
+        """Hash of one bucket of notice ids (their first REFS_BUCKET characters; field: the
+        rest of the id): how many MORE feeds than one hold each body. No field = one feed,
+        so a notice with one recipient costs nothing here; a bucket of ids made in the same
+        8 s stays a small listpack. The store script (streams.center) and
+        streams.inbox.RELEASE_LUA derive it the same way: change them together."""
+        return f"{self.prefix}refs:{nid[:REFS_BUCKET]}"
+
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
         return f"{self.prefix}notice:{nid}:deliveries"
@@ -108,6 +128,17 @@ class Keys:
     def inbox_layout(self) -> str:
         """String: "2" once every user's read state is a read set (streams.inbox.migrate)."""
         return f"{self.prefix}layout"
+
+    @property
+    def refs_counted(self) -> str:
+        """String: "1" once the bodies stored before `refs` existed have their counts
+        (streams.inbox.count_refs, run by each center before it stores anything)."""
+        return f"{self.prefix}layout:refs"
+
+    @property
+    def refs_lock(self) -> str:
+        """String: the center counting them now (a lock with a TTL)."""
+        return f"{self.prefix}layout:refs:lock"
 
     def archived(self, uid: str) -> str:
         """Set of archived notice ids."""

@@ -17,6 +17,7 @@ EVENTS_BAD = Counter(
     "vestnik_events_bad_total", "Topic stream entries that failed to decode", ["topic"]
 )
 SSE_CLIENTS = Gauge("vestnik_sse_clients", "Connected SSE clients", ["stream"])
+TOPICS_FOLLOWED = Gauge("vestnik_topics_followed", "Topic streams the process's hub tails")
 SSE_DROPPED = Counter(
     "vestnik_sse_slow_dropped_total", "SSE clients disconnected because they fell behind",
     ["stream"],

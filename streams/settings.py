@@ -50,7 +50,7 @@ _ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
 
 _decode_setting = msgspec.json.Decoder(AlertSetting).decode
 
-# KEYS: settings hash, ids zset, topic stream, old-name zset, new-name zset
+# KEYS: settings hash, ids zset, topic stream, old-name zset, new-name zset, topic set
 # ARGV: id, SHA-1 of the stored JSON the change was made from ('' = must not exist),
 #       new JSON ('' = delete), maxlen, then the topic entry's flat fields as pairs.
 # Comparing a digest of the whole stored value (not a decoded `version`) needs no JSON
@@ -78,8 +78,10 @@ end
 local fields = {}
 for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
 local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
+-- the topic's name into the topic set: the hubs follow what is in it
+if KEYS[6] then redis.call('SADD', KEYS[6], ARGV_TOPIC) end
 return {1, sid}
-"""
+""".replace("ARGV_TOPIC", repr(SETTINGS_TOPIC))
 
 
 def etag(setting: AlertSetting) -> str:
@@ -288,7 +290,8 @@ class SettingsStore:
         for k, v in fields.items():
             argv += [k, v]
         keys = [self.keys.settings, self.keys.settings_ids, self.keys.topic(SETTINGS_TOPIC),
-                self.keys.settings_by_name(old_name), self.keys.settings_by_name(setting.name)]
+                self.keys.settings_by_name(old_name), self.keys.settings_by_name(setting.name),
+                self.keys.topics]
         res = await self._write(keys=keys, args=argv)
         if res[0] == 1:
             EVENTS_PUBLISHED.labels(SETTINGS_TOPIC, self.src).inc()

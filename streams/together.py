@@ -53,6 +53,10 @@ class PerIteration(Generic[T, R]):
                 fut.set_result(res)
 
 
+# (stream key, fields, maxlen, (set key, member) to SADD in the same pipeline)
+Append = tuple[str, dict[Any, Any], int | None, tuple[str, str] | None]
+
+
 class Appends:
     """XADDs made in one loop iteration (requests that arrived together) go out in one
     pipeline: one write and one read for all of them, for the caller and for Redis. Each
@@ -64,18 +68,22 @@ class Appends:
 
     def __init__(self, redis: Any) -> None:
         self.redis = redis
-        self._adds: PerIteration[tuple[str, dict[Any, Any], int | None], bytes] = \
-            PerIteration(self._add_all)
+        self._adds: PerIteration[Append, bytes] = PerIteration(self._add_all)
 
-    async def xadd(self, key: str, fields: dict[Any, Any], *, maxlen: int | None = None
-                   ) -> bytes:
-        """XADD `fields` to `key` (trimmed with MAXLEN ~ `maxlen`); its stream id."""
-        return await self._adds.submit((key, fields, maxlen))
+    async def xadd(self, key: str, fields: dict[Any, Any], *, maxlen: int | None = None,
+                   member_of: tuple[str, str] | None = None) -> bytes:
+        """XADD `fields` to `key` (trimmed with MAXLEN ~ `maxlen`); its stream id.
+        `member_of` (set key, member): SADD it in the same pipeline (a topic's name into
+        the topic set, so the topic hubs find the stream without a SCAN)."""
+        return await self._adds.submit((key, fields, maxlen, member_of))
 
-    async def _add_all(self, items: list[tuple[str, dict[Any, Any], int | None]]
-                       ) -> list[bytes | BaseException]:
+    async def _add_all(self, items: list[Append]) -> list[bytes | BaseException]:
         async with self.redis.pipeline(transaction=False) as pipe:
-            for key, fields, maxlen in items:
+            at: list[int] = []  # each item's XADD in the pipeline
+            for key, fields, maxlen, member_of in items:
+                at.append(len(pipe))
                 pipe.xadd(key, fields, maxlen=maxlen, approximate=True)
-            return await pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
-
+                if member_of is not None:
+                    pipe.sadd(*member_of)
+            res = await pipe.execute(raise_on_error=False)
+        return [res[i] for i in at]

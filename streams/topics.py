@@ -24,7 +24,11 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
 
 _entity_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
-# KEYS: state hash, position key. ARGV: sid, op, id, data (repeated; data '' = keep state)
+# KEYS: state hash, position key[, topic stream]. ARGV: sid, op, id, data (repeated; data
+# '' = keep state)[, maxlen: with the stream key]. Once it has applied entries, it trims the
+# stream to about maxlen (products may XADD with no MAXLEN), but only below the position:
+# an entry not applied yet is never trimmed. It reads at most TRIM_STEP entries a call to
+# find where to cut, so a long untrimmed stream shrinks over a few calls.
 APPLY_LUA = """
 local function parse(sid)
   local a, b = string.match(sid, '^(%d+)-(%d+)$')
@@ -35,7 +39,9 @@ local pos = redis.call('GET', KEYS[2])
 if pos then pms, pseq = parse(pos) end
 local last = false
 local applied = 0
-for i = 1, #ARGV, 4 do
+local n, maxlen = #ARGV, 0
+if KEYS[3] then maxlen, n = tonumber(ARGV[n]), n - 1 end
+for i = 1, n, 4 do
   local ms, seq = parse(ARGV[i])
   if ms > pms or (ms == pms and seq > pseq) then
     if ARGV[i + 1] == 'delete' then
@@ -47,9 +53,22 @@ for i = 1, #ARGV, 4 do
     applied = applied + 1
   end
 end
-if last then redis.call('SET', KEYS[2], last) end
+if last then
+  redis.call('SET', KEYS[2], last)
+  local over = maxlen > 0 and redis.call('XLEN', KEYS[3]) - maxlen or 0
+  if over >= TRIM_SLACK then
+    local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', math.min(over, TRIM_STEP))
+    local cut = old[#old][1]
+    local cms, cseq = parse(cut)
+    if cms > pms or (cms == pms and cseq > pseq) then cut = last end
+    redis.call('XTRIM', KEYS[3], 'MINID', '~', cut)
+  end
+end
 return applied
 """
+TRIM_SLACK = 100  # entries over maxlen before a trim (one stream node; `~` cuts whole ones)
+TRIM_STEP = 1000  # the most entries one call reads to find where to cut
+APPLY_LUA = APPLY_LUA.replace("TRIM_SLACK", str(TRIM_SLACK)).replace("TRIM_STEP", str(TRIM_STEP))
 
 
 def check_topic(topic: str) -> str:
@@ -70,28 +89,42 @@ async def publish(
     check_topic(topic)
     if not event.ts:
         event.ts = now_ms()
-    # (redis-py's XADD trims approximately by default, as Appends does)
-    sid = await redis.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen)
+    # (redis-py's XADD trims approximately by default, as Appends does); the topic's name
+    # goes into the topic set in the same round trip, for the hubs to follow
+    if isinstance(redis, Appends):
+        sid = await redis.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen,
+                               member_of=(keys.topics, topic))
+    else:
+        async with redis.pipeline(transaction=False) as pipe:
+            pipe.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen)
+            pipe.sadd(keys.topics, topic)
+            sid, _ = await pipe.execute()
     EVENTS_PUBLISHED.labels(topic, via).inc()
     return sid.decode()
 
 
 class StateWriter:
-    """Applies decoded, hydrated events of a topic to `vn:state:<topic>` in one round trip."""
+    """Applies decoded, hydrated events of a topic to `vn:state:<topic>` in one round trip,
+    and trims the topic stream to about `maxlen` behind what it applied (0: no trim)."""
 
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 0) -> None:
         self.keys = keys
+        self.maxlen = maxlen
         self._apply = redis.register_script(APPLY_LUA)
 
     async def apply(self, topic: str, events: list[tuple[str, TopicEvent]]) -> int:
         if not events:
             return 0
-        argv: list[str | bytes] = []
+        argv: list[str | bytes | int] = []
         for sid, ev in events:
             data = b"" if ev.data is None else json_encode(ev.data)
             argv += [sid, ev.op, ev.id, data]
-        return int(await self._apply(keys=[self.keys.state(topic), self.keys.state_pos(topic)],
-                                     args=argv))
+        k = self.keys
+        keys = [k.state(topic), k.state_pos(topic)]
+        if self.maxlen:
+            keys.append(k.topic(topic))
+            argv.append(self.maxlen)
+        return int(await self._apply(keys=keys, args=argv))
 
 
 async def read_snapshot(redis: Redis, keys: Keys, topic: str) -> Snapshot:

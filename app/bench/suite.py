@@ -345,9 +345,42 @@ async def b3_fanout(bench: Bench) -> None:
         bench.progress.advance(task)
 
 
+async def _drained_memory(world: World, r: Redis, n: int, **env: str) -> int:
+    """Redis `used_memory` once one center has stored the `n` entries waiting on the ingest
+    stream and the stream itself is gone (it is not what is measured)."""
+    center = world.start("center", **env)
+    await drain_rate(r, K.notices, CENTER_GROUP, n, center)
+    world.stop(center)  # else it recreates the group it sees deleted, before we do
+    await r.delete(K.notices)
+    await r.xgroup_create(K.notices, CENTER_GROUP, id="0", mkstream=True)
+    return int((await r.info("memory"))["used_memory"])
+
+
+async def b6_steady(bench: Bench) -> None:
+    """Memory growth per notice once every feed is full: the bodies a feed drops go with
+    the last one (issue 19), so it should stay near 0. Two recipients a notice, so bodies
+    held by several feeds are counted too; 1,000 users with feeds of 10."""
+    users, per, feed_max = 1000, 2, "10"
+    fill, n = 20_000, (30_000 if bench.quick else 60_000)
+    with World() as world:
+        r = world.redis()
+        await seed_users(r, users)
+        await r.xgroup_create(K.notices, CENTER_GROUP, id="0", mkstream=True)
+        await load_notices(r, fill, per, users, forward=False)  # 40 a user: every feed full
+        before = await _drained_memory(world, r, fill, VESTNIK_FEED_MAX=feed_max)
+        await load_notices(r, n, per, users, forward=False)
+        after = await _drained_memory(world, r, n, VESTNIK_FEED_MAX=feed_max)
+        bench.record("B6:steady_bytes_per_notice", f"Redis memory growth per notice with "
+                     f"every feed full ({n:,} notices x{per}, {users:,} feeds of {feed_max})",
+                     [(after - before) / n], "bytes", better="lower", target=40)
+        await r.aclose()
+
+
 async def b6_memory(bench: Bench) -> None:
     n = 20_000 if bench.quick else 100_000
-    task = bench.progress.add_task("B6 memory", total=1)
+    task = bench.progress.add_task("B6 memory", total=2)
+    await b6_steady(bench)
+    bench.progress.advance(task)
     with World() as world:
         r = world.redis()
         await seed_users(r, 1000)
@@ -355,12 +388,7 @@ async def b6_memory(bench: Bench) -> None:
         before = (await r.info("memory"))["used_memory"]
         sample = enc(notice_fields(0, "u1", forward=False))
         await load_notices(r, n, 1, 1000, forward=False)
-        center = world.start("center")
-        await drain_rate(r, K.notices, CENTER_GROUP, n, center)
-        world.stop(center)  # else it recreates the group it sees deleted, before we do
-        await r.delete(K.notices)  # the ingest stream is not what is measured
-        await r.xgroup_create(K.notices, CENTER_GROUP, id="0", mkstream=True)
-        after = (await r.info("memory"))["used_memory"]
+        after = await _drained_memory(world, r, n)
         bench.record("B6:bytes_per_entry", f"Redis memory per stored feed entry "
                      f"(notice of ~{len(sample)} bytes)", [(after - before) / n], "bytes",
                      better="lower", target=700)

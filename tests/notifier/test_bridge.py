@@ -29,6 +29,7 @@ async def test_key_writes_become_events_with_the_entity(bridged_api: Api, redis,
     ev = (await sse.next()).json()
     assert (ev["op"], ev["id"], ev["data"]) == ("update", "7", {"id": 7, "status": "installing"})
     assert ev["src"] == "bridge"
+    assert await redis.smembers("vn:topics") == {b"vm"}  # the hubs find the topic (issue 19)
 
     await redis.hset("panel:vm:8", mapping={"name": "db-1", "status": "running"})
     ev = (await sse.next()).json()

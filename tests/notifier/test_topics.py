@@ -121,8 +121,8 @@ async def _has(http, topic, eid):
 
 
 async def test_new_topic_found_among_many_keys(api: Api, redis, keys, user_token):
-    """A product's first XADD to a topic nobody watches is materialized even when the
-    keyspace holds many other keys (discovery SCANs it a page at a time)."""
+    """A product's first XADD to a topic nobody watches is materialized when a snapshot
+    asks for it, however many other keys the keyspace holds (no SCAN)."""
     async with redis.pipeline(transaction=False) as pipe:
         for i in range(20_000):
             pipe.set(keys.notice(f"filler-{i}"), b"{}")
