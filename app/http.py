@@ -8,6 +8,7 @@ request/response types so `/openapi.json` is generated from the msgspec Structs.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
@@ -105,22 +106,25 @@ def authenticate(request: Request, ctx: Ctx, auth: Auth) -> Principal:
 
 
 def decode_user_token(ctx: Ctx, token: str) -> Principal:
-    secret = ctx.settings.secret
-    if not secret:
+    settings = ctx.settings
+    if not settings.secret:
         raise Unauthorized("user tokens are not accepted: VESTNIK_SECRET is not set")
+    required = ["exp", "sub"] + (["iss"] if settings.jwt_issuer is not None else [])
     try:
         claims = jwt.decode(
             token,
-            secret,
+            settings.secret,
             algorithms=["HS256"],
-            audience=ctx.settings.jwt_audience,
-            options={"require": ["exp", "sub"],
-                     "verify_aud": ctx.settings.jwt_audience is not None},
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway,
+            options={"require": required, "verify_aud": settings.jwt_audience is not None},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("token expired") from None
     except jwt.InvalidTokenError as e:
         raise Unauthorized(f"invalid token: {e}") from None
+    check_lifetime(claims, settings.jwt_max_ttl)
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("invalid token: `sub` must be a non-empty string")
@@ -130,6 +134,15 @@ def decode_user_token(ctx: Ctx, token: str) -> Principal:
     if not isinstance(roles, list | tuple):
         raise Unauthorized("invalid token: `roles` must be a list of strings")
     return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)))
+
+
+def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
+    """A stolen token must not work for years: `exp - iat` (or, without `iat`, `exp - now`:
+    a token cannot claim to be younger than it is) is at most VESTNIK_JWT_MAX_TTL."""
+    exp, iat = claims["exp"], claims.get("iat")
+    start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
+    if exp - start > max_ttl:
+        raise Unauthorized(f"invalid token: lives longer than VESTNIK_JWT_MAX_TTL ({max_ttl} s)")
 
 
 PRIVATE_TOPICS = frozenset({SETTINGS_TOPIC, USER_TOPIC})

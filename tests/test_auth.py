@@ -224,3 +224,45 @@ async def test_audience_is_checked_when_configured(start_api):
             assert_401(await http.get(SNAPSHOT, headers=bearer(token)), what)
         for token in (make_token(secret, aud="vestnik"), make_token(secret, aud=["x", "vestnik"])):
             assert (await http.get(SNAPSHOT, headers=bearer(token))).status_code == 200
+
+
+async def test_jwt_leeway_issuer_and_max_lifetime(start_api):
+    """30 s of clock skew is forgiven, not more; `iss` is checked when configured; a token
+    that lives longer than VESTNIK_JWT_MAX_TTL (30 days) is refused, also one without `iat`."""
+    api = start_api(VESTNIK_JWT_ISSUER="https://login.example.test")
+    secret, iss, day = api.env["VESTNIK_SECRET"], "https://login.example.test", 86400
+    now = int(time.time())
+    refused = {
+        "expired 40 s ago": make_token(secret, iss=iss, exp=now - 40),
+        "wrong iss": make_token(secret, iss="https://evil.example.test"),
+        "no iss": make_token(secret),
+        "iat to exp 31 days": make_token(secret, iss=iss, iat=now, exp=now + 31 * day),
+        "no iat, exp in 31 days": make_token(secret, iss=iss, exp=now + 31 * day),
+        "iat in the future": make_token(secret, iss=iss, iat=now + 120, exp=now + 600),
+    }
+    accepted = {
+        "expired 20 s ago": make_token(secret, iss=iss, iat=now - 600, exp=now - 20),
+        "30 days": make_token(secret, iss=iss, iat=now, exp=now + 30 * day),
+        "no iat, exp in 29 days": make_token(secret, iss=iss, exp=now + 29 * day),
+    }
+    async with client(api) as http:
+        for what, token in refused.items():
+            r = await http.get(SNAPSHOT, headers=bearer(token))
+            assert_401(r, what)
+        r = await http.get(SNAPSHOT, headers=bearer(refused["iat to exp 31 days"]))
+        assert "VESTNIK_JWT_MAX_TTL" in r.json()["detail"]
+        for what, token in accepted.items():
+            r = await http.get(SNAPSHOT, headers=bearer(token))
+            assert r.status_code == 200, (what, r.text)
+
+
+def test_issued_tokens_carry_iat_and_iss_and_respect_the_max_lifetime():
+    from app.cli import issue_token
+    from streams.config import ConfigError
+
+    settings = load({"VESTNIK_SECRET": "s" * 32, "VESTNIK_JWT_ISSUER": "vestnik"})
+    claims = jwt.decode(issue_token(settings, "1", 60), "s" * 32, algorithms=["HS256"],
+                        issuer="vestnik")
+    assert claims["exp"] - claims["iat"] == 60
+    with pytest.raises(ConfigError, match="VESTNIK_JWT_MAX_TTL"):
+        issue_token(settings, "1", 31 * 86400)
