@@ -9,7 +9,8 @@ import subprocess
 import httpx
 import pytest
 
-from support import SSE, Api, base_env, vestnik_argv
+from streams.redis_server import free_port
+from support import SSE, Api, base_env, vestnik_argv, wait_http
 
 READ_ALL = "/api/v1/me/notices/read-all"
 APP = "https://app.example.test"
@@ -117,3 +118,27 @@ async def test_one_stream_too_many_closes_that_users_oldest(start_api, user_toke
     finally:
         for sse in (me, topic, bobs, newest, *services):
             await sse.close()
+
+
+DEMO = ("/demo/vms", "/demo/mail", "/demo/mail.json")
+
+
+async def _demo_routes(base: str) -> tuple[list[int], bool, list[str]]:
+    async with httpx.AsyncClient(base_url=base, timeout=10) as http:
+        codes = [(await http.get(path)).status_code for path in DEMO]
+        site = (await http.get("/site.json")).json()
+        paths = [p for p in (await http.get("/openapi.json")).json()["paths"]
+                 if p.startswith("/demo/")]
+    return codes, site["demo"], paths
+
+
+async def test_demo_routes_exist_only_under_up_demo(api: Api, start_proc, tmp_path):
+    assert await _demo_routes(api.base) == ([404, 404, 404], False, [])
+    for args, expected in ((["up"], ([404, 404, 404], False, [])),
+                           (["up", "--demo"], ([200, 200, 200], True, list(DEMO)))):
+        port = free_port()
+        proc = start_proc(*args, "--port", str(port),
+                          VESTNIK_DATA_DIR=str(tmp_path / "-".join(args)))
+        wait_http(f"http://127.0.0.1:{port}/readyz", timeout=40, proc=proc)
+        assert await _demo_routes(f"http://127.0.0.1:{port}") == expected, args
+        assert proc.stop() == 0, proc.output()[-2000:]
