@@ -101,8 +101,8 @@ class SSEResponse:
 
     def evict(self) -> None:
         """End this stream cleanly (its user opened too many): the writer sends CLOSED."""
-        self.evicted = True
-        if self.writer is not None:
+        if self.writer is not None and not self.evicted:
+            self.evicted = True
             self.writer.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -121,12 +121,13 @@ class SSEResponse:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 state["last"], state["busy"] = now, 0.0
         except asyncio.CancelledError:
-            if self.evicted:
-                writer.uncancel()  # closed for a newer stream of the same user: end cleanly
-            elif not watcher.done() or watcher.result() is not True:
+            gone = watcher.done() and watcher.result() is True
+            if not gone and not self.evicted:
                 raise  # cancelled from outside (shutdown): let it propagate
-            else:
-                writer.uncancel()  # we cancelled ourselves: the client went away or stalled
+            # we cancelled ourselves: the client went away or stalled (nothing more to
+            # send), or a newer stream of the same user evicted this one (end it cleanly)
+            writer.uncancel()
+            if gone:
                 return
         finally:
             watcher.cancel()
