@@ -73,7 +73,8 @@ def describe_plain_routes(spec: dict, routes: list) -> None:
             })
 
 
-def create_app(settings: Settings) -> Starlette:
+def create_app(settings: Settings, *, demo: bool = False) -> Starlette:
+    """The api; `demo` (only `vestnik up --demo`) adds the `/demo/*` pages and data."""
     if not settings.redis_url:
         raise ValueError("redis_url is required (vestnik up starts a private Redis)")
     all_routers = routers()
@@ -114,7 +115,7 @@ def create_app(settings: Settings) -> Starlette:
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
     from .pages import routes as page_routes  # the inbox, admin and demo pages
 
-    routes += page_routes()
+    routes += page_routes(demo)
     describe_plain_routes(spec, routes)
     middleware = []
     if settings.cors_origins:

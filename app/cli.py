@@ -144,11 +144,17 @@ def issue_token(settings: Settings, user: str, ttl: int = 86400, roles: list[str
 
     if not settings.secret:
         raise ConfigError("VESTNIK_SECRET: required to sign user tokens")
-    claims: dict[str, object] = {"sub": user, "exp": int(time.time()) + ttl}
+    if ttl > settings.jwt_max_ttl:
+        raise ConfigError(f"VESTNIK_JWT_MAX_TTL: a token of {ttl} s would be refused "
+                          f"(at most {settings.jwt_max_ttl} s)")
+    now = int(time.time())
+    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
     if roles:
         claims["roles"] = roles
     if settings.jwt_audience:
         claims["aud"] = settings.jwt_audience
+    if settings.jwt_issuer:
+        claims["iss"] = settings.jwt_issuer
     return jwt.encode(claims, settings.secret, algorithm="HS256")
 
 

@@ -7,10 +7,13 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streams.config import Settings
+from streams.config import Settings, parse_rate
 from streams.ingest import Ingest
 from streams.keys import Keys
 from streams.together import Appends
+
+from .limits import RateLimiter
+from .sse import UserStreams
 
 
 @dataclass
@@ -23,7 +26,13 @@ class Ctx:
     # XADDs of requests that arrive together, in one pipeline (notices, topic events)
     appends: Appends = field(init=False)
     ingest: Ingest = field(init=False)  # notices into the ingest stream
+    # per-token write rate (None: VESTNIK_RATE=off) and per-user SSE streams, this process
+    limiter: RateLimiter | None = field(init=False)
+    sse_users: UserStreams = field(init=False)
 
     def __post_init__(self) -> None:
         self.appends = Appends(self.redis)
         self.ingest = Ingest(self.redis, self.keys, self.appends)
+        rate = parse_rate(self.settings.rate)
+        self.limiter = None if rate is None else RateLimiter(rate, self.settings.rate_burst)
+        self.sse_users = UserStreams(self.settings.sse_per_user)

@@ -8,9 +8,11 @@ request/response types so `/openapi.json` is generated from the msgspec Structs.
 from __future__ import annotations
 
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
+from urllib.parse import urlsplit
 
 import jwt
 import msgspec
@@ -23,6 +25,8 @@ from streams.keys import SETTINGS_TOPIC, USER_TOPIC
 from streams.schemas import decode_json, json_encode
 
 from .context import Ctx
+from .errors import error_response
+from .sse import SSEResponse
 
 T = TypeVar("T")
 Auth = Literal["none", "service", "user", "any"]
@@ -35,6 +39,7 @@ class Principal:
     kind: Literal["anonymous", "service", "user"]
     user_id: str | None = None
     roles: tuple[str, ...] = ()
+    token: str = field(default="", repr=False, compare=False)  # the key of its write rate
 
     @property
     def is_service(self) -> bool:
@@ -67,17 +72,57 @@ async def read_body(request: Request, typ: type[T], ctx: Ctx) -> T:
         raise BadInput("body is nested too deeply", field="$") from None
 
 
-def _token_from(request: Request, allow_query: bool) -> str | None:
+UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+Source = Literal["header", "cookie", "query", ""]
+
+
+def _token_from(request: Request, allow_query: bool) -> tuple[str | None, Source]:
+    """The token and where it came from: a cookie or a URL carry it without the caller's
+    script asking, so those two are limited (same-origin writes; SSE GETs only)."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value:
-        return value.strip()
+        return value.strip(), "header"
     cookie = request.cookies.get("vestnik_token")
     if cookie:
-        return cookie
+        return cookie, "cookie"
     if allow_query:
-        return request.query_params.get("token")
-    return None
+        return request.query_params.get("token"), "query"
+    return None, ""
+
+
+def _origin(scheme: str, netloc: str) -> str:
+    """`scheme://host[:port]`, lower-case, without the scheme's default port."""
+    scheme, netloc = scheme.lower(), netloc.rpartition("@")[2].lower()
+    default = {"http": ":80", "https": ":443"}.get(scheme)
+    if default and netloc.endswith(default):
+        netloc = netloc[: -len(default)]
+    return f"{scheme}://{netloc}"
+
+
+def check_same_origin(request: Request, ctx: Ctx) -> None:
+    """A cookie rides along on a form or fetch from any site (CSRF): a write authenticated by
+    the cookie alone must come from this API's origin or one in VESTNIK_CORS_ORIGINS.
+
+    Browsers send Origin on every cross-site POST; without Origin, Referer is used; without
+    either the request is refused (a script of ours can always send a Bearer header).
+    Our own origin is the Host header with the request's scheme, or X-Forwarded-Proto when
+    a TLS proxy in front sets it (a cross-site page cannot set that header)."""
+    name, raw = "Origin", request.headers.get("origin")
+    if raw is None:
+        name, raw = "Referer", request.headers.get("referer")
+    if raw is None:
+        raise Forbidden("a write authenticated by the vestnik_token cookie needs an Origin "
+                        "or Referer header (or send Authorization: Bearer)", field="Origin")
+    parts = urlsplit(raw)
+    given = _origin(parts.scheme, parts.netloc) if parts.scheme and parts.netloc else raw
+    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    own = _origin(proto, request.headers.get("host", ""))
+    allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.settings.cors_origins
+                      if "://" in o)}
+    if given not in allowed:
+        raise Forbidden(f"{name} {given} is neither this API's origin nor listed in "
+                        "VESTNIK_CORS_ORIGINS (a cookie-authenticated write)", field=name)
 
 
 def is_service_token(ctx: Ctx, token: str) -> bool:
@@ -89,14 +134,24 @@ def is_service_token(ctx: Ctx, token: str) -> bool:
     return found
 
 
-def authenticate(request: Request, ctx: Ctx, auth: Auth) -> Principal:
+def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = False
+                 ) -> Principal:
+    """Who calls; `allow_query`: the route is an SSE GET (EventSource cannot send headers),
+    the only place a `?token=` is read (elsewhere it would end up in logs and Referers)."""
     if auth == "none":
         return ANONYMOUS
-    token = _token_from(request, allow_query=True)
+    token, source = _token_from(request, allow_query)
     if not token:
         raise Unauthorized("missing token: send `Authorization: Bearer <token>`")
+    principal = _principal(ctx, auth, token)
+    if source == "cookie" and request.method in UNSAFE:  # a valid cookie: may be CSRF
+        check_same_origin(request, ctx)
+    return principal
+
+
+def _principal(ctx: Ctx, auth: Auth, token: str) -> Principal:
     if auth in ("service", "any") and is_service_token(ctx, token):
-        return Principal("service")
+        return Principal("service", token=token)
     if auth == "service":
         raise Unauthorized("a service token is required")
     if auth == "user" and is_service_token(ctx, token):
@@ -105,22 +160,25 @@ def authenticate(request: Request, ctx: Ctx, auth: Auth) -> Principal:
 
 
 def decode_user_token(ctx: Ctx, token: str) -> Principal:
-    secret = ctx.settings.secret
-    if not secret:
+    settings = ctx.settings
+    if not settings.secret:
         raise Unauthorized("user tokens are not accepted: VESTNIK_SECRET is not set")
+    required = ["exp", "sub"] + (["iss"] if settings.jwt_issuer is not None else [])
     try:
         claims = jwt.decode(
             token,
-            secret,
+            settings.secret,
             algorithms=["HS256"],
-            audience=ctx.settings.jwt_audience,
-            options={"require": ["exp", "sub"],
-                     "verify_aud": ctx.settings.jwt_audience is not None},
+            audience=settings.jwt_audience,
+            issuer=settings.jwt_issuer,
+            leeway=settings.jwt_leeway,
+            options={"require": required, "verify_aud": settings.jwt_audience is not None},
         )
     except jwt.ExpiredSignatureError:
         raise Unauthorized("token expired") from None
     except jwt.InvalidTokenError as e:
         raise Unauthorized(f"invalid token: {e}") from None
+    check_lifetime(claims, settings.jwt_max_ttl)
     sub = claims.get("sub")
     if not isinstance(sub, str) or not sub:
         raise Unauthorized("invalid token: `sub` must be a non-empty string")
@@ -129,7 +187,23 @@ def decode_user_token(ctx: Ctx, token: str) -> Principal:
         roles = (roles,)
     if not isinstance(roles, list | tuple):
         raise Unauthorized("invalid token: `roles` must be a list of strings")
-    return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)))
+    return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)),
+                     token=token)
+
+
+def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
+    """A stolen token must not work for years: `exp - iat` (or, without `iat`, `exp - now`:
+    a token cannot claim to be younger than it is) is at most VESTNIK_JWT_MAX_TTL."""
+    exp, iat = claims["exp"], claims.get("iat")
+    start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
+    if exp - start > max_ttl:
+        raise Unauthorized(f"invalid token: lives longer than VESTNIK_JWT_MAX_TTL ({max_ttl} s)")
+
+
+def rate_limited(wait: int) -> Response:
+    """429: this token's writes exceed VESTNIK_RATE in this api process."""
+    return error_response(429, "rate_limited", "too many write requests for this token "
+                          f"(VESTNIK_RATE); retry in {wait} s", None, {"Retry-After": str(wait)})
 
 
 PRIVATE_TOPICS = frozenset({SETTINGS_TOPIC, USER_TOPIC})
@@ -197,10 +271,20 @@ class Router:
         headers: dict[str, str] | None = None,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
+            allow_query = stream and method == "GET"
+            write = method in UNSAFE and auth != "none"
+
             async def endpoint(request: Request) -> Response:
                 ctx: Ctx = request.app.state.ctx
-                principal = authenticate(request, ctx, auth)
-                return await handler(request, ctx, principal)
+                principal = authenticate(request, ctx, auth, allow_query)
+                if write and ctx.limiter is not None:
+                    wait = ctx.limiter.retry_after(principal.token)
+                    if wait:
+                        return rate_limited(wait)
+                response = await handler(request, ctx, principal)
+                if principal.user_id is not None and isinstance(response, SSEResponse):
+                    response.owner = (ctx.sse_users, principal.user_id)
+                return response
 
             endpoint.__name__ = handler.__name__
             self.routes.append(Route(path, endpoint, methods=[method]))
@@ -304,6 +388,8 @@ def _error_codes(op: Operation) -> list[int]:
     codes = [503]
     if op.auth != "none":
         codes += [401, 403]
+        if op.method in UNSAFE:
+            codes.append(429)
     if op.body is not None:
         codes += [400, 413, 422]
     if "{" in op.path:

@@ -1,6 +1,7 @@
-"""The web pages `vestnik api` serves: the inbox (`/`), the admin page (`/admin`), the live
-entity demo (`/demo/vms`), the demo mailbox (`/demo/mail`) and the static files behind
-them, including the embeddable widget `/static/vestnik-inbox.js`.
+"""The web pages `vestnik api` serves: the inbox (`/`), the admin page (`/admin`) and the
+static files behind them, including the embeddable widget `/static/vestnik-inbox.js`;
+under `vestnik up --demo` also the live entity demo (`/demo/vms`) and the demo mailbox
+(`/demo/mail`).
 
 The pages are plain HTML and ES modules (no build step); they talk to the same JSON API
 and SSE streams as any product would. Tokens travel in the URL only once (`?token=`): the
@@ -67,8 +68,7 @@ async def demo_mail(request: Request) -> Response:
         pipe.exists(key + ":on")
         pipe.lrange(key, 0, limit - 1)
         on, raw = await pipe.execute()
-    # 200 either way (`on` says whether the sink runs): the pages probe it to show their
-    # demo links, and a 404 would be an error in every browser console
+    # `on`: whether the sink runs now (it may still be starting)
     return json_response({"on": bool(on), "items": [msgspec.json.decode(m) for m in raw]},
                          headers={"Cache-Control": "no-store"})
 
@@ -92,16 +92,34 @@ class Static(StaticFiles):
         await super().__call__(scope, receive, send_with_headers)
 
 
-def routes() -> list[BaseRoute]:
-    return [
+def _site(demo: bool):
+    body = msgspec.json.encode({"demo": demo})
+
+    async def site(request: Request) -> Response:
+        """What the pages show: `demo` is true under `vestnik up --demo` (its links)"""
+        return Response(body, media_type="application/json",
+                        headers={"Cache-Control": "no-store"})
+
+    return site
+
+
+def routes(demo: bool = False) -> list[BaseRoute]:
+    """The pages; `/demo/*` only under `vestnik up --demo` (elsewhere they answer 404: a
+    production api shows no demo data, nor the demo mailbox of a shared Redis)."""
+    pages: list[BaseRoute] = [
         Route("/", _page("index.html", "The user's inbox (HTML; takes ?token= once)"),
               methods=["GET", "HEAD"]),
         Route("/admin", _page("admin.html", "Alert settings and delivery logs (HTML)"),
               methods=["GET", "HEAD"]),
-        Route("/demo/vms", _page("vms.html", "Live table of topic `vm` (HTML)"),
-              methods=["GET", "HEAD"]),
-        Route("/demo/mail", _page("mail.html", "Mail received by the demo SMTP sink (HTML)"),
-              methods=["GET", "HEAD"]),
-        Route("/demo/mail.json", demo_mail, methods=["GET"]),
+        Route("/site.json", _site(demo), methods=["GET"]),
         Mount("/static", app=Static(directory=STATIC), name="static"),
     ]
+    if demo:
+        pages[2:2] = [
+            Route("/demo/vms", _page("vms.html", "Live table of topic `vm` (HTML)"),
+                  methods=["GET", "HEAD"]),
+            Route("/demo/mail", _page("mail.html", "Mail received by the demo SMTP sink (HTML)"),
+                  methods=["GET", "HEAD"]),
+            Route("/demo/mail.json", demo_mail, methods=["GET"]),
+        ]
+    return pages

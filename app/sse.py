@@ -19,13 +19,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
 from streams.hub import Item
 
-from .context import Ctx
+if TYPE_CHECKING:
+    from .context import Ctx
 
 PING = b": ping\n\n"
 HEADERS = [
@@ -57,39 +59,88 @@ def last_event_id(request: Request) -> str | None:
     return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
 
 
+# the last frame of a stream closed because its user opened one more than VESTNIK_SSE_PER_USER
+CLOSED = frame(b'{"reason":"too_many_streams"}', event="closed")
+
+
+class UserStreams:
+    """Each user's open SSE streams in this process, oldest first: one more than `cap`
+    closes the oldest (it ends cleanly; the client resumes with Last-Event-ID)."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.by_user: dict[str, dict[SSEResponse, None]] = {}
+
+    def add(self, user: str, response: SSEResponse) -> None:
+        streams = self.by_user.setdefault(user, {})
+        streams[response] = None
+        if len(streams) > self.cap:
+            oldest = next(iter(streams))
+            del streams[oldest]
+            oldest.evict()
+
+    def remove(self, user: str, response: SSEResponse) -> None:
+        streams = self.by_user.get(user)
+        if streams is not None:
+            streams.pop(response, None)
+            if not streams:
+                del self.by_user[user]
+
+
 class SSEResponse:
-    __slots__ = ("frames", "ping", "send_timeout")
+    __slots__ = ("evicted", "frames", "owner", "ping", "send_timeout", "writer")
 
     def __init__(self, frames: AsyncIterator[bytes], *, ping: float,
                  send_timeout: float = 30.0) -> None:
         self.frames = frames
         self.ping = ping
         self.send_timeout = send_timeout
+        self.owner: tuple[UserStreams, str] | None = None  # counted against this user's cap
+        self.writer: asyncio.Task[object] | None = None
+        self.evicted = False
+
+    def evict(self) -> None:
+        """End this stream cleanly (its user opened too many): the writer sends CLOSED."""
+        if self.writer is not None and not self.evicted:
+            self.evicted = True
+            self.writer.cancel()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": HEADERS})
         loop = asyncio.get_running_loop()
         # last: when we last wrote; busy: since when a send has been blocked (0 = none)
         state = {"last": loop.time(), "busy": 0.0}
-        writer = asyncio.current_task()
+        writer = self.writer = asyncio.current_task()
         assert writer is not None
         watcher = asyncio.create_task(self._watch(receive, send, state, writer))
+        if self.owner is not None:
+            self.owner[0].add(self.owner[1], self)
         try:
             async for chunk in self.frames:
                 state["busy"] = now = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 state["last"], state["busy"] = now, 0.0
         except asyncio.CancelledError:
-            if not watcher.done() or watcher.result() is not True:
+            gone = watcher.done() and watcher.result() is True
+            if not gone and not self.evicted:
                 raise  # cancelled from outside (shutdown): let it propagate
-            writer.uncancel()  # we cancelled ourselves: the client went away or stalled
-            return
+            # we cancelled ourselves: the client went away or stalled (nothing more to
+            # send), or a newer stream of the same user evicted this one (end it cleanly)
+            writer.uncancel()
+            if gone:
+                return
         finally:
             watcher.cancel()
+            if self.owner is not None:
+                self.owner[0].remove(self.owner[1], self)
             with contextlib.suppress(BaseException):
                 await self.frames.aclose()  # type: ignore[attr-defined]
-        with contextlib.suppress(OSError):
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        with contextlib.suppress(OSError, TimeoutError):
+            async with asyncio.timeout(self.send_timeout):  # a stalled client, evicted
+                if self.evicted:
+                    await send({"type": "http.response.body", "body": CLOSED,
+                                "more_body": True})
+                await send({"type": "http.response.body", "body": b"", "more_body": False})
 
     async def _watch(self, receive: Receive, send: Send, state: dict[str, float],
                      writer: asyncio.Task[object]) -> bool:

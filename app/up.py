@@ -83,8 +83,8 @@ async def run_bridge(settings: Settings) -> None:
         await redis.aclose()
 
 
-async def serve_all(settings: Settings, parts: list[Part]) -> None:
-    server = make_server(create_app(settings), settings)
+async def serve_all(settings: Settings, parts: list[Part], *, demo: bool = False) -> None:
+    server = make_server(create_app(settings, demo=demo), settings)
     tasks = [asyncio.create_task(part(settings), name=part.__name__) for part in parts]
     try:
         await server.serve()
@@ -125,7 +125,7 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
 
             settings = prepare(settings)
         print(banner(settings, private), file=sys.stderr, flush=True)
-        run(serve_all(settings, parts_for(settings, demo)))
+        run(serve_all(settings, parts_for(settings, demo), demo=demo))
     finally:
         if private is not None:
             private.stop()

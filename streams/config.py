@@ -37,6 +37,9 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     secret: str | None = None
     service_tokens: list[str] = []
     jwt_audience: str | None = None
+    jwt_issuer: str | None = None  # `iss` required and checked when set
+    jwt_leeway: NonNegative = 30.0  # seconds of clock skew allowed on exp/nbf/iat
+    jwt_max_ttl: Positive = 30 * 86400  # seconds: a longer-lived user token is refused
     host: str = "127.0.0.1"
     port: Port = 8080
     data_dir: str = ".vestnik"
@@ -49,6 +52,10 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     sse_ping: Annotated[float, msgspec.Meta(gt=0)] = 15.0
     cors_origins: list[str] = []
     max_body: Positive = 1_048_576
+    sse_per_user: Positive = 32  # live streams per user per api process; more close the oldest
+    # write requests per token per api process: `<n>/s` (or /m, /h) and a burst, or `off`
+    rate: str = "20000/s"
+    rate_burst: Positive = 40_000
     # notice center
     forward_after: NonNegative = 300.0
     center_batch: Positive = 250
@@ -81,6 +88,23 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
         for item in self.egress_allow:  # a CIDR typo must not become a host name
             if "/" in item and not _is_network(item):
                 raise ValueError(f"egress_allow: {item!r} is not a CIDR (VESTNIK_EGRESS_ALLOW)")
+        if "*" in self.cors_origins:
+            raise ValueError("cors_origins must list origins, not `*`: the API allows "
+                             "credentials (the vestnik_token cookie), so any site could use them")
+        parse_rate(self.rate)
+
+
+RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+
+
+def parse_rate(raw: str) -> float | None:
+    """`20000/s` → 20000.0 requests per second; `off` → None (no limit)."""
+    if raw.strip().lower() == "off":
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*/\s*([smh])\s*", raw)
+    if not m or float(m.group(1)) <= 0:
+        raise ValueError(f"rate must look like `20000/s` (or /m, /h) or `off`, got {raw!r}")
+    return float(m.group(1)) / RATE_UNITS[m.group(2)]
 
 
 def _is_network(text: str) -> bool:

@@ -47,7 +47,7 @@ async def test_bad_user_tokens_are_401(api: Api):
     secret = api.env["VESTNIK_SECRET"]
     now = int(time.time())
     bad = {
-        "expired": make_token(secret, exp=now - 10),
+        "expired": make_token(secret, exp=now - 40),  # past the 30 s leeway
         "wrong secret": make_token("another-secret-" + "x" * 32),
         "alg none": make_token(secret, alg="none"),
         "alg HS512": make_token(secret + "x" * 40, alg="HS512"),
@@ -79,7 +79,8 @@ async def test_token_as_header_cookie_or_query(api: Api, user_token):
     token = user_token("1")
     async with client(api) as http:
         assert (await http.get(SNAPSHOT, headers=bearer(token))).status_code == 200
-        assert (await http.get(f"{SNAPSHOT}?token={token}")).status_code == 200
+        # a query token is read only by SSE GETs (EventSource cannot send headers)
+        assert_401(await http.get(f"{SNAPSHOT}?token={token}"), "query token on a JSON route")
         r = await http.get(SNAPSHOT, headers={"Cookie": f"vestnik_token={token}"})
         assert r.status_code == 200
         r = await http.get(SNAPSHOT, headers={"Cookie": "vestnik_token=junk"})
@@ -106,11 +107,10 @@ async def test_service_and_user_tokens_are_not_interchangeable(api: Api, user_to
             for headers in (bearer(token), {"Cookie": f"vestnik_token={token}"}, {}):
                 r = await http.request(method, url, json=body, headers=headers)
                 assert_401(r, (method, url, headers))
-        # the service token works where a service is required, by header or query
+        # the service token works where a service is required, by header (not by query)
         r = await http.get("/api/v1/settings", headers=bearer(api.service_token))
         assert r.status_code == 200
-        r = await http.get(f"/api/v1/settings?token={api.service_token}")
-        assert r.status_code == 200
+        assert_401(await http.get(f"/api/v1/settings?token={api.service_token}"), "query")
         # ... and reads topics (auth "any")
         r = await http.get(SNAPSHOT, headers=bearer(api.service_token))
         assert r.status_code == 200
@@ -154,8 +154,10 @@ def test_service_token_is_not_a_user(settings):
     from app.cli import issue_token
 
     user = issue_token(settings, "7", 60, ["ops"])
-    p = authenticate(_request(query=f"token={user}"), ctx, "user")
+    p = authenticate(_request(query=f"token={user}"), ctx, "user", allow_query=True)
     assert (p.kind, p.user_id, p.roles) == ("user", "7", ("ops",))
+    with pytest.raises(Unauthorized, match="missing token"):  # a query token: SSE GETs only
+        authenticate(_request(query=f"token={user}"), ctx, "user")
     assert authenticate(_request(bearer(service)), ctx, "any").is_service
     with pytest.raises(Unauthorized, match="service token is required"):
         authenticate(_request(bearer(user)), ctx, "service")
@@ -224,3 +226,45 @@ async def test_audience_is_checked_when_configured(start_api):
             assert_401(await http.get(SNAPSHOT, headers=bearer(token)), what)
         for token in (make_token(secret, aud="vestnik"), make_token(secret, aud=["x", "vestnik"])):
             assert (await http.get(SNAPSHOT, headers=bearer(token))).status_code == 200
+
+
+async def test_jwt_leeway_issuer_and_max_lifetime(start_api):
+    """30 s of clock skew is forgiven, not more; `iss` is checked when configured; a token
+    that lives longer than VESTNIK_JWT_MAX_TTL (30 days) is refused, also one without `iat`."""
+    api = start_api(VESTNIK_JWT_ISSUER="https://login.example.test")
+    secret, iss, day = api.env["VESTNIK_SECRET"], "https://login.example.test", 86400
+    now = int(time.time())
+    refused = {
+        "expired 40 s ago": make_token(secret, iss=iss, exp=now - 40),
+        "wrong iss": make_token(secret, iss="https://evil.example.test"),
+        "no iss": make_token(secret),
+        "iat to exp 31 days": make_token(secret, iss=iss, iat=now, exp=now + 31 * day),
+        "no iat, exp in 31 days": make_token(secret, iss=iss, exp=now + 31 * day),
+        "iat in the future": make_token(secret, iss=iss, iat=now + 120, exp=now + 600),
+    }
+    accepted = {
+        "expired 20 s ago": make_token(secret, iss=iss, iat=now - 600, exp=now - 20),
+        "30 days": make_token(secret, iss=iss, iat=now, exp=now + 30 * day),
+        "no iat, exp in 29 days": make_token(secret, iss=iss, exp=now + 29 * day),
+    }
+    async with client(api) as http:
+        for what, token in refused.items():
+            r = await http.get(SNAPSHOT, headers=bearer(token))
+            assert_401(r, what)
+        r = await http.get(SNAPSHOT, headers=bearer(refused["iat to exp 31 days"]))
+        assert "VESTNIK_JWT_MAX_TTL" in r.json()["detail"]
+        for what, token in accepted.items():
+            r = await http.get(SNAPSHOT, headers=bearer(token))
+            assert r.status_code == 200, (what, r.text)
+
+
+def test_issued_tokens_carry_iat_and_iss_and_respect_the_max_lifetime():
+    from app.cli import issue_token
+    from streams.config import ConfigError
+
+    settings = load({"VESTNIK_SECRET": "s" * 32, "VESTNIK_JWT_ISSUER": "vestnik"})
+    claims = jwt.decode(issue_token(settings, "1", 60), "s" * 32, algorithms=["HS256"],
+                        issuer="vestnik")
+    assert claims["exp"] - claims["iat"] == 60
+    with pytest.raises(ConfigError, match="VESTNIK_JWT_MAX_TTL"):
+        issue_token(settings, "1", 31 * 86400)

@@ -454,7 +454,8 @@ async def n1_topic_sse(bench: Bench) -> None:
     one, hundred = [], []
     for _ in bench.each_round(30):
         with World() as world:
-            _, base = world.start_api()
+            # its 100 clients are one user: above VESTNIK_SSE_PER_USER's default of 32
+            _, base = world.start_api(VESTNIK_SSE_PER_USER="100")
             port = int(base.rsplit(":", 1)[1])
             one.append(await _topic_rate(world, port, n, 1))
             bench.progress.advance(task)

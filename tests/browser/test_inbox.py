@@ -40,7 +40,7 @@ async def test_live_notice_badge_read_and_second_tab(api: Api, redis, start_proc
     await redis.xadd(K.notices, notice("Backup finished on db-1", severity="info",
                                        body="Nightly backup took 4 min."))
     await redis.xadd(K.notices, notice("Disk 95% on web-1", body="/var is 95% full.",
-                                       link=f"{api.base}/demo/vms"))
+                                       link=f"{api.base}/admin"))
     await redis.xadd(K.notices, notice("web-3 is down", severity="critical",
                                        body="No heartbeat for 60 s."))
     items = inbox1.locator("li")
@@ -68,7 +68,7 @@ async def test_live_notice_badge_read_and_second_tab(api: Api, redis, start_proc
     focused = inbox1.locator("li", has_text="Disk 95% on web-1").locator(".hit")
     await expect(focused).to_be_focused()
     await tab1.keyboard.press("Enter")
-    await tab1.wait_for_url(f"{api.base}/demo/vms")
+    await tab1.wait_for_url(f"{api.base}/admin")
     await expect(inbox2.locator(".head-bell .badge")).to_have_text("1")
 
     # mark all read from the second tab

@@ -9,44 +9,59 @@ import pytest
 from browser_support import K, console_errors
 from playwright.async_api import expect
 
-from support import Api
+from streams.redis_server import free_port
+from support import SERVICE_TOKEN, Api, base_env, wait_http
 
 pytestmark = pytest.mark.browser
 
 
-async def test_vms_table_shows_created_vm_and_its_status_change(api: Api, redis, user_token,
-                                                                 context, shot):
-    # one VM exists before the page opens (it comes from the snapshot)
-    await redis.xadd(K.topic("vm"), {"op": "create", "id": "3", "data":
-                                     '{"id":3,"name":"db-3","status":"running","cpu":12,'
+@pytest.fixture
+def demo_api(start_proc, redis_url: str, tmp_path) -> Api:
+    """`vestnik up --demo` on the test's Redis: /demo/* exists only there."""
+    port = free_port()
+    proc = start_proc("up", "--demo", "--port", str(port), VESTNIK_DATA_DIR=str(tmp_path / "d"))
+    base = f"http://127.0.0.1:{port}"
+    wait_http(base + "/readyz", timeout=40, proc=proc)
+    return Api(base, proc, SERVICE_TOKEN, base_env(redis_url))
+
+
+async def test_vms_table_shows_created_vm_and_its_status_change(demo_api: Api, redis,
+                                                                 user_token, context, shot):
+    api = demo_api
+    # one VM of ours exists before the page opens (it comes from the snapshot), beside the
+    # demo's six (changed every second by its simulator)
+    await redis.xadd(K.topic("vm"), {"op": "create", "id": "30", "data":
+                                     '{"id":30,"name":"aa-db-30","status":"running","cpu":12,'
                                      '"mem":48,"disk":71}'})
     page = await context.new_page()
     errors = console_errors(page)
     await page.goto(f"{api.base}/demo/vms?token={user_token('1')}")
     await expect(page.locator("#live")).to_have_text("live")
     rows = page.locator("#vms tbody tr")
-    await expect(rows).to_have_count(1)
+    await expect(rows).to_have_count(7)
+    await expect(page.locator("nav a", has_text="Mail")).to_be_visible()  # a demo link
     requests: list[str] = []
     page.on("request", lambda r: requests.append(r.url))
 
     # the product creates a VM with a raw XADD: it appears, installing, without a reload
-    await redis.xadd(K.topic("vm"), {"op": "create", "id": "7", "data":
-                                     '{"id":7,"name":"web-7","status":"installing"}'})
-    row = page.locator('#vms tbody tr[data-id="7"]')
-    await expect(row).to_contain_text("web-7")
+    await redis.xadd(K.topic("vm"), {"op": "create", "id": "70", "data":
+                                     '{"id":70,"name":"zz-web-70","status":"installing"}'})
+    row = page.locator('#vms tbody tr[data-id="70"]')
+    await expect(row).to_contain_text("zz-web-70")
     await expect(row.locator("[data-status]")).to_have_text("installing")
     await shot(page, "installing")
-    await redis.xadd(K.topic("vm"), {"op": "update", "id": "7", "data":
-                                     '{"id":7,"name":"web-7","status":"running","cpu":35,'
+    await redis.xadd(K.topic("vm"), {"op": "update", "id": "70", "data":
+                                     '{"id":70,"name":"zz-web-70","status":"running","cpu":35,'
                                      '"mem":61,"disk":93}'})
     await expect(row.locator("[data-status]")).to_have_text("running")
     await expect(row).to_contain_text("93%")
-    await expect(rows).to_have_count(2)
-    await expect(rows.first).to_contain_text("db-3")  # sorted by name
+    await expect(rows).to_have_count(8)
+    await expect(rows.first).to_contain_text("aa-db-30")  # sorted by name
+    await expect(rows.last).to_contain_text("zz-web-70")
     await shot(page, "running")
     # deletes remove the row; no request was made per event (one stream does it all)
-    await redis.xadd(K.topic("vm"), {"op": "delete", "id": "3"})
-    await expect(rows).to_have_count(1)
+    await redis.xadd(K.topic("vm"), {"op": "delete", "id": "30"})
+    await expect(rows).to_have_count(7)
     assert requests == [], requests
     assert not errors, errors
 

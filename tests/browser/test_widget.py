@@ -167,6 +167,32 @@ async def test_widget_with_cookie_credentials_cross_origin(start_api, redis, sta
     assert not errors, errors
 
 
+async def test_cookie_write_from_an_unlisted_origin_is_refused(start_api, redis, start_proc,
+                                                               user_token, product_site,
+                                                               context):
+    """CSRF: another port of the same host is the same site, so the browser sends the
+    `vestnik_token` cookie with a form POST from it; the api refuses it (403 naming Origin)
+    and the notice stays unread."""
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    api = start_api(VESTNIK_CORS_ORIGINS=f"http://127.0.0.1:{free_port()}")
+    await context.add_cookies([{"name": "vestnik_token", "value": user_token("1"),
+                                "url": api.base}])
+    await redis.xadd(K.notices, {"alert": "disk", "title": "Keep me unread",
+                                 "severity": "info", "recipients": "1"})
+    await eventually(lambda: _unread_is(redis, "1", 1), what="the notice stored")
+    evil = product_site(f"""<!doctype html><form method="post"
+        action="{api.base}/api/v1/me/notices/read-all"></form>
+        <script>document.forms[0].submit()</script>""")
+    page = await context.new_page()
+    async with page.expect_response(lambda r: r.url.endswith("/read-all")) as answer:
+        await page.goto(evil + "/")
+    response = await answer.value
+    assert response.status == 403, await response.text()
+    assert (await response.json())["path"] == "Origin"
+    assert await _unread_is(redis, "1", 1)
+
+
 async def _unread_is(redis, uid: str, n: int) -> bool:
     return await redis.zcard(K.feed(uid)) - await redis.zcard(K.read(uid)) == n
 

@@ -19,7 +19,7 @@ async def test_1000_clients_share_one_reader(start_api, redis, user_token):
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < 4096:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(4096, hard), hard))
-    api = start_api()
+    api = start_api(VESTNIK_SSE_PER_USER="1000")  # 1,000 streams of one user
     token = user_token()
     topics = [f"t{i}" for i in range(10)]
 

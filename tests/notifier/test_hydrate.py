@@ -57,7 +57,8 @@ def product() -> Iterator[ProductApi]:
 
 async def test_thin_event_hydrated_once_for_50_subscribers(start_api, product, redis,
                                                            user_token):
-    api = start_api(VESTNIK_HYDRATE=f"vm=http://127.0.0.1:{product.port}/vms/{{id}}")
+    api = start_api(VESTNIK_HYDRATE=f"vm=http://127.0.0.1:{product.port}/vms/{{id}}",
+                    VESTNIK_SSE_PER_USER="50")  # 50 streams of one user
     token = user_token()
     clients = await asyncio.gather(*(
         SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}").connect() for _ in range(50)

@@ -115,7 +115,7 @@ def _forged(secret: str, kind: str) -> str:
     if kind == "wrong secret":
         return jwt.encode(claims, "not-the-secret-" + "x" * 32, algorithm="HS256")
     if kind == "expired":
-        return jwt.encode({**claims, "exp": now - 5}, secret, algorithm="HS256")
+        return jwt.encode({**claims, "exp": now - 60}, secret, algorithm="HS256")  # > leeway
     raise AssertionError(kind)
 
 
