@@ -15,7 +15,7 @@ instead of two. `migrate` converts layout 1 data, once, before a center stores a
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import msgspec
@@ -269,3 +269,14 @@ async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | N
     async for uid in _user_ids(redis, key_of):
         return uid
     return None
+
+
+async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
+    """Drop deleted users' feed, read set, seq and archived set (the center calls it for the
+    `user` delete events it applies). Returns the keys removed."""
+    if not uids:
+        return 0
+    async with redis.pipeline(transaction=False) as pipe:
+        for uid in uids:  # one DEL per user: its keys share a slot
+            pipe.delete(keys.feed(uid), keys.read(uid), keys.user_seq(uid), keys.archived(uid))
+        return sum(int(n) for n in await pipe.execute())
