@@ -24,9 +24,11 @@ Title = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 Body = Annotated[str, msgspec.Meta(max_length=65536)]
 # Ids that can end up in a URL path, a header line or a log line: no control character
 # (CR, LF, NUL...) in any of them, and a notice id from a small alphabet (ULIDs pass).
-NOTICE_ID_RE = r"^[A-Za-z0-9._:~-]{1,128}\Z"  # \Z: `$` lets a final LF through
+# (?!\n): Python's `$` also matches before a final LF; `\Z` would not port to the OpenAPI
+# document's (ECMA) patterns
+NOTICE_ID_RE = r"^[A-Za-z0-9._:~-]{1,128}(?!\n)$"
 NoticeId = Annotated[str, msgspec.Meta(pattern=NOTICE_ID_RE)]
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]*\Z"
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?!\n)$"
 SafeId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
 
 json_encode = msgspec.json.Encoder().encode
