@@ -596,6 +596,9 @@ class Center:
         async with self.redis.pipeline(transaction=False) as pipe:
             # first: every user event XADDed before this batch's notices were read
             pipe.xrange(self.keys.topic(USER_TOPIC), min=f"({self._user_pos}", count=USER_PAGE)
+            # the state's position, then the records: events at or before it (an api's hub
+            # applied them) are in the records already
+            pipe.get(self.keys.state_pos(USER_TOPIC))
             pipe.hmget(self.keys.state(USER_TOPIC), uids)
             if own and self.one_call:
                 pipe.mget([self.keys.notice(p.notice.id) for p in own])
@@ -605,12 +608,12 @@ class Center:
                 pipe.set(self.keys.dedup(p.dedup_claim), p.notice.id, nx=True, ex=window,
                          get=True)
             res = await pipe.execute()
-        records = res[1]
-        if res[0]:
-            records = await self._apply_users(res[0], uids, records)
-        at = 2
+        events, pos, records = res[0], res[1], res[2]
+        if events:
+            records = await self._follow_users(events, pos, uids, records)
+        at = 3
         if own:
-            bodies = res[2] if self.one_call else res[2:2 + len(own)]
+            bodies = res[3] if self.one_call else res[3:3 + len(own)]
             at += 1 if self.one_call else len(own)
             bad = self._conflicts(own, bodies, dead)
         else:
@@ -692,22 +695,39 @@ class Center:
                     "$.id", p.entry.raw))
         return bad
 
-    async def _apply_users(self, entries: list[Any], uids: list[str],
-                           records: list[bytes | None]) -> list[bytes | None]:
+    async def _follow_users(self, entries: list[Any], pos: bytes | None, uids: list[str],
+                            records: list[bytes | None]) -> list[bytes | None]:
+        """The `user` events since the last batch: purge the users they delete, and apply
+        the ones the state lacks (after `pos`, its position when the records were read),
+        with the hub's StateWriter, in bounded pages; then read again the recipients they
+        touched. With an api's hub ahead of us (the common case), nothing more is sent but
+        the purge. Returns the recipients' records."""
+        decoded = await self._decode_users(entries)
+        await self._purge(decoded)
+        ahead = parse_stream_id(pos.decode()) if pos else (0, 0)
+        if len(entries) < USER_PAGE and parse_stream_id(entries[-1][0].decode()) <= ahead:
+            self._user_pos = entries[-1][0].decode()
+            return records  # applied before the records were read: they are current
+        return await self._apply_users(entries, decoded, uids, records)
+
+    async def _purge(self, decoded: list[tuple[str, TopicEvent]]) -> None:
+        """Every user a seen event deletes, whoever applied it (each center process sees
+        each event once; purging is idempotent): before this batch stores anything."""
+        deleted = sorted({ev.id for _, ev in decoded if ev.op == "delete"})
+        if deleted:
+            await inbox.purge_users(self.redis, self.keys, deleted)
+
+    async def _apply_users(self, entries: list[Any], decoded: list[tuple[str, TopicEvent]],
+                           uids: list[str], records: list[bytes | None]
+                           ) -> list[bytes | None]:
         """Apply the `user` events after `_user_pos` with the hub's StateWriter (bounded
-        pages), purge the users whose delete this call applied, and read again the
-        recipients the events touched. Returns the recipients' records."""
+        pages; the script skips those at or before the state's position, so any number of
+        materializers stay exact), and read again the recipients the events touched."""
         topic = self.keys.topic(USER_TOPIC)
         touched: set[str] = set()
-        deleted: list[str] = []
         for _ in range(USER_PAGES):
-            decoded = await self._decode_users(entries)
-            applied = await self._state.apply(USER_TOPIC, decoded)
+            await self._state.apply(USER_TOPIC, decoded)
             touched.update(ev.id for _, ev in decoded)
-            # the script skips the entries at or before the state's position: a prefix,
-            # so the `applied` ones are the last
-            deleted += [ev.id for _, ev in decoded[len(decoded) - applied:]
-                        if ev.op == "delete"]
             self._user_pos = entries[-1][0].decode()
             if len(entries) < USER_PAGE:
                 break
@@ -715,8 +735,8 @@ class Center:
                                               count=USER_PAGE)
             if not entries:
                 break
-        if deleted:
-            await inbox.purge_users(self.redis, self.keys, deleted)
+            decoded = await self._decode_users(entries)
+            await self._purge(decoded)
         again = [uid for uid in uids if uid in touched]
         if not again:
             return records

@@ -83,6 +83,28 @@ async def test_a_deleted_user_is_dropped_and_their_inbox_purged(redis, start_pro
     assert len(await feed(redis, "8")) == 2
 
 
+async def test_with_an_api_materializing_too_a_delete_it_applied_is_purged(
+        api: Api, redis, start_proc):
+    """The api's hub applies the `user` events first (the common case): the center's
+    records are current, and a user the hub deleted is still purged by the center."""
+    center = start_proc("center", "--no-forward")
+    await publish_user(redis, "9", name="Gone soon")
+    await xadd_many(redis, [entry("before", "9")])
+    await eventually(lambda: feed(redis, "9"), what="user 9's notice")
+    await redis.xadd(K.topic(USER_TOPIC), {"op": "delete", "id": "9"})
+    await publish_user(redis, "8", name="New", prefs={"mute": ["disk"]})
+
+    async def applied() -> bool:  # by the api's hub, before the center sees a notice
+        return await redis.hget(K.state(USER_TOPIC), "8") is not None
+
+    await eventually(applied, what="the hub to apply the user events")
+    await xadd_many(redis, [entry("muted", "8"), {**entry("heard", "8"), "alert": "cpu"}])
+    await eventually(lambda: feed(redis, "8"), what="user 8's notice")
+    center.stop()
+    assert await redis.exists(K.feed("9"), K.user_seq("9")) == 0
+    assert [(await stored(redis, n))["title"] for n in await feed(redis, "8")] == ["heard"]
+
+
 # 2 ------------------------------------------------------------------------------------------
 
 
