@@ -497,7 +497,10 @@ class Center:
 
     # 1 + 2: settings ------------------------------------------------------------------
     async def _load_settings(self, plans: list[Plan]) -> None:
-        need = [p for p in plans if not (p.notice.recipients and p.notice.channels)]
+        # a setting named by id is read even when the notice brings its own recipients and
+        # channels: a disabled one is refused (a notice sent just before the switch)
+        need = [p for p in plans
+                if p.notice.setting_id or not (p.notice.recipients and p.notice.channels)]
         if not need:
             return
         by_name = sorted({p.notice.alert for p in need if not p.notice.setting_id})
@@ -524,7 +527,7 @@ class Center:
         for p in need:
             if p.notice.setting_id:
                 s = found.get(p.notice.setting_id)
-                p.settings = [s] if s is not None and s.enabled else []  # disabled: unused
+                p.settings = [s] if s is not None else []
             else:
                 p.settings = [found[i] for i in name_ids.get(p.notice.alert, ())
                               if i in found and found[i].enabled]
@@ -553,6 +556,10 @@ class Center:
         ok: list[Plan] = []
         for p in plans:
             n = p.notice
+            if n.setting_id and p.settings and not p.settings[0].enabled:
+                dead.append(DeadLetter(p.entry.sid, f"setting {n.setting_id} is disabled",
+                                       "$.setting_id", p.entry.raw))
+                continue
             if not n.channels and p.settings:
                 n.channels = merge_channels(p.settings)
             if not n.metric and len(p.settings) == 1:

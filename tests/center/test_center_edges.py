@@ -251,9 +251,14 @@ async def test_a_disabled_setting_is_not_used_even_by_id(redis, start_proc):
                "enabled": False}
     await redis.hset(K.settings, "s1", msgspec.json.encode(setting))
     await redis.zadd(K.settings_by_name("disk"), {"s1": 0})
-    ids = await xadd_many(redis, [{"alert": "disk", "title": "by id", "setting_id": "s1"},
-                                  {"alert": "disk", "title": "by name"}])
+    ids = await xadd_many(redis, [
+        {"alert": "disk", "title": "by id", "setting_id": "s1"},
+        {"alert": "disk", "title": "by name"},
+        # its own recipients and channels, as a wrapper sent it just before the switch
+        {"alert": "disk", "title": "by id, complete", "setting_id": "s1", "recipients": "1",
+         "channels": json.dumps({"ui": {"users": ["1"]}})},
+    ])
     run_burst(start_proc)
     assert await feed(redis, "1") == []
     assert [(d["entry"], d["field"]) for d in await dead(redis)] == [
-        (ids[0], "$.recipients"), (ids[1], "$.recipients")]
+        (ids[0], "$.setting_id"), (ids[1], "$.recipients"), (ids[2], "$.setting_id")]
