@@ -461,6 +461,10 @@ class Center:
         self._loading = asyncio.Lock()
         self._storing = asyncio.Lock()
 
+    async def aclose(self) -> None:
+        """The hydrator's HTTP client (thin `user` events from an HTTP source)."""
+        await self._hydrator.aclose()
+
     async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         with CENTER_BATCH.time():
             return await self._handle(entries)
@@ -951,6 +955,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
     blocking = reader(settings.redis_url, name="vestnik-center-reader")
     keys = Keys(settings.prefix)
     cons: Consumer[NoticeIn] | None = None
+    center: Center | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(redis)
@@ -993,5 +998,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
         for t, r in zip(tasks, results, strict=True):
             if isinstance(r, Exception):
                 log.error("%s failed: %r", t.get_name(), r)
+        if center is not None:
+            await center.aclose()
         await blocking.aclose()
         await redis.aclose()
