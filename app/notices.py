@@ -26,7 +26,7 @@ from streams.errors import BadRequest
 from streams.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
 from streams.live import RESYNC, Item, UserHub, UserSub
 from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from streams.schemas import NoticeIn, json_encode
+from streams.schemas import NoticeIn, check_recipients, json_encode
 
 from .context import Ctx
 from .http import Principal, Router, json_response, read_body
@@ -82,9 +82,10 @@ def _bool_param(request: Request, name: str) -> bool:
 
 
 @router.route("POST", "/api/v1/notices", summary="Send a notice (to the ingest stream)",
-              auth="service", body=NoticeIn, response=Accepted, status=202)
+              auth="service", body=NoticeIn, response=Accepted, status=202, errors=(409,))
 async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, NoticeIn, ctx)
+    check_recipients(body, ctx.settings.max_recipients)
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         raise BadRequest("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")

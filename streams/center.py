@@ -43,7 +43,7 @@ from . import gcsettle, inbox
 from .channels import available as available_channels
 from .config import Settings
 from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
-from .errors import BadInput
+from .errors import BadInput, VestnikError
 from .forward import (
     BROADCAST,
     Claim,
@@ -58,8 +58,9 @@ from .forward import (
     run_forwarder,
     wake_channel,
 )
+from .hydrate import Hydrator
 from .ids import encode_ulid, now_ms, parse_stream_id
-from .keys import CENTER_GROUP, REFS_BUCKET, USER_TOPIC, Keys
+from .keys import CENTER_GROUP, REFS_BUCKET, USER_TOPIC, Keys, dedup_scope
 from .live import update_message
 from .metrics import (
     CENTER_BATCH,
@@ -73,13 +74,18 @@ from .schemas import (
     AlertSetting,
     Notice,
     NoticeIn,
+    TopicEvent,
     User,
+    check_recipients,
     decode_notice_entry,
+    decode_topic_entry,
     decode_user,
     json_encode,
     notice_view,
+    same_content,
     validate_channel,
 )
+from .topics import StateWriter
 
 log = logging.getLogger("vestnik.center")
 
@@ -292,6 +298,8 @@ return body
 """
 
 USER_CACHE = 50_000  # decoded user records kept between batches
+USER_PAGE = 1000  # user topic events read (and applied) per call
+USER_PAGES = 1000  # at most this many pages a batch: bounded, the rest next batch
 # recipients stored per call: Redis sends a call's PUBLISHes only when the call ends, so a
 # broadcast's first recipients see it after one chunk, not after all of them (5,000 in one
 # call: 86-91 ms of Redis on a Zen 3 box before the api got the first message)
@@ -375,8 +383,9 @@ def wants_forward(notice: Notice, user: User,
     """Whether any external channel of the notice reaches `user` and is not switched off.
 
     `addresses`: a known channel's user field (`Channel.user_address`; None for a channel
-    with shared targets only, such as a webhook URL): the user must have it set, as the
-    forward job would skip them otherwise. A job per user that sends nothing is a waste.
+    with shared targets only, such as a webhook URL, which the `*` job serves). A user
+    without the address still gets a job: it reads the profile when it sends (an address
+    published meanwhile is used) and records `skipped_no_address` otherwise.
     """
     for name, target in notice.channels.items():
         if name in ("ui", "forward_after") or not isinstance(target, dict):
@@ -386,10 +395,8 @@ def wants_forward(notice: Notice, user: User,
             continue
         if user.prefs.get(name) is False:
             continue
-        if addresses is not None and name in addresses:
-            field_name = addresses[name]
-            if field_name is None or not getattr(user, field_name, None):
-                continue
+        if addresses is not None and name in addresses and addresses[name] is None:
+            continue
         return True
     return False
 
@@ -419,6 +426,17 @@ class Plan:
     settings: list[AlertSetting] = field(default_factory=list)
     users: list[User] = field(default_factory=list)
     fold_into: str | None = None
+    # recipients without a readable profile: in-app only, and their forwards read the
+    # profile when they run (never claimed with the profile in hand)
+    missing: set[str] = field(default_factory=set)
+
+    @property
+    def dedup_claim(self) -> str:
+        """The key of this notice's dedup claim: scoped by alert and the setting the
+        sender named (not one the center chose, which may change)."""
+        assert self.notice.dedup_key is not None
+        return dedup_scope(self.notice.alert, self.entry.value.setting_id,
+                           self.notice.dedup_key)
 
 
 def to_notice(entry: Entry[NoticeIn]) -> Notice:
@@ -454,11 +472,21 @@ class Center:
         # when they changed (users are read-only here)
         self._users: dict[str, tuple[bytes, User | str]] = {}
         self._keys_of: dict[str, list[str]] = {}
+        # the `user` topic: the center applies its events itself (the hub's StateWriter:
+        # entries at or before the state's position are skipped, so any number of
+        # materializers stay exact), up to `_user_pos`, before it reads recipients
+        self._state = StateWriter(redis, keys)
+        self._hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
+        self._user_pos: str | None = None
         # batches may be handled concurrently (Consumer depth > 1): their reads, and their
         # stores, stay in arrival order (a dedup repeat folds into a notice stored before
         # it), while one batch is built in Python as the previous one is stored by Redis
         self._loading = asyncio.Lock()
         self._storing = asyncio.Lock()
+
+    async def aclose(self) -> None:
+        """The hydrator's HTTP client (thin `user` events from an HTTP source)."""
+        await self._hydrator.aclose()
 
     async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         with CENTER_BATCH.time():
@@ -466,11 +494,11 @@ class Center:
 
     async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
-        plans = [Plan(e, to_notice(e)) for e in entries]
+        plans = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
         async with self._loading:
             await self._load_settings(plans)
             plans = self._resolve(plans, dead)
-            await self._load_users_and_dedup(plans, dead)
+            plans = await self._load_users_and_dedup(plans, dead)
         # let the next batch send its reads now, so they are answered while this one is
         # built, rather than queued behind this one's store in Redis
         await asyncio.sleep(0)
@@ -480,9 +508,26 @@ class Center:
                 await self._send(write)
         return dead
 
+    def _admit(self, entries: list[Entry[NoticeIn]], dead: list[DeadLetter]
+               ) -> list[Entry[NoticeIn]]:
+        """The entries within the limits that need the settings (one dead letter each for
+        the others, not one per recipient)."""
+        ok: list[Entry[NoticeIn]] = []
+        for e in entries:
+            try:
+                check_recipients(e.value, self.settings.max_recipients)
+            except VestnikError as err:
+                dead.append(DeadLetter(e.sid, err.detail, err.field, e.raw))
+                continue
+            ok.append(e)
+        return ok
+
     # 1 + 2: settings ------------------------------------------------------------------
     async def _load_settings(self, plans: list[Plan]) -> None:
-        need = [p for p in plans if not (p.notice.recipients and p.notice.channels)]
+        # a setting named by id is read even when the notice brings its own recipients and
+        # channels: a disabled one is refused (a notice sent just before the switch)
+        need = [p for p in plans
+                if p.notice.setting_id or not (p.notice.recipients and p.notice.channels)]
         if not need:
             return
         by_name = sorted({p.notice.alert for p in need if not p.notice.setting_id})
@@ -538,6 +583,10 @@ class Center:
         ok: list[Plan] = []
         for p in plans:
             n = p.notice
+            if n.setting_id and p.settings and not p.settings[0].enabled:
+                dead.append(DeadLetter(p.entry.sid, f"setting {n.setting_id} is disabled",
+                                       "$.setting_id", p.entry.raw))
+                continue
             if not n.channels and p.settings:
                 n.channels = merge_channels(p.settings)
             if not n.metric and len(p.settings) == 1:
@@ -563,23 +612,67 @@ class Center:
         return ok
 
     # 3: users and dedup claims ------------------------------------------------------------
-    async def _load_users_and_dedup(self, plans: list[Plan], dead: list[DeadLetter]) -> None:
+    async def _load_users_and_dedup(self, plans: list[Plan], dead: list[DeadLetter]
+                                    ) -> list[Plan]:
+        """One round trip: the `user` events since the last batch, the recipients' records,
+        the stored bodies under the senders' own ids, the dedup claims. (More only when
+        user events came in since the last batch, or on a conflict.) Returns the plans
+        that go on."""
         uids = sorted({u for p in plans for u in p.notice.recipients})
         window = int(self.settings.dedup_window)
         dedup = [p for p in plans if p.notice.dedup_key and window > 0]
+        own = [p for p in plans if p.entry.value.id is not None]  # may exist already
         if not uids:
-            return
+            return plans
+        if self._user_pos is None:  # once per process: where the state is
+            pos = await self.redis.get(self.keys.state_pos(USER_TOPIC))
+            self._user_pos = pos.decode() if pos else "0-0"
         async with self.redis.pipeline(transaction=False) as pipe:
+            # first: every user event XADDed before this batch's notices were read
+            pipe.xrange(self.keys.topic(USER_TOPIC), min=f"({self._user_pos}", count=USER_PAGE)
+            # the state's position, then the records: events at or before it (an api's hub
+            # applied them) are in the records already
+            pipe.get(self.keys.state_pos(USER_TOPIC))
             pipe.hmget(self.keys.state(USER_TOPIC), uids)
+            if own and self.one_call:
+                pipe.mget([self.keys.notice(p.notice.id) for p in own])
+            for p in own if not self.one_call else ():
+                pipe.get(self.keys.notice(p.notice.id))
             for p in dedup:
-                assert p.notice.dedup_key is not None
-                pipe.set(self.keys.dedup(p.notice.dedup_key), p.notice.id, nx=True, ex=window,
+                pipe.set(self.keys.dedup(p.dedup_claim), p.notice.id, nx=True, ex=window,
                          get=True)
             res = await pipe.execute()
-        users: dict[str, User | str] = {}
-        for uid, raw in zip(uids, res[0], strict=True):
+        events, pos, records = res[0], res[1], res[2]
+        if events:
+            records = await self._follow_users(events, pos, uids, records)
+        at = 3
+        if own:
+            bodies = res[3] if self.one_call else res[3:3 + len(own)]
+            at += 1 if self.one_call else len(own)
+            bad = self._conflicts(own, bodies, dead)
+        else:
+            bad = set()
+        unclaim: list[str] = []
+        for p, first in zip(dedup, res[at:], strict=True):
+            if id(p) in bad:
+                if first is None:  # its claim names a notice of other content: undone
+                    unclaim.append(self.keys.dedup(p.dedup_claim))
+            elif first is not None and first.decode() != p.notice.id:
+                p.fold_into = first.decode()
+        if unclaim:
+            await self.redis.delete(*unclaim)
+        plans = [p for p in plans if id(p) not in bad]
+        self._recipients(plans, self._user_records(uids, records), dead)
+        return plans
+
+    def _user_records(self, uids: list[str], records: list[bytes | None]
+                      ) -> dict[str, User | str | None]:
+        """Each recipient's profile (decoded only when it changed), why it is unreadable, or
+        None when it has none."""
+        users: dict[str, User | str | None] = {}
+        for uid, raw in zip(uids, records, strict=True):
             if raw is None:
-                users[uid] = f"unknown user {uid}"
+                users[uid] = None
                 continue
             hit = self._users.get(uid)
             if hit is not None and hit[0] == raw:  # the same record as last time: decoded
@@ -589,17 +682,115 @@ class Center:
             if len(self._users) >= USER_CACHE:
                 self._users.clear()
             self._users[uid] = (raw, users[uid])
-        for p, first in zip(dedup, res[1:], strict=True):
-            if first is not None and first.decode() != p.notice.id:
-                p.fold_into = first.decode()
+        return users
+
+    @staticmethod
+    def _recipients(plans: list[Plan], users: Mapping[str, User | str | None],
+                    dead: list[DeadLetter]) -> None:
+        """Who gets each notice in-app: every recipient that has not muted its alert. A
+        recipient without a (readable) profile is served too (the JWT `sub` is the
+        identity); unreadable profiles make one dead letter per entry, not per recipient."""
         for p in plans:
+            bad: list[tuple[int, str]] = []
             for i, uid in enumerate(p.notice.recipients):
                 u = users[uid]
-                if isinstance(u, str):
-                    dead.append(DeadLetter(p.entry.sid, u, f"$.recipients[{i}]", p.entry.raw,
-                                           kind="recipient"))
+                if not isinstance(u, User):
+                    if u is not None:
+                        bad.append((i, u))
+                    p.missing.add(uid)
+                    p.users.append(User(id=uid))
                 elif not is_muted(u, p.notice.alert):
                     p.users.append(u)
+            if bad:
+                more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+                dead.append(DeadLetter(p.entry.sid, f"{bad[0][1]}{more}; served in-app only",
+                                       f"$.recipients[{bad[0][0]}]", p.entry.raw,
+                                       kind="recipient"))
+
+    def _conflicts(self, own: list[Plan], bodies: list[bytes | None],
+                   dead: list[DeadLetter]) -> set[int]:
+        """Entries whose own id names a notice with other content (stored, or earlier in
+        this batch): a dead letter each. A retry with the same content goes on (the store
+        is idempotent). Returns the id() of their plans."""
+        first: dict[str, NoticeIn] = {}
+        bad: set[int] = set()
+        for p, raw in zip(own, bodies, strict=True):
+            sent = p.entry.value
+            other: NoticeIn | Notice = first.setdefault(p.notice.id, sent)
+            if raw is not None:
+                try:
+                    other = _notice_decoder.decode(raw)
+                except msgspec.DecodeError:
+                    continue  # not ours to judge: the store keeps the body (SET NX)
+            if not same_content(sent, other):
+                bad.add(id(p))
+                dead.append(DeadLetter(
+                    p.entry.sid, f"notice id {p.notice.id} already exists with other content",
+                    "$.id", p.entry.raw))
+        return bad
+
+    async def _follow_users(self, entries: list[Any], pos: bytes | None, uids: list[str],
+                            records: list[bytes | None]) -> list[bytes | None]:
+        """The `user` events since the last batch: purge the users they delete, and apply
+        the ones the state lacks (after `pos`, its position when the records were read),
+        with the hub's StateWriter, in bounded pages; then read again the recipients they
+        touched. With an api's hub ahead of us (the common case), nothing more is sent but
+        the purge. Returns the recipients' records."""
+        decoded = await self._decode_users(entries)
+        await self._purge(decoded)
+        ahead = parse_stream_id(pos.decode()) if pos else (0, 0)
+        if len(entries) < USER_PAGE and parse_stream_id(entries[-1][0].decode()) <= ahead:
+            self._user_pos = entries[-1][0].decode()
+            return records  # applied before the records were read: they are current
+        return await self._apply_users(entries, decoded, uids, records)
+
+    async def _purge(self, decoded: list[tuple[str, TopicEvent]]) -> None:
+        """Every user a seen event deletes, whoever applied it (each center process sees
+        each event once; purging is idempotent): before this batch stores anything."""
+        deleted = sorted({ev.id for _, ev in decoded if ev.op == "delete"})
+        if deleted:
+            await inbox.purge_users(self.redis, self.keys, deleted)
+
+    async def _apply_users(self, entries: list[Any], decoded: list[tuple[str, TopicEvent]],
+                           uids: list[str], records: list[bytes | None]
+                           ) -> list[bytes | None]:
+        """Apply the `user` events after `_user_pos` with the hub's StateWriter (bounded
+        pages; the script skips those at or before the state's position, so any number of
+        materializers stay exact), and read again the recipients the events touched."""
+        topic = self.keys.topic(USER_TOPIC)
+        touched: set[str] = set()
+        for _ in range(USER_PAGES):
+            await self._state.apply(USER_TOPIC, decoded)
+            touched.update(ev.id for _, ev in decoded)
+            self._user_pos = entries[-1][0].decode()
+            if len(entries) < USER_PAGE:
+                break
+            entries = await self.redis.xrange(topic, min=f"({self._user_pos}",
+                                              count=USER_PAGE)
+            if not entries:
+                break
+            decoded = await self._decode_users(entries)
+            await self._purge(decoded)
+        again = [uid for uid in uids if uid in touched]
+        if not again:
+            return records
+        fresh = dict(zip(again, await self.redis.hmget(self.keys.state(USER_TOPIC), again),
+                         strict=True))
+        return [fresh[uid] if uid in fresh else r for uid, r in zip(uids, records, strict=True)]
+
+    async def _decode_users(self, entries: list[Any]) -> list[tuple[str, TopicEvent]]:
+        """Topic entries as the hub decodes them: bad ones skipped, thin ones hydrated."""
+        decoded: list[tuple[str, TopicEvent]] = []
+        for raw_sid, fields in entries:
+            try:
+                decoded.append((raw_sid.decode(), decode_topic_entry(fields)))
+            except BadInput as e:
+                log.warning("topic %s entry %s skipped: %s", USER_TOPIC, raw_sid, e.detail)
+        if any(self._hydrator.needs(USER_TOPIC, ev) for _, ev in decoded):
+            evs = await asyncio.gather(*(self._hydrator.hydrate(USER_TOPIC, sid, ev)
+                                         for sid, ev in decoded))
+            decoded = [(sid, ev) for (sid, _), ev in zip(decoded, evs, strict=True)]
+        return decoded
 
     # 4 + 5: store -----------------------------------------------------------------------
     async def _write(self, plans: list[Plan]) -> None:
@@ -688,7 +879,7 @@ class Center:
             argv.append(payload)
             jid = job_id(k, j.nid, j.uid)
             claim = None
-            if claim_ms:
+            if claim_ms and j.uid not in p.missing:  # no profile: the job reads it then
                 # claimed by this process when its notice is new (queued at due + claim_ms:
                 # should the process die, arq runs it once the claim has expired)
                 user = next((u for u in p.users if u.id == j.uid), None)
@@ -764,8 +955,7 @@ class Center:
             window = int(self.settings.dedup_window)
             async with self.redis.pipeline(transaction=False) as pipe:
                 for p in orphans:
-                    assert p.notice.dedup_key is not None
-                    pipe.set(self.keys.dedup(p.notice.dedup_key), p.notice.id, ex=window)
+                    pipe.set(self.keys.dedup(p.dedup_claim), p.notice.id, ex=window)
                 await pipe.execute()
             for p in orphans:
                 p.fold_into = None
@@ -789,6 +979,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
     blocking = reader(settings.redis_url, name="vestnik-center-reader")
     keys = Keys(settings.prefix)
     cons: Consumer[NoticeIn] | None = None
+    center: Center | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
         await wait_ready(redis)
@@ -831,5 +1022,7 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
         for t, r in zip(tasks, results, strict=True):
             if isinstance(r, Exception):
                 log.error("%s failed: %r", t.get_name(), r)
+        if center is not None:
+            await center.aclose()
         await blocking.aclose()
         await redis.aclose()

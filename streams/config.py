@@ -63,6 +63,7 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     dedup_window: NonNegative = 3600.0
     feed_max: Positive = 1000
     dead_maxlen: Positive = 100_000
+    max_recipients: Positive = 10_000  # a notice's own `recipients` (not settings')
     # message sender
     smtp_url: str | None = None
     smtp_from: str | None = None

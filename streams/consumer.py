@@ -133,11 +133,24 @@ def raw_json(fields: Fields) -> bytes:
                         for k, v in fields.items()})
 
 
+DEAD_RAW_MAX = 4096  # bytes of an entry's fields kept in its dead letter
+DEAD_REASON_MAX = 1000
+
+
 def dead_fields(d: DeadLetter, source: str) -> dict[str, str | bytes]:
-    return {
-        "reason": d.reason, "field": d.field or "$", "raw": raw_json(d.raw),
-        "at": str(now_ms()), "source": source, "entry": d.sid,
+    """A dead letter's fields, bounded: a 1 MiB entry must not become a 1 MiB dead letter
+    (the stream keeps `dead_maxlen` of them). A cut `raw` (not valid JSON then) comes with
+    `truncated: 1` and the whole size."""
+    raw = raw_json(d.raw)
+    out: dict[str, str | bytes] = {
+        "reason": d.reason[:DEAD_REASON_MAX], "field": (d.field or "$")[:DEAD_REASON_MAX],
+        "raw": raw, "at": str(now_ms()), "source": source, "entry": d.sid,
     }
+    if len(raw) > DEAD_RAW_MAX:  # cut on a character boundary
+        out["raw"] = raw[:DEAD_RAW_MAX].decode(errors="ignore").encode()
+        out["truncated"] = "1"
+        out["size"] = str(len(raw))
+    return out
 
 
 class Consumer(Generic[T]):

@@ -8,24 +8,35 @@ import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
+from .errors import Conflict
 from .ids import now_ms, ulid
 from .keys import Keys
 from .metrics import NOTICES_INGESTED
-from .schemas import NoticeIn, notice_fields
+from .schemas import Notice, NoticeIn, notice_fields, same_content
 from .together import Appends
 
 IDEMPOTENCY_TTL_S = 86_400
 
-# KEYS: idempotency key, notices stream. ARGV: ttl, notice id, then field/value pairs.
-# The key and the entry are written together, so a failure never leaves a key that
-# points to a notice that was not added.
+# KEYS: notices stream, idempotency key, the notice's body key (either of the last two ''
+# when unused). ARGV: ttl, notice id, then field/value pairs. Returns {0, id}: added;
+# {1, id}: the idempotency key's earlier notice; {2, body}: a notice with this id is
+# stored (the caller compares the content). The key and the entry are written together,
+# so a failure never leaves a key that points to a notice that was not added.
 _INGEST = AsyncScript(None, b"""
-local prev = redis.call('GET', KEYS[1])
-if prev then return prev end
-redis.call('XADD', KEYS[2], '*', unpack(ARGV, 3))
-redis.call('SET', KEYS[1], ARGV[2], 'EX', ARGV[1])
-return ARGV[2]
+if KEYS[2] ~= '' then
+  local prev = redis.call('GET', KEYS[2])
+  if prev then return {1, prev} end
+end
+if KEYS[3] ~= '' then
+  local body = redis.call('GET', KEYS[3])
+  if body then return {2, body} end
+end
+redis.call('XADD', KEYS[1], '*', unpack(ARGV, 3))
+if KEYS[2] ~= '' then redis.call('SET', KEYS[2], ARGV[2], 'EX', ARGV[1]) end
+return {0, ARGV[2]}
 """)
+
+_notice_decoder = msgspec.json.Decoder(Notice)
 
 
 def prepare(notice: NoticeIn) -> NoticeIn:
@@ -47,20 +58,30 @@ class Ingest:
     async def send(self, notice: NoticeIn, *, via: str,
                    idempotency_key: str | None = None) -> str:
         """Add one notice; returns its id. With `idempotency_key`, the same key returns the
-        first id and adds nothing (for IDEMPOTENCY_TTL_S seconds)."""
+        first id and adds nothing (for IDEMPOTENCY_TTL_S seconds). A caller-chosen id whose
+        notice is stored already: the same content adds nothing (a retry), other content
+        raises Conflict (409)."""
+        own_id = notice.id is not None
         notice = prepare(notice)
         assert notice.id is not None
         fields = notice_fields(notice)
-        if idempotency_key is None:
+        if idempotency_key is None and not own_id:
             await self.appends.xadd(self.keys.notices, fields)
             NOTICES_INGESTED.labels(via).inc()
             return notice.id
         argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
         for k, v in fields.items():
             argv += [k, v]
-        got = await _INGEST(keys=[self.keys.idempotency(idempotency_key), self.keys.notices],
-                            args=argv, client=self.redis)
+        idem = self.keys.idempotency(idempotency_key) if idempotency_key is not None else ""
+        kind, got = await _INGEST(
+            keys=[self.keys.notices, idem, self.keys.notice(notice.id) if own_id else ""],
+            args=argv, client=self.redis)
+        if kind == 2:
+            if not same_content(notice, _notice_decoder.decode(got)):
+                raise Conflict(f"notice id {notice.id} already exists with other content",
+                               field="$.id")
+            return notice.id
         nid = got.decode() if isinstance(got, bytes) else str(got)
-        if nid == notice.id:
+        if kind == 0:
             NOTICES_INGESTED.labels(via).inc()
         return nid

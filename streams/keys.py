@@ -16,6 +16,15 @@ SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 
 
+def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
+    """A notice's dedup key scoped by its alert (and the setting it names), so the same key
+    in two alerts or settings never folds one's notice into the other's. Lengths prefix the
+    parts: alert names and setting ids may hold `:`, and `a`+`b:c` must differ from
+    `a:b`+`c`. The center claims it, the wrapper's `resolve` deletes it."""
+    sid = setting_id or ""
+    return f"{len(alert)}:{alert}:{len(sid)}:{sid}:{key}"
+
+
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "vn:"
@@ -99,7 +108,8 @@ class Keys:
         return f"{self.prefix}notice:{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
-        """String: id of the first notice with this dedup key, expires after the window."""
+        """String: id of the first notice with this dedup key, expires after the window.
+        `dedup_key` is scoped (see `dedup_scope`)."""
         return f"{self.prefix}dedup:{dedup_key}"
 
     def idempotency(self, key: str) -> str:

@@ -22,6 +22,14 @@ NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
 EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 Body = Annotated[str, msgspec.Meta(max_length=65536)]
+# Ids that can end up in a URL path, a header line or a log line: no control character
+# (CR, LF, NUL...) in any of them, and a notice id from a small alphabet (ULIDs pass).
+# (?!\n): Python's `$` also matches before a final LF; `\Z` would not port to the OpenAPI
+# document's (ECMA) patterns
+NOTICE_ID_RE = r"^[A-Za-z0-9._:~-]{1,128}(?!\n)$"
+NoticeId = Annotated[str, msgspec.Meta(pattern=NOTICE_ID_RE)]
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?!\n)$"
+SafeId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
 
 json_encode = msgspec.json.Encoder().encode
 _json_decode_any = msgspec.json.Decoder().decode
@@ -214,7 +222,7 @@ def validate_channel(channel: dict[str, Any]) -> dict[str, ChannelTarget]:
 
 class EntityRef(msgspec.Struct, forbid_unknown_fields=True):
     topic: str
-    id: str
+    id: SafeId
 
 
 class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
@@ -259,17 +267,38 @@ class NoticeIn(Strict):
     title: Title
     severity: Severity = "info"
     body: Body = ""
-    id: str | None = None
+    id: NoticeId | None = None
     link: str | None = None
-    setting_id: str | None = None
+    setting_id: SafeId | None = None
     entity: EntityRef | None = None
     metric: dict[str, Any] = {}
     data: dict[str, Any] = {}
-    recipients: list[str] | None = None
+    recipients: list[SafeId] | None = None
     channels: dict[str, Any] = {}
     dedup_key: str | None = None
     forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
     created_at: int | None = None
+
+
+# What a sender says in a notice (not what the center derives: created_at, recipients,
+# channels, metric, repeat): a caller-chosen id that exists with other content is refused.
+_CONTENT_FIELDS = ("alert", "title", "body", "severity", "link", "entity", "data", "dedup_key")
+
+
+def same_content(sent: NoticeIn, other: NoticeIn | Notice) -> bool:
+    """Whether `sent` says what `other` (the notice already under its id) says: a retry.
+    A `setting_id` left out matches the one the center chose."""
+    if sent.setting_id is not None and sent.setting_id != other.setting_id:
+        return False
+    return all(getattr(sent, f) == getattr(other, f) for f in _CONTENT_FIELDS)
+
+
+def check_recipients(notice: NoticeIn, limit: int) -> None:
+    """A notice's own recipient list is capped (`max_recipients`); recipients that come
+    from settings are not. Raises BadInput naming `$.recipients`."""
+    if notice.recipients is not None and len(notice.recipients) > limit:
+        raise BadInput(f"recipients: {len(notice.recipients)} ids, more than the limit of "
+                       f"{limit} (VESTNIK_MAX_RECIPIENTS)", field="$.recipients")
 
 
 class User(msgspec.Struct, kw_only=True):

@@ -27,7 +27,7 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from streams.errors import from_validation
 from streams.ids import now_ms
-from streams.keys import Keys
+from streams.keys import Keys, dedup_scope
 from streams.redis import RETRYABLE, Backoff
 from streams.schemas import AlertSetting, NoticeIn, notice_fields
 
@@ -86,12 +86,6 @@ class Batch:
         self.commands.append(command)
         self.count += 1
         self.notices += notice
-
-
-def scoped_dedup(alert: str, setting_id: str | None, key: str) -> str:
-    """The dedup key as sent: scoped by alert and setting, so two settings (or two
-    alerts) using the same key never swallow each other's notices."""
-    return f"{alert}:{setting_id}:{key}" if setting_id else f"{alert}:{key}"
 
 
 class Sink:
@@ -184,8 +178,10 @@ class Sink:
                     log.info("%s: heartbeat every %.3gs announced", self.name, hb)
             case Resolve(dedup_key=key):
                 LINES_IN.labels(self.name, "resolve").inc()
-                keys = [scoped_dedup(self.name, s.id, key) for s in self.view.enabled]
-                keys.append(scoped_dedup(self.name, None, key))
+                # the center scopes each notice's key (by alert and setting): the same
+                # function names what it claimed
+                keys = [dedup_scope(self.name, s.id, key) for s in self.view.enabled]
+                keys.append(dedup_scope(self.name, None, key))
                 self._batch.add(pack("DEL", *(self.keys.dedup(k) for k in keys)))
             case Error(message=message):
                 LINES_IN.labels(self.name, "error").inc()
@@ -220,8 +216,7 @@ class Sink:
                 setting_id=s.id if s else None,
                 metric=s.metric if s else {},
                 channels=s.channel if s else {},
-                dedup_key=(scoped_dedup(self.name, s.id if s else None, n.dedup_key)
-                           if n.dedup_key else None),
+                dedup_key=n.dedup_key,  # scoped by the center (streams.keys.dedup_scope)
             )
             fields = notice_fields(notice)
             add(b"*%d\r\n" % (3 + 2 * len(fields)) + head

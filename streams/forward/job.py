@@ -66,7 +66,8 @@ DELIVERIES_TTL_S = 7 * 86_400  # the attempt log of a notice
 SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
 
-DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref"]
+DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref",
+                         "skipped_no_address"]
 
 
 class Delivery(msgspec.Struct, kw_only=True):
@@ -188,13 +189,8 @@ class Forwarder:
             user = None
             sends = self._shared_sends(notice)
         else:
-            if replies[1] is None:
-                log.warning("forward %s: user %s not found in %s", nid, uid, k.state(USER_TOPIC))
-                if attempt == 1:
-                    await self._record(nid, [self._rec(uid, "", attempt, "failed",
-                                                       f"user {uid} not found")])
-                return "user not found"
-            user = decode_user(uid, replies[1])
+            # no profile (never published, or deleted): no address anywhere, recorded below
+            user = User(id=uid) if replies[1] is None else decode_user(uid, replies[1])
             if isinstance(user, str):
                 log.warning("forward %s: %s", nid, user)
                 if attempt == 1:
@@ -263,13 +259,17 @@ class Forwarder:
             if isinstance(users, list) and user.id not in {str(u) for u in users}:
                 continue
             address = self.channels.user_address(name)
-            if name in self.channels.classes and (address is None
-                                                  or not getattr(user, address, None)):
-                continue  # not a per-user channel, or the user has no address on it
+            if name in self.channels.classes and address is None:
+                continue  # not a per-user channel: the `*` job sends to its targets
             if user.prefs.get(name) is False:
                 if attempt == 1:
                     records.append(self._rec(user.id, name, attempt, "skipped_pref",
                                              f"user {user.id} switched {name} off"))
+                continue
+            if address is not None and not getattr(user, address, None):
+                if attempt == 1:  # read when sending: an address published later is used
+                    records.append(self._rec(user.id, name, attempt, "skipped_no_address",
+                                             f"user {user.id} has no {address}"))
                 continue
             sends.append(Send(name, name, target))
         return sends, records

@@ -59,9 +59,10 @@ def test_mute_and_channel_prefs():
     assert not wants_forward(n, user)  # slack names someone else
     n.channels["slack"] = {"users": [1]}
     assert wants_forward(n, user)
-    # with the channels' user fields: no job for a user it would send nothing to
+    # with the channels' user fields: a user without an address still gets a job (it reads
+    # the profile when it sends); a channel with shared targets only makes none per user
     addresses = {"email": "email", "slack": "slack_user", "webhook": None}
-    assert not wants_forward(n, User(id="2"), addresses)  # no email address, no slack user
+    assert wants_forward(n, User(id="2"), addresses)
     assert wants_forward(n, User(id="2", email="b@example.org"), addresses)
     hook = Notice(id="n", alert="cpu", title="t", channels={"webhook": {"url": "http://x"}})
     assert not wants_forward(hook, User(id="2", email="b@example.org"), addresses)

@@ -36,19 +36,17 @@ async def test_invalid_entries_are_dead_lettered_and_the_rest_of_the_batch_store
         {"alert": "disk", "severity": "warning", "recipients": "1"},          # no title
         entry("bad severity", severity="urgent"),
         entry("bad data", data="{not json"),
-        entry("unknown user", "1,42"),                                         # 1 still served
+        entry("no profile", "1,42"),                                  # 42 served in-app too
         entry("ok 2", "2"),
         {"alert": "disk", "title": "x", "recipients": "1", "colour": "red"},   # unknown field
         {"alert": "nobody-set-this", "title": "no recipients"},
     ])
     run_burst(start_proc)
     letters = {d["entry"]: d for d in await dead(redis)}
-    assert set(letters) == {ids[1], ids[2], ids[3], ids[4], ids[6], ids[7]}
+    assert set(letters) == {ids[1], ids[2], ids[3], ids[6], ids[7]}
     assert letters[ids[1]]["field"] == "$.title" and "title" in letters[ids[1]]["reason"]
     assert letters[ids[2]]["field"] == "$.severity"
     assert letters[ids[3]]["field"] == "$.data" and "JSON" in letters[ids[3]]["reason"]
-    assert letters[ids[4]]["reason"] == "unknown user 42"
-    assert letters[ids[4]]["field"] == "$.recipients[1]"
     assert letters[ids[6]]["field"] == "$.colour"
     assert letters[ids[7]]["field"] == "$.recipients"
     raw = msgspec.json.decode(letters[ids[2]]["raw"])
@@ -57,8 +55,9 @@ async def test_invalid_entries_are_dead_lettered_and_the_rest_of_the_batch_store
     assert int(letters[ids[2]]["at"]) > 0 and letters[ids[2]]["source"] == "center"
     titles1 = [(await stored(redis, n))["title"] for n in await feed(redis, "1")]
     titles2 = [(await stored(redis, n))["title"] for n in await feed(redis, "2")]
-    assert titles1 == ["ok 1", "unknown user"]
+    assert titles1 == ["ok 1", "no profile"]
     assert titles2 == ["ok 1", "ok 2"]
+    assert [(await stored(redis, n))["title"] for n in await feed(redis, "42")] == ["no profile"]
     assert await pending(redis) == 0
 
 

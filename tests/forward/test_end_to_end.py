@@ -115,3 +115,30 @@ async def test_pref_email_off_is_never_emailed(api: Api, redis: Redis, keys: Key
     assert [m.rcpt_tos for m in smtp.mails] == [["u2@example.org"]]
     assert smtp.mails[0].msg["Subject"] == "By email"
     assert on
+
+
+async def test_a_recipient_without_an_address_is_recorded_and_a_later_one_used(
+        api: Api, redis: Redis, keys: Keys, center, smtp: SmtpSink):
+    """Profiles are read when the forward runs: user 6 publishes an email after the notice
+    was stored and gets it; user 5 never does, and /deliveries says so."""
+    nobody = await xadd(redis, keys, "5", "To nobody's mailbox", after=1)
+    later = await xadd(redis, keys, "6", "To a later address", after=2)
+    async with api.client() as svc:
+        async def stored() -> bool:
+            return await redis.exists(keys.notice(nobody), keys.notice(later)) == 2
+
+        await eventually(stored, what="both notices stored")
+        await add_user(redis, keys, "6")
+
+        async def mailed() -> bool:
+            return len(smtp.mails) == 1
+
+        await eventually(mailed, timeout=15, what="the email to the later address")
+        assert smtp.mails[0].rcpt_tos == ["u6@example.org"]
+
+        async def skipped() -> list[dict]:
+            return await log_of(svc, nobody)
+
+        got = await eventually(skipped, timeout=15, what="user 5's delivery record")
+    assert [(i["uid"], i["channel"], i["status"]) for i in got] == [
+        ("5", "email", "skipped_no_address")]

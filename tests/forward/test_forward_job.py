@@ -189,7 +189,8 @@ async def test_pref_off_and_missing_address(redis: Redis, keys: Keys, redis_url,
     await burst(settings)
     assert smtp.mails == [] and http_sink.requests == []  # email off; no telegram chat id
     log = await deliveries(redis, keys, n.id)
-    assert [(d.channel, d.status) for d in log] == [("email", "skipped_pref")]
+    assert [(d.channel, d.status) for d in log] == [("email", "skipped_pref"),
+                                                    ("telegram", "skipped_no_address")]
 
 
 async def test_forward_run_outside_our_worker_records_and_marks(redis: Redis, keys: Keys,

@@ -59,11 +59,13 @@ def _wire(fields):
 
 
 text = st.text(min_size=1, max_size=30).filter(lambda s: s.strip() == s and "," not in s)
+# ids never hold a control character (CR, LF, NUL...): they may become header lines
+ids = text.filter(lambda s: not any(ord(c) < 32 or ord(c) == 127 for c in s))
 
 
 @settings(max_examples=200, deadline=None)
 @given(alert=text, title=text, severity=st.sampled_from(["info", "warning", "critical"]),
-       recipients=st.lists(text, max_size=4), data=st.dictionaries(text, st.integers()))
+       recipients=st.lists(ids, max_size=4), data=st.dictionaries(text, st.integers()))
 def test_notice_round_trips_through_stream_fields(alert, title, severity, recipients, data):
     n = NoticeIn(alert=alert, title=title, severity=severity, recipients=recipients or None,
                  data=data)
@@ -103,3 +105,18 @@ def test_deeply_nested_json_is_bad_input_not_a_crash():
             assert e.field == "$.data"
         else:
             raise AssertionError("accepted a 100,000-level document")
+
+
+@settings(max_examples=200, deadline=None)
+@given(good=st.lists(ids, max_size=3), bad=ids, control=st.sampled_from("\r\n\x00\x1b\x7f"),
+       at=st.integers(0, 30))
+def test_a_recipient_id_with_a_control_character_is_refused_by_index(good, bad, control, at):
+    hostile = bad[:at] + control + bad[at:]
+    fields = {b"alert": b"a", b"title": b"t",
+              b"recipients": msgspec.json.encode([*good, hostile])}
+    try:
+        decode_notice_entry(fields)
+    except BadInput as e:
+        assert e.field == f"$.recipients[{len(good)}]"
+    else:
+        raise AssertionError(f"accepted {hostile!r}")

@@ -27,6 +27,7 @@ from wrapping import (
     wait_exit,
 )
 
+from streams.keys import dedup_scope
 from support import ROOT, eventually, gone
 from wrapper.lines import LineSplitter, Oversized
 from wrapper.mailbox import Mailbox
@@ -198,7 +199,8 @@ async def test_garbage_on_stdout_is_dead_lettered_and_valid_lines_still_flow(
     name = "garbage"
     await put_setting(redis, keys, setting("s1", name, {"limit": 1},
                                            {"ui": {"users": ["1"]}, "email": {"users": ["1"]}}))
-    await redis.set(keys.dedup("garbage:s1:disk-1"), "01EARLIERNOTICE")  # the center's marker
+    # the center's marker
+    await redis.set(keys.dedup(dedup_scope("garbage", "s1", "disk-1")), "01EARLIERNOTICE")
     cfg = alert_toml(tmp_path / "alert.toml", name, [PY, script(tmp_path, "g.py", GARBAGE)])
     w = wrap(cfg)
 
@@ -236,7 +238,7 @@ async def test_garbage_on_stdout_is_dead_lettered_and_valid_lines_still_flow(
     assert metric(port, "vestnik_wrapper_alert_errors_total", alert=name) == 1
 
     async def resolved():  # the center's dedup marker is gone: the next one is new
-        return await redis.exists(keys.dedup("garbage:s1:disk-1")) == 0
+        return await redis.exists(keys.dedup(dedup_scope("garbage", "s1", "disk-1"))) == 0
     await eventually(resolved, what="resolve")
     assert "line 6 rejected (too_long)" in w.proc.output()
     assert "source unreachable" in w.proc.output()
