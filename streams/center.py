@@ -282,6 +282,23 @@ return {out, claimed, new}
 # was already folded (re-delivery), or -1 when the first notice is gone.
 # The body ends with `created_at` (always set) and optionally `repeat`, `last_seen`:
 # msgspec writes Notice fields in declaration order, so they are the tail of the object.
+# Move `Keys.users_seen` forward to ARGV[1] (a stream id), never back: a slow center must
+# not make a later one purge a user again who has been created anew since.
+ADVANCE_LUA = """
+local function parse(id)
+  local ms, seq = string.match(id, '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local cm, cs = parse(cur)
+  local nm, ns = parse(ARGV[1])
+  if nm < cm or (nm == cm and ns <= cs) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+"""
+
 FOLD_LUA = """
 local body = redis.call('GET', KEYS[1])
 if not body then return -1 end
@@ -475,7 +492,8 @@ class Center:
         # the `user` topic: the center applies its events itself (the hub's StateWriter:
         # entries at or before the state's position are skipped, so any number of
         # materializers stay exact), up to `_user_pos`, before it reads recipients
-        self._state = StateWriter(redis, keys)
+        self._state = StateWriter(redis, keys, maxlen=settings.topic_maxlen)
+        self._advance = redis.register_script(ADVANCE_LUA)
         self._hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
         self._user_pos: str | None = None
         # batches may be handled concurrently (Consumer depth > 1): their reads, and their
@@ -624,9 +642,11 @@ class Center:
         own = [p for p in plans if p.entry.value.id is not None]  # may exist already
         if not uids:
             return plans
-        if self._user_pos is None:  # once per process: where the state is
-            pos = await self.redis.get(self.keys.state_pos(USER_TOPIC))
-            self._user_pos = pos.decode() if pos else "0-0"
+        if self._user_pos is None:  # once per process: where the centers' purges are (the
+            # first center of a Redis: where the state is)
+            start = (await self.redis.get(self.keys.users_seen)
+                     or await self.redis.get(self.keys.state_pos(USER_TOPIC)))
+            self._user_pos = start.decode() if start else "0-0"
         async with self.redis.pipeline(transaction=False) as pipe:
             # first: every user event XADDed before this batch's notices were read
             pipe.xrange(self.keys.topic(USER_TOPIC), min=f"({self._user_pos}", count=USER_PAGE)
@@ -741,13 +761,21 @@ class Center:
         ahead = parse_stream_id(pos.decode()) if pos else (0, 0)
         if len(entries) < USER_PAGE and parse_stream_id(entries[-1][0].decode()) <= ahead:
             self._user_pos = entries[-1][0].decode()
-            return records  # applied before the records were read: they are current
-        return await self._apply_users(entries, decoded, uids, records)
+        else:
+            records = await self._apply_users(entries, decoded, uids, records)
+        # a center started later goes on from here (deletes an api's hub applied while no
+        # center ran are still purged)
+        await self._advance(keys=[self.keys.users_seen], args=[self._user_pos])
+        return records
 
     async def _purge(self, decoded: list[tuple[str, TopicEvent]]) -> None:
         """Every user a seen event deletes, whoever applied it (each center process sees
         each event once; purging is idempotent): before this batch stores anything."""
-        deleted = sorted({ev.id for _, ev in decoded if ev.op == "delete"})
+        last: dict[str, str] = {}
+        for _, ev in decoded:
+            last[ev.id] = ev.op
+        # a user deleted and created again since is not purged: the feed is theirs
+        deleted = sorted(uid for uid, op in last.items() if op == "delete")
         if deleted:
             await inbox.purge_users(self.redis, self.keys, deleted)
 

@@ -56,6 +56,13 @@ class Keys:
         """String: id of the last topic stream entry applied to `state(topic)`."""
         return f"{self.prefix}state:{topic}:pos"
 
+    @property
+    def users_seen(self) -> str:
+        """String: id of the last `user` topic entry whose deletes the centers have purged
+        (only moves forward), so a center that starts purges the deletes an api's hub
+        applied while no center ran. Owned by the center; one key."""
+        return f"{self.prefix}center:users-seen"
+
     # alert settings ---------------------------------------------------------
     @property
     def settings(self) -> str:

@@ -105,6 +105,33 @@ async def test_with_an_api_materializing_too_a_delete_it_applied_is_purged(
     assert [(await stored(redis, n))["title"] for n in await feed(redis, "8")] == ["heard"]
 
 
+async def test_a_delete_applied_while_no_center_ran_is_purged_when_one_starts(
+        api: Api, redis, start_proc):
+    """A center stops; the api's hub applies a user's delete meanwhile; the next center goes
+    on from where the centers' purges stopped (not from the state's position) and purges it.
+    A user deleted and created again meanwhile keeps their feed."""
+    await publish_user(redis, "9", name="Gone soon")
+    await publish_user(redis, "6", name="Back again")
+    await xadd_many(redis, [entry("before", "9,6")])
+    run_burst(start_proc)
+    assert await feed(redis, "9") and await feed(redis, "6")
+    await redis.xadd(K.topic(USER_TOPIC), {"op": "delete", "id": "9"})
+    await redis.xadd(K.topic(USER_TOPIC), {"op": "delete", "id": "6"})
+    await publish_user(redis, "6", name="Back again")
+
+    async def applied() -> bool:  # by the api's hub, with no center running
+        return (await redis.hget(K.state(USER_TOPIC), "9") is None
+                and await redis.hget(K.state(USER_TOPIC), "6") is not None)
+
+    await eventually(applied, what="the hub to apply the delete")
+    await publish_user(redis, "5", name="Someone")
+    await xadd_many(redis, [entry("after", "5")])
+    run_burst(start_proc)
+    assert await feed(redis, "5")
+    assert await redis.exists(K.feed("9"), K.user_seq("9")) == 0
+    assert len(await feed(redis, "6")) == 1
+
+
 # 2 ------------------------------------------------------------------------------------------
 
 
