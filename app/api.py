@@ -29,6 +29,7 @@ from .deliveries import router as deliveries_router
 from .errors import HANDLERS
 from .http import Router, json_response, openapi
 from .notices import router as notices_router
+from .session import router as session_router
 from .settings import router as settings_router
 
 log = logging.getLogger("vestnik.api")
@@ -36,7 +37,8 @@ VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router, settings_router, deliveries_router, notices_router]
+    return [ops.router, topics.router, settings_router, deliveries_router, notices_router,
+            session_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:

@@ -40,6 +40,7 @@ class Principal:
     user_id: str | None = None
     roles: tuple[str, ...] = ()
     token: str = field(default="", repr=False, compare=False)  # the key of its write rate
+    exp: float | None = field(default=None, compare=False)  # a user token's `exp` (cookie life)
 
     @property
     def is_service(self) -> bool:
@@ -76,14 +77,15 @@ UNSAFE = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 Source = Literal["header", "cookie", "query", ""]
 
 
-def _token_from(request: Request, allow_query: bool) -> tuple[str | None, Source]:
+def _token_from(request: Request, allow_query: bool, allow_cookie: bool = True
+                ) -> tuple[str | None, Source]:
     """The token and where it came from: a cookie or a URL carry it without the caller's
     script asking, so those two are limited (same-origin writes; SSE GETs only)."""
     header = request.headers.get("authorization", "")
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value:
         return value.strip(), "header"
-    cookie = request.cookies.get("vestnik_token")
+    cookie = request.cookies.get("vestnik_token") if allow_cookie else None
     if cookie:
         return cookie, "cookie"
     if allow_query:
@@ -98,6 +100,12 @@ def _origin(scheme: str, netloc: str) -> str:
     if default and netloc.endswith(default):
         netloc = netloc[: -len(default)]
     return f"{scheme}://{netloc}"
+
+
+def request_scheme(request: Request) -> str:
+    """`http` or `https` as the browser sees it: X-Forwarded-Proto when a TLS proxy in front
+    sets it (a cross-site page cannot set that header), else the request's own scheme."""
+    return request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
 
 
 def check_same_origin(request: Request, ctx: Ctx) -> None:
@@ -116,8 +124,7 @@ def check_same_origin(request: Request, ctx: Ctx) -> None:
                         "or Referer header (or send Authorization: Bearer)", field="Origin")
     parts = urlsplit(raw)
     given = _origin(parts.scheme, parts.netloc) if parts.scheme and parts.netloc else raw
-    proto = request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
-    own = _origin(proto, request.headers.get("host", ""))
+    own = _origin(request_scheme(request), request.headers.get("host", ""))
     allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.settings.cors_origins
                       if "://" in o)}
     if given not in allowed:
@@ -134,13 +141,14 @@ def is_service_token(ctx: Ctx, token: str) -> bool:
     return found
 
 
-def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = False
-                 ) -> Principal:
+def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = False,
+                 allow_cookie: bool = True) -> Principal:
     """Who calls; `allow_query`: the route is an SSE GET (EventSource cannot send headers),
-    the only place a `?token=` is read (elsewhere it would end up in logs and Referers)."""
+    the only place a `?token=` is read (elsewhere it would end up in logs and Referers);
+    `allow_cookie` False: only the Authorization header counts (the route sets the cookie)."""
     if auth == "none":
         return ANONYMOUS
-    token, source = _token_from(request, allow_query)
+    token, source = _token_from(request, allow_query, allow_cookie)
     if not token:
         raise Unauthorized("missing token: send `Authorization: Bearer <token>`")
     principal = _principal(ctx, auth, token)
@@ -188,7 +196,7 @@ def decode_user_token(ctx: Ctx, token: str) -> Principal:
     if not isinstance(roles, list | tuple):
         raise Unauthorized("invalid token: `roles` must be a list of strings")
     return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)),
-                     token=token)
+                     token=token, exp=claims["exp"])
 
 
 def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
@@ -269,14 +277,17 @@ class Router:
         errors: tuple[int, ...] = (),
         media_type: str = "application/json",
         headers: dict[str, str] | None = None,
+        cookie: bool = True,
     ) -> Callable[[Handler], Handler]:
+        """`cookie` False: the `vestnik_token` cookie does not authenticate this route."""
+
         def register(handler: Handler) -> Handler:
             allow_query = stream and method == "GET"
             write = method in UNSAFE and auth != "none"
 
             async def endpoint(request: Request) -> Response:
                 ctx: Ctx = request.app.state.ctx
-                principal = authenticate(request, ctx, auth, allow_query)
+                principal = authenticate(request, ctx, auth, allow_query, cookie)
                 if write and ctx.limiter is not None:
                     wait = ctx.limiter.retry_after(principal.token)
                     if wait:

@@ -5,7 +5,9 @@ A source is per topic: `redis:<key template>` (a JSON string or hash key) or an
 hydrated once per process however many clients subscribe: concurrent requests
 for the same stream entry share one in-flight call, and results are cached by
 stream id. HTTP sources may only point at configured hosts (no SSRF through a
-crafted event id: the id is percent-encoded into the path).
+crafted event id: the id is percent-encoded into the path), and their replies are read
+up to MAX_ENTITY bytes: a larger one fails that event (`result="too_large"`), so a
+misbehaving source cannot make every api process hold its reply.
 """
 
 from __future__ import annotations
@@ -20,12 +22,14 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
+from .channels.base import HTTP_HEADERS, ReplyTooLarge, capped_request
 from .metrics import HYDRATIONS
 from .schemas import TopicEvent
 
 log = logging.getLogger("vestnik.hydrate")
 
 _decode = msgspec.json.Decoder().decode
+MAX_ENTITY = 1024 * 1024  # bytes of one entity read from an HTTP source (more: an error)
 
 
 class HydrationConfigError(ValueError):
@@ -127,7 +131,8 @@ class Hydrator:
             else:
                 data = await self._fetch_http(src.replace("{id}", quote(entity_id, safe="")))
         except (httpx.HTTPError, ValueError, msgspec.DecodeError) as e:
-            HYDRATIONS.labels(topic, "error").inc()
+            HYDRATIONS.labels(topic, "too_large" if isinstance(e, ReplyTooLarge) else "error"
+                              ).inc()
             log.warning("hydrating %s/%s failed: %s", topic, entity_id, e)
             return None
         HYDRATIONS.labels(topic, "ok" if data is not None else "missing").inc()
@@ -137,8 +142,9 @@ class Hydrator:
         if urlsplit(url).hostname not in self.allowed_hosts:  # defence in depth
             raise ValueError(f"host of {url!r} is not in hydrate_hosts")
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False)
-        resp = await self._http.get(url)
+            self._http = httpx.AsyncClient(timeout=self._timeout, follow_redirects=False,
+                                           headers=HTTP_HEADERS)  # identity: bytes as sent
+        resp = await capped_request(self._http, "GET", url, limit=MAX_ENTITY, whole=True)
         if resp.status_code == 404:
             return None
         resp.raise_for_status()

@@ -135,19 +135,33 @@ def classify_http(resp: AnyResponse, what: str) -> SendResult:
     return SendResult.permanent(detail)
 
 
-async def capped_post(http: httpx.AsyncClient, url: str, **kw: Any) -> httpx.Response:
-    """POST; the answer's body is read up to MAX_REPLY bytes (as sent: never inflated), the
-    rest left unread, so a hostile endpoint cannot make the forwarder hold a huge reply."""
-    async with http.stream("POST", url, **kw) as resp:
-        raw = bytearray()
+class ReplyTooLarge(ValueError):
+    """A reply whose whole body is needed (an entity to hydrate) is over its cap."""
+
+
+async def capped_request(http: httpx.AsyncClient, method: str, url: str, *,
+                         limit: int = MAX_REPLY, whole: bool = False, **kw: Any
+                         ) -> httpx.Response:
+    """Send; the answer's body is read up to `limit` bytes (as sent: never inflated), the rest
+    left unread, so a hostile endpoint cannot make us hold a huge reply. `whole`: a body
+    longer than `limit` is ReplyTooLarge instead of cut (a cut entity is no entity)."""
+    async with http.stream(method, url, **kw) as resp:
+        keep, raw = (limit + 1 if whole else limit), bytearray()
         async for chunk in resp.aiter_raw():
-            raw += chunk[:MAX_REPLY - len(raw)]
-            if len(raw) >= MAX_REPLY:
+            raw += chunk[:keep - len(raw)]
+            if len(raw) >= keep:
                 break
+        if len(raw) > limit:
+            raise ReplyTooLarge(f"the reply to {method} {url} is larger than {limit} bytes")
         headers = [(k, v) for k, v in resp.headers.multi_items()
                    if k not in ("content-encoding", "transfer-encoding", "content-length")]
         return httpx.Response(resp.status_code, headers=headers, content=bytes(raw),
                               request=resp.request)
+
+
+async def capped_post(http: httpx.AsyncClient, url: str, **kw: Any) -> httpx.Response:
+    """POST, the answer cut at MAX_REPLY bytes (read for its status and a short detail)."""
+    return await capped_request(http, "POST", url, **kw)
 
 
 async def post(http: httpx.AsyncClient, url: str, what: str, **kw: Any

@@ -9,9 +9,14 @@ import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import httpx
 import pytest
 
-from support import SSE, eventually
+from streams.channels.base import ReplyTooLarge, capped_request
+from streams.hydrate import MAX_ENTITY
+from support import SSE, RawHttpServer, eventually
+
+HUGE = 4 * 1024 * 1024
 
 
 class ProductApi:
@@ -29,12 +34,18 @@ class ProductApi:
                     self.send_response(404)
                     self.end_headers()
                     return
-                body = json.dumps({"id": vid, "status": "running", "via": "product"}).encode()
+                entity = {"id": vid, "status": "running", "via": "product"}
+                if vid == "huge":  # a misbehaving source: 4 MiB for one VM
+                    entity["blob"] = "x" * HUGE
+                body = json.dumps(entity).encode()
                 self.send_response(200)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
-                self.wfile.write(body)
+                try:
+                    self.wfile.write(body)
+                except (BrokenPipeError, ConnectionResetError):  # the reader stopped early
+                    pass
 
             def log_message(self, *args: object) -> None:
                 pass
@@ -100,3 +111,41 @@ async def test_redis_key_source(start_api, redis, user_token):
             return (await http.get("/api/v1/topics/vm")).json()["items"].get("5")
 
     assert await eventually(state, what="hydrated state") == {"status": "stopped"}
+
+
+async def test_a_4_mib_reply_fails_that_event_only(start_api, product, redis, user_token):
+    api = start_api(VESTNIK_HYDRATE=f"vm=http://127.0.0.1:{product.port}/vms/{{id}}")
+    sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={user_token()}").connect()
+    try:
+        await redis.xadd("vn:topic:vm", {"op": "update", "id": "huge"})
+        await redis.xadd("vn:topic:vm", {"op": "update", "id": "43"})
+        huge, small = [ev.json() for ev in await sse.take(2, 30)]
+    finally:
+        await sse.close()
+    # the over-cap entity is not passed on (nor held): the event says only what changed
+    assert HUGE > MAX_ENTITY and huge["id"] == "huge" and "data" not in huge, str(huge)[:200]
+    assert small["data"] == {"id": "43", "status": "running", "via": "product"}
+    async with api.client() as http:
+        metrics = (await http.get("/metrics")).text
+    assert 'vestnik_hydrations_total{result="too_large",topic="vm"} 1.0' in metrics, [
+        ln for ln in metrics.splitlines() if "hydrations" in ln]
+    assert f"is larger than {MAX_ENTITY} bytes" in api.proc.output()
+
+
+@pytest.mark.parametrize("size", [999, 1000, 1001])
+async def test_a_whole_reply_is_read_up_to_its_cap_and_no_further(size: int):
+    server = RawHttpServer(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: close\r\n"
+                           b"\r\n%s" % (size, b"x" * size))
+    try:
+        async with httpx.AsyncClient() as http:
+            url = f"http://127.0.0.1:{server.port}/e"
+            if size > 1000:
+                with pytest.raises(ReplyTooLarge, match="larger than 1000 bytes"):
+                    await capped_request(http, "GET", url, limit=1000, whole=True)
+            else:
+                resp = await capped_request(http, "GET", url, limit=1000, whole=True)
+                assert resp.content == b"x" * size
+            cut = await capped_request(http, "GET", url, limit=1000)  # a channel's reply
+            assert cut.content == b"x" * min(size, 1000)
+    finally:
+        server.close()
