@@ -70,7 +70,6 @@ from .metrics import (
 )
 from .redis import connect, reader, wait_ready
 from .schemas import (
-    PRIVATE_NOTICE_FIELDS,
     AlertSetting,
     Notice,
     NoticeIn,
@@ -82,6 +81,7 @@ from .schemas import (
     decode_user,
     json_encode,
     notice_view,
+    public_json,
     same_content,
     validate_channel,
 )
@@ -382,12 +382,6 @@ def channel_users(channels: dict[str, Any]) -> list[str]:
         for uid in target.users:
             seen[uid] = None
     return list(seen)
-
-
-# notice_view() of the stored body, without decoding it again: the private fields set to
-# their defaults, which Notice (omit_defaults) leaves out
-_PRIVATE = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
-            for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
 
 
 def is_muted(user: User, alert: str) -> bool:
@@ -842,7 +836,7 @@ class Center:
             p.notice.recipients = [u.id for u in p.users]
             body = json_encode(p.notice)
             new.append((p, body,
-                        open_object(json_encode(msgspec.structs.replace(p.notice, **_PRIVATE)))))
+                        open_object(public_json(p.notice))))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
             wanted = {u.id for u in p.users if wants_forward(p.notice, u, self._addresses)}

@@ -250,6 +250,14 @@ class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
 # What a notice's recipients must not see of it: the other recipients, and the alert's
 # channel map (user ids, chat ids, webhook URLs that are secrets).
 PRIVATE_NOTICE_FIELDS = ("recipients", "channels")
+_PRIVATE_DEFAULTS = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
+                     for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
+
+
+def public_json(notice: Notice) -> bytes:
+    """`notice_view` of a Notice in hand, without a decode: the private fields set to their
+    defaults, which Notice (omit_defaults) leaves out (webhook bodies, the store's views)."""
+    return json_encode(msgspec.structs.replace(notice, **_PRIVATE_DEFAULTS))
 
 
 def notice_view(body: bytes) -> bytes:

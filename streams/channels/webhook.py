@@ -28,26 +28,14 @@ import time
 from typing import Any
 
 import httpx
-import msgspec
 
 from streams.config import ConfigError, Settings
-from streams.schemas import PRIVATE_NOTICE_FIELDS, Notice, User, json_encode
+from streams.schemas import Notice, User, public_json
 
 from .base import Channel, DataTargets, SendResult, classify_http
 from .http1 import HttpPool
 
 TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
-# the private fields at their defaults, which Notice (omit_defaults) leaves out: the body
-# is notice_view() of the notice without a decode / re-encode per send
-_PRIVATE = {f.name: f.default_factory() if f.default is msgspec.NODEFAULT else f.default
-            for f in msgspec.structs.fields(Notice) if f.name in PRIVATE_NOTICE_FIELDS}
-
-
-def public_body(notice: Notice) -> bytes:
-    """The notice's JSON as a recipient's feed shows it (no recipients, no channel map)."""
-    return json_encode(msgspec.structs.replace(notice, **_PRIVATE))
-
-
 def secret_key(secret: str) -> bytes:
     """`whsec_<base64>` (or bare base64) → the HMAC key; ValueError when it is not base64."""
     raw = secret.removeprefix("whsec_")
@@ -93,7 +81,7 @@ class WebhookChannel(Channel):
                 key = secret_key(str(target["secret"]))
             except ValueError as e:
                 return SendResult.permanent(f"webhook: {e}")
-        body = public_body(notice)
+        body = public_json(notice)
         msg_id = notice.id
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": msg_id,
