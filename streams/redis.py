@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -134,6 +135,22 @@ def reader(url: str, *, name: str) -> Redis:
     return Redis.from_pool(_OnePool.from_url(
         url, decode_responses=False, max_connections=1, client_name=name,
         socket_connect_timeout=5, socket_keepalive=True))
+
+
+def redacted(url: str) -> str:
+    """`url` fit for a log line: user and password (also `?password=`) replaced by `***`."""
+    try:
+        u = urlsplit(url)
+        if u.password is not None or u.username is not None:
+            host = u.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            port = f":{u.port}" if u.port else ""
+            u = u._replace(netloc=f"***@{host}{port}")
+        if "password" in u.query.lower():
+            u = u._replace(query="***")
+        return urlunsplit(u)
+    except ValueError:  # a bad port: say nothing about it rather than leak it
+        return "(redis url)"
 
 
 async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:
