@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
@@ -17,6 +19,12 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 log = logging.getLogger("vestnik.redis")
 
 RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+T = TypeVar("T")
+
+# seconds a command may take (VESTNIK_REDIS_TIMEOUT): the socket timeout of every pooled
+# connection, its connect timeout, the longest wait for a free one, and the budget of its
+# retries; a blocking read's socket timeout is its BLOCK plus this
+DEFAULT_TIMEOUT = 2.0
 
 
 POOL_SIZE = 16
@@ -103,38 +111,89 @@ class _OnePool(_Lean, ConnectionPool):
     pass
 
 
-def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
-    """A pooled client; commands retry with exponential backoff across a Redis restart."""
-    return Redis(connection_pool=pool(url, max_connections=max_connections, name=name))
+class _Deadline(Retry):
+    """redis-py's retry bounded by time instead of a count: a command is retried (after a
+    restart: refused connections, LOADING) only while the retry would still end within
+    `budget` seconds of its first try. A count multiplies with the socket timeout (8 tries
+    x 2 s) and redis-py nests the connect's retry inside the command's, so counts multiply
+    each other too; one deadline per call bounds both."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(ExponentialBackoff(cap=max(budget / 2, 0.05), base=0.05), -1,
+                         (ConnectionError, TimeoutError, BusyLoadingError))
+        self._budget = budget
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]],
+                              fail: Callable[[Any], Any]) -> T:
+        start = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                delay = self._backoff.compute(failures)
+                if time.monotonic() - start + delay > self._budget:
+                    raise error
+                await asyncio.sleep(delay)
 
 
-def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
-         ) -> BlockingConnectionPool:
+def timeout_of(redis: Redis) -> float:
+    """The command timeout a client of `connect` was built with (for a reader beside it)."""
+    return getattr(redis.connection_pool, "command_timeout", DEFAULT_TIMEOUT)
+
+
+def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
+            timeout: float = DEFAULT_TIMEOUT) -> Redis:
+    """A pooled client; every command answers or fails within about `timeout` seconds,
+    retrying with backoff across a Redis restart while that budget lasts."""
+    return Redis(connection_pool=pool(url, max_connections=max_connections, name=name,
+                                      timeout=timeout))
+
+
+def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
+         timeout: float = DEFAULT_TIMEOUT) -> BlockingConnectionPool:
     """The pool behind `connect` (arq's client is built on one too): bounded, and callers
     wait for a free connection, so a burst never opens more than `max_connections`;
-    commands retry with exponential backoff across a Redis restart; hiredis packs them.
-    """
-    return _Pool.from_url(
+    hiredis packs the commands. `timeout` bounds each of them whole: a paused or
+    black-holed Redis is an error (ConnectionError or TimeoutError, HTTP 503) after about
+    that long, never a hang: it is the socket and connect timeout, the wait for a free
+    connection, and the time budget of the retries (`_Deadline`)."""
+    made = _Pool.from_url(
         url,
         max_connections=max_connections,
-        timeout=10,
+        timeout=timeout,
         client_name=name,
         health_check_interval=30,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        socket_timeout=timeout,
+        socket_connect_timeout=timeout,
+        retry=_Deadline(timeout),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
+    made.command_timeout = timeout  # type: ignore[attr-defined]
+    return made
 
 
-def reader(url: str, *, name: str) -> Redis:
+def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
+           block: float | None = 0.0, like: Redis | None = None) -> Redis:
     """A single-connection client for a blocking loop (XREAD BLOCK, pub/sub).
 
-    No retry inside redis-py: the loop that owns it handles reconnects itself, so a
-    blocked read is never silently re-issued from a stale position.
+    Its socket timeout is `block` (the longest BLOCK its owner asks for, in seconds) plus
+    `timeout`, so a blocked read of a Redis that went silent fails instead of waiting for
+    TCP keepalive; `block=None` leaves reads without one (a pub/sub loop that does its own
+    liveness check: redis-py arms a timer per read otherwise). No retry inside redis-py:
+    the loop that owns it handles reconnects itself, so a blocked read is never silently
+    re-issued from a stale position. `like`: take `timeout` from this client of `connect`.
     """
+    if like is not None:
+        timeout = timeout_of(like)
     return Redis.from_pool(_OnePool.from_url(
         url, decode_responses=False, max_connections=1, client_name=name,
-        socket_connect_timeout=5, socket_keepalive=True))
+        socket_timeout=None if block is None else block + timeout,
+        socket_connect_timeout=timeout, socket_keepalive=True))
 
 
 def redacted(url: str) -> str:

@@ -49,6 +49,8 @@ class AlertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     env: dict[str, str] | list[str] = {}
     restart: Restart = msgspec.field(default_factory=Restart)
     redis_url: str | None = None
+    # seconds a Redis command may take (default VESTNIK_REDIS_TIMEOUT, else 2)
+    redis_timeout: PositiveSeconds | None = None
     prefix: str | None = None
     admins: list[str] = []
     grace: Seconds = 5.0
@@ -98,6 +100,15 @@ def parse(text: str, *, source: str = "alert.toml",
         raise ConfigError(f"{source}: redis_url: required (or set VESTNIK_REDIS_URL)")
     if not re.match(r"^(redis|rediss|unix)://", cfg.redis_url):
         raise ConfigError(f"{source}: redis_url: must start with redis://, rediss:// or unix://")
+    if cfg.redis_timeout is None:
+        raw = env.get("VESTNIK_REDIS_TIMEOUT") or "2"
+        try:
+            cfg.redis_timeout = float(raw)
+        except ValueError:
+            cfg.redis_timeout = -1.0
+        if not 0 < cfg.redis_timeout <= 300:
+            raise ConfigError(f"{source}: redis_timeout: VESTNIK_REDIS_TIMEOUT={raw!r} is not "
+                              "a number of seconds in (0, 300]")
     if cfg.prefix is None:
         cfg.prefix = env.get("VESTNIK_PREFIX") or "vn:"
     if not cfg.prefix:

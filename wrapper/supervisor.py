@@ -109,7 +109,8 @@ class Wrapper:
                     return EXIT_CONFIG
                 log.info("%s: metrics on http://%s:%d/metrics", self.name, self.metrics_host,
                          self.metrics_port)
-            self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}")
+            self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
+                                 timeout=self.cfg.redis_timeout or 2.0)
             ready = asyncio.create_task(wait_ready(self.redis, timeout=self.redis_timeout))
             stopped = asyncio.create_task(self.stop.wait())
             await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
