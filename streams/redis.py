@@ -111,6 +111,74 @@ class _OnePool(_Lean, ConnectionPool):
     pass
 
 
+PUBSUB_PING_EVERY = 1.0  # seconds between the PINGs of a pub/sub reader (`reader(block=None)`)
+
+
+class _Watched:
+    """A pub/sub connection that notices a silent Redis without a timer per read.
+
+    Its owner reads with no timeout (redis-py arms one per read otherwise: a third of the
+    api's CPU in a broadcast), so a frozen or black-holed Redis would keep it waiting
+    until TCP keepalive gives up, hours later. Instead a watchdog PINGs it every
+    PUBSUB_PING_EVERY seconds (redis-py drops its `pong` as its own health check's, since
+    the connection has a `health_check_interval`) and, when nothing at all has been read
+    for that plus `silence` (the command timeout), aborts the socket: the blocked read
+    fails with ConnectionError and the owner's loop reconnects and resyncs as after any
+    lost connection."""
+
+    silence: float = DEFAULT_TIMEOUT
+    _writer: asyncio.StreamWriter | None
+    _last_read = 0.0
+    _watchdog: asyncio.Task[None] | None = None
+
+    async def on_connect(self) -> None:
+        await super().on_connect()  # type: ignore[misc]
+        self._last_read = time.monotonic()
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name="redis-pubsub-watchdog")
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        if response is not None:  # None: a read that timed out as its caller asked
+            self._last_read = time.monotonic()
+        return response
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        dog, self._watchdog = self._watchdog, None
+        if dog is not None and dog is not asyncio.current_task():
+            dog.cancel()
+        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PUBSUB_PING_EVERY)
+            quiet = time.monotonic() - self._last_read
+            if quiet > PUBSUB_PING_EVERY + self.silence:
+                log.warning("pub/sub connection silent for %.1fs; dropping it", quiet)
+                if self._writer is not None:
+                    self._writer.transport.abort()  # close() would wait for a dead peer
+                self._watchdog = None
+                await self.disconnect(nowait=True)
+                return
+            try:
+                await self.send_command("PING", "redis-py-health-check",  # type: ignore[attr-defined]
+                                        check_health=False)
+            except RETRYABLE:
+                return  # the owner's read fails on the same broken connection
+
+
+_watched: dict[tuple[type, float], type] = {}
+
+
+def _watching(cls: type, silence: float) -> type:
+    """`cls` with the pub/sub watchdog (`_Watched`), silent at most `silence` + a ping."""
+    made = _watched.get((cls, silence))
+    if made is None:
+        made = _watched[(cls, silence)] = type(f"Watched{cls.__name__}", (_Watched, cls),
+                                               {"silence": silence})
+    return made
+
+
 class _Deadline(Retry):
     """redis-py's retry bounded by time instead of a count: a command is retried (after a
     restart: refused connections, LOADING) only while the retry would still end within
@@ -183,17 +251,22 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
 
     Its socket timeout is `block` (the longest BLOCK its owner asks for, in seconds) plus
     `timeout`, so a blocked read of a Redis that went silent fails instead of waiting for
-    TCP keepalive; `block=None` leaves reads without one (a pub/sub loop that does its own
-    liveness check: redis-py arms a timer per read otherwise). No retry inside redis-py:
+    TCP keepalive. `block=None` is for pub/sub: reads have no timeout (redis-py arms a
+    timer per read otherwise) and a watchdog PINGs the connection and drops it when Redis
+    stays silent past `timeout` (`_Watched`). No retry inside redis-py:
     the loop that owns it handles reconnects itself, so a blocked read is never silently
     re-issued from a stale position. `like`: take `timeout` from this client of `connect`.
     """
     if like is not None:
         timeout = timeout_of(like)
-    return Redis.from_pool(_OnePool.from_url(
+    one = _OnePool.from_url(
         url, decode_responses=False, max_connections=1, client_name=name,
         socket_timeout=None if block is None else block + timeout,
-        socket_connect_timeout=timeout, socket_keepalive=True))
+        socket_connect_timeout=timeout, socket_keepalive=True,
+        health_check_interval=3600 if block is None else 0)
+    if block is None:
+        one.connection_class = _watching(one.connection_class, timeout)
+    return Redis.from_pool(one)
 
 
 def redacted(url: str) -> str:
