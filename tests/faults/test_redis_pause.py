@@ -2,7 +2,7 @@
 answers, as with a black-holed network): HTTP answers 503 with Retry-After within about
 VESTNIK_REDIS_TIMEOUT instead of hanging, `vestnik send` says so and exits, and when Redis
 answers again (SIGCONT) every process recovers by itself, no restart: the api answers 202,
-the notices an alert printed during the freeze are stored, the center, its forwarder, the
+the notices an alert printed during the freeze are stored, the center, the forwarder, the
 bridge and the live push work again."""
 
 from __future__ import annotations
@@ -77,13 +77,15 @@ async def test_frozen_redis_gets_503_in_time_and_every_part_recovers(stack: Stac
     env = {"VESTNIK_SMTP_URL": smtp.url, "VESTNIK_SMTP_FROM": "vestnik@example.org",
            "VESTNIK_SEND_BACKOFF": "0.2", "VESTNIK_KEYSPACE_PATTERNS": "panel:vm:*=vm"}
     api = stack.api(url, **env)
-    center = stack.proc(url, "center", "--consumer", "c1", **env)
+    center = stack.proc(url, "center", "--consumer", "c1", "--no-forward", **env)
+    forwarder = stack.proc(url, "forwarder", **env)
     bridge = stack.proc(url, "bridge", **env)
     (tmp_path / "alert.py").write_text(ALERT)
     (tmp_path / "alert.toml").write_text(
         f'name = "ticker"\ncommand = ["{sys.executable}", "alert.py"]\ncwd = "{tmp_path}"\n')
     wrap = stack.proc(url, "wrap", str(tmp_path / "alert.toml"))
-    procs = {"api": api.proc, "center": center, "bridge": bridge, "wrap": wrap}
+    procs = {"api": api.proc, "center": center, "forwarder": forwarder, "bridge": bridge,
+             "wrap": wrap}
     pids = {name: p.pid for name, p in procs.items()}
     follower = Follower(api.base, token(url, "1")).start()
     http = httpx.AsyncClient(base_url=api.base, timeout=30,
@@ -107,10 +109,14 @@ async def test_frozen_redis_gets_503_in_time_and_every_part_recovers(stack: Stac
                 *vestnik_argv("send", "--alert", "cli", "--title", "frozen cli",
                               "--recipients", "1"),
                 env=api.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-            (post_s, post), (read_s, read), (cli_s, (out, err)) = await asyncio.gather(
-                _timed(http.post("/api/v1/notices", json={**mail, "title": "frozen http"})),
-                _timed(http.get("/api/v1/me/unread-count", headers=me)),
-                _timed(send.communicate()))
+            publish = await asyncio.create_subprocess_exec(
+                *vestnik_argv("publish", "vm", "--id", "9", "--data", '{"id": "9"}'),
+                env=api.env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            (post_s, post), (read_s, read), (cli_s, (out, err)), (_, (_, perr)) = \
+                await asyncio.gather(
+                    _timed(http.post("/api/v1/notices", json={**mail, "title": "frozen http"})),
+                    _timed(http.get("/api/v1/me/unread-count", headers=me)),
+                    _timed(send.communicate()), _timed(publish.communicate()))
             # the rest of the freeze itself (not a wait for a condition)
             await asyncio.sleep(max(0.0, FROZEN_S - (time.monotonic() - frozen_at)))
         finally:
@@ -125,6 +131,7 @@ async def test_frozen_redis_gets_503_in_time_and_every_part_recovers(stack: Stac
         assert post_s < 3 * TIMEOUT and read_s < 3 * TIMEOUT, (post_s, read_s)
         assert send.returncode == 3, (out, err)
         assert b"did not answer" in err and b"Traceback" not in err, err
+        assert publish.returncode == 3 and b"vestnik publish: Redis at" in perr, perr
 
         # no restart: the same processes, and they work again
         async def accepted() -> bool:
@@ -133,7 +140,7 @@ async def test_frozen_redis_gets_503_in_time_and_every_part_recovers(stack: Stac
 
         await eventually(accepted, timeout=20, interval=0.2, what="api answers 202 again")
         await eventually(lambda: _has_mail(smtp, "after"), timeout=30,
-                         what="center stores and forwards again")
+                         what="center stores, forwarder sends again")
         during = [n for n in _ticks(ticks, thawed_wall) if n > 0]
         printed_frozen = [n for n in during
                           if n in set(_ticks(ticks)) - set(_ticks(ticks, frozen_wall))]
