@@ -25,6 +25,7 @@ T = TypeVar("T")
 # connection, its connect timeout, the longest wait for a free one, and the budget of its
 # retries; a blocking read's socket timeout is its BLOCK plus this
 DEFAULT_TIMEOUT = 2.0
+MAX_BLOCK = 10.0  # seconds: the longest BLOCK of streams.consumer.Consumer
 
 
 POOL_SIZE = 16
@@ -246,16 +247,17 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
 
 
 def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
-           block: float | None = 0.0, like: Redis | None = None) -> Redis:
+           block: float | None = MAX_BLOCK, like: Redis | None = None) -> Redis:
     """A single-connection client for a blocking loop (XREAD BLOCK, pub/sub).
 
-    Its socket timeout is `block` (the longest BLOCK its owner asks for, in seconds) plus
-    `timeout`, so a blocked read of a Redis that went silent fails instead of waiting for
-    TCP keepalive. `block=None` is for pub/sub: reads have no timeout (redis-py arms a
-    timer per read otherwise) and a watchdog PINGs the connection and drops it when Redis
-    stays silent past `timeout` (`_Watched`). No retry inside redis-py:
-    the loop that owns it handles reconnects itself, so a blocked read is never silently
-    re-issued from a stale position. `like`: take `timeout` from this client of `connect`.
+    Its socket timeout is `block` (the longest BLOCK its owner asks for, in seconds; by
+    default the longest a Consumer asks for) plus `timeout`, so a blocked read of a Redis
+    that went silent fails instead of waiting for TCP keepalive. `block=None` is for
+    pub/sub: reads have no timeout (redis-py arms a timer per read otherwise) and a
+    watchdog PINGs the connection and drops it when Redis stays silent past `timeout`
+    (`_Watched`). No retry inside redis-py: the loop that owns it handles reconnects
+    itself, so a blocked read is never silently re-issued from a stale position.
+    `like`: take `timeout` from this client of `connect`.
     """
     if like is not None:
         timeout = timeout_of(like)
