@@ -21,9 +21,9 @@ log = logging.getLogger("vestnik.redis")
 RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
 T = TypeVar("T")
 
-# seconds a command may take (VESTNIK_REDIS_TIMEOUT): the socket timeout of every pooled
-# connection, its connect timeout, the longest wait for a free one, and the budget of its
-# retries; a blocking read's socket timeout is its BLOCK plus this
+# seconds a command may take (VESTNIK_REDIS_TIMEOUT): the longest a pooled connection waits
+# for Redis (`_Stall`), its connect timeout, the longest wait for a free one, and the budget
+# of its retries; a blocking read may wait its BLOCK plus this
 DEFAULT_TIMEOUT = 2.0
 MAX_BLOCK = 10.0  # seconds: the longest BLOCK of streams.consumer.Consumer
 
@@ -180,6 +180,83 @@ def _watching(cls: type, silence: float) -> type:
     return made
 
 
+class _Stall:
+    """A connection whose request waits at most `stall` seconds for Redis: then its socket
+    is aborted and the caller gets a TimeoutError.
+
+    Not redis-py's `socket_timeout`: that wraps every send in `asyncio.wait_for` (a task
+    and a timer per command on Python 3.11, and 3.11's wait_for loses a cancellation that
+    races the send: a wrapper stopping its feed hung on it) and every read in a timer.
+    Here a command costs two clock reads; one timer per connection is armed when it starts
+    waiting and re-armed at most once per `stall` while it keeps waiting. A read whose
+    caller gave its own timeout (pub/sub `get_message(timeout=...)`) is left to it."""
+
+    stall: float = DEFAULT_TIMEOUT
+    _writer: asyncio.StreamWriter | None
+    _waiting = 0
+    _since = 0.0
+    _timer: asyncio.TimerHandle | None = None
+    _stalled = False
+
+    def _arm(self) -> None:
+        self._waiting += 1
+        self._since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.stall, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return  # idle: the next command arms it again
+        late = time.monotonic() - self._since
+        if late < self.stall:
+            self._timer = asyncio.get_running_loop().call_later(self.stall - late, self._check)
+        elif self._writer is not None:
+            self._stalled = True
+            self._writer.transport.abort()  # the pending send or read fails at once
+
+    def _timed_out(self) -> TimeoutError:
+        self._stalled = False
+        host = self._host_error()  # type: ignore[attr-defined]
+        return TimeoutError(f"Timeout waiting for {host} ({self.stall:g}s)")
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        try:
+            await super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+        except ConnectionError:
+            if self._stalled:
+                raise self._timed_out() from None
+            raise
+        finally:
+            self._waiting -= 1
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is not None:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        self._arm()
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except ConnectionError:
+            if self._stalled:
+                raise self._timed_out() from None
+            raise
+        finally:
+            self._waiting -= 1
+
+
+_stalling_classes: dict[tuple[type, float], type] = {}
+
+
+def _stalling(cls: type, stall: float) -> type:
+    """`cls` whose requests wait at most `stall` seconds (`_Stall`)."""
+    made = _stalling_classes.get((cls, stall))
+    if made is None:
+        made = _stalling_classes[(cls, stall)] = type(f"Stall{cls.__name__}", (_Stall, cls),
+                                                      {"stall": stall})
+    return made
+
+
 class _Deadline(Retry):
     """redis-py's retry bounded by time instead of a count: a command is retried (after a
     restart: refused connections, LOADING) only while the retry would still end within
@@ -229,19 +306,20 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
     wait for a free connection, so a burst never opens more than `max_connections`;
     hiredis packs the commands. `timeout` bounds each of them whole: a paused or
     black-holed Redis is an error (ConnectionError or TimeoutError, HTTP 503) after about
-    that long, never a hang: it is the socket and connect timeout, the wait for a free
-    connection, and the time budget of the retries (`_Deadline`)."""
+    that long, never a hang: it is the longest wait for Redis's answer (`_Stall`), the
+    connect timeout, the wait for a free connection, and the time budget of the retries
+    (`_Deadline`)."""
     made = _Pool.from_url(
         url,
         max_connections=max_connections,
         timeout=timeout,
         client_name=name,
         health_check_interval=30,
-        socket_timeout=timeout,
         socket_connect_timeout=timeout,
         retry=_Deadline(timeout),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
+    made.connection_class = _stalling(made.connection_class, timeout)
     made.command_timeout = timeout  # type: ignore[attr-defined]
     return made
 
@@ -250,9 +328,9 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
            block: float | None = MAX_BLOCK, like: Redis | None = None) -> Redis:
     """A single-connection client for a blocking loop (XREAD BLOCK, pub/sub).
 
-    Its socket timeout is `block` (the longest BLOCK its owner asks for, in seconds; by
-    default the longest a Consumer asks for) plus `timeout`, so a blocked read of a Redis
-    that went silent fails instead of waiting for TCP keepalive. `block=None` is for
+    It waits for Redis at most `block` (the longest BLOCK its owner asks for, in seconds;
+    by default the longest a Consumer asks for) plus `timeout` (`_Stall`), so a blocked
+    read of a Redis that went silent fails instead of waiting for TCP keepalive. `block=None` is for
     pub/sub: reads have no timeout (redis-py arms a timer per read otherwise) and a
     watchdog PINGs the connection and drops it when Redis stays silent past `timeout`
     (`_Watched`). No retry inside redis-py: the loop that owns it handles reconnects
@@ -263,11 +341,12 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
         timeout = timeout_of(like)
     one = _OnePool.from_url(
         url, decode_responses=False, max_connections=1, client_name=name,
-        socket_timeout=None if block is None else block + timeout,
         socket_connect_timeout=timeout, socket_keepalive=True,
         health_check_interval=3600 if block is None else 0)
     if block is None:
         one.connection_class = _watching(one.connection_class, timeout)
+    else:
+        one.connection_class = _stalling(one.connection_class, block + timeout)
     return Redis.from_pool(one)
 
 
