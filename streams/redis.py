@@ -168,15 +168,17 @@ class _Watched:
                 return  # the owner's read fails on the same broken connection
 
 
-_watched: dict[tuple[type, float], type] = {}
+_mixed: dict[tuple[type, type, str, float], type] = {}
 
 
-def _watching(cls: type, silence: float) -> type:
-    """`cls` with the pub/sub watchdog (`_Watched`), silent at most `silence` + a ping."""
-    made = _watched.get((cls, silence))
+def _mixing(mixin: type, cls: type, attr: str, seconds: float) -> type:
+    """`cls` (a pool's connection class) with `mixin` and its limit `attr` = `seconds`:
+    `_Watched` (silence) for pub/sub readers, `_Stall` (stall) for the others."""
+    key = (mixin, cls, attr, seconds)
+    made = _mixed.get(key)
     if made is None:
-        made = _watched[(cls, silence)] = type(f"Watched{cls.__name__}", (_Watched, cls),
-                                               {"silence": silence})
+        made = _mixed[key] = type(f"{mixin.__name__[1:]}{cls.__name__}", (mixin, cls),
+                                  {attr: seconds})
     return made
 
 
@@ -245,17 +247,6 @@ class _Stall:
             self._waiting -= 1
 
 
-_stalling_classes: dict[tuple[type, float], type] = {}
-
-
-def _stalling(cls: type, stall: float) -> type:
-    """`cls` whose requests wait at most `stall` seconds (`_Stall`)."""
-    made = _stalling_classes.get((cls, stall))
-    if made is None:
-        made = _stalling_classes[(cls, stall)] = type(f"Stall{cls.__name__}", (_Stall, cls),
-                                                      {"stall": stall})
-    return made
-
 
 class _Deadline(Retry):
     """redis-py's retry bounded by time instead of a count: a command is retried (after a
@@ -319,7 +310,7 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
         retry=_Deadline(timeout),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
-    made.connection_class = _stalling(made.connection_class, timeout)
+    made.connection_class = _mixing(_Stall, made.connection_class, "stall", timeout)
     made.command_timeout = timeout  # type: ignore[attr-defined]
     return made
 
@@ -344,9 +335,9 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
         socket_connect_timeout=timeout, socket_keepalive=True,
         health_check_interval=3600 if block is None else 0)
     if block is None:
-        one.connection_class = _watching(one.connection_class, timeout)
+        one.connection_class = _mixing(_Watched, one.connection_class, "silence", timeout)
     else:
-        one.connection_class = _stalling(one.connection_class, block + timeout)
+        one.connection_class = _mixing(_Stall, one.connection_class, "stall", block + timeout)
     return Redis.from_pool(one)
 
 
