@@ -247,12 +247,11 @@ class _Stall:
             self._waiting -= 1
 
 
-
 class _Deadline(Retry):
     """redis-py's retry bounded by time instead of a count: a command is retried (after a
     restart: refused connections, LOADING) only while the retry would still end within
-    `budget` seconds of its first try. A count multiplies with the socket timeout (8 tries
-    x 2 s) and redis-py nests the connect's retry inside the command's, so counts multiply
+    `budget` seconds of its first try. A count multiplies with the timeout (8 tries x 2 s)
+    and redis-py nests the connect's retry inside the command's, so counts multiply
     each other too; one deadline per call bounds both."""
 
     __slots__ = ("_budget",)
@@ -321,12 +320,12 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
 
     It waits for Redis at most `block` (the longest BLOCK its owner asks for, in seconds;
     by default the longest a Consumer asks for) plus `timeout` (`_Stall`), so a blocked
-    read of a Redis that went silent fails instead of waiting for TCP keepalive. `block=None` is for
-    pub/sub: reads have no timeout (redis-py arms a timer per read otherwise) and a
-    watchdog PINGs the connection and drops it when Redis stays silent past `timeout`
-    (`_Watched`). No retry inside redis-py: the loop that owns it handles reconnects
-    itself, so a blocked read is never silently re-issued from a stale position.
-    `like`: take `timeout` from this client of `connect`.
+    read of a Redis that went silent fails instead of waiting for TCP keepalive.
+    `block=None` is for pub/sub: reads have no timeout (redis-py arms a timer per read
+    otherwise) and a watchdog PINGs the connection and drops it when Redis stays silent
+    past `timeout` (`_Watched`). No retry inside redis-py: the loop that owns it handles
+    reconnects itself, so a blocked read is never silently re-issued from a stale
+    position. `like`: take `timeout` from this client of `connect`.
     """
     if like is not None:
         timeout = timeout_of(like)
