@@ -178,3 +178,13 @@ async def test_retries_across_a_restart_stop_at_the_time_budget(frozen_server):
         assert 0.5 < seconds < 3.0, seconds  # it did retry, and stopped near the budget
     finally:
         await r.aclose()
+
+
+def test_redis_timeout_setting_is_named_when_wrong():
+    from streams.config import ConfigError, load
+
+    assert load({}).redis_timeout == 2.0
+    assert load({"VESTNIK_REDIS_TIMEOUT": "0.25"}).redis_timeout == 0.25
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match="VESTNIK_REDIS_TIMEOUT"):
+            load({"VESTNIK_REDIS_TIMEOUT": bad})

@@ -5,6 +5,7 @@ the alert."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import sys
 
@@ -116,3 +117,20 @@ async def test_unreachable_redis_is_logged_without_its_password(caplog, tmp_path
     assert code == EXIT_REDIS
     assert "unreachable" in caplog.text and password not in caplog.text
     assert "redis://***@127.0.0.1" in caplog.text
+
+
+@pytest.mark.parametrize(("env", "line", "want"), [
+    ({}, "", 2.0),
+    ({"VESTNIK_REDIS_TIMEOUT": "0.5"}, "", 0.5),
+    ({"VESTNIK_REDIS_TIMEOUT": "0.5"}, "redis_timeout = 7", 7.0),
+    ({"VESTNIK_REDIS_TIMEOUT": "soon"}, "", "redis_timeout: VESTNIK_REDIS_TIMEOUT='soon'"),
+    ({}, "redis_timeout = 0", "redis_timeout: Expected `float` > 0.0"),
+])
+def test_redis_timeout_from_the_file_or_the_environment(env, line, want):
+    text = f'name = "a"\ncommand = ["x"]\n{line}'
+    env = {"VESTNIK_REDIS_URL": "redis://h", **env}
+    if isinstance(want, float):
+        assert parse(text, env=env).redis_timeout == want
+    else:
+        with pytest.raises(ConfigError, match=re.escape(want)):
+            parse(text, env=env)
