@@ -89,7 +89,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url, name="vestnik-api")
+        redis = connect(settings.redis_url, name="vestnik-api", timeout=settings.redis_timeout)
         await wait_ready(redis)
         ctx = Ctx(settings, Keys(settings.prefix), redis)
         await ensure_group(ctx)

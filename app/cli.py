@@ -85,7 +85,7 @@ def cmd_bridge(args: argparse.Namespace, settings: Settings) -> int:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik bridge`")
 
     async def main() -> None:
-        redis = connect(settings.redis_url, name="vestnik-bridge")
+        redis = connect(settings.redis_url, name="vestnik-bridge", timeout=settings.redis_timeout)
         await wait_ready(redis)
         bridge = Bridge(settings.redis_url, redis, Keys(settings.prefix),
                         settings.keyspace_patterns, maxlen=settings.topic_maxlen)
@@ -121,7 +121,7 @@ def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
                     TopicEvent)
 
     async def main() -> str:
-        redis = connect(settings.redis_url, name="vestnik-publish")
+        redis = connect(settings.redis_url, name="vestnik-publish", timeout=settings.redis_timeout)
         try:
             return await publish(redis, Keys(settings.prefix), args.topic, event,
                                  maxlen=settings.topic_maxlen, via="cli")
@@ -304,7 +304,8 @@ def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
         return 2
 
     async def main() -> str:
-        redis = connect(settings.redis_url or "", name="vestnik-send")
+        redis = connect(settings.redis_url or "", name="vestnik-send",
+                        timeout=settings.redis_timeout)
         try:
             return await Ingest(redis, Keys(settings.prefix)).send(notice, via="cli")
         finally:
@@ -323,8 +324,14 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_REDIS = 3  # Redis did not answer within VESTNIK_REDIS_TIMEOUT (as `vestnik wrap`)
+
+
 def main(argv: list[str] | None = None) -> int:
+    from streams.redis import RETRYABLE, redacted
+
     args = parser().parse_args(argv)
+    settings: Settings | None = None
     try:
         settings = load(path=args.config)
         setup_logging(settings.log_level)
@@ -333,6 +340,11 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"vestnik: configuration error: {e}", file=sys.stderr)
         return 2
+    except RETRYABLE as e:  # a one-shot command (send, publish): say so, no traceback
+        url = redacted(settings.redis_url or "") if settings else "Redis"
+        print(f"vestnik {args.command}: Redis at {url} did not answer ({type(e).__name__}: "
+              f"{e}); what was sent may still be applied when it does", file=sys.stderr)
+        return EXIT_REDIS
     except KeyboardInterrupt:
         return 130
 

@@ -75,7 +75,7 @@ async def run_bridge(settings: Settings) -> None:
     from streams.redis import connect
 
     assert settings.redis_url
-    redis = connect(settings.redis_url, name="vestnik-bridge")
+    redis = connect(settings.redis_url, name="vestnik-bridge", timeout=settings.redis_timeout)
     try:
         await Bridge(settings.redis_url, redis, Keys(settings.prefix),
                      settings.keyspace_patterns, maxlen=settings.topic_maxlen).run()

@@ -109,7 +109,7 @@ class Bridge:
         await enable_notifications(self.redis)
         backoff = Backoff()
         while True:
-            sub = reader(self.url, name="vestnik-bridge")
+            sub = reader(self.url, name="vestnik-bridge", like=self.redis, block=None)
             pubsub = sub.pubsub()
             try:
                 await pubsub.psubscribe(*(self.prefix + p.glob.encode() for p in self.patterns))

@@ -997,8 +997,9 @@ async def run_center(settings: Settings, *, consumer: str | None = None, burst: 
     once the stream is drained (queued forward jobs stay queued for the next run).
     """
     assert settings.redis_url, "redis_url is required"
-    redis = connect(settings.redis_url, name="vestnik-center")
-    blocking = reader(settings.redis_url, name="vestnik-center-reader")
+    redis = connect(settings.redis_url, name="vestnik-center", timeout=settings.redis_timeout)
+    blocking = reader(settings.redis_url, name="vestnik-center-reader",
+                      timeout=settings.redis_timeout, block=1.0)  # Consumer's BLOCK 1000 ms
     keys = Keys(settings.prefix)
     cons: Consumer[NoticeIn] | None = None
     center: Center | None = None

@@ -33,6 +33,8 @@ class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Every knob of every Vestnik process. Field `x` is env `VESTNIK_X` and TOML key `x`."""
 
     redis_url: str | None = None
+    # seconds any Redis command may take (blocking reads: their BLOCK plus this)
+    redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
     prefix: str = "vn:"
     secret: str | None = None
     service_tokens: list[str] = []

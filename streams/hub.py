@@ -220,7 +220,8 @@ class TopicHub:
         while not self._stopping:
             try:
                 if self._reader is None:
-                    self._reader = reader(self.url, name="vestnik-topic-hub")
+                    self._reader = reader(self.url, name="vestnik-topic-hub", like=self.redis,
+                                          block=self.block_ms / 1000)
                     self._reader_id = int(await self._reader.client_id())
                 if loop.time() >= self._next_discovery:
                     await self._discover()

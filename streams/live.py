@@ -196,7 +196,7 @@ class UserHub:
                 # no timeout: redis-py arms an asyncio timeout per read otherwise, a third
                 # of this process's CPU in a broadcast to 5,000 users. stop() cancels the
                 # read; the last unsubscribe's confirmation ends it when nobody is left;
-                # a dead peer is found by TCP keepalive (streams.redis.reader)
+                # a silent peer is found by the reader's watchdog (streams.redis.reader)
                 msg = await self._ps.get_message(timeout=None)
                 if msg is not None:
                     self._dispatch(msg)
@@ -208,7 +208,7 @@ class UserHub:
                 await backoff.wait()
 
     async def _open(self) -> None:
-        self._client = reader(self.url, name="vestnik-user-hub")
+        self._client = reader(self.url, name="vestnik-user-hub", block=None)
         self._ps = self._client.pubsub()
         channels = [self.keys.live(u).encode() for u in self.subs]
         await self._ps.subscribe(*channels)

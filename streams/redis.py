@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
@@ -16,6 +19,13 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 log = logging.getLogger("vestnik.redis")
 
 RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+T = TypeVar("T")
+
+# seconds a command may take (VESTNIK_REDIS_TIMEOUT): the longest a pooled connection waits
+# for Redis (`_Stall`), its connect timeout, the longest wait for a free one, and the budget
+# of its retries; a blocking read may wait its BLOCK plus this
+DEFAULT_TIMEOUT = 2.0
+MAX_BLOCK = 10.0  # seconds: the longest BLOCK of streams.consumer.Consumer
 
 
 POOL_SIZE = 16
@@ -102,38 +112,248 @@ class _OnePool(_Lean, ConnectionPool):
     pass
 
 
-def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik") -> Redis:
-    """A pooled client; commands retry with exponential backoff across a Redis restart."""
-    return Redis(connection_pool=pool(url, max_connections=max_connections, name=name))
+PUBSUB_PING_EVERY = 1.0  # seconds between the PINGs of a pub/sub reader (`reader(block=None)`)
 
 
-def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
-         ) -> BlockingConnectionPool:
+class _Watched:
+    """A pub/sub connection that notices a silent Redis without a timer per read.
+
+    Its owner reads with no timeout (redis-py arms one per read otherwise: a third of the
+    api's CPU in a broadcast), so a frozen or black-holed Redis would keep it waiting
+    until TCP keepalive gives up, hours later. Instead a watchdog PINGs it every
+    PUBSUB_PING_EVERY seconds (redis-py drops its `pong` as its own health check's, since
+    the connection has a `health_check_interval`) and, when nothing at all has been read
+    for that plus `silence` (the command timeout), aborts the socket: the blocked read
+    fails with ConnectionError and the owner's loop reconnects and resyncs as after any
+    lost connection."""
+
+    silence: float = DEFAULT_TIMEOUT
+    _writer: asyncio.StreamWriter | None
+    _last_read = 0.0
+    _watchdog: asyncio.Task[None] | None = None
+
+    async def on_connect(self) -> None:
+        await super().on_connect()  # type: ignore[misc]
+        self._last_read = time.monotonic()
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = asyncio.create_task(self._watch(), name="redis-pubsub-watchdog")
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        response = await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        if response is not None:  # None: a read that timed out as its caller asked
+            self._last_read = time.monotonic()
+        return response
+
+    async def disconnect(self, *args: Any, **kwargs: Any) -> None:
+        dog, self._watchdog = self._watchdog, None
+        if dog is not None and dog is not asyncio.current_task():
+            dog.cancel()
+        await super().disconnect(*args, **kwargs)  # type: ignore[misc]
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(PUBSUB_PING_EVERY)
+            quiet = time.monotonic() - self._last_read
+            if quiet > PUBSUB_PING_EVERY + self.silence:
+                log.warning("pub/sub connection silent for %.1fs; dropping it", quiet)
+                if self._writer is not None:
+                    self._writer.transport.abort()  # close() would wait for a dead peer
+                self._watchdog = None
+                await self.disconnect(nowait=True)
+                return
+            try:
+                await self.send_command("PING", "redis-py-health-check",  # type: ignore[attr-defined]
+                                        check_health=False)
+            except RETRYABLE:
+                return  # the owner's read fails on the same broken connection
+
+
+_mixed: dict[tuple[type, type, str, float], type] = {}
+
+
+def _mixing(mixin: type, cls: type, attr: str, seconds: float) -> type:
+    """`cls` (a pool's connection class) with `mixin` and its limit `attr` = `seconds`:
+    `_Watched` (silence) for pub/sub readers, `_Stall` (stall) for the others."""
+    key = (mixin, cls, attr, seconds)
+    made = _mixed.get(key)
+    if made is None:
+        made = _mixed[key] = type(f"{mixin.__name__[1:]}{cls.__name__}", (mixin, cls),
+                                  {attr: seconds})
+    return made
+
+
+class _Stall:
+    """A connection whose request waits at most `stall` seconds for Redis: then its socket
+    is aborted and the caller gets a TimeoutError.
+
+    Not redis-py's `socket_timeout`: that wraps every send in `asyncio.wait_for` (a task
+    and a timer per command on Python 3.11, and 3.11's wait_for loses a cancellation that
+    races the send: a wrapper stopping its feed hung on it) and every read in a timer.
+    Here a command costs two clock reads; one timer per connection is armed when it starts
+    waiting and re-armed at most once per `stall` while it keeps waiting. A read whose
+    caller gave its own timeout (pub/sub `get_message(timeout=...)`) is left to it."""
+
+    stall: float = DEFAULT_TIMEOUT
+    _writer: asyncio.StreamWriter | None
+    _waiting = 0
+    _since = 0.0
+    _timer: asyncio.TimerHandle | None = None
+    _stalled = False
+
+    def _arm(self) -> None:
+        self._waiting += 1
+        self._since = time.monotonic()
+        if self._timer is None:
+            self._timer = asyncio.get_running_loop().call_later(self.stall, self._check)
+
+    def _check(self) -> None:
+        self._timer = None
+        if not self._waiting:
+            return  # idle: the next command arms it again
+        late = time.monotonic() - self._since
+        if late < self.stall:
+            self._timer = asyncio.get_running_loop().call_later(self.stall - late, self._check)
+        elif self._writer is not None:
+            self._stalled = True
+            self._writer.transport.abort()  # the pending send or read fails at once
+
+    def _timed_out(self) -> TimeoutError:
+        self._stalled = False
+        host = self._host_error()  # type: ignore[attr-defined]
+        return TimeoutError(f"Timeout waiting for {host} ({self.stall:g}s)")
+
+    async def send_packed_command(self, *args: Any, **kwargs: Any) -> None:
+        self._arm()
+        try:
+            await super().send_packed_command(*args, **kwargs)  # type: ignore[misc]
+        except ConnectionError:
+            if self._stalled:
+                raise self._timed_out() from None
+            raise
+        finally:
+            self._waiting -= 1
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if kwargs.get("timeout") is not None:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        self._arm()
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except ConnectionError:
+            if self._stalled:
+                raise self._timed_out() from None
+            raise
+        finally:
+            self._waiting -= 1
+
+
+class _Deadline(Retry):
+    """redis-py's retry bounded by time instead of a count: a command is retried (after a
+    restart: refused connections, LOADING) only while the retry would still end within
+    `budget` seconds of its first try. A count multiplies with the timeout (8 tries x 2 s)
+    and redis-py nests the connect's retry inside the command's, so counts multiply
+    each other too; one deadline per call bounds both."""
+
+    __slots__ = ("_budget",)
+
+    def __init__(self, budget: float) -> None:
+        super().__init__(ExponentialBackoff(cap=max(budget / 2, 0.05), base=0.05), -1,
+                         (ConnectionError, TimeoutError, BusyLoadingError))
+        self._budget = budget
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]],
+                              fail: Callable[[Any], Any]) -> T:
+        start = time.monotonic()
+        failures = 0
+        while True:
+            try:
+                return await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                delay = self._backoff.compute(failures)
+                if time.monotonic() - start + delay > self._budget:
+                    raise error
+                await asyncio.sleep(delay)
+
+
+def timeout_of(redis: Redis) -> float:
+    """The command timeout a client of `connect` was built with (for a reader beside it)."""
+    return getattr(redis.connection_pool, "command_timeout", DEFAULT_TIMEOUT)
+
+
+def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
+            timeout: float = DEFAULT_TIMEOUT) -> Redis:
+    """A pooled client; every command answers or fails within about `timeout` seconds,
+    retrying with backoff across a Redis restart while that budget lasts."""
+    return Redis(connection_pool=pool(url, max_connections=max_connections, name=name,
+                                      timeout=timeout))
+
+
+def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
+         timeout: float = DEFAULT_TIMEOUT) -> BlockingConnectionPool:
     """The pool behind `connect` (arq's client is built on one too): bounded, and callers
     wait for a free connection, so a burst never opens more than `max_connections`;
-    commands retry with exponential backoff across a Redis restart; hiredis packs them.
-    """
-    return _Pool.from_url(
+    hiredis packs the commands. `timeout` bounds each of them whole: a paused or
+    black-holed Redis is an error (ConnectionError or TimeoutError, HTTP 503) after about
+    that long, never a hang: it is the longest wait for Redis's answer (`_Stall`), the
+    connect timeout, the wait for a free connection, and the time budget of the retries
+    (`_Deadline`)."""
+    made = _Pool.from_url(
         url,
         max_connections=max_connections,
-        timeout=10,
+        timeout=timeout,
         client_name=name,
         health_check_interval=30,
-        socket_connect_timeout=5,
-        retry=Retry(ExponentialBackoff(cap=2.0, base=0.05), retries=8),
+        socket_connect_timeout=timeout,
+        retry=_Deadline(timeout),
         retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
     )
+    made.connection_class = _mixing(_Stall, made.connection_class, "stall", timeout)
+    made.command_timeout = timeout  # type: ignore[attr-defined]
+    return made
 
 
-def reader(url: str, *, name: str) -> Redis:
+def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
+           block: float | None = MAX_BLOCK, like: Redis | None = None) -> Redis:
     """A single-connection client for a blocking loop (XREAD BLOCK, pub/sub).
 
-    No retry inside redis-py: the loop that owns it handles reconnects itself, so a
-    blocked read is never silently re-issued from a stale position.
+    It waits for Redis at most `block` (the longest BLOCK its owner asks for, in seconds;
+    by default the longest a Consumer asks for) plus `timeout` (`_Stall`), so a blocked
+    read of a Redis that went silent fails instead of waiting for TCP keepalive.
+    `block=None` is for pub/sub: reads have no timeout (redis-py arms a timer per read
+    otherwise) and a watchdog PINGs the connection and drops it when Redis stays silent
+    past `timeout` (`_Watched`). No retry inside redis-py: the loop that owns it handles
+    reconnects itself, so a blocked read is never silently re-issued from a stale
+    position. `like`: take `timeout` from this client of `connect`.
     """
-    return Redis.from_pool(_OnePool.from_url(
+    if like is not None:
+        timeout = timeout_of(like)
+    one = _OnePool.from_url(
         url, decode_responses=False, max_connections=1, client_name=name,
-        socket_connect_timeout=5, socket_keepalive=True))
+        socket_connect_timeout=timeout, socket_keepalive=True,
+        health_check_interval=3600 if block is None else 0)
+    if block is None:
+        one.connection_class = _mixing(_Watched, one.connection_class, "silence", timeout)
+    else:
+        one.connection_class = _mixing(_Stall, one.connection_class, "stall", block + timeout)
+    return Redis.from_pool(one)
+
+
+def redacted(url: str) -> str:
+    """`url` fit for a log line: user and password (also `?password=`) replaced by `***`."""
+    try:
+        u = urlsplit(url)
+        if u.password is not None or u.username is not None:
+            host = u.hostname or ""
+            host = f"[{host}]" if ":" in host else host
+            port = f":{u.port}" if u.port else ""
+            u = u._replace(netloc=f"***@{host}{port}")
+        if "password" in u.query.lower():
+            u = u._replace(query="***")
+        return urlunsplit(u)
+    except ValueError:  # a bad port: say nothing about it rather than leak it
+        return "(redis url)"
 
 
 async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:

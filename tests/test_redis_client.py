@@ -5,11 +5,17 @@ pooled connection Redis closed is replaced, not handed out to fail."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 
 import pytest
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from streams.redis import connect, reader
+from streams.redis_server import RedisServer
 
 
 async def test_values_of_every_kind_round_trip(redis_url):
@@ -105,3 +111,80 @@ async def test_a_free_clean_connection_is_handed_out_without_redis_pys_checkout(
         assert slow == 1  # the first command: no connection yet
     finally:
         await r.aclose()
+
+
+@pytest.fixture
+def frozen_server(tmp_path):
+    """A private redis-server the test may SIGSTOP (never the session one); always
+    continued and stopped at teardown."""
+    server = RedisServer(tmp_path / "frozen", appendonly=False).start()
+    yield server
+    if server.pid is not None:
+        os.kill(server.pid, signal.SIGCONT)
+    server.stop()
+
+
+async def _elapsed(coro) -> tuple[float, BaseException | None]:  # type: ignore[no-untyped-def]
+    t0 = time.monotonic()
+    try:
+        await coro
+    except Exception as e:  # the error itself is what the caller checks
+        return time.monotonic() - t0, e
+    return time.monotonic() - t0, None
+
+
+async def test_a_frozen_redis_fails_each_call_within_about_its_timeout(frozen_server):
+    """A frozen Redis (connections open, no answer): a pooled command, a new connection, a
+    blocked XREAD each fail after about the timeout (a read: BLOCK + timeout), not 8 retries
+    of it nor never; the same clients work again once Redis answers."""
+    url, timeout = frozen_server.url, 0.5
+    pooled = connect(url, timeout=timeout, max_connections=2)
+    fresh = connect(url, timeout=timeout)
+    blocking = reader(url, name="t-frozen", timeout=timeout, block=0.3)
+    try:
+        await pooled.set("t:k", "v")
+        await blocking.ping()
+        os.kill(frozen_server.pid, signal.SIGSTOP)
+        try:
+            waits = await asyncio.gather(
+                _elapsed(pooled.get("t:k")), _elapsed(fresh.get("t:k")),
+                _elapsed(blocking.xread({"t:s": "$"}, block=300)),
+                # both pooled connections are taken: a third caller waits at most timeout
+                _elapsed(pooled.get("t:k")), _elapsed(pooled.get("t:k")))
+        finally:
+            os.kill(frozen_server.pid, signal.SIGCONT)
+        for seconds, err in waits:
+            assert isinstance(err, (RedisTimeoutError, RedisConnectionError)), err
+            # loose: a busy box may be late, but 8 tries would be 4.5 s and a hang forever
+            assert seconds < 0.3 + timeout * 4, waits
+        assert await pooled.get("t:k") == b"v"
+        assert await fresh.get("t:k") == b"v"
+        assert await blocking.xread({"t:s": "0"}, block=10) == []
+    finally:
+        for c in (pooled, fresh, blocking):
+            await c.aclose()
+
+
+async def test_retries_across_a_restart_stop_at_the_time_budget(frozen_server):
+    """Redis gone (connections refused at once): a command retries with backoff only while
+    its budget lasts, not 8 times (~9 s with no answer; redis-py also nests a connect's
+    retries inside the command's, which multiplied counts)."""
+    r = connect(frozen_server.url, timeout=1.0)
+    try:
+        await r.set("t:k", "v")  # a pooled connection, now to be found dead
+        frozen_server.stop()
+        seconds, err = await _elapsed(r.get("t:k"))
+        assert isinstance(err, RedisConnectionError), err
+        assert 0.5 < seconds < 3.0, seconds  # it did retry, and stopped near the budget
+    finally:
+        await r.aclose()
+
+
+def test_redis_timeout_setting_is_named_when_wrong():
+    from streams.config import ConfigError, load
+
+    assert load({}).redis_timeout == 2.0
+    assert load({"VESTNIK_REDIS_TIMEOUT": "0.25"}).redis_timeout == 0.25
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(ConfigError, match="VESTNIK_REDIS_TIMEOUT"):
+            load({"VESTNIK_REDIS_TIMEOUT": bad})

@@ -22,6 +22,7 @@ from streams.config import ConfigError
 AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")]
 TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
 
@@ -43,9 +44,13 @@ class AlertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
                        msgspec.Meta(min_length=1)]
     topics: list[TopicName] = []
     cwd: str | None = None
-    env: dict[str, str] = {}
+    # what the alert gets besides PATH, HOME, LANG, TZ: a table of name = value, or a list
+    # of names passed through from the wrapper's environment
+    env: dict[str, str] | list[str] = {}
     restart: Restart = msgspec.field(default_factory=Restart)
     redis_url: str | None = None
+    # seconds a Redis command may take (default VESTNIK_REDIS_TIMEOUT, else 2)
+    redis_timeout: PositiveSeconds | None = None
     prefix: str | None = None
     admins: list[str] = []
     grace: Seconds = 5.0
@@ -55,6 +60,12 @@ class AlertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if self.restart.backoff_max < self.restart.backoff_min:
             raise ValueError("restart.backoff_max: must be >= restart.backoff_min")
+        names = self.env if isinstance(self.env, list) else list(self.env)
+        for i, name in enumerate(names):
+            where = f"env[{i}]" if isinstance(self.env, list) else f"env.{name}"
+            if not ENV_NAME.match(name):
+                raise ValueError(f"{where}: {name!r} is not a variable name "
+                                 "([A-Za-z_][A-Za-z0-9_]*)")
 
 
 def _key_of(err: msgspec.ValidationError) -> str:
@@ -78,6 +89,8 @@ def parse(text: str, *, source: str = "alert.toml",
         if "unknown field" in reason or "missing required field" in reason:
             where = f"{key}: " if key else ""
             raise ConfigError(f"{source}: {where}{reason}") from None
+        if not key and re.match(r"^\S+: ", reason):  # __post_init__ names the key itself
+            raise ConfigError(f"{source}: {reason}") from None
         raise ConfigError(f"{source}: {key or '(top level)'}: {reason}") from None
     except ValueError as e:  # __post_init__
         raise ConfigError(f"{source}: {e}") from None
@@ -87,6 +100,15 @@ def parse(text: str, *, source: str = "alert.toml",
         raise ConfigError(f"{source}: redis_url: required (or set VESTNIK_REDIS_URL)")
     if not re.match(r"^(redis|rediss|unix)://", cfg.redis_url):
         raise ConfigError(f"{source}: redis_url: must start with redis://, rediss:// or unix://")
+    if cfg.redis_timeout is None:
+        raw = env.get("VESTNIK_REDIS_TIMEOUT") or "2"
+        try:
+            cfg.redis_timeout = float(raw)
+        except ValueError:
+            cfg.redis_timeout = -1.0
+        if not 0 < cfg.redis_timeout <= 300:
+            raise ConfigError(f"{source}: redis_timeout: VESTNIK_REDIS_TIMEOUT={raw!r} is not "
+                              "a number of seconds in (0, 300]")
     if cfg.prefix is None:
         cfg.prefix = env.get("VESTNIK_PREFIX") or "vn:"
     if not cfg.prefix:

@@ -199,7 +199,9 @@ class Feed:
                 try:
                     if conn is None:
                         conn = reader(self.cfg.redis_url or "",
-                                      name=f"vestnik-wrap-{self.cfg.name}")
+                                      name=f"vestnik-wrap-{self.cfg.name}",
+                                      timeout=self.cfg.redis_timeout or 2.0,
+                                      block=self.block_ms / 1000)
                     resp = await conn.xread(self.positions, count=PAGE, block=self.block_ms)
                     backoff.reset()
                 except RETRYABLE as e:

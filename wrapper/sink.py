@@ -249,7 +249,13 @@ class Sink:
             payload = b"".join(batch.commands)
             backoff = Backoff(base=0.1, cap=5.0)
             while True:
-                conn = await pool.get_connection("XADD")
+                try:  # connecting to a frozen Redis times out too: the same retry
+                    conn = await pool.get_connection("XADD")
+                except RETRYABLE as e:
+                    log.warning("%s: cannot write %d notices to Redis (%s); retrying",
+                                self.name, batch.notices, e)
+                    await backoff.wait()
+                    continue
                 try:
                     await conn.send_packed_command(payload)
                     for _ in range(batch.count):

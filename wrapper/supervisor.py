@@ -29,7 +29,7 @@ from redis.asyncio import Redis
 
 from streams.ids import now_ms, ulid
 from streams.keys import Keys
-from streams.redis import RETRYABLE, connect, wait_ready
+from streams.redis import RETRYABLE, connect, redacted, wait_ready
 from streams.schemas import NoticeIn, notice_fields
 
 from .config import AlertConfig
@@ -51,6 +51,9 @@ EXIT_KILLED = 4  # stopped by a signal; the alert outlived the grace period and 
 LEVELS = {b"E!": logging.ERROR, b"W!": logging.WARNING, b"I!": logging.INFO, b"D!": logging.DEBUG}
 STDIN_BATCH = 512
 STDERR_MAX = 16 * 1024
+# the only variables an alert inherits unasked; everything else (VESTNIK_*, Redis URLs,
+# tokens, cloud credentials) only when its alert.toml lists it under `env`
+INHERITED = ("PATH", "HOME", "LANG", "TZ")
 KIT_PATH = str(Path(__file__).resolve().parent.parent)
 
 
@@ -106,7 +109,8 @@ class Wrapper:
                     return EXIT_CONFIG
                 log.info("%s: metrics on http://%s:%d/metrics", self.name, self.metrics_host,
                          self.metrics_port)
-            self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}")
+            self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
+                                 timeout=self.cfg.redis_timeout or 2.0)
             ready = asyncio.create_task(wait_ready(self.redis, timeout=self.redis_timeout))
             stopped = asyncio.create_task(self.stop.wait())
             await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -117,7 +121,8 @@ class Wrapper:
             try:
                 ready.result()
             except RETRYABLE as e:
-                log.error("%s: Redis at %s unreachable: %s", self.name, self.cfg.redis_url, e)
+                log.error("%s: Redis at %s unreachable: %s", self.name,
+                          redacted(self.cfg.redis_url or ""), e)
                 return EXIT_REDIS
             return await self._supervise()
         finally:
@@ -162,14 +167,22 @@ class Wrapper:
 
     # one run of the alert --------------------------------------------------------------
     def _child_env(self) -> dict[str, str]:
-        env = dict(self.base_env)
-        env.update(self.cfg.env)
+        """A clean environment: the alert must not see the wrapper's secrets (its Redis
+        URL, service tokens, a cloud role's keys) unless its alert.toml hands them over."""
+        base, listed = self.base_env, self.cfg.env
+        env = {k: base[k] for k in INHERITED if k in base}
+        if isinstance(listed, list):
+            env.update({k: base[k] for k in listed if k in base})
+        else:
+            env.update(listed)
         env["VESTNIK_ALERT"] = self.name
         env.setdefault("PYTHONUNBUFFERED", "1")
         # the optional Python kit (`from wrapper.kit import Alert`) is importable by any
         # python3 the alert uses, without installing Vestnik there
         path = env.get("PYTHONPATH")
         env["PYTHONPATH"] = f"{path}{os.pathsep}{KIT_PATH}" if path else KIT_PATH
+        log.debug("%s: the alert's environment: %s (values not logged)", self.name,
+                  ", ".join(sorted(env)))
         return env
 
     async def _run_once(self) -> RunEnd:

@@ -50,7 +50,7 @@ class _ArqRedis(ArqRedis):
 def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
     shared = redis_pool(settings.redis_url, max_connections=max_connections,
-                        name="vestnik-forwarder")
+                        name="vestnik-forwarder", timeout=settings.redis_timeout)
     return _ArqRedis(shared, job_serializer=job_serializer, job_deserializer=job_deserializer,
                      default_queue_name=keys.arq_queue)
 
