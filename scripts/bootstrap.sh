@@ -1,6 +1,6 @@
 #!/bin/sh
 # Install what Vestnik needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
-# redis-server (and jq, Chromium for the browser tests) via apt-get when missing, then a
+# redis-server (and jq, Chromium, openssl for the tests) via apt-get when missing, then a
 # virtualenv in .venv with Vestnik and its dependencies. Safe to run again: it only adds
 # what is missing.
 set -eu
@@ -12,6 +12,8 @@ if [ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ]; then
     command -v jq >/dev/null 2>&1 || want="$want jq"
     command -v node >/dev/null 2>&1 || want="$want nodejs"
     command -v chromium >/dev/null 2>&1 || want="$want chromium"
+    # tests/security/test_smtp_auth.py makes a self-signed certificate for STARTTLS
+    command -v openssl >/dev/null 2>&1 || want="$want openssl"
 fi
 if [ -n "$want" ]; then
     SUDO=""
