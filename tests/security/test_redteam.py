@@ -1,0 +1,33 @@
+"""Issue 19 tried again from outside, with cases the first tests did not cover: each case
+here failed on the merged work (see docs/reliability.md) against a real `vestnik api`."""
+
+from __future__ import annotations
+
+from support import Api
+
+
+async def test_ids_that_reach_keys_are_checked_at_the_edge(api: Api):
+    """A dedup_key, an alert, an entity's topic, a topic event's id and a topic name all
+    end up in Redis keys, log lines or headers: control characters and huge sizes are
+    422s naming the field, never a key of 100,000 bytes."""
+    base = {"title": "t", "recipients": ["1"]}
+    bad_notices = [
+        ({"alert": "disk", "dedup_key": "k" * 100_000}, "$.dedup_key"),
+        ({"alert": "disk", "dedup_key": "k\r\nx"}, "$.dedup_key"),
+        ({"alert": "disk\r\nX-Evil: 1"}, "$.alert"),
+        ({"alert": "disk", "entity": {"topic": "vm\nx", "id": "1"}}, "$.entity.topic"),
+        ({"alert": "disk", "entity": {"topic": "v" * 5000, "id": "1"}}, "$.entity.topic"),
+    ]
+    async with api.client() as http:
+        for extra, field in bad_notices:
+            r = await http.post("/api/v1/notices", json={**base, **extra})
+            assert r.status_code == 422, (field, r.status_code, r.text[:200])
+            assert r.json()["path"] == field, r.text[:300]
+        r = await http.post("/api/v1/topics/vm/events",
+                            json={"op": "create", "id": "a\r\nb", "data": {}})
+        assert r.status_code == 422 and r.json()["path"] == "$.id", r.text[:300]
+        # a topic name with a final LF (Python's `$` matches before it)
+        r = await http.post("/api/v1/topics/vm%0A/events", json={"op": "create", "id": "1"})
+        assert r.status_code in (404, 422), r.text[:300]
+        members = await http.get("/api/v1/topics/vm%0A")
+        assert members.status_code in (404, 422), members.text[:300]
