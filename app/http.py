@@ -203,6 +203,8 @@ def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
     """A stolen token must not work for years: `exp - iat` (or, without `iat`, `exp - now`:
     a token cannot claim to be younger than it is) is at most VESTNIK_JWT_MAX_TTL."""
     exp, iat = claims["exp"], claims.get("iat")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):  # PyJWT takes "123" too
+        raise Unauthorized("invalid token: `exp` must be a number")
     start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
     if exp - start > max_ttl:
         raise Unauthorized(f"invalid token: lives longer than VESTNIK_JWT_MAX_TTL ({max_ttl} s)")

@@ -3,6 +3,10 @@ here failed on the merged work (see docs/reliability.md) against a real `vestnik
 
 from __future__ import annotations
 
+import time
+
+import jwt
+
 from support import Api
 
 
@@ -31,3 +35,15 @@ async def test_ids_that_reach_keys_are_checked_at_the_edge(api: Api):
         assert r.status_code in (404, 422), r.text[:300]
         members = await http.get("/api/v1/topics/vm%0A")
         assert members.status_code in (404, 422), members.text[:300]
+
+
+async def test_a_token_with_a_string_exp_is_refused_not_a_500(api: Api, settings):
+    """A JWT whose `exp` is a numeric string (PyJWT accepts it) must be a 401, not a
+    crash of the lifetime check."""
+    now = int(time.time())
+    token = jwt.encode({"sub": "1", "exp": str(now + 600), "iat": now}, settings.secret,
+                       algorithm="HS256")
+    async with api.client(token) as http:
+        r = await http.get("/api/v1/me/unread-count")
+    assert r.status_code == 401, (r.status_code, r.text[:300])
+    assert "exp" in r.json()["detail"]
