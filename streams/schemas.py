@@ -298,8 +298,9 @@ class NoticeIn(Strict):
     created_at: int | None = None
 
 
-# What a sender says in a notice (not what the center derives: created_at, recipients,
-# channels, metric, repeat): a caller-chosen id that exists with other content is refused.
+# What a sender says in a notice (not what the center derives: created_at, recipients
+# from settings, channels, metric, repeat): a caller-chosen id that exists with other
+# content is refused.
 _CONTENT_FIELDS = ("alert", "title", "body", "severity", "link", "entity", "data", "dedup_key")
 
 
@@ -307,6 +308,10 @@ def same_content(sent: NoticeIn, other: NoticeIn | Notice) -> bool:
     """Whether `sent` says what `other` (the notice already under its id) says: a retry.
     A `setting_id` left out matches the one the center chose."""
     if sent.setting_id is not None and sent.setting_id != other.setting_id:
+        return False
+    # its own recipients are what it says too: else a reused id for other users is a 202
+    # that nobody gets (compared as sets: a retry may list them in another order)
+    if sent.recipients is not None and set(sent.recipients) != set(other.recipients or ()):
         return False
     return all(getattr(sent, f) == getattr(other, f) for f in _CONTENT_FIELDS)
 

@@ -37,6 +37,26 @@ async def test_ids_that_reach_keys_are_checked_at_the_edge(api: Api):
         assert members.status_code in (404, 422), members.text[:300]
 
 
+async def test_same_id_other_recipients_is_a_conflict_not_a_silent_drop(api: Api, start_proc):
+    """A caller reusing a notice id for other recipients must hear 409: answered 202 and
+    dropped, the second recipient never gets the notice."""
+    start_proc("center", "--no-forward")
+    n = {"alert": "disk", "title": "t", "id": "redteam-1"}
+    async with api.client() as http:
+        r = await http.post("/api/v1/notices", json={**n, "recipients": ["1"]})
+        assert r.status_code == 202, r.text
+        r2 = await http.post("/api/v1/notices", json={**n, "recipients": ["1"]})
+        assert r2.status_code in (200, 202), r2.text  # the retry: idempotent
+        # the center stores it (the ingest compares against the stored body)
+        from support import eventually
+
+        async def stored() -> bool:
+            return (await http.get("/api/v1/notices/redteam-1/deliveries")).status_code == 200
+        await eventually(stored, timeout=20, what="stored")
+        r3 = await http.post("/api/v1/notices", json={**n, "recipients": ["2"]})
+        assert r3.status_code == 409, r3.text
+
+
 async def test_a_token_with_a_string_exp_is_refused_not_a_500(api: Api, settings):
     """A JWT whose `exp` is a numeric string (PyJWT accepts it) must be a 401, not a
     crash of the lifetime check."""
