@@ -7,7 +7,7 @@ import time
 
 import jwt
 
-from support import Api
+from support import Api, RawHttpServer, eventually
 
 
 async def test_ids_that_reach_keys_are_checked_at_the_edge(api: Api):
@@ -48,8 +48,6 @@ async def test_same_id_other_recipients_is_a_conflict_not_a_silent_drop(api: Api
         r2 = await http.post("/api/v1/notices", json={**n, "recipients": ["1"]})
         assert r2.status_code in (200, 202), r2.text  # the retry: idempotent
         # the center stores it (the ingest compares against the stored body)
-        from support import eventually
-
         async def stored() -> bool:
             return (await http.get("/api/v1/notices/redteam-1/deliveries")).status_code == 200
         await eventually(stored, timeout=20, what="stored")
@@ -67,3 +65,26 @@ async def test_a_token_with_a_string_exp_is_refused_not_a_500(api: Api, settings
         r = await http.get("/api/v1/me/unread-count")
     assert r.status_code == 401, (r.status_code, r.text[:300])
     assert "exp" in r.json()["detail"]
+
+
+async def test_a_webhook_urls_password_is_not_kept_in_deliveries(start_api, start_proc):
+    """`user:pw@` in a webhook URL is sent as Basic auth; the password must not be copied
+    into the delivery records (`/deliveries`, the admin page) or a log line."""
+    hook = RawHttpServer()
+    api: Api = start_api(VESTNIK_EGRESS_ALLOW="127.0.0.1/32")
+    center = start_proc("center", VESTNIK_EGRESS_ALLOW="127.0.0.1/32", VESTNIK_LOG_LEVEL="debug")
+    url = f"http://hookuser:s3cret-pw@127.0.0.1:{hook.port}/h"
+    async with api.client() as http:
+        r = await http.post("/api/v1/notices", json={
+            "alert": "disk", "title": "t", "recipients": ["1"], "forward_after": 0,
+            "channels": {"webhook": {"url": url}}})
+        assert r.status_code == 202, r.text
+        nid = r.json()["id"]
+
+        async def done() -> str | None:
+            d = await http.get(f"/api/v1/notices/{nid}/deliveries")
+            return d.text if d.status_code == 200 and '"sent"' in d.text else None
+        text = await eventually(done, timeout=30, what="the webhook sent")
+    assert hook.received and b"Authorization: Basic " in hook.received[0]
+    assert "s3cret-pw" not in text, text
+    assert "s3cret-pw" not in center.output()
