@@ -118,3 +118,36 @@ async def test_a_delayed_webhook_survives_its_body_leaving_the_feed(start_api, s
         await eventually(all_sent, timeout=15, what="4 webhooks")
         for nid in ids:  # each has its record
             assert (await http.get(f"/api/v1/notices/{nid}/deliveries")).status_code == 200
+
+
+async def test_a_user_deleted_after_notices_of_one_batch_leaves_no_keys(start_api, start_proc,
+                                                                       redis):
+    """Notices to a user, then the user's delete, read by the center in one batch (it was
+    stopped, or busy): the notices must not make the deleted user's feed, seq and body
+    counts again after the purge, kept for ever."""
+    api: Api = start_api()
+    center = start_proc("center", "--no-forward")
+    async with api.client() as http:
+        r = await http.post("/api/v1/topics/user/events",
+                            json={"op": "create", "id": "1", "data": {"id": "1"}})
+        assert r.status_code == 201, r.text
+        r = await http.post("/api/v1/notices", json={
+            "alert": "a", "title": "first", "recipients": ["2"]})
+
+        async def stored(n: int) -> bool:
+            return await redis.zcard("vn:{u:2}:feed") == n
+        await eventually(lambda: stored(1), timeout=20, what="the first notice stored")
+        assert center.stop() == 0
+        for i in range(3):
+            r = await http.post("/api/v1/notices", json={
+                "alert": "a", "title": f"t{i}", "recipients": ["1", "2"]})
+            assert r.status_code == 202, r.text
+        r = await http.post("/api/v1/topics/user/events", json={"op": "delete", "id": "1"})
+        assert r.status_code == 201, r.text
+    start_proc("center", "--no-forward")
+    await eventually(lambda: stored(4), timeout=20, what="the notices stored")
+    left = await redis.keys("vn:{u:1}:*")
+    assert not left, left
+    counts = await redis.keys("vn:refs:*")  # one feed per body now: no count is kept
+    assert not counts, [await redis.hgetall(k) for k in counts]
+
