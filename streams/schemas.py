@@ -157,7 +157,8 @@ class AlertSetting(msgspec.Struct, kw_only=True):
     updated_at: int = 0
 
 
-AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")]
+AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                         pattern=r"^[\w.:-]+(?!\n)$")]
 
 
 class SettingIn(Strict):

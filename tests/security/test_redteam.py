@@ -151,3 +151,14 @@ async def test_a_user_deleted_after_notices_of_one_batch_leaves_no_keys(start_ap
     counts = await redis.keys("vn:refs:*")  # one feed per body now: no count is kept
     assert not counts, [await redis.hgetall(k) for k in counts]
 
+
+
+async def test_a_setting_name_with_a_final_line_feed_is_refused(api: Api):
+    """Python's `$` matches before a final LF: `disk\\n` passed the alert name's pattern
+    and became a settings name key and a log line of its own."""
+    async with api.client() as http:
+        r = await http.post("/api/v1/settings", json={"name": "disk\n", "channel": {}})
+        assert r.status_code == 422, r.text
+        assert r.json()["path"] == "$.name", r.text
+        r = await http.get("/api/v1/settings", params={"name": "disk\n"})
+        assert r.status_code in (400, 422), r.text
