@@ -162,3 +162,18 @@ async def test_a_setting_name_with_a_final_line_feed_is_refused(api: Api):
         assert r.json()["path"] == "$.name", r.text
         r = await http.get("/api/v1/settings", params={"name": "disk\n"})
         assert r.status_code in (400, 422), r.text
+
+
+async def test_an_idempotency_key_reused_for_other_content_is_a_409(api: Api, redis):
+    """The same Idempotency-Key with another notice answered 202 and the first notice's
+    id: the second notice was never sent, and the caller could not tell."""
+    h = {"Idempotency-Key": "deploy-42"}
+    n = {"alert": "disk", "title": "t", "recipients": ["1"]}
+    async with api.client() as http:
+        r1 = await http.post("/api/v1/notices", json=n, headers=h)
+        r2 = await http.post("/api/v1/notices", json=n, headers=h)  # a retry
+        assert r1.status_code == r2.status_code == 202 and r1.json() == r2.json()
+        r3 = await http.post("/api/v1/notices", json={**n, "recipients": ["2"]}, headers=h)
+        assert r3.status_code == 409, r3.text
+        assert r3.json()["path"] == "Idempotency-Key", r3.text
+    assert await redis.xlen("vn:notices") == 1
