@@ -457,7 +457,8 @@ def to_notice(entry: Entry[NoticeIn]) -> Notice:
     return Notice(
         id=n.id or derived_id(entry.sid), alert=n.alert, title=n.title, severity=n.severity,
         body=n.body, link=n.link, setting_id=n.setting_id, entity=n.entity, metric=n.metric,
-        data=n.data, recipients=list(n.recipients or []), channels=n.channels,
+        # once each: a repeated id would be one feed entry counted (and pushed) n times
+        data=n.data, recipients=list(dict.fromkeys(n.recipients or ())), channels=n.channels,
         dedup_key=n.dedup_key, forward_after=n.forward_after, created_at=created,
     )
 

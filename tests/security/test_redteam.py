@@ -177,3 +177,22 @@ async def test_an_idempotency_key_reused_for_other_content_is_a_409(api: Api, re
         assert r3.status_code == 409, r3.text
         assert r3.json()["path"] == "Idempotency-Key", r3.text
     assert await redis.xlen("vn:notices") == 1
+
+
+async def test_a_recipient_listed_twice_gets_one_entry_counted_once(start_api, start_proc,
+                                                                    redis):
+    """`recipients: ["1", "1", "1"]`: one feed entry, one seq step, one live push, and no
+    feed count left on the body (it held the body for ever: 3 holders for one feed)."""
+    api: Api = start_api()
+    start_proc("center", "--no-forward")
+    async with api.client() as http:
+        r = await http.post("/api/v1/notices", json={
+            "alert": "disk", "title": "t", "recipients": ["1", "1", "1"]})
+        assert r.status_code == 202, r.text
+
+    async def stored() -> bool:
+        return await redis.zcard("vn:{u:1}:feed") == 1
+    await eventually(stored, timeout=20, what="stored")
+    assert await redis.get("vn:{u:1}:seq") == b"1"
+    counts = await redis.keys("vn:refs:*")
+    assert not counts, [await redis.hgetall(k) for k in counts]
