@@ -496,6 +496,9 @@ class Center:
         # before it is not stored for them (it may be read after the purge: same batch, a
         # later one, or one storing while this one loads); bounded by DELETES_KEPT
         self._deleted: dict[str, tuple[int, int]] = {}
+        # own ids of batches loaded but not stored yet (the next batch loads while one
+        # stores): a body not in Redis yet is still "other content" for a later entry
+        self._unstored: dict[str, NoticeIn] = {}
         # batches may be handled concurrently (Consumer depth > 1): their reads, and their
         # stores, stay in arrival order (a dedup repeat folds into a notice stored before
         # it), while one batch is built in Python as the previous one is stored by Redis
@@ -512,18 +515,23 @@ class Center:
 
     async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
-        plans = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
-        async with self._loading:
-            await self._load_settings(plans)
-            plans = self._resolve(plans, dead)
-            plans = await self._load_users_and_dedup(plans, dead)
-        # let the next batch send its reads now, so they are answered while this one is
-        # built, rather than queued behind this one's store in Redis
-        await asyncio.sleep(0)
-        write = await self._build(plans)
-        if write is not None:
-            async with self._storing:
-                await self._send(write)
+        plans = every = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
+        try:
+            async with self._loading:
+                await self._load_settings(plans)
+                plans = self._resolve(plans, dead)
+                plans = await self._load_users_and_dedup(plans, dead)
+            # let the next batch send its reads now, so they are answered while this one is
+            # built, rather than queued behind this one's store in Redis
+            await asyncio.sleep(0)
+            write = await self._build(plans)
+            if write is not None:
+                async with self._storing:
+                    await self._send(write)
+        finally:
+            for p in every:  # the own ids this batch registered (`_conflicts`): stored now
+                if self._unstored.get(p.notice.id) is p.entry.value:
+                    del self._unstored[p.notice.id]
         return dead
 
     def _admit(self, entries: list[Entry[NoticeIn]], dead: list[DeadLetter]
@@ -741,10 +749,10 @@ class Center:
 
     def _conflicts(self, own: list[Plan], bodies: list[bytes | None],
                    dead: list[DeadLetter]) -> set[int]:
-        """Entries whose own id names a notice with other content (stored, or earlier in
-        this batch): a dead letter each. A retry with the same content goes on (the store
-        is idempotent). Returns the id() of their plans."""
-        first: dict[str, NoticeIn] = {}
+        """Entries whose own id names a notice with other content (stored, earlier in
+        this batch, or in a batch still storing): a dead letter each. A retry with the same
+        content goes on (the store is idempotent). Returns the id() of their plans."""
+        first = self._unstored
         bad: set[int] = set()
         for p, raw in zip(own, bodies, strict=True):
             sent = p.entry.value

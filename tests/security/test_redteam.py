@@ -164,6 +164,28 @@ async def test_a_setting_name_with_a_final_line_feed_is_refused(api: Api):
         assert r.status_code in (400, 422), r.text
 
 
+async def test_a_reused_id_in_the_next_batch_is_a_conflict_too(start_api, start_proc, redis):
+    """Two notices under one caller-chosen id, other content, other recipients, read in
+    two batches (a backlog: the next batch loads while the first stores): the second is a
+    dead letter; its recipient never gets the first one's content under that id."""
+    api: Api = start_api()
+    nid = "race-1"
+    async with api.client() as http:
+        for title, user in (("A", "1"), ("B", "2")):  # no body yet: both are accepted
+            r = await http.post("/api/v1/notices", json={
+                "alert": "disk", "title": title, "id": nid, "recipients": [user]})
+            assert r.status_code == 202, r.text
+    start_proc("center", "--no-forward", VESTNIK_CENTER_BATCH="1")
+
+    async def handled() -> bool:
+        info = await redis.xinfo_groups("vn:notices")
+        return bool(info) and info[0]["lag"] == 0 and info[0]["pending"] == 0
+    await eventually(handled, timeout=20, what="both entries handled")
+    assert await redis.zscore("vn:{u:2}:feed", nid) is None
+    dead = await redis.xrange("vn:notices:dead")
+    assert len(dead) == 1 and b"$.id" in dead[0][1][b"field"], dead
+
+
 async def test_an_idempotency_key_reused_for_other_content_is_a_409(api: Api, redis):
     """The same Idempotency-Key with another notice answered 202 and the first notice's
     id: the second notice was never sent, and the caller could not tell."""
