@@ -105,7 +105,8 @@ def _origin(scheme: str, netloc: str) -> str:
 def request_scheme(request: Request) -> str:
     """`http` or `https` as the browser sees it: X-Forwarded-Proto when a TLS proxy in front
     sets it (a cross-site page cannot set that header), else the request's own scheme."""
-    return request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    proto = request.headers.get("x-forwarded-proto", request.url.scheme)
+    return proto.split(",")[0].strip().lower()  # schemes are case-insensitive
 
 
 def check_same_origin(request: Request, ctx: Ctx) -> None:

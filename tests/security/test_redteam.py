@@ -218,3 +218,14 @@ async def test_a_recipient_listed_twice_gets_one_entry_counted_once(start_api, s
     assert await redis.get("vn:{u:1}:seq") == b"1"
     counts = await redis.keys("vn:refs:*")
     assert not counts, [await redis.hgetall(k) for k in counts]
+
+
+async def test_a_tls_proxy_saying_https_in_capitals_still_gets_a_secure_cookie(api: Api,
+                                                                              user_token):
+    """The scheme is case-insensitive (RFC 3986): `X-Forwarded-Proto: HTTPS` is https, and
+    the session cookie must be Secure there too."""
+    async with api.client(user_token("1")) as http:
+        r = await http.post("/api/v1/me/session", headers={"X-Forwarded-Proto": "HTTPS"})
+    assert r.status_code == 204, r.text
+    attrs = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
+    assert "secure" in attrs, attrs
