@@ -229,3 +229,20 @@ async def test_a_tls_proxy_saying_https_in_capitals_still_gets_a_secure_cookie(a
     assert r.status_code == 204, r.text
     attrs = [a.strip().lower() for a in r.headers["set-cookie"].split(";")]
     assert "secure" in attrs, attrs
+
+
+async def test_an_unreadable_setting_record_is_logged_without_its_secrets(start_proc, redis):
+    """A corrupt setting record (written by hand, or by another version) is skipped with an
+    error line: the line must not carry the record (its webhook secret and URL)."""
+    raw = (b'{"id":"S1","name":"disk","version":"x","channel":{"webhook":{'
+           b'"url":"https://hooks.example/T0PSECRET","secret":"whsec_c2VjcmV0c2VjcmV0"}}}')
+    await redis.hset("vn:settings", "S1", raw)
+    await redis.zadd("vn:settings:name:disk", {"S1": 0})
+    center = start_proc("center", "--no-forward")
+    await redis.xadd("vn:notices", {"alert": "disk", "title": "t", "recipients": '["1"]'})
+
+    async def logged() -> bool:
+        return "unreadable alert setting" in center.output()
+    await eventually(logged, timeout=20, what="the error line")
+    out = center.output()
+    assert "T0PSECRET" not in out and "whsec_" not in out, out[-500:]
