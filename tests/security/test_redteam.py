@@ -3,11 +3,13 @@ here failed on the merged work (see docs/reliability.md) against a real `vestnik
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import jwt
 import pytest
 
+from streams.channels.http1 import HttpPool
 from support import Api, RawHttpServer, eventually
 
 
@@ -246,3 +248,41 @@ async def test_an_unreadable_setting_record_is_logged_without_its_secrets(start_
     await eventually(logged, timeout=20, what="the error line")
     out = center.output()
     assert "T0PSECRET" not in out and "whsec_" not in out, out[-500:]
+
+
+async def test_the_webhook_pool_keeps_a_bounded_number_of_idle_connections():
+    """Webhook URLs come from data: one host (or port) each. A receiver that keeps its
+    connections open must not make the forwarder keep a socket and an entry per URL ever
+    seen (file descriptors run out: Redis connections too)."""
+    open_now: set[asyncio.StreamWriter] = set()
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        open_now.add(writer)
+        try:
+            while (head := await reader.readuntil(b"\r\n\r\n")):
+                size = int(next((line.split(b":")[1] for line in head.split(b"\r\n")
+                                 if line.lower().startswith(b"content-length")), b"0"))
+                await reader.readexactly(size)
+                writer.write(b"HTTP/1.1 204 No Content\r\n\r\n")  # and keep it open
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        finally:
+            open_now.discard(writer)
+            writer.close()
+
+    servers = [await asyncio.start_server(serve, "127.0.0.1", 0) for _ in range(12)]
+    pool = HttpPool(per_host=2, max_idle=4)
+    try:
+        for server in servers:
+            port = server.sockets[0].getsockname()[1]
+            r = await pool.post(f"http://127.0.0.1:{port}/h", b"{}", {})
+            assert r.status_code == 204
+
+        async def closed() -> bool:
+            return len(open_now) <= 4
+        await eventually(closed, timeout=10, what="idle connections closed")
+        assert len(pool._hosts) <= 4
+    finally:
+        await pool.aclose()
+        for server in servers:
+            server.close()
