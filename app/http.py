@@ -105,7 +105,8 @@ def _origin(scheme: str, netloc: str) -> str:
 def request_scheme(request: Request) -> str:
     """`http` or `https` as the browser sees it: X-Forwarded-Proto when a TLS proxy in front
     sets it (a cross-site page cannot set that header), else the request's own scheme."""
-    return request.headers.get("x-forwarded-proto", request.url.scheme).split(",")[0].strip()
+    proto = request.headers.get("x-forwarded-proto", request.url.scheme)
+    return proto.split(",")[0].strip().lower()  # schemes are case-insensitive
 
 
 def check_same_origin(request: Request, ctx: Ctx) -> None:
@@ -203,6 +204,8 @@ def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
     """A stolen token must not work for years: `exp - iat` (or, without `iat`, `exp - now`:
     a token cannot claim to be younger than it is) is at most VESTNIK_JWT_MAX_TTL."""
     exp, iat = claims["exp"], claims.get("iat")
+    if not isinstance(exp, int | float) or isinstance(exp, bool):  # PyJWT takes "123" too
+        raise Unauthorized("invalid token: `exp` must be a number")
     start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
     if exp - start > max_ttl:
         raise Unauthorized(f"invalid token: lives longer than VESTNIK_JWT_MAX_TTL ({max_ttl} s)")

@@ -317,6 +317,7 @@ return body
 USER_CACHE = 50_000  # decoded user records kept between batches
 USER_PAGE = 1000  # user topic events read (and applied) per call
 USER_PAGES = 1000  # at most this many pages a batch: bounded, the rest next batch
+DELETES_KEPT = 100_000  # user deletes remembered (notices before them skip the user)
 # recipients stored per call: Redis sends a call's PUBLISHes only when the call ends, so a
 # broadcast's first recipients see it after one chunk, not after all of them (5,000 in one
 # call: 86-91 ms of Redis on a Zen 3 box before the api got the first message)
@@ -456,7 +457,8 @@ def to_notice(entry: Entry[NoticeIn]) -> Notice:
     return Notice(
         id=n.id or derived_id(entry.sid), alert=n.alert, title=n.title, severity=n.severity,
         body=n.body, link=n.link, setting_id=n.setting_id, entity=n.entity, metric=n.metric,
-        data=n.data, recipients=list(n.recipients or []), channels=n.channels,
+        # once each: a repeated id would be one feed entry counted (and pushed) n times
+        data=n.data, recipients=list(dict.fromkeys(n.recipients or ())), channels=n.channels,
         dedup_key=n.dedup_key, forward_after=n.forward_after, created_at=created,
     )
 
@@ -490,6 +492,13 @@ class Center:
         self._advance = redis.register_script(ADVANCE_LUA)
         self._hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
         self._user_pos: str | None = None
+        # users whose last seen event deletes them: the delete's stream id. A notice XADDed
+        # before it is not stored for them (it may be read after the purge: same batch, a
+        # later one, or one storing while this one loads); bounded by DELETES_KEPT
+        self._deleted: dict[str, tuple[int, int]] = {}
+        # own ids of batches loaded but not stored yet (the next batch loads while one
+        # stores): a body not in Redis yet is still "other content" for a later entry
+        self._unstored: dict[str, NoticeIn] = {}
         # batches may be handled concurrently (Consumer depth > 1): their reads, and their
         # stores, stay in arrival order (a dedup repeat folds into a notice stored before
         # it), while one batch is built in Python as the previous one is stored by Redis
@@ -506,18 +515,23 @@ class Center:
 
     async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
         dead: list[DeadLetter] = []
-        plans = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
-        async with self._loading:
-            await self._load_settings(plans)
-            plans = self._resolve(plans, dead)
-            plans = await self._load_users_and_dedup(plans, dead)
-        # let the next batch send its reads now, so they are answered while this one is
-        # built, rather than queued behind this one's store in Redis
-        await asyncio.sleep(0)
-        write = await self._build(plans)
-        if write is not None:
-            async with self._storing:
-                await self._send(write)
+        plans = every = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
+        try:
+            async with self._loading:
+                await self._load_settings(plans)
+                plans = self._resolve(plans, dead)
+                plans = await self._load_users_and_dedup(plans, dead)
+            # let the next batch send its reads now, so they are answered while this one is
+            # built, rather than queued behind this one's store in Redis
+            await asyncio.sleep(0)
+            write = await self._build(plans)
+            if write is not None:
+                async with self._storing:
+                    await self._send(write)
+        finally:
+            for p in every:  # the own ids this batch registered (`_conflicts`): stored now
+                if self._unstored.get(p.notice.id) is p.entry.value:
+                    del self._unstored[p.notice.id]
         return dead
 
     def _admit(self, entries: list[Entry[NoticeIn]], dead: list[DeadLetter]
@@ -587,7 +601,8 @@ class Center:
         try:
             return _setting_decoder.decode(raw)
         except msgspec.DecodeError as e:  # a corrupt record must not stop every notice
-            log.error("unreadable alert setting record (%s): %.200r", e, raw)
+            # not the record: its channel map holds webhook URLs and secrets
+            log.error("unreadable alert setting record (%s; %d bytes) skipped", e, len(raw))
             return None
 
     # recipients and channels --------------------------------------------------------------
@@ -677,7 +692,19 @@ class Center:
             await self.redis.delete(*unclaim)
         plans = [p for p in plans if id(p) not in bad]
         self._recipients(plans, self._user_records(uids, records), dead)
+        if self._deleted:
+            self._skip_deleted(plans)
         return plans
+
+    def _skip_deleted(self, plans: list[Plan]) -> None:
+        """No feed entry (or forward) for a recipient deleted after the notice in Redis
+        order: the purge already ran, so the entry would make a deleted user's keys again,
+        kept for ever. (Both stream ids come from the one Redis clock.)"""
+        gone = self._deleted
+        for p in plans:
+            at = parse_stream_id(p.entry.sid)
+            if any(u.id in gone for u in p.users):
+                p.users = [u for u in p.users if gone.get(u.id, (0, 0)) <= at]
 
     def _user_records(self, uids: list[str], records: list[bytes | None]
                       ) -> dict[str, User | str | None]:
@@ -723,10 +750,10 @@ class Center:
 
     def _conflicts(self, own: list[Plan], bodies: list[bytes | None],
                    dead: list[DeadLetter]) -> set[int]:
-        """Entries whose own id names a notice with other content (stored, or earlier in
-        this batch): a dead letter each. A retry with the same content goes on (the store
-        is idempotent). Returns the id() of their plans."""
-        first: dict[str, NoticeIn] = {}
+        """Entries whose own id names a notice with other content (stored, earlier in
+        this batch, or in a batch still storing): a dead letter each. A retry with the same
+        content goes on (the store is idempotent). Returns the id() of their plans."""
+        first = self._unstored
         bad: set[int] = set()
         for p, raw in zip(own, bodies, strict=True):
             sent = p.entry.value
@@ -765,11 +792,18 @@ class Center:
     async def _purge(self, decoded: list[tuple[str, TopicEvent]]) -> None:
         """Every user a seen event deletes, whoever applied it (each center process sees
         each event once; purging is idempotent): before this batch stores anything."""
-        last: dict[str, str] = {}
-        for _, ev in decoded:
-            last[ev.id] = ev.op
+        last: dict[str, tuple[str, str]] = {}
+        for sid, ev in decoded:
+            last[ev.id] = (ev.op, sid)
         # a user deleted and created again since is not purged: the feed is theirs
-        deleted = sorted(uid for uid, op in last.items() if op == "delete")
+        deleted = sorted(uid for uid, (op, _) in last.items() if op == "delete")
+        if len(self._deleted) > DELETES_KEPT:
+            self._deleted.clear()
+        for uid, (op, sid) in last.items():
+            if op == "delete":
+                self._deleted[uid] = parse_stream_id(sid)
+            else:
+                self._deleted.pop(uid, None)
         if deleted:
             await inbox.purge_users(self.redis, self.keys, deleted)
 

@@ -4,6 +4,8 @@ that arrive together in one pipeline."""
 
 from __future__ import annotations
 
+import hashlib
+
 import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
@@ -12,7 +14,7 @@ from .errors import Conflict
 from .ids import now_ms, ulid
 from .keys import Keys
 from .metrics import NOTICES_INGESTED
-from .schemas import Notice, NoticeIn, notice_fields, same_content
+from .schemas import Notice, NoticeIn, json_encode, notice_fields, same_content
 from .together import Appends
 
 IDEMPOTENCY_TTL_S = 86_400
@@ -58,18 +60,24 @@ class Ingest:
     async def send(self, notice: NoticeIn, *, via: str,
                    idempotency_key: str | None = None) -> str:
         """Add one notice; returns its id. With `idempotency_key`, the same key returns the
-        first id and adds nothing (for IDEMPOTENCY_TTL_S seconds). A caller-chosen id whose
+        first id and adds nothing (for IDEMPOTENCY_TTL_S seconds; other content under it
+        raises Conflict). A caller-chosen id whose
         notice is stored already: the same content adds nothing (a retry), other content
         raises Conflict (409)."""
         own_id = notice.id is not None
-        notice = prepare(notice)
+        sent, notice = notice, prepare(notice)
         assert notice.id is not None
         fields = notice_fields(notice)
         if idempotency_key is None and not own_id:
             await self.appends.xadd(self.keys.notices, fields)
             NOTICES_INGESTED.labels(via).inc()
             return notice.id
-        argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S, notice.id]
+        # the key keeps a digest of what was sent under it: the same key with other content
+        # is a 409, not the first notice's id for a notice that is then never sent
+        digest = "" if idempotency_key is None else \
+            hashlib.blake2b(json_encode(sent), digest_size=8).hexdigest()
+        argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S,
+                                         f"{notice.id} {digest}" if digest else notice.id]
         for k, v in fields.items():
             argv += [k, v]
         idem = self.keys.idempotency(idempotency_key) if idempotency_key is not None else ""
@@ -81,7 +89,10 @@ class Ingest:
                 raise Conflict(f"notice id {notice.id} already exists with other content",
                                field="$.id")
             return notice.id
-        nid = got.decode() if isinstance(got, bytes) else str(got)
+        nid, _, used = (got.decode() if isinstance(got, bytes) else str(got)).partition(" ")
+        if kind == 1 and used and used != digest:
+            raise Conflict(f"Idempotency-Key was used for other content (notice {nid})",
+                           field="Idempotency-Key")
         if kind == 0:
             NOTICES_INGESTED.labels(via).inc()
         return nid

@@ -18,8 +18,13 @@ T = TypeVar("T")
 
 Op = Literal["create", "update", "delete"]
 Severity = Literal["info", "warning", "critical"]
-NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024)]
-EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256)]
+_NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?!\n)$"
+# names that become Redis keys, log lines and headers (alert, dedup key, entity id): no CR,
+# LF, NUL..., and bounded
+NonEmpty = Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=_NO_CONTROL)]
+EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
+DedupKey = Annotated[str, msgspec.Meta(max_length=1024, pattern=_NO_CONTROL)]
+TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,100}(?!\n)$")]
 Title = Annotated[str, msgspec.Meta(min_length=1, max_length=1000)]
 Body = Annotated[str, msgspec.Meta(max_length=65536)]
 # Ids that can end up in a URL path, a header line or a log line: no control character
@@ -28,7 +33,6 @@ Body = Annotated[str, msgspec.Meta(max_length=65536)]
 # document's (ECMA) patterns
 NOTICE_ID_RE = r"^[A-Za-z0-9._:~-]{1,128}(?!\n)$"
 NoticeId = Annotated[str, msgspec.Meta(pattern=NOTICE_ID_RE)]
-_NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?!\n)$"
 SafeId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
 
 json_encode = msgspec.json.Encoder().encode
@@ -153,7 +157,8 @@ class AlertSetting(msgspec.Struct, kw_only=True):
     updated_at: int = 0
 
 
-AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")]
+AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                         pattern=r"^[\w.:-]+(?!\n)$")]
 
 
 class SettingIn(Strict):
@@ -225,6 +230,12 @@ class EntityRef(msgspec.Struct, forbid_unknown_fields=True):
     id: SafeId
 
 
+class EntityRefIn(EntityRef, forbid_unknown_fields=True):
+    """What a sender names (checked at the edge; stored bodies stay readable as they are)."""
+
+    topic: TopicName
+
+
 class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
     """A notice as stored once and shared by its recipients' feeds."""
 
@@ -278,18 +289,19 @@ class NoticeIn(Strict):
     id: NoticeId | None = None
     link: str | None = None
     setting_id: SafeId | None = None
-    entity: EntityRef | None = None
+    entity: EntityRefIn | None = None
     metric: dict[str, Any] = {}
     data: dict[str, Any] = {}
     recipients: list[SafeId] | None = None
     channels: dict[str, Any] = {}
-    dedup_key: str | None = None
+    dedup_key: DedupKey | None = None
     forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
     created_at: int | None = None
 
 
-# What a sender says in a notice (not what the center derives: created_at, recipients,
-# channels, metric, repeat): a caller-chosen id that exists with other content is refused.
+# What a sender says in a notice (not what the center derives: created_at, recipients
+# from settings, channels, metric, repeat): a caller-chosen id that exists with other
+# content is refused.
 _CONTENT_FIELDS = ("alert", "title", "body", "severity", "link", "entity", "data", "dedup_key")
 
 
@@ -297,6 +309,10 @@ def same_content(sent: NoticeIn, other: NoticeIn | Notice) -> bool:
     """Whether `sent` says what `other` (the notice already under its id) says: a retry.
     A `setting_id` left out matches the one the center chose."""
     if sent.setting_id is not None and sent.setting_id != other.setting_id:
+        return False
+    # its own recipients are what it says too: else a reused id for other users is a 202
+    # that nobody gets (compared as sets: a retry may list them in another order)
+    if sent.recipients is not None and set(sent.recipients) != set(other.recipients or ()):
         return False
     return all(getattr(sent, f) == getattr(other, f) for f in _CONTENT_FIELDS)
 

@@ -45,8 +45,8 @@ from .schemas import (
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 CAS_ATTEMPTS = 20
-_NAME_RE = re.compile(r"^[\w.:-]{1,200}$")
-_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}$")
+_NAME_RE = re.compile(r"^[\w.:-]{1,200}\Z")  # \Z: `$` matches before a final LF
+_ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}\Z")
 
 _decode_setting = msgspec.json.Decoder(AlertSetting).decode
 

@@ -20,7 +20,7 @@ from .metrics import EVENTS_PUBLISHED
 from .schemas import Snapshot, TopicEvent, json_encode, topic_fields
 from .together import Appends
 
-TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}$")
+TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")  # \Z: `$` matches before a final LF
 
 _entity_decode = msgspec.json.Decoder(dict[str, Any]).decode
 

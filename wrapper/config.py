@@ -19,10 +19,11 @@ import msgspec
 
 from streams.config import ConfigError
 
-AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200, pattern=r"^[\w.:-]+$")]
-TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,100}$")]
+AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
+                                         pattern=r"^[\w.:-]+(?!\n)$")]
+TopicName = Annotated[str, msgspec.Meta(pattern=r"^[A-Za-z0-9_.-]{1,100}(?!\n)$")]
 Seconds = Annotated[float, msgspec.Meta(ge=0)]
-ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}$")
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,199}\Z")
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 
 

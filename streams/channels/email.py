@@ -39,7 +39,7 @@ from .base import Channel, SendResult
 POOL_SIZE = 8
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 SEVERITY_COLOR = {"info": "#0969da", "warning": "#9a6700", "critical": "#cf222e"}
-_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?$")
+_LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?\Z")
 # every character str.splitlines() breaks at: the email package folds headers with it, so a
 # \v or \u2028 left in a title would start a new header line (or make Header raise)
 _CRLF = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")

@@ -42,6 +42,7 @@ _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._-]+)\Z")
 _PATH_SAFE = "/:@!$&'()*+,;=-._~%"
 _QUERY_SAFE = _PATH_SAFE + "?"
 Resolver = Callable[[str, int], Awaitable[str]]
+MAX_IDLE = 256  # idle keep-alive connections kept over all hosts
 
 
 class HttpError(OSError):
@@ -297,6 +298,7 @@ class _Host:
     def __init__(self, per_host: int) -> None:
         self.idle: deque[_Conn] = deque()
         self.slots = asyncio.Semaphore(per_host)
+        self.busy = 0  # requests using or waiting for a slot
 
 
 class HttpPool:
@@ -305,8 +307,10 @@ class HttpPool:
     def __init__(self, *, per_host: int = 16, connect_timeout: float = 5.0,
                  headers: dict[str, str] | None = None,
                  ssl_context: ssl.SSLContext | None = None,
-                 resolve: Resolver | None = None) -> None:
+                 resolve: Resolver | None = None, max_idle: int = MAX_IDLE) -> None:
         self.per_host = per_host
+        self.max_idle = max_idle
+        self._idle = 0  # idle connections of every host
         self.connect_timeout = connect_timeout
         self.extra = _header_lines(headers or {})
         self._ssl = ssl_context
@@ -323,11 +327,22 @@ class HttpPool:
         host = self._hosts.get(key)
         if host is None:
             host = self._hosts[key] = _Host(self.per_host)
+        host.busy += 1
+        try:
+            return await self._post(key, host, data)
+        finally:
+            host.busy -= 1
+            if not host.busy and not host.idle and self._hosts.get(key) is host:
+                del self._hosts[key]  # nothing kept: forget the host
+
+    async def _post(self, key: tuple[str, str, int], host: _Host, data: bytes
+                    ) -> HttpResponse:
         scheme, hostname, port = key
         async with host.slots:
             conn = None
             while host.idle:
                 c = host.idle.pop()
+                self._idle -= 1
                 if c.usable():
                     conn = c
                     break
@@ -350,9 +365,28 @@ class HttpPool:
                 raise
             if conn.usable():
                 host.idle.append(conn)
+                self._idle += 1
+                if self._idle > self.max_idle:
+                    self._shed(key)
             else:
                 conn.close()
             return resp
+
+    def _shed(self, keep: tuple[str, str, int]) -> None:
+        """Over `max_idle` idle connections in all (webhook URLs come from data: one host
+        each must not keep a socket open for ever): close other hosts' idle ones, the
+        hosts first used first, down to half the cap."""
+        for key in list(self._hosts):
+            if self._idle <= self.max_idle // 2:
+                return
+            host = self._hosts[key]
+            if key == keep:
+                continue
+            while host.idle:
+                host.idle.pop().close()
+                self._idle -= 1
+            if not host.busy:
+                del self._hosts[key]
 
     async def _connect(self, scheme: str, hostname: str, port: int) -> _Conn:
         loop = asyncio.get_running_loop()
@@ -371,6 +405,7 @@ class HttpPool:
             while host.idle:
                 host.idle.pop().close()
         self._hosts.clear()
+        self._idle = 0
 
     def __repr__(self) -> str:  # no URLs (a webhook URL can be a secret)
         return f"HttpPool({len(self._hosts)} hosts)"

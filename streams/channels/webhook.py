@@ -26,8 +26,10 @@ import hashlib
 import hmac
 import time
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import msgspec
 
 from streams.config import ConfigError, Settings
 from streams.schemas import Notice, User, public_json
@@ -48,6 +50,13 @@ def secret_key(secret: str) -> bytes:
 def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     signed = f"{msg_id}.{timestamp}.".encode() + body
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
+
+
+def _password(url: object) -> str | None:
+    try:
+        return urlsplit(url).password if isinstance(url, str) else None
+    except ValueError:
+        return None
 
 
 class WebhookChannel(Channel):
@@ -72,6 +81,15 @@ class WebhookChannel(Channel):
 
     async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
                    ) -> SendResult:
+        """`_send`, with a `user:pw@` password in the URL kept out of the detail (it goes
+        to /deliveries and the admin page; the receiver gets it as Basic auth)."""
+        result = await self._send(notice, target)
+        pw = _password(target.get("url"))
+        if not pw or f":{pw}@" not in result.detail:
+            return result
+        return msgspec.structs.replace(result, detail=result.detail.replace(f":{pw}@", ":***@"))
+
+    async def _send(self, notice: Notice, target: dict[str, Any]) -> SendResult:
         url = target.get("url")
         if not isinstance(url, str) or not url.startswith(("http://", "https://")):
             return SendResult.permanent(f"webhook: bad url {url!r}")
