@@ -331,8 +331,8 @@ function showSaveError(err) {
 }
 
 // ------------------------------------------------------------------ delivery log
-const DLABEL = { skipped_read: "skipped (read)", skipped_pref: "skipped (user's choice)", skipped_no_address: "skipped (no address)" };
-const DSTATUS = { sent: "ok", failed: "bad", retrying: "warn", skipped_read: "off", skipped_pref: "off", skipped_no_address: "off" };
+const DLABEL = { skipped_read: "skipped (read)", skipped_pref: "skipped (user's choice)", skipped_no_address: "skipped (no address)", skipped_gone: "skipped (left the feeds)" };
+const DSTATUS = { sent: "ok", failed: "bad", retrying: "warn", skipped_read: "off", skipped_pref: "off", skipped_no_address: "off", skipped_gone: "off" };
 
 $("dlv-form").addEventListener("submit", async (e) => {
   e.preventDefault();

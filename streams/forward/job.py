@@ -67,7 +67,7 @@ SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
 
 DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref",
-                         "skipped_no_address"]
+                         "skipped_no_address", "skipped_gone"]
 
 
 class Delivery(msgspec.Struct, kw_only=True):
@@ -181,7 +181,13 @@ class Forwarder:
 
         replies = await self._reads.submit(add)
         if replies[0] is None:
-            log.warning("forward %s to %s: notice not found (expired or deleted)", nid, uid)
+            # its body went with the last feed that held it (retention, a user's delete):
+            # recorded, so /deliveries says why nothing went (the record expires on its own)
+            log.warning("forward %s to %s: notice not found (left every feed)", nid, uid)
+            if attempt == 1:
+                await self._record(nid, [self._rec(
+                    uid, "", attempt, "skipped_gone",
+                    "the notice left every feed before the forward was due")])
             return "notice not found"
         notice = _notice_decoder.decode(replies[0])
         records: list[Delivery] = []

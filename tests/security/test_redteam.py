@@ -122,6 +122,38 @@ async def test_a_delayed_webhook_survives_its_body_leaving_the_feed(start_api, s
             assert (await http.get(f"/api/v1/notices/{nid}/deliveries")).status_code == 200
 
 
+async def test_a_forward_whose_notice_left_every_feed_is_recorded(start_api, start_proc):
+    """Until the open gap above is closed: a forward due after its notice left every feed
+    sends nothing, but /deliveries says so (`skipped_gone`) instead of a 404 — no notice
+    leaves the system without a word."""
+    hook = RawHttpServer()
+    env = {"VESTNIK_EGRESS_ALLOW": "127.0.0.1/32", "VESTNIK_FEED_MAX": "2"}
+    api: Api = start_api(**env)
+    start_proc("center", **env)
+    url = f"http://127.0.0.1:{hook.port}/h"
+    async with api.client() as http:
+        ids = []
+        for i in range(4):
+            r = await http.post("/api/v1/notices", json={
+                "alert": "disk", "title": f"t{i}", "recipients": ["1"], "forward_after": 1,
+                "channels": {"webhook": {"url": url}}})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+
+        async def statuses() -> list[str] | None:
+            got = []
+            for nid in ids:
+                r = await http.get(f"/api/v1/notices/{nid}/deliveries")
+                if r.status_code != 200 or not r.json()["items"]:
+                    return None
+                got.append(r.json()["items"][-1]["status"])
+            return got
+
+        seen = await eventually(statuses, timeout=20, what="a record for every forward")
+    assert seen.count("skipped_gone") == 4 - len(hook.received) >= 1, seen
+    assert seen.count("sent") == len(hook.received), seen
+
+
 async def test_a_user_deleted_after_notices_of_one_batch_leaves_no_keys(start_api, start_proc,
                                                                        redis):
     """Notices to a user, then the user's delete, read by the center in one batch (it was
