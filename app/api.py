@@ -15,22 +15,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streams import gcsettle
-from streams.config import Settings
-from streams.hub import TopicHub
-from streams.hydrate import Hydrator
-from streams.keys import CENTER_GROUP, Keys
-from streams.live import UserHub
-from streams.redis import connect, wait_ready
-
-from . import ops, topics
-from .context import Ctx
-from .deliveries import router as deliveries_router
-from .errors import HANDLERS
-from .http import Router, json_response, openapi
-from .notices import router as notices_router
-from .session import router as session_router
-from .settings import router as settings_router
+from vestnik.app import ops, topics
+from vestnik.app.context import Ctx
+from vestnik.app.deliveries import router as deliveries_router
+from vestnik.app.errors import HANDLERS
+from vestnik.app.http import Router, json_response, openapi
+from vestnik.app.notices import router as notices_router
+from vestnik.app.session import router as session_router
+from vestnik.app.settings import router as settings_router
+from vestnik.streams.center import UserHub
+from vestnik.streams.config import Config
+from vestnik.streams.gc_tuning import settle_gc
+from vestnik.streams.keys import CENTER_GROUP, Keys
+from vestnik.streams.notifier import Hydrator, TopicHub
+from vestnik.streams.redis import connect, wait_ready
 
 log = logging.getLogger("vestnik.api")
 VERSION = "0.1.0"
@@ -75,7 +73,7 @@ def describe_plain_routes(spec: dict, routes: list) -> None:
             })
 
 
-def create_app(settings: Settings, *, demo: bool = False) -> Starlette:
+def create_app(settings: Config, *, demo: bool = False) -> Starlette:
     """The api; `demo` (only `vestnik up --demo`) adds the `/demo/*` pages and data."""
     if not settings.redis_url:
         raise ValueError("redis_url is required (vestnik up starts a private Redis)")
@@ -101,7 +99,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> Starlette:
         ctx.parts["users"] = users
         await users.start()
         app.state.ctx = ctx
-        gcsettle.settle()
+        settle_gc()
         try:
             yield
         finally:
@@ -115,7 +113,7 @@ def create_app(settings: Settings, *, demo: bool = False) -> Starlette:
 
     routes = [r for router in all_routers for r in router.routes]
     routes.append(Route("/openapi.json", openapi_json, methods=["GET"]))
-    from .pages import routes as page_routes  # the inbox, admin and demo pages
+    from vestnik.app.pages import routes as page_routes  # the inbox, admin and demo pages
 
     routes += page_routes(demo)
     describe_plain_routes(spec, routes)

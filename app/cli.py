@@ -11,11 +11,11 @@ from collections.abc import Callable
 
 import msgspec
 
-from streams.config import ConfigError, Settings, load
+from vestnik.streams.config import Config, ConfigError, load
 
 log = logging.getLogger("vestnik")
 
-Command = Callable[[argparse.Namespace, Settings], int]
+Command = Callable[[argparse.Namespace, Config], int]
 COMMANDS: dict[str, tuple[Command, Callable[[argparse.ArgumentParser], None], str]] = {}
 
 
@@ -40,21 +40,21 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port to listen on (VESTNIK_PORT)")
 
 
-def _with_listen(args: argparse.Namespace, settings: Settings) -> Settings:
+def _with_listen(args: argparse.Namespace, settings: Config) -> Config:
     changes = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
     return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
-def serve(settings: Settings) -> None:
+def serve(settings: Config) -> None:
     """Run the api in this process with uvicorn (uvloop + httptools)."""
-    from .api import create_app
-    from .server import make_server, run
+    from vestnik.app.api import create_app
+    from vestnik.app.server import make_server, run
 
     run(make_server(create_app(settings), settings).serve())
 
 
 @command("api", "serve the HTTP API, SSE streams and the web pages", _listen_args)
-def cmd_api(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_api(args: argparse.Namespace, settings: Config) -> int:
     settings = _with_listen(args, settings)
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik api` (or use `vestnik up`)")
@@ -69,17 +69,17 @@ def _up_args(p: argparse.ArgumentParser) -> None:
 
 @command("up", "everything in one process, with a private Redis when none is configured",
          _up_args)
-def cmd_up(args: argparse.Namespace, settings: Settings) -> int:
-    from .up import run_up
+def cmd_up(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.app.up import run_up
 
     return run_up(_with_listen(args, settings), demo=args.demo)
 
 
 @command("bridge", "turn Redis key changes (keyspace notifications) into topic events")
-def cmd_bridge(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.bridge import Bridge, BridgeError
-    from streams.keys import Keys
-    from streams.redis import connect, wait_ready
+def cmd_bridge(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.notifier.bridge import Bridge, BridgeError
+    from vestnik.streams.redis import connect, wait_ready
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik bridge`")
@@ -108,11 +108,11 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("publish", "publish one entity event to a topic", _publish_args)
-def cmd_publish(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.keys import Keys
-    from streams.redis import connect
-    from streams.schemas import TopicEvent, convert
-    from streams.topics import publish
+def cmd_publish(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.notifier import publish
+    from vestnik.streams.redis import connect
+    from vestnik.streams.schemas import TopicEvent, convert
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik publish`")
@@ -138,7 +138,7 @@ def _token_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roles", default="", help="comma-separated roles (for topic ACLs)")
 
 
-def issue_token(settings: Settings, user: str, ttl: int = 86400, roles: list[str] | None = None
+def issue_token(settings: Config, user: str, ttl: int = 86400, roles: list[str] | None = None
                 ) -> str:
     import jwt
 
@@ -159,7 +159,7 @@ def issue_token(settings: Settings, user: str, ttl: int = 86400, roles: list[str
 
 
 @command("token", "issue a user token (JWT HS256) for development", _token_args)
-def cmd_token(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_token(args: argparse.Namespace, settings: Config) -> int:
     roles = [r for r in args.roles.split(",") if r]
     print(issue_token(settings, args.user, args.ttl, roles))
     return 0
@@ -174,8 +174,8 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
-def cmd_bench(args: argparse.Namespace, settings: Settings) -> int:
-    from .bench.run import main as bench_main
+def cmd_bench(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.app.bench.run import main as bench_main
 
     return bench_main(args.quick, args.only, args.json_path, args.peer)
 
@@ -186,9 +186,9 @@ def _wrap_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("wrap", "run one alert program: settings and entities in, notices out", _wrap_args)
-def cmd_wrap(args: argparse.Namespace, settings: Settings) -> int:
-    from wrapper.config import load as load_alert
-    from wrapper.supervisor import run as run_wrapper
+def cmd_wrap(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.wrapper.config import load as load_alert
+    from vestnik.wrapper.supervisor import run as run_wrapper
 
     return run_wrapper(load_alert(args.alert_config), metrics_port=args.metrics_port)
 
@@ -199,12 +199,11 @@ def _forwarder_args(p: argparse.ArgumentParser) -> None:
 
 @command("forwarder", "run forward jobs alone (more forwarders = more send throughput)",
          _forwarder_args)
-def cmd_forwarder(args: argparse.Namespace, settings: Settings) -> int:
+def cmd_forwarder(args: argparse.Namespace, settings: Config) -> int:
     import signal
 
-    from streams.forward import run_forwarder
-
-    from .server import run
+    from vestnik.app.server import run
+    from vestnik.streams.forward import run_forwarder
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik forwarder`")
@@ -238,10 +237,9 @@ def _center_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("center", "store notices per user, push them live, schedule forwards", _center_args)
-def cmd_center(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.center import run_center
-
-    from .server import run
+def cmd_center(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.app.server import run
+    from vestnik.streams.center.batch import run_center
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik center`")
@@ -272,12 +270,12 @@ def _send_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("send", "send one notice (XADD to the ingest stream)", _send_args)
-def cmd_send(args: argparse.Namespace, settings: Settings) -> int:
-    from streams.errors import BadInput
-    from streams.ingest import Ingest
-    from streams.keys import Keys
-    from streams.redis import connect
-    from streams.schemas import NoticeIn, convert
+def cmd_send(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.streams.center import Ingest
+    from vestnik.streams.errors import BadInput
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.redis import connect
+    from vestnik.streams.schemas import NoticeIn, convert
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik send`")
@@ -328,10 +326,10 @@ EXIT_REDIS = 3  # Redis did not answer within VESTNIK_REDIS_TIMEOUT (as `vestnik
 
 
 def main(argv: list[str] | None = None) -> int:
-    from streams.redis import RETRYABLE, redacted
+    from vestnik.streams.redis import RETRYABLE, redacted
 
     args = parser().parse_args(argv)
-    settings: Settings | None = None
+    settings: Config | None = None
     try:
         settings = load(path=args.config)
         setup_logging(settings.log_level)

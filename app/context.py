@@ -7,18 +7,17 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streams.config import Settings, parse_rate
-from streams.ingest import Ingest
-from streams.keys import Keys
-from streams.together import Appends
-
-from .limits import RateLimiter
-from .sse import UserStreams
+from vestnik.app.limits import RateLimiter
+from vestnik.app.sse import UserStreams
+from vestnik.streams.center import Ingest
+from vestnik.streams.coalesce import Appends
+from vestnik.streams.config import Config, parse_rate
+from vestnik.streams.keys import Keys
 
 
 @dataclass
 class Ctx:
-    settings: Settings
+    settings: Config
     keys: Keys
     redis: Redis
     # long-lived parts started by the lifespan (topic hub, user hub, ...), by name

@@ -5,11 +5,10 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.errors import NotFound
-from streams.forward import DeliveryList, decode_delivery
-
-from .context import Ctx
-from .http import Principal, Router, json_response
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, json_response
+from vestnik.streams.errors import NotFound
+from vestnik.streams.forward import DeliveryList, decode_delivery
 
 router = Router("deliveries")
 

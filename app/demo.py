@@ -32,16 +32,15 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from streams.config import Settings
-from streams.ids import now_ms
-from streams.keys import USER_TOPIC, Keys
-from streams.redis import RETRYABLE, connect
-from streams.redis_server import free_port
-from streams.schemas import SettingIn, TopicEvent
-from streams.settings import SettingsStore
-from streams.topics import publish
-
-from .pages import MAILBOX_MAX, mailbox_key
+from vestnik.app.pages import MAILBOX_MAX, mailbox_key
+from vestnik.streams.config import Config
+from vestnik.streams.configurator import SettingsStore
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.notifier import publish
+from vestnik.streams.redis import RETRYABLE, connect
+from vestnik.streams.redis_server import free_port
+from vestnik.streams.schemas import SettingIn, TopicEvent
 
 log = logging.getLogger("vestnik.demo")
 
@@ -69,8 +68,8 @@ VMS = [
 _sink: tuple[str, int] | None = None
 
 
-def prepare(settings: Settings) -> Settings:
-    """Settings for a demo run: mail to the local sink, a short forward_after."""
+def prepare(settings: Config) -> Config:
+    """The config of a demo run: mail to the local sink, a short forward_after."""
     global _sink
     changes: dict[str, object] = {}
     if not settings.smtp_url:
@@ -82,7 +81,7 @@ def prepare(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
-def base_url(settings: Settings) -> str:
+def base_url(settings: Config) -> str:
     host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     return f"http://{host}:{settings.port}"
 
@@ -226,7 +225,7 @@ def _address(line: str) -> str:
 # ------------------------------------------------------------------------- seeding
 
 
-async def seed(redis: Redis, keys: Keys, settings: Settings, forward_after: float) -> None:
+async def seed(redis: Redis, keys: Keys, settings: Config, forward_after: float) -> None:
     for user in USERS:
         await publish(redis, keys, USER_TOPIC, TopicEvent(op="create", id=user["id"], data=user,
                                                           src="demo"),
@@ -253,7 +252,7 @@ class Simulator:
     """Random walks for CPU and memory; disks fill slowly, one VM at a time fills fast and
     is cleaned up once it is nearly full; a VM that installs becomes running."""
 
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings, seed: int | None = None
+    def __init__(self, redis: Redis, keys: Keys, settings: Config, seed: int | None = None
                  ) -> None:
         self.redis, self.keys, self.settings = redis, keys, settings
         self.rand = random.Random(seed)
@@ -305,7 +304,7 @@ def _clamp(x: float, lo: float, hi: float) -> float:
 # ------------------------------------------------------------------------- the alert
 
 
-def alert_config(settings: Settings) -> Path:
+def alert_config(settings: Config) -> Path:
     """Write the demo alert's alert.toml (run by `vestnik wrap`) under data_dir/demo/."""
     path = Path(settings.data_dir).resolve() / "demo" / f"{ALERT}.toml"
     program = Path(__file__).resolve().parent / "demo_alert.py"
@@ -340,13 +339,13 @@ def _die_with_parent() -> None:
         pass
 
 
-async def run_wrapped_alert(settings: Settings, config: Path) -> None:
+async def run_wrapped_alert(settings: Config, config: Path) -> None:
     """`vestnik wrap <config>` as a child, restarted if it ends, stopped with us."""
     env = {**os.environ, "VESTNIK_REDIS_URL": settings.redis_url or ""}
     backoff = 1.0
     while True:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "app.cli", "wrap", str(config), env=env,
+            sys.executable, "-m", "vestnik.app.cli", "wrap", str(config), env=env,
             stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
         started = time.monotonic()
         try:
@@ -371,8 +370,8 @@ async def run_wrapped_alert(settings: Settings, config: Path) -> None:
 # ------------------------------------------------------------------------- the part
 
 
-def banner(settings: Settings, sink: tuple[str, int] | None, forward_after: float) -> str:
-    from .cli import issue_token
+def banner(settings: Config, sink: tuple[str, int] | None, forward_after: float) -> str:
+    from vestnik.app.cli import issue_token
 
     base = base_url(settings)
     week = 7 * 86400
@@ -393,7 +392,7 @@ def banner(settings: Settings, sink: tuple[str, int] | None, forward_after: floa
     return "\n".join(lines)
 
 
-async def run_demo(settings: Settings) -> None:
+async def run_demo(settings: Config) -> None:
     """The demo part of `vestnik up --demo`: sink, seed, wrapped alert and simulator."""
     assert settings.redis_url
     redis = connect(settings.redis_url, name="vestnik-demo")

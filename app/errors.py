@@ -12,8 +12,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.errors import VestnikError
-from streams.schemas import ErrorBody, json_encode
+from vestnik.streams.errors import VestnikError
+from vestnik.streams.schemas import ErrorBody, json_encode
 
 log = logging.getLogger("vestnik.api")
 

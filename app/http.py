@@ -20,13 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from streams.errors import BadInput, Forbidden, TooLarge, Unauthorized
-from streams.keys import SETTINGS_TOPIC, USER_TOPIC
-from streams.schemas import decode_json, json_encode
-
-from .context import Ctx
-from .errors import error_response
-from .sse import SSEResponse
+from vestnik.app.context import Ctx
+from vestnik.app.errors import error_response
+from vestnik.app.sse import SSEResponse
+from vestnik.streams.errors import BadInput, Forbidden, TooLarge, Unauthorized
+from vestnik.streams.keys import SETTINGS_TOPIC, USER_TOPIC
+from vestnik.streams.schemas import decode_json, json_encode
 
 T = TypeVar("T")
 Auth = Literal["none", "service", "user", "any"]
@@ -317,7 +316,7 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
     for r in routers:
         for op in r.operations:
             types += [t for t in (op.body, op.response) if t is not None]
-    from streams.schemas import ErrorBody
+    from vestnik.streams.schemas import ErrorBody
 
     types.append(ErrorBody)
     schemas, components = msgspec.json.schema_components(

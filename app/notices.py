@@ -22,15 +22,23 @@ import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.errors import BadRequest
-from streams.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
-from streams.live import RESYNC, Item, UserHub, UserSub
-from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from streams.schemas import NoticeIn, check_recipients, json_encode
-
-from .context import Ctx
-from .http import Principal, Router, json_response, read_body
-from .sse import frame, last_event_id, sse_response
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.app.sse import frame, last_event_id, sse_response
+from vestnik.streams.center import (
+    RESYNC,
+    Count,
+    FeedPage,
+    Inbox,
+    Marked,
+    MarkedAll,
+    UserHub,
+    UserSub,
+)
+from vestnik.streams.errors import BadRequest
+from vestnik.streams.fanout import LiveItem
+from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
+from vestnik.streams.schemas import NoticeIn, check_recipients, json_encode
 
 router = Router("notices")
 
@@ -169,7 +177,7 @@ async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Respons
     return sse_response(ctx, _frames(hub, inbox, sub, count, tip, after))
 
 
-def _notice_frame(item: Item) -> bytes:
+def _notice_frame(item: LiveItem) -> bytes:
     if item.frame is None:
         item.frame = frame(item.payload, event=item.event, id=str(item.seq))
     return item.frame

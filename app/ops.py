@@ -8,11 +8,10 @@ from redis.exceptions import ResponseError
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.keys import CENTER_GROUP
-from streams.redis import RETRYABLE
-
-from .context import Ctx
-from .http import Principal, Router, json_response
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, json_response
+from vestnik.streams.keys import CENTER_GROUP
+from vestnik.streams.redis import RETRYABLE
 
 router = Router("ops")
 

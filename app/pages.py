@@ -20,8 +20,8 @@ from starlette.routing import BaseRoute, Mount, Route
 from starlette.staticfiles import StaticFiles
 from starlette.types import Receive, Scope, Send
 
-from .context import Ctx
-from .http import json_response
+from vestnik.app.context import Ctx
+from vestnik.app.http import json_response
 
 STATIC = Path(__file__).resolve().parent / "static"
 

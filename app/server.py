@@ -15,7 +15,7 @@ from contextlib import contextmanager
 import uvicorn
 from starlette.applications import Starlette
 
-from streams.config import Settings
+from vestnik.streams.config import Config
 
 
 class Server(uvicorn.Server):
@@ -41,7 +41,7 @@ class Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def make_server(app: Starlette, settings: Settings) -> Server:
+def make_server(app: Starlette, settings: Config) -> Server:
     config = uvicorn.Config(
         app, host=settings.host, port=settings.port, loop="none", http="httptools",
         log_level=settings.log_level, timeout_graceful_shutdown=3, access_log=False,

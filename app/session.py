@@ -16,8 +16,8 @@ import time
 from starlette.requests import Request
 from starlette.responses import Response
 
-from .context import Ctx
-from .http import Principal, Router, request_scheme
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, request_scheme
 
 router = Router("session")
 

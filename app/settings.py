@@ -1,7 +1,7 @@
 """Alert settings routes (the alert configurator): CRUD with ETag / If-Match.
 
 The body is read and validated before the setting is looked up, so a bad body is
-always 413/422 whatever the id. Storage and its atomicity live in streams.settings.
+always 413/422 whatever the id. Storage and its atomicity live in streams.configurator.store.
 """
 
 from __future__ import annotations
@@ -9,12 +9,17 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.egress import Egress
-from streams.schemas import AlertSetting, SettingIn, SettingList, SettingPatch
-from streams.settings import SettingsStore, check_name, etag, parse_if_match, parse_limit
-
-from .context import Ctx
-from .http import Principal, Router, json_response, read_body
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.streams.configurator import (
+    SettingsStore,
+    check_name,
+    etag,
+    parse_if_match,
+    parse_limit,
+)
+from vestnik.streams.egress import Egress
+from vestnik.streams.schemas import AlertSetting, SettingIn, SettingList, SettingPatch
 
 router = Router("settings")
 

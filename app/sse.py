@@ -10,7 +10,7 @@ uvicorn writes each `send` with one transport call, so the two never
 interleave inside a frame. A client that stops reading is cut off once a send
 has been blocked for `send_timeout`, and resumes with Last-Event-ID.
 
-A frame built for the first client of an event is cached on the shared `Item`,
+A frame built for the first client of an event is cached on the shared `TopicItem`,
 so N clients cost one encoding.
 """
 
@@ -24,10 +24,10 @@ from typing import TYPE_CHECKING
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
-from streams.hub import Item
+from vestnik.streams.fanout import TopicItem
 
 if TYPE_CHECKING:
-    from .context import Ctx
+    from vestnik.app.context import Ctx
 
 PING = b": ping\n\n"
 HEADERS = [
@@ -48,7 +48,7 @@ def frame(data: bytes, *, event: str | None = None, id: str | None = None) -> by
     return head + b"data: " + data + b"\n\n"
 
 
-def item_frame(item: Item, event: str) -> bytes:
+def item_frame(item: TopicItem, event: str) -> bytes:
     if item.frame is None:
         item.frame = frame(item.payload, event=event, id=item.sid)
     return item.frame

@@ -7,16 +7,14 @@ from collections.abc import AsyncIterator
 from starlette.requests import Request
 from starlette.responses import Response
 
-from streams.errors import BadRequest
-from streams.hub import Subscription, TopicHub
-from streams.ids import is_stream_id, parse_stream_id
-from streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from streams.schemas import EventIn, Published, Snapshot, TopicEvent
-from streams.topics import check_topic, publish, read_snapshot
-
-from .context import Ctx
-from .http import Principal, Router, check_topic_read, json_response, read_body
-from .sse import frame, item_frame, last_event_id, sse_response
+from vestnik.app.context import Ctx
+from vestnik.app.http import Principal, Router, check_topic_read, json_response, read_body
+from vestnik.app.sse import frame, item_frame, last_event_id, sse_response
+from vestnik.streams.errors import BadRequest
+from vestnik.streams.ids import is_stream_id, parse_stream_id
+from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
+from vestnik.streams.notifier import Subscription, TopicHub, check_topic, publish, read_snapshot
+from vestnik.streams.schemas import EventIn, Published, Snapshot, TopicEvent
 
 router = Router("topics")
 

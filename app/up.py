@@ -16,16 +16,15 @@ from pathlib import Path
 
 import msgspec
 
-from streams.config import Settings
-from streams.redis_server import RedisServer
-
-from .api import create_app
-from .server import make_server, run
+from vestnik.app.api import create_app
+from vestnik.app.server import make_server, run
+from vestnik.streams.config import Config
+from vestnik.streams.redis_server import RedisServer
 
 log = logging.getLogger("vestnik.up")
 
 # extra parts run beside the api: async functions of the settings that run until cancelled
-Part = Callable[[Settings], Awaitable[None]]
+Part = Callable[[Config], Awaitable[None]]
 
 
 def _persisted(path: Path, make: Callable[[], str]) -> str:
@@ -38,7 +37,7 @@ def _persisted(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
-def with_generated_secrets(settings: Settings) -> Settings:
+def with_generated_secrets(settings: Config) -> Config:
     """Fill in a secret and a service token (kept in data_dir so they survive restarts)."""
     data = Path(settings.data_dir)
     changes: dict[str, object] = {}
@@ -51,28 +50,28 @@ def with_generated_secrets(settings: Settings) -> Settings:
     return msgspec.structs.replace(settings, **changes) if changes else settings
 
 
-def parts_for(settings: Settings, demo: bool) -> list[Part]:
+def parts_for(settings: Config, demo: bool) -> list[Part]:
     parts: list[Part] = [run_notice_center]
     if settings.keyspace_patterns:
         parts.append(run_bridge)
     if demo:
-        from .demo import run_demo  # demo users, VMs, alert, simulator, SMTP sink
+        from vestnik.app.demo import run_demo  # demo users, VMs, alert, simulator, SMTP sink
 
         parts.append(run_demo)
     return parts
 
 
-async def run_notice_center(settings: Settings) -> None:
+async def run_notice_center(settings: Config) -> None:
     """The notice center (one consumer of group `center`) and its forward worker."""
-    from streams.center import run_center
+    from vestnik.streams.center.batch import run_center
 
     await run_center(settings, consumer="up")
 
 
-async def run_bridge(settings: Settings) -> None:
-    from streams.bridge import Bridge
-    from streams.keys import Keys
-    from streams.redis import connect
+async def run_bridge(settings: Config) -> None:
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.notifier.bridge import Bridge
+    from vestnik.streams.redis import connect
 
     assert settings.redis_url
     redis = connect(settings.redis_url, name="vestnik-bridge", timeout=settings.redis_timeout)
@@ -83,7 +82,7 @@ async def run_bridge(settings: Settings) -> None:
         await redis.aclose()
 
 
-async def serve_all(settings: Settings, parts: list[Part], *, demo: bool = False) -> None:
+async def serve_all(settings: Config, parts: list[Part], *, demo: bool = False) -> None:
     server = make_server(create_app(settings, demo=demo), settings)
     tasks = [asyncio.create_task(part(settings), name=part.__name__) for part in parts]
     try:
@@ -97,8 +96,8 @@ async def serve_all(settings: Settings, parts: list[Part], *, demo: bool = False
                 log.error("part %s failed: %r", t.get_name(), r)
 
 
-def banner(settings: Settings, private: RedisServer | None) -> str:
-    from .cli import issue_token
+def banner(settings: Config, private: RedisServer | None) -> str:
+    from vestnik.app.cli import issue_token
 
     base = f"http://{settings.host}:{settings.port}"
     lines = [
@@ -113,7 +112,7 @@ def banner(settings: Settings, private: RedisServer | None) -> str:
     return "\n".join(lines)
 
 
-def run_up(settings: Settings, *, demo: bool = False) -> int:
+def run_up(settings: Config, *, demo: bool = False) -> int:
     settings = with_generated_secrets(settings)
     private: RedisServer | None = None
     if not settings.redis_url:
@@ -121,7 +120,9 @@ def run_up(settings: Settings, *, demo: bool = False) -> int:
         settings = msgspec.structs.replace(settings, redis_url=private.url)
     try:
         if demo:
-            from .demo import prepare  # mail to the demo's SMTP sink, a short forward_after
+            from vestnik.app.demo import (
+                prepare,  # mail to the demo's SMTP sink, a short forward_after
+            )
 
             settings = prepare(settings)
         print(banner(settings, private), file=sys.stderr, flush=True)

@@ -28,9 +28,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, run_stoppable  # noqa: E402
-from app.bench.suite import group_state, load_notices, seed_users  # noqa: E402
-from streams.keys import CENTER_GROUP, Keys  # noqa: E402
+from vestnik.app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, run_stoppable  # noqa: E402
+from vestnik.app.bench.suite import group_state, load_notices, seed_users  # noqa: E402
+from vestnik.streams.keys import CENTER_GROUP, Keys  # noqa: E402
 
 K = Keys("vn:")
 
@@ -84,7 +84,7 @@ async def one_round(args: argparse.Namespace, root: Path | None) -> dict[str, fl
         await seed_users(r, args.users)
         await load_notices(r, args.n, args.per, args.users, forward=args.forward)
         await fresh_aof(r)
-        ceiling = BenchProc([sys.executable, "-m", "app.bench.ceiling_loop", world.url,
+        ceiling = BenchProc([sys.executable, "-m", "vestnik.app.bench.ceiling_loop", world.url,
                              K.notices, "ceiling"], world.env(), world.dir / "ceiling.log")
         try:
             c_rate, c_cpu, c_rcpu = await drain(r, "ceiling", args.n, ceiling, redis_pid)
@@ -98,7 +98,8 @@ async def one_round(args: argparse.Namespace, root: Path | None) -> dict[str, fl
             center = world.start("center", "--consumer", "bench",
                                  VESTNIK_CENTER_BATCH=str(args.batch))
         else:  # another checkout's center: its code first on sys.path, not ours (-P)
-            center = BenchProc([sys.executable, "-P", "-m", "app.cli", "center", "--consumer",
+            center = BenchProc([sys.executable, "-P", "-m", "vestnik.app.cli", "center",
+                                "--consumer",
                                 "bench"], world.env(VESTNIK_CENTER_BATCH=str(args.batch),
                                                     PYTHONPATH=str(root)),
                                world.dir / "center-baseline.log")

@@ -29,10 +29,10 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from app.bench import forwarding as b7  # noqa: E402
-from app.bench import suite  # noqa: E402
-from app.bench.core import percentile  # noqa: E402
-from app.bench.env import BenchProc, World, cpu_seconds, run_stoppable  # noqa: E402
+from vestnik.app.bench import forwarding as b7  # noqa: E402
+from vestnik.app.bench import suite  # noqa: E402
+from vestnik.app.bench.core import percentile  # noqa: E402
+from vestnik.app.bench.env import BenchProc, World, cpu_seconds, run_stoppable  # noqa: E402
 
 Load = Callable[[], Awaitable[int]]  # runs the load, returns the notices delivered
 

@@ -19,10 +19,10 @@ import redis
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from streams.ids import encode_ulid  # noqa: E402
-from streams.keys import REFS_BUCKET, Keys  # noqa: E402
-from streams.redis_server import RedisServer  # noqa: E402
-from streams.schemas import Notice, json_encode  # noqa: E402
+from vestnik.streams.ids import encode_ulid  # noqa: E402
+from vestnik.streams.keys import REFS_BUCKET, Keys  # noqa: E402
+from vestnik.streams.redis_server import RedisServer  # noqa: E402
+from vestnik.streams.schemas import Notice, json_encode  # noqa: E402
 
 K = Keys("vn:")
 BODY = ("Usage on /dev/vda1 crossed the warning threshold; the largest directories are "

@@ -29,7 +29,7 @@ class ConfigError(Exception):
     """A configuration value is missing or wrong; the message names the key."""
 
 
-class Settings(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Every knob of every Vestnik process. Field `x` is env `VESTNIK_X` and TOML key `x`."""
 
     redis_url: str | None = None
@@ -118,7 +118,7 @@ def _is_network(text: str) -> bool:
     return True
 
 
-_FIELDS = {f.name: f for f in msgspec.structs.fields(Settings)}
+_FIELDS = {f.name: f for f in msgspec.structs.fields(Config)}
 
 
 def env_name(key: str) -> str:
@@ -166,8 +166,8 @@ def _key_of(err: msgspec.ValidationError) -> str:
     return m.group(1) if m and m.group(1) in _FIELDS else ""
 
 
-def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Settings:
-    """Build Settings from the TOML file at `path` (if any) overlaid with `env`.
+def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -> Config:
+    """Build the Config from the TOML file at `path` (if any) overlaid with `env`.
 
     Raises ConfigError naming the env variable or TOML key and the reason.
     """
@@ -189,7 +189,7 @@ def load(env: Mapping[str, str] | None = None, path: str | Path | None = None) -
     merged.update(env_values)
     try:
         # strict=False: env values are strings ("8080", "true") and must coerce
-        return msgspec.convert(merged, Settings, strict=False)
+        return msgspec.convert(merged, Config, strict=False)
     except msgspec.ValidationError as e:
         key = _key_of(e)
         where = env_name(key) if key in env_values else (f"{key} (in {path})" if key and path

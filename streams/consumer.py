@@ -55,11 +55,11 @@ from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, OutOfMemoryError, ReadOnlyError, ResponseError
 
-from .errors import BadInput
-from .ids import now_ms, parse_stream_id
-from .metrics import CONSUMER_ERRORS, NOTICES_DEAD
-from .redis import RETRYABLE, Backoff
-from .schemas import json_encode
+from vestnik.streams.errors import BadInput
+from vestnik.streams.ids import now_ms, parse_stream_id
+from vestnik.streams.metrics import CONSUMER_ERRORS, NOTICES_DEAD
+from vestnik.streams.redis import RETRYABLE, Backoff
+from vestnik.streams.schemas import json_encode
 
 log = logging.getLogger("vestnik.consumer")
 

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import httpcore
 import httpx
 
-from .config import Settings
+from vestnik.streams.config import Config
 
 __all__ = ["Egress", "EgressRefused", "literal_ip", "pinned_client"]
 
@@ -100,7 +100,7 @@ class Egress:
         self._cache: dict[str, tuple[float, str | EgressRefused]] = {}
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Egress:
+    def from_settings(cls, settings: Config) -> Egress:
         return cls(settings.egress_allow)
 
     def allowed(self, ip: IP) -> bool:

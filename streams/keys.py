@@ -106,8 +106,8 @@ class Keys:
         """Hash of one bucket of notice ids (their first REFS_BUCKET characters; field: the
         rest of the id): how many MORE feeds than one hold each body. No field = one feed,
         so a notice with one recipient costs nothing here; a bucket of ids made in the same
-        8 s stays a small listpack. The store script (streams.center) and
-        streams.inbox.RELEASE_LUA derive it the same way: change them together."""
+        8 s stays a small listpack. The store script (streams.center.batch) and
+        streams.center.inbox.RELEASE_LUA derive it the same way: change them together."""
         return f"{self.prefix}refs:{nid[:REFS_BUCKET]}"
 
     def deliveries(self, nid: str) -> str:
@@ -134,22 +134,23 @@ class Keys:
         return f"{self.prefix}{{u:{uid}}}:read"
 
     def unread_before_v2(self, uid: str) -> str:
-        """Sorted set of unread notice ids, as layout 1 kept them (streams.inbox migrates it)."""
+        """Sorted set of unread notice ids, as layout 1 kept them (streams.center.inbox
+        migrates it)."""
         return f"{self.prefix}{{u:{uid}}}:unread"
 
     def migrated(self, uid: str) -> str:
-        """String: set once this user's read state is in layout 2 (see streams.inbox)."""
+        """String: set once this user's read state is in layout 2 (see streams.center.inbox)."""
         return f"{self.prefix}{{u:{uid}}}:v2"
 
     @property
     def inbox_layout(self) -> str:
-        """String: "2" once every user's read state is a read set (streams.inbox.migrate)."""
+        """String: "2" once every user's read state is a read set (streams.center.inbox.migrate)."""
         return f"{self.prefix}layout"
 
     @property
     def refs_counted(self) -> str:
         """String: "1" once the bodies stored before `refs` existed have their counts
-        (streams.inbox.count_refs, run by each center before it stores anything)."""
+        (streams.center.inbox.count_refs, run by each center before it stores anything)."""
         return f"{self.prefix}layout:refs"
 
     @property

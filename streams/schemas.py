@@ -11,8 +11,8 @@ from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
 
-from .errors import BadInput, from_validation
-from .ids import now_ms
+from vestnik.streams.errors import BadInput, from_validation
+from vestnik.streams.ids import now_ms
 
 T = TypeVar("T")
 

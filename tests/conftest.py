@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from streams.config import Settings, load
-from streams.keys import Keys
-from streams.redis_server import RedisServer, free_port
 from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
+from vestnik.streams.config import Config, load
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis_server import RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -55,7 +55,7 @@ def keys() -> Keys:
 
 
 @pytest.fixture
-def settings(redis_url: str) -> Settings:
+def settings(redis_url: str) -> Config:
     return load(base_env(redis_url))
 
 
@@ -86,8 +86,8 @@ def api(start_api: Callable[..., Api]) -> Api:
 
 
 @pytest.fixture
-def user_token(settings: Settings) -> Callable[..., str]:
-    from app.cli import issue_token
+def user_token(settings: Config) -> Callable[..., str]:
+    from vestnik.app.cli import issue_token
 
     def make(user: str = "1", ttl: int = 3600, roles: list[str] | None = None) -> str:
         return issue_token(settings, user, ttl, roles)

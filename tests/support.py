@@ -24,7 +24,7 @@ import httpx
 import msgspec
 from aiosmtpd.controller import Controller
 
-from streams.redis_server import free_port
+from vestnik.streams.redis_server import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -48,7 +48,7 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
 
 
 def vestnik_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "app.cli", *args]
+    return [sys.executable, "-m", "vestnik.app.cli", *args]
 
 
 class Proc:

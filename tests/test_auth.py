@@ -10,12 +10,12 @@ import jwt
 import pytest
 from starlette.requests import Request
 
-from app.context import Ctx
-from app.http import authenticate
-from streams.config import load
-from streams.errors import Unauthorized
-from streams.keys import Keys
 from support import SSE, Api
+from vestnik.app.context import Ctx
+from vestnik.app.http import authenticate
+from vestnik.streams.config import load
+from vestnik.streams.errors import Unauthorized
+from vestnik.streams.keys import Keys
 
 SNAPSHOT = "/api/v1/topics/vm"
 STREAM = "/api/v1/topics/vm/stream"
@@ -151,7 +151,7 @@ def test_service_token_is_not_a_user(settings):
     service = settings.service_tokens[0]
     with pytest.raises(Unauthorized, match="user token is required"):
         authenticate(_request(bearer(service)), ctx, "user")
-    from app.cli import issue_token
+    from vestnik.app.cli import issue_token
 
     user = issue_token(settings, "7", 60, ["ops"])
     p = authenticate(_request(query=f"token={user}"), ctx, "user", allow_query=True)
@@ -259,8 +259,8 @@ async def test_jwt_leeway_issuer_and_max_lifetime(start_api):
 
 
 def test_issued_tokens_carry_iat_and_iss_and_respect_the_max_lifetime():
-    from app.cli import issue_token
-    from streams.config import ConfigError
+    from vestnik.app.cli import issue_token
+    from vestnik.streams.config import ConfigError
 
     settings = load({"VESTNIK_SECRET": "s" * 32, "VESTNIK_JWT_ISSUER": "vestnik"})
     claims = jwt.decode(issue_token(settings, "1", 60), "s" * 32, algorithms=["HS256"],

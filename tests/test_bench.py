@@ -22,7 +22,8 @@ from support import children, gone
 def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
-    proc = subprocess.run([sys.executable, "-m", "app.cli", "bench", "--quick", "--only", "B6",
+    proc = subprocess.run([sys.executable, "-m", "vestnik.app.cli", "bench", "--quick",
+                           "--only", "B6",
                            "--json", str(out)], env=env, capture_output=True, text=True,
                           timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -44,7 +45,7 @@ def test_bench_quick_b6_writes_a_report(tmp_path: Path) -> None:
 async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(redis) -> None:
     """fresh_aof drops what the ceiling loop wrote, keeps the notices both sides read, and
     returns once the AOF rewrite it started is done."""
-    from app.bench.env import fresh_aof
+    from vestnik.app.bench.env import fresh_aof
 
     await redis.hset("ceiling:h:ceiling", mapping={f"{i}-0": "t" for i in range(1000)})
     await redis.xadd("ceiling:out", {"n": "1-0"})
@@ -61,7 +62,7 @@ async def test_b1_sides_start_from_a_rewritten_aof_without_the_ceilings_output(r
 async def test_fresh_aof_follows_an_automatic_rewrite_already_running(redis) -> None:
     """Redis starts its own AOF rewrites (at 64 MB of growth); fresh_aof started while one
     runs waits for it and then runs its own, instead of failing on 'already in progress'."""
-    from app.bench.env import fresh_aof
+    from vestnik.app.bench.env import fresh_aof
 
     await redis.mset({f"slow:{i}": "x" for i in range(3)})
     await redis.config_set("rdb-key-save-delay", 200_000)  # 0.2 s a key: a slow rewrite
@@ -78,7 +79,7 @@ async def test_fresh_aof_follows_an_automatic_rewrite_already_running(redis) -> 
 
 
 def test_rounds_whose_pace_would_overrun_the_budget_stop_at_two(monkeypatch) -> None:
-    from app.bench import core
+    from vestnik.app.bench import core
 
     def rounds(budget: float, round_s: float, quick: bool = False) -> int:
         now = [0.0]
@@ -98,7 +99,7 @@ def test_rounds_whose_pace_would_overrun_the_budget_stop_at_two(monkeypatch) -> 
 
 def test_a_round_leaves_nothing_on_disk_and_a_failed_one_its_logs() -> None:
     """A round's Redis AOF runs to 220 MB: a full run had left 4.8 GB in /tmp."""
-    from app.bench.env import World
+    from vestnik.app.bench.env import World
 
     with World() as world:
         (world.dir / "part.log").write_text("ok")
@@ -119,7 +120,7 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
     them): SIGTERM must unwind the bench as Ctrl-C does, or `timeout vestnik bench` leaves
     an api, a center and a redis-server running."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
-    bench = subprocess.Popen([sys.executable, "-m", "app.cli", "bench", "--quick", "--only",
+    bench = subprocess.Popen([sys.executable, "-m", "vestnik.app.cli", "bench", "--quick", "--only",
                               "B2"], env=env, stdout=subprocess.DEVNULL,
                              stderr=subprocess.PIPE, text=True)
     kids: list[int] = []

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streams.config import ConfigError, load
+from vestnik.streams.config import ConfigError, load
 
 VESTNIK = Path(sys.executable).parent / "vestnik"
 

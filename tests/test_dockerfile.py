@@ -7,8 +7,8 @@ import json
 import shlex
 import tomllib
 
-from app.cli import COMMANDS
 from support import ROOT
+from vestnik.app.cli import COMMANDS
 
 
 def instructions() -> list[tuple[str, str]]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from app.limits import RateLimiter
+from vestnik.app.limits import RateLimiter
 
 
 class Clock:

@@ -10,10 +10,10 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.routing import Route
 
-from app.api import create_app
-from streams.keys import CENTER_GROUP
-from streams.redis_server import RedisServer
 from support import SSE, Api, eventually
+from vestnik.app.api import create_app
+from vestnik.streams.keys import CENTER_GROUP
+from vestnik.streams.redis_server import RedisServer
 
 
 def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:

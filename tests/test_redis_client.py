@@ -14,8 +14,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import DataError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.redis import connect, reader
-from streams.redis_server import RedisServer
+from vestnik.streams.redis import connect, reader
+from vestnik.streams.redis_server import RedisServer
 
 
 async def test_values_of_every_kind_round_trip(redis_url):
@@ -181,7 +181,7 @@ async def test_retries_across_a_restart_stop_at_the_time_budget(frozen_server):
 
 
 def test_redis_timeout_setting_is_named_when_wrong():
-    from streams.config import ConfigError, load
+    from vestnik.streams.config import ConfigError, load
 
     assert load({}).redis_timeout == 2.0
     assert load({"VESTNIK_REDIS_TIMEOUT": "0.25"}).redis_timeout == 0.25

@@ -7,8 +7,8 @@ import asyncio
 
 import msgspec
 
-from streams.settings import read_named, read_setting
 from support import SSE, Api
+from vestnik.streams.configurator import read_named, read_setting
 
 SETTING = {
     "name": "disk",

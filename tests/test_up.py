@@ -10,8 +10,8 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from streams.redis_server import free_port, running
 from support import SSE, Proc, children, vestnik_argv, wait_http
+from vestnik.streams.redis_server import free_port, running
 
 
 def clean_env() -> dict[str, str]:

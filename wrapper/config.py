@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
-from streams.config import ConfigError
+from vestnik.streams.config import ConfigError
 
 AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
                                          pattern=r"^[\w.:-]+(?!\n)$")]

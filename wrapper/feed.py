@@ -28,16 +28,15 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streams.errors import BadInput
-from streams.ids import parse_stream_id
-from streams.keys import SETTINGS_TOPIC, Keys
-from streams.redis import RETRYABLE, Backoff, reader
-from streams.schemas import AlertSetting, TopicEvent, convert, decode_topic_entry
-
-from .config import AlertConfig
-from .mailbox import Mailbox
-from .metrics import COALESCED, PENDING
-from .protocol import PROTOCOL, Entity, Hello, Ready, Settings
+from vestnik.streams.errors import BadInput
+from vestnik.streams.ids import parse_stream_id
+from vestnik.streams.keys import SETTINGS_TOPIC, Keys
+from vestnik.streams.redis import RETRYABLE, Backoff, reader
+from vestnik.streams.schemas import AlertSetting, TopicEvent, convert, decode_topic_entry
+from vestnik.wrapper.config import AlertConfig
+from vestnik.wrapper.metrics import COALESCED, PENDING
+from vestnik.wrapper.protocol import PROTOCOL, Entity, Hello, Ready, SettingsMessage
+from vestnik.wrapper.stdin_queue import StdinQueue
 
 log = logging.getLogger("vestnik.wrapper")
 
@@ -86,7 +85,7 @@ class SettingsView:
 
 class Feed:
     def __init__(self, cfg: AlertConfig, redis: Redis, keys: Keys, view: SettingsView,
-                 mailbox: Mailbox, version: str, *, block_ms: int = 1000) -> None:
+                 mailbox: StdinQueue, version: str, *, block_ms: int = 1000) -> None:
         self.cfg = cfg
         self.redis = redis
         self.keys = keys
@@ -123,7 +122,7 @@ class Feed:
         self.positions[self.settings_key] = tip
         mb = self.mailbox
         await mb.put(Hello(protocol=PROTOCOL, alert=name, version=self.version))
-        await mb.put(Settings(items=self.view.enabled), ("s",))
+        await mb.put(SettingsMessage(items=self.view.enabled), ("s",))
         for topic in self.cfg.topics:
             key = self.keys.topic(topic)
             self.topic_of[key] = topic
@@ -256,7 +255,7 @@ class Feed:
             self.view.apply(ev.id, setting)
         if self.view.changed():
             log.info("%s: settings changed: %d enabled", self.cfg.name, len(self.view.enabled))
-            await self.mailbox.put(Settings(items=self.view.enabled), ("s",))
+            await self.mailbox.put(SettingsMessage(items=self.view.enabled), ("s",))
 
     async def _check_gaps(self) -> None:
         """After a wait: was a topic trimmed past our position? (Its first entry is newer

@@ -3,7 +3,7 @@
 An alert needs no library (read JSON lines on stdin, print JSON lines on stdout, see
 docs/wrapper-protocol.md); this file saves the loop and the bookkeeping:
 
-    from wrapper.kit import Alert
+    from vestnik.wrapper.kit import Alert
 
     alert = Alert(heartbeat=30)
 

@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import msgspec
 
-from streams.schemas import AlertSetting, Body, EntityRef, NonEmpty, Op, Severity, Title
+from vestnik.streams.schemas import AlertSetting, Body, EntityRef, NonEmpty, Op, Severity, Title
 
 PROTOCOL = 1
 
@@ -27,7 +27,7 @@ class Hello(ToAlert, tag="hello"):
     version: str
 
 
-class Settings(ToAlert, tag="settings"):
+class SettingsMessage(ToAlert, tag="settings"):
     """The enabled settings with this alert's name: the full list, every time."""
 
     items: list[AlertSetting]
@@ -58,7 +58,7 @@ class AlertHello(FromAlert, tag="hello"):
     protocol: int = PROTOCOL
 
 
-class Notice(FromAlert, tag="notice"):
+class NoticeMessage(FromAlert, tag="notice"):
     title: Title
     body: Body = ""
     severity: Severity = "info"
@@ -87,8 +87,8 @@ class Heartbeat(FromAlert, tag="heartbeat"):
     """Keeps an alert that announced a heartbeat alive while it has nothing to say."""
 
 
-Incoming = AlertHello | Notice | Resolve | Error | Heartbeat
-Outgoing = Hello | Settings | Entity | Ready
+Incoming = AlertHello | NoticeMessage | Resolve | Error | Heartbeat
+Outgoing = Hello | SettingsMessage | Entity | Ready
 
 decode_line = msgspec.json.Decoder(Incoming).decode
 _encoder = msgspec.json.Encoder()

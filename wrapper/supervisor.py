@@ -5,7 +5,7 @@ Three cooperating tasks per run of the alert, the first to fail ends the run:
 - main (this module): start the alert in its own process group, watch its exit, its
   heartbeat and our stop signal; restart per policy with exponential backoff; report a
   crash loop once to the admins; on SIGTERM/SIGINT close stdin, wait `grace`, kill.
-- alert watcher (`sink.Sink`): stdout → notices in `vn:notices`.
+- alert watcher (`notice_writer.NoticeWriter`): stdout → notices in `vn:notices`.
 - notify watcher (`feed.Feed` + `pump`): snapshot and live settings and entities →
   the coalescing mailbox → stdin.
 
@@ -27,18 +27,17 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
-from streams.ids import now_ms, ulid
-from streams.keys import Keys
-from streams.redis import RETRYABLE, connect, redacted, wait_ready
-from streams.schemas import NoticeIn, notice_fields
-
-from .config import AlertConfig
-from .feed import Feed, SettingsView
-from .lines import LineSplitter, Oversized
-from .mailbox import Mailbox
-from .metrics import LINES_OUT, RESTARTS, STDERR_LINES, UP, serve_metrics
-from .protocol import encode
-from .sink import Sink
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis import RETRYABLE, connect, redacted, wait_ready
+from vestnik.streams.schemas import NoticeIn, notice_fields
+from vestnik.wrapper.config import AlertConfig
+from vestnik.wrapper.feed import Feed, SettingsView
+from vestnik.wrapper.lines import LineSplitter, Oversized
+from vestnik.wrapper.metrics import LINES_OUT, RESTARTS, STDERR_LINES, UP, serve_metrics
+from vestnik.wrapper.notice_writer import NoticeWriter
+from vestnik.wrapper.protocol import encode
+from vestnik.wrapper.stdin_queue import StdinQueue
 
 log = logging.getLogger("vestnik.wrapper")
 
@@ -92,7 +91,7 @@ class Wrapper:
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=10)
         self.log = logging.getLogger(f"vestnik.alert.{cfg.name}")
         self.redis: Redis | None = None
-        self.sink: Sink | None = None
+        self.writer: NoticeWriter | None = None
 
     # entry --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -202,11 +201,11 @@ class Wrapper:
         UP.labels(self.name).set(1)
         assert proc.stdin and proc.stdout and proc.stderr
         view = SettingsView(self.name)
-        mailbox = Mailbox(cfg.queue_size)
-        sink = self.sink = Sink(cfg, self.redis, self.keys, view)
+        mailbox = StdinQueue(cfg.queue_size)
+        writer = self.writer = NoticeWriter(cfg, self.redis, self.keys, view)
         feed = Feed(cfg, self.redis, self.keys, view, mailbox, self.version)
         tasks = {
-            "sink": asyncio.create_task(sink.run(proc.stdout), name=f"{self.name}-stdout"),
+            "writer": asyncio.create_task(writer.run(proc.stdout), name=f"{self.name}-stdout"),
             "stderr": asyncio.create_task(self._stderr(proc.stderr), name=f"{self.name}-stderr"),
             "feed": asyncio.create_task(feed.run(), name=f"{self.name}-feed"),
             "pump": asyncio.create_task(pump(self.name, mailbox, proc.stdin),
@@ -217,11 +216,11 @@ class Wrapper:
         reason, killed = "exited", False
         try:
             while True:
-                hb = sink.heartbeat
+                hb = writer.heartbeat
                 timeout = min(0.25, hb / 4) if hb else 0.5
                 watch = {exited, stopping, tasks["feed"]}
-                if not tasks["sink"].done():  # an alert may close stdout and keep running
-                    watch.add(tasks["sink"])
+                if not tasks["writer"].done():  # an alert may close stdout and keep running
+                    watch.add(tasks["writer"])
                 await asyncio.wait(watch, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
                 if exited.done():
                     break
@@ -240,12 +239,12 @@ class Wrapper:
                     reason = "feed-failed"
                     await self._terminate(proc, exited, tasks["pump"], 0)
                     break
-                sink_task = tasks["sink"]
-                if sink_task.done() and sink_task.exception() is not None:
-                    raise sink_task.exception()  # type: ignore[misc]
-                if hb and sink.silent_for() > hb:
+                writer_task = tasks["writer"]
+                if writer_task.done() and writer_task.exception() is not None:
+                    raise writer_task.exception()  # type: ignore[misc]
+                if hb and writer.silent_for() > hb:
                     log.error("%s: no output for %.1fs (heartbeat %.3gs): restarting a hung "
-                              "alert", self.name, sink.silent_for(), hb)
+                              "alert", self.name, writer.silent_for(), hb)
                     reason = "hung"
                     await self._terminate(proc, exited, tasks["pump"], 0)
                     break
@@ -262,7 +261,7 @@ class Wrapper:
             for name in ("feed", "pump"):
                 tasks[name].cancel()
             # the rest of stdout and stderr: EOF now that the whole group is gone
-            _, pending = await asyncio.wait({tasks["sink"], tasks["stderr"]}, timeout=10)
+            _, pending = await asyncio.wait({tasks["writer"], tasks["stderr"]}, timeout=10)
             for t in pending:
                 t.cancel()
             await asyncio.gather(*tasks.values(), return_exceptions=True)
@@ -341,8 +340,8 @@ class Wrapper:
             log.error("%s: cannot send the crash-loop notice: %s", self.name, e)
 
 
-async def pump(name: str, mailbox: Mailbox, stdin: asyncio.StreamWriter) -> None:
-    """Mailbox → stdin in batches; `drain()` is the backpressure."""
+async def pump(name: str, mailbox: StdinQueue, stdin: asyncio.StreamWriter) -> None:
+    """StdinQueue → stdin in batches; `drain()` is the backpressure."""
     counters: dict[str, object] = {}
     buf = bytearray()
     while True:

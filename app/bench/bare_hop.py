@@ -1,6 +1,6 @@
 """The ceiling of B2: a bare XADD → XREAD → SSE hop with no Vestnik logic in between.
 
-`python -m app.bench.bare_hop REDIS_URL PORT STREAM`: one XREAD loop writes each entry's
+`python -m vestnik.app.bench.bare_hop REDIS_URL PORT STREAM`: one XREAD loop writes each entry's
 `d` field as an SSE frame to every connected client.
 """
 

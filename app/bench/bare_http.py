@@ -1,10 +1,10 @@
 """B7's reference rows: what an API on Vestnik's HTTP stack reaches with the least work.
 
-`python -m app.bench.bare_http PORT` serves, on the server the api runs (app.server:
+`python -m vestnik.app.bench.bare_http PORT` serves, on the server the api runs (app.server:
 uvicorn with httptools on uvloop), a Starlette app whose one route reads the body and
 answers 202 with a small JSON body: no auth, no validation, no Redis.
 
-`python -m app.bench.bare_http PORT REDIS_URL` is the least a service does that keeps
+`python -m vestnik.app.bench.bare_http PORT REDIS_URL` is the least a service does that keeps
 what it accepted: the route decodes the notice, stores it with one script call (its body,
 a feed entry of its recipient, a job record and a queue entry) and answers 202 once Redis
 has it; then, in the same process, POSTs it to its webhook and records that with one more
@@ -27,11 +27,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from app.server import make_server, run
-from streams.channels.http1 import HttpPool
-from streams.config import Settings
-from streams.redis import connect
-from streams.schemas import NoticeIn
+from vestnik.app.server import make_server, run
+from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.config import Config
+from vestnik.streams.redis import connect
+from vestnik.streams.schemas import NoticeIn
 
 ANSWER = b'{"id":"01JBARE0000000000000000000"}'
 
@@ -95,7 +95,7 @@ def stored_app(redis_url: str) -> Starlette:
 def main(argv: list[str]) -> None:
     app = stored_app(argv[1]) if len(argv) > 1 else \
         Starlette(routes=[Route("/api/v1/notices", accept, methods=["POST"])])
-    settings = Settings(host="127.0.0.1", port=int(argv[0]), log_level="warning")
+    settings = Config(host="127.0.0.1", port=int(argv[0]), log_level="warning")
     run(make_server(app, settings).serve())
 
 

@@ -1,6 +1,6 @@
 """The ceiling of B1: the least a consumer-group worker can do per notice.
 
-`python -m app.bench.ceiling_loop REDIS_URL STREAM GROUP [--packed]`: XREADGROUP of 500 →
+`python -m vestnik.app.bench.ceiling_loop REDIS_URL STREAM GROUP [--packed]`: XREADGROUP of 500 →
 one XADD and one HSET per message and one XACK, all in one pipeline (hiredis), until the
 stream is drained. As issue 6 defines it, the client is redis-py's own; `--packed` uses
 Vestnik's (`streams.redis.connect`: commands packed by hiredis too), for reference.
@@ -12,7 +12,7 @@ import sys
 
 from redis.asyncio import Redis
 
-from streams.redis import connect
+from vestnik.streams.redis import connect
 
 PREFIX = "ceiling:"  # every key the loop writes (app.bench.env.fresh_aof drops them)
 

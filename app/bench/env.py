@@ -23,9 +23,8 @@ import jwt
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from streams.redis_server import RedisServer, free_port
-
-from . import ceiling_loop
+from vestnik.app.bench import ceiling_loop
+from vestnik.streams.redis_server import RedisServer, free_port
 
 # the readiness polls would print a line each between the progress bars
 logging.getLogger("httpx").setLevel(logging.WARNING)
@@ -198,7 +197,7 @@ class World(AbstractContextManager["World"]):
 
     def start(self, *args: str, **env: str) -> BenchProc:
         name = f"{args[0]}-{len(self.procs)}"
-        p = BenchProc([sys.executable, "-m", "app.cli", *args], self.env(**env),
+        p = BenchProc([sys.executable, "-m", "vestnik.app.cli", *args], self.env(**env),
                       self.dir / f"{name}.log")
         self.procs.append(p)
         return p

@@ -30,16 +30,15 @@ from pathlib import Path
 import msgspec
 from redis.asyncio import Redis
 
-from streams.channels.http1 import HttpPool
-from streams.forward import BROADCAST, ForwardJob, add_forward_jobs
-from streams.ids import now_ms, ulid
-from streams.keys import USER_TOPIC, Keys
-from streams.redis_server import free_port
-from streams.schemas import Notice, User, json_encode
-
-from .core import Bench, percentile
-from .env import BenchProc, World, cpu_seconds, fresh_aof, until_up
-from .sink import Sink, rate
+from vestnik.app.bench.core import Bench, percentile
+from vestnik.app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, until_up
+from vestnik.app.bench.sink import Sink, rate
+from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.forward import BROADCAST, ForwardJob, add_forward_jobs
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.redis_server import free_port
+from vestnik.streams.schemas import Notice, User, json_encode
 
 K = Keys("vn:")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # webhooks are signed, as in production
@@ -416,7 +415,7 @@ async def _floor_rounds(bench: Bench, world_dir: Path, env: dict[str, str], sink
     """Rounds of app.bench.bare_http (bare, or storing in `redis_url`), one client: answers/s,
     or with a store, deliveries/s at `sink`."""
     port = free_port()
-    proc = BenchProc([sys.executable, "-m", "app.bench.bare_http", str(port),
+    proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.bare_http", str(port),
                       *([redis_url] if redis_url else [])], env,
                      world_dir / f"bare_http{'-stored' if redis_url else ''}.log")
     target = Target("vestnik", f"http://127.0.0.1:{port}/api/v1/notices",

@@ -8,10 +8,10 @@ from pathlib import Path
 import msgspec
 from rich.console import Console
 
-from .core import Bench, Report, machine, new_progress, table
-from .env import run_stoppable
-from .forwarding import use_peer
-from .suite import SUITE
+from vestnik.app.bench.core import Bench, Report, machine, new_progress, table
+from vestnik.app.bench.env import run_stoppable
+from vestnik.app.bench.forwarding import use_peer
+from vestnik.app.bench.suite import SUITE
 
 
 async def run(quick: bool, only: list[str], json_path: str | None,

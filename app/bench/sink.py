@@ -1,6 +1,6 @@
 """The local receivers of B5 and B7, in a process of their own, and the bench's handle on one.
 
-`python -m app.bench.sink http|smtp PORT STATS_PORT` serves a webhook receiver (a lean
+`python -m vestnik.app.bench.sink http|smtp PORT STATS_PORT` serves a webhook receiver (a lean
 HTTP/1.1 keep-alive protocol answering 200 at once) or an SMTP sink (aiosmtpd), so the
 bench's event loop never competes with what it measures. Each request body carries
 `"t":<ns>` (the send time); the sink keeps arrival times and latencies and serves them as
@@ -17,10 +17,9 @@ from pathlib import Path
 
 import msgspec
 
-from streams.channels.http1 import HttpPool
-from streams.redis_server import free_port
-
-from .env import BenchProc, until_up
+from vestnik.app.bench.env import BenchProc, until_up
+from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.redis_server import free_port
 
 
 class Stats(msgspec.Struct):
@@ -112,7 +111,7 @@ class Sink:
     def __init__(self, world_dir: Path, env: dict[str, str], kind: str) -> None:
         self.port = free_port()
         self.stats_port = free_port() if kind == "smtp" else self.port
-        self.proc = BenchProc([sys.executable, "-m", "app.bench.sink", kind,
+        self.proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.sink", kind,
                                str(self.port), str(self.stats_port)], env,
                               world_dir / f"sink-{kind}.log")
         self.pool = HttpPool(per_host=2)

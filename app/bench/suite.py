@@ -12,14 +12,13 @@ import hiredis
 import msgspec
 from redis.asyncio import Redis
 
-from streams.keys import CENTER_GROUP, Keys
-from streams.redis_server import free_port
-
-from .core import Bench, percentile
-from .env import BenchProc, World, fresh_aof, until_up
-from .forwarding import b5_forwarding, b7_immediate
-from .sse_client import SSEProtocol, open_sse
-from .wrapping import b4_wrapper
+from vestnik.app.bench.core import Bench, percentile
+from vestnik.app.bench.env import BenchProc, World, fresh_aof, until_up
+from vestnik.app.bench.forwarding import b5_forwarding, b7_immediate
+from vestnik.app.bench.sse_client import SSEProtocol, open_sse
+from vestnik.app.bench.wrapping import b4_wrapper
+from vestnik.streams.keys import CENTER_GROUP, Keys
+from vestnik.streams.redis_server import free_port
 
 K = Keys("vn:")
 enc = msgspec.json.encode
@@ -120,7 +119,7 @@ async def drain_rate(r: Redis, stream: str, group: str, n: int, proc: BenchProc,
 async def run_ceiling_loop(world: World, n: int, *, packed: bool = False) -> float:
     r = world.redis()
     group = "ceiling-packed" if packed else "ceiling"
-    proc = BenchProc([sys.executable, "-m", "app.bench.ceiling_loop", world.url, K.notices,
+    proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.ceiling_loop", world.url, K.notices,
                       group, *(["--packed"] if packed else [])], world.env(),
                      world.dir / f"{group}.log")
     try:
@@ -260,7 +259,8 @@ async def b2_latency(bench: Bench) -> None:
         port = int(base.rsplit(":", 1)[1])
         hop_port = free_port()
         world.procs.append(BenchProc(
-            [sys.executable, "-m", "app.bench.bare_hop", world.url, str(hop_port), "bench:hop"],
+            [sys.executable, "-m", "vestnik.app.bench.bare_hop", world.url, str(hop_port),
+             "bench:hop"],
             world.env(), world.dir / "hop.log"))
         me = f"/api/v1/me/stream?token={world.token('u1')}"
         # warm-up: the whole path (center, api, pub/sub) has carried a notice before timing

@@ -8,8 +8,8 @@ import sys
 
 from redis.asyncio import Redis
 
-from .core import Bench
-from .env import World
+from vestnik.app.bench.core import Bench
+from vestnik.app.bench.env import World
 
 # The alert of the "in" direction: counts entity lines, reports first→last time on stdout.
 COUNTER = r"""
@@ -65,8 +65,9 @@ async def _out(world: World, n: int) -> tuple[float, float]:
     toml.write_text(f'name = "bench-out"\ncommand = ["cat", "{lines}"]\n'
                     '[restart]\npolicy = "never"\n')
     rates = []
-    for argv in ([sys.executable, "-m", "app.cli", "wrap", str(toml)],
-                 [sys.executable, "-m", "app.bench.wrap_ceiling", "out", world.url, str(lines)]):
+    for argv in ([sys.executable, "-m", "vestnik.app.cli", "wrap", str(toml)],
+                 [sys.executable, "-m", "vestnik.app.bench.wrap_ceiling", "out", world.url,
+                  str(lines)]):
         await r.delete("vn:notices")
         await _run(argv, world, "wrap-out")
         assert await r.xlen("vn:notices") == n
@@ -94,10 +95,10 @@ async def _in(world: World, n: int) -> tuple[float, float]:
     toml = world.dir / "in.toml"
     toml.write_text(f'name = "bench-in"\ncommand = ["{sys.executable}", "{counter}"]\n'
                     'topics = ["vm"]\nqueue_size = 100000\n[restart]\npolicy = "never"\n')
-    await _run([sys.executable, "-m", "app.cli", "wrap", str(toml)], world, "wrap-in")
+    await _run([sys.executable, "-m", "vestnik.app.cli", "wrap", str(toml)], world, "wrap-in")
     done = next(f for _, f in await r.xrange("vn:notices") if f[b"title"] == b"done")
     data = json.loads(done[b"data"])
-    out = await _run([sys.executable, "-m", "app.bench.wrap_ceiling", "in", world.url,
+    out = await _run([sys.executable, "-m", "vestnik.app.bench.wrap_ceiling", "in", world.url,
                       str(counter)], world, "ceiling-in")
     ceil = json.loads(out.strip().splitlines()[-1])["data"]
     await r.aclose()

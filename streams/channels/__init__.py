@@ -17,9 +17,8 @@ from typing import Any
 
 import httpx
 
-from streams.config import Settings
-
-from .base import HTTP_HEADERS, HTTP_TIMEOUT, Channel, SendResult
+from vestnik.streams.channels.base import HTTP_HEADERS, HTTP_TIMEOUT, Channel, SendResult
+from vestnik.streams.config import Config
 
 __all__ = ["GROUP", "Channel", "Channels", "SendResult", "available"]
 
@@ -66,7 +65,7 @@ class Channels:
         self.classes, self.channels, self.http = classes, channels, http
 
     @classmethod
-    def from_settings(cls, settings: Settings, *,
+    def from_settings(cls, settings: Config, *,
                       classes: dict[str, type[Channel]] | None = None) -> Channels:
         classes = available() if classes is None else classes
         http = BoundedClient(

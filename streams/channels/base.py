@@ -17,9 +17,9 @@ from typing import Any, ClassVar, Literal, Protocol
 import httpx
 import msgspec
 
-from streams.config import Settings
-from streams.egress import Egress, EgressRefused, pinned_client
-from streams.schemas import Notice, User
+from vestnik.streams.config import Config
+from vestnik.streams.egress import Egress, EgressRefused, pinned_client
+from vestnik.streams.schemas import Notice, User
 
 Status = Literal["ok", "permanent", "retry"]
 
@@ -62,7 +62,7 @@ class Channel(ABC):
     user_address: ClassVar[str | None] = None
 
     @classmethod
-    def create(cls, settings: Settings, http: httpx.AsyncClient) -> Channel | None:
+    def create(cls, settings: Config, http: httpx.AsyncClient) -> Channel | None:
         """Build the channel from settings, or None when it is not configured (off).
 
         `http` is the forwarder's one shared client: use it instead of opening your own.
@@ -191,7 +191,7 @@ class DataTargets:
     egress policy, connected to the address it checked. Behind a configured proxy the name
     is checked first and the proxy (the operator's) connects."""
 
-    def __init__(self, settings: Settings, shared: httpx.AsyncClient) -> None:
+    def __init__(self, settings: Config, shared: httpx.AsyncClient) -> None:
         self.egress = Egress.from_settings(settings)
         self.shared = shared
         self.proxied = proxied()

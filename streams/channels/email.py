@@ -31,10 +31,9 @@ import httpx
 import jinja2
 from aiosmtplib import SMTPStatus
 
-from streams.config import ConfigError, Settings
-from streams.schemas import Notice, User
-
-from .base import Channel, SendResult
+from vestnik.streams.channels.base import Channel, SendResult
+from vestnik.streams.config import Config, ConfigError
+from vestnik.streams.schemas import Notice, User
 
 POOL_SIZE = 8
 TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
@@ -260,7 +259,7 @@ class EmailChannel(Channel):
         self._templates: dict[tuple[str, str], jinja2.Template] = {}
 
     @classmethod
-    def create(cls, settings: Settings, http: httpx.AsyncClient) -> EmailChannel | None:
+    def create(cls, settings: Config, http: httpx.AsyncClient) -> EmailChannel | None:
         if not settings.smtp_url:
             return None
         if not settings.smtp_from or not parseaddr(settings.smtp_from)[1]:

@@ -13,11 +13,10 @@ from typing import Any
 
 import httpx
 
-from streams.config import Settings
-from streams.schemas import Notice, User
-
-from .base import Channel, DataTargets, SendResult, post
-from .email import safe_link
+from vestnik.streams.channels.base import Channel, DataTargets, SendResult, post
+from vestnik.streams.channels.email import safe_link
+from vestnik.streams.config import Config
+from vestnik.streams.schemas import Notice, User
 
 RETRYABLE_ERRORS = frozenset({"ratelimited", "service_unavailable", "internal_error",
                               "fatal_error", "request_timeout"})
@@ -44,7 +43,7 @@ class SlackChannel(Channel):
     name = "slack"
     user_address = "slack_user"
 
-    def __init__(self, http: httpx.AsyncClient, settings: Settings) -> None:
+    def __init__(self, http: httpx.AsyncClient, settings: Config) -> None:
         self.http = http
         self.api = settings.slack_api.rstrip("/")
         self.token = settings.slack_token
@@ -52,7 +51,7 @@ class SlackChannel(Channel):
         self.targets = DataTargets(settings, http)  # a setting's url: egress policy
 
     @classmethod
-    def create(cls, settings: Settings, http: httpx.AsyncClient) -> SlackChannel | None:
+    def create(cls, settings: Config, http: httpx.AsyncClient) -> SlackChannel | None:
         # always on: a setting may name its own webhook url
         return cls(http, settings)
 

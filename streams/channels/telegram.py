@@ -12,11 +12,10 @@ from typing import Any
 
 import httpx
 
-from streams.config import Settings
-from streams.schemas import Notice, User
-
-from .base import Channel, SendResult, post
-from .email import safe_link
+from vestnik.streams.channels.base import Channel, SendResult, post
+from vestnik.streams.channels.email import safe_link
+from vestnik.streams.config import Config
+from vestnik.streams.schemas import Notice, User
 
 LIMIT = 4096
 ICON = {"info": "\u2139\ufe0f", "warning": "\u26a0\ufe0f", "critical": "\U0001f6a8"}
@@ -56,7 +55,7 @@ class TelegramChannel(Channel):
         self.url = f"{api.rstrip('/')}/bot{token}/sendMessage"
 
     @classmethod
-    def create(cls, settings: Settings, http: httpx.AsyncClient) -> TelegramChannel | None:
+    def create(cls, settings: Config, http: httpx.AsyncClient) -> TelegramChannel | None:
         if not settings.telegram_token:
             return None
         return cls(http, settings.telegram_api, settings.telegram_token)

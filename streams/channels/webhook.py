@@ -31,11 +31,10 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from streams.config import ConfigError, Settings
-from streams.schemas import Notice, User, public_json
-
-from .base import Channel, DataTargets, SendResult, classify_http
-from .http1 import HttpPool
+from vestnik.streams.channels.base import Channel, DataTargets, SendResult, classify_http
+from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.config import Config, ConfigError
+from vestnik.streams.schemas import Notice, User, public_json
 
 TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
 def secret_key(secret: str) -> bytes:
@@ -68,7 +67,7 @@ class WebhookChannel(Channel):
         self.targets, self.key, self.lean = targets, key, lean
 
     @classmethod
-    def create(cls, settings: Settings, http: httpx.AsyncClient) -> WebhookChannel | None:
+    def create(cls, settings: Config, http: httpx.AsyncClient) -> WebhookChannel | None:
         key = None
         if settings.webhook_secret:
             try:

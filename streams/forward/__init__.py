@@ -8,8 +8,8 @@
   a poll's claims and a loop iteration's finishes in one script call each.
 """
 
-from .job import Delivery, DeliveryList, decode_delivery
-from .schedule import (
+from vestnik.streams.forward.job import Delivery, DeliveryList, decode_delivery
+from vestnik.streams.forward.schedule import (
     BROADCAST,
     KEEP_RESULT_S,
     Claim,
@@ -21,7 +21,7 @@ from .schedule import (
     job_record,
     wake_channel,
 )
-from .worker import ForwardWorker, make_worker, pump_due, run_forwarder
+from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
     "BROADCAST", "KEEP_RESULT_S", "Claim", "Delivery", "DeliveryList", "ForwardJob",

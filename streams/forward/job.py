@@ -49,15 +49,15 @@ from arq.constants import (
 from arq.worker import Retry
 from redis.commands.core import AsyncScript
 
-from ..channels import Channels, SendResult
-from ..config import Settings
-from ..ids import now_ms
-from ..keys import USER_TOPIC, Keys
-from ..metrics import FORWARD_ATTEMPTS
-from ..redis import RETRYABLE
-from ..schemas import Notice, User, decode_user, json_encode
-from ..together import PerIteration
-from .schedule import BROADCAST, Claim, external_channels, msgpack_encode
+from vestnik.streams.channels import Channels, SendResult
+from vestnik.streams.coalesce import PerIteration
+from vestnik.streams.config import Config
+from vestnik.streams.forward.schedule import BROADCAST, Claim, external_channels, msgpack_encode
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.metrics import FORWARD_ATTEMPTS
+from vestnik.streams.redis import RETRYABLE
+from vestnik.streams.schemas import Notice, User, decode_user, json_encode
 
 log = logging.getLogger("vestnik.forward")
 
@@ -146,7 +146,7 @@ def was_read(in_feed: object, in_read: object) -> bool:
 class Forwarder:
     """What the job needs, built once per worker: Redis, key names, settings, channels."""
 
-    def __init__(self, redis: Any, keys: Keys, settings: Settings, channels: Channels) -> None:
+    def __init__(self, redis: Any, keys: Keys, settings: Config, channels: Channels) -> None:
         self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
         # the state reads of jobs that start together: one pipeline (one round trip a poll)
         self._reads: PerIteration[Callable[[Any], None], list[Any]] = PerIteration(

@@ -12,7 +12,7 @@ round trips per job; the script makes a batch of jobs one pipeline round trip
 SCRIPT FLUSH or a restart: the NOSCRIPT case).
 
 The notice center writes its forwards in its own store call instead (see
-streams.center): a delayed one as one member of `keys.forward_due` that the worker's
+streams.center.batch): a delayed one as one member of `keys.forward_due` that the worker's
 poll pumps into the same job record when due (`_PUMP`, `pump_due`); one due now as
 the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
 """
@@ -25,9 +25,9 @@ import msgspec
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
 from redis.commands.core import AsyncScript
 
-from ..ids import now_ms
-from ..keys import Keys
-from ..schemas import Notice, User
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import Keys
+from vestnik.streams.schemas import Notice, User
 
 FUNCTION = "forward"  # the arq function every forward job runs
 BROADCAST = "*"  # the uid of a notice's user-independent targets

@@ -24,15 +24,22 @@ from arq.utils import ms_to_datetime
 from arq.worker import JobExecutionFailed, Retry, Worker, func
 from redis.commands.core import AsyncScript
 
-from ..channels import Channels
-from ..config import ConfigError, Settings
-from ..ids import now_ms
-from ..keys import Keys
-from ..redis import RETRYABLE, Backoff
-from ..redis import pool as redis_pool
-from ..together import PerIteration
-from .job import PENDING, Forwarder, Pending, forward
-from .schedule import FUNCTION, KEEP_RESULT_S, Claim, job_deserializer, job_serializer, wake_channel
+from vestnik.streams.channels import Channels
+from vestnik.streams.coalesce import PerIteration
+from vestnik.streams.config import Config, ConfigError
+from vestnik.streams.forward.job import PENDING, Forwarder, Pending, forward
+from vestnik.streams.forward.schedule import (
+    FUNCTION,
+    KEEP_RESULT_S,
+    Claim,
+    job_deserializer,
+    job_serializer,
+    wake_channel,
+)
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis import RETRYABLE, Backoff
+from vestnik.streams.redis import pool as redis_pool
 
 log = logging.getLogger("vestnik.forward")
 
@@ -47,7 +54,7 @@ class _ArqRedis(ArqRedis):
         await self.aclose(close_connection_pool=close_connection_pool)
 
 
-def arq_pool(settings: Settings, keys: Keys, max_connections: int) -> ArqRedis:
+def arq_pool(settings: Config, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
     shared = redis_pool(settings.redis_url, max_connections=max_connections,
                         name="vestnik-forwarder", timeout=settings.redis_timeout)
@@ -364,7 +371,7 @@ class ForwardWorker(Worker):
         return [None] * len(batch)
 
 
-def make_worker(settings: Settings, *, burst: bool = False,
+def make_worker(settings: Config, *, burst: bool = False,
                 channels: Channels | None = None) -> ForwardWorker:
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
     if not settings.redis_url:
@@ -399,7 +406,7 @@ def make_worker(settings: Settings, *, burst: bool = False,
     return worker
 
 
-async def run_forwarder(settings: Settings, *, burst: bool = False,
+async def run_forwarder(settings: Config, *, burst: bool = False,
                         worker: ForwardWorker | None = None) -> None:
     """Run forward jobs until cancelled (or, with `burst`, until the queue is empty).
 

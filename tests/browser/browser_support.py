@@ -5,7 +5,7 @@ from __future__ import annotations
 import msgspec
 from redis.asyncio import Redis
 
-from streams.keys import USER_TOPIC, Keys
+from vestnik.streams.keys import USER_TOPIC, Keys
 
 K = Keys("vn:")
 

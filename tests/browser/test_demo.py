@@ -15,8 +15,8 @@ import pytest
 from browser_support import console_errors
 from playwright.async_api import expect
 
-from streams.redis_server import free_port, running
 from support import Proc, eventually, vestnik_argv, wait_http
+from vestnik.streams.redis_server import free_port, running
 
 pytestmark = pytest.mark.browser
 

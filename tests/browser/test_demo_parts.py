@@ -13,10 +13,10 @@ from email.message import EmailMessage
 import aiosmtplib
 import msgspec
 
-from app.demo import ALERT, MailSink, Simulator
-from app.pages import mailbox_key
-from streams.redis_server import free_port
 from support import ROOT
+from vestnik.app.demo import ALERT, MailSink, Simulator
+from vestnik.app.pages import mailbox_key
+from vestnik.streams.redis_server import free_port
 
 
 def run_alert(lines: list[dict | str]) -> list[dict]:

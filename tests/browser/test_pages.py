@@ -9,8 +9,8 @@ import pytest
 from browser_support import K, console_errors
 from playwright.async_api import expect
 
-from streams.redis_server import free_port
 from support import SERVICE_TOKEN, Api, base_env, wait_http
+from vestnik.streams.redis_server import free_port
 
 pytestmark = pytest.mark.browser
 

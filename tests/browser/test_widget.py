@@ -11,8 +11,8 @@ import pytest
 from browser_support import K, add_users, console_errors
 from playwright.async_api import expect
 
-from streams.redis_server import free_port
 from support import ROOT, eventually
+from vestnik.streams.redis_server import free_port
 
 pytestmark = pytest.mark.browser
 

@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
 
 K = Keys("vn:")
 

@@ -12,9 +12,9 @@ import pytest
 from center_support import K, add_users, dead, entry, feed, stored, xadd_many
 from redis.asyncio import Redis
 
-from streams.consumer import DEAD_RAW_MAX
-from streams.keys import USER_TOPIC, dedup_scope
 from support import Api, SmtpSink, eventually
+from vestnik.streams.consumer import DEAD_RAW_MAX
+from vestnik.streams.keys import USER_TOPIC, dedup_scope
 
 
 def run_burst(start_proc, *args: str, **env: str) -> str:

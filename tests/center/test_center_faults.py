@@ -12,8 +12,9 @@ import time
 import pytest
 from center_support import K, add_users, entry, feed, lag, pending, unread_count, xadd_many
 
-from streams.center import derived_id, run_center
 from support import SSE, Api, eventually
+from vestnik.streams.center import run_center
+from vestnik.streams.center.plan import derived_id
 
 USERS = [str(u) for u in range(1, 6)]
 N = 10_000

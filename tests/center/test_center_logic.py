@@ -8,19 +8,25 @@ import random
 import pytest
 from center_support import K
 
-from streams.center import (
-    STORE_LUA,
+from vestnik.streams.center.batch import STORE_LUA, choose_trim
+from vestnik.streams.center.ingest import prepare
+from vestnik.streams.center.plan import (
     channel_users,
-    choose_trim,
     derived_id,
     is_muted,
     merge_channels,
     wants_forward,
 )
-from streams.errors import BadInput
-from streams.ids import encode_ulid
-from streams.ingest import prepare
-from streams.schemas import AlertSetting, Notice, NoticeIn, User, decode_notice_entry, decode_user
+from vestnik.streams.errors import BadInput
+from vestnik.streams.ids import encode_ulid
+from vestnik.streams.schemas import (
+    AlertSetting,
+    Notice,
+    NoticeIn,
+    User,
+    decode_notice_entry,
+    decode_user,
+)
 
 
 def setting(sid: str, channel: dict, enabled: bool = True) -> AlertSetting:
@@ -136,8 +142,8 @@ async def test_per_user_path_stores_like_the_batch_path(redis, settings):
     """The per-user calls (used on a Redis Cluster) give the same feeds as one batch call."""
     from center_support import add_users, entry, feed, xadd_many
 
-    from streams.center import Center
-    from streams.consumer import Entry
+    from vestnik.streams.center.batch import Center
+    from vestnik.streams.consumer import Entry
 
     await add_users(redis, "1", "2")
     sids = await xadd_many(redis, [entry(f"n{i}", "1,2") for i in range(5)])

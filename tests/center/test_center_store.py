@@ -168,7 +168,7 @@ async def test_send_command_and_sigterm_stop(redis, start_proc):
 async def test_metrics_and_acked_entries_are_trimmed(redis, start_proc):
     import httpx
 
-    from streams.redis_server import free_port
+    from vestnik.streams.redis_server import free_port
 
     await add_users(redis, "1")
     port = free_port()
@@ -262,7 +262,7 @@ async def test_a_broadcast_beyond_one_store_call_reaches_every_recipient_once(
     1,000), each publishing as it ends. Every recipient gets one unread entry and one live
     message, the last chunk's as the first's; the same notice again (a re-delivery, its
     body already stored) adds nothing in any chunk."""
-    from streams.center import STORE_CHUNK
+    from vestnik.streams.center.batch import STORE_CHUNK
 
     uids = [str(i) for i in range(1, 2 * STORE_CHUNK + 502)]
     await add_users(redis, *uids)

@@ -9,11 +9,11 @@ import asyncio
 import pytest
 from center_support import K, dead, pending
 
-from streams.consumer import Consumer, DeadLetter, Entry
-from streams.errors import BadInput
-from streams.live import UserHub
-from streams.redis import reader
 from support import eventually
+from vestnik.streams.center import UserHub
+from vestnik.streams.consumer import Consumer, DeadLetter, Entry
+from vestnik.streams.errors import BadInput
+from vestnik.streams.redis import reader
 
 
 def decode(fields: dict[bytes, bytes]) -> str:

@@ -170,8 +170,8 @@ async def test_feed_pages_with_a_cursor(api: Api, redis, start_proc, user_token)
 
 async def test_up_runs_the_center(redis_url, redis, tmp_path, user_token):
     """`vestnik up` stores and pushes notices with no other process."""
-    from streams.redis_server import free_port
     from support import SERVICE_TOKEN, Proc, base_env, vestnik_argv, wait_http
+    from vestnik.streams.redis_server import free_port
 
     await add_users(redis, "1")
     port = free_port()

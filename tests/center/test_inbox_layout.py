@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from center_support import K
 
-from streams.inbox import Inbox, migrate
+from vestnik.streams.center import Inbox
+from vestnik.streams.center.inbox import migrate
 
 
 async def _feed(redis, uid: str, n: int) -> list[str]:

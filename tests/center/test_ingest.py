@@ -9,9 +9,9 @@ import asyncio
 import pytest
 from redis.exceptions import OutOfMemoryError
 
-from streams.ingest import Ingest
-from streams.schemas import NoticeIn, decode_notice_entry
 from support import fill_redis
+from vestnik.streams.center import Ingest
+from vestnik.streams.schemas import NoticeIn, decode_notice_entry
 
 
 def _notice(i: int) -> NoticeIn:

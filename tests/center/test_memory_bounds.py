@@ -7,7 +7,7 @@ from __future__ import annotations
 from center_support import K, add_users, entry, feed, xadd_many
 from redis.asyncio import Redis
 
-from streams.inbox import purge_users
+from vestnik.streams.center.inbox import purge_users
 
 
 def run_burst(start_proc, **env: str) -> None:

@@ -18,11 +18,11 @@ from typing import Any
 import httpx
 import pytest
 
-from app.cli import issue_token
-from streams.config import load
-from streams.keys import USER_TOPIC, Keys
-from streams.redis_server import RedisServer, free_port
 from support import SSE, Api, Proc, base_env, vestnik_argv, wait_http
+from vestnik.app.cli import issue_token
+from vestnik.streams.config import load
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.redis_server import RedisServer, free_port
 
 K = Keys("vn:")
 

@@ -13,9 +13,9 @@ import pytest
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 
-from streams.keys import Keys
-from streams.live import UserHub
-from streams.redis import PUBSUB_PING_EVERY, reader
+from vestnik.streams.center import UserHub
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis import PUBSUB_PING_EVERY, reader
 
 
 class BlackHole:

@@ -10,9 +10,9 @@ import pytest
 from fault_support import FlakyHttp, K, Stack, add_users, deliveries, record, stack
 from redis.asyncio import Redis
 
-from streams.forward import KEEP_RESULT_S, job_id
-from streams.ids import ulid
 from support import SmtpSink, eventually
+from vestnik.streams.forward import KEEP_RESULT_S, job_id
+from vestnik.streams.ids import ulid
 
 __all__ = ["stack"]
 

@@ -15,8 +15,8 @@ from fault_support import K, Stack, add_users, stack, token
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError
 
-from streams.keys import CENTER_GROUP
 from support import eventually, fill_redis
+from vestnik.streams.keys import CENTER_GROUP
 
 __all__ = ["stack"]
 

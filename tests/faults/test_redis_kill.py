@@ -25,9 +25,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from streams.ids import parse_stream_id, ulid
-from streams.keys import CENTER_GROUP
 from support import SmtpSink, eventually
+from vestnik.streams.ids import parse_stream_id, ulid
+from vestnik.streams.keys import CENTER_GROUP
 
 __all__ = ["stack"]
 

@@ -9,8 +9,8 @@ import time
 
 from redis.asyncio import Redis
 
-from streams.keys import Keys
-from streams.live import UserHub
+from vestnik.streams.center import UserHub
+from vestnik.streams.keys import Keys
 
 
 async def test_users_arriving_while_the_hub_connects_are_subscribed(redis_url: str):

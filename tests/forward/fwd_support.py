@@ -13,13 +13,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from streams.forward import Delivery, decode_delivery
-from streams.keys import USER_TOPIC, Keys
-from streams.schemas import Notice, User, json_encode
-
 # ------------------------------------------------------------------------- SMTP
 # Mail and SmtpSink live in support.py: the fault tests use the same sink
 from support import Mail, SmtpSink  # noqa: F401
+from vestnik.streams.forward import Delivery, decode_delivery
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.schemas import Notice, User, json_encode
 
 # ------------------------------------------------------------------------- HTTP
 

@@ -11,10 +11,10 @@ import pytest
 from fwd_support import SmtpSink
 from redis.asyncio import Redis
 
-from streams.forward import job_id
-from streams.ids import ulid
-from streams.keys import USER_TOPIC, Keys
 from support import Api, eventually
+from vestnik.streams.forward import job_id
+from vestnik.streams.ids import ulid
+from vestnik.streams.keys import USER_TOPIC, Keys
 
 
 @pytest.fixture

@@ -15,12 +15,12 @@ from prometheus_client import REGISTRY
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
-from streams.config import Settings, load
-from streams.forward import BROADCAST, ForwardJob, add_forward_jobs, job_id, run_forwarder
-from streams.ids import now_ms, ulid
-from streams.keys import Keys
-from streams.schemas import Notice, User
 from support import base_env, eventually
+from vestnik.streams.config import Config, load
+from vestnik.streams.forward import BROADCAST, ForwardJob, add_forward_jobs, job_id, run_forwarder
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import Keys
+from vestnik.streams.schemas import Notice, User
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -39,7 +39,7 @@ def http_sink() -> Iterator[HttpSink]:
     sink.stop()
 
 
-def make_settings(redis_url: str, **env: str) -> Settings:
+def make_settings(redis_url: str, **env: str) -> Config:
     """Stand-ins listen on 127.0.0.1, which the egress policy refuses unless allowed."""
     return load(base_env(redis_url, **{"VESTNIK_SEND_BACKOFF": "0.05",
                                        "VESTNIK_EGRESS_ALLOW": "127.0.0.1/32", **env}))
@@ -64,7 +64,7 @@ async def schedule(redis: Redis, keys: Keys, *jobs: ForwardJob) -> list[Any]:
         return await pipe.execute()
 
 
-async def burst(settings: Settings, timeout: float = 20) -> None:
+async def burst(settings: Config, timeout: float = 20) -> None:
     await asyncio.wait_for(run_forwarder(settings, burst=True), timeout)
 
 
@@ -138,7 +138,7 @@ async def test_email_headers_parts_and_escaping(redis: Redis, keys: Keys, redis_
 
 async def test_locale_template_override(redis: Redis, keys: Keys, redis_url, smtp: SmtpSink,
                                         tmp_path):
-    from streams.channels import email as email_mod
+    from vestnik.streams.channels import email as email_mod
 
     (tmp_path / "email.ru.html.j2").write_text("<p>Уведомление: {{ title }}</p>")
     for name in ("email.html.j2", "email.txt.j2"):
@@ -197,7 +197,7 @@ async def test_forward_run_outside_our_worker_records_and_marks(redis: Redis, ke
                                                                  redis_url, smtp: SmtpSink):
     """The job as a stock arq worker (or any caller) runs it: its attempt records and sent
     markers are written by the job itself, and a second run sends nothing more."""
-    from streams.forward import make_worker
+    from vestnik.streams.forward import make_worker
 
     settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
                              VESTNIK_SMTP_FROM="vestnik@example.org")
@@ -223,7 +223,7 @@ async def test_refused_or_non_ascii_address_fails_once_and_the_next_mail_goes_ou
     """A 550 at RCPT and an address SMTP cannot carry without SMTPUTF8 are permanent: one
     `failed` attempt naming why, no retry; the refused envelope is reset, so the same
     connection carries the next user's mail."""
-    from streams.forward import make_worker
+    from vestnik.streams.forward import make_worker
 
     sink = SmtpSink(refuse=frozenset({"gone@example.org"})).start()
     settings = make_settings(redis_url, VESTNIK_SMTP_URL=sink.url,
@@ -470,8 +470,8 @@ async def test_channel_not_configured_is_recorded(redis: Redis, keys: Keys, redi
     assert "not configured" in log[0].detail
 
 
-def test_registry_reads_entry_points(settings: Settings):
-    from streams.channels import available
+def test_registry_reads_entry_points(settings: Config):
+    from vestnik.streams.channels import available
 
     names = available()
     assert {"email", "telegram", "slack", "webhook"} <= set(names)
@@ -485,7 +485,7 @@ def test_registry_reads_entry_points(settings: Settings):
     ("smtp://127.0.0.1", ("127.0.0.1", 25, False, None, None)),  # STARTTLS when offered
 ])
 def test_smtp_url(url: str, expect: tuple[Any, ...]):
-    from streams.channels.email import SmtpConfig
+    from vestnik.streams.channels.email import SmtpConfig
 
     c = SmtpConfig(url)
     assert (c.host, c.port, c.use_tls, c.start_tls, c.password) == expect
@@ -515,7 +515,7 @@ async def run_stock_arq_worker(redis_url: str, keys: Keys) -> list[tuple[str, st
     from arq.connections import RedisSettings
     from arq.worker import Worker, func
 
-    from streams.forward.schedule import FUNCTION, job_deserializer, job_serializer
+    from vestnik.streams.forward.schedule import FUNCTION, job_deserializer, job_serializer
 
     calls: list[tuple[str, str]] = []
 
@@ -538,7 +538,7 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
     """A stock arq Worker (not ours) runs what add_forward_jobs wrote, once."""
     from arq.jobs import Job
 
-    from streams.forward.schedule import FUNCTION, job_deserializer
+    from vestnik.streams.forward.schedule import FUNCTION, job_deserializer
 
     job = ForwardJob("N1", "7", now_ms())
     assert await schedule(redis, keys, job, job) == [1, 0]
@@ -555,7 +555,7 @@ async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
     """The center writes a delayed forward as one member of the due set; when due, the pump
     makes it arq's own job record, which a stock arq Worker runs exactly once, however
     often the same forward was written (a re-delivered notice)."""
-    from streams.forward import due_member, pump_due
+    from vestnik.streams.forward import due_member, pump_due
 
     due = now_ms() - 1
     for _ in range(2):  # the same forward twice: one member
@@ -610,7 +610,7 @@ async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, 
 # ------------------------------------------------------- secrets and egress (issue 19)
 
 
-async def broadcast(redis: Redis, keys: Keys, settings: Settings, n: Notice) -> list[Any]:
+async def broadcast(redis: Redis, keys: Keys, settings: Config, n: Notice) -> list[Any]:
     """Store `n`, run its user-independent forward, return its deliveries."""
     await store_notice(redis, keys, n)
     await schedule(redis, keys, ForwardJob(n.id, BROADCAST, now_ms()))

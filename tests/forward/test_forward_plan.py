@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from streams.forward.schedule import BROADCAST, ForwardJob, forward_delay, forward_jobs_for
-from streams.schemas import Notice
+from vestnik.streams.forward.schedule import BROADCAST, ForwardJob, forward_delay, forward_jobs_for
+from vestnik.streams.schemas import Notice
 
 
 def n(**kw) -> Notice:

@@ -9,12 +9,12 @@ import pytest
 from fwd_support import SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
-from streams.forward import ForwardJob, add_forward_jobs
-from streams.ids import now_ms, ulid
-from streams.keys import Keys
-from streams.redis import connect
-from streams.schemas import Notice, User
 from support import ROOT, base_env, eventually, vestnik_argv
+from vestnik.streams.forward import ForwardJob, add_forward_jobs
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis import connect
+from vestnik.streams.schemas import Notice, User
 
 
 @pytest.fixture

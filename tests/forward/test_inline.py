@@ -14,14 +14,14 @@ from fwd_support import HttpSink, deliveries
 from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
-from streams.center import Center
-from streams.config import Settings, load
-from streams.consumer import Entry
-from streams.forward import BROADCAST, ForwardWorker, job_id, make_worker, run_forwarder
-from streams.ids import now_ms, ulid
-from streams.keys import USER_TOPIC, Keys
-from streams.schemas import decode_notice_entry
 from support import base_env, eventually
+from vestnik.streams.center.batch import Center
+from vestnik.streams.config import Config, load
+from vestnik.streams.consumer import Entry
+from vestnik.streams.forward import BROADCAST, ForwardWorker, job_id, make_worker, run_forwarder
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.schemas import decode_notice_entry
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -33,7 +33,7 @@ def hook() -> Iterator[HttpSink]:
     sink.stop()
 
 
-def make_settings(redis_url: str) -> Settings:
+def make_settings(redis_url: str) -> Config:
     return load(base_env(redis_url, VESTNIK_WEBHOOK_SECRET=SECRET, VESTNIK_SEND_BACKOFF="0.05",
                          VESTNIK_EGRESS_ALLOW="127.0.0.1"))
 

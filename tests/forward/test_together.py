@@ -7,8 +7,8 @@ import asyncio
 
 from redis.exceptions import ResponseError
 
-from streams.forward.job import read_many
-from streams.together import PerIteration
+from vestnik.streams.coalesce import PerIteration
+from vestnik.streams.forward.job import read_many
 
 
 async def test_reads_started_together_get_their_own_replies(redis):

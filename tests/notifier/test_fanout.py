@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 import resource
 
-from streams.redis import POOL_SIZE
 from support import SSE
+from vestnik.streams.redis import POOL_SIZE
 
 
 async def vestnik_connections(redis) -> list[str]:

@@ -12,9 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from streams.channels.base import ReplyTooLarge, capped_request
-from streams.hydrate import MAX_ENTITY
 from support import SSE, RawHttpServer, eventually
+from vestnik.streams.channels.base import ReplyTooLarge, capped_request
+from vestnik.streams.notifier.hydrate import MAX_ENTITY
 
 HUGE = 4 * 1024 * 1024
 

@@ -9,10 +9,10 @@ import asyncio
 import msgspec
 from redis.asyncio import Redis
 
-from app.notices import _frames
-from streams.inbox import Inbox
-from streams.keys import Keys
-from streams.live import RESYNC, Item, UserSub
+from vestnik.app.notices import _frames
+from vestnik.streams.center import RESYNC, Inbox, UserSub
+from vestnik.streams.fanout import LiveItem
+from vestnik.streams.keys import Keys
 
 
 class _Hub:
@@ -38,7 +38,7 @@ class _StoredDuringBacklog(Inbox):
                 await self.redis.set(self.keys.notice(f"n{n}"), body)
                 await self.redis.zadd(self.keys.feed(uid), {f"n{n}": n})
                 await self.redis.set(self.keys.user_seq(uid), n)
-                self.sub.offer(Item("notice", body, n))
+                self.sub.offer(LiveItem("notice", body, n))
         return items
 
 

@@ -11,12 +11,10 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
-from streams.hub import TopicHub
-from streams.hydrate import Hydrator
-from streams.keys import Keys
-from streams.schemas import TopicEvent
-from streams.topics import StateWriter
 from support import Api, eventually
+from vestnik.streams.keys import Keys
+from vestnik.streams.notifier import Hydrator, StateWriter, TopicHub
+from vestnik.streams.schemas import TopicEvent
 
 
 @pytest.fixture

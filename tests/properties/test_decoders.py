@@ -8,9 +8,9 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import ConfigError, Settings, load
-from streams.errors import BadInput
-from streams.schemas import (
+from vestnik.streams.config import Config, ConfigError, load
+from vestnik.streams.errors import BadInput
+from vestnik.streams.schemas import (
     NoticeIn,
     TopicEvent,
     decode_notice_entry,
@@ -80,7 +80,7 @@ def test_topic_event_round_trips(op, id, data):
     assert decode_topic_entry(_wire(topic_fields(ev))) == ev
 
 
-env_keys = st.sampled_from([f"VESTNIK_{f.name.upper()}" for f in msgspec.structs.fields(Settings)])
+env_keys = st.sampled_from([f"VESTNIK_{f.name.upper()}" for f in msgspec.structs.fields(Config)])
 
 
 @settings(max_examples=300, deadline=None)
@@ -91,7 +91,7 @@ def test_config_loads_or_names_the_key(env):
     except ConfigError as e:
         assert any(k in str(e) for k in env) or "environment" in str(e)
     else:
-        assert isinstance(s, Settings)
+        assert isinstance(s, Config)
 
 
 def test_deeply_nested_json_is_bad_input_not_a_crash():

@@ -14,8 +14,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streams.channels.http1 import BadRequest, HttpPool
 from support import RawHttpServer
+from vestnik.streams.channels.http1 import BadRequest, HttpPool
 
 # characters that break HTTP framing, and ordinary ones around them
 HOSTILE = st.text(alphabet=st.sampled_from(

@@ -27,10 +27,10 @@ from schemathesis.checks import (
     status_code_conformance,
 )
 
-from app.cli import issue_token
-from streams.config import load
-from streams.redis_server import RedisServer, free_port
 from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
+from vestnik.app.cli import issue_token
+from vestnik.streams.config import load
+from vestnik.streams.redis_server import RedisServer, free_port
 
 MAX_EXAMPLES = int(os.environ.get("VESTNIK_FUZZ_EXAMPLES", "15"))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,

@@ -14,10 +14,10 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.config import ConfigError
-from wrapper.config import AlertConfig, parse
-from wrapper.lines import SAMPLE, LineSplitter, Oversized
-from wrapper.protocol import FromAlert, decode_line
+from vestnik.streams.config import ConfigError
+from vestnik.wrapper.config import AlertConfig, parse
+from vestnik.wrapper.lines import SAMPLE, LineSplitter, Oversized
+from vestnik.wrapper.protocol import FromAlert, decode_line
 
 line_bytes = st.binary(max_size=80).map(lambda b: b.replace(b"\n", b"")) | st.sampled_from(
     [b"", b'{"type":"heartbeat"}', b"x" * 300])

@@ -9,8 +9,8 @@ import subprocess
 import httpx
 import pytest
 
-from streams.redis_server import free_port
 from support import SSE, Api, base_env, vestnik_argv, wait_http
+from vestnik.streams.redis_server import free_port
 
 READ_ALL = "/api/v1/me/notices/read-all"
 APP = "https://app.example.test"

@@ -10,10 +10,10 @@ from typing import Any
 import httpx
 import pytest
 
-from streams.channels.base import MAX_REPLY, capped_post
-from streams.channels.http1 import MAX_BODY, HttpPool
-from streams.egress import Egress, EgressRefused, pinned_client
 from support import RawHttpServer
+from vestnik.streams.channels.base import MAX_REPLY, capped_post
+from vestnik.streams.channels.http1 import MAX_BODY, HttpPool
+from vestnik.streams.egress import Egress, EgressRefused, pinned_client
 
 REFUSED = [
     ("127.0.0.1", "loopback"), ("127.1", "loopback"), ("0x7f.1", "loopback"),
@@ -141,7 +141,7 @@ async def test_settings_refuse_a_literal_private_url_naming_the_field(api: Any):
 
 
 def test_a_bad_cidr_in_the_allow_list_stops_the_start():
-    from streams.config import ConfigError, load
+    from vestnik.streams.config import ConfigError, load
 
     with pytest.raises(ConfigError, match="VESTNIK_EGRESS_ALLOW"):
         load({"VESTNIK_EGRESS_ALLOW": "10.0.0.0/33"})

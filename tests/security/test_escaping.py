@@ -22,9 +22,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streams.channels.email import EmailChannel, SmtpConfig, one_line, safe_link
-from streams.channels.telegram import render as telegram_render
-from streams.schemas import Notice, User
+from vestnik.streams.channels.email import EmailChannel, SmtpConfig, one_line, safe_link
+from vestnik.streams.channels.telegram import render as telegram_render
+from vestnik.streams.schemas import Notice, User
 
 STATIC = Path(__file__).resolve().parents[2] / "app" / "static"
 HEADERS = {"From", "To", "Subject", "Date", "Message-ID", "X-Vestnik-Notice", "Auto-Submitted",

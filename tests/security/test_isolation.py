@@ -13,8 +13,8 @@ import httpx
 import jwt
 import pytest
 
-from streams.keys import USER_TOPIC
 from support import SSE, Api, eventually
+from vestnik.streams.keys import USER_TOPIC
 
 ALICE, BOB = "1", "2"
 CRAFTED = ["*", "0", "-1", "..%2F..%2Fsettings", "x}:feed", "{u:1}", "%00", "a" * 5000,

@@ -9,8 +9,8 @@ import time
 import jwt
 import pytest
 
-from streams.channels.http1 import HttpPool
 from support import Api, RawHttpServer, eventually
+from vestnik.streams.channels.http1 import HttpPool
 
 
 async def test_ids_that_reach_keys_are_checked_at_the_edge(api: Api):

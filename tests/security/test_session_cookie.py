@@ -12,9 +12,9 @@ import jwt
 import msgspec
 import pytest
 
-from streams.config import Settings
-from streams.keys import USER_TOPIC, Keys
 from support import SSE, Api
+from vestnik.streams.config import Config
+from vestnik.streams.keys import USER_TOPIC, Keys
 
 SESSION = "/api/v1/me/session"
 EVIL = "https://evil.example.test"
@@ -29,7 +29,7 @@ def cookie_of(r: httpx.Response) -> tuple[str, dict[str, str]]:
     return value, {k.lower(): v for k, _, v in (a.partition("=") for a in attrs)}
 
 
-def signed(settings: Settings, **claims: object) -> str:
+def signed(settings: Config, **claims: object) -> str:
     assert settings.secret
     return jwt.encode({"sub": "1", **claims}, settings.secret, algorithm="HS256")
 
@@ -85,7 +85,7 @@ async def test_only_a_bearer_header_opens_a_session(api: Api, user_token):
 
 
 @pytest.mark.parametrize("case", ["expired", "other secret", "garbage", "no exp"])
-async def test_a_bad_token_gets_401_and_no_cookie(api: Api, settings: Settings, case: str):
+async def test_a_bad_token_gets_401_and_no_cookie(api: Api, settings: Config, case: str):
     now = int(time.time())
     token = {"expired": signed(settings, iat=now - 7200, exp=now - 3600),
              "other secret": jwt.encode({"sub": "1", "exp": now + 60}, "x" * 32,

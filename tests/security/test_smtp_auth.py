@@ -16,10 +16,10 @@ import pytest
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import AuthResult, LoginPassword
 
-from streams.channels.email import EmailChannel, SmtpConfig
-from streams.ids import now_ms, ulid
-from streams.schemas import Notice, User
 from support import SmtpSink
+from vestnik.streams.channels.email import EmailChannel, SmtpConfig
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.schemas import Notice, User
 
 USER, PASSWORD = "mailer", "pw-7f3a9c-never-in-clear"
 ALICE = User(id="1", name="Alice", email="alice@example.org")

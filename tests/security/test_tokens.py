@@ -10,11 +10,11 @@ import inspect
 
 import pytest
 
-from app import http as app_http
-from app.context import Ctx
-from app.http import is_service_token
-from streams.config import load
-from streams.keys import Keys
+from vestnik.app import http as app_http
+from vestnik.app.context import Ctx
+from vestnik.app.http import is_service_token
+from vestnik.streams.config import load
+from vestnik.streams.keys import Keys
 
 TOKENS = ["svc-first-" + "a" * 24, "svc-second-" + "b" * 24, "svc-third-" + "c" * 24]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from streams.redis_server import free_port
 from support import Proc
+from vestnik.streams.redis_server import free_port
 
 
 @dataclass

@@ -13,11 +13,11 @@ import pytest
 from redis.asyncio import Redis
 from wrapping import alert_toml, notices
 
-from streams.config import ConfigError
-from streams.redis_server import free_port
 from support import SECRET, SERVICE_TOKEN, eventually
-from wrapper.config import parse
-from wrapper.supervisor import EXIT_REDIS, Wrapper
+from vestnik.streams.config import ConfigError
+from vestnik.streams.redis_server import free_port
+from vestnik.wrapper.config import parse
+from vestnik.wrapper.supervisor import EXIT_REDIS, Wrapper
 
 PY = sys.executable
 

@@ -14,8 +14,8 @@ import pytest
 from redis.asyncio import Redis
 from wrapping import metric, notices, put_setting, setting
 
-from streams.keys import CENTER_GROUP, USER_TOPIC, Keys
 from support import ROOT, eventually
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
 
 EXAMPLES = ROOT / "wrapper" / "examples"
 

@@ -18,7 +18,7 @@ from typing import Any
 from wrapping import alert_toml, notices, put_setting, read_lines, setting
 
 from support import ROOT, eventually
-from wrapper.supervisor import version
+from vestnik.wrapper.supervisor import version
 
 DOC = ROOT / "docs" / "wrapper-protocol.md"
 

@@ -27,11 +27,11 @@ from wrapping import (
     wait_exit,
 )
 
-from streams.keys import dedup_scope
 from support import ROOT, eventually, gone
-from wrapper.lines import LineSplitter, Oversized
-from wrapper.mailbox import Mailbox
-from wrapper.protocol import Entity, Ready, Settings
+from vestnik.streams.keys import dedup_scope
+from vestnik.wrapper.lines import LineSplitter, Oversized
+from vestnik.wrapper.protocol import Entity, Ready, SettingsMessage
+from vestnik.wrapper.stdin_queue import StdinQueue
 
 PY = sys.executable
 
@@ -80,8 +80,8 @@ def test_line_splitter_discards_oversized_lines_across_chunks():
 
 
 async def test_mailbox_coalesces_entities_and_settings_keeps_order():
-    mb = Mailbox(3)
-    await mb.put(Settings(items=[]), ("s",))
+    mb = StdinQueue(3)
+    await mb.put(SettingsMessage(items=[]), ("s",))
     for i in range(100):
         await mb.put(Entity(topic="vm", op="update", id="1", data={"n": i}), ("e", "vm", "1"))
     await mb.put(Entity(topic="vm", op="update", id="2", data={"n": 0}), ("e", "vm", "2"))
@@ -90,7 +90,7 @@ async def test_mailbox_coalesces_entities_and_settings_keeps_order():
     await asyncio.sleep(0)
     assert not blocked.done()  # full: the producer waits instead of growing
     got = await mb.get_batch(10)
-    assert [type(m).__name__ for m in got] == ["Settings", "Entity", "Entity"]
+    assert [type(m).__name__ for m in got] == ["SettingsMessage", "Entity", "Entity"]
     assert got[1].data == {"n": 99}
     await blocked
     assert isinstance((await mb.get_batch(10))[0], Ready)
@@ -439,18 +439,21 @@ def test_policy_never_exit_code_says_how_the_alert_ended(start_proc, tmp_path, c
 
 def test_wrapper_imports_only_the_shared_streams_helpers(tmp_path):
     """wrapper/ runs on a box with only Redis: no app/, no web framework."""
-    code = ("import sys, wrapper.supervisor, wrapper.__main__, wrapper.kit; "
+    code = ("import sys, vestnik.wrapper.supervisor, vestnik.wrapper.__main__, "
+            "vestnik.wrapper.kit; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] in "
-            "('app', 'starlette', 'uvicorn', 'sse_starlette', 'streams')))")
+            "('starlette', 'uvicorn', 'sse_starlette') or m.split('.')[:2] in "
+            "(['vestnik', 'app'], ['vestnik', 'streams'])))")
     out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out.replace("'", '"')) == sorted(
-        ["streams", "streams.config", "streams.errors", "streams.ids", "streams.keys",
-         "streams.redis", "streams.schemas"])
-    # and `python -m wrapper` is the same command without the main CLI
+        ["vestnik.streams", "vestnik.streams.config", "vestnik.streams.errors",
+         "vestnik.streams.ids", "vestnik.streams.keys",
+         "vestnik.streams.redis", "vestnik.streams.schemas"])
+    # and `python -m vestnik.wrapper` is the same command without the main CLI
     bad = tmp_path / "alert.toml"
     bad.write_text('name = "x"\ncommand = ["x"]\nrestart = 1\n')
-    run = subprocess.run([PY, "-m", "wrapper", str(bad)], cwd=ROOT, capture_output=True,
+    run = subprocess.run([PY, "-m", "vestnik.wrapper", str(bad)], cwd=ROOT, capture_output=True,
                          text=True, timeout=30)
     assert run.returncode == 2 and "restart" in run.stderr
 
@@ -460,8 +463,8 @@ def test_wrapper_imports_only_the_shared_streams_helpers(tmp_path):
 
 async def apply_to_state(redis, keys, topic: str) -> str:
     """What the api's materializer does: apply the topic stream to vn:state:<topic>."""
-    from streams.schemas import decode_topic_entry
-    from streams.topics import StateWriter
+    from vestnik.streams.notifier import StateWriter
+    from vestnik.streams.schemas import decode_topic_entry
 
     entries = await redis.xrange(keys.topic(topic))
     events = [(sid.decode(), decode_topic_entry(f)) for sid, f in entries]
@@ -590,7 +593,7 @@ async def test_wrapper_rides_out_a_redis_restart(redis_server, redis, keys, wrap
 
 KIT_ALERT = r"""
 import time
-from wrapper.kit import Alert
+from vestnik.wrapper.kit import Alert
 
 alert = Alert(heartbeat=0.4)
 

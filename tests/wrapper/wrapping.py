@@ -12,7 +12,7 @@ import httpx
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from streams.keys import SETTINGS_TOPIC, Keys
+from vestnik.streams.keys import SETTINGS_TOPIC, Keys
 
 
 def alert_toml(path: Path, name: str, command: list[str], **extra: Any) -> Path:

@@ -6,7 +6,7 @@ Setting metric: {"min_balance": 100}. One notice per crossing (per setting); whe
 balance is back above the limit the alert resolves it, so the next drop notifies again.
 """
 
-from wrapper.kit import Alert, EntityEvent
+from vestnik.wrapper.kit import Alert, EntityEvent
 
 alert = Alert(heartbeat=30)
 low: set[tuple[str, str]] = set()  # (setting id, account id) currently below the limit

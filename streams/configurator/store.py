@@ -26,12 +26,12 @@ from urllib.parse import urlsplit
 import msgspec
 from redis.asyncio import Redis
 
-from .egress import Egress
-from .errors import BadInput, BadRequest, Conflict, NotFound, PreconditionFailed
-from .ids import now_ms, ulid
-from .keys import SETTINGS_TOPIC, Keys
-from .metrics import EVENTS_PUBLISHED
-from .schemas import (
+from vestnik.streams.egress import Egress
+from vestnik.streams.errors import BadInput, BadRequest, Conflict, NotFound, PreconditionFailed
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import SETTINGS_TOPIC, Keys
+from vestnik.streams.metrics import EVENTS_PUBLISHED
+from vestnik.streams.schemas import (
     AlertSetting,
     SettingIn,
     SettingList,

@@ -19,12 +19,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
-from .hydrate import read_entity
-from .keys import Keys
-from .metrics import BRIDGE_EVENTS, READER_RECONNECTS
-from .redis import RETRYABLE, Backoff, reader
-from .schemas import TopicEvent, topic_fields
-from .topics import check_topic
+from vestnik.streams.keys import Keys
+from vestnik.streams.metrics import BRIDGE_EVENTS, READER_RECONNECTS
+from vestnik.streams.notifier.hydrate import read_entity
+from vestnik.streams.notifier.topics import check_topic
+from vestnik.streams.redis import RETRYABLE, Backoff, reader
+from vestnik.streams.schemas import TopicEvent, topic_fields
 
 log = logging.getLogger("vestnik.bridge")
 

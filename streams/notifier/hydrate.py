@@ -22,9 +22,9 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from .channels.base import HTTP_HEADERS, ReplyTooLarge, capped_request
-from .metrics import HYDRATIONS
-from .schemas import TopicEvent
+from vestnik.streams.channels.base import HTTP_HEADERS, ReplyTooLarge, capped_request
+from vestnik.streams.metrics import HYDRATIONS
+from vestnik.streams.schemas import TopicEvent
 
 log = logging.getLogger("vestnik.hydrate")
 

@@ -10,12 +10,12 @@ import msgspec
 from redis.asyncio import Redis
 from redis.commands.core import AsyncScript
 
-from .errors import Conflict
-from .ids import now_ms, ulid
-from .keys import Keys
-from .metrics import NOTICES_INGESTED
-from .schemas import Notice, NoticeIn, json_encode, notice_fields, same_content
-from .together import Appends
+from vestnik.streams.coalesce import Appends
+from vestnik.streams.errors import Conflict
+from vestnik.streams.ids import now_ms, ulid
+from vestnik.streams.keys import Keys
+from vestnik.streams.metrics import NOTICES_INGESTED
+from vestnik.streams.schemas import Notice, NoticeIn, json_encode, notice_fields, same_content
 
 IDEMPOTENCY_TTL_S = 86_400
 

@@ -25,17 +25,23 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
-from streams.errors import from_validation
-from streams.ids import now_ms
-from streams.keys import Keys, dedup_scope
-from streams.redis import RETRYABLE, Backoff
-from streams.schemas import AlertSetting, NoticeIn, notice_fields
-
-from .config import AlertConfig
-from .feed import SettingsView
-from .lines import LineSplitter, Oversized
-from .metrics import ALERT_ERRORS, BAD_LINES, LINES_IN, NOTICES
-from .protocol import AlertHello, Error, Heartbeat, Notice, Resolve, decode_line
+from vestnik.streams.errors import from_validation
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import Keys, dedup_scope
+from vestnik.streams.redis import RETRYABLE, Backoff
+from vestnik.streams.schemas import AlertSetting, NoticeIn, notice_fields
+from vestnik.wrapper.config import AlertConfig
+from vestnik.wrapper.feed import SettingsView
+from vestnik.wrapper.lines import LineSplitter, Oversized
+from vestnik.wrapper.metrics import ALERT_ERRORS, BAD_LINES, LINES_IN, NOTICES
+from vestnik.wrapper.protocol import (
+    AlertHello,
+    Error,
+    Heartbeat,
+    NoticeMessage,
+    Resolve,
+    decode_line,
+)
 
 log = logging.getLogger("vestnik.wrapper")
 
@@ -88,7 +94,7 @@ class Batch:
         self.notices += notice
 
 
-class Sink:
+class NoticeWriter:
     def __init__(self, cfg: AlertConfig, redis: Redis, keys: Keys, view: SettingsView) -> None:
         self.cfg = cfg
         self.name = cfg.name
@@ -162,7 +168,7 @@ class Sink:
         except msgspec.DecodeError as e:
             return self._bad(lineno, "not_json", str(e), line)
         match msg:
-            case Notice():
+            case NoticeMessage():
                 self._lines.inc()
                 if not self.view.loaded.is_set():
                     await self.view.loaded.wait()
@@ -189,7 +195,7 @@ class Sink:
                 log.error("%s: alert reports (line %d): %s", self.name, lineno, message[:2000])
         return None
 
-    def _notice(self, lineno: int, n: Notice, raw: bytes) -> None:
+    def _notice(self, lineno: int, n: NoticeMessage, raw: bytes) -> None:
         view = self.view
         if n.setting_id is not None:
             setting = view.by_id.get(n.setting_id)

@@ -24,9 +24,9 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
-from .errors import NotFound
-from .keys import REFS_BUCKET, Keys
-from .schemas import notice_view
+from vestnik.streams.errors import NotFound
+from vestnik.streams.keys import REFS_BUCKET, Keys
+from vestnik.streams.schemas import notice_view
 
 log = logging.getLogger("vestnik.inbox")
 

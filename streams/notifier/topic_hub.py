@@ -11,29 +11,28 @@ instead of slowing the others; it resumes with Last-Event-ID.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections import deque
 from collections.abc import Iterable
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
-from .errors import BadInput
-from .hydrate import Hydrator
-from .ids import parse_stream_id
-from .keys import SETTINGS_TOPIC, USER_TOPIC, Keys
-from .metrics import (
+from vestnik.streams.errors import BadInput
+from vestnik.streams.fanout import Mailbox, TopicItem, cancel_and_wait
+from vestnik.streams.ids import parse_stream_id
+from vestnik.streams.keys import SETTINGS_TOPIC, USER_TOPIC, Keys
+from vestnik.streams.metrics import (
     EVENTS_APPLIED,
     EVENTS_BAD,
     READER_RECONNECTS,
     SSE_DROPPED,
     TOPICS_FOLLOWED,
 )
-from .redis import RETRYABLE, Backoff, reader
-from .schemas import EntityEvent, TopicEvent, decode_topic_entry, json_encode
-from .topics import TOPIC_RE, StateWriter
+from vestnik.streams.notifier.hydrate import Hydrator
+from vestnik.streams.notifier.topics import TOPIC_RE, StateWriter
+from vestnik.streams.redis import RETRYABLE, Backoff, reader
+from vestnik.streams.schemas import EntityEvent, TopicEvent, decode_topic_entry, json_encode
 
 log = logging.getLogger("vestnik.hub")
 
@@ -42,74 +41,7 @@ OWN_TOPICS = frozenset({USER_TOPIC, SETTINGS_TOPIC})  # followed whenever their 
 T = TypeVar("T")
 
 
-async def cancel_and_wait(task: asyncio.Task[None] | None) -> None:
-    """Stop a hub's reader task and wait until it has stopped."""
-    if task is not None:
-        task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await task
-
-
-class Item:
-    """One event ready to send: its stream id (as text and as a sortable key) and JSON."""
-
-    __slots__ = ("frame", "key", "payload", "sid")
-
-    def __init__(self, sid: str, payload: bytes) -> None:
-        self.sid = sid
-        self.key: StreamKey = parse_stream_id(sid)
-        self.payload = payload
-        self.frame: bytes | None = None  # filled once by the first writer that formats it
-
-
-class Mailbox(Generic[T]):
-    """One subscriber's bounded queue. The fan-out only ever offers (never waits), so a slow
-    subscriber cannot hold up the others; `None` ends its stream.
-
-    A deque and one waiter future, not an asyncio.Queue: an offer is an append and, when
-    the reader waits, one set_result (a Queue's put and get were 12 % of an api process's
-    CPU in a broadcast to 5,000 connections, B3)."""
-
-    __slots__ = ("_items", "_size", "_waiter")
-
-    def __init__(self, queue_size: int) -> None:
-        self._items: deque[T | None] = deque()
-        self._size = queue_size
-        self._waiter: asyncio.Future[None] | None = None
-
-    def offer(self, item: T) -> bool:
-        if len(self._items) >= self._size:
-            return False
-        self._items.append(item)
-        self._wake()
-        return True
-
-    async def get(self) -> T | None:
-        """The next item, waiting for one; `None` once the stream is ended."""
-        while not self._items:
-            waiter = self._waiter = asyncio.get_running_loop().create_future()
-            try:
-                await waiter
-            finally:
-                self._waiter = None
-        return self._items.popleft()
-
-    def pending(self) -> int:
-        return len(self._items)
-
-    def close(self) -> None:
-        """Wake the reader with the end marker, discarding what it has not read."""
-        self._items.clear()
-        self._items.append(None)
-        self._wake()
-
-    def _wake(self) -> None:
-        waiter = self._waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-
-class Subscription(Mailbox[Item]):
+class Subscription(Mailbox[TopicItem]):
     __slots__ = ("topic",)
 
     def __init__(self, topic: str, queue_size: int) -> None:
@@ -195,7 +127,8 @@ class TopicHub:
         last = await self.redis.xrevrange(self.keys.topic(topic), count=1)
         return last[0][0].decode() if last else "0-0"
 
-    async def backlog(self, topic: str, after: str, limit: int = 1000) -> tuple[list[Item], bool]:
+    async def backlog(self, topic: str, after: str, limit: int = 1000
+                      ) -> tuple[list[TopicItem], bool]:
         """Entries strictly after `after` (at most `limit`), and whether trimming removed any
         entry after `after` (a gap the client must fill from the snapshot)."""
         key = self.keys.topic(topic)
@@ -328,9 +261,9 @@ class TopicHub:
         return decoded
 
     @staticmethod
-    def _items(topic: str, decoded: list[tuple[str, TopicEvent]]) -> list[Item]:
+    def _items(topic: str, decoded: list[tuple[str, TopicEvent]]) -> list[TopicItem]:
         return [
-            Item(sid, json_encode(EntityEvent(
+            TopicItem(sid, json_encode(EntityEvent(
                 topic=topic, sid=sid, op=ev.op, id=ev.id, data=ev.data,
                 ts=ev.ts or parse_stream_id(sid)[0], src=ev.src,  # raw XADD: ts from the id
             )))

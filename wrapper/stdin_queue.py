@@ -13,10 +13,10 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from .protocol import ToAlert
+from vestnik.wrapper.protocol import ToAlert
 
 
-class Mailbox:
+class StdinQueue:
     def __init__(self, size: int) -> None:
         self.size = size
         self._items: OrderedDict[Hashable, ToAlert] = OrderedDict()

@@ -13,12 +13,12 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from .errors import BadInput
-from .ids import now_ms
-from .keys import Keys
-from .metrics import EVENTS_PUBLISHED
-from .schemas import Snapshot, TopicEvent, json_encode, topic_fields
-from .together import Appends
+from vestnik.streams.coalesce import Appends
+from vestnik.streams.errors import BadInput
+from vestnik.streams.ids import now_ms
+from vestnik.streams.keys import Keys
+from vestnik.streams.metrics import EVENTS_PUBLISHED
+from vestnik.streams.schemas import Snapshot, TopicEvent, json_encode, topic_fields
 
 TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")  # \Z: `$` matches before a final LF
 

@@ -26,10 +26,10 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from .hub import Mailbox, cancel_and_wait
-from .keys import Keys
-from .metrics import READER_RECONNECTS, SSE_DROPPED
-from .redis import RETRYABLE, Backoff, reader
+from vestnik.streams.fanout import LiveItem, Mailbox, cancel_and_wait
+from vestnik.streams.keys import Keys
+from vestnik.streams.metrics import READER_RECONNECTS, SSE_DROPPED
+from vestnik.streams.redis import RETRYABLE, Backoff, reader
 
 log = logging.getLogger("vestnik.live")
 
@@ -50,22 +50,10 @@ def update_message(notice_json: bytes) -> bytes:
     return _encode(LiveMsg("notice-update", msgspec.Raw(notice_json)))
 
 
-class Item:
-    """One live message ready to send: event name, seq (0 = no SSE id) and JSON payload."""
-
-    __slots__ = ("event", "frame", "payload", "seq")
-
-    def __init__(self, event: str, payload: bytes, seq: int = 0) -> None:
-        self.event = event
-        self.payload = payload
-        self.seq = seq
-        self.frame: bytes | None = None  # encoded once, by the first connection that sends it
+RESYNC: Final = LiveItem("resync", b"{}")
 
 
-RESYNC: Final = Item("resync", b"{}")
-
-
-class UserSub(Mailbox[Item]):
+class UserSub(Mailbox[LiveItem]):
     __slots__ = ("uid",)
 
     def __init__(self, uid: str, queue_size: int) -> None:
@@ -235,7 +223,7 @@ class UserHub:
             except RETRYABLE:
                 pass
 
-    def _broadcast(self, item: Item) -> None:
+    def _broadcast(self, item: LiveItem) -> None:
         for subs in self.subs.values():
             for sub in list(subs):
                 if not sub.offer(item):
@@ -267,7 +255,7 @@ class UserHub:
         except msgspec.DecodeError as e:
             log.error("user hub: bad live message on %r: %s", channel, e)
             return
-        item = Item(m.e, bytes(m.data), m.seq)
+        item = LiveItem(m.e, bytes(m.data), m.seq)
         for sub in list(subs):  # copy: a slow connection never blocks the others
             if not sub.offer(item):
                 self._cut(sub)

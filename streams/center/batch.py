@@ -22,10 +22,8 @@ time and a hash of the id), so a re-delivery derives the same id: exactly one co
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
-import signal
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,12 +37,21 @@ from arq.constants import (
 )
 from redis.asyncio import Redis, RedisCluster
 
-from . import gcsettle, inbox
-from .channels import available as available_channels
-from .config import Settings
-from .consumer import Consumer, DeadLetter, Entry, default_consumer_name
-from .errors import BadInput, VestnikError
-from .forward import (
+from vestnik.streams.center import inbox
+from vestnik.streams.center.plan import (
+    Plan,
+    channel_users,
+    is_muted,
+    merge_channels,
+    to_notice,
+    wants_forward,
+)
+from vestnik.streams.center.user_hub import update_message
+from vestnik.streams.channels import available as available_channels
+from vestnik.streams.config import Config
+from vestnik.streams.consumer import DeadLetter, Entry
+from vestnik.streams.errors import BadInput, VestnikError
+from vestnik.streams.forward import (
     BROADCAST,
     Claim,
     ForwardJob,
@@ -54,29 +61,25 @@ from .forward import (
     forward_jobs_for,
     job_id,
     job_record,
-    make_worker,
-    run_forwarder,
     wake_channel,
 )
-from .hydrate import Hydrator
-from .ids import encode_ulid, now_ms, parse_stream_id
-from .keys import CENTER_GROUP, REFS_BUCKET, USER_TOPIC, Keys, dedup_scope
-from .live import update_message
-from .metrics import (
+from vestnik.streams.ids import now_ms, parse_stream_id
+from vestnik.streams.keys import REFS_BUCKET, USER_TOPIC, Keys
+from vestnik.streams.metrics import (
     CENTER_BATCH,
     NOTICES_DELIVERED,
     NOTICES_FOLDED,
     NOTICES_STORED,
 )
-from .redis import connect, reader, wait_ready
-from .schemas import (
+from vestnik.streams.notifier.hydrate import Hydrator
+from vestnik.streams.notifier.topics import StateWriter
+from vestnik.streams.schemas import (
     AlertSetting,
     Notice,
     NoticeIn,
     TopicEvent,
     User,
     check_recipients,
-    decode_notice_entry,
     decode_topic_entry,
     decode_user,
     json_encode,
@@ -85,7 +88,6 @@ from .schemas import (
     same_content,
     validate_channel,
 )
-from .topics import StateWriter
 
 log = logging.getLogger("vestnik.center")
 
@@ -322,20 +324,11 @@ DELETES_KEPT = 100_000  # user deletes remembered (notices before them skip the 
 # broadcast's first recipients see it after one chunk, not after all of them (5,000 in one
 # call: 86-91 ms of Redis on a Zen 3 box before the api got the first message)
 STORE_CHUNK = 1000
-DEPTH = 3  # batches handled at once: one read and built in Python while Redis stores another
 
 
 def open_object(obj_json: bytes) -> bytes:
     """A JSON object without its closing brace, as the store script takes a notice's view."""
     return obj_json[:-1]
-
-
-def derived_id(sid: str) -> str:
-    """A ULID for an entry sent without `id`: its time from the stream id, the rest a hash of
-    it, so every delivery of the entry gets the same notice id."""
-    ms = parse_stream_id(sid)[0]
-    rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
-    return encode_ulid(ms, rnd)
 
 
 def choose_trim(oldest_first: list[str], read: set[str], need: int) -> list[str]:
@@ -351,66 +344,6 @@ def choose_trim(oldest_first: list[str], read: set[str], need: int) -> list[str]
         if nid not in chosen:
             victims.append(nid)
     return victims
-
-
-def merge_channels(settings: Iterable[AlertSetting]) -> dict[str, Any]:
-    """The channel maps of several settings of one alert as one: users and chat ids united."""
-    out: dict[str, Any] = {}
-    for s in settings:
-        for name, value in s.channel.items():
-            if name == "forward_after":
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    cur = out.get(name)
-                    out[name] = value if cur is None else min(cur, value)
-                continue
-            if not isinstance(value, dict):
-                continue
-            cur = out.setdefault(name, {})
-            for k, v in value.items():
-                if isinstance(v, list):
-                    have = cur.setdefault(k, [])
-                    have.extend(x for x in v if x not in have)
-                else:
-                    cur.setdefault(k, v)
-    return out
-
-
-def channel_users(channels: dict[str, Any]) -> list[str]:
-    """Every user named by a channel entry (ui, email, ...), in order, once."""
-    targets = validate_channel(channels)
-    seen: dict[str, None] = {}
-    for target in targets.values():
-        for uid in target.users:
-            seen[uid] = None
-    return list(seen)
-
-
-def is_muted(user: User, alert: str) -> bool:
-    mute = user.prefs.get("mute")
-    return isinstance(mute, list) and alert in mute
-
-
-def wants_forward(notice: Notice, user: User,
-                  addresses: Mapping[str, str | None] | None = None) -> bool:
-    """Whether any external channel of the notice reaches `user` and is not switched off.
-
-    `addresses`: a known channel's user field (`Channel.user_address`; None for a channel
-    with shared targets only, such as a webhook URL, which the `*` job serves). A user
-    without the address still gets a job: it reads the profile when it sends (an address
-    published meanwhile is used) and records `skipped_no_address` otherwise.
-    """
-    for name, target in notice.channels.items():
-        if name in ("ui", "forward_after") or not isinstance(target, dict):
-            continue
-        users = target.get("users")
-        if isinstance(users, list) and user.id not in [str(u) for u in users]:
-            continue
-        if user.prefs.get(name) is False:
-            continue
-        if addresses is not None and name in addresses and addresses[name] is None:
-            continue
-        return True
-    return False
 
 
 @dataclass(slots=True)
@@ -429,44 +362,10 @@ class Write:
     claims: list[Claim | None] = field(default_factory=list)  # per forward job
 
 
-@dataclass(slots=True)
-class Plan:
-    """One valid entry on its way to the store."""
-
-    entry: Entry[NoticeIn]
-    notice: Notice
-    settings: list[AlertSetting] = field(default_factory=list)
-    users: list[User] = field(default_factory=list)
-    fold_into: str | None = None
-    # recipients without a readable profile: in-app only, and their forwards read the
-    # profile when they run (never claimed with the profile in hand)
-    missing: set[str] = field(default_factory=set)
-
-    @property
-    def dedup_claim(self) -> str:
-        """The key of this notice's dedup claim: scoped by alert and the setting the
-        sender named (not one the center chose, which may change)."""
-        assert self.notice.dedup_key is not None
-        return dedup_scope(self.notice.alert, self.entry.value.setting_id,
-                           self.notice.dedup_key)
-
-
-def to_notice(entry: Entry[NoticeIn]) -> Notice:
-    n = entry.value
-    created = n.created_at or parse_stream_id(entry.sid)[0]
-    return Notice(
-        id=n.id or derived_id(entry.sid), alert=n.alert, title=n.title, severity=n.severity,
-        body=n.body, link=n.link, setting_id=n.setting_id, entity=n.entity, metric=n.metric,
-        # once each: a repeated id would be one feed entry counted (and pushed) n times
-        data=n.data, recipients=list(dict.fromkeys(n.recipients or ())), channels=n.channels,
-        dedup_key=n.dedup_key, forward_after=n.forward_after, created_at=created,
-    )
-
-
 class Center:
     """`handle` is the consumer's handler for the `center` group of `vn:notices`."""
 
-    def __init__(self, redis: Redis, keys: Keys, settings: Settings,
+    def __init__(self, redis: Redis, keys: Keys, settings: Config,
                  inline: ForwardWorker | None = None) -> None:
         self.redis = redis
         self.keys = keys
@@ -1016,70 +915,3 @@ class Center:
             for p in orphans:
                 p.fold_into = None
             await self._write(orphans)
-
-
-# ------------------------------------------------------------------------------ runner
-
-
-async def run_center(settings: Settings, *, consumer: str | None = None, burst: bool = False,
-                     forward: bool = True, handle_signals: bool = False) -> int:
-    """Run one member of the `center` group (and the forward worker beside it).
-
-    Returns the number of entries handled. Without `handle_signals` it is embeddable:
-    cancel the task to stop it (a batch in flight stays pending and is handled again).
-    With it, SIGTERM/SIGINT finish the batch in hand, ack it and return. `burst` returns
-    once the stream is drained (queued forward jobs stay queued for the next run).
-    """
-    assert settings.redis_url, "redis_url is required"
-    redis = connect(settings.redis_url, name="vestnik-center", timeout=settings.redis_timeout)
-    blocking = reader(settings.redis_url, name="vestnik-center-reader",
-                      timeout=settings.redis_timeout, block=1.0)  # Consumer's BLOCK 1000 ms
-    keys = Keys(settings.prefix)
-    cons: Consumer[NoticeIn] | None = None
-    center: Center | None = None
-    tasks: list[asyncio.Task[Any]] = []
-    try:
-        await wait_ready(redis)
-        await inbox.migrate(redis, keys)  # before anything is stored in the new layout
-        worker = make_worker(settings) if forward else None
-        center = Center(redis, keys, settings, inline=worker)
-        cons = Consumer(
-            redis, blocking, stream=keys.notices, group=CENTER_GROUP,
-            consumer=consumer or default_consumer_name(), decode=decode_notice_entry,
-            handle=center.handle, dead_stream=keys.notices_dead,
-            dead_maxlen=settings.dead_maxlen, batch=settings.center_batch,
-            claim_idle_ms=settings.claim_idle_ms, burst=burst, depth=DEPTH)
-        if handle_signals:
-            loop = asyncio.get_running_loop()
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, cons.stop)
-        gcsettle.settle()
-        log.info("center %s consuming %s (batch %d, claim idle %d ms%s)", cons.name,
-                 keys.notices, settings.center_batch, settings.claim_idle_ms,
-                 ", burst" if burst else "")
-        run = asyncio.create_task(cons.run(), name="center-consumer")
-        tasks.append(run)
-        if forward:
-            fwd = asyncio.create_task(run_forwarder(settings, worker=worker),
-                                      name="center-forwarder")
-            tasks.append(fwd)
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            if fwd in done and not run.done():
-                log.error("forward worker stopped (%r); stopping the center", fwd.exception()
-                          if not fwd.cancelled() else "cancelled")
-                cons.stop()
-        await run
-        log.info("center %s stopped after %d entries", cons.name, cons.processed)
-        return cons.processed
-    finally:
-        for t in tasks:
-            if not t.done():
-                t.cancel()
-        results = await asyncio.gather(*tasks, return_exceptions=True)
-        for t, r in zip(tasks, results, strict=True):
-            if isinstance(r, Exception):
-                log.error("%s failed: %r", t.get_name(), r)
-        if center is not None:
-            await center.aclose()
-        await blocking.aclose()
-        await redis.aclose()
