@@ -78,7 +78,7 @@ def cmd_up(args: argparse.Namespace, settings: Config) -> int:
 @command("bridge", "turn Redis key changes (keyspace notifications) into topic events")
 def cmd_bridge(args: argparse.Namespace, settings: Config) -> int:
     from vestnik.streams.keys import Keys
-    from vestnik.streams.notifier.bridge import Bridge, BridgeError
+    from vestnik.streams.notifier import Bridge, BridgeError
     from vestnik.streams.redis import connect, wait_ready
 
     if not settings.redis_url:
@@ -239,7 +239,7 @@ def _center_args(p: argparse.ArgumentParser) -> None:
 @command("center", "store notices per user, push them live, schedule forwards", _center_args)
 def cmd_center(args: argparse.Namespace, settings: Config) -> int:
     from vestnik.app.server import run
-    from vestnik.streams.center.batch import run_center
+    from vestnik.streams.center import run_center
 
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik center`")

@@ -63,14 +63,14 @@ def parts_for(settings: Config, demo: bool) -> list[Part]:
 
 async def run_notice_center(settings: Config) -> None:
     """The notice center (one consumer of group `center`) and its forward worker."""
-    from vestnik.streams.center.batch import run_center
+    from vestnik.streams.center import run_center
 
     await run_center(settings, consumer="up")
 
 
 async def run_bridge(settings: Config) -> None:
     from vestnik.streams.keys import Keys
-    from vestnik.streams.notifier.bridge import Bridge
+    from vestnik.streams.notifier import Bridge
     from vestnik.streams.redis import connect
 
     assert settings.redis_url

@@ -8,6 +8,7 @@ to every SSE subscriber with the whole entity attached, by one reader per proces
 - `hydrate`: thin events (an id only) filled in from Redis or an HTTP source.
 """
 
+from vestnik.streams.notifier.bridge import Bridge, BridgeError
 from vestnik.streams.notifier.hydrate import Hydrator, read_entity
 from vestnik.streams.notifier.topic_hub import Subscription, TopicHub
 from vestnik.streams.notifier.topics import (
@@ -19,6 +20,6 @@ from vestnik.streams.notifier.topics import (
 )
 
 __all__ = [
-    "TOPIC_RE", "Hydrator", "StateWriter", "Subscription", "TopicHub", "check_topic",
+    "TOPIC_RE", "Bridge", "BridgeError", "Hydrator", "StateWriter", "Subscription", "TopicHub", "check_topic",
     "publish", "read_entity", "read_snapshot",
 ]
