@@ -20,6 +20,6 @@ from vestnik.streams.notifier.topics import (
 )
 
 __all__ = [
-    "TOPIC_RE", "Bridge", "BridgeError", "Hydrator", "StateWriter", "Subscription", "TopicHub", "check_topic",
-    "publish", "read_entity", "read_snapshot",
+    "TOPIC_RE", "Bridge", "BridgeError", "Hydrator", "StateWriter", "Subscription",
+    "TopicHub", "check_topic", "publish", "read_entity", "read_snapshot",
 ]
