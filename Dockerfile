@@ -11,6 +11,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
+COPY vestnik ./vestnik
 COPY app ./app
 COPY streams ./streams
 COPY wrapper ./wrapper

@@ -53,9 +53,9 @@ def test_copied_files_exist_and_cover_the_packages():
                 assert (ROOT / src).exists(), f"COPY {src}: no such file in the project"
                 copied.add(src.rstrip("/"))
     pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = pyproject["tool"]["setuptools"]["packages"]["find"]["include"]
-    for pattern in packages:
-        assert pattern.rstrip("*") in copied, f"package {pattern} is not copied"
+    folders = pyproject["tool"]["setuptools"]["package-dir"].values()
+    for folder in folders:
+        assert folder in copied, f"package folder {folder} is not copied"
     assert {"pyproject.toml", pyproject["project"]["readme"]} <= copied
     assert any(i == "RUN" and "pip install ." in a for i, a in instructions())
 

@@ -15,12 +15,16 @@ stderr is logged line by line under the alert's name. Exit codes: see EXIT_*.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import contextlib
+import functools
 import logging
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +57,24 @@ STDERR_MAX = 16 * 1024
 # the only variables an alert inherits unasked; everything else (VESTNIK_*, Redis URLs,
 # tokens, cloud credentials) only when its alert.toml lists it under `env`
 INHERITED = ("PATH", "HOME", "LANG", "TZ")
-KIT_PATH = str(Path(__file__).resolve().parent.parent)
+KIT_SOURCE = Path(__file__).resolve().parent / "kit.py"
+
+
+@functools.cache
+def kit_path() -> str:
+    """A folder holding only `vestnik/wrapper/kit.py`, for an alert's PYTHONPATH: any
+    python3 then imports the kit as documented (`from vestnik.wrapper.kit import Alert`)
+    without Vestnik installed there, and sees nothing else of this process's packages
+    (the repository's folders are mapped under `vestnik` only by an install). Made once
+    per process, removed at exit."""
+    root = Path(tempfile.mkdtemp(prefix="vestnik-kit-"))
+    atexit.register(shutil.rmtree, root, ignore_errors=True)
+    pkg = root / "vestnik" / "wrapper"
+    pkg.mkdir(parents=True)
+    (root / "vestnik" / "__init__.py").write_text("")
+    (pkg / "__init__.py").write_text("")
+    shutil.copyfile(KIT_SOURCE, pkg / "kit.py")
+    return str(root)
 
 
 def version() -> str:
@@ -176,10 +197,10 @@ class Wrapper:
             env.update(listed)
         env["VESTNIK_ALERT"] = self.name
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # the optional Python kit (`from wrapper.kit import Alert`) is importable by any
-        # python3 the alert uses, without installing Vestnik there
+        # the optional Python kit (`from vestnik.wrapper.kit import Alert`) is importable by
+        # any python3 the alert uses, without installing Vestnik there
         path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{path}{os.pathsep}{KIT_PATH}" if path else KIT_PATH
+        env["PYTHONPATH"] = f"{path}{os.pathsep}{kit_path()}" if path else kit_path()
         log.debug("%s: the alert's environment: %s (values not logged)", self.name,
                   ", ".join(sorted(env)))
         return env
