@@ -178,7 +178,7 @@ def cmd_bench(args: argparse.Namespace, settings: Config) -> int:
     try:
         from vestnik.app.bench.run import main as bench_main
     except ModuleNotFoundError as e:  # rich is the bench extra's, not a runtime dependency
-        if e.name != "rich":
+        if (e.name or "").partition(".")[0] != "rich":
             raise
         print("vestnik bench: needs the bench extra (rich is not installed): "
               "pip install 'vestnik[bench]'", file=sys.stderr)
