@@ -259,3 +259,19 @@ def test_installed_commands_run(installed):
     bench = run_in(installed, bin_ / "vestnik", "bench", "--only", "none")
     assert bench.returncode == 2
     assert bench.stderr.count("\n") == 1 and "'vestnik[bench]'" in bench.stderr
+
+
+@pytest.mark.xfail(strict=True, reason="streams/channels/email.py looks for its templates in "
+                   "streams/templates; since the layout change they are in "
+                   "streams/channels/templates (the lead or H2 fixes TEMPLATES)")
+def test_installed_email_channel_renders_its_templates(installed):
+    """The templates are in the wheel (above); here the email channel finds them there."""
+    code = ("import msgspec\n"
+            "from vestnik.streams.channels.email import EmailChannel, SmtpConfig\n"
+            "from vestnik.streams.schemas import Notice\n"
+            "n = msgspec.convert({'id': 'n1', 'alert': 'disk', 'title': 'Disk 95%'}, Notice)\n"
+            "ch = EmailChannel(SmtpConfig('smtp://127.0.0.1:1'), 'v@example.test')\n"
+            "print(ch.render(n, None, 'txt'), ch.render(n, None, 'html'))")
+    run = run_in(installed, installed["python"], "-c", code)
+    assert run.returncode == 0, run.stderr
+    assert "Disk 95%" in run.stdout and "</html>" in run.stdout.lower()
