@@ -200,6 +200,13 @@ def run_in(installed: dict[str, Path], *argv: str | Path) -> subprocess.Complete
                           text=True, timeout=60, env=clean_env())
 
 
+def python_in(installed: dict[str, Path], code: str) -> str:
+    """Run Python code with the venv's interpreter in the project folder; its stdout."""
+    run = run_in(installed, installed["python"], "-c", code)
+    assert run.returncode == 0, run.stderr
+    return run.stdout
+
+
 def test_wheel_holds_one_import_package_with_every_file(installed):
     with zipfile.ZipFile(installed["wheel"]) as z:
         names = set(z.namelist())
@@ -237,9 +244,7 @@ def test_installed_next_to_a_project_with_its_own_app(installed):
             "'app': app.__file__, 'vestnik': vestnik.__file__, "
             "'version': vestnik.__version__, "
             "'channels': {n: c.__module__ for n, c in available().items()}}))")
-    run = run_in(installed, installed["python"], "-c", code)
-    assert run.returncode == 0, run.stderr
-    seen = json.loads(run.stdout)
+    seen = json.loads(python_in(installed, code))
     assert seen["owners"] == ["project app", "project streams", "project wrapper"]
     assert Path(seen["app"]).parent.parent == installed["project"]
     assert Path(seen["vestnik"]).is_relative_to(installed["site"])
@@ -272,6 +277,5 @@ def test_installed_email_channel_renders_its_templates(installed):
             "n = msgspec.convert({'id': 'n1', 'alert': 'disk', 'title': 'Disk 95%'}, Notice)\n"
             "ch = EmailChannel(SmtpConfig('smtp://127.0.0.1:1'), 'v@example.test')\n"
             "print(ch.render(n, None, 'txt'), ch.render(n, None, 'html'))")
-    run = run_in(installed, installed["python"], "-c", code)
-    assert run.returncode == 0, run.stderr
-    assert "Disk 95%" in run.stdout and "</html>" in run.stdout.lower()
+    out = python_in(installed, code)
+    assert "Disk 95%" in out and "</html>" in out.lower()
