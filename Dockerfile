@@ -15,6 +15,7 @@ COPY vestnik ./vestnik
 COPY app ./app
 COPY streams ./streams
 COPY wrapper ./wrapper
+# no extras: `bench` (rich) and `test` stay out of the image
 RUN pip install . \
     && rm -rf /src \
     && useradd --system --uid 10001 --user-group --create-home --home-dir /var/lib/vestnik \

@@ -175,8 +175,14 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
 def cmd_bench(args: argparse.Namespace, settings: Config) -> int:
-    from vestnik.app.bench.run import main as bench_main
-
+    try:
+        from vestnik.app.bench.run import main as bench_main
+    except ModuleNotFoundError as e:  # rich is the bench extra's, not a runtime dependency
+        if (e.name or "").partition(".")[0] != "rich":
+            raise
+        print("vestnik bench: needs the bench extra (rich is not installed): "
+              "pip install 'vestnik[bench]'", file=sys.stderr)
+        return 2
     return bench_main(args.quick, args.only, args.json_path, args.peer)
 
 

@@ -1,8 +1,8 @@
 #!/bin/sh
 # Install what Vestnik needs on a fresh Debian/Ubuntu machine (run as root or with sudo):
 # redis-server (and jq, Chromium, openssl for the tests) via apt-get when missing, then a
-# virtualenv in .venv with Vestnik and its dependencies. Safe to run again: it only adds
-# what is missing.
+# virtualenv in .venv with Vestnik and its dependencies (with VESTNIK_WITH_TEST_TOOLS=1 also
+# the `test` and `bench` extras). Safe to run again: it only adds what is missing.
 set -eu
 cd "$(dirname "$0")/.."
 
@@ -29,7 +29,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 extras="."
-[ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ] && extras=".[test]"
+# the tests run `vestnik bench` too, so they get its extra (rich) as well
+[ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ] && extras=".[test,bench]"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e "$extras"

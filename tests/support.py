@@ -30,6 +30,17 @@ T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + secrets.token_hex(16)
 SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)
+# where a user copies shell lines from: the README's tour and the guide
+USER_DOCS = (ROOT / "README.md", ROOT / "docs" / "guide.md")
+
+
+def documented_line(prefix: str) -> str:
+    """The shell line starting with `prefix`, the same wherever the docs give it, so the
+    tested command is the documented one."""
+    lines = {ln.strip() for doc in USER_DOCS for ln in doc.read_text().splitlines()
+             if ln.strip().startswith(prefix)}
+    assert len(lines) == 1, f"{prefix!r}: {len(lines)} different lines in the docs"
+    return lines.pop()
 
 
 def base_env(redis_url: str, **extra: str) -> dict[str, str]:

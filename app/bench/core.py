@@ -77,7 +77,7 @@ def machine() -> dict[str, object]:
         redis_v = "unknown"
     versions = {}
     for pkg in ("vestnik", "redis", "hiredis", "msgspec", "starlette", "uvicorn", "uvloop",
-                "httptools", "sse-starlette", "arq"):
+                "httptools", "arq"):
         try:
             versions[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

@@ -16,14 +16,14 @@ from vestnik.streams.redis_server import free_port
 
 pytestmark = pytest.mark.browser
 
-def readme_snippet() -> str:
-    """The README's embed snippet, so the documented lines are the tested ones."""
-    text = (ROOT / "README.md").read_text()
+def guide_snippet() -> str:
+    """The guide's embed snippet, so the documented lines are the tested ones."""
+    text = (ROOT / "docs" / "guide.md").read_text()
     block = text.split("**Embed the inbox in your app**", 1)[1].split("```html\n", 1)[1]
     return block.split("```", 1)[0]
 
 
-SNIPPET = (readme_snippet().replace("https://vestnik.example.com", "{api}")
+SNIPPET = (guide_snippet().replace("https://vestnik.example.com", "{api}")
            .replace("USER_JWT", "{token}"))
 PRODUCT_PAGE = """<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Acme Cloud</title>

@@ -194,15 +194,14 @@ async def test_metrics_and_acked_entries_are_trimmed(redis, start_proc):
     assert await pending(redis) == 0
 
 
-async def test_readme_xadd_line_is_stored(redis, redis_url, start_proc):
-    """The README's redis-cli line, run verbatim, reaches both users' feeds."""
+async def test_documented_xadd_line_is_stored(redis, redis_url, start_proc):
+    """The documented redis-cli line, run verbatim, reaches both users' feeds."""
     import subprocess
 
-    from support import ROOT
+    from support import documented_line
 
     await add_users(redis, "1", "2")
-    line = next(ln.strip() for ln in (ROOT / "README.md").read_text().splitlines()
-                if ln.strip().startswith("redis-cli XADD vn:notices"))
+    line = documented_line("redis-cli XADD vn:notices")
     port = redis_url.split(":")[2].split("/")[0]
     subprocess.run(line.replace("redis-cli", f"redis-cli -p {port}", 1), shell=True,
                    check=True, capture_output=True)

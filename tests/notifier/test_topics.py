@@ -8,22 +8,16 @@ import subprocess
 
 import msgspec
 
-from support import ROOT, SSE, Api, eventually
+from support import SSE, Api, documented_line, eventually
 
 
-def readme_line(prefix: str) -> str:
-    """The README's own shell line, so the documented command is the tested one."""
-    text = (ROOT / "README.md").read_text()
-    return next(ln.strip() for ln in text.splitlines() if ln.strip().startswith(prefix))
-
-
-async def test_readme_redis_cli_line_reaches_sse_and_snapshot(api: Api, redis_url, user_token):
+async def test_documented_redis_cli_line_reaches_sse_and_snapshot(api: Api, redis_url, user_token):
     token = user_token("1")
     sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}").connect()
     assert sse.status == 200
     port = redis_url.split(":")[2].split("/")[0]
-    # run the README's line verbatim through redis-cli (as a product would)
-    line = readme_line("redis-cli XADD vn:topic:vm")
+    # run the documented line verbatim through redis-cli (as a product would)
+    line = documented_line("redis-cli XADD vn:topic:vm")
     out = subprocess.run(line.replace("redis-cli", f"redis-cli -p {port}", 1), shell=True,
                          check=True,
                          capture_output=True, text=True).stdout.strip()
