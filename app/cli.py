@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -138,28 +137,10 @@ def _token_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roles", default="", help="comma-separated roles (for topic ACLs)")
 
 
-def issue_token(settings: Config, user: str, ttl: int = 86400, roles: list[str] | None = None
-                ) -> str:
-    import jwt
-
-    if not settings.secret:
-        raise ConfigError("VESTNIK_SECRET: required to sign user tokens")
-    if ttl > settings.jwt_max_ttl:
-        raise ConfigError(f"VESTNIK_JWT_MAX_TTL: a token of {ttl} s would be refused "
-                          f"(at most {settings.jwt_max_ttl} s)")
-    now = int(time.time())
-    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
-    if roles:
-        claims["roles"] = roles
-    if settings.jwt_audience:
-        claims["aud"] = settings.jwt_audience
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, settings.secret, algorithm="HS256")
-
-
 @command("token", "issue a user token (JWT HS256) for development", _token_args)
 def cmd_token(args: argparse.Namespace, settings: Config) -> int:
+    from vestnik.app.tokens import issue_token
+
     roles = [r for r in args.roles.split(",") if r]
     print(issue_token(settings, args.user, args.ttl, roles))
     return 0

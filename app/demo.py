@@ -33,6 +33,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from vestnik.app.pages import MAILBOX_MAX, mailbox_key
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config
 from vestnik.streams.configurator import SettingsStore
 from vestnik.streams.ids import now_ms
@@ -371,8 +372,6 @@ async def run_wrapped_alert(settings: Config, config: Path) -> None:
 
 
 def banner(settings: Config, sink: tuple[str, int] | None, forward_after: float) -> str:
-    from vestnik.app.cli import issue_token
-
     base = base_url(settings)
     week = 7 * 86400
     lines = ["", "Vestnik demo is running — open these in a browser:"]

@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.app.http import Router, json_response, read_body
 from vestnik.app.sse import frame, last_event_id, sse_response
+from vestnik.app.tokens import Principal
 from vestnik.streams.center import (
     RESYNC,
     Count,
@@ -174,7 +175,7 @@ async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Respons
     except BaseException:
         await hub.unsubscribe(sub)
         raise
-    return sse_response(ctx, _frames(hub, inbox, sub, count, tip, after))
+    return sse_response(ctx.settings, _frames(hub, inbox, sub, count, tip, after))
 
 
 def _notice_frame(item: LiveItem) -> bytes:

@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.app.http import Router, json_response, read_body
+from vestnik.app.tokens import Principal
 from vestnik.streams.configurator import (
     SettingsStore,
     check_name,

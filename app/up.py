@@ -18,6 +18,7 @@ import msgspec
 
 from vestnik.app.api import create_app
 from vestnik.app.server import make_server, run
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config
 from vestnik.streams.redis_server import RedisServer
 
@@ -97,8 +98,6 @@ async def serve_all(settings: Config, parts: list[Part], *, demo: bool = False) 
 
 
 def banner(settings: Config, private: RedisServer | None) -> str:
-    from vestnik.app.cli import issue_token
-
     base = f"http://{settings.host}:{settings.port}"
     lines = [
         "Vestnik is up",
