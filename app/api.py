@@ -16,13 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vestnik.app import ops, topics
+from vestnik.app.alert_settings import router as alert_settings_router
 from vestnik.app.context import Ctx
 from vestnik.app.deliveries import router as deliveries_router
 from vestnik.app.errors import HANDLERS
 from vestnik.app.http import Router, json_response, openapi
 from vestnik.app.notices import router as notices_router
 from vestnik.app.session import router as session_router
-from vestnik.app.settings import router as settings_router
 from vestnik.streams.center import UserHub
 from vestnik.streams.config import Config
 from vestnik.streams.gc_tuning import settle_gc
@@ -35,7 +35,7 @@ VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router, settings_router, deliveries_router, notices_router,
+    return [ops.router, topics.router, alert_settings_router, deliveries_router, notices_router,
             session_router]
 
 
