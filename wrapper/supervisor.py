@@ -21,6 +21,7 @@ import logging
 import os
 import signal
 import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,7 +54,18 @@ STDERR_MAX = 16 * 1024
 # the only variables an alert inherits unasked; everything else (VESTNIK_*, Redis URLs,
 # tokens, cloud credentials) only when its alert.toml lists it under `env`
 INHERITED = ("PATH", "HOME", "LANG", "TZ")
-KIT_PATH = str(Path(__file__).resolve().parent.parent)
+
+
+def kit_folder(tmp: Path) -> str:
+    """A folder from which any python3 imports `vestnik.wrapper.kit` (stdlib only): `vestnik/`
+    holding a link to this package. The folder above this package would not do: in a
+    source checkout `wrapper/` is not inside `vestnik/` (the wheel maps it there), and in
+    a venv it would hand the alert all of site-packages."""
+    pkg = tmp / "vestnik"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_bytes(b"")
+    (pkg / "wrapper").symlink_to(Path(__file__).resolve().parent, target_is_directory=True)
+    return str(tmp)
 
 
 def version() -> str:
@@ -92,6 +104,7 @@ class Wrapper:
         self.log = logging.getLogger(f"vestnik.alert.{cfg.name}")
         self.redis: Redis | None = None
         self.writer: NoticeWriter | None = None
+        self.kit_path = ""  # set by run(): see kit_folder
 
     # entry --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -99,6 +112,8 @@ class Wrapper:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         server = None
+        kit = tempfile.TemporaryDirectory(prefix="vestnik-kit-")
+        self.kit_path = kit_folder(Path(kit.name))
         try:
             if self.metrics_port is not None:
                 try:
@@ -131,6 +146,7 @@ class Wrapper:
                 server.close()
             if self.redis is not None:
                 await self.redis.aclose()
+            kit.cleanup()
 
     def _on_signal(self, sig: int) -> None:
         if not self.stop.is_set():
@@ -176,10 +192,10 @@ class Wrapper:
             env.update(listed)
         env["VESTNIK_ALERT"] = self.name
         env.setdefault("PYTHONUNBUFFERED", "1")
-        # the optional Python kit (`from wrapper.kit import Alert`) is importable by any
-        # python3 the alert uses, without installing Vestnik there
+        # the optional Python kit (`from vestnik.wrapper.kit import Alert`) is importable by
+        # any python3 the alert uses, without installing Vestnik there
         path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{path}{os.pathsep}{KIT_PATH}" if path else KIT_PATH
+        env["PYTHONPATH"] = f"{path}{os.pathsep}{self.kit_path}" if path else self.kit_path
         log.debug("%s: the alert's environment: %s (values not logged)", self.name,
                   ", ".join(sorted(env)))
         return env
