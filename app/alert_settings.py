@@ -33,8 +33,8 @@ def store_of(ctx: Ctx) -> SettingsStore:
     store = ctx.parts.get("settings")
     if store is None:
         store = ctx.parts["settings"] = SettingsStore(
-            ctx.redis, ctx.keys, topic_maxlen=ctx.settings.topic_maxlen,
-            egress=Egress.from_settings(ctx.settings))
+            ctx.redis, ctx.keys, topic_maxlen=ctx.config.topic_maxlen,
+            egress=Egress.from_settings(ctx.config))
     return store
 
 

@@ -38,7 +38,7 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 
 async def read_body(request: Request, typ: type[T], ctx: Ctx) -> T:
     """Read at most `max_body` bytes and decode them into `typ` (422 names the field)."""
-    limit = ctx.settings.max_body
+    limit = ctx.config.max_body
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes")
@@ -107,7 +107,7 @@ def check_same_origin(request: Request, ctx: Ctx) -> None:
     parts = urlsplit(raw)
     given = _origin(parts.scheme, parts.netloc) if parts.scheme and parts.netloc else raw
     own = _origin(request_scheme(request), request.headers.get("host", ""))
-    allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.settings.cors_origins
+    allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.config.cors_origins
                       if "://" in o)}
     if given not in allowed:
         raise Forbidden(f"{name} {given} is neither this API's origin nor listed in "
@@ -131,7 +131,7 @@ def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = Fal
 
 
 def _principal(ctx: Ctx, auth: Auth, token: str) -> Principal:
-    config = ctx.settings
+    config = ctx.config
     if auth in ("service", "any") and is_service_token(config, token):
         return Principal("service", token=token)
     if auth == "service":
@@ -156,7 +156,7 @@ def check_topic_read(ctx: Ctx, principal: Principal, topic: str) -> None:
     only services read unless the ACL names them."""
     if principal.is_service:
         return
-    allowed = ctx.settings.topic_acl.get(topic)
+    allowed = ctx.config.topic_acl.get(topic)
     if allowed is None and topic in PRIVATE_TOPICS:
         raise Forbidden(f"topic `{topic}` is readable with a service token only, unless "
                         f"VESTNIK_TOPIC_ACL names it (e.g. `{topic}=admin`)")

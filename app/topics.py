@@ -31,7 +31,7 @@ async def publish_event(request: Request, ctx: Ctx, principal: Principal) -> Res
     body = await read_body(request, EventIn, ctx)
     event = TopicEvent(op=body.op, id=body.id, data=body.data, src=body.src)
     sid = await publish(ctx.appends, ctx.keys, topic, event,
-                        maxlen=ctx.settings.topic_maxlen, via="http")
+                        maxlen=ctx.config.topic_maxlen, via="http")
     return json_response(Published(sid), 201)
 
 
@@ -64,7 +64,7 @@ async def stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    return sse_response(ctx.settings, _topic_frames(hub, sub, start, resume=after is not None))
+    return sse_response(ctx.config, _topic_frames(hub, sub, start, resume=after is not None))
 
 
 async def _topic_frames(hub: TopicHub, sub: Subscription, after: str, *, resume: bool
