@@ -405,7 +405,7 @@ async def b6_memory(bench: Bench) -> None:
     bench.progress.advance(task)
 
 
-class Counter:
+class EntityArrivals:
     """Counts `entity` events; `done` is set once every client has `want` of them."""
 
     def __init__(self, clients: int, want: int) -> None:
@@ -429,7 +429,7 @@ async def _topic_rate(world: World, port: int, n: int, clients: int) -> float:
     """Topic events/s from XADD to `clients` SSE clients (each gets all n)."""
     r = world.redis()
     await r.delete("vn:topic:vm")
-    counter = Counter(clients, n)
+    counter = EntityArrivals(clients, n)
     conns = [await open_sse("127.0.0.1", port,
                             f"/api/v1/topics/vm/stream?token={world.token('u1')}",
                             counter.on_event(i)) for i in range(clients)]
