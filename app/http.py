@@ -27,8 +27,6 @@ from vestnik.streams.schemas import decode_json, json_encode
 
 T = TypeVar("T")
 Auth = Literal["none", "service", "user", "any"]
-
-
 Handler = Callable[[Request, Ctx, Principal], Awaitable[Response]]
 
 
