@@ -1,4 +1,4 @@
-"""The ASGI application: `create_app(settings)` builds routes and a lifespan that opens
+"""The ASGI application: `create_app(config)` builds routes and a lifespan that opens
 Redis and starts this process's long-lived parts (the topic hub, the live user hub)."""
 
 from __future__ import annotations
@@ -16,13 +16,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vestnik.app import ops, topics
+from vestnik.app.alert_settings import router as alert_settings_router
 from vestnik.app.context import Ctx
 from vestnik.app.deliveries import router as deliveries_router
 from vestnik.app.errors import HANDLERS
 from vestnik.app.http import Router, json_response, openapi
 from vestnik.app.notices import router as notices_router
 from vestnik.app.session import router as session_router
-from vestnik.app.settings import router as settings_router
 from vestnik.streams.center import UserHub
 from vestnik.streams.config import Config
 from vestnik.streams.gc_tuning import settle_gc
@@ -35,7 +35,7 @@ VERSION = "0.1.0"
 
 
 def routers() -> list[Router]:
-    return [ops.router, topics.router, settings_router, deliveries_router, notices_router,
+    return [ops.router, topics.router, alert_settings_router, deliveries_router, notices_router,
             session_router]
 
 
@@ -73,9 +73,9 @@ def describe_plain_routes(spec: dict, routes: list) -> None:
             })
 
 
-def create_app(settings: Config, *, demo: bool = False) -> Starlette:
+def create_app(config: Config, *, demo: bool = False) -> Starlette:
     """The api; `demo` (only `vestnik up --demo`) adds the `/demo/*` pages and data."""
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ValueError("redis_url is required (vestnik up starts a private Redis)")
     all_routers = routers()
     spec = openapi(all_routers, VERSION)
@@ -87,15 +87,15 @@ def create_app(settings: Config, *, demo: bool = False) -> Starlette:
 
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        redis = connect(settings.redis_url, name="vestnik-api", timeout=settings.redis_timeout)
+        redis = connect(config.redis_url, name="vestnik-api", timeout=config.redis_timeout)
         await wait_ready(redis)
-        ctx = Ctx(settings, Keys(settings.prefix), redis)
+        ctx = Ctx(config, Keys(config.prefix), redis)
         await ensure_group(ctx)
-        hydrator = Hydrator(redis, settings.hydrate, settings.hydrate_hosts)
-        hub = TopicHub(settings.redis_url, redis, ctx.keys, hydrator, maxlen=settings.topic_maxlen)
+        hydrator = Hydrator(redis, config.hydrate, config.hydrate_hosts)
+        hub = TopicHub(config.redis_url, redis, ctx.keys, hydrator, maxlen=config.topic_maxlen)
         ctx.parts["topics"] = hub
         await hub.start()
-        users = UserHub(settings.redis_url, ctx.keys)
+        users = UserHub(config.redis_url, ctx.keys)
         ctx.parts["users"] = users
         await users.start()
         app.state.ctx = ctx
@@ -118,9 +118,9 @@ def create_app(settings: Config, *, demo: bool = False) -> Starlette:
     routes += page_routes(demo)
     describe_plain_routes(spec, routes)
     middleware = []
-    if settings.cors_origins:
+    if config.cors_origins:
         middleware.append(Middleware(
-            CORSMiddleware, allow_origins=settings.cors_origins, allow_credentials=True,
+            CORSMiddleware, allow_origins=config.cors_origins, allow_credentials=True,
             allow_methods=["GET", "POST", "PUT", "PATCH", "DELETE"],
             allow_headers=["Authorization", "Content-Type", "If-Match", "Idempotency-Key",
                            "Last-Event-ID"],

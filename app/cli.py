@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import logging
 import sys
-import time
 from collections.abc import Callable
 
 import msgspec
@@ -40,25 +39,25 @@ def _listen_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, help="port to listen on (VESTNIK_PORT)")
 
 
-def _with_listen(args: argparse.Namespace, settings: Config) -> Config:
+def _with_listen(args: argparse.Namespace, config: Config) -> Config:
     changes = {k: getattr(args, k) for k in ("host", "port") if getattr(args, k, None) is not None}
-    return msgspec.structs.replace(settings, **changes) if changes else settings
+    return msgspec.structs.replace(config, **changes) if changes else config
 
 
-def serve(settings: Config) -> None:
+def serve(config: Config) -> None:
     """Run the api in this process with uvicorn (uvloop + httptools)."""
     from vestnik.app.api import create_app
     from vestnik.app.server import make_server, run
 
-    run(make_server(create_app(settings), settings).serve())
+    run(make_server(create_app(config), config).serve())
 
 
 @command("api", "serve the HTTP API, SSE streams and the web pages", _listen_args)
-def cmd_api(args: argparse.Namespace, settings: Config) -> int:
-    settings = _with_listen(args, settings)
-    if not settings.redis_url:
+def cmd_api(args: argparse.Namespace, config: Config) -> int:
+    config = _with_listen(args, config)
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik api` (or use `vestnik up`)")
-    serve(settings)
+    serve(config)
     return 0
 
 
@@ -69,26 +68,26 @@ def _up_args(p: argparse.ArgumentParser) -> None:
 
 @command("up", "everything in one process, with a private Redis when none is configured",
          _up_args)
-def cmd_up(args: argparse.Namespace, settings: Config) -> int:
+def cmd_up(args: argparse.Namespace, config: Config) -> int:
     from vestnik.app.up import run_up
 
-    return run_up(_with_listen(args, settings), demo=args.demo)
+    return run_up(_with_listen(args, config), demo=args.demo)
 
 
 @command("bridge", "turn Redis key changes (keyspace notifications) into topic events")
-def cmd_bridge(args: argparse.Namespace, settings: Config) -> int:
+def cmd_bridge(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.keys import Keys
     from vestnik.streams.notifier import Bridge, BridgeError
     from vestnik.streams.redis import connect, wait_ready
 
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik bridge`")
 
     async def main() -> None:
-        redis = connect(settings.redis_url, name="vestnik-bridge", timeout=settings.redis_timeout)
+        redis = connect(config.redis_url, name="vestnik-bridge", timeout=config.redis_timeout)
         await wait_ready(redis)
-        bridge = Bridge(settings.redis_url, redis, Keys(settings.prefix),
-                        settings.keyspace_patterns, maxlen=settings.topic_maxlen)
+        bridge = Bridge(config.redis_url, redis, Keys(config.prefix),
+                        config.keyspace_patterns, maxlen=config.topic_maxlen)
         await bridge.run()
 
     try:
@@ -108,23 +107,23 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("publish", "publish one entity event to a topic", _publish_args)
-def cmd_publish(args: argparse.Namespace, settings: Config) -> int:
+def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.keys import Keys
     from vestnik.streams.notifier import publish
     from vestnik.streams.redis import connect
     from vestnik.streams.schemas import TopicEvent, convert
 
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik publish`")
     data = msgspec.json.decode(args.data) if args.data else None
     event = convert({"op": args.op, "id": args.entity_id, "data": data, "src": args.src},
                     TopicEvent)
 
     async def main() -> str:
-        redis = connect(settings.redis_url, name="vestnik-publish", timeout=settings.redis_timeout)
+        redis = connect(config.redis_url, name="vestnik-publish", timeout=config.redis_timeout)
         try:
-            return await publish(redis, Keys(settings.prefix), args.topic, event,
-                                 maxlen=settings.topic_maxlen, via="cli")
+            return await publish(redis, Keys(config.prefix), args.topic, event,
+                                 maxlen=config.topic_maxlen, via="cli")
         finally:
             await redis.aclose()
 
@@ -138,30 +137,12 @@ def _token_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--roles", default="", help="comma-separated roles (for topic ACLs)")
 
 
-def issue_token(settings: Config, user: str, ttl: int = 86400, roles: list[str] | None = None
-                ) -> str:
-    import jwt
-
-    if not settings.secret:
-        raise ConfigError("VESTNIK_SECRET: required to sign user tokens")
-    if ttl > settings.jwt_max_ttl:
-        raise ConfigError(f"VESTNIK_JWT_MAX_TTL: a token of {ttl} s would be refused "
-                          f"(at most {settings.jwt_max_ttl} s)")
-    now = int(time.time())
-    claims: dict[str, object] = {"sub": user, "iat": now, "exp": now + ttl}
-    if roles:
-        claims["roles"] = roles
-    if settings.jwt_audience:
-        claims["aud"] = settings.jwt_audience
-    if settings.jwt_issuer:
-        claims["iss"] = settings.jwt_issuer
-    return jwt.encode(claims, settings.secret, algorithm="HS256")
-
-
 @command("token", "issue a user token (JWT HS256) for development", _token_args)
-def cmd_token(args: argparse.Namespace, settings: Config) -> int:
+def cmd_token(args: argparse.Namespace, config: Config) -> int:
+    from vestnik.app.tokens import issue_token
+
     roles = [r for r in args.roles.split(",") if r]
-    print(issue_token(settings, args.user, args.ttl, roles))
+    print(issue_token(config, args.user, args.ttl, roles))
     return 0
 
 
@@ -174,7 +155,7 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
-def cmd_bench(args: argparse.Namespace, settings: Config) -> int:
+def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     try:
         from vestnik.app.bench.run import main as bench_main
     except ModuleNotFoundError as e:  # rich is the bench extra's, not a runtime dependency
@@ -192,7 +173,7 @@ def _wrap_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("wrap", "run one alert program: settings and entities in, notices out", _wrap_args)
-def cmd_wrap(args: argparse.Namespace, settings: Config) -> int:
+def cmd_wrap(args: argparse.Namespace, config: Config) -> int:
     from vestnik.wrapper.config import load as load_alert
     from vestnik.wrapper.supervisor import run as run_wrapper
 
@@ -205,18 +186,18 @@ def _forwarder_args(p: argparse.ArgumentParser) -> None:
 
 @command("forwarder", "run forward jobs alone (more forwarders = more send throughput)",
          _forwarder_args)
-def cmd_forwarder(args: argparse.Namespace, settings: Config) -> int:
+def cmd_forwarder(args: argparse.Namespace, config: Config) -> int:
     import signal
 
     from vestnik.app.server import run
     from vestnik.streams.forward import run_forwarder
 
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik forwarder`")
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.host)
+        start_http_server(args.metrics_port, addr=config.host)
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -225,7 +206,7 @@ def cmd_forwarder(args: argparse.Namespace, settings: Config) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await run_forwarder(settings)
+            await run_forwarder(config)
         except asyncio.CancelledError:
             log.info("forwarder stopped")
 
@@ -243,17 +224,17 @@ def _center_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("center", "store notices per user, push them live, schedule forwards", _center_args)
-def cmd_center(args: argparse.Namespace, settings: Config) -> int:
+def cmd_center(args: argparse.Namespace, config: Config) -> int:
     from vestnik.app.server import run
     from vestnik.streams.center import run_center
 
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik center`")
     if args.metrics_port:
         from prometheus_client import start_http_server
 
-        start_http_server(args.metrics_port, addr=settings.host)
-    run(run_center(settings, consumer=args.consumer, burst=args.burst,
+        start_http_server(args.metrics_port, addr=config.host)
+    run(run_center(config, consumer=args.consumer, burst=args.burst,
                    forward=not args.no_forward, handle_signals=True))
     return 0
 
@@ -276,14 +257,14 @@ def _send_args(p: argparse.ArgumentParser) -> None:
 
 
 @command("send", "send one notice (XADD to the ingest stream)", _send_args)
-def cmd_send(args: argparse.Namespace, settings: Config) -> int:
+def cmd_send(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.center import Ingest
     from vestnik.streams.errors import BadInput
     from vestnik.streams.keys import Keys
     from vestnik.streams.redis import connect
     from vestnik.streams.schemas import NoticeIn, convert
 
-    if not settings.redis_url:
+    if not config.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik send`")
     obj: dict[str, object] = {"alert": args.alert, "title": args.title,
                               "severity": args.severity, "body": args.body}
@@ -308,10 +289,10 @@ def cmd_send(args: argparse.Namespace, settings: Config) -> int:
         return 2
 
     async def main() -> str:
-        redis = connect(settings.redis_url or "", name="vestnik-send",
-                        timeout=settings.redis_timeout)
+        redis = connect(config.redis_url or "", name="vestnik-send",
+                        timeout=config.redis_timeout)
         try:
-            return await Ingest(redis, Keys(settings.prefix)).send(notice, via="cli")
+            return await Ingest(redis, Keys(config.prefix)).send(notice, via="cli")
         finally:
             await redis.aclose()
 
@@ -335,17 +316,17 @@ def main(argv: list[str] | None = None) -> int:
     from vestnik.streams.redis import RETRYABLE, redacted
 
     args = parser().parse_args(argv)
-    settings: Config | None = None
+    config: Config | None = None
     try:
-        settings = load(path=args.config)
-        setup_logging(settings.log_level)
+        config = load(path=args.config)
+        setup_logging(config.log_level)
         fn = COMMANDS[args.command][0]
-        return fn(args, settings)
+        return fn(args, config)
     except ConfigError as e:
         print(f"vestnik: configuration error: {e}", file=sys.stderr)
         return 2
     except RETRYABLE as e:  # a one-shot command (send, publish): say so, no traceback
-        url = redacted(settings.redis_url or "") if settings else "Redis"
+        url = redacted(config.redis_url or "") if config else "Redis"
         print(f"vestnik {args.command}: Redis at {url} did not answer ({type(e).__name__}: "
               f"{e}); what was sent may still be applied when it does", file=sys.stderr)
         return EXIT_REDIS

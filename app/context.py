@@ -17,7 +17,7 @@ from vestnik.streams.keys import Keys
 
 @dataclass
 class Ctx:
-    settings: Config
+    config: Config
     keys: Keys
     redis: Redis
     # long-lived parts started by the lifespan (topic hub, user hub, ...), by name
@@ -32,6 +32,6 @@ class Ctx:
     def __post_init__(self) -> None:
         self.appends = Appends(self.redis)
         self.ingest = Ingest(self.redis, self.keys, self.appends)
-        rate = parse_rate(self.settings.rate)
-        self.limiter = None if rate is None else RateLimiter(rate, self.settings.rate_burst)
-        self.sse_users = UserStreams(self.settings.sse_per_user)
+        rate = parse_rate(self.config.rate)
+        self.limiter = None if rate is None else RateLimiter(rate, self.config.rate_burst)
+        self.sse_users = UserStreams(self.config.sse_per_user)

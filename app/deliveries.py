@@ -6,7 +6,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response
+from vestnik.app.http import Router, json_response
+from vestnik.app.tokens import Principal
 from vestnik.streams.errors import NotFound
 from vestnik.streams.forward import DeliveryList, decode_delivery
 

@@ -33,6 +33,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from vestnik.app.pages import MAILBOX_MAX, mailbox_key
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config
 from vestnik.streams.configurator import SettingsStore
 from vestnik.streams.ids import now_ms
@@ -68,22 +69,22 @@ VMS = [
 _sink: tuple[str, int] | None = None
 
 
-def prepare(settings: Config) -> Config:
+def prepare(config: Config) -> Config:
     """The config of a demo run: mail to the local sink, a short forward_after."""
     global _sink
     changes: dict[str, object] = {}
-    if not settings.smtp_url:
+    if not config.smtp_url:
         _sink = ("127.0.0.1", free_port())
         changes["smtp_url"] = f"smtp://{_sink[0]}:{_sink[1]}"
-        changes["smtp_from"] = settings.smtp_from or SENDER
-    if settings.forward_after == DEFAULT_FORWARD_AFTER:
+        changes["smtp_from"] = config.smtp_from or SENDER
+    if config.forward_after == DEFAULT_FORWARD_AFTER:
         changes["forward_after"] = FORWARD_AFTER
-    return msgspec.structs.replace(settings, **changes) if changes else settings
+    return msgspec.structs.replace(config, **changes) if changes else config
 
 
-def base_url(settings: Config) -> str:
-    host = settings.host if settings.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    return f"http://{host}:{settings.port}"
+def base_url(config: Config) -> str:
+    host = config.host if config.host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    return f"http://{host}:{config.port}"
 
 
 # ------------------------------------------------------------------------- SMTP sink
@@ -225,16 +226,16 @@ def _address(line: str) -> str:
 # ------------------------------------------------------------------------- seeding
 
 
-async def seed(redis: Redis, keys: Keys, settings: Config, forward_after: float) -> None:
+async def seed(redis: Redis, keys: Keys, config: Config, forward_after: float) -> None:
     for user in USERS:
         await publish(redis, keys, USER_TOPIC, TopicEvent(op="create", id=user["id"], data=user,
                                                           src="demo"),
-                      maxlen=settings.topic_maxlen, via="demo")
+                      maxlen=config.topic_maxlen, via="demo")
     for vm in VMS:
         await publish(redis, keys, "vm", TopicEvent(op="create", id=vm["id"], data=dict(vm),
                                                     src="demo"),
-                      maxlen=settings.topic_maxlen, via="demo")
-    store = SettingsStore(redis, keys, topic_maxlen=settings.topic_maxlen, src="demo")
+                      maxlen=config.topic_maxlen, via="demo")
+    store = SettingsStore(redis, keys, topic_maxlen=config.topic_maxlen, src="demo")
     if not (await store.list(ALERT, limit=1)).items:
         ids = [u["id"] for u in USERS]
         await store.create(SettingIn(
@@ -252,9 +253,9 @@ class Simulator:
     """Random walks for CPU and memory; disks fill slowly, one VM at a time fills fast and
     is cleaned up once it is nearly full; a VM that installs becomes running."""
 
-    def __init__(self, redis: Redis, keys: Keys, settings: Config, seed: int | None = None
+    def __init__(self, redis: Redis, keys: Keys, config: Config, seed: int | None = None
                  ) -> None:
-        self.redis, self.keys, self.settings = redis, keys, settings
+        self.redis, self.keys, self.config = redis, keys, config
         self.rand = random.Random(seed)
         self.vms = {vm["id"]: dict(vm) for vm in VMS}
         self.filling = "2"
@@ -293,7 +294,7 @@ class Simulator:
             for vm in self.step():
                 await publish(self.redis, self.keys, "vm",
                               TopicEvent(op="update", id=vm["id"], data=vm, src="demo-sim"),
-                              maxlen=self.settings.topic_maxlen, via="demo")
+                              maxlen=self.config.topic_maxlen, via="demo")
             await asyncio.sleep(tick)
 
 
@@ -304,9 +305,9 @@ def _clamp(x: float, lo: float, hi: float) -> float:
 # ------------------------------------------------------------------------- the alert
 
 
-def alert_config(settings: Config) -> Path:
+def alert_config(config: Config) -> Path:
     """Write the demo alert's alert.toml (run by `vestnik wrap`) under data_dir/demo/."""
-    path = Path(settings.data_dir).resolve() / "demo" / f"{ALERT}.toml"
+    path = Path(config.data_dir).resolve() / "demo" / f"{ALERT}.toml"
     program = Path(__file__).resolve().parent / "demo_alert.py"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(
@@ -315,11 +316,11 @@ def alert_config(settings: Config) -> Path:
         f"command = [{_toml(sys.executable)}, {_toml(str(program))}]\n"
         'topics = ["vm"]\n'
         'admins = ["1"]\n'
-        f"redis_url = {_toml(settings.redis_url or '')}\n"
-        f"prefix = {_toml(settings.prefix)}\n"
+        f"redis_url = {_toml(config.redis_url or '')}\n"
+        f"prefix = {_toml(config.prefix)}\n"
         "grace = 2.0\n"
         "[env]\n"
-        f"VESTNIK_DEMO_BASE = {_toml(base_url(settings))}\n"
+        f"VESTNIK_DEMO_BASE = {_toml(base_url(config))}\n"
         "[restart]\n"
         'policy = "always"\n'
     )
@@ -339,13 +340,13 @@ def _die_with_parent() -> None:
         pass
 
 
-async def run_wrapped_alert(settings: Config, config: Path) -> None:
-    """`vestnik wrap <config>` as a child, restarted if it ends, stopped with us."""
-    env = {**os.environ, "VESTNIK_REDIS_URL": settings.redis_url or ""}
+async def run_wrapped_alert(config: Config, alert_toml: Path) -> None:
+    """`vestnik wrap <alert_toml>` as a child, restarted if it ends, stopped with us."""
+    env = {**os.environ, "VESTNIK_REDIS_URL": config.redis_url or ""}
     backoff = 1.0
     while True:
         proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "vestnik.app.cli", "wrap", str(config), env=env,
+            sys.executable, "-m", "vestnik.app.cli", "wrap", str(alert_toml), env=env,
             stdin=asyncio.subprocess.DEVNULL, preexec_fn=_die_with_parent)
         started = time.monotonic()
         try:
@@ -370,18 +371,16 @@ async def run_wrapped_alert(settings: Config, config: Path) -> None:
 # ------------------------------------------------------------------------- the part
 
 
-def banner(settings: Config, sink: tuple[str, int] | None, forward_after: float) -> str:
-    from vestnik.app.cli import issue_token
-
-    base = base_url(settings)
+def banner(config: Config, sink: tuple[str, int] | None, forward_after: float) -> str:
+    base = base_url(config)
     week = 7 * 86400
     lines = ["", "Vestnik demo is running — open these in a browser:"]
     for user in USERS:
-        token = issue_token(settings, user["id"], week)
+        token = issue_token(config, user["id"], week)
         lines.append(f"  inbox ({user['name']})".ljust(18) + f"{base}/?token={token}")
     lines.append("  live VMs".ljust(18)
-                 + f"{base}/demo/vms?token={issue_token(settings, '1', week)}")
-    lines.append("  admin".ljust(18) + f"{base}/admin?token={settings.service_tokens[0]}")
+                 + f"{base}/demo/vms?token={issue_token(config, '1', week)}")
+    lines.append("  admin".ljust(18) + f"{base}/admin?token={config.service_tokens[0]}")
     if sink is not None:
         lines.append("  mail".ljust(18) + f"{base}/demo/mail  (SMTP sink on {sink[0]}:{sink[1]})")
     lines += [
@@ -392,25 +391,25 @@ def banner(settings: Config, sink: tuple[str, int] | None, forward_after: float)
     return "\n".join(lines)
 
 
-async def run_demo(settings: Config) -> None:
+async def run_demo(config: Config) -> None:
     """The demo part of `vestnik up --demo`: sink, seed, wrapped alert and simulator."""
-    assert settings.redis_url
-    redis = connect(settings.redis_url, name="vestnik-demo")
-    keys = Keys(settings.prefix)
-    sink_at = _sink if _sink and settings.smtp_url == f"smtp://{_sink[0]}:{_sink[1]}" else None
+    assert config.redis_url
+    redis = connect(config.redis_url, name="vestnik-demo")
+    keys = Keys(config.prefix)
+    sink_at = _sink if _sink and config.smtp_url == f"smtp://{_sink[0]}:{_sink[1]}" else None
     sink: MailSink | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         if sink_at is not None:
-            sink = await MailSink(redis, mailbox_key(settings.prefix), *sink_at).start()
-        forward_after = settings.forward_after
-        await seed(redis, keys, settings, forward_after)
-        config = alert_config(settings)
+            sink = await MailSink(redis, mailbox_key(config.prefix), *sink_at).start()
+        forward_after = config.forward_after
+        await seed(redis, keys, config, forward_after)
+        alert_toml = alert_config(config)
         tasks = [
-            asyncio.create_task(run_wrapped_alert(settings, config), name="demo-alert"),
-            asyncio.create_task(Simulator(redis, keys, settings).run(), name="demo-simulator"),
+            asyncio.create_task(run_wrapped_alert(config, alert_toml), name="demo-alert"),
+            asyncio.create_task(Simulator(redis, keys, config).run(), name="demo-simulator"),
         ]
-        print(banner(settings, sink_at, forward_after), file=sys.stderr, flush=True)
+        print(banner(config, sink_at, forward_after), file=sys.stderr, flush=True)
         done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         for t in done:
             t.result()  # a failed task is a bug: surface it

@@ -7,14 +7,11 @@ request/response types so `/openapi.json` is generated from the msgspec Structs.
 
 from __future__ import annotations
 
-import hmac
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
-import jwt
 import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,30 +20,13 @@ from starlette.routing import Route
 from vestnik.app.context import Ctx
 from vestnik.app.errors import error_response
 from vestnik.app.sse import SSEResponse
+from vestnik.app.tokens import ANONYMOUS, Principal, decode_user_token, is_service_token
 from vestnik.streams.errors import BadInput, Forbidden, TooLarge, Unauthorized
 from vestnik.streams.keys import SETTINGS_TOPIC, USER_TOPIC
 from vestnik.streams.schemas import decode_json, json_encode
 
 T = TypeVar("T")
 Auth = Literal["none", "service", "user", "any"]
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling: a service (token from config) or a user (JWT `sub`)."""
-
-    kind: Literal["anonymous", "service", "user"]
-    user_id: str | None = None
-    roles: tuple[str, ...] = ()
-    token: str = field(default="", repr=False, compare=False)  # the key of its write rate
-    exp: float | None = field(default=None, compare=False)  # a user token's `exp` (cookie life)
-
-    @property
-    def is_service(self) -> bool:
-        return self.kind == "service"
-
-
-ANONYMOUS = Principal("anonymous")
 Handler = Callable[[Request, Ctx, Principal], Awaitable[Response]]
 
 
@@ -56,7 +36,7 @@ def json_response(obj: Any, status: int = 200, headers: dict[str, str] | None = 
 
 async def read_body(request: Request, typ: type[T], ctx: Ctx) -> T:
     """Read at most `max_body` bytes and decode them into `typ` (422 names the field)."""
-    limit = ctx.settings.max_body
+    limit = ctx.config.max_body
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise TooLarge(f"request body is larger than {limit} bytes")
@@ -125,20 +105,11 @@ def check_same_origin(request: Request, ctx: Ctx) -> None:
     parts = urlsplit(raw)
     given = _origin(parts.scheme, parts.netloc) if parts.scheme and parts.netloc else raw
     own = _origin(request_scheme(request), request.headers.get("host", ""))
-    allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.settings.cors_origins
+    allowed = {own, *(_origin(*o.split("://", 1)) for o in ctx.config.cors_origins
                       if "://" in o)}
     if given not in allowed:
         raise Forbidden(f"{name} {given} is neither this API's origin nor listed in "
                         "VESTNIK_CORS_ORIGINS (a cookie-authenticated write)", field=name)
-
-
-def is_service_token(ctx: Ctx, token: str) -> bool:
-    """Compare against every configured token in constant time (no early exit)."""
-    given = token.encode()
-    found = False
-    for known in ctx.settings.service_tokens:
-        found |= hmac.compare_digest(given, known.encode())
-    return found
 
 
 def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = False,
@@ -158,56 +129,14 @@ def authenticate(request: Request, ctx: Ctx, auth: Auth, allow_query: bool = Fal
 
 
 def _principal(ctx: Ctx, auth: Auth, token: str) -> Principal:
-    if auth in ("service", "any") and is_service_token(ctx, token):
+    config = ctx.config
+    if auth in ("service", "any") and is_service_token(config, token):
         return Principal("service", token=token)
     if auth == "service":
         raise Unauthorized("a service token is required")
-    if auth == "user" and is_service_token(ctx, token):
+    if auth == "user" and is_service_token(config, token):
         raise Unauthorized("a user token is required (this is a service token)")
-    return decode_user_token(ctx, token)
-
-
-def decode_user_token(ctx: Ctx, token: str) -> Principal:
-    settings = ctx.settings
-    if not settings.secret:
-        raise Unauthorized("user tokens are not accepted: VESTNIK_SECRET is not set")
-    required = ["exp", "sub"] + (["iss"] if settings.jwt_issuer is not None else [])
-    try:
-        claims = jwt.decode(
-            token,
-            settings.secret,
-            algorithms=["HS256"],
-            audience=settings.jwt_audience,
-            issuer=settings.jwt_issuer,
-            leeway=settings.jwt_leeway,
-            options={"require": required, "verify_aud": settings.jwt_audience is not None},
-        )
-    except jwt.ExpiredSignatureError:
-        raise Unauthorized("token expired") from None
-    except jwt.InvalidTokenError as e:
-        raise Unauthorized(f"invalid token: {e}") from None
-    check_lifetime(claims, settings.jwt_max_ttl)
-    sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub:
-        raise Unauthorized("invalid token: `sub` must be a non-empty string")
-    roles = claims.get("roles") or ()
-    if isinstance(roles, str):  # one role as a plain string, not a string of one-letter roles
-        roles = (roles,)
-    if not isinstance(roles, list | tuple):
-        raise Unauthorized("invalid token: `roles` must be a list of strings")
-    return Principal("user", user_id=sub, roles=tuple(r for r in roles if isinstance(r, str)),
-                     token=token, exp=claims["exp"])
-
-
-def check_lifetime(claims: dict[str, Any], max_ttl: int) -> None:
-    """A stolen token must not work for years: `exp - iat` (or, without `iat`, `exp - now`:
-    a token cannot claim to be younger than it is) is at most VESTNIK_JWT_MAX_TTL."""
-    exp, iat = claims["exp"], claims.get("iat")
-    if not isinstance(exp, int | float) or isinstance(exp, bool):  # PyJWT takes "123" too
-        raise Unauthorized("invalid token: `exp` must be a number")
-    start = iat if isinstance(iat, int | float) and not isinstance(iat, bool) else time.time()
-    if exp - start > max_ttl:
-        raise Unauthorized(f"invalid token: lives longer than VESTNIK_JWT_MAX_TTL ({max_ttl} s)")
+    return decode_user_token(config, token)
 
 
 def rate_limited(wait: int) -> Response:
@@ -225,7 +154,7 @@ def check_topic_read(ctx: Ctx, principal: Principal, topic: str) -> None:
     only services read unless the ACL names them."""
     if principal.is_service:
         return
-    allowed = ctx.settings.topic_acl.get(topic)
+    allowed = ctx.config.topic_acl.get(topic)
     if allowed is None and topic in PRIVATE_TOPICS:
         raise Forbidden(f"topic `{topic}` is readable with a service token only, unless "
                         f"VESTNIK_TOPIC_ACL names it (e.g. `{topic}=admin`)")

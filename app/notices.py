@@ -23,8 +23,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.app.http import Router, json_response, read_body
 from vestnik.app.sse import frame, last_event_id, sse_response
+from vestnik.app.tokens import Principal
 from vestnik.streams.center import (
     RESYNC,
     Count,
@@ -93,7 +94,7 @@ def _bool_param(request: Request, name: str) -> bool:
               auth="service", body=NoticeIn, response=Accepted, status=202, errors=(409,))
 async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, NoticeIn, ctx)
-    check_recipients(body, ctx.settings.max_recipients)
+    check_recipients(body, ctx.config.max_recipients)
     key = request.headers.get("idempotency-key")
     if key is not None and not 1 <= len(key) <= 200:
         raise BadRequest("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
@@ -174,7 +175,7 @@ async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Respons
     except BaseException:
         await hub.unsubscribe(sub)
         raise
-    return sse_response(ctx, _frames(hub, inbox, sub, count, tip, after))
+    return sse_response(ctx.config, _frames(hub, inbox, sub, count, tip, after))
 
 
 def _notice_frame(item: LiveItem) -> bytes:

@@ -9,7 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response
+from vestnik.app.http import Router, json_response
+from vestnik.app.tokens import Principal
 from vestnik.streams.keys import CENTER_GROUP
 from vestnik.streams.redis import RETRYABLE
 

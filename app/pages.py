@@ -61,7 +61,7 @@ def _page(name: str, doc: str):
 async def demo_mail(request: Request) -> Response:
     """Mail received by the demo SMTP sink, newest first (`on`: `up --demo` runs)."""
     ctx: Ctx = request.app.state.ctx
-    key = mailbox_key(ctx.settings.prefix)
+    key = mailbox_key(ctx.config.prefix)
     raw = request.query_params.get("limit", "")
     limit = max(1, min(MAILBOX_MAX, int(raw))) if raw.isascii() and raw.isdigit() else MAILBOX_MAX
     async with ctx.redis.pipeline(transaction=False) as pipe:

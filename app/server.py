@@ -41,10 +41,10 @@ class Server(uvicorn.Server):
                 loop.remove_signal_handler(sig)
 
 
-def make_server(app: Starlette, settings: Config) -> Server:
+def make_server(app: Starlette, config: Config) -> Server:
     config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, loop="none", http="httptools",
-        log_level=settings.log_level, timeout_graceful_shutdown=3, access_log=False,
+        app, host=config.host, port=config.port, loop="none", http="httptools",
+        log_level=config.log_level, timeout_graceful_shutdown=3, access_log=False,
         lifespan="on", backlog=4096,
     )
     return Server(config)

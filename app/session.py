@@ -17,7 +17,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, request_scheme
+from vestnik.app.http import Router, request_scheme
+from vestnik.app.tokens import Principal
 
 router = Router("session")
 

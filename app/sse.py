@@ -19,15 +19,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING
 
 from starlette.requests import Request
 from starlette.types import Receive, Scope, Send
 
+from vestnik.streams.config import Config
 from vestnik.streams.fanout import TopicItem
-
-if TYPE_CHECKING:
-    from vestnik.app.context import Ctx
 
 PING = b": ping\n\n"
 HEADERS = [
@@ -173,5 +170,5 @@ class SSEResponse:
                 return True
 
 
-def sse_response(ctx: Ctx, frames: AsyncIterator[bytes]) -> SSEResponse:
-    return SSEResponse(frames, ping=ctx.settings.sse_ping)
+def sse_response(config: Config, frames: AsyncIterator[bytes]) -> SSEResponse:
+    return SSEResponse(frames, ping=config.sse_ping)

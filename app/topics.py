@@ -8,8 +8,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, check_topic_read, json_response, read_body
+from vestnik.app.http import Router, check_topic_read, json_response, read_body
 from vestnik.app.sse import frame, item_frame, last_event_id, sse_response
+from vestnik.app.tokens import Principal
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.ids import is_stream_id, parse_stream_id
 from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
@@ -30,7 +31,7 @@ async def publish_event(request: Request, ctx: Ctx, principal: Principal) -> Res
     body = await read_body(request, EventIn, ctx)
     event = TopicEvent(op=body.op, id=body.id, data=body.data, src=body.src)
     sid = await publish(ctx.appends, ctx.keys, topic, event,
-                        maxlen=ctx.settings.topic_maxlen, via="http")
+                        maxlen=ctx.config.topic_maxlen, via="http")
     return json_response(Published(sid), 201)
 
 
@@ -63,7 +64,7 @@ async def stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
     except BaseException:
         hub.unsubscribe(sub)
         raise
-    return sse_response(ctx, _topic_frames(hub, sub, start, resume=after is not None))
+    return sse_response(ctx.config, _topic_frames(hub, sub, start, resume=after is not None))
 
 
 async def _topic_frames(hub: TopicHub, sub: Subscription, after: str, *, resume: bool

@@ -18,12 +18,13 @@ import msgspec
 
 from vestnik.app.api import create_app
 from vestnik.app.server import make_server, run
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config
 from vestnik.streams.redis_server import RedisServer
 
 log = logging.getLogger("vestnik.up")
 
-# extra parts run beside the api: async functions of the settings that run until cancelled
+# extra parts run beside the api: async functions of the config that run until cancelled
 Part = Callable[[Config], Awaitable[None]]
 
 
@@ -37,22 +38,22 @@ def _persisted(path: Path, make: Callable[[], str]) -> str:
     return value
 
 
-def with_generated_secrets(settings: Config) -> Config:
+def with_generated_secrets(config: Config) -> Config:
     """Fill in a secret and a service token (kept in data_dir so they survive restarts)."""
-    data = Path(settings.data_dir)
+    data = Path(config.data_dir)
     changes: dict[str, object] = {}
-    if not settings.secret:
+    if not config.secret:
         changes["secret"] = _persisted(data / "secret", lambda: secrets.token_urlsafe(32))
-    if not settings.service_tokens:
+    if not config.service_tokens:
         changes["service_tokens"] = [
             _persisted(data / "service_token", lambda: "svc_" + secrets.token_urlsafe(24))
         ]
-    return msgspec.structs.replace(settings, **changes) if changes else settings
+    return msgspec.structs.replace(config, **changes) if changes else config
 
 
-def parts_for(settings: Config, demo: bool) -> list[Part]:
+def parts_for(config: Config, demo: bool) -> list[Part]:
     parts: list[Part] = [run_notice_center]
-    if settings.keyspace_patterns:
+    if config.keyspace_patterns:
         parts.append(run_bridge)
     if demo:
         from vestnik.app.demo import run_demo  # demo users, VMs, alert, simulator, SMTP sink
@@ -61,30 +62,30 @@ def parts_for(settings: Config, demo: bool) -> list[Part]:
     return parts
 
 
-async def run_notice_center(settings: Config) -> None:
+async def run_notice_center(config: Config) -> None:
     """The notice center (one consumer of group `center`) and its forward worker."""
     from vestnik.streams.center import run_center
 
-    await run_center(settings, consumer="up")
+    await run_center(config, consumer="up")
 
 
-async def run_bridge(settings: Config) -> None:
+async def run_bridge(config: Config) -> None:
     from vestnik.streams.keys import Keys
     from vestnik.streams.notifier import Bridge
     from vestnik.streams.redis import connect
 
-    assert settings.redis_url
-    redis = connect(settings.redis_url, name="vestnik-bridge", timeout=settings.redis_timeout)
+    assert config.redis_url
+    redis = connect(config.redis_url, name="vestnik-bridge", timeout=config.redis_timeout)
     try:
-        await Bridge(settings.redis_url, redis, Keys(settings.prefix),
-                     settings.keyspace_patterns, maxlen=settings.topic_maxlen).run()
+        await Bridge(config.redis_url, redis, Keys(config.prefix),
+                     config.keyspace_patterns, maxlen=config.topic_maxlen).run()
     finally:
         await redis.aclose()
 
 
-async def serve_all(settings: Config, parts: list[Part], *, demo: bool = False) -> None:
-    server = make_server(create_app(settings, demo=demo), settings)
-    tasks = [asyncio.create_task(part(settings), name=part.__name__) for part in parts]
+async def serve_all(config: Config, parts: list[Part], *, demo: bool = False) -> None:
+    server = make_server(create_app(config, demo=demo), config)
+    tasks = [asyncio.create_task(part(config), name=part.__name__) for part in parts]
     try:
         await server.serve()
     finally:
@@ -96,37 +97,35 @@ async def serve_all(settings: Config, parts: list[Part], *, demo: bool = False) 
                 log.error("part %s failed: %r", t.get_name(), r)
 
 
-def banner(settings: Config, private: RedisServer | None) -> str:
-    from vestnik.app.cli import issue_token
-
-    base = f"http://{settings.host}:{settings.port}"
+def banner(config: Config, private: RedisServer | None) -> str:
+    base = f"http://{config.host}:{config.port}"
     lines = [
         "Vestnik is up",
         f"  api        {base}/api/v1  (OpenAPI: {base}/openapi.json)",
-        f"  redis      {settings.redis_url}" + ("  (private, data in "
+        f"  redis      {config.redis_url}" + ("  (private, data in "
                                                   f"{private.data_dir})" if private else ""),
-        f"  service    token: {settings.service_tokens[0]}",
-        f"  user 1     token: {issue_token(settings, '1', 7 * 86400)}",
-        f"  secret     VESTNIK_SECRET={settings.secret}",
+        f"  service    token: {config.service_tokens[0]}",
+        f"  user 1     token: {issue_token(config, '1', 7 * 86400)}",
+        f"  secret     VESTNIK_SECRET={config.secret}",
     ]
     return "\n".join(lines)
 
 
-def run_up(settings: Config, *, demo: bool = False) -> int:
-    settings = with_generated_secrets(settings)
+def run_up(config: Config, *, demo: bool = False) -> int:
+    config = with_generated_secrets(config)
     private: RedisServer | None = None
-    if not settings.redis_url:
-        private = RedisServer(Path(settings.data_dir) / "redis").start()
-        settings = msgspec.structs.replace(settings, redis_url=private.url)
+    if not config.redis_url:
+        private = RedisServer(Path(config.data_dir) / "redis").start()
+        config = msgspec.structs.replace(config, redis_url=private.url)
     try:
         if demo:
             from vestnik.app.demo import (
                 prepare,  # mail to the demo's SMTP sink, a short forward_after
             )
 
-            settings = prepare(settings)
-        print(banner(settings, private), file=sys.stderr, flush=True)
-        run(serve_all(settings, parts_for(settings, demo), demo=demo))
+            config = prepare(config)
+        print(banner(config, private), file=sys.stderr, flush=True)
+        run(serve_all(config, parts_for(config, demo), demo=demo))
     finally:
         if private is not None:
             private.stop()

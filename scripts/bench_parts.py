@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 from vestnik.app.bench import forwarding as b7  # noqa: E402
 from vestnik.app.bench import suite  # noqa: E402
 from vestnik.app.bench.core import percentile  # noqa: E402
-from vestnik.app.bench.env import BenchProc, World, cpu_seconds, run_stoppable  # noqa: E402
+from vestnik.app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, run_stoppable  # noqa: E402
 
 Load = Callable[[], Awaitable[int]]  # runs the load, returns the notices delivered
 
@@ -86,12 +86,12 @@ async def b7_parts(seconds: float, spy: list[str], clients: int) -> None:
         async with b7.vestnik_b7(world) as v:
 
             async def load() -> int:
-                rate = await b7._closed_loop(v.target, v.sink, clients, seconds)
+                rate = await b7.closed_loop(v.target, v.receiver, clients, seconds)
                 print(f"{clients} client(s): {rate:,.0f} delivered/s")
-                return (await v.sink.stats()).n
+                return (await v.receiver.stats()).n
 
-            await b7._open_loop(v.target, v.sink, 100, 1.0)  # warm: connections, scripts
-            await measure(world, {"api": v.api, "center": v.center, "receiver": v.sink.proc},
+            await b7.open_loop(v.target, v.receiver, 100, 1.0)  # warm: connections, scripts
+            await measure(world, {"api": v.api, "center": v.center, "receiver": v.receiver.proc},
                           load, seconds, spy)
 
 
@@ -103,12 +103,12 @@ async def b2_parts(rate: int, seconds: float, spy: list[str]) -> None:
         center = world.start("center")
         port = int(base.rsplit(":", 1)[1])
         me = f"/api/v1/me/stream?token={world.token('u1')}"
-        await suite._latency_run(r, port, me, 50, 1.0, suite._stamped_notices)  # warm
-        await suite.fresh_aof(r)
+        await suite.latency_run(r, port, me, 50, 1.0, suite.stamped_notices)  # warm
+        await fresh_aof(r)
 
         async def load() -> int:
-            values, sent = await suite._latency_run(r, port, me, rate, seconds,
-                                                    suite._stamped_notices)
+            values, sent = await suite.latency_run(r, port, me, rate, seconds,
+                                                    suite.stamped_notices)
             print(f"{rate}/s: p50 {percentile(values, 50):.1f} ms, p99 "
                   f"{percentile(values, 99):.1f} ms, max {max(values):.1f} ms, lost "
                   f"{sent - len(values)}")

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-KEYS_VERSION = 1
-
 CENTER_GROUP = "center"
 REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"

@@ -31,10 +31,6 @@ BRIDGE_EVENTS = Counter(
 READER_RECONNECTS = Counter(
     "vestnik_reader_reconnects_total", "Reconnects of a process's Redis reader", ["reader"]
 )
-HTTP_LATENCY = Histogram(
-    "vestnik_http_request_seconds", "HTTP request duration", ["route"],
-    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
-)
 FORWARD_ATTEMPTS = Counter(
     "vestnik_forward_attempts_total", "Forward send attempts, by channel and outcome",
     ["channel", "status"],

@@ -87,7 +87,7 @@ def api(start_api: Callable[..., Api]) -> Api:
 
 @pytest.fixture
 def user_token(settings: Config) -> Callable[..., str]:
-    from vestnik.app.cli import issue_token
+    from vestnik.app.tokens import issue_token
 
     def make(user: str = "1", ttl: int = 3600, roles: list[str] | None = None) -> str:
         return issue_token(settings, user, ttl, roles)

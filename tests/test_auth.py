@@ -151,7 +151,7 @@ def test_service_token_is_not_a_user(settings):
     service = settings.service_tokens[0]
     with pytest.raises(Unauthorized, match="user token is required"):
         authenticate(_request(bearer(service)), ctx, "user")
-    from vestnik.app.cli import issue_token
+    from vestnik.app.tokens import issue_token
 
     user = issue_token(settings, "7", 60, ["ops"])
     p = authenticate(_request(query=f"token={user}"), ctx, "user", allow_query=True)
@@ -259,7 +259,7 @@ async def test_jwt_leeway_issuer_and_max_lifetime(start_api):
 
 
 def test_issued_tokens_carry_iat_and_iss_and_respect_the_max_lifetime():
-    from vestnik.app.cli import issue_token
+    from vestnik.app.tokens import issue_token
     from vestnik.streams.config import ConfigError
 
     settings = load({"VESTNIK_SECRET": "s" * 32, "VESTNIK_JWT_ISSUER": "vestnik"})

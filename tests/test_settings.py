@@ -8,7 +8,6 @@ import asyncio
 import msgspec
 
 from support import SSE, Api
-from vestnik.streams.configurator import read_named, read_setting
 
 SETTING = {
     "name": "disk",
@@ -243,20 +242,6 @@ async def test_concurrent_patches_with_same_if_match_one_wins(api: Api, redis, k
         assert sorted(r.json()["version"] for r in results) == list(range(3, 3 + n))
     entries = await redis.xrange(keys.topic("settings"))
     assert len(entries) == 2 + n  # create, the one winner, then n unconditional updates
-
-
-async def test_readers_for_other_parts(api: Api, redis, keys):
-    """What the wrapper and the center use: enabled settings of one alert, one by id."""
-    async with api.client() as http:
-        on = (await http.post("/api/v1/settings", json=SETTING)).json()
-        off = (await http.post("/api/v1/settings", json={**SETTING, "enabled": False})).json()
-        await http.post("/api/v1/settings", json={**SETTING, "name": "cpu"})
-    assert [s.id for s in await read_named(redis, keys, "disk")] == [on["id"]]
-    everything = await read_named(redis, keys, "disk", enabled_only=False)
-    assert [msgspec.to_builtins(s) for s in everything] == [on, off]
-    assert await read_named(redis, keys, "nothing") == []
-    assert msgspec.to_builtins(await read_setting(redis, keys, off["id"])) == off
-    assert await read_setting(redis, keys, "01HZZZZZZZZZZZZZZZZZZZZZZZ") is None
 
 
 async def test_deeply_nested_metric_round_trips(api: Api):

@@ -266,9 +266,6 @@ def test_installed_commands_run(installed):
     assert bench.stderr.count("\n") == 1 and "'vestnik[bench]'" in bench.stderr
 
 
-@pytest.mark.xfail(strict=True, reason="streams/channels/email.py looks for its templates in "
-                   "streams/templates; since the layout change they are in "
-                   "streams/channels/templates (the lead or H2 fixes TEMPLATES)")
 def test_installed_email_channel_renders_its_templates(installed):
     """The templates are in the wheel (above); here the email channel finds them there."""
     code = ("import msgspec\n"

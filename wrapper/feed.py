@@ -98,7 +98,6 @@ class Feed:
         self.topic_of: dict[str, str] = {}
         self._coalesced_seen = 0
         self._waits_seen = 0
-        self.resyncs = 0
 
     async def run(self) -> None:
         await self.snapshot()
@@ -277,7 +276,6 @@ class Feed:
                           "there is no materialized state to resend: events may be lost",
                           self.cfg.name, topic, self.positions[key])
                 continue
-            self.resyncs += 1
             log.warning("%s: topic %s was trimmed past %s while the alert was slow; "
                         "resending its %d entities from the state at %s", self.cfg.name, topic,
                         self.positions[key], len(state), pos.decode())

@@ -37,7 +37,7 @@ PROTOCOL = 1
 LEVELS = {"error": "E!", "warning": "W!", "info": "I!", "debug": "D!"}
 
 
-class EntityEvent:
+class EntityChange:
     """One `entity` line, with the entity's state before it (`previous`, None if new)."""
 
     __slots__ = ("data", "id", "op", "previous", "topic")
@@ -47,7 +47,7 @@ class EntityEvent:
         self.topic, self.op, self.id, self.data, self.previous = topic, op, id, data, previous
 
     def __repr__(self) -> str:
-        return f"EntityEvent({self.topic}/{self.id} {self.op})"
+        return f"EntityChange({self.topic}/{self.id} {self.op})"
 
 
 class Alert:
@@ -62,7 +62,7 @@ class Alert:
         self._in = stdin if stdin is not None else sys.stdin.buffer
         self._out = stdout if stdout is not None else sys.stdout
         self._settings_cb: list[Callable[[list[dict[str, Any]]], Any]] = []
-        self._entity_cb: list[Callable[[EntityEvent], Any]] = []
+        self._entity_cb: list[Callable[[EntityChange], Any]] = []
         self._ready_cb: list[Callable[[], Any]] = []
 
     # handlers ---------------------------------------------------------------------
@@ -71,7 +71,7 @@ class Alert:
         self._settings_cb.append(fn)
         return fn
 
-    def on_entity(self, fn: Callable[[EntityEvent], Any]) -> Callable:
+    def on_entity(self, fn: Callable[[EntityChange], Any]) -> Callable:
         """Called for every entity: those of the snapshot, then each live change."""
         self._entity_cb.append(fn)
         return fn
@@ -131,7 +131,7 @@ class Alert:
                 state.pop(eid, None)
             elif data is not None:
                 state[eid] = data
-            ev = EntityEvent(topic, msg.get("op", "update"), eid, data, previous)
+            ev = EntityChange(topic, msg.get("op", "update"), eid, data, previous)
             for fn in self._entity_cb:
                 fn(ev)
         elif kind == "settings":

@@ -93,4 +93,3 @@ Outgoing = Hello | SettingsMessage | Entity | Ready
 decode_line = msgspec.json.Decoder(Incoming).decode
 _encoder = msgspec.json.Encoder()
 encode = _encoder.encode
-encode_into = _encoder.encode_into

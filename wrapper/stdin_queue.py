@@ -13,13 +13,13 @@ import asyncio
 from collections import OrderedDict
 from collections.abc import Hashable
 
-from vestnik.wrapper.protocol import ToAlert
+from vestnik.wrapper.protocol import Outgoing
 
 
 class StdinQueue:
     def __init__(self, size: int) -> None:
         self.size = size
-        self._items: OrderedDict[Hashable, ToAlert] = OrderedDict()
+        self._items: OrderedDict[Hashable, Outgoing] = OrderedDict()
         self._seq = 0
         self._not_empty = asyncio.Event()
         self._not_full = asyncio.Event()
@@ -30,7 +30,7 @@ class StdinQueue:
     def __len__(self) -> int:
         return len(self._items)
 
-    async def put(self, msg: ToAlert, key: Hashable | None = None) -> None:
+    async def put(self, msg: Outgoing, key: Hashable | None = None) -> None:
         """Queue `msg`; a message with the `key` of a pending one replaces it."""
         items = self._items
         if key is not None and key in items:
@@ -52,13 +52,13 @@ class StdinQueue:
         items[key] = msg
         self._not_empty.set()
 
-    async def get_batch(self, limit: int) -> list[ToAlert]:
+    async def get_batch(self, limit: int) -> list[Outgoing]:
         """Wait for at least one message; take up to `limit`, oldest first."""
         items = self._items
         while not items:
             self._not_empty.clear()
             await self._not_empty.wait()
-        out: list[ToAlert] = []
+        out: list[Outgoing] = []
         popitem = items.popitem
         for _ in range(min(limit, len(items))):
             out.append(popitem(last=False)[1])

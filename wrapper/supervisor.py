@@ -15,10 +15,8 @@ stderr is logged line by line under the alert's name. Exit codes: see EXIT_*.
 from __future__ import annotations
 
 import asyncio
-import atexit
 import collections
 import contextlib
-import functools
 import logging
 import os
 import shutil
@@ -57,24 +55,20 @@ STDERR_MAX = 16 * 1024
 # the only variables an alert inherits unasked; everything else (VESTNIK_*, Redis URLs,
 # tokens, cloud credentials) only when its alert.toml lists it under `env`
 INHERITED = ("PATH", "HOME", "LANG", "TZ")
-KIT_SOURCE = Path(__file__).resolve().parent / "kit.py"
 
 
-@functools.cache
-def kit_path() -> str:
-    """A folder holding only `vestnik/wrapper/kit.py`, for an alert's PYTHONPATH: any
-    python3 then imports the kit as documented (`from vestnik.wrapper.kit import Alert`)
-    without Vestnik installed there, and sees nothing else of this process's packages
-    (the repository's folders are mapped under `vestnik` only by an install). Made once
-    per process, removed at exit."""
-    root = Path(tempfile.mkdtemp(prefix="vestnik-kit-"))
-    atexit.register(shutil.rmtree, root, ignore_errors=True)
-    pkg = root / "vestnik" / "wrapper"
+def kit_folder(tmp: Path) -> str:
+    """A folder from which any python3 imports `vestnik.wrapper.kit` (stdlib only): a copy
+    of the kit under `vestnik/wrapper/`, and nothing else of this process's packages. The
+    folder above this package would not do: in a source checkout `wrapper/` is not inside
+    `vestnik/` (the wheel maps it there), and in a venv it would hand the alert all of
+    site-packages."""
+    pkg = tmp / "vestnik" / "wrapper"
     pkg.mkdir(parents=True)
-    (root / "vestnik" / "__init__.py").write_text("")
-    (pkg / "__init__.py").write_text("")
-    shutil.copyfile(KIT_SOURCE, pkg / "kit.py")
-    return str(root)
+    (tmp / "vestnik" / "__init__.py").write_bytes(b"")
+    (pkg / "__init__.py").write_bytes(b"")
+    shutil.copyfile(Path(__file__).resolve().parent / "kit.py", pkg / "kit.py")
+    return str(tmp)
 
 
 def version() -> str:
@@ -113,6 +107,7 @@ class Wrapper:
         self.log = logging.getLogger(f"vestnik.alert.{cfg.name}")
         self.redis: Redis | None = None
         self.writer: NoticeWriter | None = None
+        self.kit_path = ""  # set by run(): see kit_folder
 
     # entry --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -120,6 +115,8 @@ class Wrapper:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, self._on_signal, sig)
         server = None
+        kit = tempfile.TemporaryDirectory(prefix="vestnik-kit-")
+        self.kit_path = kit_folder(Path(kit.name))
         try:
             if self.metrics_port is not None:
                 try:
@@ -152,6 +149,7 @@ class Wrapper:
                 server.close()
             if self.redis is not None:
                 await self.redis.aclose()
+            kit.cleanup()
 
     def _on_signal(self, sig: int) -> None:
         if not self.stop.is_set():
@@ -200,7 +198,7 @@ class Wrapper:
         # the optional Python kit (`from vestnik.wrapper.kit import Alert`) is importable by
         # any python3 the alert uses, without installing Vestnik there
         path = env.get("PYTHONPATH")
-        env["PYTHONPATH"] = f"{path}{os.pathsep}{kit_path()}" if path else kit_path()
+        env["PYTHONPATH"] = f"{path}{os.pathsep}{self.kit_path}" if path else self.kit_path
         log.debug("%s: the alert's environment: %s (values not logged)", self.name,
                   ", ".join(sorted(env)))
         return env

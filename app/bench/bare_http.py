@@ -28,7 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vestnik.app.server import make_server, run
-from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.channels import HttpPool
 from vestnik.streams.config import Config
 from vestnik.streams.redis import connect
 from vestnik.streams.schemas import NoticeIn
@@ -95,8 +95,8 @@ def stored_app(redis_url: str) -> Starlette:
 def main(argv: list[str]) -> None:
     app = stored_app(argv[1]) if len(argv) > 1 else \
         Starlette(routes=[Route("/api/v1/notices", accept, methods=["POST"])])
-    settings = Config(host="127.0.0.1", port=int(argv[0]), log_level="warning")
-    run(make_server(app, settings).serve())
+    config = Config(host="127.0.0.1", port=int(argv[0]), log_level="warning")
+    run(make_server(app, config).serve())
 
 
 if __name__ == "__main__":

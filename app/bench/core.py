@@ -182,11 +182,3 @@ def new_progress(console: Console) -> Progress:
                     TextColumn("{task.completed:.0f}/{task.total:.0f}"), TimeElapsedColumn(),
                     console=console, transient=False)
 
-
-class Stopwatch:
-    def __init__(self) -> None:
-        self.t0 = time.perf_counter()
-
-    @property
-    def elapsed(self) -> float:
-        return time.perf_counter() - self.t0

@@ -3,15 +3,15 @@
 B5: N forward jobs due at once (one notice each, unread) → messages/s of ONE `vestnik
 forwarder` process accepted by a local SMTP sink (aiosmtpd) and by a local webhook
 receiver, and messages per forwarder CPU-second (/proc utime+stime, which the box's
-load does not bend). Ceiling: the same sink fed by a bare sender loop (aiosmtplib over
+load does not bend). Ceiling: the same receiver fed by a bare sender loop (aiosmtplib over
 8 connections; the lean HTTP pool with 16), measured in the same run.
 
 B7: `POST /api/v1/notices` (one notice per request, forward_after 0, a webhook channel)
 → arrival at the local receiver: delivered/s with 1 and 8 closed-loop clients, and
 p50/p99/max at 100/s and 1,000/s (open loop, paced). With `--peer alertmanager` the same
 load runs against Prometheus Alertmanager (group_wait 0s, one alert per POST to
-/api/v2/alerts, a webhook receiver to the same sink) and its rows are `AM:`-prefixed.
-The sinks are app.bench.sink's, each in a process of its own.
+/api/v2/alerts, a webhook to the same receiver) and its rows are `AM:`-prefixed.
+The receivers are app.bench.receiver's, each in a process of its own.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ from redis.asyncio import Redis
 
 from vestnik.app.bench.core import Bench, percentile
 from vestnik.app.bench.env import BenchProc, World, cpu_seconds, fresh_aof, until_up
-from vestnik.app.bench.sink import Sink, rate
-from vestnik.streams.channels.http1 import HttpPool
+from vestnik.app.bench.receiver import Receiver, rate
+from vestnik.streams.channels import HttpPool
 from vestnik.streams.forward import BROADCAST, ForwardJob, add_forward_jobs
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
@@ -58,10 +58,10 @@ def use_peer(peer: str | None) -> None:
 # ------------------------------------------------------------------------------ B5
 
 
-async def _schedule(r: Redis, n: int, channel: str, sink_port: int) -> None:
+async def _schedule(r: Redis, n: int, channel: str, receiver_port: int) -> None:
     await r.hset(K.state(USER_TOPIC), "1", json_encode(User(id="1", email="b5@example.org")))
     target = ({"email": {"users": ["1"]}} if channel == "email"
-              else {"webhook": {"url": f"http://127.0.0.1:{sink_port}/hook"}})
+              else {"webhook": {"url": f"http://127.0.0.1:{receiver_port}/hook"}})
     uid = "1" if channel == "email" else BROADCAST
     now = now_ms()
     for start in range(0, n, 1000):
@@ -114,31 +114,31 @@ async def _b5_one(bench: Bench, channel: str, n: int) -> tuple[float, float, flo
     kind = "smtp" if channel == "email" else "http"
     with World() as world:
         r = world.redis()
-        sink = Sink(world.dir, world.env(), kind)
+        receiver = Receiver(world.dir, world.env(), kind)
         try:
-            await sink.ready()
+            await receiver.ready()
             bare = 1000 if bench.quick else 4000
-            await (_bare_smtp(sink.port, bare) if kind == "smtp"
-                   else _bare_http(sink.port, bare))
-            ceiling = rate(await sink.stats())
-            await sink.reset()
-            await _schedule(r, n, channel, sink.port)
-            fwd = world.start("forwarder", VESTNIK_SMTP_URL=f"smtp://127.0.0.1:{sink.port}",
+            await (_bare_smtp(receiver.port, bare) if kind == "smtp"
+                   else _bare_http(receiver.port, bare))
+            ceiling = rate(await receiver.stats())
+            await receiver.reset()
+            await _schedule(r, n, channel, receiver.port)
+            fwd = world.start("forwarder", VESTNIK_SMTP_URL=f"smtp://127.0.0.1:{receiver.port}",
                               VESTNIK_SMTP_FROM="vestnik@example.org",
                               VESTNIK_WEBHOOK_SECRET=SECRET)
             cpu0 = None
             deadline = time.monotonic() + 120
-            st = await sink.stats()
+            st = await receiver.stats()
             while st.n < n and time.monotonic() < deadline:
                 if fwd.proc.poll() is not None:
                     raise RuntimeError(f"forwarder exited: {fwd.log_path.read_text()[-1500:]}")
                 if cpu0 is None and st.n:
                     cpu0 = cpu_seconds(fwd.pid)  # start-up (imports, connects) left out
                 await asyncio.sleep(0.02)
-                st = await sink.stats()
+                st = await receiver.stats()
             cpu = cpu_seconds(fwd.pid) - (cpu0 or 0.0)
         finally:
-            await sink.close()
+            await receiver.close()
             await r.aclose()
     return rate(st), (st.n / cpu if cpu else 0.0), ceiling
 
@@ -154,8 +154,8 @@ async def b5_forwarding(bench: Bench) -> None:
             per_cpu.append(b)
             ceilings.append(c)
             bench.progress.advance(task)
-        sink = "SMTP sink (aiosmtpd)" if channel == "email" else "webhook receiver"
-        bench.record(f"B5:{row}_per_s", f"{n:,} {channel} forwards due at once → {sink}, one "
+        receiver = "SMTP sink (aiosmtpd)" if channel == "email" else "webhook receiver"
+        bench.record(f"B5:{row}_per_s", f"{n:,} {channel} forwards due at once → {receiver}, one "
                      "forwarder; ceiling: a bare sender loop to the same sink", rates,
                      "msgs/s", ceiling=ceilings, target=1000)
         bench.record(f"B5:{row}_per_cpu_s", f"{channel} messages per forwarder CPU-second "
@@ -209,14 +209,14 @@ async def _drive(target: Target, clients: int, seconds: float) -> int:
     return sent
 
 
-async def _closed_loop(target: Target, sink: Sink, clients: int, seconds: float) -> float:
-    await sink.reset()
+async def closed_loop(target: Target, receiver: Receiver, clients: int, seconds: float) -> float:
+    await receiver.reset()
     sent = await _drive(target, clients, seconds)
-    return rate(await sink.wait(sent, 10))
+    return rate(await receiver.wait(sent, 10))
 
 
-async def _open_loop(target: Target, sink: Sink, per_s: int, seconds: float) -> list[float]:
-    await sink.reset()
+async def open_loop(target: Target, receiver: Receiver, per_s: int, seconds: float) -> list[float]:
+    await receiver.reset()
     tasks: set[asyncio.Task[None]] = set()
     total = int(per_s * seconds)
     sent = 0
@@ -230,11 +230,11 @@ async def _open_loop(target: Target, sink: Sink, per_s: int, seconds: float) -> 
         sent = due
         await asyncio.sleep(max(0.0, t0 + sent / per_s - time.perf_counter()))
     await asyncio.gather(*tasks)
-    st = await sink.wait(sent, 10)
+    st = await receiver.wait(sent, 10)
     return st.lat_ms + [float("inf")] * (sent - len(st.lat_ms))  # a loss is the worst
 
 
-async def _b7_load(bench: Bench, target: Target, sink: Sink, prefix: str, task: object,
+async def _b7_load(bench: Bench, target: Target, receiver: Receiver, prefix: str, task: object,
                    fresh: Callable[[], Awaitable[None]] | None = None) -> None:
     """The rows of one system; `prefix` "AM:" for the peer, whose same-run 1-client rate
     then is Vestnik's target and ceiling (else the rate measured in issue 6). `fresh()`
@@ -248,15 +248,15 @@ async def _b7_load(bench: Bench, target: Target, sink: Sink, prefix: str, task: 
     async def phase() -> None:
         if fresh is not None:
             await fresh()
-            await _open_loop(target, sink, 100, 0.2)
+            await open_loop(target, receiver, 100, 0.2)
 
     if fresh is None:
-        await _open_loop(target, sink, 100, 0.5)  # warm: connections, scripts
+        await open_loop(target, receiver, 100, 0.5)  # warm: connections, scripts
     for clients, row in ((1, f"{prefix}B7"), (8, f"{prefix}B7x8")):
         values = []
         for _ in range(bench.rounds()):
             await phase()
-            values.append(await _closed_loop(target, sink, clients, closed))
+            values.append(await closed_loop(target, receiver, clients, closed))
         mine = not prefix and clients == 1
         bench.record(f"{row}:delivered_per_s", f"{target.name}: POST one notice per request "
                      f"→ webhook arrival, {clients} client(s)", values, "msgs/s",
@@ -267,7 +267,7 @@ async def _b7_load(bench: Bench, target: Target, sink: Sink, prefix: str, task: 
         rounds: list[list[float]] = []
         for _ in range(bench.rounds()):  # each round's percentiles; the row is their median
             await phase()
-            rounds.append(await _open_loop(target, sink, per_s, secs))
+            rounds.append(await open_loop(target, receiver, per_s, secs))
         for name, p in (("p50", 50), ("p99", 99), ("max", 100)):
             bench.record(f"{prefix}B7@{per_s}:{name}_ms", f"{target.name}: POST → webhook "
                          f"arrival at {per_s}/s, {name}", [percentile(lat, p) for lat in rounds],
@@ -292,7 +292,7 @@ class VestnikB7:
     """What B7 drives on Vestnik's side: the POST target, the webhook receiver, the parts."""
 
     target: Target
-    sink: Sink
+    receiver: Receiver
     api: BenchProc
     center: BenchProc
 
@@ -307,21 +307,21 @@ async def vestnik_b7(world: World) -> AsyncIterator[VestnikB7]:
             pipe.hset(K.state(USER_TOPIC), f"u{i}", json_encode(User(id=f"u{i}")))
         await pipe.execute()
     await r.aclose()
-    sink = Sink(world.dir, world.env(), "http")
+    receiver = Receiver(world.dir, world.env(), "http")
     try:
-        await sink.ready()
+        await receiver.ready()
         api, base = world.start_api()
         center = world.start("center", VESTNIK_WEBHOOK_SECRET=SECRET)
         target = Target("vestnik", f"{base}/api/v1/notices",
                         {"authorization": f"Bearer {world.service_token}",
                          "content-type": "application/json"},
-                        f"http://127.0.0.1:{sink.port}/hook")
+                        f"http://127.0.0.1:{receiver.port}/hook")
         try:
-            yield VestnikB7(target, sink, api, center)
+            yield VestnikB7(target, receiver, api, center)
         finally:
             await target.pool.aclose()
     finally:
-        await sink.close()
+        await receiver.close()
 
 
 async def _vestnik_b7(bench: Bench, task: object) -> None:
@@ -329,7 +329,7 @@ async def _vestnik_b7(bench: Bench, task: object) -> None:
         r = world.redis()
         try:
             async with vestnik_b7(world) as v:
-                await _b7_load(bench, v.target, v.sink, "", task, lambda: fresh_aof(r))
+                await _b7_load(bench, v.target, v.receiver, "", task, lambda: fresh_aof(r))
         finally:
             await r.aclose()
 
@@ -391,10 +391,10 @@ async def _alertmanager_b7(bench: Bench, task: object) -> None:
         return
     tmp = Path(tempfile.mkdtemp(prefix="vestnik-bench-am-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
-    sink = Sink(tmp, env, "http")
-    am = Alertmanager(exe, tmp, env, sink.port)
+    receiver = Receiver(tmp, env, "http")
+    am = Alertmanager(exe, tmp, env, receiver.port)
     try:
-        await sink.ready()
+        await receiver.ready()
         target = Target("alertmanager", f"http://127.0.0.1:{am.port}/api/v2/alerts",
                         {"content-type": "application/json"}, "")
 
@@ -402,24 +402,24 @@ async def _alertmanager_b7(bench: Bench, task: object) -> None:
             await target.pool.aclose()  # connections to the previous process
             await am.fresh()
 
-        await _b7_load(bench, target, sink, "AM:", task, fresh)
+        await _b7_load(bench, target, receiver, "AM:", task, fresh)
         await target.pool.aclose()
     finally:
         am.stop()
-        await sink.close()
+        await receiver.close()
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-async def _floor_rounds(bench: Bench, world_dir: Path, env: dict[str, str], sink: Sink,
+async def _floor_rounds(bench: Bench, world_dir: Path, env: dict[str, str], receiver: Receiver,
                         redis_url: str | None) -> list[float]:
     """Rounds of app.bench.bare_http (bare, or storing in `redis_url`), one client: answers/s,
-    or with a store, deliveries/s at `sink`."""
+    or with a store, deliveries/s at `receiver`."""
     port = free_port()
     proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.bare_http", str(port),
                       *([redis_url] if redis_url else [])], env,
                      world_dir / f"bare_http{'-stored' if redis_url else ''}.log")
     target = Target("vestnik", f"http://127.0.0.1:{port}/api/v1/notices",
-                    {"content-type": "application/json"}, f"http://127.0.0.1:{sink.port}/hook")
+                    {"content-type": "application/json"}, f"http://127.0.0.1:{receiver.port}/hook")
     seconds = 1.0 if bench.quick or not redis_url else 1.5
     try:
         await until_up(target.send, "bare_http", proc=proc, seconds=30)
@@ -427,7 +427,7 @@ async def _floor_rounds(bench: Bench, world_dir: Path, env: dict[str, str], sink
         values = []
         for _ in range(bench.rounds()):
             if redis_url:
-                values.append(await _closed_loop(target, sink, 1, seconds))
+                values.append(await closed_loop(target, receiver, 1, seconds))
             else:
                 t0 = time.perf_counter()
                 answered = await _drive(target, 1, seconds)
@@ -442,20 +442,20 @@ async def _floors_b7(bench: Bench, task: object) -> None:
     """The reference rows (app.bench.bare_http): an endpoint doing nothing, and the least a
     service does that answers once Redis holds the notice, on the api's HTTP stack."""
     with World() as world:
-        sink = Sink(world.dir, world.env(), "http")
+        receiver = Receiver(world.dir, world.env(), "http")
         try:
-            await sink.ready()
+            await receiver.ready()
             bench.record("B7:bare_http_per_s", "an endpoint doing nothing (no auth, no Redis) "
                          "on the api's uvicorn/httptools/uvloop stack: answers/s, 1 client",
-                         await _floor_rounds(bench, world.dir, world.env(), sink, None),
+                         await _floor_rounds(bench, world.dir, world.env(), receiver, None),
                          "answers/s")
             bench.record("B7:stored_floor_per_s", "one process on the same stack that stores "
                          "each notice with one Redis call before it answers, then POSTs the "
                          "webhook and records it with one more: delivered/s, 1 client",
-                         await _floor_rounds(bench, world.dir, world.env(), sink, world.url),
+                         await _floor_rounds(bench, world.dir, world.env(), receiver, world.url),
                          "msgs/s")
         finally:
-            await sink.close()
+            await receiver.close()
     bench.progress.advance(task)
 
 

@@ -12,7 +12,7 @@ import hiredis
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.app.bench.core import Bench, percentile
+from vestnik.app.bench.core import Bench, BenchFn, percentile
 from vestnik.app.bench.env import BenchProc, World, fresh_aof, until_up
 from vestnik.app.bench.forwarding import b5_forwarding, b7_immediate
 from vestnik.app.bench.sse_client import SSEProtocol, open_sse
@@ -222,7 +222,7 @@ async def paced(rate: int, seconds: float, send: Callable[[int], Awaitable[None]
     return sent
 
 
-async def _stamped_notices(r: Redis, k: int) -> None:
+async def stamped_notices(r: Redis, k: int) -> None:
     async with r.pipeline(transaction=False) as pipe:
         for i in range(k):
             pipe.xadd(K.notices, notice_fields(i, "u1", forward=False, t=time.time_ns()))
@@ -237,7 +237,7 @@ async def _stamped_hop(r: Redis, k: int) -> None:
         await pipe.execute()
 
 
-async def _latency_run(r: Redis, port: int, path: str, rate: int, seconds: float,
+async def latency_run(r: Redis, port: int, path: str, rate: int, seconds: float,
                        send: Callable[[Redis, int], Awaitable[None]]) -> tuple[list[float], int]:
     lat = Latencies()
     client = await _open_retrying(port, path, lat)
@@ -264,15 +264,15 @@ async def b2_latency(bench: Bench) -> None:
             world.env(), world.dir / "hop.log"))
         me = f"/api/v1/me/stream?token={world.token('u1')}"
         # warm-up: the whole path (center, api, pub/sub) has carried a notice before timing
-        await _latency_run(r, port, me, 50, 1.0, _stamped_notices)
+        await latency_run(r, port, me, 50, 1.0, stamped_notices)
         for rate in rates:
             # each side from a freshly rewritten AOF, as in B1: the run's writes reach the
             # 64 MB auto-rewrite size during the 5,000/s phase, and the fork and rewrite of
             # the whole dataset on 2 cores then put 90-130 ms into that phase's p99 alone
             await fresh_aof(r)
-            values, sent = await _latency_run(r, port, me, rate, seconds, _stamped_notices)
+            values, sent = await latency_run(r, port, me, rate, seconds, stamped_notices)
             await fresh_aof(r)
-            ceil, _ = await _latency_run(r, hop_port, "/", rate, seconds, _stamped_hop)
+            ceil, _ = await latency_run(r, hop_port, "/", rate, seconds, _stamped_hop)
             p99_target = {2000: 10.0, 5000: 25.0}.get(rate)
             for name, p in (("p50", 50), ("p99", 99), ("max", 100)):
                 bench.record(f"B2@{rate}:{name}_ms", f"XADD → SSE of the recipient at {rate}/s, "
@@ -405,7 +405,7 @@ async def b6_memory(bench: Bench) -> None:
     bench.progress.advance(task)
 
 
-class Counter:
+class EntityArrivals:
     """Counts `entity` events; `done` is set once every client has `want` of them."""
 
     def __init__(self, clients: int, want: int) -> None:
@@ -429,7 +429,7 @@ async def _topic_rate(world: World, port: int, n: int, clients: int) -> float:
     """Topic events/s from XADD to `clients` SSE clients (each gets all n)."""
     r = world.redis()
     await r.delete("vn:topic:vm")
-    counter = Counter(clients, n)
+    counter = EntityArrivals(clients, n)
     conns = [await open_sse("127.0.0.1", port,
                             f"/api/v1/topics/vm/stream?token={world.token('u1')}",
                             counter.on_event(i)) for i in range(clients)]
@@ -468,7 +468,7 @@ async def n1_topic_sse(bench: Bench) -> None:
     bench.done(task)
 
 
-SUITE: dict[str, Callable[[Bench], Awaitable[None]]] = {
+SUITE: dict[str, BenchFn] = {
     "B1": b1_ingest,
     "B2": b2_latency,
     "B3": b3_fanout,

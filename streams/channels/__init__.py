@@ -17,10 +17,19 @@ from typing import Any
 
 import httpx
 
-from vestnik.streams.channels.base import HTTP_HEADERS, HTTP_TIMEOUT, Channel, SendResult
+from vestnik.streams.channels.base import (
+    HTTP_HEADERS,
+    HTTP_TIMEOUT,
+    Channel,
+    ReplyTooLarge,
+    SendResult,
+    capped_request,
+)
+from vestnik.streams.channels.http1 import HttpPool
 from vestnik.streams.config import Config
 
-__all__ = ["GROUP", "Channel", "Channels", "SendResult", "available"]
+__all__ = ["GROUP", "HTTP_HEADERS", "Channel", "Channels", "HttpPool", "ReplyTooLarge",
+           "SendResult", "available", "capped_request"]
 
 GROUP = "vestnik.channels"
 log = logging.getLogger("vestnik.channels")

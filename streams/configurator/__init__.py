@@ -7,9 +7,6 @@ from vestnik.streams.configurator.store import (
     etag,
     parse_if_match,
     parse_limit,
-    read_named,
-    read_setting,
 )
 
-__all__ = ["SettingsStore", "check_name", "etag", "parse_if_match", "parse_limit",
-           "read_named", "read_setting"]
+__all__ = ["SettingsStore", "check_name", "etag", "parse_if_match", "parse_limit"]

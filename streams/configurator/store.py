@@ -163,23 +163,6 @@ def normalize_channel(channel: dict[str, Any], egress: Egress | None = None
     return out
 
 
-async def read_setting(redis: Redis, keys: Keys, sid: str) -> AlertSetting | None:
-    """One setting by id, or None (for readers that do not write: center, wrapper)."""
-    raw = await redis.hget(keys.settings, sid)
-    return None if raw is None else _decode_setting(raw)
-
-
-async def read_named(redis: Redis, keys: Keys, name: str, *,
-                     enabled_only: bool = True) -> list[AlertSetting]:
-    """Every setting of alert `name` in id order (what a wrapper hands its alert)."""
-    ids = await redis.zrange(keys.settings_by_name(name), 0, -1)
-    if not ids:
-        return []
-    raws = await redis.hmget(keys.settings, ids)
-    items = [_decode_setting(r) for r in raws if r is not None]
-    return [s for s in items if s.enabled] if enabled_only else items
-
-
 class SettingsStore:
     """CRUD of alert settings; every change is one atomic Lua call (see the module doc)."""
 

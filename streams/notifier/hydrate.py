@@ -22,7 +22,7 @@ import httpx
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.streams.channels.base import HTTP_HEADERS, ReplyTooLarge, capped_request
+from vestnik.streams.channels import HTTP_HEADERS, ReplyTooLarge, capped_request
 from vestnik.streams.metrics import HYDRATIONS
 from vestnik.streams.schemas import TopicEvent
 

@@ -118,10 +118,6 @@ class TopicHub:
             if not subs:
                 del self.subscribers[sub.topic]
 
-    @property
-    def client_count(self) -> int:
-        return sum(len(s) for s in self.subscribers.values())
-
     async def tip(self, topic: str) -> str:
         """Id of the newest entry of the topic stream ('0-0' when empty)."""
         last = await self.redis.xrevrange(self.keys.topic(topic), count=1)

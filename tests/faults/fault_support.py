@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from support import SSE, Api, Proc, base_env, vestnik_argv, wait_http
-from vestnik.app.cli import issue_token
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import load
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.redis_server import RedisServer, free_port

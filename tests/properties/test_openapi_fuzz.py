@@ -28,7 +28,7 @@ from schemathesis.checks import (
 )
 
 from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
-from vestnik.app.cli import issue_token
+from vestnik.app.tokens import issue_token
 from vestnik.streams.config import load
 from vestnik.streams.redis_server import RedisServer, free_port
 

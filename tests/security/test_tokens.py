@@ -10,24 +10,22 @@ import inspect
 
 import pytest
 
-from vestnik.app import http as app_http
-from vestnik.app.context import Ctx
-from vestnik.app.http import is_service_token
-from vestnik.streams.config import load
-from vestnik.streams.keys import Keys
+from vestnik.app import tokens
+from vestnik.app.tokens import is_service_token
+from vestnik.streams.config import Config, load
 
 TOKENS = ["svc-first-" + "a" * 24, "svc-second-" + "b" * 24, "svc-third-" + "c" * 24]
 
 
-def _ctx() -> Ctx:
-    return Ctx(load({"VESTNIK_SERVICE_TOKENS": ",".join(TOKENS)}), Keys(), None)  # type: ignore[arg-type]
+def _config() -> Config:
+    return load({"VESTNIK_SERVICE_TOKENS": ",".join(TOKENS)})
 
 
 def test_the_comparison_is_hmac_compare_digest_with_no_early_exit():
     src = inspect.getsource(is_service_token)
     assert "hmac.compare_digest" in src
     assert "return True" not in src and "break" not in src  # no exit on the first match
-    assert " == " not in src and "in ctx.settings.service_tokens" not in src.split("for")[0]
+    assert " == " not in src and "in config.service_tokens" not in src.split("for")[0]
 
 
 @pytest.mark.parametrize("given, expected", [
@@ -42,7 +40,7 @@ def test_every_configured_token_is_compared_every_time(monkeypatch, given: str, 
         calls.append((a, b))
         return real(a, b)
 
-    monkeypatch.setattr(app_http.hmac, "compare_digest", counting)
-    assert is_service_token(_ctx(), given) is expected
+    monkeypatch.setattr(tokens.hmac, "compare_digest", counting)
+    assert is_service_token(_config(), given) is expected
     assert [b for _, b in calls] == [t.encode() for t in TOKENS]
     assert all(isinstance(a, bytes) and isinstance(b, bytes) for a, b in calls)

@@ -6,7 +6,7 @@ Setting metric: {"min_balance": 100}. One notice per crossing (per setting); whe
 balance is back above the limit the alert resolves it, so the next drop notifies again.
 """
 
-from vestnik.wrapper.kit import Alert, EntityEvent
+from vestnik.wrapper.kit import Alert, EntityChange
 
 alert = Alert(heartbeat=30)
 low: set[tuple[str, str]] = set()  # (setting id, account id) currently below the limit
@@ -33,7 +33,7 @@ def check(account_id: str, account: dict | None) -> None:
 
 
 @alert.on_entity
-def on_account(ev: EntityEvent) -> None:
+def on_account(ev: EntityChange) -> None:
     if ev.topic == "account" and alert.ready:
         check(ev.id, ev.data)
 

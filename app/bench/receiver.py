@@ -1,9 +1,9 @@
 """The local receivers of B5 and B7, in a process of their own, and the bench's handle on one.
 
-`python -m vestnik.app.bench.sink http|smtp PORT STATS_PORT` serves a webhook receiver (a lean
+`python -m vestnik.app.bench.receiver http|smtp PORT STATS_PORT` serves a webhook receiver (a lean
 HTTP/1.1 keep-alive protocol answering 200 at once) or an SMTP sink (aiosmtpd), so the
 bench's event loop never competes with what it measures. Each request body carries
-`"t":<ns>` (the send time); the sink keeps arrival times and latencies and serves them as
+`"t":<ns>` (the send time); the receiver keeps arrival times and latencies and serves them as
 JSON on `GET /stats` (`POST /reset` clears them).
 """
 
@@ -18,7 +18,7 @@ from pathlib import Path
 import msgspec
 
 from vestnik.app.bench.env import BenchProc, until_up
-from vestnik.streams.channels.http1 import HttpPool
+from vestnik.streams.channels import HttpPool
 from vestnik.streams.redis_server import free_port
 
 
@@ -53,7 +53,7 @@ class _Record:
         return msgspec.json.encode(Stats(self.n, self.first, self.last, self.lat))
 
 
-class _HttpSink(asyncio.Protocol):
+class _HttpReceiver(asyncio.Protocol):
     """HTTP/1.1 keep-alive; every request with a body is a hit, answered 200 at once."""
 
     def __init__(self, rec: _Record) -> None:
@@ -100,24 +100,26 @@ async def _serve(kind: str, port: int, stats_port: int) -> None:
         controller = Controller(Handler(), hostname="127.0.0.1", port=port)
         controller.start()
         # the SMTP sink runs in the controller's thread; stats here, read racily (counts)
-        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", stats_port)
+        server = await loop.create_server(lambda: _HttpReceiver(rec), "127.0.0.1", stats_port)
     else:
-        server = await loop.create_server(lambda: _HttpSink(rec), "127.0.0.1", port)
+        server = await loop.create_server(lambda: _HttpReceiver(rec), "127.0.0.1", port)
     async with server:
         await server.serve_forever()
 
 
-class Sink:
+class Receiver:
+    """The bench's handle on one receiver process: its ports, reset, stats, stop."""
+
     def __init__(self, world_dir: Path, env: dict[str, str], kind: str) -> None:
         self.port = free_port()
         self.stats_port = free_port() if kind == "smtp" else self.port
-        self.proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.sink", kind,
+        self.proc = BenchProc([sys.executable, "-m", "vestnik.app.bench.receiver", kind,
                                str(self.port), str(self.stats_port)], env,
-                              world_dir / f"sink-{kind}.log")
+                              world_dir / f"receiver-{kind}.log")
         self.pool = HttpPool(per_host=2)
 
     async def ready(self) -> None:
-        await until_up(self.reset, "sink", proc=self.proc)
+        await until_up(self.reset, "receiver", proc=self.proc)
 
     async def reset(self) -> None:
         await self.pool.post(f"http://127.0.0.1:{self.stats_port}/reset", b"", {})

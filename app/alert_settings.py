@@ -10,7 +10,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
-from vestnik.app.http import Principal, Router, json_response, read_body
+from vestnik.app.http import Router, json_response, read_body
+from vestnik.app.tokens import Principal
 from vestnik.streams.configurator import (
     SettingsStore,
     check_name,
@@ -32,8 +33,8 @@ def store_of(ctx: Ctx) -> SettingsStore:
     store = ctx.parts.get("settings")
     if store is None:
         store = ctx.parts["settings"] = SettingsStore(
-            ctx.redis, ctx.keys, topic_maxlen=ctx.settings.topic_maxlen,
-            egress=Egress.from_settings(ctx.settings))
+            ctx.redis, ctx.keys, topic_maxlen=ctx.config.topic_maxlen,
+            egress=Egress.from_settings(ctx.config))
     return store
 
 
