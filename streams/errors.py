@@ -2,7 +2,7 @@
 
 Code that catches errors sorts them into three kinds: bad input (`VestnikError`
 subclasses with status 4xx: reject, dead-letter, name the field), retryable
-(`Unavailable`: back off, keep pending) and bugs (anything else: let it surface).
+(`streams.redis.RETRYABLE`, Redis down or slow: back off, keep pending, HTTP 503) and bugs (anything else: let it surface).
 """
 
 from __future__ import annotations
@@ -62,13 +62,6 @@ class PreconditionFailed(VestnikError):
 class TooLarge(VestnikError):
     code = "too_large"
     status = 413
-
-
-class Unavailable(VestnikError):
-    """Redis or another dependency is unavailable; the caller may retry later."""
-
-    code = "unavailable"
-    status = 503
 
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")

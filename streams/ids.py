@@ -43,7 +43,3 @@ def is_stream_id(sid: str) -> bool:
     except ValueError:
         return False
     return ms >= 0 and seq >= 0
-
-
-def stream_id_gt(a: str, b: str) -> bool:
-    return parse_stream_id(a) > parse_stream_id(b)

@@ -11,6 +11,7 @@ module level, inside a function, under TYPE_CHECKING).
   `wrapper`, so such an import works only in a checkout.
 - `wrapper/` runs on a box with only Redis: of Vestnik it imports itself and the shared
   modules at the top of `streams/`, no part and no `app`.
+- No import cycles among modules (a package re-exporting its own modules aside).
 """
 
 from __future__ import annotations
@@ -234,3 +235,59 @@ def test_wrapper_needs_only_the_shared_streams_modules():
                 bad.append(str(imp))
                 break
     assert bad == []
+
+
+def import_cycles(*folders: str) -> list[list[str]]:
+    """Cycles among modules (Tarjan's strongly connected components), every import counted,
+    function-level ones too. A package's `__init__` re-exporting its own modules is not an
+    edge: importing `a.b` runs `a` first by design, and `a` naming `a.b` back is no cycle
+    a reader has to untangle."""
+    imports = all_imports(*folders)
+    mods = {module_name(p) for p in python_files(*folders)}
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for imp in imports:
+        me = module_name(imp.path)
+        own_package = imp.path.name == "__init__.py"
+        for m in modules_named(imp):
+            if m not in mods or m == me or me.startswith(m + "."):
+                continue  # not ours, itself, or an ancestor package (run first anyway)
+            if own_package and m.startswith(me + "."):
+                continue  # a package re-exporting its own modules
+            graph[me].add(m)
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on: set[str] = set()
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on.add(v)
+        for w in graph[v]:
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                found.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+def test_no_import_cycles():
+    """Modules import one way (the cli, `up` and the demo once imported each other): a
+    cycle means two modules each need the other's internals, and breaks when one moves."""
+    assert import_cycles("app", "streams", "wrapper") == []
