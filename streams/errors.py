@@ -2,7 +2,8 @@
 
 Code that catches errors sorts them into three kinds: bad input (`VestnikError`
 subclasses with status 4xx: reject, dead-letter, name the field), retryable
-(`streams.redis.RETRYABLE`, Redis down or slow: back off, keep pending, HTTP 503) and bugs (anything else: let it surface).
+(`streams.redis.RETRYABLE`, Redis down or slow: back off, keep pending, HTTP 503) and
+bugs (anything else: let it surface).
 """
 
 from __future__ import annotations
