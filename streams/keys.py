@@ -172,6 +172,10 @@ class Keys:
         """Pub/sub channel of one user's live events (new notice, read, count)."""
         return f"{self.prefix}{{u:{uid}}}:live"
 
+    def live_user(self, channel: str) -> str:
+        """The uid whose `live(uid)` channel this is (the user hub's dispatch)."""
+        return channel[len(self.prefix) + len("{u:"):-len("}:live")]
+
     @property
     def sent(self) -> str:
         """Prefix of idempotency markers for external sends (notice, user, channel)."""

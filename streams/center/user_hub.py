@@ -231,7 +231,7 @@ class UserHub:
             return
         if kind != "message" or not isinstance(channel, bytes):
             return
-        uid = self._uid_of(channel)
+        uid = self.keys.live_user(channel.decode())
         subs = self.subs.get(uid)
         if not subs:
             return
@@ -243,9 +243,3 @@ class UserHub:
         for sub in list(subs):  # copy: a slow connection never blocks the others
             if not sub.offer(item):
                 self._cut(sub)
-
-    def _uid_of(self, channel: bytes) -> str:
-        # keys.live(uid) is f"{prefix}{{u:{uid}}}:live"
-        text = channel.decode()
-        head = f"{self.keys.prefix}{{u:"
-        return text[len(head):-len("}:live")]

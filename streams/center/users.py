@@ -21,8 +21,7 @@ from vestnik.streams.config import Config
 from vestnik.streams.errors import BadInput
 from vestnik.streams.ids import parse_stream_id
 from vestnik.streams.keys import USER_TOPIC, Keys
-from vestnik.streams.notifier.hydrate import Hydrator
-from vestnik.streams.notifier.topics import StateWriter
+from vestnik.streams.notifier import Hydrator, StateWriter
 from vestnik.streams.schemas import TopicEvent, User, decode_topic_entry, decode_user
 
 log = logging.getLogger("vestnik.center")
