@@ -65,7 +65,6 @@ class Center:
         self.settings = settings
         self.store = Store(redis, keys, settings, inline)
         self.users = Users(redis, keys, settings)
-        self.one_call = self.store.one_call
         # own ids of batches loaded but not stored yet (the next batch loads while one
         # stores): a body not in Redis yet is still "other content" for a later entry
         self._unstored: dict[str, NoticeIn] = {}
@@ -213,9 +212,10 @@ class Center:
         await self.users.start()
         async with self.redis.pipeline(transaction=False) as pipe:
             self.users.read(pipe, uids)
-            if own and self.one_call:
+            one_call = self.store.one_call  # a single Redis: MGET spans slots
+            if own and one_call:
                 pipe.mget([self.keys.notice(p.notice.id) for p in own])
-            for p in own if not self.one_call else ():
+            for p in own if not one_call else ():
                 pipe.get(self.keys.notice(p.notice.id))
             for p in dedup:
                 pipe.set(self.keys.dedup(p.dedup_claim), p.notice.id, nx=True, ex=window,
@@ -224,8 +224,8 @@ class Center:
         at = Users.READS
         users = await self.users.load(res[:at], uids)
         if own:
-            bodies = res[at] if self.one_call else res[at:at + len(own)]
-            at += 1 if self.one_call else len(own)
+            bodies = res[at] if one_call else res[at:at + len(own)]
+            at += 1 if one_call else len(own)
             bad = self._conflicts(own, bodies, dead)
         else:
             bad = set()

@@ -151,7 +151,7 @@ async def test_per_user_path_stores_like_the_batch_path(redis, settings):
     raw = await redis.xrange(K.notices)
     entries = [Entry(s.decode(), decode_notice_entry(f), f) for s, f in raw]
     center = Center(redis, K, settings)
-    center.one_call = center.store.one_call = False  # as on a cluster
+    center.store.one_call = False  # as on a Redis Cluster
     assert await center.handle(entries) == []
     assert await center.handle(entries) == []  # again: nothing new
     ids = [derived_id(s) for s in sids]
