@@ -22,6 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import json_response
+from vestnik.streams.keys import DEMO_MAIL as MAILBOX
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -39,7 +40,6 @@ PAGE_HEADERS = {
 }
 
 # the demo's mailbox (written by app.demo's SMTP sink, read by /demo/mail.json)
-MAILBOX = "demo:mail"
 MAILBOX_MAX = 200
 
 

@@ -12,6 +12,7 @@ CENTER_GROUP = "center"
 REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
+DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
 def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
@@ -104,8 +105,9 @@ class Keys:
         """Hash of one bucket of notice ids (their first REFS_BUCKET characters; field: the
         rest of the id): how many MORE feeds than one hold each body. No field = one feed,
         so a notice with one recipient costs nothing here; a bucket of ids made in the same
-        8 s stays a small listpack. The store script (streams.center.batch) and
-        streams.center.inbox.RELEASE_LUA derive it the same way: change them together."""
+        8 s stays a small listpack. The scripts (center/release.lua, filled in by
+        center/store_batch.lua and center/purge_user.lua) derive it the same way from
+        `refs_prefix` and REFS_BUCKET: change them together."""
         return f"{self.prefix}refs:{nid[:REFS_BUCKET]}"
 
     def deliveries(self, nid: str) -> str:
@@ -168,10 +170,24 @@ class Keys:
         """Pub/sub channel of one user's live events (new notice, read, count)."""
         return f"{self.prefix}{{u:{uid}}}:live"
 
+    def live_user(self, channel: str) -> str:
+        """The uid whose `live(uid)` channel this is (the user hub's dispatch)."""
+        return channel[len(self.prefix) + len("{u:"):-len("}:live")]
+
     @property
     def sent(self) -> str:
         """Prefix of idempotency markers for external sends (notice, user, channel)."""
         return f"{self.prefix}sent:"
+
+    def sent_marker(self, nid: str, uid: str, marker: str) -> str:
+        """String: notice `nid` went to `uid` (or `*`) on `marker` (a channel, or
+        `channel:target` for a shared target); expires after every retry could run."""
+        return f"{self.prefix}sent:{nid}:{uid}:{marker}"
+
+    @property
+    def demo_mail(self) -> str:
+        """List: the mails the demo's SMTP sink caught, newest first (app.demo, app.pages)."""
+        return f"{self.prefix}{DEMO_MAIL}"
 
     # forwarding (arq) -------------------------------------------------------
     @property
@@ -181,4 +197,21 @@ class Keys:
 
     @property
     def arq_queue(self) -> str:
+        """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
+        records themselves are arq's own keys, outside the prefix: streams.forward)."""
         return f"{self.prefix}arq:queue"
+
+    @property
+    def forward_job_prefix(self) -> str:
+        """What every forward job id begins with (`forward_job`)."""
+        return f"{self.prefix}fwd:"
+
+    def forward_job(self, nid: str, uid: str) -> str:
+        """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
+        pair, so re-ingesting a notice never schedules a second one."""
+        return f"{self.prefix}fwd:{nid}:{uid}"
+
+    @property
+    def forward_wake(self) -> str:
+        """Pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
+        return f"{self.prefix}fwd:wake"

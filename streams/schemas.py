@@ -449,3 +449,61 @@ def notice_fields(notice: NoticeIn | Notice) -> dict[str, str | bytes]:
     if notice.recipients:
         out["recipients"] = json_encode(notice.recipients)
     return out
+
+
+# Live messages ---------------------------------------------------------------------------
+# What goes on a user's live channel (`Keys.live`): a msgpack array, its tag first, in the
+# layouts below. The store and inbox scripts pack them with cmsgpack (store_user.lua,
+# mark.lua, read_all.lua), Python with `encode_live`; the user hub decodes each once
+# (`decode_live`) and `live_event` makes the SSE event: the one encoder of live payloads
+# (no JSON is built in Lua).
+
+
+class ReadChange(msgspec.Struct, omit_defaults=True):
+    """The data of a `read` event: these notices' read state changed."""
+
+    ids: list[str]
+    read: bool
+    count: int  # the user's unread count after the change
+    archived: bool = False
+
+
+class LiveNotice(msgspec.Struct, array_like=True, tag="notice"):
+    """A new feed entry: its seq and the notice as its recipients see it (`notice_view`)."""
+
+    seq: int
+    view: str
+
+
+class LiveUpdate(msgspec.Struct, array_like=True, tag="notice-update"):
+    """A dedup repeat was folded into a notice: its new view."""
+
+    view: str
+
+
+class LiveRead(msgspec.Struct, array_like=True, tag="read"):
+    """Read state changed (`['read', {ids, read, count, archived?}]`)."""
+
+    data: ReadChange
+
+
+LiveMsg = LiveNotice | LiveUpdate | LiveRead
+encode_live = msgspec.msgpack.Encoder().encode
+decode_live = msgspec.msgpack.Decoder(LiveMsg).decode
+
+
+def feed_item(view: bytes, seq: int, read: bool, archived: bool) -> bytes:
+    """A feed item (a page, the SSE backlog, a live `notice`): the notice's view with the
+    user's seq and state appended (spliced in: the view is never decoded again)."""
+    return (view[:-1] + b',"seq":' + str(seq).encode() + b',"read":'
+            + (b"true" if read else b"false") + b',"archived":'
+            + (b"true" if archived else b"false") + b"}")
+
+
+def live_event(msg: LiveMsg) -> tuple[str, bytes, int]:
+    """The SSE event of a live message: its name, its JSON data, its seq (0: no event id)."""
+    if isinstance(msg, LiveNotice):
+        return "notice", feed_item(msg.view.encode(), msg.seq, False, False), msg.seq
+    if isinstance(msg, LiveUpdate):
+        return "notice-update", msg.view.encode(), 0
+    return "read", json_encode(msg.data), 0

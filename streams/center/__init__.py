@@ -4,10 +4,14 @@ the forwarder.
 
 - `ingest`: a notice sent over HTTP, checked and XADDed (idempotent by Idempotency-Key);
 - `plan`: its id, its settings' channels, who gets it in-app and who a forward;
-- `batch`: a batch of entries planned and stored in a few pipelined round trips;
+- `batch`: the consumer's handler: a batch of entries admitted, resolved and planned;
+- `users`: the recipients' profiles, following the `user` topic (deletes purge inboxes);
+- `store`: a batch's notices into the feeds, live pushes and forward jobs, in one call;
 - `inbox`: a user's feed and read state (mark, read all, archive, retention);
 - `user_hub`: one pub/sub reader per process pushing live messages to SSE connections;
 - `run`: the `vestnik center` process.
+
+Each module's Lua is in `.lua` files beside it (streams.lua loads them).
 """
 
 from vestnik.streams.center.batch import Center

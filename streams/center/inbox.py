@@ -24,9 +24,10 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis, RedisCluster
 
+from vestnik.streams import lua
 from vestnik.streams.errors import NotFound
 from vestnik.streams.keys import REFS_BUCKET, Keys
-from vestnik.streams.schemas import notice_view
+from vestnik.streams.schemas import feed_item, notice_view
 
 log = logging.getLogger("vestnik.inbox")
 
@@ -55,156 +56,19 @@ class MarkedAll(msgspec.Struct):
     count: int
 
 
-# KEYS: feed, read, archived, live. ARGV: nid, action (read|unread|archive).
-# Returns {found(0|1), read(0|1), count, archived(0|1)}.
-MARK_LUA = """
-local feed, readset, archived, live = KEYS[1], KEYS[2], KEYS[3], KEYS[4]
-local nid, action = ARGV[1], ARGV[2]
-local seq = redis.call('ZSCORE', feed, nid)
-if not seq then return {0, 0, 0, 0} end
-local changed = 0
-local arch = 0
-if action == 'unread' then
-  changed = redis.call('ZREM', readset, nid)
-  redis.call('SREM', archived, nid)
-else
-  changed = redis.call('ZADD', readset, seq, nid)
-  if action == 'archive' then
-    changed = changed + redis.call('SADD', archived, nid)
-    arch = 1
-  end
-end
-local count = redis.call('ZCARD', feed) - redis.call('ZCARD', readset)
-local read = (action == 'unread') and 0 or 1
-if changed > 0 then
-  redis.call('PUBLISH', live, '{"e":"read","data":{"ids":[' .. cjson.encode(nid) ..
-    '],"read":' .. (read == 1 and 'true' or 'false') .. ',"count":' .. count ..
-    (arch == 1 and ',"archived":true' or '') .. '}}')
-end
-return {1, read, count, arch}
-"""
-
-# KEYS: feed, read, live. Marks everything read. Returns the number marked.
-READ_ALL_LUA = """
-local ids = redis.call('ZDIFF', 2, KEYS[1], KEYS[2])
-if #ids == 0 then return 0 end
-redis.call('COPY', KEYS[1], KEYS[2], 'REPLACE')
-local parts = {}
-for i, id in ipairs(ids) do parts[i] = cjson.encode(id) end
-redis.call('PUBLISH', KEYS[3], '{"e":"read","data":{"ids":[' .. table.concat(parts, ',') ..
-  '],"read":true,"count":0}}')
-return #ids
-"""
-
-# KEYS: feed, read. ARGV: the highest score to look at ('+inf' or '(seq'), how many, the
-# most feed entries to look at. The unread entries, newest first, after where to go on
-# when the look ran out first (else false): {go_on, id, seq, id, seq, ...}.
-UNREAD_PAGE_LUA = """
-local feed, readset, top, want = KEYS[1], KEYS[2], ARGV[1], tonumber(ARGV[2])
-local out, looked = {false}, 0
-while true do
-  if looked >= tonumber(ARGV[3]) then
-    out[1] = string.sub(top, 2)
-    break
-  end
-  local rows = redis.call('ZREVRANGEBYSCORE', feed, top, '-inf', 'WITHSCORES', 'LIMIT', 0, 200)
-  if #rows == 0 then break end
-  local ids = {}
-  for i = 1, #rows, 2 do ids[#ids + 1] = rows[i] end
-  local read = redis.call('ZMSCORE', readset, unpack(ids))
-  for i, id in ipairs(ids) do
-    if not read[i] then
-      out[#out + 1] = id
-      out[#out + 1] = rows[2 * i]
-      if #out >= 2 * want + 1 then return out end
-    end
-  end
-  looked = looked + #ids
-  if #ids < 200 then break end
-  top = '(' .. rows[#rows]
-end
-return out
-"""
-
-# Layout 1 → 2 for one user. KEYS: feed, unread (layout 1), read, migrated marker.
-# read = feed - unread; the marker makes a second run (a crash midway, two centers) a no-op.
-MIGRATE_USER_LUA = """
-if redis.call('EXISTS', KEYS[4]) == 1 then return 0 end
-if redis.call('EXISTS', KEYS[2]) == 1 then
-  redis.call('ZDIFFSTORE', KEYS[3], 2, KEYS[1], KEYS[2])
-  redis.call('DEL', KEYS[2])
-else
-  redis.call('COPY', KEYS[1], KEYS[3], 'REPLACE')
-end
-redis.call('SET', KEYS[4], '1', 'EX', 2592000)
-return 1
-"""
-
-
-# Notice bodies are shared by their recipients' feeds and deleted by whoever drops the
-# last feed entry of one, in the same script (the store's retention, purge_users). The
-# count lives in `Keys.refs(nid)`: a field per body held by MORE than one feed, its value
-# the feeds beyond the first (no field: one feed; -1: none yet, while a broadcast's later
-# calls store it). `adjust(nid, delta, created, later)` moves a body's holders by `delta`
-# (`created`: this script made the body, so nothing is counted yet; `later`: more calls of
-# the same batch follow, so a body no feed holds yet stays) and deletes the body with its
-# `:deliveries` and `:folded` when none is left. `refs` (prefix, bucket length, notice key
-# prefix) is filled by the script that includes this, from streams.keys. Returns 1 when the
-# body was deleted.
-RELEASE_LUA = """
-local refs = {}
-local function adjust(nid, delta, created, later)
-  local bucket = refs.prefix .. string.sub(nid, 1, refs.split)
-  local field = string.sub(nid, refs.split + 1)
-  local held = 0
-  if not created then
-    local v = redis.call('HGET', bucket, field)
-    held = (v and tonumber(v) or 0) + 1
-  end
-  held = held + delta
-  if held >= 2 then
-    redis.call('HSET', bucket, field, held - 1)
-  elseif held == 1 then
-    if not created then redis.call('HDEL', bucket, field) end
-  elseif later then
-    redis.call('HSET', bucket, field, -1)
-  else
-    if not created then redis.call('HDEL', bucket, field) end
-    local body = refs.notice .. nid
-    redis.call('DEL', body, body .. ':deliveries', body .. ':folded')
-    return 1
-  end
-  return 0
-end
-"""
-
-# One user's keys, and (ARGV[4] = '1', a single Redis) the bodies only their feed held.
-# KEYS: feed, read, seq, archived, migrated marker, layout 1 unread set. ARGV: refs prefix,
-# bucket length, notice key prefix, release. Returns {keys deleted, feed entries}.
-PURGE_USER_LUA = RELEASE_LUA + """
-refs.prefix, refs.split, refs.notice = ARGV[1], tonumber(ARGV[2]), ARGV[3]
-local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
-if ARGV[4] == '1' then
-  for _, id in ipairs(ids) do adjust(id, -1, false, false) end
-end
-return {redis.call('DEL', unpack(KEYS)), #ids}
-"""
-
-
-def item_json(notice: bytes, seq: int, read: bool, archived: bool) -> bytes:
-    """A feed item: the stored notice JSON with the user's seq and state appended."""
-    return (notice[:-1] + b',"seq":' + str(seq).encode() + b',"read":'
-            + (b"true" if read else b"false") + b',"archived":'
-            + (b"true" if archived else b"false") + b"}")
+_MARK = lua.script("center/mark.lua")
+_READ_ALL = lua.script("center/read_all.lua")
+_UNREAD_PAGE = lua.script("center/unread_page.lua")
+_MIGRATE_USER = lua.script("center/migrate_user.lua")
+_PURGE_USER = lua.script("center/purge_user.lua")
+_COUNT_FEED = lua.script("center/count_feed.lua")
+_FIX_BUCKET = lua.script("center/fix_bucket.lua")
 
 
 class Inbox:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self.redis = redis
         self.keys = keys
-        self._mark = redis.register_script(MARK_LUA)
-        self._read_all = redis.register_script(READ_ALL_LUA)
-        self._unread_page = redis.register_script(UNREAD_PAGE_LUA)
 
     async def count(self, uid: str) -> int:
         return (await self.head(uid))[0]
@@ -235,8 +99,8 @@ class Inbox:
         top = "+inf" if cursor is None else f"({cursor}"
         go_on = None  # an unread page that looked at UNREAD_SCAN_MAX entries: go on from here
         if unread:
-            flat = await self._unread_page(keys=[self.keys.feed(uid), self.keys.read(uid)],
-                                           args=[top, limit + 1, scan_max])
+            flat = await _UNREAD_PAGE(keys=[self.keys.feed(uid), self.keys.read(uid)],
+                                      args=[top, limit + 1, scan_max], client=self.redis)
             go_on = int(flat[0]) if flat[0] else None
             rows = list(zip(flat[1::2], flat[2::2], strict=True))
         else:
@@ -272,21 +136,22 @@ class Inbox:
         out: list[tuple[int, bytes]] = []
         for (_, seq), body, r, a in zip(rows, bodies, read, archived, strict=True):
             if body is not None:  # a notice body is never deleted before its feed entries
-                out.append((seq, item_json(notice_view(body), seq, r, bool(a))))
+                out.append((seq, feed_item(notice_view(body), seq, r, bool(a))))
         return out
 
     async def mark(self, uid: str, nid: str, action: str) -> Marked:
         """action: read | unread | archive. NotFound unless `nid` is in this user's feed."""
         k = self.keys
-        found, read, count, arch = await self._mark(
-            keys=[k.feed(uid), k.read(uid), k.archived(uid), k.live(uid)], args=[nid, action])
+        found, read, count, arch = await _MARK(
+            keys=[k.feed(uid), k.read(uid), k.archived(uid), k.live(uid)], args=[nid, action],
+            client=self.redis)
         if not found:
             raise NotFound(f"no notice {nid!r} in your feed", field="id")
         return Marked(nid, bool(read), int(count), bool(arch))
 
     async def read_all(self, uid: str) -> MarkedAll:
         k = self.keys
-        marked = await self._read_all(keys=[k.feed(uid), k.read(uid), k.live(uid)])
+        marked = await _READ_ALL(keys=[k.feed(uid), k.read(uid), k.live(uid)], client=self.redis)
         return MarkedAll(int(marked), 0)
 
 
@@ -302,10 +167,10 @@ async def migrate(redis: Redis, keys: Keys) -> int:
         return 0
     done = 0
     if await _first_user_key(redis, keys.unread_before_v2) is not None:
-        script = redis.register_script(MIGRATE_USER_LUA)
         async for uid in _user_ids(redis, keys.feed):
-            done += int(await script(keys=[keys.feed(uid), keys.unread_before_v2(uid),
-                                           keys.read(uid), keys.migrated(uid)]))
+            done += int(await _MIGRATE_USER(keys=[keys.feed(uid), keys.unread_before_v2(uid),
+                                                 keys.read(uid), keys.migrated(uid)],
+                                            client=redis))
     await redis.set(keys.inbox_layout, "2")
     if done:
         log.info("inbox layout 2: read sets made for %d users", done)
@@ -313,26 +178,6 @@ async def migrate(redis: Redis, keys: Keys) -> int:
     return done
 
 
-# Counting the bodies stored before `refs` existed: every feed entry adds one to its
-# body's field (KEYS: a feed; ARGV: refs prefix, bucket length) ...
-COUNT_FEED_LUA = """
-for _, nid in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
-  redis.call('HINCRBY', ARGV[1] .. string.sub(nid, 1, tonumber(ARGV[2])),
-             string.sub(nid, tonumber(ARGV[2]) + 1), 1)
-end
-"""
-# ... then each bucket turns holders into holders beyond the first (KEYS: a bucket).
-FIX_BUCKET_LUA = """
-local flat = redis.call('HGETALL', KEYS[1])
-for i = 1, #flat, 2 do
-  local n = tonumber(flat[i + 1]) - 1
-  if n > 0 then
-    redis.call('HSET', KEYS[1], flat[i], n)
-  else
-    redis.call('HDEL', KEYS[1], flat[i])
-  end
-end
-"""
 COUNT_LOCK_MS = 600_000  # a center that dies counting is taken over after this
 COUNT_WAIT_S = 3600.0  # how long a center waits for another one's count
 
@@ -355,16 +200,15 @@ async def count_refs(redis: Redis, keys: Keys) -> int:
     try:
         await _drop_buckets(redis, keys)
         feeds = 0
-        count = redis.register_script(COUNT_FEED_LUA)
         async for uid in _user_ids(redis, keys.feed):
-            await count(keys=[keys.feed(uid)], args=[keys.refs_prefix, REFS_BUCKET])
+            await _COUNT_FEED(keys=[keys.feed(uid)], args=[keys.refs_prefix, REFS_BUCKET],
+                              client=redis)
             feeds += 1
             if feeds % 1000 == 0:  # still counting: keep the lock
                 await redis.pexpire(keys.refs_lock, COUNT_LOCK_MS)
-        fix = redis.register_script(FIX_BUCKET_LUA)
         async for key in redis.scan_iter(match=keys.refs_prefix + "*", count=1000,
                                          _type="hash"):
-            await fix(keys=[key])
+            await _FIX_BUCKET(keys=[key], client=redis)
         await redis.set(keys.refs_counted, "1")
         if feeds:
             log.info("notice bodies: feed counts made from %d feeds", feeds)
@@ -407,15 +251,14 @@ async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
     go (the bodies stay: docs/design.md). Returns the users that had any key."""
     if not uids:
         return 0
-    script = redis.register_script(PURGE_USER_LUA)
     release = "0" if isinstance(redis, RedisCluster) else "1"
     async with redis.pipeline(transaction=False) as pipe:
         for uid in uids:
-            await script(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
-                               keys.archived(uid), keys.migrated(uid),
-                               keys.unread_before_v2(uid)],
-                         args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
-                         client=pipe)
+            await _PURGE_USER(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
+                                    keys.archived(uid), keys.migrated(uid),
+                                    keys.unread_before_v2(uid)],
+                              args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
+                              client=pipe)
         res = await pipe.execute()
     gone = sum(1 for deleted, _ in res if int(deleted) > 0)
     if gone:

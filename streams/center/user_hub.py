@@ -2,12 +2,12 @@
 
 Channel `keys.live(uid)` is subscribed when a user's first SSE connection arrives
 and unsubscribed when the last one leaves. Each message is decoded once and
-offered to every connection of that user. Messages on the channel (JSON):
+offered to every connection of that user. Messages on the channel are msgpack arrays
+(streams.schemas.LiveMsg; `live_event` makes the SSE event of each):
 
-    {"e": "notice", "seq": N, "data": <feed item>}    new feed entry (center STORE script)
-    {"e": "notice-update", "data": <notice>}          a dedup repeat was folded into it
-    {"e": "read", "data": {"ids": [...], "read": true|false, "count": N,
-                           "archived": true?}}        read state changed (inbox scripts)
+    ['notice', seq, view]        new feed entry (the center's store scripts)
+    ['notice-update', view]      a dedup repeat was folded into it (the center)
+    ['read', {ids, read, count, archived?}]   read state changed (the inbox scripts)
 
 Pub/sub is fire-and-forget, so the feed stays the truth: every connection keeps the
 last seq it sent and fills any gap from the feed. When the pub/sub connection is
@@ -30,24 +30,9 @@ from vestnik.streams.fanout import LiveItem, Mailbox, cancel_and_wait
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import READER_RECONNECTS, SSE_DROPPED
 from vestnik.streams.redis import RETRYABLE, Backoff, reader
+from vestnik.streams.schemas import decode_live, live_event
 
 log = logging.getLogger("vestnik.live")
-
-
-class LiveMsg(msgspec.Struct, omit_defaults=True):
-    """One message on a user's live channel; `data` is kept as raw JSON (never re-encoded)."""
-
-    e: str
-    data: msgspec.Raw
-    seq: int = 0
-
-
-_decode_msg = msgspec.json.Decoder(LiveMsg).decode
-_encode = msgspec.json.Encoder().encode
-
-
-def update_message(notice_json: bytes) -> bytes:
-    return _encode(LiveMsg("notice-update", msgspec.Raw(notice_json)))
 
 
 RESYNC: Final = LiveItem("resync", b"{}")
@@ -246,22 +231,15 @@ class UserHub:
             return
         if kind != "message" or not isinstance(channel, bytes):
             return
-        uid = self._uid_of(channel)
+        uid = self.keys.live_user(channel.decode())
         subs = self.subs.get(uid)
         if not subs:
             return
         try:
-            m = _decode_msg(msg["data"])
+            item = LiveItem(*live_event(decode_live(msg["data"])))
         except msgspec.DecodeError as e:
             log.error("user hub: bad live message on %r: %s", channel, e)
             return
-        item = LiveItem(m.e, bytes(m.data), m.seq)
         for sub in list(subs):  # copy: a slow connection never blocks the others
             if not sub.offer(item):
                 self._cut(sub)
-
-    def _uid_of(self, channel: bytes) -> str:
-        # keys.live(uid) is f"{prefix}{{u:{uid}}}:live"
-        text = channel.decode()
-        head = f"{self.keys.prefix}{{u:"
-        return text[len(head):-len("}:live")]

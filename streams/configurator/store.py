@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 import msgspec
 from redis.asyncio import Redis
 
+from vestnik.streams import lua
 from vestnik.streams.egress import Egress
 from vestnik.streams.errors import BadInput, BadRequest, Conflict, NotFound, PreconditionFailed
 from vestnik.streams.ids import now_ms, ulid
@@ -50,38 +51,8 @@ _ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}\Z")
 
 _decode_setting = msgspec.json.Decoder(AlertSetting).decode
 
-# KEYS: settings hash, ids zset, topic stream, old-name zset, new-name zset, topic set
-# ARGV: id, SHA-1 of the stored JSON the change was made from ('' = must not exist),
-#       new JSON ('' = delete), maxlen, then the topic entry's flat fields as pairs.
-# Comparing a digest of the whole stored value (not a decoded `version`) needs no JSON
-# parsing in Lua, so any setting msgspec accepted can be changed (cjson has other limits).
-# Returns {1, stream id} on success, {0} when the stored value changed, {-1} when it is gone.
-WRITE_LUA = """
-local cur = redis.call('HGET', KEYS[1], ARGV[1])
-if ARGV[2] == '' then
-  if cur then return {0} end
-elseif not cur then
-  return {-1}
-elseif redis.sha1hex(cur) ~= ARGV[2] then
-  return {0}
-end
-if ARGV[3] == '' then
-  redis.call('HDEL', KEYS[1], ARGV[1])
-  redis.call('ZREM', KEYS[2], ARGV[1])
-  redis.call('ZREM', KEYS[4], ARGV[1])
-else
-  redis.call('HSET', KEYS[1], ARGV[1], ARGV[3])
-  redis.call('ZADD', KEYS[2], 0, ARGV[1])
-  if KEYS[4] ~= KEYS[5] then redis.call('ZREM', KEYS[4], ARGV[1]) end
-  redis.call('ZADD', KEYS[5], 0, ARGV[1])
-end
-local fields = {}
-for i = 5, #ARGV do fields[#fields + 1] = ARGV[i] end
-local sid = redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[4], '*', unpack(fields))
--- the topic's name into the topic set: the hubs follow what is in it
-if KEYS[6] then redis.call('SADD', KEYS[6], ARGV_TOPIC) end
-return {1, sid}
-""".replace("ARGV_TOPIC", repr(SETTINGS_TOPIC))
+# compare and set of one setting (its header names KEYS and ARGV)
+_WRITE = lua.script("configurator/write.lua", TOPIC=SETTINGS_TOPIC)
 
 
 def etag(setting: AlertSetting) -> str:
@@ -173,7 +144,6 @@ class SettingsStore:
         self.topic_maxlen = topic_maxlen
         self.src = src
         self.egress = egress  # None: urls are not checked here (the demo's own settings)
-        self._write = redis.register_script(WRITE_LUA)
 
     # reads ---------------------------------------------------------------------------
     async def get(self, sid: str) -> AlertSetting:
@@ -275,7 +245,7 @@ class SettingsStore:
         keys = [self.keys.settings, self.keys.settings_ids, self.keys.topic(SETTINGS_TOPIC),
                 self.keys.settings_by_name(old_name), self.keys.settings_by_name(setting.name),
                 self.keys.topics]
-        res = await self._write(keys=keys, args=argv)
+        res = await _WRITE(keys=keys, args=argv, client=self.redis)
         if res[0] == 1:
             EVENTS_PUBLISHED.labels(SETTINGS_TOPIC, self.src).inc()
             return True

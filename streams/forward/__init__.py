@@ -1,7 +1,9 @@
 """Delayed forwarding: one arq job per (notice, user), run when due, sending only if unread.
 
 - `schedule`: what a forward is (`ForwardJob`) and how one is scheduled: arq's own job
-  record written by one script call per job, or by the notice center's store call.
+  record written by one script call per job, or inside the notice center's store call
+  (`store_call_jobs`, `store_jobs.lua`). The only code that knows arq's record format,
+  key prefixes and constants (`arq_keys` for everyone else).
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
   was read or already sent, send on each channel, record every attempt, retry.
 - `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with
@@ -12,19 +14,22 @@ from vestnik.streams.forward.job import Delivery, DeliveryList, decode_delivery
 from vestnik.streams.forward.schedule import (
     BROADCAST,
     KEEP_RESULT_S,
+    ArqKeys,
+    BatchJob,
     Claim,
     ForwardJob,
     add_forward_jobs,
+    arq_keys,
     due_member,
     forward_jobs_for,
-    job_id,
     job_record,
-    wake_channel,
+    store_call_jobs,
 )
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
-    "BROADCAST", "KEEP_RESULT_S", "Claim", "Delivery", "DeliveryList", "ForwardJob",
-    "ForwardWorker", "add_forward_jobs", "decode_delivery", "due_member", "forward_jobs_for",
-    "job_id", "job_record", "make_worker", "pump_due", "run_forwarder", "wake_channel",
+    "BROADCAST", "KEEP_RESULT_S", "ArqKeys", "BatchJob", "Claim", "Delivery", "DeliveryList",
+    "ForwardJob", "ForwardWorker", "add_forward_jobs", "arq_keys", "decode_delivery",
+    "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "run_forwarder",
+    "store_call_jobs",
 ]

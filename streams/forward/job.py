@@ -20,7 +20,7 @@ Retries
     `vestnik_forward_attempts_total{channel,status}`.
 
 Idempotency and the remaining duplicate window
-    After a successful send, `SET keys.sent + "<nid>:<uid>:<channel>" NX EX` marks it, and
+    After a successful send, `SET keys.sent_marker(nid, uid, channel) NX EX` marks it, and
     every run skips channels already marked, so a retried, re-run (a worker that died or
     was stopped mid-job) or re-scheduled job never resends what went out. The window that
     remains:
@@ -47,8 +47,8 @@ from arq.constants import (
     retry_key_prefix,
 )
 from arq.worker import Retry
-from redis.commands.core import AsyncScript
 
+from vestnik.streams import lua
 from vestnik.streams.channels import Channels, SendResult
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config
@@ -177,7 +177,7 @@ class Forwarder:
                 pipe.hget(k.state(USER_TOPIC), uid)
                 read_state_commands(pipe, k, uid, nid)
                 for name in names:
-                    pipe.exists(f"{k.sent}{nid}:{uid}:{name}")
+                    pipe.exists(k.sent_marker(nid, uid, name))
 
         replies = await self._reads.submit(add)
         if replies[0] is None:
@@ -247,8 +247,8 @@ class Forwarder:
                 records.append(self._rec(uid, s.channel, attempt, "retrying", detail))
             else:
                 records.append(self._rec(uid, s.channel, attempt, "failed", detail))
-        await self._record(nid, records, sent_markers=[
-            f"{k.sent}{nid}:{uid}:{s.marker}" for s in sent])
+        await self._record(nid, records,
+                           sent_markers=[k.sent_marker(nid, uid, s.marker) for s in sent])
         if bug is not None:
             raise bug
         if retry_after:
@@ -297,7 +297,7 @@ class Forwarder:
         """The shared sends not marked sent yet, and whether any recipient has read it."""
         async with self.redis.pipeline(transaction=False) as pipe:
             for s in sends:
-                pipe.exists(f"{self.keys.sent}{notice.id}:{BROADCAST}:{s.marker}")
+                pipe.exists(self.keys.sent_marker(notice.id, BROADCAST, s.marker))
             for r in notice.recipients:
                 read_state_commands(pipe, self.keys, r, notice.id)
             replies = await pipe.execute()
@@ -346,7 +346,7 @@ class Forwarder:
         await _FINISH(keys=[], args=[msgpack_encode([
             [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
              abort_jobs_ss, queue or "", MARKER_TTL_S, DELIVERIES_TTL_S], jobs]), *results],
-            client=self.redis)
+                      client=self.redis)
 
     @staticmethod
     def count(records: list[Delivery]) -> None:
@@ -369,36 +369,5 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
 
 
 # arq's finish_job for the jobs that ended in one loop iteration, with their attempt
-# records and sent markers: one call, atomic as arq's MULTI. ARGV[1]: msgpack [[in-progress
-# prefix, result prefix, retry prefix, job prefix, abort set, queue, marker ttl s,
-# deliveries ttl s], [[job id, finished (0/1), keep result ms, ARGV index of its result or
-# 0, score increment (a retry) or 0, [[deliveries key, [record JSON...], [marker key...]]
-# ...]] per job]]; ARGV[2...]: the results (arq's msgpack records). A job id of nil: the
-# records and markers alone (the one place both are written).
-_FINISH = AsyncScript(None, b"""
-local h = cmsgpack.unpack(ARGV[1])
-local c, jobs = h[1], h[2]
-local progress, result, retry, job, abort, queue = c[1], c[2], c[3], c[4], c[5], c[6]
-for _, j in ipairs(jobs) do
-  local jid = j[1]  -- nil: records alone
-  for _, p in ipairs(j[6]) do
-    for _, m in ipairs(p[3]) do redis.call('SET', m, '1', 'NX', 'EX', c[7]) end
-    if #p[2] > 0 then
-      redis.call('RPUSH', p[1], unpack(p[2]))
-      redis.call('EXPIRE', p[1], c[8])
-    end
-  end
-  if not jid then
-    -- no job to finish
-  elseif j[2] == 1 then
-    if j[4] > 0 then redis.call('SET', result .. jid, ARGV[j[4]], 'PX', j[3]) end
-    redis.call('DEL', progress .. jid, retry .. jid, job .. jid)
-    redis.call('ZREM', abort, jid)
-    redis.call('ZREM', queue, jid)
-  else
-    if j[5] ~= 0 then redis.call('ZINCRBY', queue, j[5], jid) end
-    redis.call('DEL', progress .. jid)
-  end
-end
-return #jobs
-""")
+# records and sent markers (one call, atomic as arq's MULTI)
+_FINISH = lua.script("forward/finish.lua")

@@ -4,27 +4,37 @@
 job of a small Lua script that writes arq's own job record: if neither
 `arq:job:<id>` nor `arq:result:<id>` exists, PSETEX the job (arq's dict
 `{t, f, a, k, et}`, msgpack via msgspec) and ZADD the queue `keys.arq_queue` at
-`due_ms`. The job id is `<prefix>fwd:<nid>:<uid>`, so re-ingesting a notice never
+`due_ms`. The job id is `keys.forward_job(nid, uid)`, so re-ingesting a notice never
 schedules a second job while the first is queued, running, or its result is kept
 (`KEEP_RESULT_S`). `arq`'s `enqueue_job` does the same with WATCH/EXISTS/MULTI/EXEC
 round trips per job; the script makes a batch of jobs one pipeline round trip
 (plus one SCRIPT EXISTS per pipeline, which also reloads the script after a
 SCRIPT FLUSH or a restart: the NOSCRIPT case).
 
-The notice center writes its forwards in its own store call instead (see
-streams.center.batch): a delayed one as one member of `keys.forward_due` that the worker's
-poll pumps into the same job record when due (`_PUMP`, `pump_due`); one due now as
-the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
+The notice center writes its forwards in its own store call instead: it calls
+`store_call_jobs`, which appends the jobs to the call's arguments, and its script includes
+`store_jobs.lua`, which writes them: a delayed one as one member of `keys.forward_due` that
+the worker's poll pumps into the same job record when due (`pump.lua`, `pump_due`); one due
+now as the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
+
+This package is the only code that knows arq's record format, its key prefixes and its
+constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import msgspec
-from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
-from redis.commands.core import AsyncScript
+from arq.constants import (
+    expires_extra_ms,
+    in_progress_key_prefix,
+    job_key_prefix,
+    result_key_prefix,
+    retry_key_prefix,
+)
 
+from vestnik.streams import lua
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import Notice, User
@@ -33,6 +43,14 @@ FUNCTION = "forward"  # the arq function every forward job runs
 BROADCAST = "*"  # the uid of a notice's user-independent targets
 NOT_CHANNELS = frozenset({"ui", "forward_after"})
 KEEP_RESULT_S = 3600  # arq result kept this long: re-scheduling within it is a no-op
+RETRY_TTL_S = 88_400  # arq's run_job expires a job's try counter after this (arq.worker)
+# arq's keys and constants as the scripts' placeholders (streams.lua)
+ARQ_LUA: dict[str, int | str] = {
+    "JOB": job_key_prefix, "RESULT": result_key_prefix, "IN_PROGRESS": in_progress_key_prefix,
+    "RETRY": retry_key_prefix, "RETRY_TTL_S": RETRY_TTL_S}
+
+if TYPE_CHECKING:
+    from vestnik.streams.forward.worker import ForwardWorker
 
 
 class ForwardJob(msgspec.Struct):
@@ -65,20 +83,22 @@ job_deserializer = msgspec.msgpack.Decoder().decode
 msgpack_encode = msgspec.msgpack.Encoder().encode
 
 
-# KEYS: job key, result key, queue[, wake channel]. ARGV: job payload, expiry ms, score
-# (due ms), job id. With a 4th key, PUBLISH to it (the batch's last job when one is due
-# now), scheduled or not: a woken forwarder that finds nothing new just polls once.
-_SCHEDULE = AsyncScript(None, b"""
-if KEYS[4] then redis.call('PUBLISH', KEYS[4], '') end
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-redis.call('PSETEX', KEYS[1], ARGV[2], ARGV[1])
-redis.call('ZADD', KEYS[3], ARGV[3], ARGV[4])
-return 1
-""")
+_SCHEDULE = lua.script("forward/schedule.lua")  # one job, as arq's enqueue_job writes it
 
 
-def job_id(keys: Keys, nid: str, uid: str) -> str:
-    return f"{keys.prefix}fwd:{nid}:{uid}"
+class ArqKeys(NamedTuple):
+    """arq's own keys of one job (outside Vestnik's prefix)."""
+
+    job: str
+    in_progress: str
+    result: str
+    retry: str
+
+
+def arq_keys(jid: str) -> ArqKeys:
+    """Where arq keeps job `jid`: for tools and tests, which must not spell arq's prefixes."""
+    return ArqKeys(job_key_prefix + jid, in_progress_key_prefix + jid,
+                   result_key_prefix + jid, retry_key_prefix + jid)
 
 
 def job_record(nid: str, uid: str, now: int) -> bytes:
@@ -86,16 +106,11 @@ def job_record(nid: str, uid: str, now: int) -> bytes:
     return job_serializer({"t": None, "f": FUNCTION, "a": [nid, uid], "k": {}, "et": now})
 
 
-def wake_channel(keys: Keys) -> str:
-    """The pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
-    return f"{keys.prefix}fwd:wake"
-
-
 def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     """Queue on `pipe` (a redis.asyncio pipeline) the commands that schedule `jobs`.
 
     One EVALSHA per job; each result is 1 (scheduled) or 0 (already scheduled or done).
-    When a job is already due, the last call also PUBLISHes to `wake_channel` (the
+    When a job is already due, the last call also PUBLISHes to `keys.forward_wake` (the
     forwarders poll at once). The caller executes the pipeline; its results include
     these replies in order.
     """
@@ -107,10 +122,10 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
         scripts.add(_SCHEDULE)  # execute() runs SCRIPT EXISTS / LOAD first: no NOSCRIPT
     # due now (forward_after 0): the last job's call also wakes the forwarders instead of
     # leaving the jobs to the next poll; after every ZADD, so a woken forwarder finds them
-    wake = wake_channel(keys) if min(job.due_ms for job in jobs) <= now else None
+    wake = keys.forward_wake if min(job.due_ms for job in jobs) <= now else None
     last = len(jobs) - 1
     for i, job in enumerate(jobs):
-        jid = job_id(keys, job.nid, job.uid)
+        jid = keys.forward_job(job.nid, job.uid)
         payload = job_record(job.nid, job.uid, now)
         expires = max(job.due_ms - now, 0) + expires_extra_ms
         qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
@@ -168,3 +183,45 @@ def due_member(nid: str, uid: str) -> bytes:
     """The member of `keys.forward_due` for a delayed forward of `nid` to `uid` (the
     msgpack array [nid, uid]: the worker's pump script builds arq's record around it)."""
     return msgpack_encode([nid, uid])
+
+
+class BatchJob(NamedTuple):
+    """A forward of a notice that the center's store call stores (`store_call_jobs`)."""
+
+    job: ForwardJob
+    at: int  # the notice's index in the store call (from 1)
+    notice: Notice
+    user: User | None  # the recipient's profile in hand (None: BROADCAST, or none readable)
+    claimable: bool  # False: no readable profile, the job reads it when it runs
+
+
+def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
+                    inline: ForwardWorker | None) -> tuple[list[Any], list[Claim | None]]:
+    """Forward's part of the notice center's store call (`store_jobs.lua`, which the
+    center's script includes): the arq records of the jobs due now, then the due-set members
+    of the delayed ones, are appended to `argv`; returns the header `store_jobs` takes and,
+    per job due now, its Claim: with an `inline` worker, a job due now of a new notice is
+    claimed for it (queued at due + its in-progress timeout: should the process die, arq
+    runs it once the claim has expired). Start the claimed ones with `inline.start_inline`."""
+    now = now_ms()
+    claim_ms = int(inline.in_progress_timeout_s * 1000) if inline is not None else 0
+    rows: list[list[Any]] = []
+    claims: list[Claim | None] = []
+    later: list[ForwardJob] = []
+    base = len(argv)
+    for j, at, notice, user, claimable in jobs:
+        if j.due_ms > now:
+            later.append(j)
+            continue
+        payload = job_record(j.nid, j.uid, now)
+        argv.append(payload)
+        jid = keys.forward_job(j.nid, j.uid)
+        claim = Claim(jid, j.due_ms + claim_ms, payload, notice, user) \
+            if claim_ms and claimable else None
+        rows.append([jid, expires_extra_ms + claim_ms, j.due_ms, 1 if claim else -1, at])
+        claims.append(claim)
+    due_base = len(argv)
+    argv += [due_member(j.nid, j.uid) for j in later]
+    return [job_key_prefix, result_key_prefix, keys.arq_queue, base, rows,
+            in_progress_key_prefix, retry_key_prefix, claim_ms, keys.forward_wake,
+            keys.forward_due, due_base, [j.due_ms for j in later], RETRY_TTL_S], claims

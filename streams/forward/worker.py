@@ -5,8 +5,8 @@ Lua call that also returns their records, instead of arq's WATCH/MULTI exchange 
 run_job's first MULTI per job; the jobs ending in one loop iteration share one
 finish call, atomic like arq's MULTI, that also writes their attempt records and sent
 markers), msgpack instead of pickle, polling every 50 ms and at once when jobs due now
-are published on `wake_channel`, at most `MAX_JOBS` jobs at once; `run_forwarder` runs it inside
-`vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
+are published on `keys.forward_wake`, at most `MAX_JOBS` jobs at once; `run_forwarder`
+runs it inside `vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
 `arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
 slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
 """
@@ -22,19 +22,19 @@ from arq.constants import expires_extra_ms
 from arq.jobs import SerializationError, deserialize_job_raw, serialize_result
 from arq.utils import ms_to_datetime
 from arq.worker import JobExecutionFailed, Retry, Worker, func
-from redis.commands.core import AsyncScript
 
+from vestnik.streams import lua
 from vestnik.streams.channels import Channels
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config, ConfigError
 from vestnik.streams.forward.job import PENDING, Forwarder, Pending, forward
 from vestnik.streams.forward.schedule import (
+    ARQ_LUA,
     FUNCTION,
     KEEP_RESULT_S,
     Claim,
     job_deserializer,
     job_serializer,
-    wake_channel,
 )
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
@@ -62,75 +62,15 @@ def arq_pool(settings: Config, keys: Keys, max_connections: int) -> ArqRedis:
                      default_queue_name=keys.arq_queue)
 
 
-# Delayed forwards wait in `keys.forward_due` (a sorted set: member `due_member(nid, uid)`,
-# score the due time in ms), written by the notice center's store call: one ZADD member per
-# (notice, user) instead of an arq job record, a key with an expiry and a queue entry each
-# (the center's hot path; ZADD of the same member again is a no-op, so a re-delivered
-# notice schedules nothing twice). When due, `_PUMP` turns them into arq jobs exactly as
-# `add_forward_jobs` writes them (unless the job or its result exists) and drops them.
-# KEYS: queue, due set. ARGV (from 5): job id prefix, function, job expiry ms, pump limit.
-_PUMP = b"""
-local function pump(queue, due_key, now, prefix, fn, expiry, limit)
-  local items = redis.call('ZRANGEBYSCORE', due_key, '-inf', now, 'WITHSCORES', 'LIMIT', 0,
-                           limit)
-  if #items == 0 then return 0 end
-  local pack = cmsgpack.pack
-  -- arq's job record {t: nil, f: fn, a: [nid, uid], k: {}, et: now} in msgpack; the
-  -- member is the msgpack array [nid, uid] already
-  local head = '\\133' .. pack('t') .. '\\192' .. pack('f') .. pack(fn) .. pack('a')
-  local tail = pack('k') .. '\\128' .. pack('et') .. pack(now)
-  local members = {}
-  for i = 1, #items, 2 do
-    local m, score = items[i], items[i + 1]
-    local a = cmsgpack.unpack(m)
-    local jid = prefix .. a[1] .. ':' .. a[2]
-    if redis.call('EXISTS', 'arq:job:' .. jid, 'arq:result:' .. jid) == 0 then
-      redis.call('PSETEX', 'arq:job:' .. jid, expiry, head .. m .. tail)
-      redis.call('ZADD', queue, score, jid)
-    end
-    members[#members + 1] = m
-  end
-  redis.call('ZREM', due_key, unpack(members))
-  return #members
-end
-"""
-
-# KEYS: queue, due set. ARGV: now ms, in-progress ttl ms, max jobs to claim, queue read
-# limit, then _PUMP's. Pumps the due forwards into jobs, reads the due ids (arq's
-# ZRANGEBYSCORE) and claims them as arq's start_jobs does (the in-progress key, SET NX).
-# Returns the number of due ids read and of forwards pumped, then per claimed job: id,
-# score, the job record (false when expired) and the try number — what arq's run_job
-# reads first with its own MULTI (GET job, INCR + EXPIRE retry key).
-_CLAIM = _PUMP + b"""
-local n, limit, now = 0, tonumber(ARGV[3]), tonumber(ARGV[1])
-local pumped = pump(KEYS[1], KEYS[2], now, ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
-local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'WITHSCORES', 'LIMIT', 0,
-                       tonumber(ARGV[4]))
-local out = {#ids / 2, pumped}
-for i = 1, #ids, 2 do
-  if n >= limit then break end
-  local id, score = ids[i], ids[i + 1]
-  if redis.call('SET', 'arq:in-progress:' .. id, '1', 'PX', ARGV[2], 'NX') then
-    out[#out + 1] = id
-    out[#out + 1] = score
-    out[#out + 1] = redis.call('GET', 'arq:job:' .. id)
-    out[#out + 1] = redis.call('INCR', 'arq:retry:' .. id)
-    redis.call('EXPIRE', 'arq:retry:' .. id, 88400)
-    n = n + 1
-  end
-end
-return out
-"""
-
-# The pump alone (for an arq Worker of one's own): KEYS and ARGV as _CLAIM's, ARGV[1] now.
-_PUMP_ONLY = AsyncScript(None, _PUMP + b"""
-return pump(KEYS[1], KEYS[2], tonumber(ARGV[1]), ARGV[5], ARGV[6], ARGV[7], tonumber(ARGV[8]))
-""")
+# a poll's pump and claims (claim.lua), and the pump alone (pump_only.lua: for an arq
+# Worker of one's own); delayed forwards wait in `keys.forward_due` until due (pump.lua)
+_CLAIM = lua.script("forward/claim.lua", **ARQ_LUA)
+_PUMP_ONLY = lua.script("forward/pump_only.lua", **ARQ_LUA)
 PUMP_LIMIT = 1000  # forwards turned into jobs per call (bounded script time)
 
 
 def _pump_args(keys: Keys) -> list[str | int]:
-    return [f"{keys.prefix}fwd:", FUNCTION, expires_extra_ms, PUMP_LIMIT]
+    return [keys.forward_job_prefix, FUNCTION, expires_extra_ms, PUMP_LIMIT]
 
 
 async def pump_due(redis: Any, keys: Keys) -> int:
@@ -146,14 +86,13 @@ class ForwardWorker(Worker):
     WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key).
 
     It polls every `poll_delay` as arq does, and also at once when (a) a message arrives
-    on `wake_channel` (jobs due now were scheduled) or (b) a job ends while the last poll
+    on `keys.forward_wake` (jobs due now were scheduled) or (b) a job ends while the last poll
     left due jobs unclaimed (every slot was busy) and a quarter of the slots are free
     again: arq's loop would wait for the next
     poll in both cases, which caps a worker at `max_jobs` per poll and delays an
     immediate forward by up to `poll_delay`.
     """
 
-    _claim: AsyncScript | None = None
     _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
     _wake: asyncio.Event | None = None
@@ -258,14 +197,11 @@ class ForwardWorker(Worker):
         await self.heart_beat()
 
     async def _claim_due(self, free: int) -> None:
-        script = self._claim
-        if script is None:
-            script = self._claim = self.pool.register_script(_CLAIM)
         keys: Keys = self.ctx["forwarder"].keys
-        due, pumped, *claimed = await script(
+        due, pumped, *claimed = await _CLAIM(
             keys=[self.queue_name, keys.forward_due],
             args=[now_ms(), int(self.in_progress_timeout_s * 1000), free,
-                  self.queue_read_limit, *_pump_args(keys)])
+                  self.queue_read_limit, *_pump_args(keys)], client=self.pool)
         # every free slot taken and more were due: poll again as soon as slots free up
         self._backlog = len(claimed) // 4 >= free and due > free
         if pumped >= PUMP_LIMIT and self._wake is not None:
@@ -402,7 +338,7 @@ def make_worker(settings: Config, *, burst: bool = False,
         job_deserializer=job_deserializer,
         health_check_interval=30,
     )
-    worker.wake_on = wake_channel(keys)
+    worker.wake_on = keys.forward_wake
     return worker
 
 

@@ -13,6 +13,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
+from vestnik.streams import lua
 from vestnik.streams.coalesce import Appends
 from vestnik.streams.errors import BadInput
 from vestnik.streams.ids import now_ms
@@ -24,51 +25,9 @@ TOPIC_RE = re.compile(r"^[A-Za-z0-9_.-]{1,100}\Z")  # \Z: `$` matches before a f
 
 _entity_decode = msgspec.json.Decoder(dict[str, Any]).decode
 
-# KEYS: state hash, position key[, topic stream]. ARGV: sid, op, id, data (repeated; data
-# '' = keep state)[, maxlen: with the stream key]. Once it has applied entries, it trims the
-# stream to about maxlen (products may XADD with no MAXLEN), but only below the position:
-# an entry not applied yet is never trimmed. It reads at most TRIM_STEP entries a call to
-# find where to cut, so a long untrimmed stream shrinks over a few calls.
-APPLY_LUA = """
-local function parse(sid)
-  local a, b = string.match(sid, '^(%d+)-(%d+)$')
-  return tonumber(a), tonumber(b)
-end
-local pms, pseq = -1, -1
-local pos = redis.call('GET', KEYS[2])
-if pos then pms, pseq = parse(pos) end
-local last = false
-local applied = 0
-local n, maxlen = #ARGV, 0
-if KEYS[3] then maxlen, n = tonumber(ARGV[n]), n - 1 end
-for i = 1, n, 4 do
-  local ms, seq = parse(ARGV[i])
-  if ms > pms or (ms == pms and seq > pseq) then
-    if ARGV[i + 1] == 'delete' then
-      redis.call('HDEL', KEYS[1], ARGV[i + 2])
-    elseif ARGV[i + 3] ~= '' then
-      redis.call('HSET', KEYS[1], ARGV[i + 2], ARGV[i + 3])
-    end
-    pms, pseq, last = ms, seq, ARGV[i]
-    applied = applied + 1
-  end
-end
-if last then
-  redis.call('SET', KEYS[2], last)
-  local over = maxlen > 0 and redis.call('XLEN', KEYS[3]) - maxlen or 0
-  if over >= TRIM_SLACK then
-    local old = redis.call('XRANGE', KEYS[3], '-', '+', 'COUNT', math.min(over, TRIM_STEP))
-    local cut = old[#old][1]
-    local cms, cseq = parse(cut)
-    if cms > pms or (cms == pms and cseq > pseq) then cut = last end
-    redis.call('XTRIM', KEYS[3], 'MINID', '~', cut)
-  end
-end
-return applied
-"""
 TRIM_SLACK = 100  # entries over maxlen before a trim (one stream node; `~` cuts whole ones)
 TRIM_STEP = 1000  # the most entries one call reads to find where to cut
-APPLY_LUA = APPLY_LUA.replace("TRIM_SLACK", str(TRIM_SLACK)).replace("TRIM_STEP", str(TRIM_STEP))
+_APPLY = lua.script("notifier/apply.lua", TRIM_SLACK=TRIM_SLACK, TRIM_STEP=TRIM_STEP)
 
 
 def check_topic(topic: str) -> str:
@@ -110,7 +69,7 @@ class StateWriter:
     def __init__(self, redis: Redis, keys: Keys, *, maxlen: int = 0) -> None:
         self.keys = keys
         self.maxlen = maxlen
-        self._apply = redis.register_script(APPLY_LUA)
+        self.redis = redis
 
     async def apply(self, topic: str, events: list[tuple[str, TopicEvent]]) -> int:
         if not events:
@@ -124,7 +83,7 @@ class StateWriter:
         if self.maxlen:
             keys.append(k.topic(topic))
             argv.append(self.maxlen)
-        return int(await self._apply(keys=keys, args=argv))
+        return int(await _APPLY(keys=keys, args=argv, client=self.redis))
 
 
 async def read_snapshot(redis: Redis, keys: Keys, topic: str) -> Snapshot:

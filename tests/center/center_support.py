@@ -9,8 +9,16 @@ import msgspec
 from redis.asyncio import Redis
 
 from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+from vestnik.streams.schemas import decode_live, live_event
 
 K = Keys("vn:")
+
+
+def live_event_of(raw: bytes) -> tuple[str, Any, int]:
+    """A message of a user's live channel as the user hub turns it into an SSE event: its
+    name, its data (decoded JSON) and its seq."""
+    event, data, seq = live_event(decode_live(raw))
+    return event, msgspec.json.decode(data), seq
 
 
 async def add_users(redis: Redis, *uids: str, prefs: dict[str, dict[str, Any]] | None = None

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 
 import msgspec
 import pytest
-from center_support import K, add_users, dead, entry, feed, stored, xadd_many
+from center_support import K, add_users, dead, entry, feed, live_event_of, stored, xadd_many
 from redis.asyncio import Redis
 
 from support import Api, SmtpSink, eventually
@@ -143,14 +143,14 @@ async def test_recipient_without_a_profile_gets_the_feed_entry_and_the_live_push
     await xadd_many(redis, [entry("to a JWT sub only", "1,never-published")])
     run_burst(start_proc)
 
-    async def pushed() -> dict | None:
+    async def pushed() -> tuple[str, dict, int] | None:
         msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.1)
-        return json.loads(msg["data"]) if msg else None
+        return live_event_of(msg["data"]) if msg else None
 
-    live = await eventually(pushed, what="the live push")
+    event, data, _ = await eventually(pushed, what="the live push")
     await pubsub.aclose()
-    assert live["e"] == "notice" and live["data"]["title"] == "to a JWT sub only"
-    nid = live["data"]["id"]
+    assert event == "notice" and data["title"] == "to a JWT sub only"
+    nid = data["id"]
     assert await feed(redis, "never-published") == [nid] == await feed(redis, "1")
     assert await dead(redis) == []
 

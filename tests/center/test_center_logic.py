@@ -8,7 +8,7 @@ import random
 import pytest
 from center_support import K
 
-from vestnik.streams.center.batch import STORE_LUA, choose_trim
+from vestnik.streams import lua
 from vestnik.streams.center.ingest import prepare
 from vestnik.streams.center.plan import (
     channel_users,
@@ -17,6 +17,7 @@ from vestnik.streams.center.plan import (
     merge_channels,
     wants_forward,
 )
+from vestnik.streams.center.store import choose_trim
 from vestnik.streams.errors import BadInput
 from vestnik.streams.ids import encode_ulid
 from vestnik.streams.schemas import (
@@ -116,7 +117,7 @@ def test_choose_trim_prefers_the_oldest_read():
 
 async def test_store_script_trims_like_choose_trim(redis):
     rnd = random.Random(7)
-    script = redis.register_script(STORE_LUA)
+    script = lua.script("center/store.lua")
     uid = "u"
     keys = [K.feed(uid), K.read(uid), K.user_seq(uid), K.live(uid), K.archived(uid)]
     model: list[str] = []
@@ -125,8 +126,8 @@ async def test_store_script_trims_like_choose_trim(redis):
         batch = [f"s{step}-{i}" for i in range(rnd.randint(1, 4))]
         args: list[str] = []
         for nid in batch:
-            args += [nid, f'{{"id":"{nid}"']  # the view, open (center.open_object)
-        await script(keys=keys, args=[10, *args])
+            args += [nid, f'{{"id":"{nid}"}}']  # the view
+        await script(keys=keys, args=[10, *args], client=redis)
         model += batch
         for victim in choose_trim(model, read, len(model) - 10):
             model.remove(victim)
@@ -150,7 +151,7 @@ async def test_per_user_path_stores_like_the_batch_path(redis, settings):
     raw = await redis.xrange(K.notices)
     entries = [Entry(s.decode(), decode_notice_entry(f), f) for s, f in raw]
     center = Center(redis, K, settings)
-    center.one_call = False
+    center.store.one_call = False  # as on a Redis Cluster
     assert await center.handle(entries) == []
     assert await center.handle(entries) == []  # again: nothing new
     ids = [derived_id(s) for s in sids]

@@ -12,6 +12,7 @@ from center_support import (
     dead,
     entry,
     feed,
+    live_event_of,
     mark_read,
     pending,
     stored,
@@ -225,8 +226,8 @@ async def test_live_messages_go_to_subscribed_users_and_to_pattern_subscribers(r
         for _ in range(100):  # at most ~10 s
             m = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
             if m is not None:
-                data = msgspec.json.decode(m["data"])
-                got.append((m["channel"].decode(), data["data"]["title"]))
+                _, data, _ = live_event_of(m["data"])
+                got.append((m["channel"].decode(), data["title"]))
             if len(got) >= n:
                 return got
         return got
@@ -261,7 +262,7 @@ async def test_a_broadcast_beyond_one_store_call_reaches_every_recipient_once(
     1,000), each publishing as it ends. Every recipient gets one unread entry and one live
     message, the last chunk's as the first's; the same notice again (a re-delivery, its
     body already stored) adds nothing in any chunk."""
-    from vestnik.streams.center.batch import STORE_CHUNK
+    from vestnik.streams.center.store import STORE_CHUNK
 
     uids = [str(i) for i in range(1, 2 * STORE_CHUNK + 502)]
     await add_users(redis, *uids)
@@ -292,8 +293,8 @@ async def test_a_broadcast_beyond_one_store_call_reaches_every_recipient_once(
             if quiet >= 3:
                 break
             continue
-        m = msgspec.json.decode(msg["data"])
-        assert m["e"] == "notice" and m["data"]["id"] == nid
-        live[next(u for u in watched if K.live(u) == msg["channel"].decode())].append(m["seq"])
+        event, data, seq = live_event_of(msg["data"])
+        assert event == "notice" and data["id"] == nid
+        live[next(u for u in watched if K.live(u) == msg["channel"].decode())].append(seq)
     assert live == {u: [1] for u in watched}
     await ps.aclose()

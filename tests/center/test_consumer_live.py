@@ -14,6 +14,7 @@ from vestnik.streams.center import UserHub
 from vestnik.streams.consumer import Consumer, DeadLetter, Entry
 from vestnik.streams.errors import BadInput
 from vestnik.streams.redis import reader
+from vestnik.streams.schemas import LiveNotice, encode_live
 
 
 def decode(fields: dict[bytes, bytes]) -> str:
@@ -152,7 +153,7 @@ async def test_user_hub_cuts_off_a_slow_connection_only(redis, redis_url):
 
         task = asyncio.create_task(drain())
         for seq in range(1, 21):
-            await redis.publish(K.live("1"), b'{"e":"notice","seq":%d,"data":{}}' % seq)
+            await redis.publish(K.live("1"), encode_live(LiveNotice(seq, '{"id":"n"}')))
             await asyncio.sleep(0.005)
         await eventually(lambda: _is(got, list(range(1, 21))), what="fast got all")
         # the slow one (never read) was cut off: its queue ends with the end marker

@@ -16,6 +16,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from vestnik.streams.center import UserHub
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import PUBSUB_PING_EVERY, reader
+from vestnik.streams.schemas import LiveNotice, encode_live
 
 
 class BlackHole:
@@ -108,7 +109,7 @@ async def test_user_hub_reconnects_and_resyncs_when_its_connection_goes_silent(h
         item = await asyncio.wait_for(sub.get(), 15)
         assert item is not None and item.event == "resync"
         for _ in range(100):  # bounded: the new connection's SUBSCRIBE may still be on its way
-            if await r.publish(keys.live("1"), b'{"e":"notice","seq":7,"data":{}}') == 1:
+            if await r.publish(keys.live("1"), encode_live(LiveNotice(7, '{"id":"n7"}'))) == 1:
                 break
             await asyncio.sleep(0.05)
         item = await asyncio.wait_for(sub.get(), 5)

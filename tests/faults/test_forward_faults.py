@@ -11,7 +11,7 @@ from fault_support import FlakyHttp, K, Stack, add_users, deliveries, record, st
 from redis.asyncio import Redis
 
 from support import SmtpSink, eventually
-from vestnik.streams.forward import KEEP_RESULT_S, job_id
+from vestnik.streams.forward import KEEP_RESULT_S, arq_keys
 from vestnik.streams.ids import ulid
 
 __all__ = ["stack"]
@@ -57,14 +57,15 @@ async def test_forwarder_sigkilled_mid_send_retries_with_one_email_per_marker(st
         marked = {k.decode().split(":")[2] async for k in r.scan_iter(f"{K.sent}*")}
         got_at_kill = sum(_per_notice(smtp).values())
         queue_key = K.arq_queue
-        running = [nid for nid in nids if await r.exists(f"arq:in-progress:{job_id(K, nid, '1')}")]
+        claim = {nid: arq_keys(K.forward_job(nid, "1")).in_progress for nid in nids}
+        running = [nid for nid in nids if await r.exists(claim[nid])]
         assert running, "the kill came when nothing was being sent"
-        ttls = [await r.pttl(f"arq:in-progress:{job_id(K, nid, '1')}") for nid in running]
+        ttls = [await r.pttl(claim[nid]) for nid in running]
         # a killed job is run again once its in-progress key expires (arq: job timeout
         # + 10 s = 130 s); wait no 130 s here: expire them now, as time would
         assert all(0 < t <= 130_000 for t in ttls), ttls
         for nid in running:
-            await r.pexpire(f"arq:in-progress:{job_id(K, nid, '1')}", 1)
+            await r.pexpire(claim[nid], 1)
 
         stack.proc(url, "forwarder", **env)
         await eventually(lambda: _all_sent(smtp, nids), timeout=60, interval=0.1,

@@ -11,6 +11,7 @@ from redis.asyncio import Redis
 
 from vestnik.streams.center import UserHub
 from vestnik.streams.keys import Keys
+from vestnik.streams.schemas import LiveNotice, encode_live
 
 
 async def test_users_arriving_while_the_hub_connects_are_subscribed(redis_url: str):
@@ -31,7 +32,8 @@ async def test_users_arriving_while_the_hub_connects_are_subscribed(redis_url: s
         subs = [await first, *late]
         assert time.monotonic() - t0 < 2.5, "a subscription was never confirmed"
         for u in range(50):
-            assert await r.publish(keys.live(str(u)), b'{"e":"notice","seq":1,"data":{}}') == 1
+            assert await r.publish(keys.live(str(u)),
+                                   encode_live(LiveNotice(1, '{"id":"n1"}'))) == 1
         for sub in subs:
             item = await asyncio.wait_for(sub.get(), 5)
             while item is not None and item.event != "notice":  # RESYNC after connecting

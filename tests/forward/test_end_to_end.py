@@ -12,7 +12,7 @@ from fwd_support import SmtpSink
 from redis.asyncio import Redis
 
 from support import Api, eventually
-from vestnik.streams.forward import job_id
+from vestnik.streams.forward import arq_keys
 from vestnik.streams.ids import ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
 
@@ -109,8 +109,8 @@ async def test_pref_email_off_is_never_emailed(api: Api, redis: Redis, keys: Key
     async with api.client(user_token("1")) as me:
         items = (await me.get("/api/v1/me/notices")).json()["items"]
     assert [i["id"] for i in items] == [off]
-    jid = job_id(keys, off, "1")
-    assert await redis.exists(f"arq:job:{jid}", f"arq:result:{jid}") == 0
+    jid = keys.forward_job(off, "1")
+    assert await redis.exists(arq_keys(jid).job, arq_keys(jid).result) == 0
     assert await redis.zscore(keys.arq_queue, jid) is None
     assert [m.rcpt_tos for m in smtp.mails] == [["u2@example.org"]]
     assert smtp.mails[0].msg["Subject"] == "By email"

@@ -17,7 +17,13 @@ from standardwebhooks import Webhook
 
 from support import base_env, eventually
 from vestnik.streams.config import Config, load
-from vestnik.streams.forward import BROADCAST, ForwardJob, add_forward_jobs, job_id, run_forwarder
+from vestnik.streams.forward import (
+    BROADCAST,
+    ForwardJob,
+    add_forward_jobs,
+    arq_keys,
+    run_forwarder,
+)
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import Notice, User
@@ -85,7 +91,7 @@ async def test_email_is_sent_once_when_scheduled_twice(redis: Redis, keys: Keys,
     assert REGISTRY.get_sample_value("vestnik_forward_attempts_total", sent) == before + 1
     # the job has run: its arq result key still refuses a re-schedule; a new run never resends
     assert await schedule(redis, keys, job) == [0]
-    await redis.delete(f"arq:result:{job_id(keys, n.id, '1')}")
+    await redis.delete(arq_keys(keys.forward_job(n.id, "1")).result)
     assert await schedule(redis, keys, job) == [1]
     await burst(settings)
     assert len(smtp.mails) == 1
@@ -279,7 +285,7 @@ async def test_deferred_until_due(redis: Redis, keys: Keys, redis_url, smtp: Smt
     await store_notice(redis, keys, n)
     due = now_ms() + 1000
     await schedule(redis, keys, ForwardJob(n.id, "1", due))
-    assert await redis.zscore(keys.arq_queue, job_id(keys, n.id, "1")) == due
+    assert await redis.zscore(keys.arq_queue, keys.forward_job(n.id, "1")) == due
     await burst(settings)
     assert len(smtp.mails) == 1 and now_ms() >= due
 
@@ -542,7 +548,7 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
 
     job = ForwardJob("N1", "7", now_ms())
     assert await schedule(redis, keys, job, job) == [1, 0]
-    jid = job_id(keys, "N1", "7")
+    jid = keys.forward_job("N1", "7")
     pool_job = Job(jid, redis, _queue_name=keys.arq_queue, _deserializer=job_deserializer)
     info = await pool_job.info()
     assert info is not None and info.function == FUNCTION and list(info.args) == ["N1", "7"]
@@ -566,7 +572,7 @@ async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
     assert await pump_due(redis, keys) == 2  # N3 is not due yet
     assert await pump_due(redis, keys) == 0
     assert [m.decode() for m in await redis.zrange(keys.arq_queue, 0, -1)] == \
-        [job_id(keys, "N1", "7"), job_id(keys, "N2", "u:8 x")]
+        [keys.forward_job("N1", "7"), keys.forward_job("N2", "u:8 x")]
     assert sorted(await run_stock_arq_worker(redis_url, keys)) == [("N1", "7"), ("N2", "u:8 x")]
     # written again after it ran (its result is kept): pumped, and not run a second time
     await redis.zadd(keys.forward_due, {due_member("N1", "7"): due})

@@ -18,7 +18,13 @@ from support import base_env, eventually
 from vestnik.streams.center.batch import Center
 from vestnik.streams.config import Config, load
 from vestnik.streams.consumer import Entry
-from vestnik.streams.forward import BROADCAST, ForwardWorker, job_id, make_worker, run_forwarder
+from vestnik.streams.forward import (
+    BROADCAST,
+    ForwardWorker,
+    arq_keys,
+    make_worker,
+    run_forwarder,
+)
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.schemas import decode_notice_entry
@@ -58,11 +64,12 @@ async def handle(center: Center, sid: str, raw: dict[bytes, bytes]) -> None:
     assert await center.handle([Entry(sid, decode_notice_entry(raw), raw)]) == []
 
 
-async def arq_keys(redis: Redis, keys: Keys, jid: str) -> dict[str, Any]:
+async def job_state(redis: Redis, keys: Keys, jid: str) -> dict[str, Any]:
+    arq = arq_keys(jid)
     async with redis.pipeline(transaction=False) as pipe:
-        pipe.exists(f"arq:job:{jid}")
-        pipe.exists(f"arq:in-progress:{jid}")
-        pipe.exists(f"arq:result:{jid}")
+        pipe.exists(arq.job)
+        pipe.exists(arq.in_progress)
+        pipe.exists(arq.result)
         pipe.zscore(keys.arq_queue, jid)
         job, progress, result, queued = await pipe.execute()
     return {"job": job, "in_progress": progress, "result": result, "queued": queued}
@@ -86,10 +93,10 @@ async def test_due_now_forward_is_sent_once_and_its_job_finished(
     req = hook.requests[0]
     Webhook(SECRET).verify(req.body, req.headers)
     assert req.json()["id"] == nid
-    jid = job_id(keys, nid, BROADCAST)
+    jid = keys.forward_job(nid, BROADCAST)
 
     async def finished() -> bool:
-        return await arq_keys(redis, keys, jid) == {"job": 0, "in_progress": 0, "result": 1,
+        return await job_state(redis, keys, jid) == {"job": 0, "in_progress": 0, "result": 1,
                                               "queued": None}
     await eventually(finished, timeout=5)
     assert [(d.channel, d.status) for d in await deliveries(redis, keys, nid)] == \
@@ -119,8 +126,8 @@ async def test_claim_of_a_dead_center_is_sent_by_a_forwarder_once(
     nid = ulid()
     await handle(center, sid(), fields(nid, hook))
     assert len(dead.claimed) == 1 and dead.claimed[0].notice.id == nid
-    jid = job_id(keys, nid, BROADCAST)
-    state = await arq_keys(redis, keys, jid)
+    jid = keys.forward_job(nid, BROADCAST)
+    state = await job_state(redis, keys, jid)
     assert state["job"] == 1 and state["in_progress"] == 1 and state["queued"] is not None
 
     forwarder = asyncio.create_task(run_forwarder(settings))

@@ -1,0 +1,60 @@
+"""Lua scripts from the package's `.lua` files: read once, includes composed, hashed once.
+
+A script lives next to the module that runs it (`center/store.lua` beside
+`center/store.py`) and is named by its path under `vestnik.streams`. A line
+`--#include <path>` is replaced by that file (a shared function such as the body
+release, or forward's job writing inside the center's store call); a placeholder
+`{{NAME}}` by a constant the caller passes, so a number Python also uses is written once.
+Each file begins with a comment naming its KEYS and ARGV and what it returns.
+
+`script()` returns one `AsyncScript` per (path, constants) for the whole process, bound to
+no client: call it with `client=` (a Redis, a pipeline or a cluster). redis-py's
+`register_script` would hash the text again for every object that registers it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from importlib.resources import files
+
+from redis.commands.core import AsyncScript
+
+_PACKAGE = "vestnik.streams"
+_INCLUDE = re.compile(rb"^--#include (\S+)[ \t]*$", re.MULTILINE)
+_PLACEHOLDER = re.compile(rb"\{\{(\w+)\}\}")
+MAX_DEPTH = 4  # includes of includes: bounded, and a cycle is an error, not a hang
+
+
+@cache
+def _read(path: str) -> bytes:
+    return files(_PACKAGE).joinpath(path).read_bytes()
+
+
+def source(path: str, **consts: int | str) -> bytes:
+    """The text of script `path` (relative to vestnik.streams) with its includes and the
+    `consts` filled in. A placeholder left without a value is an error here, at load."""
+
+    def fill(m: re.Match[bytes]) -> bytes:
+        name = m.group(1).decode()
+        if name not in consts:
+            raise KeyError(f"{path}: no value for {{{{{name}}}}}")
+        return str(consts[name]).encode()
+
+    return _PLACEHOLDER.sub(fill, _compose(path, 0))
+
+
+def _compose(path: str, depth: int) -> bytes:
+    if depth > MAX_DEPTH:
+        raise RecursionError(f"{path}: includes nested deeper than {MAX_DEPTH}")
+    return _INCLUDE.sub(lambda m: _compose(m.group(1).decode(), depth + 1), _read(path))
+
+
+@cache
+def _script(path: str, consts: tuple[tuple[str, int | str], ...]) -> AsyncScript:
+    return AsyncScript(None, source(path, **dict(consts)))  # type: ignore[arg-type]
+
+
+def script(path: str, **consts: int | str) -> AsyncScript:
+    """The process's one script object for `path` (see the module docstring)."""
+    return _script(path, tuple(sorted(consts.items())))
