@@ -22,8 +22,6 @@ import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
-import pytest
-
 from support import ROOT
 
 SETUPTOOLS = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
@@ -131,14 +129,6 @@ def test_streams_imports_neither_app_nor_wrapper():
     assert bad == []
 
 
-# reaching into another part, as the code stood when this rule came (issue 20): each goes
-# once the part exports the name (then its line here goes too, or the test says so)
-KNOWN_REACHES = {
-    ("streams/center/batch.py", "vestnik.streams.notifier.hydrate"),
-    ("streams/center/batch.py", "vestnik.streams.notifier.topics"),
-}
-
-
 def reaches_into_parts() -> dict[tuple[str, str], str]:
     """(file, module of another part) → the import, for every such import in CODE."""
     out = {}
@@ -156,8 +146,7 @@ def test_a_part_is_used_through_its_public_names():
     """`from vestnik.streams.center import Center` is fine anywhere; its modules
     (`vestnik.streams.center.inbox`) are the center's own business."""
     found = reaches_into_parts()
-    assert [found[k] for k in sorted(found.keys() - KNOWN_REACHES)] == []
-    assert sorted(KNOWN_REACHES - found.keys()) == [], "gone: drop them from KNOWN_REACHES"
+    assert [found[k] for k in sorted(found)] == []
 
 
 # arq's own key names (it never prefixes them): one at the start of a string, or after a
@@ -213,7 +202,6 @@ def test_the_arq_rule_catches_what_it_is_for():
             and type(n.value) is int and n.value in ARQ_NUMBERS] == [88400]
 
 
-@pytest.mark.xfail(strict=True, reason="helper H1 moves arq's format into streams/forward")
 def test_only_forward_knows_arqs_format():
     assert arq_knowledge_outside_forward() == []
 

@@ -164,7 +164,8 @@ class Store:
             argv += [body for _, body, _ in new]
             fwd = None
             if jobs:
-                fwd, write.claims = store_call_jobs(k, jobs, argv, self.inline)
+                claim_s = self.inline.in_progress_timeout_s if self.inline is not None else None
+                fwd, write.claims = store_call_jobs(k, jobs, argv, claim_s)
             argv[0] = _msgpack([
                 self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]

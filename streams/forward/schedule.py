@@ -23,7 +23,7 @@ constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import Any, NamedTuple
 
 import msgspec
 from arq.constants import (
@@ -48,10 +48,6 @@ RETRY_TTL_S = 88_400  # arq's run_job expires a job's try counter after this (ar
 ARQ_LUA: dict[str, int | str] = {
     "JOB": job_key_prefix, "RESULT": result_key_prefix, "IN_PROGRESS": in_progress_key_prefix,
     "RETRY": retry_key_prefix, "RETRY_TTL_S": RETRY_TTL_S}
-
-if TYPE_CHECKING:
-    from vestnik.streams.forward.worker import ForwardWorker
-
 
 class ForwardJob(msgspec.Struct):
     """Forward notice `nid` to user `uid` (or `*`: its user-independent targets) at `due_ms`."""
@@ -196,15 +192,16 @@ class BatchJob(NamedTuple):
 
 
 def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
-                    inline: ForwardWorker | None) -> tuple[list[Any], list[Claim | None]]:
+                    claim_s: float | None) -> tuple[list[Any], list[Claim | None]]:
     """Forward's part of the notice center's store call (`store_jobs.lua`, which the
     center's script includes): the arq records of the jobs due now, then the due-set members
     of the delayed ones, are appended to `argv`; returns the header `store_jobs` takes and,
-    per job due now, its Claim: with an `inline` worker, a job due now of a new notice is
-    claimed for it (queued at due + its in-progress timeout: should the process die, arq
-    runs it once the claim has expired). Start the claimed ones with `inline.start_inline`."""
+    per job due now, its Claim: with `claim_s` (the in-progress timeout of the caller's own
+    worker), a job due now of a new notice is claimed for that worker (queued at due +
+    claim_s: should the process die, arq runs it once the claim has expired). Start the
+    claimed ones with `ForwardWorker.start_inline`."""
     now = now_ms()
-    claim_ms = int(inline.in_progress_timeout_s * 1000) if inline is not None else 0
+    claim_ms = int(claim_s * 1000) if claim_s is not None else 0
     rows: list[list[Any]] = []
     claims: list[Claim | None] = []
     later: list[ForwardJob] = []
