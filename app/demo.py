@@ -32,7 +32,7 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.app.pages import MAILBOX_MAX, mailbox_key
+from vestnik.app.pages import MAILBOX_MAX
 from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config
 from vestnik.streams.configurator import SettingsStore
@@ -401,7 +401,7 @@ async def run_demo(config: Config) -> None:
     tasks: list[asyncio.Task[None]] = []
     try:
         if sink_at is not None:
-            sink = await MailSink(redis, mailbox_key(config.prefix), *sink_at).start()
+            sink = await MailSink(redis, Keys(config.prefix).demo_mail, *sink_at).start()
         forward_after = config.forward_after
         await seed(redis, keys, config, forward_after)
         alert_toml = alert_config(config)

@@ -22,7 +22,7 @@ from starlette.types import Receive, Scope, Send
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import json_response
-from vestnik.streams.keys import DEMO_MAIL as MAILBOX
+from vestnik.streams.keys import Keys
 
 STATIC = Path(__file__).resolve().parent / "static"
 
@@ -43,10 +43,6 @@ PAGE_HEADERS = {
 MAILBOX_MAX = 200
 
 
-def mailbox_key(prefix: str) -> str:
-    return f"{prefix}{MAILBOX}"
-
-
 def _page(name: str, doc: str):
     path = STATIC / name
 
@@ -61,7 +57,7 @@ def _page(name: str, doc: str):
 async def demo_mail(request: Request) -> Response:
     """Mail received by the demo SMTP sink, newest first (`on`: `up --demo` runs)."""
     ctx: Ctx = request.app.state.ctx
-    key = mailbox_key(ctx.config.prefix)
+    key = Keys(ctx.config.prefix).demo_mail
     raw = request.query_params.get("limit", "")
     limit = max(1, min(MAILBOX_MAX, int(raw))) if raw.isascii() and raw.isdigit() else MAILBOX_MAX
     async with ctx.redis.pipeline(transaction=False) as pipe:

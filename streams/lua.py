@@ -1,7 +1,8 @@
 """Lua scripts from the package's `.lua` files: read once, includes composed, hashed once.
 
 A script lives next to the module that runs it (`center/store.lua` beside
-`center/store.py`) and is named by its path under `vestnik.streams`. A line
+`center/store.py`) and is named by its path under `vestnik.streams` (or under the
+`package` given: the bench's reference scripts are under `vestnik.app.bench`). A line
 `--#include <path>` is replaced by that file (a shared function such as the body
 release, or forward's job writing inside the center's store call); a placeholder
 `{{NAME}}` by a constant the caller passes, so a number Python also uses is written once.
@@ -27,12 +28,12 @@ MAX_DEPTH = 4  # includes of includes: bounded, and a cycle is an error, not a h
 
 
 @cache
-def _read(path: str) -> bytes:
-    return files(_PACKAGE).joinpath(path).read_bytes()
+def _read(package: str, path: str) -> bytes:
+    return files(package).joinpath(path).read_bytes()
 
 
-def source(path: str, **consts: int | str) -> bytes:
-    """The text of script `path` (relative to vestnik.streams) with its includes and the
+def source(path: str, *, package: str = _PACKAGE, **consts: int | str) -> bytes:
+    """The text of script `path` (relative to `package`) with its includes and the
     `consts` filled in. A placeholder left without a value is an error here, at load."""
 
     def fill(m: re.Match[bytes]) -> bytes:
@@ -41,20 +42,22 @@ def source(path: str, **consts: int | str) -> bytes:
             raise KeyError(f"{path}: no value for {{{{{name}}}}}")
         return str(consts[name]).encode()
 
-    return _PLACEHOLDER.sub(fill, _compose(path, 0))
+    return _PLACEHOLDER.sub(fill, _compose(package, path, 0))
 
 
-def _compose(path: str, depth: int) -> bytes:
+def _compose(package: str, path: str, depth: int) -> bytes:
     if depth > MAX_DEPTH:
         raise RecursionError(f"{path}: includes nested deeper than {MAX_DEPTH}")
-    return _INCLUDE.sub(lambda m: _compose(m.group(1).decode(), depth + 1), _read(path))
+    return _INCLUDE.sub(lambda m: _compose(package, m.group(1).decode(), depth + 1),
+                        _read(package, path))
 
 
 @cache
-def _script(path: str, consts: tuple[tuple[str, int | str], ...]) -> AsyncScript:
-    return AsyncScript(None, source(path, **dict(consts)))  # type: ignore[arg-type]
+def _script(package: str, path: str, consts: tuple[tuple[str, int | str], ...]
+            ) -> AsyncScript:
+    return AsyncScript(None, source(path, package=package, **dict(consts)))  # type: ignore[arg-type]
 
 
-def script(path: str, **consts: int | str) -> AsyncScript:
+def script(path: str, *, package: str = _PACKAGE, **consts: int | str) -> AsyncScript:
     """The process's one script object for `path` (see the module docstring)."""
-    return _script(path, tuple(sorted(consts.items())))
+    return _script(package, path, tuple(sorted(consts.items())))

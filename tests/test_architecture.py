@@ -12,6 +12,8 @@ module level, inside a function, under TYPE_CHECKING).
 - `wrapper/` runs on a box with only Redis: of Vestnik it imports itself and the shared
   modules at the top of `streams/`, no part and no `app`.
 - No import cycles among modules (a package re-exporting its own modules aside).
+- Lua lives in `.lua` files, loaded by `streams/lua.py` only: no script text in a Python
+  string, no `register_script` or `AsyncScript` elsewhere.
 """
 
 from __future__ import annotations
@@ -279,3 +281,22 @@ def test_no_import_cycles():
     """Modules import one way (the cli, `up` and the demo once imported each other): a
     cycle means two modules each need the other's internals, and breaks when one moves."""
     assert import_cycles("app", "streams", "wrapper") == []
+
+
+LUA_IN_TEXT = re.compile(r"redis\.call\(|redis\.pcall\(")
+
+
+def test_lua_lives_in_lua_files():
+    """A script in a Python string cannot be read, linted or shared; one registered
+    elsewhere is hashed again per client (streams/lua.py hashes each once)."""
+    loader = STREAMS / "lua.py"
+    bad = []
+    for path, tree in trees(*CODE):
+        rel = path.relative_to(ROOT)
+        bad += [f"{rel}:{line}: Lua in a string" for line, text in string_parts(tree)
+                if LUA_IN_TEXT.search(text)]
+        if path != loader:
+            bad += [f"{rel}:{node.lineno}: {name}" for node in ast.walk(tree)
+                    for name in [getattr(node, "attr", None) or getattr(node, "id", None)]
+                    if name in ("register_script", "AsyncScript")]
+    assert bad == []

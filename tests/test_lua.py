@@ -15,6 +15,8 @@ from vestnik.streams.notifier.topics import TRIM_SLACK, TRIM_STEP
 
 STREAMS = Path(lua.__file__).parent
 SCRIPTS = sorted(str(p.relative_to(STREAMS)) for p in STREAMS.rglob("*.lua"))
+BENCH = STREAMS.parent / "app" / "bench"  # the bench's reference scripts (B7's floor)
+BENCH_SCRIPTS = sorted(p.name for p in BENCH.glob("*.lua"))
 # the constants each script's module passes (placeholders `{{NAME}}`)
 CONSTS: dict[str, dict[str, int | str]] = {
     "configurator/write.lua": {"TOPIC": SETTINGS_TOPIC},
@@ -36,6 +38,13 @@ async def test_each_script_compiles_with_its_includes(redis: Redis, path: str):
     assert first.startswith(b"-- "), f"{path}: no header comment"
     sha = await redis.script_load(text)
     assert sha == lua.script(path, **CONSTS.get(path, {})).sha
+
+
+@pytest.mark.parametrize("path", BENCH_SCRIPTS)
+async def test_each_bench_script_compiles(redis: Redis, path: str):
+    text = lua.source(path, package="vestnik.app.bench")
+    assert text.startswith(b"-- "), f"app/bench/{path}: no header comment"
+    assert await redis.script_load(text) == lua.script(path, package="vestnik.app.bench").sha
 
 
 def test_the_store_call_holds_forwards_job_writing():

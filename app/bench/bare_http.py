@@ -28,6 +28,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from vestnik.app.server import make_server, run
+from vestnik.streams import lua
 from vestnik.streams.channels import HttpPool
 from vestnik.streams.config import Config
 from vestnik.streams.redis import connect
@@ -35,23 +36,6 @@ from vestnik.streams.schemas import NoticeIn
 
 ANSWER = b'{"id":"01JBARE0000000000000000000"}'
 
-# KEYS: body, feed, seq, job, queue. ARGV: body, id.
-FLOOR_STORE_LUA = """
-redis.call('SET', KEYS[1], ARGV[1], 'NX')
-local seq = redis.call('INCR', KEYS[3])
-redis.call('ZADD', KEYS[2], seq, ARGV[2])
-redis.call('PSETEX', KEYS[4], 300000, ARGV[2])
-redis.call('ZADD', KEYS[5], 0, ARGV[2])
-return seq
-"""
-# KEYS: deliveries, job, queue. ARGV: record, id.
-FLOOR_FINISH_LUA = """
-redis.call('RPUSH', KEYS[1], ARGV[1])
-redis.call('EXPIRE', KEYS[1], 86400)
-redis.call('DEL', KEYS[2])
-redis.call('ZREM', KEYS[3], ARGV[2])
-return 1
-"""
 SENT = b'{"status":"sent"}'
 
 
@@ -62,8 +46,8 @@ async def accept(request: Request) -> Response:
 
 def stored_app(redis_url: str) -> Starlette:
     redis = connect(redis_url, name="bench-floor")
-    store = redis.register_script(FLOOR_STORE_LUA)
-    finish = redis.register_script(FLOOR_FINISH_LUA)
+    store = lua.script("floor_store.lua", package="vestnik.app.bench")
+    finish = lua.script("floor_finish.lua", package="vestnik.app.bench")
     hooks = HttpPool(per_host=32)
     decoder = msgspec.json.Decoder(NoticeIn)
     running: set[asyncio.Task[None]] = set()
@@ -72,7 +56,7 @@ def stored_app(redis_url: str) -> Starlette:
     async def deliver(nid: str, url: str, body: bytes) -> None:
         await hooks.post(url, body, {"content-type": "application/json"})
         await finish(keys=[f"floor:deliveries:{nid}", f"floor:job:{nid}", "floor:queue"],
-                     args=[SENT, nid])
+                     args=[SENT, nid], client=redis)
 
     async def accept_stored(request: Request) -> Response:
         nonlocal seq
@@ -82,7 +66,7 @@ def stored_app(redis_url: str) -> Starlette:
         uid = notice.recipients[0]
         body = msgspec.json.encode(notice)
         await store(keys=[f"floor:notice:{nid}", f"floor:feed:{uid}", f"floor:seq:{uid}",
-                          f"floor:job:{nid}", "floor:queue"], args=[body, nid])
+                          f"floor:job:{nid}", "floor:queue"], args=[body, nid], client=redis)
         task = asyncio.get_running_loop().create_task(
             deliver(nid, notice.channels["webhook"]["url"], body))
         running.add(task)
