@@ -8,7 +8,7 @@ never sent) unless `?insecure_auth=1` allows it.
 Connections are kept open and reused (`POOL_SIZE` at most); a reused connection the server
 has closed meanwhile is replaced once, transparently.
 
-Templates: `streams/templates/email.txt.j2` and `email.html.j2` (autoescaped), with an
+Templates: `streams/channels/templates/email.txt.j2` and `email.html.j2` (autoescaped), with an
 optional per-locale override `email.<locale>.html.j2` / `email.<locale>.txt.j2`.
 """
 
@@ -36,7 +36,7 @@ from vestnik.streams.config import Config, ConfigError
 from vestnik.streams.schemas import Notice, User
 
 POOL_SIZE = 8
-TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+TEMPLATES = Path(__file__).resolve().parent / "templates"
 SEVERITY_COLOR = {"info": "#0969da", "warning": "#9a6700", "critical": "#cf222e"}
 _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?\Z")
 # every character str.splitlines() breaks at: the email package folds headers with it, so a
