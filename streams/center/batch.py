@@ -38,21 +38,14 @@ from arq.constants import (
 from redis.asyncio import Redis, RedisCluster
 
 from vestnik.streams.center import inbox
-from vestnik.streams.center.plan import (
-    Plan,
-    channel_users,
-    is_muted,
-    merge_channels,
-    to_notice,
-    wants_forward,
-)
+from vestnik.streams.center.plan import Plan, merge_channels, to_notice
 from vestnik.streams.center.user_hub import update_message
 from vestnik.streams.channels import available as available_channels
+from vestnik.streams.channels import user_addresses
 from vestnik.streams.config import Config
 from vestnik.streams.consumer import DeadLetter, Entry
 from vestnik.streams.errors import BadInput, VestnikError
 from vestnik.streams.forward import (
-    BROADCAST,
     Claim,
     ForwardJob,
     ForwardWorker,
@@ -82,19 +75,19 @@ from vestnik.streams.schemas import (
     check_recipients,
     decode_topic_entry,
     decode_user,
+    decoder,
     json_encode,
     notice_view,
     public_json,
     same_content,
-    validate_channel,
 )
 
 log = logging.getLogger("vestnik.center")
 
-_setting_decoder = msgspec.json.Decoder(AlertSetting)
+_setting_decoder = decoder(AlertSetting)
 _any_decoder = msgspec.json.Decoder()
 _msgpack = msgspec.msgpack.Encoder().encode
-_notice_decoder = msgspec.json.Decoder(Notice)
+_notice_decoder = decoder(Notice)
 
 # The per-user store, shared by both entry points below. For each notice not already in
 # the feed (idempotent on notice id): INCR seq, ZADD feed (a new entry is unread: it is
@@ -378,7 +371,7 @@ class Center:
         # the forward worker of this process: forwards due now run here at once, claimed
         # in the store call (no queue poll, no wake-up, no second read of the notice)
         self.inline = inline if self.one_call else None
-        self._addresses = {name: c.user_address for name, c in available_channels().items()}
+        self._addresses = user_addresses(available_channels())
         self._fold = redis.register_script(FOLD_LUA)
         # uid -> (record bytes, decoded): the records are read every batch, decoded only
         # when they changed (users are read-only here)
@@ -519,15 +512,8 @@ class Center:
                 n.metric = p.settings[0].metric
             if not n.setting_id and len(p.settings) == 1:
                 n.setting_id = p.settings[0].id
-            try:
-                if not n.recipients:
-                    n.recipients = channel_users(n.channels)
-                else:
-                    validate_channel(n.channels)
-            except BadInput as e:
-                path = (e.field or "$").replace("$.channel", "$.channels", 1)
-                dead.append(DeadLetter(p.entry.sid, e.detail, path, p.entry.raw))
-                continue
+            if not n.recipients:
+                n.recipients = n.channels.users()
             if not n.recipients:
                 dead.append(DeadLetter(
                     p.entry.sid,
@@ -639,7 +625,7 @@ class Center:
                         bad.append((i, u))
                     p.missing.add(uid)
                     p.users.append(User(id=uid))
-                elif not is_muted(u, p.notice.alert):
+                elif not u.mutes(p.notice.alert):
                     p.users.append(u)
             if bad:
                 more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
@@ -772,9 +758,8 @@ class Center:
                         open_object(public_json(p.notice))))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
-            wanted = {u.id for u in p.users if wants_forward(p.notice, u, self._addresses)}
-            jobs += [(j, p, len(new)) for j in forward_jobs_for(p.notice, default_after)
-                     if j.uid in wanted or j.uid == BROADCAST]
+            jobs += [(j, p, len(new)) for j in forward_jobs_for(p.notice, p.users,
+                                                                self._addresses, default_after)]
         if not new and not folds:
             return None
         k = self.keys

@@ -1,7 +1,8 @@
 """Delayed forwarding: one arq job per (notice, user), run when due, sending only if unread.
 
-- `schedule`: what a forward is (`ForwardJob`) and how one is scheduled: arq's own job
-  record written by one script call per job, or by the notice center's store call.
+- `schedule`: what a forward is (`ForwardJob`), which channels it uses for a user
+  (`user_routes`, asked by the center and by the job) and how one is scheduled: arq's own
+  job record written by one script call per job, or by the notice center's store call.
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
   was read or already sent, send on each channel, record every attempt, retry.
 - `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with
@@ -19,12 +20,15 @@ from vestnik.streams.forward.schedule import (
     forward_jobs_for,
     job_id,
     job_record,
+    user_routes,
     wake_channel,
+    wants_job,
 )
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
     "BROADCAST", "KEEP_RESULT_S", "Claim", "Delivery", "DeliveryList", "ForwardJob",
     "ForwardWorker", "add_forward_jobs", "decode_delivery", "due_member", "forward_jobs_for",
-    "job_id", "job_record", "make_worker", "pump_due", "run_forwarder", "wake_channel",
+    "job_id", "job_record", "make_worker", "pump_due", "run_forwarder", "user_routes",
+    "wake_channel", "wants_job",
 ]
