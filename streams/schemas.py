@@ -8,7 +8,6 @@ Stream entries are flat string fields (so `redis-cli XADD` works), decoded with
 from __future__ import annotations
 
 from collections.abc import Mapping
-from types import MappingProxyType
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -189,11 +188,14 @@ class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
 
 def _decode_target(name: str, value: dict[str, Any]) -> tuple[dict[str, Any], ChannelTarget]:
     """An entry's wire form (user ids as strings) and its Struct; ValueError names the path."""
+    if not value:  # `{}`: every recipient, no target of its own (the common entry)
+        return value, _EVERYONE
     users = value.get("users")
     if isinstance(users, list):  # ints are user ids too: users: [1, 2] means ["1", "2"]
         value = {**value, "users": [str(u) if isinstance(u, int) else u for u in users]}
-    known = {k: v for k, v in value.items() if k in _TARGET_FIELDS}
-    if len(known) < len(value):
+    known = value
+    if not value.keys() <= _TARGET_FIELDS:
+        known = {k: v for k, v in value.items() if k in _TARGET_FIELDS}
         known["extra"] = {k: v for k, v in value.items() if k not in _TARGET_FIELDS}
     try:
         return value, msgspec.convert(known, ChannelTarget)
@@ -216,7 +218,11 @@ class ChannelMap(dict[str, Any]):
     edge.
     """
 
-    __slots__ = ("forward_after", "targets")
+    __slots__ = ("_external", "forward_after", "shared", "targets")
+
+    targets: Mapping[str, ChannelTarget]  # read-only, as the map
+    forward_after: float | None
+    shared: bool  # whether an entry has user-independent targets (the `*` forward's)
 
     def __init__(self, targets: Mapping[str, ChannelTarget] | None = None,
                  forward_after: float | None = None) -> None:
@@ -224,8 +230,15 @@ class ChannelMap(dict[str, Any]):
         if forward_after is not None:
             wire[_FORWARD_AFTER] = forward_after
         super().__init__(wire)
-        self.targets: Mapping[str, ChannelTarget] = MappingProxyType(dict(targets or {}))
-        self.forward_after = forward_after
+        self._typed(dict(targets or {}), forward_after)
+
+    def _typed(self, targets: dict[str, ChannelTarget], forward_after: float | None) -> None:
+        self.targets, self.forward_after = targets, forward_after
+        # asked for every recipient of every notice: once
+        ext = targets if IN_APP not in targets else \
+            {name: t for name, t in targets.items() if name != IN_APP}
+        self._external = tuple(ext.items())
+        self.shared = any(t.shared for t in ext.values())
 
     @classmethod
     def decode(cls, obj: Any) -> ChannelMap:
@@ -253,12 +266,12 @@ class ChannelMap(dict[str, Any]):
                                  f"{{\"users\": [\"1\"]}} - at `$.{name}`")
         out = dict.__new__(cls)
         dict.__init__(out, wire)
-        out.targets, out.forward_after = MappingProxyType(targets), after
+        out._typed(targets, after)
         return out
 
-    def external(self) -> list[tuple[str, ChannelTarget]]:
+    def external(self) -> tuple[tuple[str, ChannelTarget], ...]:
         """The entries of external channels (every one but the in-app `ui`), in order."""
-        return [(name, t) for name, t in self.targets.items() if name != IN_APP]
+        return self._external
 
     def users(self) -> list[str]:
         """Every user an entry names (ui, email, ...), in order, once."""
@@ -280,6 +293,8 @@ class ChannelMap(dict[str, Any]):
     def __repr__(self) -> str:
         return f"ChannelMap({dict.__repr__(self)})"
 
+
+_EVERYONE = ChannelTarget()
 
 # The empty map, shared: a default that Notice (omit_defaults) leaves out when encoding (by
 # identity), as it left out an empty dict
@@ -569,7 +584,8 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
                 raise BadInput(f"field `{name}` is not UTF-8", field=f"$.{name}") from None
         elif (name := _JSON_BYTES.get(raw_name)) is not None:
             if raw:
-                obj[name] = _json_value(raw, name)
+                known = _known_maps.get(raw) if name == "channels" else None
+                obj[name] = known if known is not None else _json_value(raw, name)
     recipients = _field_text(fields, "recipients")
     if recipients is not None:
         text = recipients.strip()
@@ -581,7 +597,21 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
             obj["recipients"] = [str(r) if isinstance(r, int) else r for r in parsed]
         else:
             obj["recipients"] = [r.strip() for r in text.split(",") if r.strip()]
-    return convert(obj, NoticeIn)
+    notice = convert(obj, NoticeIn)
+    raw = fields.get(b"channels")
+    if raw and len(raw) <= _KNOWN_MAP_BYTES and raw not in _known_maps:
+        if len(_known_maps) >= _KNOWN_MAPS:
+            _known_maps.clear()
+        _known_maps[raw] = notice.channels
+    return notice
+
+
+# Channel maps decoded from entries, by their JSON: the notices of one setting (a wrapper's,
+# a product's) carry the same map, and a ChannelMap is immutable, so one decode serves them
+# all. Bounded: at most _KNOWN_MAPS maps of at most _KNOWN_MAP_BYTES each.
+_KNOWN_MAPS = 1024
+_KNOWN_MAP_BYTES = 1024
+_known_maps: dict[bytes, ChannelMap] = {}
 
 
 def notice_fields(notice: NoticeIn | Notice) -> dict[str, str | bytes]:

@@ -25,7 +25,7 @@ the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import msgspec
 from arq.constants import expires_extra_ms, job_key_prefix, result_key_prefix
@@ -141,7 +141,7 @@ def forward_delay(notice: Notice, default: float) -> float:
 Skip = Literal["skipped_pref", "skipped_no_address"]
 
 
-class Route(NamedTuple):
+class Route(msgspec.Struct, frozen=True):
     """One external channel of a forward to one user: sent on, or `skip` says why not."""
 
     channel: str
@@ -163,13 +163,15 @@ def user_routes(notice: Notice, user: User, addresses: Mapping[str, str | None]
     channel not in it (a plugin installed elsewhere) is sent to: the job records it unknown.
     """
     routes: list[Route] = []
-    muted = user.mutes(notice.alert)
+    muted: bool | None = None  # asked once an entry reaches the user
     for name, target in notice.channels.external():
         if not target.names(user.id):
             continue
         address = addresses.get(name)
         if address is None and name in addresses:
             continue  # shared targets only: the `*` job
+        if muted is None:
+            muted = user.mutes(notice.alert)
         if muted:
             routes.append(Route(name, target, "skipped_pref",
                                 f"user {user.id} muted alert {notice.alert}"))
@@ -187,7 +189,10 @@ def user_routes(notice: Notice, user: User, addresses: Mapping[str, str | None]
 def wants_job(routes: list[Route]) -> bool:
     """Whether `user_routes` leave something for a job: a send, or a missing address (the
     job reads the profile when it runs: an address published meanwhile is used)."""
-    return any(r.skip != "skipped_pref" for r in routes)
+    for r in routes:
+        if r.skip != "skipped_pref":
+            return True
+    return False
 
 
 def forward_jobs_for(notice: Notice, users: Iterable[User],
@@ -196,14 +201,13 @@ def forward_jobs_for(notice: Notice, users: Iterable[User],
     """The jobs a stored notice needs (none when it has no external channel): one per user
     of `users` (its recipients) that `user_routes` leave something for, plus `*` when an
     entry has user-independent targets (`chat_ids`, `url`)."""
-    ext = notice.channels.external()
-    if not ext:
+    if not notice.channels.external():
         return []
     base = notice.created_at or now_ms()
     due = base + int(forward_delay(notice, default_after) * 1000)
     jobs = [ForwardJob(notice.id, u.id, due) for u in users
             if wants_job(user_routes(notice, u, addresses))]
-    if any(target.shared for _, target in ext):
+    if notice.channels.shared:
         jobs.append(ForwardJob(notice.id, BROADCAST, due))
     return jobs
 
