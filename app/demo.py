@@ -41,7 +41,7 @@ from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.notifier import publish
 from vestnik.streams.redis import RETRYABLE, connect
 from vestnik.streams.redis_server import free_port
-from vestnik.streams.schemas import SettingIn, TopicEvent
+from vestnik.streams.schemas import ChannelMap, SettingIn, TopicEvent, convert
 
 log = logging.getLogger("vestnik.demo")
 
@@ -241,8 +241,8 @@ async def seed(redis: Redis, keys: Keys, config: Config, forward_after: float) -
         await store.create(SettingIn(
             name=ALERT,
             metric={"name": "disk_used_percent", "threshold": 90},
-            channel={"ui": {"users": ids}, "email": {"users": ids},
-                     "forward_after": forward_after},
+            channel=convert({"ui": {"users": ids}, "email": {"users": ids},
+                             "forward_after": forward_after}, ChannelMap),
         ))
 
 

@@ -245,11 +245,11 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
     for r in routers:
         for op in r.operations:
             types += [t for t in (op.body, op.response) if t is not None]
-    from vestnik.streams.schemas import ErrorBody
+    from vestnik.streams.schemas import ErrorBody, schema_hook
 
     types.append(ErrorBody)
     schemas, components = msgspec.json.schema_components(
-        types, ref_template="#/components/schemas/{name}"
+        types, ref_template="#/components/schemas/{name}", schema_hook=schema_hook
     )
     by_type = dict(zip(types, schemas, strict=True))
     error_ref = by_type[ErrorBody]

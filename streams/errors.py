@@ -78,8 +78,13 @@ def from_validation(err: msgspec.ValidationError | msgspec.DecodeError) -> BadIn
     DecodeError)."""
     text = str(err)
     m = _PATH.search(text)
+    located = m is not None
     field = m.group(1) if m else "$"
-    detail = _PATH.sub("", text)
+    detail = text[:m.start()] if m else text
+    # a decode hook's own path (ChannelMap: `... - at `$.email.users[0]` - at `$.channel``)
+    # is under the one msgspec gave it
+    while (m := _PATH.search(detail)) is not None:  # each turn cuts a suffix off: bounded
+        field, detail = field + m.group(1)[1:], detail[:m.start()]
     missing, unknown = _MISSING.match(detail), _UNKNOWN.match(detail)
     if missing:
         field = f"{field}.{missing.group(1)}"
@@ -87,6 +92,6 @@ def from_validation(err: msgspec.ValidationError | msgspec.DecodeError) -> BadIn
     elif unknown:
         field = f"{field}.{unknown.group(1)}"
         detail = f"unknown field `{unknown.group(1)}`"
-    elif not isinstance(err, msgspec.ValidationError) and not m:
+    elif not isinstance(err, msgspec.ValidationError) and not located:
         detail = f"body is not valid JSON: {text}"
     return BadInput(f"{detail} (at {field})" if field != "$" else detail, field=field)

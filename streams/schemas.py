@@ -7,9 +7,11 @@ Stream entries are flat string fields (so `redis-cli XADD` works), decoded with
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 from vestnik.streams.errors import BadInput, from_validation
 from vestnik.streams.ids import now_ms
@@ -141,6 +143,195 @@ def topic_fields(ev: TopicEvent) -> dict[str, str | bytes]:
     return out
 
 
+# ------------------------------------------------------------------------ channels
+
+IN_APP = "ui"  # the channel map's in-app entry: who gets the notice in their feed
+_FORWARD_AFTER = "forward_after"  # the one key of a channel map that names no channel
+_TARGET_FIELDS = frozenset({"users", "chat_ids", "url", "secret"})
+
+
+class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
+    """One channel's entry in a channel map (`"email": {"users": ["1"]}`): whom it names
+    (`users`; UNSET, left out: every recipient of the notice) and its user-independent targets
+    (Telegram `chat_ids`, a webhook's or Slack's `url` and `secret`). A plugin channel's own
+    fields are kept as given in `extra`, for its channel class."""
+
+    users: tuple[str, ...] | UnsetType = UNSET
+    chat_ids: tuple[int | str, ...] = ()
+    url: str | None = None
+    secret: str | None = None
+    extra: dict[str, Any] = {}
+
+    def names(self, uid: str) -> bool:
+        """Whether the entry reaches user `uid` (an entry without `users` reaches all)."""
+        return self.users is UNSET or uid in self.users
+
+    @property
+    def shared(self) -> bool:
+        """Whether it has user-independent targets (the `*` forward sends to them)."""
+        return bool(self.chat_ids or self.url)
+
+    def wire(self) -> dict[str, Any]:
+        """The entry as stored and returned (what `ChannelMap.decode` reads)."""
+        out: dict[str, Any] = {}
+        if self.users is not UNSET:
+            out["users"] = list(self.users)
+        if self.chat_ids:
+            out["chat_ids"] = list(self.chat_ids)
+        if self.url is not None:
+            out["url"] = self.url
+        if self.secret is not None:
+            out["secret"] = self.secret
+        out.update(self.extra)
+        return out
+
+
+def _decode_target(name: str, value: dict[str, Any]) -> tuple[dict[str, Any], ChannelTarget]:
+    """An entry's wire form (user ids as strings) and its Struct; ValueError names the path."""
+    if not value:  # `{}`: every recipient, no target of its own (the common entry)
+        return value, _EVERYONE
+    users = value.get("users")
+    if isinstance(users, list):  # ints are user ids too: users: [1, 2] means ["1", "2"]
+        value = {**value, "users": [str(u) if isinstance(u, int) else u for u in users]}
+    known = value
+    if not value.keys() <= _TARGET_FIELDS:
+        known = {k: v for k, v in value.items() if k in _TARGET_FIELDS}
+        known["extra"] = {k: v for k, v in value.items() if k not in _TARGET_FIELDS}
+    try:
+        return value, msgspec.convert(known, ChannelTarget)
+    except msgspec.ValidationError as e:
+        # msgspec's path is the entry's (`$.users[0]`); the map's is `$.<name>.users[0]`
+        text, _, path = str(e).rpartition(" - at `$")
+        raise ValueError(f"{text} - at `$.{name}{path}") from None
+
+
+class ChannelMap(dict[str, Any]):
+    """A setting's `channel` (a notice's `channels`): each channel's entry by name (`ui` is
+    the in-app feed, every other name an external channel, plugins' included) and
+    `forward_after` (seconds). Read it through `targets` (Structs) and `forward_after`.
+
+    Its wire format is one JSON object whose keys are channel names (open: plugins add
+    them) next to the number `forward_after`, which a Struct's fixed fields cannot say. So
+    it is a read-only dict holding that object, normalized (user ids as strings): every
+    msgspec encoder writes it as it always was, at no cost, and `decode` (this module's
+    `dec_hook`: `decoder`, `decode_json`, `convert`) checks it and types it, once, at the
+    edge.
+    """
+
+    __slots__ = ("_external", "forward_after", "shared", "targets")
+
+    targets: Mapping[str, ChannelTarget]  # read-only, as the map
+    forward_after: float | None
+    shared: bool  # whether an entry has user-independent targets (the `*` forward's)
+
+    def __init__(self, targets: Mapping[str, ChannelTarget] | None = None,
+                 forward_after: float | None = None) -> None:
+        wire: dict[str, Any] = {name: t.wire() for name, t in (targets or {}).items()}
+        if forward_after is not None:
+            wire[_FORWARD_AFTER] = forward_after
+        super().__init__(wire)
+        self._typed(dict(targets or {}), forward_after)
+
+    def _typed(self, targets: dict[str, ChannelTarget], forward_after: float | None) -> None:
+        self.targets, self.forward_after = targets, forward_after
+        # asked for every recipient of every notice: once
+        ext = targets if IN_APP not in targets else \
+            {name: t for name, t in targets.items() if name != IN_APP}
+        self._external = tuple(ext.items())
+        self.shared = any(t.shared for t in ext.values())
+
+    @classmethod
+    def decode(cls, obj: Any) -> ChannelMap:
+        """A channel map from its JSON value. ValueError names the path under the map
+        (`$.email.users[0]`): msgspec puts the map's own path (`$.channel`) after it."""
+        if isinstance(obj, ChannelMap):
+            return obj
+        if not isinstance(obj, dict):
+            raise ValueError(f"Expected `object`, got `{_json_type(obj)}`")
+        if not obj:
+            return NO_CHANNELS
+        wire: dict[str, Any] = {}
+        targets: dict[str, ChannelTarget] = {}
+        after: float | None = None
+        for name, value in obj.items():
+            if name == _FORWARD_AFTER:
+                if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
+                    raise ValueError("forward_after must be a number of seconds >= 0"
+                                     " - at `$.forward_after`")
+                wire[name] = after = value
+            elif isinstance(value, dict):
+                wire[name], targets[name] = _decode_target(name, value)
+            else:
+                raise ValueError(f"channel `{name}` must be an object such as "
+                                 f"{{\"users\": [\"1\"]}} - at `$.{name}`")
+        out = dict.__new__(cls)
+        dict.__init__(out, wire)
+        out._typed(targets, after)
+        return out
+
+    def external(self) -> tuple[tuple[str, ChannelTarget], ...]:
+        """The entries of external channels (every one but the in-app `ui`), in order."""
+        return self._external
+
+    def users(self) -> list[str]:
+        """Every user an entry names (ui, email, ...), in order, once."""
+        seen: dict[str, None] = {}
+        for target in self.targets.values():
+            if target.users is not UNSET:
+                seen.update(dict.fromkeys(target.users))
+        return list(seen)
+
+    def _read_only(self, *args: Any, **kwargs: Any) -> Any:
+        raise TypeError("a ChannelMap is read-only: build another one")
+
+    __setitem__ = __delitem__ = __ior__ = _read_only
+    clear = pop = popitem = setdefault = update = _read_only
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (ChannelMap.decode, (dict(self),))
+
+    def __repr__(self) -> str:
+        return f"ChannelMap({dict.__repr__(self)})"
+
+
+_EVERYONE = ChannelTarget()
+
+# The empty map, shared: a default that Notice (omit_defaults) leaves out when encoding (by
+# identity), as it left out an empty dict
+NO_CHANNELS = ChannelMap()
+
+_JSON_TYPES = {type(None): "null", bool: "bool", int: "int", float: "float", str: "str",
+               list: "array", dict: "object"}
+
+
+def _json_type(obj: Any) -> str:
+    return _JSON_TYPES.get(type(obj), type(obj).__name__)
+
+
+def dec_hook(typ: type, obj: Any) -> Any:
+    """msgspec's dec_hook for the types of this module that are no Struct (ChannelMap):
+    modules that build their own decoders of these types pass it."""
+    if typ is ChannelMap:
+        return ChannelMap.decode(obj)
+    raise NotImplementedError(f"cannot decode {typ!r}")
+
+
+_TARGET_SCHEMA = {"type": "object", "properties": {
+    "users": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]},
+              "description": "user ids (absent: every recipient)"},
+    "chat_ids": {"type": "array", "items": {"anyOf": [{"type": "integer"},
+                                                      {"type": "string"}]}},
+    "url": {"type": "string"}, "secret": {"type": "string"}}}
+
+
+def schema_hook(typ: type) -> dict[str, Any]:
+    """The JSON schema of a channel map, for the OpenAPI document."""
+    if typ is ChannelMap:
+        return {"type": "object", "additionalProperties": _TARGET_SCHEMA,
+                "properties": {_FORWARD_AFTER: {"type": "number", "minimum": 0}}}
+    raise NotImplementedError(f"no schema for {typ!r}")
+
+
 # ------------------------------------------------------------------------ settings
 
 
@@ -150,7 +341,7 @@ class AlertSetting(msgspec.Struct, kw_only=True):
     id: str
     name: str
     metric: dict[str, Any] = {}
-    channel: dict[str, Any] = {}
+    channel: ChannelMap = NO_CHANNELS
     enabled: bool = True
     version: int = 1
     created_at: int = 0
@@ -166,7 +357,7 @@ class SettingIn(Strict):
 
     name: AlertName
     metric: dict[str, Any] = {}
-    channel: dict[str, Any] = {}
+    channel: ChannelMap = NO_CHANNELS
     enabled: bool = True
 
 
@@ -175,51 +366,13 @@ class SettingPatch(Strict):
 
     name: AlertName | None = None
     metric: dict[str, Any] | None = None
-    channel: dict[str, Any] | None = None
+    channel: ChannelMap | None = None
     enabled: bool | None = None
 
 
 class SettingList(msgspec.Struct):
     items: list[AlertSetting]
     next: str | None = None
-
-
-class ChannelTarget(msgspec.Struct, kw_only=True):
-    """One entry of a setting's `channel` map (e.g. `"email": {"users": ["1"]}`)."""
-
-    users: list[str] = []
-    chat_ids: list[int | str] = []
-    url: str | None = None
-    forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
-
-
-def validate_channel(channel: dict[str, Any]) -> dict[str, ChannelTarget]:
-    """Check a setting's `channel` map; raises BadInput with the path `$.channel.<name>...`."""
-    out: dict[str, ChannelTarget] = {}
-    for name, value in channel.items():
-        if name == "forward_after":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-                raise BadInput(
-                    "forward_after must be a number of seconds >= 0",
-                    field="$.channel.forward_after",
-                )
-            continue
-        if not isinstance(value, dict):
-            raise BadInput(
-                f"channel `{name}` must be an object such as {{\"users\": [\"1\"]}}",
-                field=f"$.channel.{name}",
-            )
-        try:
-            # ints are accepted as user ids: users: [1, 2] means ["1", "2"]
-            users = value.get("users")
-            if isinstance(users, list):
-                value = {**value, "users": [str(u) if isinstance(u, int) else u for u in users]}
-            out[name] = msgspec.convert(value, ChannelTarget)
-        except msgspec.ValidationError as e:
-            err = from_validation(e)
-            path = (err.field or "$").replace("$", f"$.channel.{name}", 1)
-            raise BadInput(f"{str(e).split(' - at ')[0]} (at {path})", field=path) from None
-    return out
 
 
 # ------------------------------------------------------------------------- notices
@@ -250,7 +403,7 @@ class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
     metric: dict[str, Any] = {}
     data: dict[str, Any] = {}
     recipients: list[str] = []
-    channels: dict[str, Any] = {}
+    channels: ChannelMap = NO_CHANNELS
     dedup_key: str | None = None
     forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
     created_at: int = 0
@@ -293,7 +446,7 @@ class NoticeIn(Strict):
     metric: dict[str, Any] = {}
     data: dict[str, Any] = {}
     recipients: list[SafeId] | None = None
-    channels: dict[str, Any] = {}
+    channels: ChannelMap = NO_CHANNELS
     dedup_key: DedupKey | None = None
     forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
     created_at: int | None = None
@@ -336,6 +489,11 @@ class User(msgspec.Struct, kw_only=True):
     locale: str = "en"
     prefs: dict[str, Any] = {}
 
+    def mutes(self, alert: str) -> bool:
+        """Whether the user muted `alert` (`prefs: {"mute": ["disk"]}`)."""
+        mute = self.prefs.get("mute")
+        return isinstance(mute, list) and alert in mute
+
 
 def decode_user(uid: str, raw: bytes) -> User | str:
     """A user record of the `user` topic state, or why it cannot be used. The hash field is
@@ -369,21 +527,27 @@ class ErrorBody(msgspec.Struct):
 def convert(obj: Any, typ: type[T]) -> T:
     """msgspec.convert with string coercion; raises BadInput naming the field."""
     try:
-        return msgspec.convert(obj, typ, strict=False)
+        return msgspec.convert(obj, typ, strict=False, dec_hook=dec_hook)
     except msgspec.ValidationError as e:
         raise from_validation(e) from None
 
 
-_decoders: dict[type, msgspec.json.Decoder] = {}
+_decoders: dict[Any, msgspec.json.Decoder[Any]] = {}
+
+
+def decoder(typ: type[T]) -> msgspec.json.Decoder[T]:
+    """The one JSON decoder of `typ`, built with the hooks (stored records: a bad one raises
+    msgspec's DecodeError, for the caller to skip or log)."""
+    dec = _decoders.get(typ)
+    if dec is None:
+        dec = _decoders[typ] = msgspec.json.Decoder(typ, dec_hook=dec_hook)
+    return dec
 
 
 def decode_json(raw: bytes | str, typ: type[T]) -> T:
     """Decode a JSON body into `typ`; raises BadInput naming the field."""
-    dec = _decoders.get(typ)
-    if dec is None:
-        dec = _decoders[typ] = msgspec.json.Decoder(typ)
     try:
-        return dec.decode(raw)
+        return decoder(typ).decode(raw)
     except (msgspec.ValidationError, msgspec.DecodeError) as e:
         raise from_validation(e) from None
 
@@ -420,7 +584,8 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
                 raise BadInput(f"field `{name}` is not UTF-8", field=f"$.{name}") from None
         elif (name := _JSON_BYTES.get(raw_name)) is not None:
             if raw:
-                obj[name] = _json_value(raw, name)
+                known = _known_maps.get(raw) if name == "channels" else None
+                obj[name] = known if known is not None else _json_value(raw, name)
     recipients = _field_text(fields, "recipients")
     if recipients is not None:
         text = recipients.strip()
@@ -432,7 +597,21 @@ def decode_notice_entry(fields: dict[bytes, bytes]) -> NoticeIn:
             obj["recipients"] = [str(r) if isinstance(r, int) else r for r in parsed]
         else:
             obj["recipients"] = [r.strip() for r in text.split(",") if r.strip()]
-    return convert(obj, NoticeIn)
+    notice = convert(obj, NoticeIn)
+    raw = fields.get(b"channels")
+    if raw and len(raw) <= _KNOWN_MAP_BYTES and raw not in _known_maps:
+        if len(_known_maps) >= _KNOWN_MAPS:
+            _known_maps.clear()
+        _known_maps[raw] = notice.channels
+    return notice
+
+
+# Channel maps decoded from entries, by their JSON: the notices of one setting (a wrapper's,
+# a product's) carry the same map, and a ChannelMap is immutable, so one decode serves them
+# all. Bounded: at most _KNOWN_MAPS maps of at most _KNOWN_MAP_BYTES each.
+_KNOWN_MAPS = 1024
+_KNOWN_MAP_BYTES = 1024
+_known_maps: dict[bytes, ChannelMap] = {}
 
 
 def notice_fields(notice: NoticeIn | Notice) -> dict[str, str | bytes]:

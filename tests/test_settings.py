@@ -244,6 +244,25 @@ async def test_concurrent_patches_with_same_if_match_one_wins(api: Api, redis, k
     assert len(entries) == 2 + n  # create, the one winner, then n unconditional updates
 
 
+async def test_a_plugin_channels_entry_is_checked_and_kept_as_given(api: Api):
+    """A channel no Vestnik part knows (a plugin's, `vestnik.channels`): its `users`,
+    `chat_ids` and `url` are checked like any channel's, its own fields kept as sent."""
+    channel = {"sms": {"users": [7, "8"], "template": "short", "sender": {"id": 7}},
+               "forward_after": 60}
+    async with api.client() as http:
+        r = await http.post("/api/v1/settings", json={"name": "disk", "channel": channel})
+        assert r.status_code == 201, r.text
+        kept = {"sms": {"users": ["7", "8"], "template": "short", "sender": {"id": 7}},
+                "forward_after": 60}
+        assert r.json()["channel"] == kept
+        assert (await http.get(f"/api/v1/settings/{r.json()['id']}")).json()["channel"] == kept
+        for bad, path in [({"sms": {"users": [{}]}}, "$.channel.sms.users[0]"),
+                          ({"sms": {"template": "short", "url": 5}}, "$.channel.sms.url"),
+                          ({"sms": {"chat_ids": [1.5]}}, "$.channel.sms.chat_ids[0]")]:
+            r = await http.post("/api/v1/settings", json={"name": "disk", "channel": bad})
+            assert r.status_code == 422 and r.json()["path"] == path, (bad, r.text)
+
+
 async def test_deeply_nested_metric_round_trips(api: Api):
     """Whatever the body decoder accepts can be stored, changed and deleted (the Lua CAS
     compares digests and never parses the JSON)."""

@@ -32,7 +32,13 @@ from vestnik.streams.errors import BadInput
 from vestnik.streams.ids import parse_stream_id
 from vestnik.streams.keys import SETTINGS_TOPIC, Keys
 from vestnik.streams.redis import RETRYABLE, Backoff, reader
-from vestnik.streams.schemas import AlertSetting, TopicEvent, convert, decode_topic_entry
+from vestnik.streams.schemas import (
+    AlertSetting,
+    TopicEvent,
+    convert,
+    decode_topic_entry,
+    decoder,
+)
 from vestnik.wrapper.config import AlertConfig
 from vestnik.wrapper.metrics import COALESCED, PENDING
 from vestnik.wrapper.protocol import PROTOCOL, Entity, Hello, Ready, SettingsMessage
@@ -41,7 +47,7 @@ from vestnik.wrapper.stdin_queue import StdinQueue
 log = logging.getLogger("vestnik.wrapper")
 
 _entity_decode = msgspec.json.Decoder(dict[str, Any]).decode
-_setting_decode = msgspec.json.Decoder(AlertSetting).decode
+_setting_decode = decoder(AlertSetting).decode
 _encode = msgspec.json.Encoder().encode
 
 PAGE = 1000

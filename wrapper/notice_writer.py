@@ -29,7 +29,7 @@ from vestnik.streams.errors import from_validation
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys, dedup_scope
 from vestnik.streams.redis import RETRYABLE, Backoff
-from vestnik.streams.schemas import AlertSetting, NoticeIn, notice_fields
+from vestnik.streams.schemas import NO_CHANNELS, AlertSetting, NoticeIn, notice_fields
 from vestnik.wrapper.config import AlertConfig
 from vestnik.wrapper.feed import SettingsView
 from vestnik.wrapper.lines import LineSplitter, Oversized
@@ -221,7 +221,7 @@ class NoticeWriter:
                 recipients=n.recipients, forward_after=n.forward_after, created_at=created,
                 setting_id=s.id if s else None,
                 metric=s.metric if s else {},
-                channels=s.channel if s else {},
+                channels=s.channel if s else NO_CHANNELS,
                 dedup_key=n.dedup_key,  # scoped by the center (streams.keys.dedup_scope)
             )
             fields = notice_fields(notice)

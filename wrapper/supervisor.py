@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import RETRYABLE, connect, redacted, wait_ready
-from vestnik.streams.schemas import NoticeIn, notice_fields
+from vestnik.streams.schemas import IN_APP, ChannelMap, ChannelTarget, NoticeIn, notice_fields
 from vestnik.wrapper.config import AlertConfig
 from vestnik.wrapper.feed import Feed, SettingsView
 from vestnik.wrapper.lines import LineSplitter, Oversized
@@ -348,7 +348,8 @@ class Wrapper:
         notice = NoticeIn(
             alert=self.name, id=ulid(created), created_at=created, severity="critical",
             title=f"Alert {self.name} is crash-looping", body=body,
-            recipients=list(cfg.admins), channels={"ui": {"users": list(cfg.admins)}},
+            recipients=list(cfg.admins),
+            channels=ChannelMap({IN_APP: ChannelTarget(users=tuple(cfg.admins))}),
             dedup_key=f"wrapper:{self.name}:crash-loop",
             data={"failures": self.failures, "exit_code": end.code, "command": cfg.command},
         )

@@ -32,7 +32,7 @@ from vestnik.streams import lua
 from vestnik.streams.channels import HttpPool
 from vestnik.streams.config import Config
 from vestnik.streams.redis import connect
-from vestnik.streams.schemas import NoticeIn
+from vestnik.streams.schemas import NoticeIn, decoder
 
 ANSWER = b'{"id":"01JBARE0000000000000000000"}'
 
@@ -49,7 +49,7 @@ def stored_app(redis_url: str) -> Starlette:
     store = lua.script("floor_store.lua", package="vestnik.app.bench")
     finish = lua.script("floor_finish.lua", package="vestnik.app.bench")
     hooks = HttpPool(per_host=32)
-    decoder = msgspec.json.Decoder(NoticeIn)
+    decode = decoder(NoticeIn).decode
     running: set[asyncio.Task[None]] = set()
     seq = 0
 
@@ -60,7 +60,7 @@ def stored_app(redis_url: str) -> Starlette:
 
     async def accept_stored(request: Request) -> Response:
         nonlocal seq
-        notice = decoder.decode(await request.body())
+        notice = decode(await request.body())
         seq += 1
         nid = str(seq)
         uid = notice.recipients[0]
@@ -68,7 +68,7 @@ def stored_app(redis_url: str) -> Starlette:
         await store(keys=[f"floor:notice:{nid}", f"floor:feed:{uid}", f"floor:seq:{uid}",
                           f"floor:job:{nid}", "floor:queue"], args=[body, nid], client=redis)
         task = asyncio.get_running_loop().create_task(
-            deliver(nid, notice.channels["webhook"]["url"], body))
+            deliver(nid, notice.channels.targets["webhook"].url or "", body))
         running.add(task)
         task.add_done_callback(running.discard)
         return Response(ANSWER, status_code=202, media_type="application/json")

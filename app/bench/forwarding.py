@@ -38,7 +38,7 @@ from vestnik.streams.forward import BROADCAST, ForwardJob, add_forward_jobs
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.redis_server import free_port
-from vestnik.streams.schemas import Notice, User, json_encode
+from vestnik.streams.schemas import ChannelMap, Notice, User, convert, json_encode
 
 K = Keys("vn:")
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"  # webhooks are signed, as in production
@@ -60,8 +60,9 @@ def use_peer(peer: str | None) -> None:
 
 async def _schedule(r: Redis, n: int, channel: str, receiver_port: int) -> None:
     await r.hset(K.state(USER_TOPIC), "1", json_encode(User(id="1", email="b5@example.org")))
-    target = ({"email": {"users": ["1"]}} if channel == "email"
-              else {"webhook": {"url": f"http://127.0.0.1:{receiver_port}/hook"}})
+    hook = f"http://127.0.0.1:{receiver_port}/hook"
+    target = convert({"email": {"users": ["1"]}} if channel == "email"
+                     else {"webhook": {"url": hook}}, ChannelMap)
     uid = "1" if channel == "email" else BROADCAST
     now = now_ms()
     for start in range(0, n, 1000):

@@ -26,8 +26,6 @@ from redis.asyncio import Redis
 
 from vestnik.streams.center.plan import (
     Plan,
-    channel_users,
-    is_muted,
     merge_channels,
     to_notice,
 )
@@ -35,7 +33,7 @@ from vestnik.streams.center.store import Store
 from vestnik.streams.center.users import Users
 from vestnik.streams.config import Config
 from vestnik.streams.consumer import DeadLetter, Entry
-from vestnik.streams.errors import BadInput, VestnikError
+from vestnik.streams.errors import VestnikError
 from vestnik.streams.forward import ForwardWorker
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import CENTER_BATCH
@@ -45,14 +43,14 @@ from vestnik.streams.schemas import (
     NoticeIn,
     User,
     check_recipients,
+    decoder,
     same_content,
-    validate_channel,
 )
 
 log = logging.getLogger("vestnik.center")
 
-_setting_decoder = msgspec.json.Decoder(AlertSetting)
-_notice_decoder = msgspec.json.Decoder(Notice)
+_setting_decoder = decoder(AlertSetting)
+_notice_decoder = decoder(Notice)
 
 
 class Center:
@@ -178,15 +176,8 @@ class Center:
                 n.metric = p.settings[0].metric
             if not n.setting_id and len(p.settings) == 1:
                 n.setting_id = p.settings[0].id
-            try:
-                if not n.recipients:
-                    n.recipients = channel_users(n.channels)
-                else:
-                    validate_channel(n.channels)
-            except BadInput as e:
-                path = (e.field or "$").replace("$.channel", "$.channels", 1)
-                dead.append(DeadLetter(p.entry.sid, e.detail, path, p.entry.raw))
-                continue
+            if not n.recipients:
+                n.recipients = n.channels.users()
             if not n.recipients:
                 dead.append(DeadLetter(
                     p.entry.sid,
@@ -258,7 +249,7 @@ class Center:
                         bad.append((i, u))
                     p.missing.add(uid)
                     p.users.append(User(id=uid))
-                elif not is_muted(u, p.notice.alert):
+                elif not u.mutes(p.notice.alert):
                     p.users.append(u)
             if bad:
                 more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""

@@ -15,13 +15,20 @@ from vestnik.streams.errors import Conflict
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import NOTICES_INGESTED
-from vestnik.streams.schemas import Notice, NoticeIn, json_encode, notice_fields, same_content
+from vestnik.streams.schemas import (
+    Notice,
+    NoticeIn,
+    decoder,
+    json_encode,
+    notice_fields,
+    same_content,
+)
 
 IDEMPOTENCY_TTL_S = 86_400
 
 _INGEST = lua.script("center/ingest.lua")  # one notice, idempotent
 
-_notice_decoder = msgspec.json.Decoder(Notice)
+_notice_decoder = decoder(Notice)
 
 
 def prepare(notice: NoticeIn) -> NoticeIn:

@@ -1,17 +1,27 @@
-"""Planning a notice: its id, its settings' channels merged, who gets it in-app and who
-gets a forward. Pure functions of decoded values: no Redis here."""
+"""Planning a notice: its id, its settings' channels merged, who gets it in-app (a
+forward's channels are decided by `streams.forward.user_routes`). Pure functions of
+decoded values: no Redis here."""
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+
+from msgspec import UNSET
 
 from vestnik.streams.consumer import Entry
 from vestnik.streams.ids import encode_ulid, parse_stream_id
 from vestnik.streams.keys import dedup_scope
-from vestnik.streams.schemas import AlertSetting, Notice, NoticeIn, User, validate_channel
+from vestnik.streams.schemas import (
+    NO_CHANNELS,
+    AlertSetting,
+    ChannelMap,
+    ChannelTarget,
+    Notice,
+    NoticeIn,
+    User,
+)
 
 
 def derived_id(sid: str) -> str:
@@ -22,64 +32,29 @@ def derived_id(sid: str) -> str:
     return encode_ulid(ms, rnd)
 
 
-def merge_channels(settings: Iterable[AlertSetting]) -> dict[str, Any]:
-    """The channel maps of several settings of one alert as one: users and chat ids united."""
-    out: dict[str, Any] = {}
-    for s in settings:
-        for name, value in s.channel.items():
-            if name == "forward_after":
-                if isinstance(value, int | float) and not isinstance(value, bool):
-                    cur = out.get(name)
-                    out[name] = value if cur is None else min(cur, value)
-                continue
-            if not isinstance(value, dict):
-                continue
-            cur = out.setdefault(name, {})
-            for k, v in value.items():
-                if isinstance(v, list):
-                    have = cur.setdefault(k, [])
-                    have.extend(x for x in v if x not in have)
-                else:
-                    cur.setdefault(k, v)
-    return out
+def merge_channels(settings: Iterable[AlertSetting]) -> ChannelMap:
+    """The channel maps of several settings of one alert as one: each channel's users and
+    chat ids united (an entry naming nobody names every recipient, so it wins), its `url`,
+    `secret` and a plugin's own fields the first setting's; the least `forward_after`."""
+    maps = [s.channel for s in settings if s.channel]
+    if len(maps) <= 1:
+        return maps[0] if maps else NO_CHANNELS
+    targets: dict[str, ChannelTarget] = {}
+    afters = [m.forward_after for m in maps if m.forward_after is not None]
+    for m in maps:
+        for name, target in m.targets.items():
+            have = targets.get(name)
+            targets[name] = target if have is None else _merge_target(have, target)
+    return ChannelMap(targets, min(afters) if afters else None)
 
 
-def channel_users(channels: dict[str, Any]) -> list[str]:
-    """Every user named by a channel entry (ui, email, ...), in order, once."""
-    targets = validate_channel(channels)
-    seen: dict[str, None] = {}
-    for target in targets.values():
-        for uid in target.users:
-            seen[uid] = None
-    return list(seen)
-
-
-def is_muted(user: User, alert: str) -> bool:
-    mute = user.prefs.get("mute")
-    return isinstance(mute, list) and alert in mute
-
-
-def wants_forward(notice: Notice, user: User,
-                  addresses: Mapping[str, str | None] | None = None) -> bool:
-    """Whether any external channel of the notice reaches `user` and is not switched off.
-
-    `addresses`: a known channel's user field (`Channel.user_address`; None for a channel
-    with shared targets only, such as a webhook URL, which the `*` job serves). A user
-    without the address still gets a job: it reads the profile when it sends (an address
-    published meanwhile is used) and records `skipped_no_address` otherwise.
-    """
-    for name, target in notice.channels.items():
-        if name in ("ui", "forward_after") or not isinstance(target, dict):
-            continue
-        users = target.get("users")
-        if isinstance(users, list) and user.id not in [str(u) for u in users]:
-            continue
-        if user.prefs.get(name) is False:
-            continue
-        if addresses is not None and name in addresses and addresses[name] is None:
-            continue
-        return True
-    return False
+def _merge_target(a: ChannelTarget, b: ChannelTarget) -> ChannelTarget:
+    users = UNSET if a.users is UNSET or b.users is UNSET \
+        else tuple(dict.fromkeys((*a.users, *b.users)))
+    return ChannelTarget(users=users, chat_ids=tuple(dict.fromkeys((*a.chat_ids, *b.chat_ids))),
+                         url=a.url if a.url is not None else b.url,
+                         secret=a.secret if a.secret is not None else b.secret,
+                         extra={**b.extra, **a.extra})
 
 
 @dataclass(slots=True)

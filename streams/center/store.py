@@ -21,11 +21,11 @@ import msgspec
 from redis.asyncio import Redis, RedisCluster
 
 from vestnik.streams import lua
-from vestnik.streams.center.plan import Plan, wants_forward
+from vestnik.streams.center.plan import Plan
 from vestnik.streams.channels import available as available_channels
+from vestnik.streams.channels import user_addresses
 from vestnik.streams.config import Config
 from vestnik.streams.forward import (
-    BROADCAST,
     BatchJob,
     Claim,
     ForwardWorker,
@@ -38,6 +38,7 @@ from vestnik.streams.metrics import NOTICES_DELIVERED, NOTICES_FOLDED, NOTICES_S
 from vestnik.streams.schemas import (
     LiveUpdate,
     Notice,
+    decoder,
     encode_live,
     json_encode,
     notice_view,
@@ -45,7 +46,7 @@ from vestnik.streams.schemas import (
 )
 
 _msgpack = msgspec.msgpack.Encoder().encode
-_notice_decoder = msgspec.json.Decoder(Notice)
+_notice_decoder = decoder(Notice)
 
 _STORE = lua.script("center/store.lua")  # one user (a cluster)
 _STORE_BATCH = lua.script("center/store_batch.lua")  # a batch (a single Redis)
@@ -104,7 +105,7 @@ class Store:
         # the forward worker of this process: forwards due now run here at once, claimed
         # in the store call (no queue poll, no wake-up, no second read of the notice)
         self.inline = inline if self.one_call else None
-        self._addresses = {name: c.user_address for name, c in available_channels().items()}
+        self._addresses = user_addresses(available_channels())
         self._keys_of: dict[str, list[str]] = {}
 
     async def write(self, plans: list[Plan]) -> None:
@@ -141,9 +142,7 @@ class Store:
             new.append((p, body, public_json(p.notice)))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
-            wanted = {u.id for u in p.users if wants_forward(p.notice, u, self._addresses)}
-            mine = [j for j in forward_jobs_for(p.notice, default_after)
-                    if j.uid in wanted or j.uid == BROADCAST]
+            mine = forward_jobs_for(p.notice, p.users, self._addresses, default_after)
             if mine:
                 profiles = {u.id: u for u in p.users}
                 jobs += [BatchJob(j, len(new), p.notice, profiles.get(j.uid),

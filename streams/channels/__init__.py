@@ -29,7 +29,7 @@ from vestnik.streams.channels.http1 import HttpPool
 from vestnik.streams.config import Config
 
 __all__ = ["GROUP", "HTTP_HEADERS", "Channel", "Channels", "HttpPool", "ReplyTooLarge",
-           "SendResult", "available", "capped_request"]
+           "SendResult", "available", "capped_request", "user_addresses"]
 
 GROUP = "vestnik.channels"
 log = logging.getLogger("vestnik.channels")
@@ -66,12 +66,19 @@ def available(group: str = GROUP) -> dict[str, type[Channel]]:
     return out
 
 
+def user_addresses(classes: dict[str, type[Channel]]) -> dict[str, str | None]:
+    """Each channel's User field holding a user's address (None: shared targets only), what
+    `forward.user_routes` reads to decide who a channel reaches."""
+    return {name: klass.user_address for name, klass in classes.items()}
+
+
 class Channels:
     """The channels of one forwarder process, sharing one HTTP client (keep-alive pool)."""
 
     def __init__(self, classes: dict[str, type[Channel]], channels: dict[str, Channel],
                  http: httpx.AsyncClient) -> None:
         self.classes, self.channels, self.http = classes, channels, http
+        self.addresses = user_addresses(classes)
 
     @classmethod
     def from_settings(cls, settings: Config, *,
@@ -96,10 +103,6 @@ class Channels:
 
     def get(self, name: str) -> Channel | None:
         return self.channels.get(name)
-
-    def user_address(self, name: str) -> str | None:
-        klass = self.classes.get(name)
-        return klass.user_address if klass is not None else None
 
     async def aclose(self) -> None:
         for channel in self.channels.values():

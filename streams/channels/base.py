@@ -19,7 +19,7 @@ import msgspec
 
 from vestnik.streams.config import Config
 from vestnik.streams.egress import Egress, EgressRefused, pinned_client
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 Status = Literal["ok", "permanent", "retry"]
 
@@ -70,27 +70,28 @@ class Channel(ABC):
         return cls()
 
     @abstractmethod
-    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
         """Send `notice` to `user` (a per-user forward) or, when `user` is None, to the
         user-independent target of the setting's channel entry (`target`, e.g.
-        `{"chat_ids": [123]}` or `{"url": "https://..."}`)."""
+        `chat_ids=(123,)` or `url="https://..."`). A plugin's own fields of the entry are
+        in `target.extra`."""
 
     async def aclose(self) -> None:
         """Release connections (the shared http client is closed by the registry)."""
         return None
 
-    def shared_targets(self, target: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+    def shared_targets(self, target: ChannelTarget) -> list[tuple[str, ChannelTarget]]:
         """Split a channel entry into its user-independent sends: `(key, target)` pairs.
 
         Each pair is sent, retried and marked as sent on its own (the key is appended to
         the idempotency marker), so a failure to one chat never resends to another.
         Default: one send per `chat_ids` item, or one send to `url`; none otherwise.
         """
-        chat_ids = target.get("chat_ids") or []
-        if chat_ids:
-            return [(str(c), {**target, "chat_ids": [c]}) for c in chat_ids]
-        if target.get("url"):
+        if target.chat_ids:
+            return [(str(c), msgspec.structs.replace(target, chat_ids=(c,)))
+                    for c in target.chat_ids]
+        if target.url:
             return [("", target)]
         return []
 

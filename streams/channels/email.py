@@ -33,7 +33,7 @@ from aiosmtplib import SMTPStatus
 
 from vestnik.streams.channels.base import Channel, SendResult
 from vestnik.streams.config import Config, ConfigError
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 POOL_SIZE = 8
 TEMPLATES = Path(__file__).resolve().parent / "templates"
@@ -319,7 +319,7 @@ class EmailChannel(Channel):
         out.append(f"--{boundary}--\r\n")
         return "".join(out).encode("ascii")
 
-    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
         if user is None or not user.email:
             return SendResult.permanent("email needs a user with an address")

@@ -9,14 +9,12 @@ invalid_auth, a 4xx from a webhook) is permanent.
 
 from __future__ import annotations
 
-from typing import Any
-
 import httpx
 
 from vestnik.streams.channels.base import Channel, DataTargets, SendResult, post
 from vestnik.streams.channels.email import safe_link
 from vestnik.streams.config import Config
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 RETRYABLE_ERRORS = frozenset({"ratelimited", "service_unavailable", "internal_error",
                               "fatal_error", "request_timeout"})
@@ -55,9 +53,9 @@ class SlackChannel(Channel):
         # always on: a setting may name its own webhook url
         return cls(http, settings)
 
-    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
-        url = target.get("url")
+        url = target.url
         if user is not None and user.slack_user and self.token:
             return await self._post_message(notice, user.slack_user)
         if not url and not self.webhook_url:
@@ -65,7 +63,7 @@ class SlackChannel(Channel):
         mention = user.slack_user if user is not None else None
         payload = {"text": render(notice, mention)}
         if url:
-            _, result = await self.targets.post(str(url), "slack webhook", json=payload)
+            _, result = await self.targets.post(url, "slack webhook", json=payload)
         else:
             _, result = await post(self.http, str(self.webhook_url), "slack webhook",
                                    json=payload)

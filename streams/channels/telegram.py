@@ -8,14 +8,13 @@ blocked chat) is permanent. The token never appears in a recorded detail.
 from __future__ import annotations
 
 import html
-from typing import Any
 
 import httpx
 
 from vestnik.streams.channels.base import Channel, SendResult, post
 from vestnik.streams.channels.email import safe_link
 from vestnik.streams.config import Config
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 LIMIT = 4096
 ICON = {"info": "\u2139\ufe0f", "warning": "\u26a0\ufe0f", "critical": "\U0001f6a8"}
@@ -60,9 +59,9 @@ class TelegramChannel(Channel):
             return None
         return cls(http, settings.telegram_api, settings.telegram_token)
 
-    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
-        chats = [user.telegram_chat_id] if user else list(target.get("chat_ids") or [])
+        chats = [user.telegram_chat_id] if user else list(target.chat_ids)
         chats = [c for c in chats if c not in (None, "")]
         if not chats:
             return SendResult.permanent("no telegram chat id")

@@ -25,7 +25,6 @@ import binascii
 import hashlib
 import hmac
 import time
-from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
@@ -34,7 +33,7 @@ import msgspec
 from vestnik.streams.channels.base import Channel, DataTargets, SendResult, classify_http
 from vestnik.streams.channels.http1 import HttpPool
 from vestnik.streams.config import Config, ConfigError
-from vestnik.streams.schemas import Notice, User, public_json
+from vestnik.streams.schemas import ChannelTarget, Notice, User, public_json
 
 TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
 def secret_key(secret: str) -> bytes:
@@ -51,9 +50,9 @@ def sign(key: bytes, msg_id: str, timestamp: int, body: bytes) -> str:
     return "v1," + base64.b64encode(hmac.new(key, signed, hashlib.sha256).digest()).decode()
 
 
-def _password(url: object) -> str | None:
+def _password(url: str | None) -> str | None:
     try:
-        return urlsplit(url).password if isinstance(url, str) else None
+        return urlsplit(url).password if url is not None else None
     except ValueError:
         return None
 
@@ -78,24 +77,24 @@ class WebhookChannel(Channel):
         return cls(targets, key, None if targets.proxied else HttpPool(
             per_host=16, headers={"User-Agent": "vestnik"}, resolve=targets.egress.resolve))
 
-    async def send(self, notice: Notice, user: User | None, target: dict[str, Any]
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
         """`_send`, with a `user:pw@` password in the URL kept out of the detail (it goes
         to /deliveries and the admin page; the receiver gets it as Basic auth)."""
         result = await self._send(notice, target)
-        pw = _password(target.get("url"))
+        pw = _password(target.url)
         if not pw or f":{pw}@" not in result.detail:
             return result
         return msgspec.structs.replace(result, detail=result.detail.replace(f":{pw}@", ":***@"))
 
-    async def _send(self, notice: Notice, target: dict[str, Any]) -> SendResult:
-        url = target.get("url")
-        if not isinstance(url, str) or not url.startswith(("http://", "https://")):
+    async def _send(self, notice: Notice, target: ChannelTarget) -> SendResult:
+        url = target.url
+        if url is None or not url.startswith(("http://", "https://")):
             return SendResult.permanent(f"webhook: bad url {url!r}")
         key = self.key
-        if target.get("secret"):
+        if target.secret:
             try:
-                key = secret_key(str(target["secret"]))
+                key = secret_key(target.secret)
             except ValueError as e:
                 return SendResult.permanent(f"webhook: {e}")
         body = public_json(notice)

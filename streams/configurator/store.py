@@ -34,13 +34,14 @@ from vestnik.streams.keys import SETTINGS_TOPIC, Keys
 from vestnik.streams.metrics import EVENTS_PUBLISHED
 from vestnik.streams.schemas import (
     AlertSetting,
+    ChannelMap,
     SettingIn,
     SettingList,
     SettingPatch,
     TopicEvent,
+    decoder,
     json_encode,
     topic_fields,
-    validate_channel,
 )
 
 DEFAULT_LIMIT = 50
@@ -49,7 +50,7 @@ CAS_ATTEMPTS = 20
 _NAME_RE = re.compile(r"^[\w.:-]{1,200}\Z")  # \Z: `$` matches before a final LF
 _ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}\Z")
 
-_decode_setting = msgspec.json.Decoder(AlertSetting).decode
+_decode_setting = decoder(AlertSetting).decode
 
 # compare and set of one setting (its header names KEYS and ARGV)
 _WRITE = lua.script("configurator/write.lua", TOPIC=SETTINGS_TOPIC)
@@ -104,34 +105,19 @@ def check_name(name: str) -> str:
     return name
 
 
-def check_urls(channel: dict[str, Any], egress: Egress) -> None:
+def check_urls(channel: ChannelMap, egress: Egress) -> None:
     """A `url` whose host is a literal address the egress policy refuses is bad input now
     (names resolve when sending: the forwarder refuses those then)."""
-    for name, value in channel.items():
-        url = value.get("url") if isinstance(value, dict) else None
-        if isinstance(url, str):
-            try:
-                host = urlsplit(url).hostname or ""
-            except ValueError:
-                continue  # the channel refuses it when sending, naming it
-            why = egress.check_literal(host)
-            if why is not None:
-                raise BadInput(why, field=f"$.channel.{name}.url")
-
-
-def normalize_channel(channel: dict[str, Any], egress: Egress | None = None
-                      ) -> dict[str, Any]:
-    """Validate `channel` (BadInput names the path) and store user ids as strings:
-    `"users": [1, 2]` means `["1", "2"]`. Everything else is kept as given."""
-    validate_channel(channel)
-    if egress is not None:
-        check_urls(channel, egress)
-    out: dict[str, Any] = {}
-    for name, value in channel.items():
-        if isinstance(value, dict) and isinstance(value.get("users"), list):
-            value = {**value, "users": [str(u) for u in value["users"]]}
-        out[name] = value
-    return out
+    for name, target in channel.targets.items():
+        if target.url is None:
+            continue
+        try:
+            host = urlsplit(target.url).hostname or ""
+        except ValueError:
+            continue  # the channel refuses it when sending, naming it
+        why = egress.check_literal(host)
+        if why is not None:
+            raise BadInput(why, field=f"$.channel.{name}.url")
 
 
 class SettingsStore:
@@ -174,19 +160,20 @@ class SettingsStore:
 
     # writes --------------------------------------------------------------------------
     async def create(self, body: SettingIn) -> AlertSetting:
-        channel = normalize_channel(body.channel, self.egress)
+        self._check_urls(body.channel)
         now = now_ms()
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
-                               channel=channel, enabled=body.enabled, version=1,
+                               channel=body.channel, enabled=body.enabled, version=1,
                                created_at=now, updated_at=now)
         await self._cas(setting, expected="", old_name=body.name, op="create")
         return setting
 
     async def replace(self, sid: str, body: SettingIn,
                       if_match: frozenset[int] | None = None) -> AlertSetting:
-        channel = normalize_channel(body.channel, self.egress)
+        self._check_urls(body.channel)
         return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
-            cur, name=body.name, metric=body.metric, channel=channel, enabled=body.enabled))
+            cur, name=body.name, metric=body.metric, channel=body.channel,
+            enabled=body.enabled))
 
     async def patch(self, sid: str, body: SettingPatch,
                     if_match: frozenset[int] | None = None) -> AlertSetting:
@@ -195,7 +182,7 @@ class SettingsStore:
             if getattr(body, f) is not None
         }
         if body.channel is not None:
-            changes["channel"] = normalize_channel(body.channel, self.egress)
+            self._check_urls(body.channel)
         return await self._update(sid, if_match,
                                   lambda cur: msgspec.structs.replace(cur, **changes))
 
@@ -220,6 +207,10 @@ class SettingsStore:
             if await self._cas(new, expected=digest, old_name=cur.name, op="update"):
                 return new
         raise Conflict("the setting keeps changing; try again")
+
+    def _check_urls(self, channel: ChannelMap) -> None:
+        if self.egress is not None:  # None: the demo's own settings
+            check_urls(channel, self.egress)
 
     @staticmethod
     def _check(cur: AlertSetting, if_match: frozenset[int] | None) -> None:

@@ -1,7 +1,8 @@
 """Delayed forwarding: one arq job per (notice, user), run when due, sending only if unread.
 
-- `schedule`: what a forward is (`ForwardJob`) and how one is scheduled: arq's own job
-  record written by one script call per job, or inside the notice center's store call
+- `schedule`: what a forward is (`ForwardJob`), which channels it uses for a user
+  (`user_routes`, asked by the center and by the job) and how one is scheduled: arq's own
+  job record written by one script call per job, or inside the notice center's store call
   (`store_call_jobs`, `store_jobs.lua`). The only code that knows arq's record format,
   key prefixes and constants (`arq_keys` for everyone else).
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
@@ -24,6 +25,8 @@ from vestnik.streams.forward.schedule import (
     forward_jobs_for,
     job_record,
     store_call_jobs,
+    user_routes,
+    wants_job,
 )
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
@@ -31,5 +34,5 @@ __all__ = [
     "BROADCAST", "KEEP_RESULT_S", "ArqKeys", "BatchJob", "Claim", "Delivery", "DeliveryList",
     "ForwardJob", "ForwardWorker", "add_forward_jobs", "arq_keys", "decode_delivery",
     "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "run_forwarder",
-    "store_call_jobs",
+    "store_call_jobs", "user_routes", "wants_job",
 ]

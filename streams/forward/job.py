@@ -4,12 +4,13 @@ The job (`forward(ctx, nid, uid)`)
     Loads the notice (`keys.notice(nid)`) and the user (`HGET keys.state("user") uid`).
     The notice is unread by `uid` while it is in the user's feed and not in their read set
     (`keys.read`; a notice retention dropped counts as read). A read notice is recorded
-    `skipped_read` and nothing is sent. Otherwise each external
-    channel entry of `notice.channels` (not `ui` / `forward_after`) that lists the user
-    in `users` or has no `users` list is sent to the user's address on it, unless the
-    user's prefs switch it off (`prefs: {"email": false}` → `skipped_pref`) or the user
-    has no address there. uid `*` is the notice's user-independent targets (telegram
-    `chat_ids`, a webhook or Slack `url`), sent only if no recipient has read it.
+    `skipped_read` and nothing is sent. Otherwise it sends on the channels that
+    `schedule.user_routes` decides (as the center did when it scheduled the job): each
+    external entry of `notice.channels` that names the user, or names nobody, to the
+    user's address on it, unless the user muted the alert or switched the channel off
+    (`prefs: {"email": false}` → `skipped_pref`) or has no address there. uid `*` is
+    the notice's user-independent targets (telegram `chat_ids`, a webhook or Slack
+    `url`), sent only if no recipient has read it.
 
 Retries
     `retry` results (timeouts, refused connections, 5xx, 429) raise arq's `Retry` with
@@ -52,12 +53,12 @@ from vestnik.streams import lua
 from vestnik.streams.channels import Channels, SendResult
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config
-from vestnik.streams.forward.schedule import BROADCAST, Claim, external_channels, msgpack_encode
+from vestnik.streams.forward.schedule import BROADCAST, Claim, msgpack_encode, user_routes
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.metrics import FORWARD_ATTEMPTS
 from vestnik.streams.redis import RETRYABLE
-from vestnik.streams.schemas import Notice, User, decode_user, json_encode
+from vestnik.streams.schemas import ChannelTarget, Notice, User, decode_user, decoder, json_encode
 
 log = logging.getLogger("vestnik.forward")
 
@@ -85,7 +86,7 @@ class DeliveryList(msgspec.Struct):
     items: list[Delivery]
 
 
-_notice_decoder = msgspec.json.Decoder(Notice)
+_notice_decoder = decoder(Notice)
 _delivery_decoder = msgspec.json.Decoder(Delivery)
 
 
@@ -110,7 +111,7 @@ PENDING: ContextVar[list[Pending] | None] = ContextVar("forward_pending", defaul
 class Send(msgspec.Struct):
     channel: str
     marker: str  # marker key suffix: channel, or channel:key for one shared target
-    target: dict[str, Any]
+    target: ChannelTarget
 
 
 async def read_many(redis: Any, adds: list[Callable[[Any], None]]
@@ -258,34 +259,20 @@ class Forwarder:
 
     def _user_sends(self, notice: Notice, user: User, attempt: int
                     ) -> tuple[list[Send], list[Delivery]]:
-        sends: list[Send] = []
-        records: list[Delivery] = []
-        for name, target in external_channels(notice).items():
-            users = target.get("users")
-            if isinstance(users, list) and user.id not in {str(u) for u in users}:
-                continue
-            address = self.channels.user_address(name)
-            if name in self.channels.classes and address is None:
-                continue  # not a per-user channel: the `*` job sends to its targets
-            if user.prefs.get(name) is False:
-                if attempt == 1:
-                    records.append(self._rec(user.id, name, attempt, "skipped_pref",
-                                             f"user {user.id} switched {name} off"))
-                continue
-            if address is not None and not getattr(user, address, None):
-                if attempt == 1:  # read when sending: an address published later is used
-                    records.append(self._rec(user.id, name, attempt, "skipped_no_address",
-                                             f"user {user.id} has no {address}"))
-                continue
-            sends.append(Send(name, name, target))
+        """What `user_routes` decides (as the center did): the sends, and a record of each
+        channel skipped (on the first attempt only: a retry skips it again)."""
+        routes = user_routes(notice, user, self.channels.addresses)
+        sends = [Send(r.channel, r.channel, r.target) for r in routes if r.skip is None]
+        records = [self._rec(user.id, r.channel, attempt, r.skip, r.detail)
+                   for r in routes if r.skip is not None] if attempt == 1 else []
         return sends, records
 
     def _shared_sends(self, notice: Notice) -> list[Send]:
         sends: list[Send] = []
-        for name, target in external_channels(notice).items():
+        for name, target in notice.channels.external():
             channel = self.channels.get(name)
             if channel is None:
-                if target.get("chat_ids") or target.get("url"):
+                if target.shared:
                     sends.append(Send(name, name, target))  # recorded as not configured
                 continue
             for key, one in channel.shared_targets(target):

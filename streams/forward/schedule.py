@@ -1,4 +1,9 @@
-"""What a forward is, and how one is scheduled: arq's own job records, one script call each.
+"""What a forward is, which channels it uses, and how one is scheduled: arq's own job
+records, one script call each.
+
+`user_routes(notice, user, addresses)` is the one place that decides which external
+channels a forward to a user goes on (mute, per-channel prefs, `users` lists, addresses):
+the center asks it whether to schedule a job (`forward_jobs_for`), the job what to send.
 
 `add_forward_jobs(pipe, keys, jobs)` queues onto the caller's pipeline one EVALSHA per
 job of a small Lua script that writes arq's own job record: if neither
@@ -23,7 +28,8 @@ constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple
+from collections.abc import Iterable, Mapping
+from typing import Any, Literal, NamedTuple
 
 import msgspec
 from arq.constants import (
@@ -37,11 +43,10 @@ from arq.constants import (
 from vestnik.streams import lua
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 FUNCTION = "forward"  # the arq function every forward job runs
 BROADCAST = "*"  # the uid of a notice's user-independent targets
-NOT_CHANNELS = frozenset({"ui", "forward_after"})
 KEEP_RESULT_S = 3600  # arq result kept this long: re-scheduling within it is a no-op
 RETRY_TTL_S = 88_400  # arq's run_job expires a job's try counter after this (arq.worker)
 # arq's keys and constants as the scripts' placeholders (streams.lua)
@@ -139,38 +144,81 @@ def forward_delay(notice: Notice, default: float) -> float:
     """Seconds after `created_at` to forward: the notice's, else its setting's, else default."""
     if notice.forward_after is not None:
         return notice.forward_after
-    value = notice.channels.get("forward_after")
-    if isinstance(value, int | float) and not isinstance(value, bool) and value >= 0:
-        return float(value)
+    if notice.channels.forward_after is not None:
+        return notice.channels.forward_after
     return default
 
 
-def external_channels(notice: Notice) -> dict[str, dict[str, Any]]:
-    return {name: target for name, target in notice.channels.items()
-            if name not in NOT_CHANNELS and isinstance(target, dict)}
+Skip = Literal["skipped_pref", "skipped_no_address"]
 
 
-def forward_jobs_for(notice: Notice, default_after: float) -> list[ForwardJob]:
-    """The jobs a stored notice needs (none when it has no external channel).
+class Route(msgspec.Struct, frozen=True):
+    """One external channel of a forward to one user: sent on, or `skip` says why not."""
 
-    One per user recipient named by an external channel entry (an entry without `users`
-    names every recipient), plus `*` when an entry has `chat_ids` or a `url`.
+    channel: str
+    target: ChannelTarget
+    skip: Skip | None = None
+    detail: str = ""
+
+
+def user_routes(notice: Notice, user: User, addresses: Mapping[str, str | None]
+                ) -> list[Route]:
+    """The one place that decides which external channels a forward of `notice` to `user`
+    uses: the center (whether to schedule a job) and the job (what to send) both ask it.
+
+    An entry reaches the user when it names them (or names nobody: every recipient). It is
+    `skipped_pref` when the user muted the alert or switched the channel off (`prefs:
+    {"email": false}`), `skipped_no_address` when the user has no address on it.
+    `addresses`: each installed channel's User field (`Channel.user_address`; None for a
+    channel with shared targets only, such as a webhook URL, which the `*` job serves). A
+    channel not in it (a plugin installed elsewhere) is sent to: the job records it unknown.
     """
-    ext = external_channels(notice)
-    if not ext:
+    routes: list[Route] = []
+    muted: bool | None = None  # asked once an entry reaches the user
+    for name, target in notice.channels.external():
+        if not target.names(user.id):
+            continue
+        address = addresses.get(name)
+        if address is None and name in addresses:
+            continue  # shared targets only: the `*` job
+        if muted is None:
+            muted = user.mutes(notice.alert)
+        if muted:
+            routes.append(Route(name, target, "skipped_pref",
+                                f"user {user.id} muted alert {notice.alert}"))
+        elif user.prefs.get(name) is False:
+            routes.append(Route(name, target, "skipped_pref",
+                                f"user {user.id} switched {name} off"))
+        elif address is not None and not getattr(user, address, None):
+            routes.append(Route(name, target, "skipped_no_address",
+                                f"user {user.id} has no {address}"))
+        else:
+            routes.append(Route(name, target))
+    return routes
+
+
+def wants_job(routes: list[Route]) -> bool:
+    """Whether `user_routes` leave something for a job: a send, or a missing address (the
+    job reads the profile when it runs: an address published meanwhile is used)."""
+    for r in routes:
+        if r.skip != "skipped_pref":
+            return True
+    return False
+
+
+def forward_jobs_for(notice: Notice, users: Iterable[User],
+                     addresses: Mapping[str, str | None], default_after: float
+                     ) -> list[ForwardJob]:
+    """The jobs a stored notice needs (none when it has no external channel): one per user
+    of `users` (its recipients) that `user_routes` leave something for, plus `*` when an
+    entry has user-independent targets (`chat_ids`, `url`)."""
+    if not notice.channels.external():
         return []
     base = notice.created_at or now_ms()
     due = base + int(forward_delay(notice, default_after) * 1000)
-    uids: dict[str, None] = {}
-    shared = False
-    for target in ext.values():
-        users = target.get("users")
-        for uid in (users if isinstance(users, list) else notice.recipients):
-            uids[str(uid)] = None
-        if target.get("chat_ids") or target.get("url"):
-            shared = True
-    jobs = [ForwardJob(notice.id, uid, due) for uid in uids]
-    if shared:
+    jobs = [ForwardJob(notice.id, u.id, due) for u in users
+            if wants_job(user_routes(notice, u, addresses))]
+    if notice.channels.shared:
         jobs.append(ForwardJob(notice.id, BROADCAST, due))
     return jobs
 

@@ -246,6 +246,10 @@ async def test_a_caller_id_with_other_content_is_refused(api: Api, redis: Redis,
     ("recipients", ["1", "2\n"], "$.recipients[1]"),
     ("setting_id", "s\x00", "$.setting_id"),
     ("entity", {"topic": "vm", "id": "42\r"}, "$.entity.id"),
+    # the channel map too, decoded where it comes in (it was a 202 and a dead letter)
+    ("channels", {"email": {"users": [None]}}, "$.channels.email.users[0]"),
+    ("channels", {"sms": "everyone"}, "$.channels.sms"),
+    ("channels", {"forward_after": "soon"}, "$.channels.forward_after"),
 ])
 async def test_ids_are_checked_at_the_edge(api: Api, redis: Redis, field, value, path):
     async with api.client() as svc:
@@ -261,11 +265,12 @@ async def test_stream_entries_with_bad_ids_are_dead_lettered(redis, start_proc):
         {**entry("crlf"), "id": "a\r\nb"},
         {**entry("nul recipient"), "recipients": json.dumps(["1", "u\x00"])},
         {**entry("a ulid"), "id": "01HZZZZZZZZZZZZZZZZZZZZZZZ"},
+        {**entry("bad channel map"), "channels": json.dumps({"email": {"users": [[]]}})},
     ])
     run_burst(start_proc)
     letters = await dead(redis)
-    assert [(d["entry"], d["field"]) for d in letters] == [(ids[0], "$.id"),
-                                                          (ids[1], "$.recipients[1]")]
+    assert [(d["entry"], d["field"]) for d in letters] == [
+        (ids[0], "$.id"), (ids[1], "$.recipients[1]"), (ids[3], "$.channels.email.users[0]")]
     assert await feed(redis, "1") == ["01HZZZZZZZZZZZZZZZZZZZZZZZ"]
 
 

@@ -10,36 +10,38 @@ from center_support import K
 
 from vestnik.streams import lua
 from vestnik.streams.center.ingest import prepare
-from vestnik.streams.center.plan import (
-    channel_users,
-    derived_id,
-    is_muted,
-    merge_channels,
-    wants_forward,
-)
+from vestnik.streams.center.plan import derived_id, merge_channels
 from vestnik.streams.center.store import choose_trim
 from vestnik.streams.errors import BadInput
+from vestnik.streams.forward import user_routes, wants_job
 from vestnik.streams.ids import encode_ulid
 from vestnik.streams.schemas import (
     AlertSetting,
+    ChannelMap,
     Notice,
     NoticeIn,
+    SettingIn,
     User,
+    convert,
     decode_notice_entry,
     decode_user,
 )
 
 
+def channels(wire: dict) -> ChannelMap:
+    return convert(wire, ChannelMap)
+
+
 def setting(sid: str, channel: dict, enabled: bool = True) -> AlertSetting:
-    return AlertSetting(id=sid, name="disk", channel=channel, enabled=enabled)
+    return AlertSetting(id=sid, name="disk", channel=channels(channel), enabled=enabled)
 
 
 def test_channel_users_in_order_once_ints_as_strings():
-    assert channel_users({"ui": {"users": ["1", "2"]}, "email": {"users": [2, 3]},
-                          "telegram": {"chat_ids": [7]}, "forward_after": 60}) == ["1", "2", "3"]
-    assert channel_users({}) == []
+    assert channels({"ui": {"users": ["1", "2"]}, "email": {"users": [2, 3]},
+                     "telegram": {"chat_ids": [7]}, "forward_after": 60}).users() == ["1", "2", "3"]
+    assert channels({}).users() == []
     with pytest.raises(BadInput) as e:
-        channel_users({"email": "everyone"})
+        convert({"name": "disk", "channel": {"email": "everyone"}}, SettingIn)
     assert e.value.field == "$.channel.email"
 
 
@@ -52,27 +54,40 @@ def test_merge_channels_of_several_settings():
     ])
     assert merged == {"ui": {"users": ["1", "2"]}, "telegram": {"chat_ids": [5]},
                       "webhook": {"url": "http://x"}, "forward_after": 60}
+    # an entry naming nobody names every recipient: united with a list, it still does
+    merged = merge_channels([setting("a", {"email": {}}), setting("b", {"email": {"users": [1]}})])
+    assert merged == {"email": {}}
+    one = setting("a", {"email": {}})
+    assert merge_channels([one, setting("b", {})]) is one.channel
+    assert not merge_channels([])
+
+
+def wants(n: Notice, user: User, addresses: dict | None = None) -> bool:
+    return wants_job(user_routes(n, user, addresses or {}))
 
 
 def test_mute_and_channel_prefs():
     user = User(id="1", prefs={"mute": ["disk"], "email": False})
-    assert is_muted(user, "disk") and not is_muted(user, "cpu")
-    assert not is_muted(User(id="2", prefs={"mute": "disk"}), "disk")  # not a list: ignored
+    assert user.mutes("disk") and not user.mutes("cpu")
+    assert not User(id="2", prefs={"mute": "disk"}).mutes("disk")  # not a list: ignored
     n = Notice(id="n", alert="cpu", title="t",
-               channels={"ui": {}, "email": {}, "forward_after": 5})
-    assert not wants_forward(n, user)  # email switched off, ui is not external
-    assert wants_forward(n, User(id="2"))
-    n.channels["slack"] = {"users": ["3"]}
-    assert not wants_forward(n, user)  # slack names someone else
-    n.channels["slack"] = {"users": [1]}
-    assert wants_forward(n, user)
+               channels=channels({"ui": {}, "email": {}, "forward_after": 5}))
+    assert not wants(n, user)  # email switched off, ui is not external
+    assert wants(n, User(id="2"))
+    n.channels = channels({"ui": {}, "email": {}, "slack": {"users": ["3"]}})
+    assert not wants(n, user)  # slack names someone else
+    n.channels = channels({"ui": {}, "email": {}, "slack": {"users": [1]}})
+    assert wants(n, user)
+    n.alert = "disk"
+    assert not wants(n, user)  # muted: no channel
     # with the channels' user fields: a user without an address still gets a job (it reads
     # the profile when it sends); a channel with shared targets only makes none per user
     addresses = {"email": "email", "slack": "slack_user", "webhook": None}
-    assert wants_forward(n, User(id="2"), addresses)
-    assert wants_forward(n, User(id="2", email="b@example.org"), addresses)
-    hook = Notice(id="n", alert="cpu", title="t", channels={"webhook": {"url": "http://x"}})
-    assert not wants_forward(hook, User(id="2", email="b@example.org"), addresses)
+    assert wants(n, User(id="2"), addresses)
+    assert wants(n, User(id="2", email="b@example.org"), addresses)
+    hook = Notice(id="n", alert="cpu", title="t",
+                  channels=channels({"webhook": {"url": "http://x"}}))
+    assert not wants(hook, User(id="2", email="b@example.org"), addresses)
 
 
 def test_derived_id_is_a_stable_ulid_of_the_entry():

@@ -16,17 +16,19 @@ from redis.asyncio import Redis
 from standardwebhooks import Webhook
 
 from support import base_env, eventually
+from vestnik.streams.channels import Channel, Channels, SendResult, available
 from vestnik.streams.config import Config, load
 from vestnik.streams.forward import (
     BROADCAST,
     ForwardJob,
     add_forward_jobs,
     arq_keys,
+    make_worker,
     run_forwarder,
 )
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
-from vestnik.streams.schemas import Notice, User
+from vestnik.streams.schemas import AlertSetting, ChannelTarget, Notice, User, decode_json
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
@@ -681,3 +683,61 @@ async def test_recorded_answer_is_cut_and_redirects_are_not_followed(
     assert sorted(r.path for r in http_sink.requests) == ["/long", "/redirect"]
     assert log["webhook"].status == "failed" and log["webhook"].detail.count("E") == 200
     assert log["slack"].status == "failed" and "HTTP 307" in log["slack"].detail
+
+
+class Sms(Channel):
+    """A plugin's channel (entry point group `vestnik.channels`): what it is handed."""
+
+    name = "sms"
+    user_address = "email"  # a User field the test's users have
+
+    def __init__(self) -> None:
+        self.got: list[tuple[str | None, ChannelTarget]] = []
+
+    async def send(self, notice: Notice, user: User | None, target: ChannelTarget
+                   ) -> SendResult:
+        self.got.append((user.id if user else None, target))
+        return SendResult.sent("queued")
+
+
+async def test_a_plugin_channel_gets_its_entry_as_the_setting_says(api, redis: Redis,
+                                                                   keys: Keys, redis_url):
+    """A channel only the forwarder knows: its entry, written through the settings API,
+    reaches its class typed (`users`), with its own fields as they were sent (`extra`)."""
+    settings = make_settings(redis_url)
+    async with api.client() as http:
+        r = await http.post("/api/v1/settings", json={"name": "disk", "channel": {
+            "ui": {"users": ["1"]},
+            "sms": {"users": [1], "template": "short", "sender": {"id": 7}}}})
+        assert r.status_code == 201, r.text
+    setting = decode_json(await redis.hget(keys.settings, r.json()["id"]), AlertSetting)
+    await store_user(redis, keys, ALICE)
+    n = notice(channels=setting.channel)
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    channels = Channels.from_settings(settings, classes={**available(), "sms": Sms})
+    sms = channels.get("sms")
+    assert isinstance(sms, Sms)
+    worker = make_worker(settings, burst=True, channels=channels)
+    await asyncio.wait_for(run_forwarder(settings, burst=True, worker=worker), 20)
+    assert sms.got == [("1", ChannelTarget(users=("1",), extra={"template": "short",
+                                                                "sender": {"id": 7}}))]
+    assert [(d.channel, d.status) for d in await deliveries(redis, keys, n.id)] == \
+        [("sms", "sent")]
+
+
+async def test_muted_after_it_was_scheduled_nothing_is_sent(redis: Redis, keys: Keys,
+                                                            redis_url, smtp: SmtpSink):
+    """The job asks what the center asked (`user_routes`): a user who muted the alert since
+    gets no email, and the log says why."""
+    settings = make_settings(redis_url, VESTNIK_SMTP_URL=smtp.url,
+                             VESTNIK_SMTP_FROM="vestnik@example.org")
+    await store_user(redis, keys, User(id="1", email="alice@example.org",
+                                       prefs={"mute": ["disk"]}))
+    n = notice()
+    await store_notice(redis, keys, n)
+    await schedule(redis, keys, ForwardJob(n.id, "1", now_ms()))
+    await burst(settings)
+    assert smtp.mails == []
+    assert [(d.channel, d.status, d.detail) for d in await deliveries(redis, keys, n.id)] == \
+        [("email", "skipped_pref", "user 1 muted alert disk")]
