@@ -15,7 +15,7 @@ import msgspec
 
 from support import ROOT
 from vestnik.app.demo import ALERT, MailSink, Simulator
-from vestnik.app.pages import mailbox_key
+from vestnik.streams.keys import Keys
 from vestnik.streams.redis_server import free_port
 
 
@@ -66,7 +66,7 @@ def test_demo_alert_bad_threshold_is_reported_not_fatal():
 
 async def test_mail_sink_keeps_messages_from_a_real_client(redis):
     port = free_port()
-    key = mailbox_key("vn:")
+    key = Keys("vn:").demo_mail
     sink = await MailSink(redis, key, "127.0.0.1", port).start()
     try:
         smtp = aiosmtplib.SMTP(hostname="127.0.0.1", port=port, start_tls=False)
