@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import deque
+from collections.abc import Iterable
 from typing import Generic, TypeVar
 
 from vestnik.streams.ids import parse_stream_id
@@ -93,3 +94,11 @@ class Mailbox(Generic[T]):
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.set_result(None)
+
+
+def close_all(groups: Iterable[Iterable[Mailbox[T]]]) -> None:
+    """End every subscriber's stream (a hub's shutdown: clients resume elsewhere with
+    Last-Event-ID)."""
+    for subs in groups:
+        for sub in subs:
+            sub.close()

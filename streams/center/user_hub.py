@@ -26,7 +26,7 @@ import msgspec
 from redis.asyncio import Redis
 from redis.asyncio.client import PubSub
 
-from vestnik.streams.fanout import LiveItem, Mailbox, cancel_and_wait
+from vestnik.streams.fanout import LiveItem, Mailbox, cancel_and_wait, close_all
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import READER_RECONNECTS, SSE_DROPPED
 from vestnik.streams.redis import RETRYABLE, Backoff, reader
@@ -72,9 +72,7 @@ class UserHub:
         """End every connection's stream (server shutdown: clients resume elsewhere with
         Last-Event-ID). app/server.py calls it on SIGTERM, so a restart does not wait out
         uvicorn's graceful timeout on open SSE connections."""
-        for subs in self.subs.values():
-            for sub in subs:
-                sub.close()
+        close_all(self.subs.values())
 
     async def stop(self) -> None:
         self._stopping = True

@@ -19,7 +19,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from vestnik.streams.errors import BadInput
-from vestnik.streams.fanout import Mailbox, TopicItem, cancel_and_wait
+from vestnik.streams.fanout import Mailbox, TopicItem, cancel_and_wait, close_all
 from vestnik.streams.ids import parse_stream_id
 from vestnik.streams.keys import SETTINGS_TOPIC, USER_TOPIC, Keys
 from vestnik.streams.metrics import (
@@ -90,9 +90,7 @@ class TopicHub:
 
     def close_subscribers(self) -> None:
         """End every subscriber's stream (server shutdown: clients reconnect elsewhere)."""
-        for subs in self.subscribers.values():
-            for sub in subs:
-                sub.close()
+        close_all(self.subscribers.values())
 
     async def stop(self) -> None:
         self._stopping = True
