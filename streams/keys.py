@@ -206,10 +206,44 @@ class Keys:
         """What every forward job id begins with (`forward_job`)."""
         return f"{self.prefix}fwd:"
 
-    def forward_job(self, nid: str, uid: str) -> str:
+    def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
-        pair, so re-ingesting a notice never schedules a second one."""
+        pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
+        re-ingesting a notice never schedules a second one."""
+        if stage:
+            return f"{self.prefix}fwd:{nid}:{uid}:{stage}"
         return f"{self.prefix}fwd:{nid}:{uid}"
+
+    def threads(self, nid: str) -> str:
+        """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
+        `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
+        Deleted with the body (center/release.lua, purge_user.lua)."""
+        return f"{self.prefix}notice:{nid}:threads"
+
+    def digest(self, uid: str, channel: str) -> str:
+        """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
+        of `uid` on `channel` (streams.forward.digest owns it)."""
+        return f"{self.prefix}{{u:{uid}}}:digest:{channel}"
+
+    def snooze(self, uid: str) -> str:
+        """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
+        return f"{self.prefix}{{u:{uid}}}:snooze"
+
+    @property
+    def silences(self) -> str:
+        """Hash `silence id -> Silence JSON` (admin silences; expired ones pruned by writes)."""
+        return f"{self.prefix}silences"
+
+    @property
+    def silences_version(self) -> str:
+        """Counter: bumped by every silence write, so a center reloads them only on change."""
+        return f"{self.prefix}silences:v"
+
+    @property
+    def incidents_due(self) -> str:
+        """Sorted set `msgpack [notice id, scoped dedup key]` -> ms: incidents that resolve
+        by themselves (`resolve_after`) unless repeated before; owned by the center."""
+        return f"{self.prefix}incidents:due"
 
     @property
     def forward_wake(self) -> str:

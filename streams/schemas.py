@@ -19,6 +19,7 @@ from vestnik.streams.ids import now_ms
 T = TypeVar("T")
 
 Op = Literal["create", "update", "delete"]
+IncidentStatus = Literal["firing", "resolved"]
 Severity = Literal["info", "warning", "critical"]
 _NO_CONTROL = r"^[^\x00-\x1f\x7f]*(?!\n)$"
 # names that become Redis keys, log lines and headers (alert, dedup key, entity id): no CR,
@@ -147,7 +148,16 @@ def topic_fields(ev: TopicEvent) -> dict[str, str | bytes]:
 
 IN_APP = "ui"  # the channel map's in-app entry: who gets the notice in their feed
 _FORWARD_AFTER = "forward_after"  # the one key of a channel map that names no channel
-_TARGET_FIELDS = frozenset({"users", "chat_ids", "url", "secret"})
+_TARGET_FIELDS = frozenset({"users", "chat_ids", "url", "secret", "after", "digest"})
+
+
+class DigestPolicy(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """`digest` of a channel entry (or of a user's `prefs.digest.<channel>`): the notices
+    due on the channel within `window` seconds go as one message, listing at most `limit`
+    of them (newest first) and "and N more"."""
+
+    window: Annotated[float, msgspec.Meta(gt=0, le=7 * 86_400)]
+    limit: Annotated[int, msgspec.Meta(ge=1, le=100)] = 20
 
 
 class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
@@ -160,6 +170,10 @@ class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
     chat_ids: tuple[int | str, ...] = ()
     url: str | None = None
     secret: str | None = None
+    # seconds after the notice's creation this channel sends (escalation: telegram now,
+    # email in 15 minutes if still unread); None: the map's `forward_after`
+    after: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    digest: DigestPolicy | None = None
     extra: dict[str, Any] = {}
 
     def names(self, uid: str) -> bool:
@@ -182,6 +196,10 @@ class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
             out["url"] = self.url
         if self.secret is not None:
             out["secret"] = self.secret
+        if self.after is not None:
+            out["after"] = self.after
+        if self.digest is not None:
+            out["digest"] = msgspec.to_builtins(self.digest)
         out.update(self.extra)
         return out
 
@@ -321,7 +339,12 @@ _TARGET_SCHEMA = {"type": "object", "properties": {
               "description": "user ids (absent: every recipient)"},
     "chat_ids": {"type": "array", "items": {"anyOf": [{"type": "integer"},
                                                       {"type": "string"}]}},
-    "url": {"type": "string"}, "secret": {"type": "string"}}}
+    "url": {"type": "string"}, "secret": {"type": "string"},
+    "after": {"type": "number", "minimum": 0,
+              "description": "seconds after creation this channel sends (default: forward_after)"},
+    "digest": {"type": "object", "required": ["window"], "properties": {
+        "window": {"type": "number", "exclusiveMinimum": 0, "maximum": 604800},
+        "limit": {"type": "integer", "minimum": 1, "maximum": 100}}}}}
 
 
 def schema_hook(typ: type) -> dict[str, Any]:
@@ -343,6 +366,10 @@ class AlertSetting(msgspec.Struct, kw_only=True):
     metric: dict[str, Any] = {}
     channel: ChannelMap = NO_CHANNELS
     enabled: bool = True
+    # incidents (notices with a dedup_key): a "resolved" message to every channel that got
+    # the firing one; resolved by itself after this many seconds without a repeat
+    send_resolved: bool = False
+    resolve_after: float | None = None
     version: int = 1
     created_at: int = 0
     updated_at: int = 0
@@ -352,6 +379,9 @@ AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
                                          pattern=r"^[\w.:-]+(?!\n)$")]
 
 
+ResolveAfter = Annotated[float, msgspec.Meta(gt=0, le=365 * 86_400)]
+
+
 class SettingIn(Strict):
     """Body of POST and PUT /settings."""
 
@@ -359,6 +389,8 @@ class SettingIn(Strict):
     metric: dict[str, Any] = {}
     channel: ChannelMap = NO_CHANNELS
     enabled: bool = True
+    send_resolved: bool = False
+    resolve_after: ResolveAfter | None = None
 
 
 class SettingPatch(Strict):
@@ -368,6 +400,8 @@ class SettingPatch(Strict):
     metric: dict[str, Any] | None = None
     channel: ChannelMap | None = None
     enabled: bool | None = None
+    send_resolved: bool | None = None
+    resolve_after: ResolveAfter | None = None
 
 
 class SettingList(msgspec.Struct):
@@ -406,6 +440,12 @@ class Notice(msgspec.Struct, omit_defaults=True, kw_only=True):
     channels: ChannelMap = NO_CHANNELS
     dedup_key: str | None = None
     forward_after: Annotated[float, msgspec.Meta(ge=0)] | None = None
+    # an incident (a notice with a dedup_key) is "firing" until resolved; other notices
+    # have no status. Before created_at: fold.lua rewrites the body's tail (created_at,
+    # repeat, last_seen), so fields after it would be lost
+    status: IncidentStatus | None = None
+    resolved_at: int = 0
+    silenced: bool = False  # a silence matched it: stored, neither pushed live nor forwarded
     created_at: int = 0
     repeat: int = 0
     last_seen: int = 0
@@ -486,13 +526,72 @@ class User(msgspec.Struct, kw_only=True):
     email: str | None = None
     telegram_chat_id: int | str | None = None
     slack_user: str | None = None
+    apprise_urls: list[str] | None = None
     locale: str = "en"
+    # mute, per-channel switches, quiet hours, per-channel digests: streams.forward.policy
     prefs: dict[str, Any] = {}
+    # what `POST /me/snooze` set (alert name or "*" -> until, ms): filled in from
+    # `Keys.snooze(uid)` by whoever loads the user for a forward, never from the record
+    snooze: dict[str, int] = {}
 
     def mutes(self, alert: str) -> bool:
         """Whether the user muted `alert` (`prefs: {"mute": ["disk"]}`)."""
         mute = self.prefs.get("mute")
         return isinstance(mute, list) and alert in mute
+
+
+class ResolveIn(Strict):
+    """Resolve an incident (`POST /api/v1/notices/resolve`; on `vn:notices` an entry with
+    `op resolve`): the firing notice of `alert` with `dedup_key` (scoped like the notice:
+    by `setting_id` when given, else every setting of the alert and none)."""
+
+    alert: NonEmpty
+    dedup_key: Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=_NO_CONTROL)]
+    setting_id: SafeId | None = None
+    at: int | None = None  # ms; default: when the center reads it
+
+
+class SnoozeIn(Strict):
+    """Body of `POST /api/v1/me/snooze`: hold the caller's external forwards (of one alert,
+    or all) until `until` (ms)."""
+
+    until: Annotated[int, msgspec.Meta(gt=0)]
+    alert: NonEmpty | None = None
+
+
+class SilenceMatchers(Strict):
+    """What a silence matches: every field given must equal the notice's."""
+
+    alert: NonEmpty | None = None
+    entity_topic: TopicName | None = None
+    entity_id: EntityId | None = None
+    severity: Severity | None = None
+
+
+class SilenceIn(Strict):
+    """Body of `POST /api/v1/silences` (times in ms; `starts_at` default now)."""
+
+    matchers: SilenceMatchers
+    ends_at: Annotated[int, msgspec.Meta(gt=0)]
+    starts_at: int | None = None
+    comment: Annotated[str, msgspec.Meta(max_length=1000)] = ""
+    created_by: Annotated[str, msgspec.Meta(max_length=200, pattern=_NO_CONTROL)] = ""
+
+
+class Silence(msgspec.Struct, kw_only=True):
+    """A silence as stored and returned."""
+
+    id: str
+    matchers: SilenceMatchers
+    starts_at: int
+    ends_at: int
+    comment: str = ""
+    created_by: str = ""
+    created_at: int = 0
+
+
+class SilenceList(msgspec.Struct):
+    items: list[Silence]
 
 
 def decode_user(uid: str, raw: bytes) -> User | str:

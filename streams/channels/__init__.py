@@ -21,15 +21,18 @@ from vestnik.streams.channels.base import (
     HTTP_HEADERS,
     HTTP_TIMEOUT,
     Channel,
+    Digest,
     ReplyTooLarge,
     SendResult,
     capped_request,
+    digest_lines,
 )
 from vestnik.streams.channels.http1 import HttpPool
 from vestnik.streams.config import Config
 
-__all__ = ["GROUP", "HTTP_HEADERS", "Channel", "Channels", "HttpPool", "ReplyTooLarge",
-           "SendResult", "available", "capped_request", "user_addresses"]
+__all__ = ["GROUP", "HTTP_HEADERS", "Channel", "Channels", "Digest", "HttpPool",
+           "ReplyTooLarge", "SendResult", "available", "capped_request", "digest_lines",
+           "user_addresses"]
 
 GROUP = "vestnik.channels"
 log = logging.getLogger("vestnik.channels")

@@ -31,10 +31,13 @@ class SendResult(msgspec.Struct, frozen=True):
     detail: str = ""
     # seconds the other side asked us to wait (Telegram `retry_after`, HTTP Retry-After)
     retry_after: float | None = None
+    # the id the other side gave the message (Message-ID, Telegram message_id, Slack ts):
+    # kept (`Keys.threads`) so a `resolved` message can reply to it
+    ref: str | None = None
 
     @classmethod
-    def sent(cls, detail: str = "") -> SendResult:
-        return cls("ok", detail)
+    def sent(cls, detail: str = "", ref: str | None = None) -> SendResult:
+        return cls("ok", detail, None, ref)
 
     @classmethod
     def permanent(cls, detail: str) -> SendResult:
@@ -77,6 +80,19 @@ class Channel(ABC):
         `chat_ids=(123,)` or `url="https://..."`). A plugin's own fields of the entry are
         in `target.extra`."""
 
+    async def send_resolved(self, notice: Notice, user: User | None, target: ChannelTarget,
+                            reply_to: str | None) -> SendResult:
+        """Say that incident `notice` (status `resolved`) is over, as a reply to the firing
+        message when the channel can thread (`reply_to`: the `ref` its send returned, or
+        None). Default: `resolved_notice(notice)` sent as a new message."""
+        return await self.send(resolved_notice(notice), user, target)
+
+    async def send_digest(self, digest: Digest, user: User | None, target: ChannelTarget
+                          ) -> SendResult:
+        """Send several notices as one message. Default: `digest_notice(digest)` sent as
+        one notice."""
+        return await self.send(digest_notice(digest), user, target)
+
     async def aclose(self) -> None:
         """Release connections (the shared http client is closed by the registry)."""
         return None
@@ -94,6 +110,47 @@ class Channel(ABC):
         if target.url:
             return [("", target)]
         return []
+
+
+class Digest(msgspec.Struct, frozen=True, kw_only=True):
+    """What one digest message lists: `notices` newest first (at most the policy's
+    `limit`), `more` left out past it. `id` is stable for its user, channel and window."""
+
+    id: str
+    notices: list[Notice]
+    more: int = 0
+
+
+def resolved_notice(notice: Notice) -> Notice:
+    """The short "resolved" message of an incident, as a notice a channel can send."""
+    return msgspec.structs.replace(notice, title=f"Resolved: {notice.title}", body="",
+                                   severity="info")
+
+
+def digest_lines(digest: Digest) -> list[str]:
+    """One line per listed notice (`[severity] title - link`), then "and N more"."""
+    lines = [f"[{n.severity}] {n.title}" + (f" - {n.link}" if n.link else "")
+             for n in digest.notices]
+    if digest.more:
+        lines.append(f"and {digest.more} more")
+    return lines
+
+
+def digest_notice(digest: Digest) -> Notice:
+    """A digest as one notice (for channels that send notices): the count as title, a line
+    per notice as body, the ids in `data.digest`."""
+    total = len(digest.notices) + digest.more
+    first = digest.notices[0] if digest.notices else None
+    return Notice(id=digest.id, alert=first.alert if first else "digest",
+                  title=f"{total} notice{'s' if total != 1 else ''}",
+                  severity=max((n.severity for n in digest.notices), key=_SEVERITY.index,
+                               default="info"),
+                  body="\n".join(digest_lines(digest)),
+                  data={"digest": [n.id for n in digest.notices], "more": digest.more},
+                  created_at=first.created_at if first else 0)
+
+
+_SEVERITY = ("info", "warning", "critical")
 
 
 # ------------------------------------------------------------------ HTTP helpers

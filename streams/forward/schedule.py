@@ -55,11 +55,15 @@ ARQ_LUA: dict[str, int | str] = {
     "RETRY": retry_key_prefix, "RETRY_TTL_S": RETRY_TTL_S}
 
 class ForwardJob(msgspec.Struct):
-    """Forward notice `nid` to user `uid` (or `*`: its user-independent targets) at `due_ms`."""
+    """Forward notice `nid` to user `uid` (or `*`: its user-independent targets) at `due_ms`.
+    `stage` (None: the plain forward) names another kind of job on the same pair (a
+    channel group with its own `after`, a held forward, the `resolved` message...): its
+    encoding is this package's (`Stage`)."""
 
     nid: str
     uid: str
     due_ms: int
+    stage: str | None = None
 
 
 class Claim(msgspec.Struct):
