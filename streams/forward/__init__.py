@@ -15,6 +15,7 @@ from vestnik.streams.forward.job import Delivery, DeliveryList, decode_delivery
 from vestnik.streams.forward.schedule import (
     BROADCAST,
     KEEP_RESULT_S,
+    RESOLVED,
     ArqKeys,
     BatchJob,
     Claim,
@@ -24,6 +25,7 @@ from vestnik.streams.forward.schedule import (
     due_member,
     forward_jobs_for,
     job_record,
+    resolved_jobs,
     store_call_jobs,
     user_routes,
     wants_job,
@@ -31,8 +33,10 @@ from vestnik.streams.forward.schedule import (
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
-    "BROADCAST", "KEEP_RESULT_S", "ArqKeys", "BatchJob", "Claim", "Delivery", "DeliveryList",
+    "BROADCAST", "KEEP_RESULT_S", "RESOLVED", "ArqKeys", "BatchJob", "Claim", "Delivery",
+    "DeliveryList",
     "ForwardJob", "ForwardWorker", "add_forward_jobs", "arq_keys", "decode_delivery",
-    "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "run_forwarder",
+    "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "resolved_jobs",
+    "run_forwarder",
     "store_call_jobs", "user_routes", "wants_job",
 ]

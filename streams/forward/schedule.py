@@ -47,6 +47,7 @@ from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 FUNCTION = "forward"  # the arq function every forward job runs
 BROADCAST = "*"  # the uid of a notice's user-independent targets
+RESOLVED = "resolved"  # the stage of the job that says an incident is over
 KEEP_RESULT_S = 3600  # arq result kept this long: re-scheduling within it is a no-op
 RETRY_TTL_S = 88_400  # arq's run_job expires a job's try counter after this (arq.worker)
 # arq's keys and constants as the scripts' placeholders (streams.lua)
@@ -224,6 +225,17 @@ def forward_jobs_for(notice: Notice, users: Iterable[User],
             if wants_job(user_routes(notice, u, addresses))]
     if notice.channels.shared:
         jobs.append(ForwardJob(notice.id, BROADCAST, due))
+    return jobs
+
+
+def resolved_jobs(notice: Notice) -> list[ForwardJob]:
+    """The jobs that tell whoever got the firing message of incident `notice` that it is
+    resolved (scheduled when its setting has `send_resolved`): one per recipient, plus `*`
+    for the shared targets. Each sends only on the channels that got the firing message."""
+    now = now_ms()
+    jobs = [ForwardJob(notice.id, uid, now, RESOLVED) for uid in notice.recipients]
+    if notice.channels.shared:
+        jobs.append(ForwardJob(notice.id, BROADCAST, now, RESOLVED))
     return jobs
 
 
