@@ -29,8 +29,9 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 extras="."
-# the tests run `vestnik bench` too, so they get its extra (rich) as well
-[ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ] && extras=".[test,bench]"
+# the tests run `vestnik bench` too, so they get its extra (rich) as well, and the optional
+# Apprise channel's (tests/forward/test_channel_apprise.py)
+[ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ] && extras=".[test,bench,apprise]"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || ! grep -qx "$extras" "$stamp"; then
     .venv/bin/python -m pip install -q --upgrade pip >/dev/null 2>&1 || true
     .venv/bin/python -m pip install -q -e "$extras"

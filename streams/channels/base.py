@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import urllib.request
 from abc import ABC, abstractmethod
+from datetime import UTC, datetime
 from typing import Any, ClassVar, Literal, Protocol
 
 import httpx
@@ -121,10 +122,37 @@ class Digest(msgspec.Struct, frozen=True, kw_only=True):
     more: int = 0
 
 
+def duration_text(ms: int) -> str:
+    """A duration for people: `45 s`, `12 min`, `3 h 5 min`, `2 d 4 h` (two units at most)."""
+    s = max(0, ms) // 1000
+    d, s = divmod(s, 86_400)
+    h, s = divmod(s, 3600)
+    m, s = divmod(s, 60)
+    if d:
+        return f"{d} d {h} h" if h else f"{d} d"
+    if h:
+        return f"{h} h {m} min" if m else f"{h} h"
+    if m:
+        return f"{m} min {s} s" if s else f"{m} min"
+    return f"{s} s"
+
+
+def fired_for(notice: Notice) -> str:
+    """How long incident `notice` fired (created_at -> resolved_at), for its resolved message."""
+    end = notice.resolved_at or notice.last_seen or notice.created_at
+    return duration_text(end - notice.created_at) if notice.created_at else "an unknown time"
+
+
 def resolved_notice(notice: Notice) -> Notice:
-    """The short "resolved" message of an incident, as a notice a channel can send."""
-    return msgspec.structs.replace(notice, title=f"Resolved: {notice.title}", body="",
-                                   severity="info")
+    """The short "resolved" message of an incident, as a notice a channel can send: the
+    title prefixed, how long it fired as the body, the link kept."""
+    return msgspec.structs.replace(notice, title=f"Resolved: {notice.title}",
+                                   body=f"Fired for {fired_for(notice)}.", severity="info")
+
+
+def utc_time(ms: int) -> str:
+    """A notice's time as a digest lists it (`2026-12-04 18:15 UTC`)."""
+    return datetime.fromtimestamp(max(0, ms) / 1000, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 def digest_lines(digest: Digest) -> list[str]:

@@ -9,7 +9,12 @@ Connections are kept open and reused (`POOL_SIZE` at most); a reused connection 
 has closed meanwhile is replaced once, transparently.
 
 Templates: `streams/channels/templates/email.txt.j2` and `email.html.j2` (autoescaped), with an
-optional per-locale override `email.<locale>.html.j2` / `email.<locale>.txt.j2`.
+optional per-locale override `email.<locale>.html.j2` / `email.<locale>.txt.j2`; the same for
+an incident's resolved message (`resolved.*`) and a digest (`digest.*`).
+
+Threads: every message has a stable Message-ID (`<notice id>.<user id>@<sender's domain>`),
+returned as the send's `ref`; the resolved message of an incident replies to it
+(`In-Reply-To`, `References`), so mail clients show both in one thread.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ import base64
 import re
 import secrets
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
@@ -31,7 +37,7 @@ import httpx
 import jinja2
 from aiosmtplib import SMTPStatus
 
-from vestnik.streams.channels.base import Channel, SendResult
+from vestnik.streams.channels.base import Channel, Digest, SendResult, fired_for, utc_time
 from vestnik.streams.config import Config, ConfigError
 from vestnik.streams.schemas import ChannelTarget, Notice, User
 
@@ -43,6 +49,16 @@ _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?\Z")
 # \v or \u2028 left in a title would start a new header line (or make Header raise)
 _CRLF = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[^@\s<>()\[\],;:\\\"]+\Z")
+# a Message-ID a reply may name: one `<...>` token of visible ASCII (no space, CR, LF, `<>`)
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>\Z")
+
+
+def reply_headers(reply_to: str | None) -> list[str]:
+    """`In-Reply-To` and `References` naming `reply_to`, or none when it is not exactly one
+    Message-ID token (a stored ref is data: it never adds a header or breaks a line)."""
+    if reply_to is None or not _MESSAGE_ID.match(reply_to):
+        return []
+    return [f"In-Reply-To: {reply_to}", f"References: {reply_to}"]
 
 
 def one_line(text: str) -> str:
@@ -270,13 +286,19 @@ class EmailChannel(Channel):
         except ValueError as e:
             raise ConfigError(f"VESTNIK_SMTP_FROM: {e}") from None
 
-    def render(self, notice: Notice, user: User | None, kind: str) -> str:
+    def template(self, base: str, user: User | None, kind: str) -> tuple[jinja2.Template, str]:
+        """`<base>.<locale>.<kind>.j2` when the user's locale has one, else `<base>.<kind>.j2`;
+        and the locale used ("" for none)."""
         locale = user.locale if user and _LOCALE.match(user.locale or "") else ""
-        template = self._templates.get((locale, kind))
+        template = self._templates.get((base, locale, kind))
         if template is None:
-            names = [f"email.{locale}.{kind}.j2", f"email.{kind}.j2"] if locale \
-                else [f"email.{kind}.j2"]
-            template = self._templates[(locale, kind)] = self.env.select_template(names)
+            names = [f"{base}.{locale}.{kind}.j2", f"{base}.{kind}.j2"] if locale \
+                else [f"{base}.{kind}.j2"]
+            template = self._templates[(base, locale, kind)] = self.env.select_template(names)
+        return template, locale
+
+    def render(self, notice: Notice, user: User | None, kind: str, base: str = "email") -> str:
+        template, locale = self.template(base, user, kind)
         created = datetime.fromtimestamp((notice.created_at or 0) / 1000, UTC)
         ctx: dict[str, Any] = {
             "notice": notice, "user": user, "title": one_line(notice.title), "body": notice.body,
@@ -285,34 +307,55 @@ class EmailChannel(Channel):
             "created": created.strftime("%Y-%m-%d %H:%M:%S UTC"),
             "color": SEVERITY_COLOR.get(notice.severity, "#59636e"),
         }
+        if base == "resolved":
+            ctx["fired_for"] = fired_for(notice)
+            ctx["resolved"] = utc_time(notice.resolved_at or 0)
         return template.render(ctx)
 
+    def render_digest(self, digest: Digest, user: User | None, kind: str) -> str:
+        template, locale = self.template("digest", user, kind)
+        items = [{"title": one_line(n.title), "severity": n.severity, "alert": n.alert,
+                  "link": safe_link(n.link), "time": utc_time(n.created_at),
+                  "color": SEVERITY_COLOR.get(n.severity, "#59636e")} for n in digest.notices]
+        return template.render({"items": items, "more": digest.more, "user": user,
+                                "total": len(items) + digest.more, "locale": locale or "en"})
+
+    def message_id(self, key: str, user: User) -> str:
+        """`<key>.<user id>@<domain>`: ids are free text from products, percent-encoded (a
+        ULID stays as it is), so the header is ASCII and the Message-ID a valid, still
+        unique, token."""
+        return f"<{quote(key, safe='')}.{quote(user.id, safe='')}@{self.domain}>"
+
     def message(self, notice: Notice, user: User, to: str) -> bytes:
+        """The whole RFC 5322 message of `notice`: see `compose`."""
+        return self.compose(user, to, one_line(notice.title), self.message_id(notice.id, user),
+                            notice.id, lambda kind: self.render(notice, user, kind))
+
+    def compose(self, user: User, to: str, subject: str, msgid: str, ref: str,
+                render: Callable[[str], str], extra: list[str] | None = None) -> bytes:
         """The whole RFC 5322 message: multipart/alternative, text then HTML, base64 UTF-8.
 
         Built by hand: the stdlib `EmailMessage` path costs ~1.7 ms per message, this ~35 us
         (B5). Every header value is one line (CR/LF removed) and RFC 2047-encoded when it
-        is not ASCII, so a title can never add a header.
+        is not ASCII, so a title can never add a header. `extra`: checked header lines.
         """
         boundary = f"=_vestnik_{secrets.token_hex(12)}"
         to_header = formataddr((one_line(user.name), to), charset="utf-8") if user.name else to
         head = [
             f"From: {self.from_header}",
             f"To: {to_header}",
-            f"Subject: {encode_header(one_line(notice.title), 'Subject')}",
+            f"Subject: {encode_header(one_line(subject), 'Subject')}",
             f"Date: {date_header()}",
-            # ids are free text from products: percent-encoded (a ULID stays as it is), so
-            # the header is ASCII and the Message-ID a valid, still unique, token
-            f"Message-ID: <{quote(notice.id, safe='')}.{quote(user.id, safe='')}"
-            f"@{self.domain}>",
-            f"X-Vestnik-Notice: {quote(notice.id, safe='')}",
+            f"Message-ID: {msgid}",
+            *(extra or ()),
+            f"X-Vestnik-Notice: {quote(ref, safe='')}",
             "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
         ]
         out = ["\r\n".join(head), "\r\n\r\n"]
         for subtype, kind in (("plain", "txt"), ("html", "html")):
-            body = base64.encodebytes(self.render(notice, user, kind).encode())
+            body = base64.encodebytes(render(kind).encode())
             out += [f"--{boundary}\r\nContent-Type: text/{subtype}; charset=\"utf-8\"\r\n"
                     "Content-Transfer-Encoding: base64\r\n\r\n",
                     body.decode("ascii").replace("\n", "\r\n")]
@@ -321,6 +364,35 @@ class EmailChannel(Channel):
 
     async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
+        def make(u: User, to: str, msgid: str) -> bytes:
+            return self.compose(u, to, one_line(notice.title), msgid, notice.id,
+                                lambda kind: self.render(notice, u, kind))
+        return await self._mail(user, notice.id, make)
+
+    async def send_resolved(self, notice: Notice, user: User | None, target: ChannelTarget,
+                            reply_to: str | None) -> SendResult:
+        """"Resolved: <title>", how long it fired, the link; a reply to the firing mail."""
+        def make(u: User, to: str, msgid: str) -> bytes:
+            return self.compose(u, to, f"Resolved: {one_line(notice.title)}", msgid, notice.id,
+                                lambda kind: self.render(notice, u, kind, "resolved"),
+                                reply_headers(reply_to))
+        return await self._mail(user, f"{notice.id}.resolved", make)
+
+    async def send_digest(self, digest: Digest, user: User | None, target: ChannelTarget
+                          ) -> SendResult:
+        """"N notices": each listed newest first (severity, title, link, time), "and N more"."""
+        total = len(digest.notices) + digest.more
+        subject = f"{total} notice{'s' if total != 1 else ''}"
+
+        def make(u: User, to: str, msgid: str) -> bytes:
+            return self.compose(u, to, subject, msgid, digest.id,
+                                lambda kind: self.render_digest(digest, u, kind))
+        return await self._mail(user, digest.id, make)
+
+    async def _mail(self, user: User | None, key: str,
+                    make: Callable[[User, str, str], bytes]) -> SendResult:
+        """Send `make(user, to, message_id)` to the user's address; the Message-ID (of
+        `key` and the user) is the result's `ref`."""
         if user is None or not user.email:
             return SendResult.permanent("email needs a user with an address")
         to = user.email
@@ -329,12 +401,12 @@ class EmailChannel(Channel):
         except ValueError:
             return SendResult.permanent(f"invalid email address {to!r} (an ASCII address is "
                                         "needed: SMTPUTF8 is not used)")
-        msg = self.message(notice, user, to)
+        msgid = self.message_id(key, user)
         try:
-            await self.pool.send(msg, self.mail_from, rcpt_to)
+            await self.pool.send(make(user, to, msgid), self.mail_from, rcpt_to)
         except (aiosmtplib.SMTPException, OSError) as e:
             return classify_smtp(e)
-        return SendResult.sent(f"to {to}")
+        return SendResult.sent(f"to {to}", ref=msgid)
 
     async def aclose(self) -> None:
         await self.pool.aclose()

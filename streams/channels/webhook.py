@@ -7,7 +7,11 @@ Headers `webhook-id` (`<notice id>`, the same on every retry: receivers dedupe o
 sent unsigned.
 
 The body is the notice as its recipients see it in their feed (`notice_view`): without
-`recipients` and `channels` (other users, chat ids, webhook URLs and secrets). The URL comes
+`recipients` and `channels` (other users, chat ids, webhook URLs and secrets). An incident's
+resolved message is the notice as it is then (`status: "resolved"`, `resolved_at`) with
+`webhook-id` `<notice id>.resolved` (not the firing one's: receivers dedupe on it); a digest
+is `{"type": "digest", "id", "notices": [the public view of each], "more"}` with
+`webhook-id` the digest's id. The URL comes
 from data, so it passes the egress policy (`streams.egress`): a refused address is a
 permanent failure naming the reason, and the connection goes to the address checked.
 
@@ -30,10 +34,16 @@ from urllib.parse import urlsplit
 import httpx
 import msgspec
 
-from vestnik.streams.channels.base import Channel, DataTargets, SendResult, classify_http
+from vestnik.streams.channels.base import (
+    Channel,
+    DataTargets,
+    Digest,
+    SendResult,
+    classify_http,
+)
 from vestnik.streams.channels.http1 import HttpPool
 from vestnik.streams.config import Config, ConfigError
-from vestnik.streams.schemas import ChannelTarget, Notice, User, public_json
+from vestnik.streams.schemas import ChannelTarget, Notice, User, json_encode, public_json
 
 TIMEOUT_S = 10.0  # the whole request, as the shared httpx client's timeout
 def secret_key(secret: str) -> bytes:
@@ -79,15 +89,29 @@ class WebhookChannel(Channel):
 
     async def send(self, notice: Notice, user: User | None, target: ChannelTarget
                    ) -> SendResult:
+        return await self._post(target, notice.id, public_json(notice))
+
+    async def send_resolved(self, notice: Notice, user: User | None, target: ChannelTarget,
+                            reply_to: str | None) -> SendResult:
+        return await self._post(target, f"{notice.id}.resolved", public_json(notice))
+
+    async def send_digest(self, digest: Digest, user: User | None, target: ChannelTarget
+                          ) -> SendResult:
+        body = json_encode({"type": "digest", "id": digest.id,
+                            "notices": [msgspec.Raw(public_json(n)) for n in digest.notices],
+                            "more": digest.more})
+        return await self._post(target, digest.id, body)
+
+    async def _post(self, target: ChannelTarget, msg_id: str, body: bytes) -> SendResult:
         """`_send`, with a `user:pw@` password in the URL kept out of the detail (it goes
         to /deliveries and the admin page; the receiver gets it as Basic auth)."""
-        result = await self._send(notice, target)
+        result = await self._send(target, msg_id, body)
         pw = _password(target.url)
         if not pw or f":{pw}@" not in result.detail:
             return result
         return msgspec.structs.replace(result, detail=result.detail.replace(f":{pw}@", ":***@"))
 
-    async def _send(self, notice: Notice, target: ChannelTarget) -> SendResult:
+    async def _send(self, target: ChannelTarget, msg_id: str, body: bytes) -> SendResult:
         url = target.url
         if url is None or not url.startswith(("http://", "https://")):
             return SendResult.permanent(f"webhook: bad url {url!r}")
@@ -97,8 +121,6 @@ class WebhookChannel(Channel):
                 key = secret_key(target.secret)
             except ValueError as e:
                 return SendResult.permanent(f"webhook: {e}")
-        body = public_json(notice)
-        msg_id = notice.id
         ts = int(time.time())
         headers = {"content-type": "application/json", "webhook-id": msg_id,
                    "webhook-timestamp": str(ts)}
