@@ -182,8 +182,9 @@ class ChannelTarget(msgspec.Struct, frozen=True, kw_only=True):
 
     @property
     def shared(self) -> bool:
-        """Whether it has user-independent targets (the `*` forward sends to them)."""
-        return bool(self.chat_ids or self.url)
+        """Whether it has user-independent targets (the `*` forward sends to them): chat
+        ids, a url, or a plugin's list of `urls` (the apprise channel's)."""
+        return bool(self.chat_ids or self.url or self.extra.get("urls"))
 
     def wire(self) -> dict[str, Any]:
         """The entry as stored and returned (what `ChannelMap.decode` reads)."""
