@@ -309,7 +309,8 @@ class EmailChannel(Channel):
         }
         if base == "resolved":
             ctx["fired_for"] = fired_for(notice)
-            ctx["resolved"] = utc_time(notice.resolved_at or 0)
+            ctx["resolved"] = datetime.fromtimestamp((notice.resolved_at or 0) / 1000, UTC
+                                                     ).strftime("%Y-%m-%d %H:%M:%S UTC")
         return template.render(ctx)
 
     def render_digest(self, digest: Digest, user: User | None, kind: str) -> str:
