@@ -20,7 +20,8 @@ changed) is checked again (`guard`), so loopback and private addresses are refus
 
 Apprise URLs carry tokens: a URL never goes into a delivery detail, a log line or an error;
 it is named `scheme://***`, and the key of a shared send is a hash of it. Apprise's own log
-is off for the same reason (its lines can name the URLs).
+is off for the same reason (its lines can name the URLs), and so are the lines the HTTP
+libraries under it (urllib3, requests) log from this channel's threads (`quiet`).
 """
 
 from __future__ import annotations
@@ -55,6 +56,11 @@ LOCAL_SCHEMES = frozenset({"dbus", "kde", "qt", "glib", "gnome", "macosx", "wind
                            "syslog", "blink1"})
 KIND = {"info": "info", "warning": "warning", "critical": "failure"}
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]{0,31})://")
+THREADS = "vestnik-apprise"  # the name prefix of this channel's threads
+# loggers of the libraries Apprise sends with: their debug lines name request URLs
+LIBRARY_LOGGERS = ("urllib3", "urllib3.connectionpool", "urllib3.connection",
+                   "urllib3.poolmanager", "urllib3.response", "urllib3.util.retry",
+                   "requests", "paho", "paho.mqtt", "paho.mqtt.client")
 log = logging.getLogger("vestnik.channels.apprise")
 
 
@@ -109,6 +115,26 @@ def guard() -> None:
         socket.getaddrinfo = _guarded_getaddrinfo
 
 
+class _NotFromSends(logging.Filter):
+    """Drops the records a library logs from this channel's threads."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.threadName.startswith(THREADS)
+
+
+def quiet() -> None:
+    """Apprise's log off; the HTTP libraries' lines from our threads dropped (each logger
+    filters only its own records: every one is named)."""
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.disabled, apprise_log.propagate = True, False
+    names = set(LIBRARY_LOGGERS) | {n for n in logging.root.manager.loggerDict
+                                    if n.split(".", 1)[0] in ("urllib3", "requests")}
+    for name in names:
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, _NotFromSends) for f in logger.filters):
+            logger.addFilter(_NotFromSends())
+
+
 # ------------------------------------------------------------------ the channel
 
 
@@ -122,18 +148,18 @@ class AppriseChannel(Channel):
         self.apprise = apprise
         self.asset = apprise.AppriseAsset(storage_mode="memory", secure_logging=True)
         self.egress = egress
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="apprise")
+        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix=THREADS)
         self.slots = asyncio.Semaphore(workers)  # a send waits here for a free thread
         guard()
+        quiet()
 
     @classmethod
     def create(cls, settings: Config, http: httpx.AsyncClient) -> AppriseChannel | None:
+        quiet()  # before the import: Apprise logs as it loads
         try:
             import apprise  # noqa: F401
         except ImportError:
             return None  # off: `pip install 'vestnik[apprise]'`
-        apprise_log = logging.getLogger("apprise")
-        apprise_log.disabled, apprise_log.propagate = True, False
         return cls(Egress.from_settings(settings))
 
     def shared_targets(self, target: ChannelTarget) -> list[tuple[str, ChannelTarget]]:
@@ -221,7 +247,8 @@ class AppriseChannel(Channel):
         if not any("{host}" in t for t in getattr(plugin, "templates", ())):
             return None
         host = getattr(plugin, "host", None)
-        if not isinstance(host, str) or not host:
+        host = host.strip("[]") if isinstance(host, str) else ""  # `[::1]` is `::1`
+        if not host:
             return None
         port = plugin.port if isinstance(plugin.port, int) else \
             (443 if getattr(plugin, "secure", False) else 80)
