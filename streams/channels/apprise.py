@@ -190,7 +190,7 @@ class AppriseChannel(Channel):
             return SendResult.permanent(urls)
         link = safe_link(notice.link)
         body = "\n".join(p for p in (notice.body, link) if p) or notice.title
-        results = [await self._one(u, notice.title, body, kind) for u in urls]
+        results = await asyncio.gather(*(self._one(u, notice.title, body, kind) for u in urls))
         bad = [r for r in results if not r.ok]
         if not bad:
             return SendResult.sent("; ".join(r.detail for r in results))

@@ -29,7 +29,7 @@ from vestnik.streams.forward import (
 )
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
-from vestnik.streams.schemas import ChannelMap, Notice, User
+from vestnik.streams.schemas import ChannelMap, ChannelTarget, Notice, User
 
 pytest.importorskip("apprise")
 
@@ -59,10 +59,16 @@ class Silent:
                 conn, _ = self.sock.accept()
                 self.conns.append(conn)
 
+    def drop(self) -> None:
+        """Close the connections accepted so far (their sends end), keep listening."""
+        for c in list(self.conns):
+            with contextlib.suppress(OSError):
+                c.shutdown(socket.SHUT_RDWR)
+            c.close()
+
     def close(self) -> None:
         self.sock.close()
-        for c in self.conns:
-            c.close()
+        self.drop()
 
 
 @pytest.fixture
@@ -196,6 +202,31 @@ async def test_a_receiver_that_never_answers_is_a_retry_and_the_loop_goes_on(
 
 async def _true(value: bool) -> bool:
     return value
+
+
+async def test_sends_wait_for_one_of_the_channels_threads(redis_url, silent: Silent):
+    """The pool is bounded: a third send to a silent receiver waits for one of two threads,
+    and goes once one is free."""
+    from vestnik.streams.channels.apprise import AppriseChannel
+    from vestnik.streams.egress import Egress
+
+    ch = AppriseChannel(Egress(["127.0.0.1/32"]), workers=2)
+    url = f"json://127.0.0.1:{silent.port}/x"
+    sends = [asyncio.create_task(ch.send(notice(), User(id=str(i), apprise_urls=[url]),
+                                         ChannelTarget())) for i in range(3)]
+    try:
+        await eventually(lambda: _true(len(silent.conns) == 2), timeout=20)
+        await asyncio.sleep(0.5)
+        assert len(silent.conns) == 2 and not any(t.done() for t in sends)
+        silent.drop()  # the first two end (no answer: retry); the third gets a thread
+        await eventually(lambda: _true(len(silent.conns) == 3), timeout=20)
+        silent.drop()
+        results = await asyncio.wait_for(asyncio.gather(*sends), 30)
+        assert [r.status for r in results] == ["retry"] * 3
+    finally:
+        for t in sends:
+            t.cancel()
+        await ch.aclose()
 
 
 async def test_without_the_package_the_channel_is_not_configured(
