@@ -84,6 +84,14 @@ def check_urls(urls: object, where: str) -> list[str] | str:
     return list(urls)
 
 
+def capped(seconds: object, cap: float) -> float:
+    """A URL's own timeout (`cto`, `rto`) when it is a positive number below `cap`, else
+    `cap`: a URL cannot hold one of the channel's threads longer."""
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and seconds > 0:
+        return min(float(seconds), cap)
+    return cap
+
+
 # ------------------------------------------------------------------ the egress guard
 
 _local = threading.local()  # .egress: the policy of this thread's send; .refused: why
@@ -227,10 +235,9 @@ class AppriseChannel(Channel):
             why = self._check_host(plugin)
             if why is not None:
                 return ("permanent", why) if _local.refused else ("retry", why)
-            plugin.socket_connect_timeout = min(plugin.socket_connect_timeout or
-                                                CONNECT_TIMEOUT_S, CONNECT_TIMEOUT_S)
-            plugin.socket_read_timeout = min(plugin.socket_read_timeout or READ_TIMEOUT_S,
-                                             READ_TIMEOUT_S)
+            plugin.socket_connect_timeout = capped(plugin.socket_connect_timeout,
+                                                   CONNECT_TIMEOUT_S)
+            plugin.socket_read_timeout = capped(plugin.socket_read_timeout, READ_TIMEOUT_S)
             ok = plugin.notify(body=body, title=title, notify_type=kind, body_format="text")
             if _local.refused:
                 return "permanent", _local.refused
