@@ -50,7 +50,7 @@ _LOCALE = re.compile(r"^[A-Za-z]{2,3}([_-][A-Za-z0-9]{2,8})?\Z")
 _CRLF = re.compile(r"[\r\n\v\f\x1c\x1d\x1e\x85\u2028\u2029]+")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\\\"]+@[^@\s<>()\[\],;:\\\"]+\Z")
 # a Message-ID a reply may name: one `<...>` token of visible ASCII (no space, CR, LF, `<>`)
-_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,250}>\Z")
+_MESSAGE_ID = re.compile(r"^<[\x21-\x3b\x3d\x3f-\x7e]{1,900}>\Z")  # a header line < 998
 
 
 def reply_headers(reply_to: str | None) -> list[str]:
@@ -332,7 +332,7 @@ class EmailChannel(Channel):
         return self.compose(user, to, one_line(notice.title), self.message_id(notice.id, user),
                             notice.id, lambda kind: self.render(notice, user, kind))
 
-    def compose(self, user: User, to: str, subject: str, msgid: str, ref: str,
+    def compose(self, user: User, to: str, subject: str, msgid: str, notice_id: str,
                 render: Callable[[str], str], extra: list[str] | None = None) -> bytes:
         """The whole RFC 5322 message: multipart/alternative, text then HTML, base64 UTF-8.
 
@@ -349,7 +349,7 @@ class EmailChannel(Channel):
             f"Date: {date_header()}",
             f"Message-ID: {msgid}",
             *(extra or ()),
-            f"X-Vestnik-Notice: {quote(ref, safe='')}",
+            f"X-Vestnik-Notice: {quote(notice_id, safe='')}",
             "Auto-Submitted: auto-generated",
             "MIME-Version: 1.0",
             f'Content-Type: multipart/alternative; boundary="{boundary}"',
