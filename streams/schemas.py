@@ -578,8 +578,13 @@ class SilenceIn(Strict):
     created_by: Annotated[str, msgspec.Meta(max_length=200, pattern=_NO_CONTROL)] = ""
 
 
+SilenceState = Literal["active", "pending", "expired"]
+
+
 class Silence(msgspec.Struct, kw_only=True):
-    """A silence as stored and returned."""
+    """A silence as stored and returned. `state` is set when it is returned (from its times
+    and the time of the answer: `pending` before `starts_at`, `expired` from `ends_at`),
+    never stored."""
 
     id: str
     matchers: SilenceMatchers
@@ -588,10 +593,20 @@ class Silence(msgspec.Struct, kw_only=True):
     comment: str = ""
     created_by: str = ""
     created_at: int = 0
+    state: SilenceState | None = None
 
 
 class SilenceList(msgspec.Struct):
+    """`GET /api/v1/silences`: active ones first (ending soonest first), then pending ones
+    (starting soonest first), then expired ones (most recently ended first)."""
+
     items: list[Silence]
+
+
+class SnoozeList(msgspec.Struct):
+    """A user's running snoozes: alert name (or "*": every alert) -> until, ms."""
+
+    items: dict[str, int]
 
 
 def decode_user(uid: str, raw: bytes) -> User | str:

@@ -244,11 +244,11 @@ async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | N
 
 
 async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
-    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers;
-    their live channel is pub/sub, no key) and release the notice bodies they held: a body
-    no other feed holds is deleted. One script per user, all in one round trip. On a Redis
-    Cluster the bodies live in other slots than the user's keys, so only the user's keys
-    go (the bodies stay: docs/design.md). Returns the users that had any key."""
+    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers,
+    snoozes; their live channel is pub/sub, no key) and release the notice bodies they
+    held: a body no other feed holds is deleted. One script per user, all in one round
+    trip. On a Redis Cluster the bodies live in other slots than the user's keys, so only
+    the user's keys go (the bodies stay: docs/design.md). Returns the users that had any key."""
     if not uids:
         return 0
     release = "0" if isinstance(redis, RedisCluster) else "1"
@@ -256,7 +256,7 @@ async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
         for uid in uids:
             await _PURGE_USER(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
                                     keys.archived(uid), keys.migrated(uid),
-                                    keys.unread_before_v2(uid)],
+                                    keys.unread_before_v2(uid), keys.snooze(uid)],
                               args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
                               client=pipe)
         res = await pipe.execute()
