@@ -14,7 +14,7 @@ forwarded.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import msgspec
@@ -145,13 +145,14 @@ class SilenceStore:
                 return _with_state(ended, now)
         raise Conflict("the silences keep changing; try again")
 
-    async def _write(self, silence: Silence, check: Any) -> None:
+    async def _write(self, silence: Silence, check: Callable[[int], None]) -> None:
         for _ in range(CAS_ATTEMPTS):
             if await self._write_once(silence, check, now_ms()):
                 return
         raise Conflict("the silences keep changing; try again")
 
-    async def _write_once(self, silence: Silence, check: Any, now: int) -> bool:
+    async def _write_once(self, silence: Silence, check: Callable[[int], None] | None,
+                          now: int) -> bool:
         """Read the silences and the version in one transaction, prune what ended long ago,
         and write `silence` if the version is still the one read. `check(kept)` may refuse
         a new one (how many stay once pruned)."""

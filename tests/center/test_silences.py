@@ -281,3 +281,53 @@ async def test_a_silenced_notice_is_stored_but_neither_pushed_nor_forwarded(
 
 async def _repeat(redis, nid: str) -> bool:
     return (await stored(redis, nid)).get("repeat") == 1
+
+
+@pytest.mark.parametrize("path", ["one-call", "chunks", "per-user"])
+async def test_no_store_path_publishes_a_silenced_notice(redis, settings, monkeypatch, path):
+    """The store's three ways (one call a batch; more calls for a broadcast's later
+    recipients; one call per user on a cluster) all keep a silenced notice off the live
+    channels, while its feed entries are made."""
+    from center_support import live_event_of
+
+    from vestnik.streams.center import store as store_mod
+    from vestnik.streams.center.batch import Center
+    from vestnik.streams.consumer import Entry
+    from vestnik.streams.schemas import decode_notice_entry
+
+    uids = [str(i) for i in range(1, 6)]
+    await add_users(redis, *uids)
+    await SilenceStore(redis, K).create(silence_in(severity="critical"))
+    if path == "chunks":
+        monkeypatch.setattr(store_mod, "STORE_CHUNK", 2)
+    everyone = ",".join(uids)
+    await xadd_many(redis, [
+        {"alert": "a", "title": "quiet", "severity": "critical", "recipients": everyone},
+        {"alert": "a", "title": "loud", "severity": "warning", "recipients": everyone},
+        {"alert": "a", "title": "quiet too", "severity": "critical", "recipients": "3"}])
+    center = Center(redis, K, settings)
+    center.store.one_call = path != "per-user"
+    pubsub = redis.pubsub()
+    await pubsub.subscribe(*[K.live(u) for u in uids])
+    for _ in uids:  # the confirmations
+        await pubsub.get_message(timeout=5)
+    raw = await redis.xrange(K.notices)
+    assert await center.handle([Entry(s.decode(), decode_notice_entry(f), f)
+                                for s, f in raw]) == []
+    for u in uids:  # a marker after what the store published
+        await redis.publish(K.live(u), b"end")
+    got: dict[str, list[str]] = {u: [] for u in uids}
+    ended = 0
+    for _ in range(100):  # bounded: 5 notices and 5 markers are expected
+        msg = await pubsub.get_message(timeout=5, ignore_subscribe_messages=True)
+        assert msg is not None, got
+        uid = msg["channel"].decode().split("{u:")[1].split("}")[0]
+        if msg["data"] == b"end":
+            ended += 1
+            if ended == len(uids):
+                break
+            continue
+        got[uid].append(live_event_of(msg["data"])[1]["title"])
+    await pubsub.aclose()
+    assert got == {u: ["loud"] for u in uids}
+    assert [len(await feed(redis, u)) for u in uids] == [2, 2, 3, 2, 2]
