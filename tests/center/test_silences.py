@@ -10,6 +10,7 @@ from typing import Any
 import msgspec
 import pytest
 from center_support import K, add_users, feed, stored, xadd_many
+from prometheus_client import REGISTRY
 
 from support import SSE, eventually
 from vestnik.streams.center import silences as silences_mod
@@ -197,7 +198,9 @@ async def test_the_center_reads_silences_again_only_when_their_version_changed(r
 
     assert await batch(notice()) == [False]
     s = await store.create(silence_in(alert="disk"))
-    assert await batch(notice(), notice(alert="cpu")) == [True, False]
+    counted = REGISTRY.get_sample_value("vestnik_notices_silenced_total") or 0
+    assert await batch(notice(), notice(alert="cpu"), notice()) == [True, False, True]
+    assert REGISTRY.get_sample_value("vestnik_notices_silenced_total") == counted + 2
     # a change that does not bump the version is not seen: nothing is read again
     hand = Silence(id="hand", matchers=SilenceMatchers(alert="cpu"), starts_at=0,
                    ends_at=now_ms() + HOUR)
