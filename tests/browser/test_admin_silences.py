@@ -31,11 +31,11 @@ async def test_create_list_silence_then_expire_it(api: Api, redis, start_proc, u
     await expect(section.locator("#sil-empty")).to_be_visible()
 
     # no matcher at all: the API's 422 is shown on the form
-    await section.get_by_role("button", name="Create silence").click()
+    await section.get_by_role("button", name="Add silence").click()
     await expect(section.locator("#sil-error")).to_contain_text("at least one matcher")
     # a bad entity topic: named next to its field
     await section.get_by_label("Entity topic").fill("no/slashes")
-    await section.get_by_role("button", name="Create silence").click()
+    await section.get_by_role("button", name="Add silence").click()
     await expect(section.locator("#sil-err-entity_topic")).not_to_be_empty()
     await expect(section.locator('[data-sil="entity_topic"]')).to_have_class("field invalid")
 
@@ -46,7 +46,7 @@ async def test_create_list_silence_then_expire_it(api: Api, redis, start_proc, u
     await section.get_by_label("Duration").select_option(label="4 hours")
     await section.get_by_label("Comment").fill("<b>rebuilding</b> web-1")
     await section.get_by_label("Created by").fill("ops")
-    await section.get_by_role("button", name="Create silence").click()
+    await section.get_by_role("button", name="Add silence").click()
     row = section.locator("#silences tbody tr")
     await expect(row).to_have_count(1)
     await expect(row).to_have_attribute("data-state", "active")
