@@ -611,12 +611,14 @@ class SnoozeList(msgspec.Struct):
 
 def decode_user(uid: str, raw: bytes) -> User | str:
     """A user record of the `user` topic state, or why it cannot be used. The hash field is
-    the id (entities often carry a numeric `id`); scalars are coerced."""
+    the id (entities often carry a numeric `id`); scalars are coerced. A `snooze` in the
+    record is dropped, whatever it holds: only `POST /me/snooze` sets one (`User.snooze`)."""
     try:
         obj = _json_decode_any(raw)
         if not isinstance(obj, dict):
             return f"unreadable record of user {uid}: not a JSON object"
         obj["id"] = uid
+        obj.pop("snooze", None)
         return msgspec.convert(obj, User, strict=False)
     except msgspec.DecodeError as e:  # ValidationError included
         return f"unreadable record of user {uid}: {e}"

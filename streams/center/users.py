@@ -104,13 +104,10 @@ class Users:
             if hit is not None and hit[0] == raw:  # the same record as last time: decoded
                 users[uid] = hit[1]
                 continue
-            user = decode_user(uid, raw)
-            if isinstance(user, User) and user.snooze:  # only POST /me/snooze sets it
-                user = msgspec.structs.replace(user, snooze={})
-            users[uid] = user
+            users[uid] = decode_user(uid, raw)  # never a `snooze` from the record
             if len(self._users) >= USER_CACHE:
                 self._users.clear()
-            self._users[uid] = (raw, user)
+            self._users[uid] = (raw, users[uid])
         for uid, running in snoozed.items():  # a copy: the cached record stays as read
             if isinstance(u := users[uid], User):
                 users[uid] = msgspec.structs.replace(u, snooze=running)

@@ -146,19 +146,22 @@ async def handle_all(redis, center: Center) -> None:
 async def test_the_center_fills_user_snooze_from_the_snooze_key_only(
         api, redis, settings, user_token, one_call):
     await add_users(redis, "2", "3")
-    # a product's record that carries its own `snooze`: never believed
-    await redis.hset(K.state(USER_TOPIC), "1", msgspec.json.encode(
-        {"id": "1", "email": "u1@example.com", "snooze": {"*": now_ms() + 99 * HOUR}}))
+    # a product's records that carry their own `snooze`: never believed, even a bad one
+    await redis.hset(K.state(USER_TOPIC), mapping={
+        "1": msgspec.json.encode({"id": "1", "email": "u1@example.com",
+                                  "snooze": {"*": now_ms() + 99 * HOUR}}),
+        "5": msgspec.json.encode({"id": "5", "snooze": "forever"})})
     until = now_ms() + HOUR
     async with api.client(user_token("2")) as two, api.client(user_token("4")) as four:
         await two.post("/api/v1/me/snooze", json={"until": until, "alert": "disk"})
         await four.post("/api/v1/me/snooze", json={"until": until})  # no profile at all
     await redis.set(K.snooze("3"), snoozes.encode({"*": now_ms() - 1}))  # ended
     center, plans = spied_center(redis, settings, one_call)
-    await xadd_many(redis, [{"alert": "disk", "title": "t", "recipients": "1,2,3,4"}])
+    await xadd_many(redis, [{"alert": "disk", "title": "t", "recipients": "1,2,3,4,5"}])
     await handle_all(redis, center)
     assert {u.id: u.snooze for p in plans for u in p.users} == {
-        "1": {}, "2": {"disk": until}, "3": {}, "4": {"*": until}}
+        "1": {}, "2": {"disk": until}, "3": {}, "4": {"*": until}, "5": {}}
+    assert plans[0].missing == {"4"}  # 5 is readable: its bad `snooze` was dropped
     # the next batch, the snooze ended: no copy of it stays with the cached record
     async with api.client(user_token("2")) as two:
         await two.delete("/api/v1/me/snooze")
