@@ -115,6 +115,8 @@ class Users:
 
     def _snoozes(self, uids: list[str], values: list[bytes | None]
                  ) -> dict[str, dict[str, int]]:
+        """The running snoozes of the recipients that have any (most have none: no entry),
+        kept in `snoozes` for the recipients without a profile."""
         now = now_ms()
         self.snoozes = {uid: running for uid, raw in zip(uids, values, strict=True)
                         if raw is not None and (running := snoozes.decode_value(raw, now))}
