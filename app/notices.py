@@ -240,13 +240,15 @@ async def _frames(hub: UserHub, inbox: Inbox, sub: UserSub, count: int, tip: int
 
 async def _backlog(inbox: Inbox, uid: str, last: int, upto: int | None = None
                    ) -> AsyncIterator[tuple[bytes, int]]:
-    """Feed items after `last` (up to `upto`), oldest first, with the new last seq."""
+    """Feed items after `last` (up to `upto`), oldest first, with the new last seq. A
+    silenced notice (no payload) is passed over: it is history, never pushed live."""
     for _ in range(MAX_BACKLOG_PAGES):
         items = await inbox.after(uid, last, BACKLOG_PAGE)
         for seq, payload in items:
             if upto is not None and seq > upto:
                 return
             last = seq
-            yield frame(payload, event="notice", id=str(seq)), last
+            if payload is not None:
+                yield frame(payload, event="notice", id=str(seq)), last
         if len(items) < BACKLOG_PAGE:
             return

@@ -47,6 +47,10 @@ NOTICES_DELIVERED = Counter(
 NOTICES_FOLDED = Counter(
     "vestnik_notices_folded_total", "Notices folded into an earlier one by their dedup_key"
 )
+NOTICES_SILENCED = Counter(
+    "vestnik_notices_silenced_total",
+    "Notices an admin silence matched: stored, neither pushed live nor forwarded"
+)
 NOTICES_DEAD = Counter(
     "vestnik_notices_dead_total", "Ingest entries (or recipients) dead-lettered", ["reason"]
 )

@@ -579,8 +579,13 @@ class SilenceIn(Strict):
     created_by: Annotated[str, msgspec.Meta(max_length=200, pattern=_NO_CONTROL)] = ""
 
 
+SilenceState = Literal["active", "pending", "expired"]
+
+
 class Silence(msgspec.Struct, kw_only=True):
-    """A silence as stored and returned."""
+    """A silence as stored and returned. `state` is set when it is returned (from its times
+    and the time of the answer: `pending` before `starts_at`, `expired` from `ends_at`),
+    never stored."""
 
     id: str
     matchers: SilenceMatchers
@@ -589,20 +594,32 @@ class Silence(msgspec.Struct, kw_only=True):
     comment: str = ""
     created_by: str = ""
     created_at: int = 0
+    state: SilenceState | None = None
 
 
 class SilenceList(msgspec.Struct):
+    """`GET /api/v1/silences`: active ones first (ending soonest first), then pending ones
+    (starting soonest first), then expired ones (most recently ended first)."""
+
     items: list[Silence]
+
+
+class SnoozeList(msgspec.Struct):
+    """A user's running snoozes: alert name (or "*": every alert) -> until, ms."""
+
+    items: dict[str, int]
 
 
 def decode_user(uid: str, raw: bytes) -> User | str:
     """A user record of the `user` topic state, or why it cannot be used. The hash field is
-    the id (entities often carry a numeric `id`); scalars are coerced."""
+    the id (entities often carry a numeric `id`); scalars are coerced. A `snooze` in the
+    record is dropped, whatever it holds: only `POST /me/snooze` sets one (`User.snooze`)."""
     try:
         obj = _json_decode_any(raw)
         if not isinstance(obj, dict):
             return f"unreadable record of user {uid}: not a JSON object"
         obj["id"] = uid
+        obj.pop("snooze", None)
         return msgspec.convert(obj, User, strict=False)
     except msgspec.DecodeError as e:  # ValidationError included
         return f"unreadable record of user {uid}: {e}"

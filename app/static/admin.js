@@ -1,5 +1,7 @@
-// /admin: alert settings CRUD (ETag / If-Match), live through topic `settings`, and the
-// delivery log of a notice. The service token is asked once and kept for this tab only.
+// /admin: alert settings CRUD (ETag / If-Match), live through topic `settings`, the
+// delivery log of a notice and the silences (admin-silences.js). The service token is
+// asked once and kept for this tab only.
+import { loadSilences } from "/static/admin-silences.js";
 import { ago, api, ApiError, follow, h, SERVICE_TOKEN, toast } from "/static/lib.js";
 
 const $ = (id) => document.getElementById(id);
@@ -364,6 +366,7 @@ function start() {
   showApp(true);
   reload();
   followSettings(); // and again on each `open`: nothing falls between the list and the stream
+  loadSilences();
 }
 
 if (token) start();

@@ -7,6 +7,8 @@ the forwarder.
 - `batch`: the consumer's handler: a batch of entries admitted, resolved and planned;
 - `users`: the recipients' profiles, following the `user` topic (deletes purge inboxes);
 - `store`: a batch's notices into the feeds, live pushes and forward jobs, in one call;
+- `silences`: admin silences (stored, matched: a silenced notice is neither pushed nor
+  forwarded); `snooze`: a user's snoozes of their forwards;
 - `inbox`: a user's feed and read state (mark, read all, archive, retention);
 - `user_hub`: one pub/sub reader per process pushing live messages to SSE connections;
 - `run`: the `vestnik center` process.
@@ -18,7 +20,9 @@ from vestnik.streams.center.batch import Center
 from vestnik.streams.center.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
 from vestnik.streams.center.ingest import Ingest
 from vestnik.streams.center.run import run_center
+from vestnik.streams.center.silences import SilenceStore
+from vestnik.streams.center.snooze import Snoozes
 from vestnik.streams.center.user_hub import RESYNC, UserHub, UserSub
 
 __all__ = ["RESYNC", "Center", "Count", "FeedPage", "Inbox", "Ingest", "Marked", "MarkedAll",
-           "UserHub", "UserSub", "run_center"]
+           "SilenceStore", "Snoozes", "UserHub", "UserSub", "run_center"]

@@ -5,8 +5,10 @@ pipelined round trips per batch, never one per notice.
 Round trips of one batch:
 1. settings named by `setting_id` (HGET) or by alert name (ZRANGE of the name index);
 2. settings found by name (HMGET), when any;
-3. the users (the `user` topic since the last batch and the records: `users.Users`), the
-   bodies under the senders' own ids and the dedup claims (SET NX GET EX);
+3. the users (the `user` topic since the last batch, the records and their snoozes:
+   `users.Users`), the bodies under the senders' own ids, the dedup claims (SET NX GET EX)
+   and the silences' version (`silences.SilenceMatcher`: the silences themselves are read
+   again only when it changed);
 4. the store (`store.Store`): on a single Redis the whole batch in one call, with its
    forward jobs; more calls for a broadcast's later recipients, and a `notice-update`
    when dedup repeats were folded.
@@ -29,6 +31,7 @@ from vestnik.streams.center.plan import (
     merge_channels,
     to_notice,
 )
+from vestnik.streams.center.silences import SilenceMatcher
 from vestnik.streams.center.store import Store
 from vestnik.streams.center.users import Users
 from vestnik.streams.config import Config
@@ -63,6 +66,7 @@ class Center:
         self.settings = settings
         self.store = Store(redis, keys, settings, inline)
         self.users = Users(redis, keys, settings)
+        self.silences = SilenceMatcher(redis, keys)
         # own ids of batches loaded but not stored yet (the next batch loads while one
         # stores): a body not in Redis yet is still "other content" for a later entry
         self._unstored: dict[str, NoticeIn] = {}
@@ -88,6 +92,7 @@ class Center:
                 await self._load_settings(plans)
                 plans = self._resolve(plans, dead)
                 plans = await self._load_users_and_dedup(plans, dead)
+                self.silences.mark(p.notice for p in plans)
             # let the next batch send its reads now, so they are answered while this one is
             # built, rather than queued behind this one's store in Redis
             await asyncio.sleep(0)
@@ -202,7 +207,7 @@ class Center:
             return plans
         await self.users.start()
         async with self.redis.pipeline(transaction=False) as pipe:
-            self.users.read(pipe, uids)
+            at = self.users.read(pipe, uids)
             one_call = self.store.one_call  # a single Redis: MGET spans slots
             if own and one_call:
                 pipe.mget([self.keys.notice(p.notice.id) for p in own])
@@ -211,8 +216,9 @@ class Center:
             for p in dedup:
                 pipe.set(self.keys.dedup(p.dedup_claim), p.notice.id, nx=True, ex=window,
                          get=True)
+            self.silences.read(pipe)
             res = await pipe.execute()
-        at = Users.READS
+        await self.silences.refresh(res.pop())
         users = await self.users.load(res[:at], uids)
         if own:
             bodies = res[at] if one_call else res[at:at + len(own)]
@@ -230,13 +236,13 @@ class Center:
         if unclaim:
             await self.redis.delete(*unclaim)
         plans = [p for p in plans if id(p) not in bad]
-        self._recipients(plans, users, dead)
+        self._recipients(plans, users, self.users.snoozes, dead)
         self.users.skip_deleted(plans)
         return plans
 
     @staticmethod
     def _recipients(plans: list[Plan], users: Mapping[str, User | str | None],
-                    dead: list[DeadLetter]) -> None:
+                    snoozed: Mapping[str, dict[str, int]], dead: list[DeadLetter]) -> None:
         """Who gets each notice in-app: every recipient that has not muted its alert. A
         recipient without a (readable) profile is served too (the JWT `sub` is the
         identity); unreadable profiles make one dead letter per entry, not per recipient."""
@@ -248,7 +254,7 @@ class Center:
                     if u is not None:
                         bad.append((i, u))
                     p.missing.add(uid)
-                    p.users.append(User(id=uid))
+                    p.users.append(User(id=uid, snooze=snoozed.get(uid, {})))
                 elif not u.mutes(p.notice.alert):
                     p.users.append(u)
             if bad:

@@ -29,6 +29,15 @@ from vestnik.streams.errors import NotFound
 from vestnik.streams.keys import REFS_BUCKET, Keys
 from vestnik.streams.schemas import feed_item, notice_view
 
+
+class _Flags(msgspec.Struct):
+    """The one field of a stored notice the SSE backlog looks at (the rest is skipped)."""
+
+    silenced: bool = False
+
+
+_flags = msgspec.json.Decoder(_Flags).decode
+
 log = logging.getLogger("vestnik.inbox")
 
 MAX_LIMIT = 200
@@ -110,17 +119,20 @@ class Inbox:
         rows = rows[:limit]
         items = await self._items(uid, [(r[0].decode(), int(r[1])) for r in rows],
                                   all_unread=unread)
-        return FeedPage([msgspec.Raw(i) for _, i in items],
+        return FeedPage([msgspec.Raw(i) for _, i in items if i is not None],
                         int(rows[-1][1]) if more and rows else go_on)
 
-    async def after(self, uid: str, seq: int, limit: int = 500) -> list[tuple[int, bytes]]:
-        """Feed items with seq > `seq`, oldest first (at most `limit`): the SSE backlog."""
+    async def after(self, uid: str, seq: int, limit: int = 500
+                    ) -> list[tuple[int, bytes | None]]:
+        """Feed items with seq > `seq`, oldest first (at most `limit`): the SSE backlog. A
+        silenced notice is never pushed live, so here it is `(seq, None)`: its seq is
+        passed, nothing is sent."""
         rows = await self.redis.zrangebyscore(self.keys.feed(uid), f"({seq}", "+inf",
                                               start=0, num=limit, withscores=True)
-        return await self._items(uid, [(r[0].decode(), int(r[1])) for r in rows])
+        return await self._items(uid, [(r[0].decode(), int(r[1])) for r in rows], live=True)
 
-    async def _items(self, uid: str, rows: list[tuple[str, int]], *, all_unread: bool = False
-                     ) -> list[tuple[int, bytes]]:
+    async def _items(self, uid: str, rows: list[tuple[str, int]], *, all_unread: bool = False,
+                     live: bool = False) -> list[tuple[int, bytes | None]]:
         if not rows:
             return []
         ids = [nid for nid, _ in rows]
@@ -133,9 +145,13 @@ class Inbox:
         bodies = res[0]
         read = [False] * len(ids) if all_unread else [s is not None for s in res[1]]
         archived = res[-1]
-        out: list[tuple[int, bytes]] = []
+        out: list[tuple[int, bytes | None]] = []
         for (_, seq), body, r, a in zip(rows, bodies, read, archived, strict=True):
-            if body is not None:  # a notice body is never deleted before its feed entries
+            if body is None:  # a notice body is never deleted before its feed entries
+                continue
+            if live and _flags(body).silenced:
+                out.append((seq, None))
+            else:
                 out.append((seq, feed_item(notice_view(body), seq, r, bool(a))))
         return out
 
@@ -244,11 +260,11 @@ async def _first_user_key(redis: Redis, key_of: Callable[[str], str]) -> str | N
 
 
 async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
-    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers;
-    their live channel is pub/sub, no key) and release the notice bodies they held: a body
-    no other feed holds is deleted. One script per user, all in one round trip. On a Redis
-    Cluster the bodies live in other slots than the user's keys, so only the user's keys
-    go (the bodies stay: docs/design.md). Returns the users that had any key."""
+    """Remove deleted users' inbox keys (feed, read set, seq, archived, layout markers,
+    snoozes; their live channel is pub/sub, no key) and release the notice bodies they
+    held: a body no other feed holds is deleted. One script per user, all in one round
+    trip. On a Redis Cluster the bodies live in other slots than the user's keys, so only
+    the user's keys go (the bodies stay: docs/design.md). Returns the users that had any key."""
     if not uids:
         return 0
     release = "0" if isinstance(redis, RedisCluster) else "1"
@@ -256,7 +272,7 @@ async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
         for uid in uids:
             await _PURGE_USER(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
                                     keys.archived(uid), keys.migrated(uid),
-                                    keys.unread_before_v2(uid)],
+                                    keys.unread_before_v2(uid), keys.snooze(uid)],
                               args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
                               client=pipe)
         res = await pipe.execute()

@@ -10,6 +10,9 @@ them, so its first recipients get it live before the last ones are stored. On a 
 Cluster: one call per user (store.lua, each in its slot) and the forwards by
 `streams.forward.add_forward_jobs`. Dedup repeats are folded (fold.lua) in the same
 round trip; then, only when repeats were folded, a `notice-update` to their recipients.
+A silenced notice (`Notice.silenced`: an admin silence matched it) is stored like any
+other but never published live and gets no forward jobs; a repeat folded into one, or
+silenced itself, pushes no `notice-update`.
 """
 
 from __future__ import annotations
@@ -142,7 +145,8 @@ class Store:
             new.append((p, body, public_json(p.notice)))
             for u in p.users:
                 per_user.setdefault(u.id, []).append(p.notice.id)
-            mine = forward_jobs_for(p.notice, p.users, self._addresses, default_after)
+            mine = [] if p.notice.silenced else forward_jobs_for(
+                p.notice, p.users, self._addresses, default_after)
             if mine:
                 profiles = {u.id: u for u in p.users}
                 jobs += [BatchJob(j, len(new), p.notice, profiles.get(j.uid),
@@ -170,14 +174,17 @@ class Store:
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]
                  for uid, nids in users[:STORE_CHUNK]], fwd, body_base, None,
                 1 if write.rest else None, self._refs,
-                sorted({index[nid] for _, nids in write.rest for nid in nids}) or None])
+                sorted({index[nid] for _, nids in write.rest for nid in nids}) or None,
+                [j for j, (p, _, _) in enumerate(new, 1) if p.notice.silenced] or None])
             write.argv = argv  # sent alone: a pipeline would check the script first
         elif new:  # a cluster: one call per user, each in its slot
             views = {p.notice.id: view for p, _, view in new}
             for p, body, _ in new:
                 pipe.set(k.notice(p.notice.id), body, nx=True)
+            silenced = {p.notice.id: "1" if p.notice.silenced else "0" for p, _, _ in new}
             for uid, nids in per_user.items():
-                args: list[str | bytes | int] = [self.settings.feed_max]
+                args: list[str | bytes | int] = [
+                    self.settings.feed_max, "".join(silenced[nid] for nid in nids)]
                 for nid in nids:
                     args += [nid, views[nid]]
                 await _STORE(keys=self._user_keys(uid), args=args, client=pipe)
@@ -230,26 +237,35 @@ class Store:
                 idxs.append(k)
             rows.append([*self._user_keys(uid), idxs])
         argv[0] = _msgpack([self.settings.feed_max, [], rows, None, 0,
-                            [int(fresh[j - 1]) for j in at], None, self._refs])
+                            [int(fresh[j - 1]) for j in at], None, self._refs, None,
+                            [k for j, k in at.items() if write.new[j - 1][0].notice.silenced]
+                            or None])
         out, _, _ = await _STORE_BATCH(keys=[], args=argv, client=self.redis)
         return out
 
     async def _after_folds(self, folds: list[Plan], results: list[Any]) -> None:
         updates: list[bytes] = []
         orphans: list[Plan] = []
+        folded = 0
         for p, r in zip(folds, results, strict=True):
             if isinstance(r, bytes):
-                updates.append(r)
+                folded += 1
+                if not p.notice.silenced:  # a silenced repeat: history, not pushed
+                    updates.append(r)
             elif r == -1:  # the first notice is gone: this one starts over
                 orphans.append(p)
-        NOTICES_FOLDED.inc(len(updates))
+        NOTICES_FOLDED.inc(folded)
         if updates:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for body in updates:
+                    first = _notice_decoder.decode(body)
+                    if first.silenced:  # folded into a silenced notice: history only
+                        continue
                     msg = encode_live(LiveUpdate(notice_view(body).decode()))
-                    for uid in _notice_decoder.decode(body).recipients:
+                    for uid in first.recipients:
                         pipe.publish(self.keys.live(uid), msg)
-                await pipe.execute()
+                if len(pipe):
+                    await pipe.execute()
         if orphans:
             window = int(self.settings.dedup_window)
             async with self.redis.pipeline(transaction=False) as pipe:

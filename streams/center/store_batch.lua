@@ -12,7 +12,8 @@
 --   7 in a first call that later ones follow, 1: report those flags,
 --   8 [refs prefix, bucket length, notice key prefix] (streams.keys): each body's feeds,
 --   9 in a first call that later ones follow, [j...]: the notices they store for more
---     users]
+--     users,
+--   10 [j...] of the silenced notices (stored, never published) or nil]
 -- then (notice id, the recipients' view of the notice) pairs, then the stored JSON of each
 -- notice, then what the forward jobs append (forward/store_jobs.lua). Bodies are SET NX
 -- once. (Each string a script gets is hashed whole to intern it, so the big ones come as
@@ -46,10 +47,15 @@ if redis.call('PUBSUB', 'NUMPAT') == 0 then
     for k = 2, #counts, 2 do listening[counts[k - 1]] = counts[k] > 0 end
   end
 end
+local quiet = nil
+if h[10] then
+  quiet = {}
+  for _, j in ipairs(h[10]) do quiet[j] = true end
+end
 local out = {}
 for i, u in ipairs(users) do
   out[i] = store_user(u[1], u[2], u[3], u[4], u[5], feed_max, 1, u[6], fresh,
-                      listening == nil or listening[u[4]], pend)
+                      listening == nil or listening[u[4]], pend, quiet)
 end
 -- each body's feed count, once per notice: a body with one feed costs nothing
 local later = {}

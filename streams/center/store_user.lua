@@ -8,10 +8,11 @@
 -- `idxs` lists the j's. `pend` (a single Redis; nil on a cluster, where the bodies are in
 -- other slots): feed holders gained per notice id of this call, net of the ones its own
 -- retention dropped; any other body retention drops is released at once (release.lua).
+-- `quiet` (or nil): j -> true for a silenced notice, stored but never published.
 -- Returns the number of feed entries made.
 --#include center/release.lua
 local function store_user(feed, read, seqkey, live, archived, feed_max, base, idxs, fresh,
-                          publish, pend)
+                          publish, pend, quiet)
   local msgs = {}
   local top, made = 0, 0
   local pack = cmsgpack.pack
@@ -23,7 +24,9 @@ local function store_user(feed, read, seqkey, live, archived, feed_max, base, id
       redis.call('ZADD', feed, top, nid)
       made = made + 1
       if pend then pend[nid] = pend[nid] + 1 end
-      if publish then msgs[made] = pack({'notice', top, ARGV[base + 2 * j]}) end
+      if publish and not (quiet and quiet[j]) then
+        msgs[#msgs + 1] = pack({'notice', top, ARGV[base + 2 * j]})
+      end
     end
   end
   -- the feed can only exceed feed_max after an insert whose seq (inserts ever) does:

@@ -2,8 +2,9 @@
 itself (applies the events an api's hub has not, purges the inboxes of deleted users) and
 keeps each decoded record until it changes.
 
-A batch's reads of the topic and the records go into the center's one pipelined round trip
-(`Users.read`); more round trips only when user events came in since the last batch.
+A batch's reads of the topic, the records and the recipients' snoozes (`streams.snoozes`:
+they fill `User.snooze`) go into the center's one pipelined round trip (`Users.read`); more
+round trips only when user events came in since the last batch.
 """
 
 from __future__ import annotations
@@ -12,14 +13,15 @@ import asyncio
 import logging
 from typing import Any
 
-from redis.asyncio import Redis
+import msgspec
+from redis.asyncio import Redis, RedisCluster
 
-from vestnik.streams import lua
+from vestnik.streams import lua, snoozes
 from vestnik.streams.center import inbox
 from vestnik.streams.center.plan import Plan
 from vestnik.streams.config import Config
 from vestnik.streams.errors import BadInput
-from vestnik.streams.ids import parse_stream_id
+from vestnik.streams.ids import now_ms, parse_stream_id
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.notifier import Hydrator, StateWriter
 from vestnik.streams.schemas import TopicEvent, User, decode_topic_entry, decode_user
@@ -37,8 +39,6 @@ _ADVANCE = lua.script("center/advance.lua")  # `Keys.users_seen` forward only
 class Users:
     """One per center: where it is in the `user` topic, the recent deletes, the records."""
 
-    READS = 3  # replies `read` adds to the pipeline
-
     def __init__(self, redis: Redis, keys: Keys, settings: Config) -> None:
         self.redis = redis
         self.keys = keys
@@ -55,6 +55,10 @@ class Users:
         # before it is not stored for them (it may be read after the purge: same batch, a
         # later one, or one storing while this one loads); bounded by DELETES_KEPT
         self._deleted: dict[str, tuple[int, int]] = {}
+        self._one_call = not isinstance(redis, RedisCluster)  # MGET spans slots
+        # the running snoozes of the last `load`'s recipients that have any (the center's
+        # loading lock keeps them until its batch has used them)
+        self.snoozes: dict[str, dict[str, int]] = {}
 
     async def aclose(self) -> None:
         """The hydrator's HTTP client (thin `user` events from an HTTP source)."""
@@ -68,20 +72,27 @@ class Users:
                      or await self.redis.get(self.keys.state_pos(USER_TOPIC)))
             self._user_pos = start.decode() if start else "0-0"
 
-    def read(self, pipe: Any, uids: list[str]) -> None:
-        """Queue the reads of a batch's recipients (READS replies, for `load`): first every
-        user event XADDed before this batch's notices were read, then the state's position,
-        then the records (events at or before it, an api's hub applied: in the records)."""
+    def read(self, pipe: Any, uids: list[str]) -> int:
+        """Queue the reads of a batch's recipients (for `load`; returns how many replies):
+        first every user event XADDed before this batch's notices were read, then the
+        state's position, then the records (events at or before it, an api's hub applied:
+        in the records), then their snoozes."""
         pipe.xrange(self.keys.topic(USER_TOPIC), min=f"({self._user_pos}", count=USER_PAGE)
         pipe.get(self.keys.state_pos(USER_TOPIC))
         pipe.hmget(self.keys.state(USER_TOPIC), uids)
+        if self._one_call:
+            pipe.mget([self.keys.snooze(uid) for uid in uids])
+            return 4
+        return 3 + sum(snoozes.read_commands(pipe, self.keys, uid) for uid in uids)
 
     async def load(self, replies: list[Any], uids: list[str]
                    ) -> dict[str, User | str | None]:
         """The recipients of `read`'s replies, after following the events since the last
-        batch: each one's profile (decoded only when it changed), why it is unreadable, or
-        None when it has none."""
-        events, pos, records = replies
+        batch: each one's profile (decoded only when it changed; `snooze` filled in from
+        `Keys.snooze`, whatever the record says), why it is unreadable, or None when it has
+        none."""
+        events, pos, records = replies[:3]
+        snoozed = self._snoozes(uids, replies[3] if self._one_call else replies[3:])
         if events:
             records = await self._follow(events, pos, uids, records)
         users: dict[str, User | str | None] = {}
@@ -93,11 +104,23 @@ class Users:
             if hit is not None and hit[0] == raw:  # the same record as last time: decoded
                 users[uid] = hit[1]
                 continue
-            users[uid] = decode_user(uid, raw)
+            users[uid] = decode_user(uid, raw)  # never a `snooze` from the record
             if len(self._users) >= USER_CACHE:
                 self._users.clear()
             self._users[uid] = (raw, users[uid])
+        for uid, running in snoozed.items():  # a copy: the cached record stays as read
+            if isinstance(u := users[uid], User):
+                users[uid] = msgspec.structs.replace(u, snooze=running)
         return users
+
+    def _snoozes(self, uids: list[str], values: list[bytes | None]
+                 ) -> dict[str, dict[str, int]]:
+        """The running snoozes of the recipients that have any (most have none: no entry),
+        kept in `snoozes` for the recipients without a profile."""
+        now = now_ms()
+        self.snoozes = {uid: running for uid, raw in zip(uids, values, strict=True)
+                        if raw is not None and (running := snoozes.decode_value(raw, now))}
+        return self.snoozes
 
     def skip_deleted(self, plans: list[Plan]) -> None:
         """No feed entry (or forward) for a recipient deleted after the notice in Redis

@@ -142,7 +142,7 @@ async def test_store_script_trims_like_choose_trim(redis):
         args: list[str] = []
         for nid in batch:
             args += [nid, f'{{"id":"{nid}"}}']  # the view
-        await script(keys=keys, args=[10, *args], client=redis)
+        await script(keys=keys, args=[10, "0" * len(batch), *args], client=redis)  # none silenced
         model += batch
         for victim in choose_trim(model, read, len(model) - 10):
             model.remove(victim)

@@ -1,0 +1,52 @@
+"""The caller's snoozes (`/api/v1/me/snooze`, user token): hold their external forwards
+of one alert, or of every alert, until a time. In-app notices are never held. Storage in
+streams.center.snooze; the forwarder honours them (`User.snooze`, `streams.snoozes`)."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from vestnik.app.context import Ctx
+from vestnik.app.http import Router, json_response, read_body
+from vestnik.app.tokens import Principal
+from vestnik.streams.center import Snoozes
+from vestnik.streams.schemas import SnoozeIn, SnoozeList
+
+router = Router("snooze")
+
+PATH = "/api/v1/me/snooze"
+
+
+def snoozes_of(ctx: Ctx) -> Snoozes:
+    got = ctx.parts.get("snoozes")
+    if got is None:
+        got = ctx.parts["snoozes"] = Snoozes(ctx.redis, ctx.keys)
+    return got
+
+
+def _uid(principal: Principal) -> str:
+    assert principal.user_id is not None
+    return principal.user_id
+
+
+@router.route("POST", PATH, summary="Snooze my forwards of one alert (or all) until `until`",
+              auth="user", body=SnoozeIn, response=SnoozeList, errors=(409,))
+async def snooze(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    body = await read_body(request, SnoozeIn, ctx)
+    return json_response(await snoozes_of(ctx).add(_uid(principal), body))
+
+
+@router.route("GET", PATH, summary="My running snoozes (alert or `*` -> until, ms)",
+              auth="user", response=SnoozeList)
+async def my_snoozes(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    return json_response(await snoozes_of(ctx).get(_uid(principal)))
+
+
+@router.route("DELETE", PATH, summary="End my snooze of `alert`, or all of them",
+              auth="user", response=SnoozeList, errors=(409,),
+              query={"alert": "the alert whose snooze ends (`*`: the snooze of every alert); "
+                              "absent: every snooze"})
+async def end_snooze(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    alert = request.query_params.get("alert")
+    return json_response(await snoozes_of(ctx).end(_uid(principal), alert or None))
