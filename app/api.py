@@ -23,6 +23,7 @@ from vestnik.app.errors import HANDLERS
 from vestnik.app.http import Router, json_response, openapi
 from vestnik.app.notices import router as notices_router
 from vestnik.app.session import router as session_router
+from vestnik.app.sources import router as sources_router
 from vestnik.streams.center import UserHub
 from vestnik.streams.config import Config
 from vestnik.streams.gc_tuning import settle_gc
@@ -36,7 +37,7 @@ VERSION = "0.1.0"
 
 def routers() -> list[Router]:
     return [ops.router, topics.router, alert_settings_router, deliveries_router, notices_router,
-            session_router]
+            sources_router, session_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:
