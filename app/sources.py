@@ -108,7 +108,10 @@ def map_payload(payload: AlertmanagerPayload) -> Entries:
             out.skipped.append(SkippedAlert(path, e.detail.replace(f"(at {inner})",
                                                                    f"(at {path})")))
             continue
-        (out.notices if isinstance(entry, NoticeIn) else out.resolves).append(entry)  # type: ignore[arg-type]
+        if isinstance(entry, NoticeIn):
+            out.notices.append(entry)
+        else:
+            out.resolves.append(entry)
     return out
 
 
@@ -215,9 +218,14 @@ def _ms(at: datetime) -> int:
 async def alertmanager(request: Request, ctx: Ctx, principal: Principal) -> Response:
     payload = await read_body(request, AlertmanagerPayload, ctx)
     entries = map_payload(payload)
-    for s in entries.skipped:  # the path and why, not the values (labels may be anything)
-        log.warning("alertmanager alert skipped (receiver %r): %s at %s",
-                    payload.receiver[:100], s.detail, s.path)
+    if entries.skipped:  # one line a payload; the path and why, never the values
+        first = entries.skipped[0]
+        log.warning("alertmanager (receiver %r): %d of %d alerts skipped, the first at %s: %s",
+                    payload.receiver[:100], len(entries.skipped), len(payload.alerts),
+                    first.path, first.detail)
+    if payload.truncated_alerts > 0:
+        log.warning("alertmanager (receiver %r) left out %d alerts of a group (its max_alerts)",
+                    payload.receiver[:100], payload.truncated_alerts)
     fields = entries.fields()
     # one pipeline, in this order: requests that arrive together share it (streams.coalesce)
     added = await asyncio.gather(*(ctx.appends.xadd(ctx.keys.notices, f) for f in fields),

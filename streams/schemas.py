@@ -822,7 +822,9 @@ class AlertmanagerPayload(msgspec.Struct, kw_only=True):
     """The webhook body. `alerts` stay raw JSON here: `AlertmanagerAlert` decodes each."""
 
     version: str
-    alerts: Annotated[list[msgspec.Raw], msgspec.Meta(max_length=MAX_ALERTS)]
+    alerts: Annotated[list[msgspec.Raw], msgspec.Meta(
+        max_length=MAX_ALERTS, description="each an AlertmanagerAlert (status, labels, "
+        "annotations, startsAt, endsAt, generatorURL, fingerprint)")]
     status: IncidentStatus | None = None
     receiver: str = ""
     group_key: str = msgspec.field(name="groupKey", default="")
