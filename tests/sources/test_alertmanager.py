@@ -109,6 +109,8 @@ async def test_a_real_alertmanager_fires_then_resolves_into_the_inbox(
         assert n["dedup_key"] == fingerprint
         assert n["created_at"] == int(starts.timestamp() * 1000)
         assert n["data"]["labels"] == labels and n["read"] is False
+        if INCIDENTS:  # needs helper "incidents": an incident is stored firing
+            assert n["status"] == "firing"
 
         # the same alert, ended a second ago: Alertmanager sends it as resolved
         ends = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
