@@ -82,7 +82,8 @@ class Entries(msgspec.Struct):
 
 def resolve_fields(resolve: ResolveIn) -> dict[str, str | bytes]:
     """Flat fields of an `op resolve` entry on `vn:notices` (what the center decodes into
-    ResolveIn)."""
+    ResolveIn). Helper "incidents" adds the same `schemas.resolve_fields`: once merged,
+    import that one and drop this."""
     out: dict[str, str | bytes] = {"op": "resolve", "alert": resolve.alert,
                                    "dedup_key": resolve.dedup_key}
     if resolve.setting_id is not None:
