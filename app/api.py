@@ -25,6 +25,7 @@ from vestnik.app.notices import router as notices_router
 from vestnik.app.session import router as session_router
 from vestnik.app.silences import router as silences_router
 from vestnik.app.snooze import router as snooze_router
+from vestnik.app.sources import router as sources_router
 from vestnik.streams.center import UserHub
 from vestnik.streams.config import Config
 from vestnik.streams.gc_tuning import settle_gc
@@ -38,7 +39,7 @@ VERSION = "0.1.0"
 
 def routers() -> list[Router]:
     return [ops.router, topics.router, alert_settings_router, deliveries_router, notices_router,
-            session_router, silences_router, snooze_router]
+            sources_router, session_router, silences_router, snooze_router]
 
 
 async def ensure_group(ctx: Ctx) -> None:

@@ -66,6 +66,7 @@ class TooLarge(VestnikError):
 
 
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
+_KEY = re.compile(r" - at `key` in `(\$[^`]*)`$")  # a bad key of an object (dict[Key, ...])
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")
 _UNKNOWN = re.compile(r"^Object contains unknown field `([^`]+)`")
 
@@ -77,6 +78,8 @@ def from_validation(err: msgspec.ValidationError | msgspec.DecodeError) -> BadIn
     it), and only a real syntax error is called invalid JSON (ValidationError is a
     DecodeError)."""
     text = str(err)
+    if (k := _KEY.search(text)) is not None:  # the object's path: the key itself has none
+        text = f"{text[:k.start()]} (a key) - at `{k.group(1)}`"
     m = _PATH.search(text)
     located = m is not None
     field = m.group(1) if m else "$"

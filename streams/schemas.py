@@ -8,6 +8,7 @@ Stream entries are flat string fields (so `redis-cli XADD` works), decoded with
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Annotated, Any, Literal, TypeVar
 
 import msgspec
@@ -803,3 +804,65 @@ def live_event(msg: LiveMsg) -> tuple[str, bytes, int]:
     if isinstance(msg, LiveUpdate):
         return "notice-update", msg.view.encode(), 0
     return "read", json_encode(msg.data), 0
+
+
+# ------------------------------------------------------------ sources: Alertmanager
+# Prometheus Alertmanager's webhook payload, version 4 (`POST /api/v1/sources/alertmanager`,
+# app/sources.py). Not Strict: fields a newer Alertmanager adds are ignored, not refused.
+# The payload is decoded with `alerts` left raw, then each alert on its own, so one bad
+# alert is skipped (named by its path) while the others of the payload go on.
+
+ALERTMANAGER_VERSION = "4"
+MAX_ALERTS = 1000  # alerts per payload (Alertmanager's `max_alerts` keeps it below)
+_LabelName = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=_NO_CONTROL)]
+_LabelValue = Annotated[str, msgspec.Meta(max_length=4096)]
+_AnnotationValue = Annotated[str, msgspec.Meta(max_length=65536)]
+AlertLabels = Annotated[dict[_LabelName, _LabelValue], msgspec.Meta(max_length=100)]
+AlertAnnotations = Annotated[dict[_LabelName, _AnnotationValue], msgspec.Meta(max_length=100)]
+# Alertmanager's fingerprint: 16 hex digits (a little room for other senders)
+Fingerprint = Annotated[str, msgspec.Meta(pattern=r"^[0-9A-Fa-f]{1,64}(?!\n)$")]
+
+
+class AlertmanagerAlert(msgspec.Struct, kw_only=True):
+    """One alert of the payload; its labels and annotations as Prometheus gave them."""
+
+    status: IncidentStatus
+    labels: AlertLabels
+    fingerprint: Fingerprint
+    starts_at: datetime = msgspec.field(name="startsAt")
+    annotations: AlertAnnotations = {}
+    ends_at: datetime | None = msgspec.field(name="endsAt", default=None)
+    generator_url: Annotated[str, msgspec.Meta(max_length=4096)] = msgspec.field(
+        name="generatorURL", default="")
+
+
+class AlertmanagerPayload(msgspec.Struct, kw_only=True):
+    """The webhook body. `alerts` stay raw JSON here: `AlertmanagerAlert` decodes each."""
+
+    version: str
+    alerts: Annotated[list[msgspec.Raw], msgspec.Meta(
+        max_length=MAX_ALERTS, description="each an AlertmanagerAlert (status, labels, "
+        "annotations, startsAt, endsAt, generatorURL, fingerprint)")]
+    status: IncidentStatus | None = None
+    receiver: str = ""
+    group_key: str = msgspec.field(name="groupKey", default="")
+    truncated_alerts: int = msgspec.field(name="truncatedAlerts", default=0)
+    group_labels: dict[str, str] = msgspec.field(name="groupLabels", default_factory=dict)
+    common_labels: dict[str, str] = msgspec.field(name="commonLabels", default_factory=dict)
+    common_annotations: dict[str, str] = msgspec.field(name="commonAnnotations",
+                                                       default_factory=dict)
+    external_url: str = msgspec.field(name="externalURL", default="")
+
+
+class SkippedAlert(msgspec.Struct):
+    """An alert of the payload that was not taken, and why (`path`: its bad field)."""
+
+    path: str
+    detail: str
+
+
+class SourceAccepted(msgspec.Struct, omit_defaults=True):
+    """Reply to a source: how many entries went to `vn:notices` and the alerts skipped."""
+
+    accepted: int
+    skipped: list[SkippedAlert] = []
