@@ -12,6 +12,13 @@
  *            host) instead of a token: fetch credentials "include", EventSource withCredentials
  *   limit    notices per page (default 20)
  *
+ * Incidents (notices with a `dedup_key`) show their state in words: "Firing for 12 min" (the
+ * duration grows, redrawn with the relative times by one 30 s interval for the whole list)
+ * or "Resolved 3 minutes ago · lasted 12 min"; a live `notice-update` redraws the item and
+ * never changes the unread count. "Firing only" filters the loaded items in the browser
+ * (the feed API has no status filter; infinite scroll keeps loading older pages while the
+ * filtered list is short). Host attribute `firing-only` mirrors the toggle.
+ *
  * Events (on the element): `vestnik-count` {count}, `vestnik-notice` {notice} for each new
  * live notice, and `vestnik-open` {notice} before following a notice's link (cancel it with
  * preventDefault() to route inside your SPA instead).
@@ -132,7 +139,7 @@ li:last-child { border-bottom: 0; }
 .inc-resolved { color: var(--vn-ok); background: color-mix(in srgb, var(--vn-ok) 14%, transparent); }
 .inc-silenced { color: var(--vn-muted); border: 1px dashed var(--vn-line); font-weight: 400; }
 .inc .mark { font-size: 10px; }
-.inc time { font-weight: 400; }
+.inc time, .inc .lasted { font-weight: 400; }
 .dot { flex: none; width: 8px; height: 8px; margin-top: 7px; border-radius: 50%;
   background: var(--vn-accent); visibility: hidden; }
 .unread .dot { visibility: visible; }
@@ -1001,14 +1008,15 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     } else if (n.status === "resolved") {
       const end = toMs(n.resolved_at);
       const at = validMs(end) ? end : 0;
+      const lasted = at && validMs(start) && at >= start ? dur(at - start) : null;
       chips.push(h("span", { class: "inc inc-resolved" },
         h("span", { class: "mark", "aria-hidden": "true", text: "✓" }), " ",
         h("span", { text: "Resolved" }), " ",
         at ? h("time", { datetime: new Date(at).toISOString(),
           title: `Resolved ${new Date(at).toLocaleString()}`, "data-ms": at, text: fmt(at) })
-          : null));
-      const lasted = at && validMs(start) && at >= start ? dur(at - start) : null;
-      if (lasted) chips.push(h("span", { class: "lasted", text: `lasted ${lasted}` }));
+          : null,
+        lasted ? [h("span", { "aria-hidden": "true", text: " · " }),
+          h("span", { class: "lasted", text: `lasted ${lasted}` })] : null));
       words = lasted ? `Resolved, lasted ${lasted}. ` : "Resolved. ";
     }
     if (n.silenced === true) {

@@ -126,10 +126,20 @@ async def test_incident_fires_resolves_live_and_filters(api: Api, redis, start_p
     await expect(visible).to_have_text([HOSTILE, "Disk 91% on web-2"])
     await shot(page, "firing-only")
 
-    # resolving the shown ones live empties the filtered list; the count still stays
+    # the keyboard walks the shown items only
+    await inbox.locator("li", has_text="on web-9").locator(".hit").focus()
+    await page.keyboard.press("End")
+    web2_hit = inbox.locator("li", has_text="web-2").locator(".hit")
+    await expect(web2_hit).to_be_focused()
+
+    # resolving the shown ones live empties the filtered list (focus stays in the inbox);
+    # the count still stays
     await resolve(redis, api, web2, "web-2", now_ms())
+    await expect(visible).to_have_text([HOSTILE])
+    await expect(hostile.locator(".hit")).to_be_focused()
     await resolve(redis, api, web9, "web-9", now_ms())
     await expect(visible).to_have_count(0)
+    await expect(toggle).to_be_focused()
     await expect(inbox.locator(".state")).to_contain_text("No firing incidents")
     await expect(badge).to_have_text("4")
     await shot(page, "none-firing")
@@ -172,13 +182,14 @@ async def test_firing_duration_ticks_with_one_interval(api: Api, redis, start_pr
     inbox = page.locator("vestnik-inbox")
     firing = inbox.locator("li", has_text="web-1").locator(".inc-firing")
     resolved = inbox.locator("li", has_text="db-1")
+    chip = resolved.locator(".inc-resolved")
     await expect(firing).to_have_text("● Firing for 2 min")
     await expect(resolved.locator(".lasted")).to_have_text("lasted 25 min")
-    await expect(resolved.locator(".inc-resolved")).to_have_text("✓ Resolved 7 minutes ago")
+    await expect(chip).to_have_text("✓ Resolved 7 minutes ago · lasted 25 min")
     await page.clock.fast_forward("01:00:00")
     await expect(firing).to_have_text("● Firing for 1 hr 2 min")
     await expect(resolved.locator(".lasted")).to_have_text("lasted 25 min")
-    await expect(resolved.locator(".inc-resolved")).to_have_text("✓ Resolved 1 hour ago")
+    await expect(chip).to_have_text("✓ Resolved 1 hour ago · lasted 25 min")
     assert await page.evaluate("window.intervals") == 1
     await shot(page, "an-hour-later")
     assert not errors, errors
