@@ -92,9 +92,11 @@ header h2, .seg button, .link { white-space: nowrap; }
 .seg { display: inline-flex; border: 1px solid var(--vn-line); border-radius: 6px; overflow: hidden; }
 .seg button { border: 0; background: transparent; padding: 4px 10px; font-size: 13px;
   cursor: pointer; color: var(--vn-muted); }
-.seg button[aria-pressed="true"], .toggle[aria-pressed="true"] { background: var(--vn-soft); color: var(--vn-fg); font-weight: 600; }
+.seg button[aria-pressed="true"], .toggle[aria-pressed="true"] { background: var(--vn-soft);
+  color: var(--vn-fg); font-weight: 600; }
 .toggle { border: 1px solid var(--vn-line); border-radius: 6px; background: transparent;
-  padding: 4px 10px; font-size: 13px; cursor: pointer; color: var(--vn-muted); white-space: nowrap; }
+  padding: 4px 10px; font-size: 13px; cursor: pointer; color: var(--vn-muted);
+  white-space: nowrap; }
 .link { border: 0; background: none; color: var(--vn-accent); cursor: pointer; font-size: 13px;
   padding: 4px 2px; }
 .link:disabled { color: var(--vn-muted); cursor: default; }
@@ -135,8 +137,10 @@ li:last-child { border-bottom: 0; }
 /* an incident's state: words first, colour second (it reads the same without colour) */
 .inc { display: inline-flex; align-items: center; gap: 4px; border-radius: 8px; padding: 0 6px;
   font-weight: 600; white-space: nowrap; }
-.inc-firing { color: var(--vn-critical); background: color-mix(in srgb, var(--vn-critical) 12%, transparent); }
-.inc-resolved { color: var(--vn-ok); background: color-mix(in srgb, var(--vn-ok) 14%, transparent); }
+.inc-firing { color: var(--vn-critical);
+  background: color-mix(in srgb, var(--vn-critical) 12%, transparent); }
+.inc-resolved { color: var(--vn-ok);
+  background: color-mix(in srgb, var(--vn-ok) 14%, transparent); }
 .inc-silenced { color: var(--vn-muted); border: 1px dashed var(--vn-line); font-weight: 400; }
 .inc .mark { font-size: 10px; }
 .inc time, .inc .lasted { font-weight: 400; }
@@ -1002,8 +1006,8 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       chips.push(h("span", { class: "inc inc-firing" },
         h("span", { class: "mark", "aria-hidden": "true", text: "●" }), " ",
         h("span", { text: "Firing" }), " ",
-        since ? h("span", { "data-since": since, title: `Since ${new Date(since).toLocaleString()}`,
-          text: `for ${dur(Date.now() - since, true)}` }) : null));
+        since ? h("span", { "data-since": since, text: `for ${dur(Date.now() - since, true)}`,
+          title: `Since ${new Date(since).toLocaleString()}` }) : null));
       words = "Firing. ";
     } else if (n.status === "resolved") {
       const end = toMs(n.resolved_at);

@@ -162,23 +162,25 @@ async def test_firing_duration_ticks_with_one_interval(api: Api, redis, start_pr
                                                        context, shot):
     """The firing duration grows on screen without a reload (one interval for the whole
     list, every 30 s); a resolved incident's duration stays. The page's clock is Playwright's
-    (jumped forward), the server's is real."""
+    (paused 2 min 10 s after the incident began, then jumped an hour), the server's is real."""
     await add_users(redis, ("1", "Alice"))
     start_proc("center", "--no-forward")
-    t0 = now_ms() - 2 * MIN - 10_000
-    done = await fire(redis, "db-1", "Replication lag on db-1", t0 - 30 * MIN)
-    await resolve(redis, api, done, "db-1", t0 - 5 * MIN)
+    t0 = now_ms() - 30 * MIN  # web-1 began; the page's "now" is t0 + 2 min 10 s
+    seen = t0 + 2 * MIN + 10_000
+    done = await fire(redis, "db-1", "Replication lag on db-1", seen - 32 * MIN)
+    await resolve(redis, api, done, "db-1", seen - 7 * MIN)
     await fire(redis, "web-1", "Disk 95% on web-1", t0)
     page = await context.new_page()
     errors = console_errors(page)
     # count the page's intervals: one for the list, however many items it shows
-    await page.clock.install()
+    await page.clock.install(time=(seen - 60_000) / 1000)
     await page.add_init_script("""(() => {
         const set = window.setInterval;
         window.intervals = 0;
         window.setInterval = (...a) => { window.intervals++; return set(...a); };
     })()""")
     await page.goto(f"{api.base}/?token={user_token('1')}")
+    await page.clock.pause_at(seen / 1000)
     inbox = page.locator("vestnik-inbox")
     firing = inbox.locator("li", has_text="web-1").locator(".inc-firing")
     resolved = inbox.locator("li", has_text="db-1")
@@ -192,4 +194,38 @@ async def test_firing_duration_ticks_with_one_interval(api: Api, redis, start_pr
     await expect(chip).to_have_text("✓ Resolved 1 hour ago · lasted 25 min")
     assert await page.evaluate("window.intervals") == 1
     await shot(page, "an-hour-later")
+    assert not errors, errors
+
+
+async def test_firing_only_reads_older_pages_to_find_incidents(api: Api, redis, start_proc,
+                                                               user_token, context, shot):
+    """The filter runs over the loaded items; an incident older than the first page still
+    shows under "Firing only": the inbox reads on while the filtered list is short."""
+    await add_users(redis, ("1", "Alice"))
+    start_proc("center", "--no-forward")
+    await fire(redis, "web-1", "Disk 95% on web-1", now_ms() - 3 * MIN)
+    for i in range(30):
+        await redis.xadd(K.notices, {"alert": "vm", "title": f"vm {i:02d} started",
+                                     "recipients": "1"})
+
+    async def all_stored() -> bool:
+        return await redis.zcard(K.feed("1")) == 31
+
+    await eventually(all_stored, what="31 notices stored")
+    page = await context.new_page()
+    errors = console_errors(page)
+    await page.goto(f"{api.base}/?token={user_token('1')}")
+    inbox = page.locator("vestnik-inbox")
+    await expect(inbox.locator("li")).to_have_count(20)  # the first page: no incident in it
+    await expect(inbox.locator(".inc-firing")).to_have_count(0)
+    await inbox.get_by_role("button", name="Firing only").click()
+    await expect(inbox).to_have_attribute("firing-only", "")
+    await expect(inbox.locator("li:visible .title")).to_have_text(["Disk 95% on web-1"])
+    await expect(inbox.locator("li:visible .inc-firing")).to_contain_text(
+        re.compile(r"Firing for [3-9] min"))
+    await expect(inbox.locator(".head-bell .badge")).to_have_text("31")
+    await shot(page, "found-on-page-2")
+    await inbox.get_by_role("button", name="Firing only").click()
+    await expect(inbox).not_to_have_attribute("firing-only", "")
+    await expect(inbox.locator("li:visible")).to_have_count(31)
     assert not errors, errors
