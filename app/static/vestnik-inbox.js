@@ -12,6 +12,13 @@
  *            host) instead of a token: fetch credentials "include", EventSource withCredentials
  *   limit    notices per page (default 20)
  *
+ * Incidents (notices with a `dedup_key`) show their state in words: "Firing for 12 min" (the
+ * duration grows, redrawn with the relative times by one 30 s interval for the whole list)
+ * or "Resolved 3 minutes ago · lasted 12 min"; a live `notice-update` redraws the item and
+ * never changes the unread count. "Firing only" filters the loaded items in the browser
+ * (the feed API has no status filter; infinite scroll keeps loading older pages while the
+ * filtered list is short). Host attribute `firing-only` mirrors the toggle.
+ *
  * Events (on the element): `vestnik-count` {count}, `vestnik-notice` {notice} for each new
  * live notice, and `vestnik-open` {notice} before following a notice's link (cancel it with
  * preventDefault() to route inside your SPA instead).
@@ -42,12 +49,12 @@
 :host { display: inline-block; position: relative; font: inherit; color: var(--vn-fg);
   --vn-fg: #1f2328; --vn-muted: #656d76; --vn-bg: #fff; --vn-soft: #f6f8fa; --vn-line: #d8dee4;
   --vn-accent: #0969da; --vn-unread: #f0f7ff; --vn-info: #0969da; --vn-warning: #bf8700;
-  --vn-critical: #cf222e; --vn-radius: 10px; }
+  --vn-critical: #cf222e; --vn-ok: #1a7f37; --vn-radius: 10px; }
 :host([mode="page"]) { display: block; }
 @media (prefers-color-scheme: dark) {
   :host { --vn-fg: #e6edf3; --vn-muted: #9198a1; --vn-bg: #161b22; --vn-soft: #0d1117;
     --vn-line: #30363d; --vn-accent: #4493f8; --vn-unread: #12263f; --vn-info: #4493f8;
-    --vn-warning: #d29922; --vn-critical: #f85149; }
+    --vn-warning: #d29922; --vn-critical: #f85149; --vn-ok: #3fb950; }
 }
 * { box-sizing: border-box; }
 [hidden] { display: none !important; }
@@ -85,7 +92,11 @@ header h2, .seg button, .link { white-space: nowrap; }
 .seg { display: inline-flex; border: 1px solid var(--vn-line); border-radius: 6px; overflow: hidden; }
 .seg button { border: 0; background: transparent; padding: 4px 10px; font-size: 13px;
   cursor: pointer; color: var(--vn-muted); }
-.seg button[aria-pressed="true"] { background: var(--vn-soft); color: var(--vn-fg); font-weight: 600; }
+.seg button[aria-pressed="true"], .toggle[aria-pressed="true"] { background: var(--vn-soft);
+  color: var(--vn-fg); font-weight: 600; }
+.toggle { border: 1px solid var(--vn-line); border-radius: 6px; background: transparent;
+  padding: 4px 10px; font-size: 13px; cursor: pointer; color: var(--vn-muted);
+  white-space: nowrap; }
 .link { border: 0; background: none; color: var(--vn-accent); cursor: pointer; font-size: 13px;
   padding: 4px 2px; }
 .link:disabled { color: var(--vn-muted); cursor: default; }
@@ -123,6 +134,16 @@ li:last-child { border-bottom: 0; }
 .sev-critical .sev { color: var(--vn-critical); }
 .sev-info .sev { color: var(--vn-info); }
 .repeat { border: 1px solid var(--vn-line); border-radius: 8px; padding: 0 6px; }
+/* an incident's state: words first, colour second (it reads the same without colour) */
+.inc { display: inline-flex; align-items: center; gap: 4px; border-radius: 8px; padding: 0 6px;
+  font-weight: 600; white-space: nowrap; }
+.inc-firing { color: var(--vn-critical);
+  background: color-mix(in srgb, var(--vn-critical) 12%, transparent); }
+.inc-resolved { color: var(--vn-ok);
+  background: color-mix(in srgb, var(--vn-ok) 14%, transparent); }
+.inc-silenced { color: var(--vn-muted); border: 1px dashed var(--vn-line); font-weight: 400; }
+.inc .mark { font-size: 10px; }
+.inc time, .inc .lasted { font-weight: 400; }
 .dot { flex: none; width: 8px; height: 8px; margin-top: 7px; border-radius: 50%;
   background: var(--vn-accent); visibility: hidden; }
 .unread .dot { visibility: visible; }
@@ -159,6 +180,31 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (a < 86400) return rtf.format(Math.round(s / 3600), "hour");
       if (a < 7 * 86400) return rtf.format(Math.round(s / 86400), "day");
       return new Date(ms).toLocaleDateString();
+    };
+  })();
+
+  /** A duration as people say it: "45 sec", "12 min", "3 hr 5 min", "2 days 4 hr".
+   * `coarse`: whole minutes only ("<1 min"), for a duration that keeps growing on screen
+   * and is redrawn every 30 s. */
+  const dur = (() => {
+    const unit = (u) => {
+      const o = { style: "unit", unit: u, unitDisplay: "short" };
+      try {
+        return new Intl.NumberFormat(navigator.language || "en", o);
+      } catch {
+        return new Intl.NumberFormat("en", o);
+      }
+    };
+    const [sec, min, hr, day] = ["second", "minute", "hour", "day"].map(unit);
+    const two = (big, a, small, b) => (b ? `${big.format(a)} ${small.format(b)}` : big.format(a));
+    return (ms, coarse = false) => {
+      const s = Math.max(0, Math.floor(ms / 1000));
+      if (s < 60) return coarse ? `<${min.format(1)}` : sec.format(s);
+      const m = Math.floor(s / 60);
+      if (m < 60) return min.format(m);
+      const hours = Math.floor(m / 60);
+      if (hours < 24) return two(hr, hours, min, m % 60);
+      return two(day, Math.floor(hours / 24), hr, hours % 24);
     };
   })();
 
@@ -200,6 +246,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.next = null;
       this.loading = false;
       this.filter = "all";
+      this.firingOnly = false; // client-side: the feed API has no status filter
       this.lastSeq = null;
       this.countSeq = 0; // the feed seq the last `count` event covers
       this.topSeq = 0;
@@ -254,6 +301,9 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         onclick: () => this.setFilter("all") });
       this.unreadBtn = h("button", { type: "button", "aria-pressed": "false", text: "Unread",
         onclick: () => this.setFilter("unread") });
+      this.firingBtn = h("button", { class: "toggle", type: "button", "aria-pressed": "false",
+        text: "Firing only", title: "Show only incidents that are still firing",
+        onclick: () => this.setFiringOnly(!this.firingOnly) });
       this.markAll = h("button", { class: "link", type: "button", text: "Mark all read",
         onclick: () => this.readAll() });
       this.banner = h("div", { class: "banner", role: "status", hidden: true });
@@ -270,7 +320,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
           this.tools = h("div", { class: "tools" },
             h("div", { class: "seg", role: "group", "aria-label": "Show" }, this.allBtn,
               this.unreadBtn),
-            this.markAll)),
+            this.firingBtn, this.markAll)),
         this.scroll);
       this.live = h("div", { class: "sr", "aria-live": "polite", "aria-atomic": "true" });
       r.append(this.bell, this.panel, this.live);
@@ -307,7 +357,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     openPanel() {
       this.panel.hidden = false;
       this.bell.setAttribute("aria-expanded", "true");
-      const first = this.list.querySelector(".hit");
+      const first = this.list.querySelector("li:not([hidden]) .hit");
       (first || this.markAll).focus({ preventScroll: true });
       this.maybeMore();
     }
@@ -403,7 +453,9 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     query(cursor) {
-      const q = new URLSearchParams({ limit: String(this.limit) });
+      // "firing only" filters the loaded pages here: bigger pages find incidents sooner
+      const limit = this.firingOnly ? Math.max(this.limit, 100) : this.limit;
+      const q = new URLSearchParams({ limit: String(limit) });
       if (this.filter === "unread") q.set("unread", "true");
       if (cursor) q.set("cursor", cursor);
       return `/api/v1/me/notices?${q}`;
@@ -462,8 +514,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     afterLoad() {
-      if (this.items.size === 0) this.showState("empty");
-      else this.showState(null);
+      this.showState(this.shownCount() === 0 ? "empty" : null);
       if (this.next) {
         this.more.hidden = true;
       } else if (this.items.size > this.limit) {
@@ -591,6 +642,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (!n || !n.id) return;
       const known = this.items.has(n.id);
       if (!isNew && !known) return; // a repeat of a notice we do not show (an older page)
+      const was = known ? this.items.get(n.id).status : undefined;
       const seq = isNew && e.lastEventId ? num(e.lastEventId) : num(n.seq);
       if (isNew && seq) {
         if (this.lastSeq === null || seq > num(this.lastSeq)) this.lastSeq = String(seq);
@@ -607,7 +659,9 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         this.announce(`New ${SEVERITY[n.severity] ? n.severity + " " : ""}notice: ${n.title}`);
         this.dispatchEvent(new CustomEvent("vestnik-notice", { detail: { notice: n } }));
       }
-      if (this.items.size > 0) this.showState(null);
+      // an update never counts: resolving an incident leaves it as read or unread as it was
+      if (was === "firing" && n.status === "resolved") this.announce(`Resolved: ${n.title}`);
+      this.syncEmpty();
     }
 
     onRead(e) {
@@ -621,6 +675,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
           this.items.delete(id);
           this.nodes.get(id)?.remove();
           this.nodes.delete(id);
+          this.syncEmpty();
         } else if (n.read !== read) {
           n.read = read;
           this.render(n);
@@ -683,13 +738,14 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       const when = h("time", { datetime: ms ? new Date(ms).toISOString() : null,
         title: ms ? new Date(ms).toLocaleString() : null, "data-ms": ms || null,
         text: ms ? fmt(ms) : "" });
-      const label = `${n.read ? "" : "Unread. "}${SEVERITY[sev]}: ${n.title}`;
+      const [chips, state] = incident(n);
+      const label = `${n.read ? "" : "Unread. "}${state}${SEVERITY[sev]}: ${n.title}`;
       const inner = [
         h("span", { class: "icon", "aria-hidden": "true", text: sev === "info" ? "i" : "!" }),
         h("span", { class: "main" },
           h("div", { class: "title", text: n.title }),
           n.body ? h("div", { class: "body", text: n.body }) : null,
-          h("div", { class: "meta" },
+          h("div", { class: "meta" }, chips,
             h("span", { class: "sev", text: SEVERITY[sev] }), h("span", { text: "·" }), when,
             n.alert ? h("span", { text: "·" }) : null,
             n.alert ? h("span", { text: n.alert }) : null,
@@ -703,12 +759,52 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
         : h("button", { class: "hit", type: "button", "aria-label": label }, inner);
       hit.addEventListener("click", (e) => this.activate(e, n.id));
       li.replaceChildren(hit);
-      if (focused) hit.focus({ preventScroll: true });
+      li.hidden = !this.shown(n);
+      if (focused && li.hidden) this.focusNear(li);
+      else if (focused) hit.focus({ preventScroll: true });
     }
 
+    /** Whether the filters let `n` show (the unread one is the server's; "firing only"
+     * is applied here, over the loaded items). */
+    shown(n) {
+      return !this.firingOnly || n.status === "firing";
+    }
+
+    shownCount() {
+      let c = 0;
+      for (const n of this.items.values()) if (this.shown(n)) c++;
+      return c;
+    }
+
+    /** The empty state follows what is shown, once the list is in (never over an error). */
+    syncEmpty() {
+      const st = this.getAttribute("state");
+      const c = this.shownCount();
+      if (c > 0) this.showState(null);
+      else if (c === 0 && this.listed && st === "ready") this.showState("empty");
+    }
+
+    /** Keep keyboard focus in the list when the focused item is filtered out. */
+    focusNear(li) {
+      const visible = (e) => e && !e.hidden;
+      let e = li.nextElementSibling;
+      while (e && !visible(e)) e = e.nextElementSibling;
+      if (!e) {
+        e = li.previousElementSibling;
+        while (e && !visible(e)) e = e.previousElementSibling;
+      }
+      (e ? e.querySelector(".hit") : this.firingBtn).focus({ preventScroll: true });
+    }
+
+    /** One interval for the whole list (not a timer per item): relative times and the
+     * durations of firing incidents. */
     refreshTimes() {
       for (const t of this.list.querySelectorAll("time[data-ms]")) {
         t.textContent = fmt(Number(t.dataset.ms));
+      }
+      const now = Date.now();
+      for (const t of this.list.querySelectorAll("[data-since]")) {
+        t.textContent = `for ${dur(now - Number(t.dataset.since), true)}`;
       }
     }
 
@@ -751,6 +847,10 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       if (kind === "loading") {
         s.append(h("div", { class: "more" }, h("span", { class: "spin", "aria-hidden": "true" }),
           h("span", { text: "Loading notifications…" })));
+      } else if (kind === "empty" && this.firingOnly) {
+        s.append(h("strong", { text: this.filter === "unread" ? "No unread firing incidents"
+          : "No firing incidents" }),
+          h("span", { text: "Incidents that are still firing appear here." }));
       } else if (kind === "empty") {
         s.append(h("strong", { text: this.filter === "unread" ? "No unread notices" : "You're all caught up" }),
           h("span", { text: "New notices appear here as they happen." }));
@@ -813,6 +913,18 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       this.reloadList(); // the stream stays; the list reloads under the new filter
     }
 
+    /** "Firing only": over the items already loaded (the feed API has no status filter),
+     * so no reload; infinite scroll keeps reading older pages while the list is short. */
+    setFiringOnly(on) {
+      this.firingOnly = on;
+      this.firingBtn.setAttribute("aria-pressed", String(on));
+      this.toggleAttribute("firing-only", on);
+      for (const [id, li] of this.nodes) li.hidden = !this.shown(this.items.get(id));
+      const st = this.getAttribute("state");
+      if (st === "ready" || st === "empty") this.showState(this.shownCount() ? null : "empty");
+      this.maybeMore();
+    }
+
     async activate(e, id) {
       const n = this.items.get(id);
       if (!n) return;
@@ -866,7 +978,7 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
     }
 
     onListKey(e) {
-      const hits = [...this.list.querySelectorAll(".hit")];
+      const hits = [...this.list.querySelectorAll("li:not([hidden]) .hit")];
       const i = hits.indexOf(this.root.activeElement);
       let j = null;
       if (e.key === "ArrowDown" || e.key === "j") j = Math.min(hits.length - 1, i + 1);
@@ -879,6 +991,44 @@ form.tok input { flex: 1; max-width: 320px; padding: 5px 8px; border: 1px solid 
       hits[j].scrollIntoView({ block: "nearest" });
       if (j === hits.length - 1) this.maybeMore();
     }
+  }
+
+  const validMs = (ms) => Number.isFinite(ms) && ms > 0 && ms < 8.64e15;
+
+  /** An incident's chips for the meta line and the words for the item's label: "firing"
+   * with how long so far, "resolved" with when and how long it lasted, "silenced". */
+  function incident(n) {
+    const chips = [];
+    let words = "";
+    const start = toMs(n.created_at);
+    if (n.status === "firing") {
+      const since = validMs(start) ? start : 0;
+      chips.push(h("span", { class: "inc inc-firing" },
+        h("span", { class: "mark", "aria-hidden": "true", text: "●" }), " ",
+        h("span", { text: "Firing" }), " ",
+        since ? h("span", { "data-since": since, text: `for ${dur(Date.now() - since, true)}`,
+          title: `Since ${new Date(since).toLocaleString()}` }) : null));
+      words = "Firing. ";
+    } else if (n.status === "resolved") {
+      const end = toMs(n.resolved_at);
+      const at = validMs(end) ? end : 0;
+      const lasted = at && validMs(start) && at >= start ? dur(at - start) : null;
+      chips.push(h("span", { class: "inc inc-resolved" },
+        h("span", { class: "mark", "aria-hidden": "true", text: "✓" }), " ",
+        h("span", { text: "Resolved" }), " ",
+        at ? h("time", { datetime: new Date(at).toISOString(),
+          title: `Resolved ${new Date(at).toLocaleString()}`, "data-ms": at, text: fmt(at) })
+          : null,
+        lasted ? [h("span", { "aria-hidden": "true", text: " · " }),
+          h("span", { class: "lasted", text: `lasted ${lasted}` })] : null));
+      words = lasted ? `Resolved, lasted ${lasted}. ` : "Resolved. ";
+    }
+    if (n.silenced === true) {
+      chips.push(h("span", { class: "inc inc-silenced", text: "Silenced",
+        title: "A silence matched it: not pushed live, not forwarded" }));
+      words += "Silenced. ";
+    }
+    return [chips, words];
   }
 
   /** Only http(s) and same-site relative links are followed (never javascript: URLs). */
