@@ -7,25 +7,13 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from alertmanager_support import Alertmanager, alertmanager_binary
 
 from support import Api, Proc, wait_http
 from vestnik.streams.redis_server import free_port
-
-BINARIES = ("prometheus-alertmanager", "alertmanager")  # Debian's name, upstream's
-
-
-def alertmanager_binary() -> str | None:
-    return next((p for p in map(shutil.which, BINARIES) if p), None)
-
-
-@dataclass
-class Alertmanager:
-    base: str
-    proc: Proc
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from conftest import Alertmanager
+from alertmanager_support import Alertmanager
 
 from support import Api, eventually
 from vestnik.app.sources import map_payload, resolve_fields
