@@ -47,6 +47,12 @@ NOTICES_DELIVERED = Counter(
 NOTICES_FOLDED = Counter(
     "vestnik_notices_folded_total", "Notices folded into an earlier one by their dedup_key"
 )
+INCIDENTS_RESOLVED = Counter(
+    "vestnik_incidents_resolved_total",
+    "Resolves of incidents by how they came (entry: stream, HTTP, wrapper; timer:"
+    " resolve_after) and outcome (resolved; noop: unknown or already resolved)",
+    ["via", "outcome"],
+)
 NOTICES_DEAD = Counter(
     "vestnik_notices_dead_total", "Ingest entries (or recipients) dead-lettered", ["reason"]
 )

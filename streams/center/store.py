@@ -14,6 +14,7 @@ round trip; then, only when repeats were folded, a `notice-update` to their reci
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,6 +73,14 @@ def choose_trim(oldest_first: list[str], read: set[str], need: int) -> list[str]
         if nid not in chosen:
             victims.append(nid)
     return victims
+
+
+def publish_update(pipe: Any, keys: Keys, body: bytes, recipients: Iterable[str]) -> None:
+    """Queue on `pipe` a `notice-update` of the stored `body` to each recipient's live
+    channel (a repeat folded into it, its incident resolved)."""
+    msg = encode_live(LiveUpdate(notice_view(body).decode()))
+    for uid in recipients:
+        pipe.publish(keys.live(uid), msg)
 
 
 @dataclass(slots=True)
@@ -185,7 +194,8 @@ class Store:
             add_forward_jobs(pipe, k, [b.job for b in jobs])
         for p in folds:
             assert p.fold_into is not None
-            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
+            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into),
+                              k.dedup(p.dedup_claim)],
                         args=[p.notice.id, p.notice.created_at,
                               int(self.settings.dedup_window)], client=pipe)
         return write
@@ -246,9 +256,8 @@ class Store:
         if updates:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for body in updates:
-                    msg = encode_live(LiveUpdate(notice_view(body).decode()))
-                    for uid in _notice_decoder.decode(body).recipients:
-                        pipe.publish(self.keys.live(uid), msg)
+                    publish_update(pipe, self.keys, body,
+                                   _notice_decoder.decode(body).recipients)
                 await pipe.execute()
         if orphans:
             window = int(self.settings.dedup_window)
