@@ -134,10 +134,13 @@ class Incidents:
                 res = await pipe.execute()
             ids_of = {a: [i.decode() for i in ids] for a, ids in zip(unscoped, res, strict=True)}
         scopes: dict[str, int] = {}  # scope -> resolved_at, in order
+        per_entry: list[list[str]] = []
         for r in entries:
             named = [r.setting_id] if r.setting_id is not None else [None, *ids_of[r.alert]]
-            for sid in named:
-                scopes.setdefault(dedup_scope(r.alert, sid, r.dedup_key), r.at or now)
+            mine = [dedup_scope(r.alert, sid, r.dedup_key) for sid in named]
+            for scope in mine:
+                scopes.setdefault(scope, r.at or now)
+            per_entry.append(mine)
         async with self.redis.pipeline(transaction=False) as pipe:
             for scope in scopes:
                 pipe.getdel(self.keys.dedup(scope))
@@ -145,10 +148,10 @@ class Incidents:
         targets = [_Target(nid.decode(), scope, at, False)
                    for (scope, at), nid in zip(scopes.items(), claims, strict=True)
                    if nid is not None]
-        if len(targets) < len(entries):  # a key with no firing incident in any scope
-            INCIDENTS_RESOLVED.labels("entry", "noop").inc(len(entries) - len(targets))
-            log.debug("resolve of %d keys without a firing incident",
-                      len(entries) - len(targets))
+        found = {t.scope for t in targets}
+        if unknown := sum(1 for mine in per_entry if found.isdisjoint(mine)):
+            INCIDENTS_RESOLVED.labels("entry", "noop").inc(unknown)
+            log.debug("%d resolves of keys without a firing incident", unknown)
         return await self._apply(targets, "entry", now) if targets else 0
 
     # resolve_after ---------------------------------------------------------------------
