@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
 from itertools import groupby
 
 import msgspec
@@ -97,24 +98,32 @@ class Center:
                     return await self._handle_in_order(entries)
             return await self._handle(entries)  # notices only: the path as fast as before
 
-    async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
+    async def _handle(self, entries: list[Entry[NoticeIn]], *, locked: bool = False
+                      ) -> list[DeadLetter]:
+        """A run of notices (`locked`: the caller holds the load lock)."""
         dead: list[DeadLetter] = []
         plans = every = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
-        done: asyncio.Future[None] | None = None
+        done = asyncio.get_running_loop().create_future()
         try:
-            async with self._loading:
-                done = asyncio.get_running_loop().create_future()
-                self._unfinished.add(done)
-                plans = await self._load(plans, dead)
+            async with nullcontext() if locked else self._loading:
+                self._unfinished.add(done)  # under the lock: a resolve waits for it
+                await self._load_settings(plans)
+                plans = self._resolve(plans, dead)
+                plans = await self._load_users_and_dedup(plans, dead)
             # let the next batch send its reads now, so they are answered while this one is
             # built, rather than queued behind this one's store in Redis
             await asyncio.sleep(0)
-            await self._store(plans)
+            write = await self.store.build(plans)
+            if write is not None:
+                async with self._storing:
+                    await self.store.send(write)
+                await self.incidents.add_due(due_members(plans))  # resolve_after timers
         finally:
-            self._forget(every)
-            if done is not None:
-                self._unfinished.discard(done)
-                done.set_result(None)
+            for p in every:  # the own ids this batch registered (`_conflicts`): stored now
+                if self._unstored.get(p.notice.id) is p.entry.value:
+                    del self._unstored[p.notice.id]
+            self._unfinished.discard(done)
+            done.set_result(None)
         return dead
 
     async def _handle_in_order(self, entries: list[Entry[NoticeIn | ResolveIn]]
@@ -125,37 +134,13 @@ class Center:
         dead: list[DeadLetter] = []
         async with self._loading:
             for resolves, run in groupby(entries, key=lambda e: type(e.value) is ResolveIn):
-                if resolves:
-                    if self._unfinished:
-                        await asyncio.wait(list(self._unfinished))
-                    await self.incidents.resolve([e.value for e in run])
+                if not resolves:
+                    dead += await self._handle(list(run), locked=True)
                     continue
-                plans = every = [Plan(e, to_notice(e)) for e in self._admit(list(run), dead)]
-                try:
-                    await self._store(await self._load(plans, dead))
-                finally:
-                    self._forget(every)
+                if self._unfinished:
+                    await asyncio.wait(list(self._unfinished))
+                await self.incidents.resolve([e.value for e in run])
         return dead
-
-    async def _load(self, plans: list[Plan], dead: list[DeadLetter]) -> list[Plan]:
-        """Settings, recipients, users and claims (under the load lock): the plans that
-        go on to the store."""
-        await self._load_settings(plans)
-        plans = self._resolve(plans, dead)
-        return await self._load_users_and_dedup(plans, dead)
-
-    async def _store(self, plans: list[Plan]) -> None:
-        """The store (in arrival order), then the timers of incidents with resolve_after."""
-        write = await self.store.build(plans)
-        if write is not None:
-            async with self._storing:
-                await self.store.send(write)
-            await self.incidents.add_due(due_members(plans))
-
-    def _forget(self, every: list[Plan]) -> None:
-        for p in every:  # the own ids this batch registered (`_conflicts`): stored now
-            if self._unstored.get(p.notice.id) is p.entry.value:
-                del self._unstored[p.notice.id]
 
     def _admit(self, entries: list[Entry[NoticeIn]], dead: list[DeadLetter]
                ) -> list[Entry[NoticeIn]]:
