@@ -103,6 +103,31 @@ def counted(port: int, outcome: str) -> float:
                and s.labels == {"via": "entry", "outcome": outcome})
 
 
+async def test_stream_order_holds_across_small_batches_in_flight(redis: Redis, start_proc):
+    """Full batches of 7 (a backlog: several in flight at once): every resolve still comes
+    after its incident's notice and before the key's next one, wherever the batches cut."""
+    await add_users(redis, "1")
+    keys = [f"vm-{i}" for i in range(40)]
+    await xadd_many(redis, [
+        *({**entry(f"{k} full"), "dedup_key": k} for k in keys),
+        *(resolve(k) for k in keys),
+        *({**entry(f"{k} full again"), "dedup_key": k} for k in keys[::2]),
+        *(resolve(k) for k in keys[::4]),
+    ])
+    # each resolve in the batch after its notice's, which may still be storing
+    for i in range(30):
+        await xadd_many(redis, [{**entry(f"near-{i} full"), "dedup_key": f"near-{i}"},
+                                *(entry(f"filler {i}.{j}") for j in range(6)),
+                                resolve(f"near-{i}")])
+    run_burst(start_proc, VESTNIK_CENTER_BATCH="7")
+    got = await incidents(redis, "1")
+    assert got[:60] == [*((f"{k} full", "resolved", 0) for k in keys),
+                        *((f"{k} full again", "resolved" if i % 4 == 0 else "firing", 0)
+                          for i, k in enumerate(keys) if i % 2 == 0)]
+    assert [s for t, s, _ in got[60:] if t.startswith("near-")] == ["resolved"] * 30
+    assert await dead(redis) == []
+
+
 async def test_a_resolve_in_a_later_batch_and_twice_is_harmless(redis: Redis, start_proc):
     await add_users(redis, "1")
     await xadd_many(redis, [{**entry("web-1 full"), "dedup_key": "web-1"},
