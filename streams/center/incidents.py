@@ -99,6 +99,15 @@ class _Target:
     at: int
     timer: bool
     raw: bytes | None = None  # its body as last read
+    notice: Notice | None = None  # decoded from it (None: gone or unreadable)
+
+    def read(self, raw: bytes | None) -> None:
+        self.raw, self.notice = raw, None
+        if raw is not None:
+            try:
+                self.notice = _notice_decoder.decode(raw)
+            except msgspec.DecodeError as e:
+                log.error("unreadable body of notice %s (%s): not resolved", self.nid, e)
 
 
 @dataclass(slots=True)
@@ -198,16 +207,15 @@ class Incidents:
             for t in todo:
                 pipe.get(self.keys.notice(t.nid))
             for t, raw in zip(todo, await pipe.execute(), strict=True):
-                t.raw = raw
-        first = [n for t in todo if (n := self._notice(t)) is not None]
-        settings = await self._settings_of(first)
+                t.read(raw)
+        settings = await self._settings_of([t.notice for t in todo if t.notice is not None])
         done: list[_Done] = []
         noop: list[_Target] = []
         later: dict[bytes, int] = {}  # timer members not due after all (a repeat came)
         for _ in range(RESOLVE_TRIES):
             writes: list[tuple[_Target, Notice, bytes]] = []
             for t in todo:
-                notice = self._notice(t)
+                notice = t.notice
                 if notice is None or notice.status == "resolved" or not notice.dedup_key:
                     noop.append(t)
                     continue
@@ -237,10 +245,10 @@ class Incidents:
                 if r == 1:
                     done.append(_Done(t, notice, body))
                 elif isinstance(r, bytes):  # changed meanwhile: decide again
-                    t.raw = r
+                    t.read(r)
                     todo.append(t)
                 else:  # gone
-                    t.raw = None
+                    t.read(None)
                     noop.append(t)
             if not todo:
                 break
@@ -278,16 +286,6 @@ class Incidents:
                 if any(s.send_resolved for s in settings.get(d.notice.id, ())):
                     add_forward_jobs(pipe, k, resolved_jobs(d.notice))
             await pipe.execute()
-
-    @staticmethod
-    def _notice(t: _Target) -> Notice | None:
-        if t.raw is None:
-            return None
-        try:
-            return _notice_decoder.decode(t.raw)
-        except msgspec.DecodeError as e:
-            log.error("unreadable body of notice %s (%s): not resolved", t.nid, e)
-            return None
 
     async def _settings_of(self, notices: list[Notice]) -> dict[str, list[AlertSetting]]:
         """Each notice's settings (by notice id): the one it names, else the enabled
