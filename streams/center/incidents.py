@@ -3,16 +3,20 @@ on `vn:notices` (`op resolve`: a product, `POST /notices/resolve`, a wrapper's `
 line) or by its setting's `resolve_after` seconds without a repeat (`Keys.incidents_due`).
 
 Resolving one:
-1. its claim `vn:dedup:<scope>` goes, so the key's next notice opens a new incident (a
-   resolve entry takes it with GETDEL first; the timer deletes it after the body is written,
-   and only while it still names that notice: a repeat may have opened a new one);
+1. its claim `vn:dedup:<scope>` names it (a resolve entry reads the claims of its scopes;
+   the timer's member names the notice and its scope);
 2. its body is read, set `status: resolved` and `resolved_at`, and written back by a
    compare-and-set that keeps the TTL (resolve_body.lua): a repeat folded in meanwhile makes
    it decide again from the new body, at most RESOLVE_TRIES times;
-3. in one pipeline: its `incidents_due` member is dropped, a `notice-update` goes to each
-   recipient's live channel (the unread count does not change: no feed is touched) and,
-   when its setting has `send_resolved`, the `resolved` forward jobs are scheduled.
-An unknown or already resolved incident is a no-op (counted, logged at debug). A silenced
+3. in one pipeline: the claim is deleted if it still names the notice (take_claim.lua: a
+   repeat that came meanwhile may have opened a new incident under it), so the key's next
+   notice opens a new incident; its `incidents_due` member is dropped; a `notice-update`
+   goes to each recipient's live channel (the unread count does not change: no feed is
+   touched) and, when its setting has `send_resolved`, the `resolved` forward jobs are
+   scheduled.
+The claim goes last, so a resolve handled again after a failure (the consumer retries the
+entry) still finds the incident: resolved already, it only takes the claim then. An
+unknown or already resolved incident is a no-op (counted, logged at debug). A silenced
 notice is resolved quietly (no push, no message), as it fired.
 
 The timer's members are msgpack `[notice id, scope]` scored by the ms they fall due; the
@@ -92,7 +96,7 @@ def due_members(plans: Iterable[Plan]) -> dict[bytes, int]:
 @dataclass(slots=True)
 class _Target:
     """An incident to resolve: notice `nid` whose claim is `scope`, at `at` ms. `timer`:
-    from `resolve_after` (re-checked against the body; the claim taken after it)."""
+    from `resolve_after` (due again checked against the body and the settings)."""
 
     nid: str
     scope: str
@@ -152,7 +156,7 @@ class Incidents:
             per_entry.append(mine)
         async with self.redis.pipeline(transaction=False) as pipe:
             for scope in scopes:
-                pipe.getdel(self.keys.dedup(scope))
+                pipe.get(self.keys.dedup(scope))
             claims = await pipe.execute()
         targets = [_Target(nid.decode(), scope, at, False)
                    for (scope, at), nid in zip(scopes.items(), claims, strict=True)
@@ -211,6 +215,7 @@ class Incidents:
         settings = await self._settings_of([t.notice for t in todo if t.notice is not None])
         done: list[_Done] = []
         noop: list[_Target] = []
+        release: list[_Target] = []  # no-ops whose claim goes too: resolved already, gone
         later: dict[bytes, int] = {}  # timer members not due after all (a repeat came)
         for _ in range(RESOLVE_TRIES):
             writes: list[tuple[_Target, Notice, bytes]] = []
@@ -218,6 +223,8 @@ class Incidents:
                 notice = t.notice
                 if notice is None or notice.status == "resolved" or not notice.dedup_key:
                     noop.append(t)
+                    if t.raw is None or notice is not None:  # not an unreadable one
+                        release.append(t)
                     continue
                 at = max(t.at, notice.created_at)
                 if t.timer:
@@ -250,12 +257,13 @@ class Incidents:
                 else:  # gone
                     t.read(None)
                     noop.append(t)
+                    release.append(t)
             if not todo:
                 break
         else:
             log.warning("%d incidents changed %d times while being resolved; left firing",
                         len(todo), RESOLVE_TRIES)
-        await self._after(done, noop, later, settings)
+        await self._after(done, noop, release, later, settings)
         INCIDENTS_RESOLVED.labels(via, "resolved").inc(len(done))
         if noop:
             INCIDENTS_RESOLVED.labels(via, "noop").inc(len(noop))
@@ -263,10 +271,11 @@ class Incidents:
                       ", ".join(t.nid for t in noop[:10]))
         return len(done)
 
-    async def _after(self, done: list[_Done], noop: list[_Target], later: dict[bytes, int],
-                     settings: dict[str, list[AlertSetting]]) -> None:
-        """One pipeline: timers dropped or moved, the timer's claims taken, the live
-        updates and the `resolved` forward jobs."""
+    async def _after(self, done: list[_Done], noop: list[_Target], release: list[_Target],
+                     later: dict[bytes, int], settings: dict[str, list[AlertSetting]]
+                     ) -> None:
+        """One pipeline: timers dropped or moved, claims taken, the live updates and the
+        `resolved` forward jobs."""
         if not (done or noop or later):
             return
         k = self.keys
@@ -276,10 +285,9 @@ class Incidents:
                 pipe.zrem(k.incidents_due, *gone)
             if later:
                 pipe.zadd(k.incidents_due, later)
+            for t in (*(d.target for d in done), *release):
+                await _TAKE_CLAIM(keys=[k.dedup(t.scope)], args=[t.nid], client=pipe)
             for d in done:
-                if d.target.timer:
-                    await _TAKE_CLAIM(keys=[k.dedup(d.target.scope)], args=[d.target.nid],
-                                      client=pipe)
                 if d.notice.silenced:  # stored quietly: it ends quietly
                     continue
                 publish_update(pipe, k, d.body, d.notice.recipients)

@@ -34,6 +34,7 @@ from vestnik.streams.config import Config
 from vestnik.streams.forward import arq_keys
 from vestnik.streams.keys import dedup_scope
 from vestnik.streams.redis_server import free_port
+from vestnik.streams.schemas import Notice, json_encode
 
 
 def run_burst(start_proc, **env: str) -> str:
@@ -399,7 +400,6 @@ async def test_a_repeat_never_folds_into_a_resolved_incident(redis: Redis):
     """fold.lua, against the stored tail only: a repeat loaded before the resolve (-1: it
     opens a new incident), never fooled by an alert's `data` holding the same words."""
     from vestnik.streams import lua
-    from vestnik.streams.schemas import Notice, json_encode
 
     fold = lua.script("center/fold.lua")
     trap = {"status": "resolved", "resolved_at": 1, "created_at": 2}
@@ -415,3 +415,23 @@ async def test_a_repeat_never_folds_into_a_resolved_incident(redis: Redis):
     for raw in (got[0], got[2]):
         n = msgspec.json.decode(raw)
         assert (n["status"], n["repeat"], n["last_seen"]) == ("firing", 1, 9)
+
+
+async def test_a_resolve_handled_again_after_a_crash_still_frees_the_key(redis: Redis,
+                                                                           start_proc):
+    """A center that died after writing the resolved body but before taking the claim: the
+    entry, handled again, finds the incident resolved and takes the claim (the key's next
+    notice is a new incident, not a repeat folded into a resolved one)."""
+    await add_users(redis, "1")
+    await xadd_many(redis, [{**entry("web-1 full"), "dedup_key": "web-1"}])
+    run_burst(start_proc)
+    [nid] = await feed(redis, "1")
+    n = msgspec.json.decode(await redis.get(K.notice(nid)), type=Notice)
+    await redis.set(K.notice(nid), json_encode(msgspec.structs.replace(
+        n, status="resolved", resolved_at=n.created_at)))  # what the dead center wrote
+    claim = K.dedup(dedup_scope("disk", None, "web-1"))
+    assert (await redis.get(claim)).decode() == nid
+    await xadd_many(redis, [resolve("web-1"), {**entry("web-1 full again"), "dedup_key": "web-1"}])
+    run_burst(start_proc)
+    assert await incidents(redis, "1") == [("web-1 full", "resolved", 0),
+                                           ("web-1 full again", "firing", 0)]
