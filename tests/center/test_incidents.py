@@ -34,7 +34,14 @@ from vestnik.streams.config import Config
 from vestnik.streams.forward import arq_keys
 from vestnik.streams.keys import dedup_scope
 from vestnik.streams.redis_server import free_port
-from vestnik.streams.schemas import Notice, json_encode
+from vestnik.streams.schemas import (
+    Notice,
+    NoticeIn,
+    ResolveIn,
+    decode_center_entry,
+    json_encode,
+    resolve_fields,
+)
 
 
 def run_burst(start_proc, **env: str) -> str:
@@ -435,3 +442,15 @@ async def test_a_resolve_handled_again_after_a_crash_still_frees_the_key(redis: 
     run_burst(start_proc)
     assert await incidents(redis, "1") == [("web-1 full", "resolved", 0),
                                            ("web-1 full again", "firing", 0)]
+
+
+@pytest.mark.parametrize("r", [
+    ResolveIn(alert="disk", dedup_key="web-1"),
+    ResolveIn(alert="disk:eu", dedup_key="vm:7 / ü", setting_id="s:1", at=1796000000000),
+])
+def test_resolve_fields_round_trip(r: ResolveIn):
+    """What `POST /notices/resolve`, `vestnik resolve` and the wrapper XADD is what the center
+    decodes; a notice entry (no `op`) still decodes as a notice."""
+    assert decode_center_entry({k.encode(): v.encode() for k, v in resolve_fields(r).items()}
+                               ) == r
+    assert isinstance(decode_center_entry({b"alert": b"disk", b"title": b"t"}), NoticeIn)
