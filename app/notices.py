@@ -1,6 +1,6 @@
 """Notice routes: ingest (`POST /notices`, `POST /notices/resolve`, service token) and the
-user's inbox (`/me/*`, user
-token): the feed, the unread count, read / unread / archive, and the live stream (SSE).
+user's inbox (`/me/*`, user token): the feed, the unread count, read / unread / archive,
+and the live stream (SSE).
 
 `GET /me/stream` events:
 - `count` `{count, seq}` first: the unread count and the user's last feed seq;

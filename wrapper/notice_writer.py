@@ -5,8 +5,8 @@ held whole. Each line is decoded once into a protocol Struct; a bad one is logge
 with its line number, counted and dead-lettered, and reading goes on. Everything a
 chunk produced goes to Redis in one pipeline: XADDs to the ingest stream (a `resolve` is an
 `op resolve` entry there too, so the center applies it after the notices before it) and the
-dead-letter stream. Each notice gets its ULID here, so a
-pipeline retried after a dropped connection cannot make a second copy in any feed.
+dead-letter stream. Each notice gets its ULID here, so a pipeline retried after a dropped
+connection cannot make a second copy in any feed.
 This path waits only on Redis, never on the stdin side.
 
 Speed (`vestnik bench --only B4`): the commands are packed into RESP here, a batch per
