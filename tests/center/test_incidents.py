@@ -7,6 +7,9 @@ the field; `send_resolved` schedules the `resolved` forward jobs. Real `vestnik 
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +31,7 @@ from center_support import (
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from support import SSE, Api, eventually
+from support import SSE, Api, Proc, eventually, vestnik_argv, wait_http
 from vestnik.streams.center.incidents import due_member
 from vestnik.streams.config import Config
 from vestnik.streams.forward import arq_keys
@@ -454,3 +457,34 @@ def test_resolve_fields_round_trip(r: ResolveIn):
     assert decode_center_entry({k.encode(): v.encode() for k, v in resolve_fields(r).items()}
                                ) == r
     assert isinstance(decode_center_entry({b"alert": b"disk", b"title": b"t"}), NoticeIn)
+
+
+async def test_up_demo_resolves_the_notices_of_disks_cleaned_up(tmp_path: Path):
+    """`vestnik up --demo` as a user runs it: its simulator fills one disk past 90% and
+    cleans it up at 98% (within 15 ticks of a second each), its alert says `resolve`, and
+    Alice's inbox shows that notice resolved."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    proc = Proc(vestnik_argv("up", "--demo", "--port", str(port)), env, tmp_path / "up.log",
+                cwd=tmp_path).start()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(base + "/readyz", timeout=40, proc=proc)
+
+        async def token() -> str | None:
+            m = re.search(r"inbox \(Alice\)\s+\S+\?token=(\S+)", proc.output())
+            return m.group(1) if m else None
+
+        alice = await eventually(token, timeout=20, what="the demo's URLs")
+
+        async def resolved() -> dict[str, Any] | None:
+            async with httpx.AsyncClient(base_url=base, timeout=10,
+                                         headers={"Authorization": f"Bearer {alice}"}) as me:
+                items = (await me.get("/api/v1/me/notices")).json()["items"]
+            return next((n for n in items if n.get("status") == "resolved"), None)
+
+        n = await eventually(resolved, timeout=120, interval=1, what="a resolved notice")
+        assert n["alert"] == "disk-usage" and n["dedup_key"].startswith("vm:")
+        assert n["resolved_at"] >= n["created_at"]
+    finally:
+        assert proc.stop(signal.SIGTERM, timeout=20) == 0, proc.output()
