@@ -192,15 +192,24 @@ class Incidents:
 
     async def run_timer(self) -> None:
         """The center's `resolve_after` loop: a pass a second (at once again after a full
-        one), until cancelled. Redis trouble or a bug is logged and the loop goes on."""
+        one), until cancelled. Redis trouble or a bug is logged once until a pass succeeds
+        again (not once a second), and the loop goes on."""
+        failing = False
         while True:
             taken = 0
             try:
                 _, taken = await self.resolve_due()
+                if failing:
+                    log.info("resolve_after timer: passes succeed again")
+                failing = False
             except (*RETRYABLE, ResponseError) as e:
-                log.warning("resolve_after timer: Redis unavailable (%s); retrying", e)
+                if not failing:
+                    log.warning("resolve_after timer: Redis unavailable (%s); retrying", e)
+                failing = True
             except Exception:
-                log.exception("resolve_after timer pass failed")
+                if not failing:
+                    log.exception("resolve_after timer pass failed; retrying")
+                failing = True
             if taken < DUE_BATCH:
                 await asyncio.sleep(DUE_POLL_S)
 
