@@ -300,6 +300,44 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
     return 0
 
 
+def _resolve_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--alert", required=True, help="alert (setting) name")
+    p.add_argument("--dedup-key", required=True, help="the incident's key")
+    p.add_argument("--setting-id", help="only this setting's incident (default: every one)")
+    p.add_argument("--at", type=int, help="when it ended, ms (default: now)")
+
+
+@command("resolve", "resolve an incident (an `op resolve` entry on the ingest stream)",
+         _resolve_args)
+def cmd_resolve(args: argparse.Namespace, config: Config) -> int:
+    from vestnik.streams.center import Ingest
+    from vestnik.streams.errors import BadInput
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.redis import connect
+    from vestnik.streams.schemas import ResolveIn, convert
+
+    if not config.redis_url:
+        raise ConfigError("VESTNIK_REDIS_URL: required by `vestnik resolve`")
+    obj = {name: value for name in ("alert", "dedup_key", "setting_id", "at")
+           if (value := getattr(args, name)) is not None}
+    try:
+        resolve = convert(obj, ResolveIn)
+    except BadInput as e:
+        print(f"vestnik resolve: {e.detail}", file=sys.stderr)
+        return 2
+
+    async def main() -> str:
+        redis = connect(config.redis_url or "", name="vestnik-resolve",
+                        timeout=config.redis_timeout)
+        try:
+            return await Ingest(redis, Keys(config.prefix)).resolve(resolve)
+        finally:
+            await redis.aclose()
+
+    print(asyncio.run(main()))
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vestnik", description=__doc__)
     p.add_argument("--config", help="TOML configuration file (VESTNIK_CONFIG)")

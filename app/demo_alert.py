@@ -7,9 +7,9 @@ stdout (`notice`, `resolve`); see docs/wrapper-protocol.md.
 
 For every enabled setting of this alert, a VM whose `disk` reaches the setting's
 `metric.threshold` (default 90) gets one notice — warning, or critical from 97% — and
-when the disk falls 5 points under the threshold again the alert says `resolve`, so the
-next crossing is a new notice. `VESTNIK_DEMO_BASE` (the inbox's base URL) makes the
-notice link to the live VM table.
+when the disk falls 5 points under the threshold again the alert says `resolve`: the
+notice shows `resolved` in every inbox, and the next crossing is a new incident.
+`VESTNIK_DEMO_BASE` (the inbox's base URL) makes the notice link to the live VM table.
 """
 
 from __future__ import annotations

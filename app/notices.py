@@ -1,5 +1,6 @@
-"""Notice routes: ingest (`POST /notices`, service token) and the user's inbox (`/me/*`, user
-token): the feed, the unread count, read / unread / archive, and the live stream (SSE).
+"""Notice routes: ingest (`POST /notices`, `POST /notices/resolve`, service token) and the
+user's inbox (`/me/*`, user token): the feed, the unread count, read / unread / archive,
+and the live stream (SSE).
 
 `GET /me/stream` events:
 - `count` `{count, seq}` first: the unread count and the user's last feed seq;
@@ -7,7 +8,7 @@ token): the feed, the unread count, read / unread / archive, and the live stream
   `seq`, `read`, `archived`;
 - `read` `{ids, read, count, archived?}` when read state changes (in any tab);
 - `notice-update` with the notice, when a dedup repeat folded into it (`repeat`,
-  `last_seen`);
+  `last_seen`) or its incident was resolved (`status`, `resolved_at`);
 - `reset` `{seq}` when Last-Event-ID is ahead of the feed (the store was reset).
 A reconnect with Last-Event-ID (or `?last_event_id=`) replays exactly the missed
 feed entries; live entries at or below the last sent seq are dropped, a jump in seq
@@ -39,7 +40,7 @@ from vestnik.streams.center import (
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.fanout import LiveItem
 from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from vestnik.streams.schemas import NoticeIn, check_recipients, json_encode
+from vestnik.streams.schemas import NoticeIn, ResolveIn, check_recipients, json_encode
 
 router = Router("notices")
 
@@ -49,6 +50,10 @@ MAX_BACKLOG_PAGES = 1000  # bounded replay: at most 500,000 entries per resume
 
 class Accepted(msgspec.Struct):
     id: str
+
+
+class Queued(msgspec.Struct):
+    sid: str  # the entry's id on `vn:notices`
 
 
 class Head(msgspec.Struct):
@@ -100,6 +105,15 @@ async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Respo
         raise BadRequest("Idempotency-Key must be 1-200 characters", field="Idempotency-Key")
     nid = await ctx.ingest.send(body, via="http", idempotency_key=key)
     return json_response(Accepted(nid), 202)
+
+
+@router.route("POST", "/api/v1/notices/resolve",
+              summary="Resolve an incident (the firing notice of an alert's dedup_key)",
+              auth="service", body=ResolveIn, response=Queued, status=202)
+async def resolve_incident(request: Request, ctx: Ctx, principal: Principal) -> Response:
+    """Queued behind the notices sent before it: the center applies it in stream order."""
+    body = await read_body(request, ResolveIn, ctx)
+    return json_response(Queued(await ctx.ingest.resolve(body)), 202)
 
 
 @router.route("GET", "/api/v1/me/notices", summary="My notices, newest first, paged",

@@ -62,7 +62,8 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     forward_after: NonNegative = 300.0
     center_batch: Positive = 250
     claim_idle_ms: Positive = 30_000
-    dedup_window: NonNegative = 3600.0
+    # an incident's claim (`vn:dedup:<scope>`) is kept this long after its last repeat
+    dedup_window: NonNegative = 604_800.0
     feed_max: Positive = 1000
     dead_maxlen: Positive = 100_000
     max_recipients: Positive = 10_000  # a notice's own `recipients` (not settings')

@@ -19,7 +19,7 @@ def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
     """A notice's dedup key scoped by its alert (and the setting it names), so the same key
     in two alerts or settings never folds one's notice into the other's. Lengths prefix the
     parts: alert names and setting ids may hold `:`, and `a`+`b:c` must differ from
-    `a:b`+`c`. The center claims it, the wrapper's `resolve` deletes it."""
+    `a:b`+`c`. The center claims it and deletes it when the incident resolves."""
     sid = setting_id or ""
     return f"{len(alert)}:{alert}:{len(sid)}:{sid}:{key}"
 

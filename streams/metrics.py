@@ -51,6 +51,12 @@ NOTICES_SILENCED = Counter(
     "vestnik_notices_silenced_total",
     "Notices an admin silence matched: stored, neither pushed live nor forwarded"
 )
+INCIDENTS_RESOLVED = Counter(
+    "vestnik_incidents_resolved_total",
+    "Resolves of incidents by how they came (entry: stream, HTTP, wrapper; timer:"
+    " resolve_after) and outcome (resolved; noop: unknown or already resolved)",
+    ["via", "outcome"],
+)
 NOTICES_DEAD = Counter(
     "vestnik_notices_dead_total", "Ingest entries (or recipients) dead-lettered", ["reason"]
 )

@@ -550,7 +550,8 @@ class ResolveIn(Strict):
     alert: NonEmpty
     dedup_key: Annotated[str, msgspec.Meta(min_length=1, max_length=1024, pattern=_NO_CONTROL)]
     setting_id: SafeId | None = None
-    at: int | None = None  # ms; default: when the center reads it
+    # ms (default: when the center reads it); bounded, so a hostile one cannot overflow
+    at: Annotated[int, msgspec.Meta(gt=0, le=2**53)] | None = None
 
 
 class SnoozeIn(Strict):
@@ -745,6 +746,43 @@ def notice_fields(notice: NoticeIn | Notice) -> dict[str, str | bytes]:
             out[name] = json_encode(value)
     if notice.recipients:
         out["recipients"] = json_encode(notice.recipients)
+    return out
+
+
+_RESOLVE_FIELDS = {n.encode(): n for n in ("op", "alert", "dedup_key", "setting_id", "at")}
+RESOLVE_OP = "resolve"
+
+
+def decode_center_entry(fields: dict[bytes, bytes]) -> NoticeIn | ResolveIn:
+    """Decode a `vn:notices` entry: a notice (no `op` field) or the resolve of an incident
+    (`op resolve alert <name> dedup_key <key> [setting_id <id>] [at <ms>]`). Any other `op`
+    is refused naming `$.op`; raises BadInput naming the field, like a notice."""
+    op = fields.get(b"op")
+    if op is None:  # a notice: one lookup more than before on the hot path
+        return decode_notice_entry(fields)
+    if op != RESOLVE_OP.encode():
+        shown = op[:40].decode(errors="replace")
+        raise BadInput(f"`op` must be absent (a notice) or `resolve`, not {shown!r}",
+                       field="$.op")
+    obj: dict[str, Any] = {}
+    for raw_name in fields:
+        name = _RESOLVE_FIELDS.get(raw_name)
+        if name is None:
+            shown = raw_name[:100].decode(errors="replace")
+            raise BadInput(f"unknown field `{shown}` of a resolve", field=f"$.{shown}")
+        if name != "op":
+            obj[name] = _field_text(fields, name)
+    return convert(obj, ResolveIn)
+
+
+def resolve_fields(resolve: ResolveIn) -> dict[str, str]:
+    """Flat fields for XADD of a resolve to `vn:notices` (the inverse of
+    decode_center_entry)."""
+    out = {"op": RESOLVE_OP, "alert": resolve.alert, "dedup_key": resolve.dedup_key}
+    if resolve.setting_id is not None:
+        out["setting_id"] = resolve.setting_id
+    if resolve.at is not None:
+        out["at"] = str(resolve.at)
     return out
 
 

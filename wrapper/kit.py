@@ -106,7 +106,8 @@ class Alert:
         self.send(msg)
 
     def resolve(self, dedup_key: str) -> None:
-        """The condition behind `dedup_key` is over: its next notice is new again."""
+        """The incident behind `dedup_key` is over: its notice shows `resolved` in every
+        feed, and the key's next notice opens a new incident."""
         self.send({"type": "resolve", "dedup_key": dedup_key})
 
     def error(self, message: str) -> None:

@@ -3,9 +3,10 @@
 stdout is read in chunks and split by `LineSplitter`, so an oversized line is never
 held whole. Each line is decoded once into a protocol Struct; a bad one is logged
 with its line number, counted and dead-lettered, and reading goes on. Everything a
-chunk produced goes to Redis in one pipeline: XADDs to the ingest stream and the
-dead-letter stream, DELs for `resolve`. Each notice gets its ULID here, so a
-pipeline retried after a dropped connection cannot make a second copy in any feed.
+chunk produced goes to Redis in one pipeline: XADDs to the ingest stream (a `resolve` is an
+`op resolve` entry there too, so the center applies it after the notices before it) and the
+dead-letter stream. Each notice gets its ULID here, so a pipeline retried after a dropped
+connection cannot make a second copy in any feed.
 This path waits only on Redis, never on the stdin side.
 
 Speed (`vestnik bench --only B4`): the commands are packed into RESP here, a batch per
@@ -27,9 +28,16 @@ from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
 from vestnik.streams.errors import from_validation
 from vestnik.streams.ids import now_ms
-from vestnik.streams.keys import Keys, dedup_scope
+from vestnik.streams.keys import Keys
 from vestnik.streams.redis import RETRYABLE, Backoff
-from vestnik.streams.schemas import NO_CHANNELS, AlertSetting, NoticeIn, notice_fields
+from vestnik.streams.schemas import (
+    NO_CHANNELS,
+    AlertSetting,
+    NoticeIn,
+    ResolveIn,
+    notice_fields,
+    resolve_fields,
+)
 from vestnik.wrapper.config import AlertConfig
 from vestnik.wrapper.feed import SettingsView
 from vestnik.wrapper.lines import LineSplitter, Oversized
@@ -184,11 +192,12 @@ class NoticeWriter:
                     log.info("%s: heartbeat every %.3gs announced", self.name, hb)
             case Resolve(dedup_key=key):
                 LINES_IN.labels(self.name, "resolve").inc()
-                # the center scopes each notice's key (by alert and setting): the same
-                # function names what it claimed
-                keys = [dedup_scope(self.name, s.id, key) for s in self.view.enabled]
-                keys.append(dedup_scope(self.name, None, key))
-                self._batch.add(pack("DEL", *(self.keys.dedup(k) for k in keys)))
+                # no setting_id: the center resolves the key in every setting's scope (and
+                # in none), as each notice line went to every setting
+                fields = resolve_fields(ResolveIn(alert=self.name, dedup_key=key,
+                                                  at=now_ms()))
+                self._batch.add(pack("XADD", self.keys.notices, "*",
+                                     *(x for kv in fields.items() for x in kv)))
             case Error(message=message):
                 LINES_IN.labels(self.name, "error").inc()
                 ALERT_ERRORS.labels(self.name).inc()

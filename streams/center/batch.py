@@ -15,6 +15,13 @@ Round trips of one batch:
 
 An entry without `id` gets one derived from its stream id (a ULID with the entry's
 time and a hash of the id), so a re-delivery derives the same id: exactly one copy.
+
+A notice with a `dedup_key` is an incident (`status: firing`); after the store, a batch
+whose incidents have a `resolve_after` sets their timers (one pipeline more, only then).
+Resolve entries (`op resolve`, rare) split a batch: its runs of notices and of resolves
+apply in stream order, the resolves after every earlier notice is stored (this batch's and
+the batches stored concurrently), and no later batch loads in between
+(`streams.center.incidents`).
 """
 
 from __future__ import annotations
@@ -22,10 +29,13 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Mapping
+from contextlib import nullcontext
+from itertools import groupby
 
 import msgspec
 from redis.asyncio import Redis
 
+from vestnik.streams.center.incidents import Incidents, due_members
 from vestnik.streams.center.plan import (
     Plan,
     merge_channels,
@@ -44,6 +54,7 @@ from vestnik.streams.schemas import (
     AlertSetting,
     Notice,
     NoticeIn,
+    ResolveIn,
     User,
     check_recipients,
     decoder,
@@ -75,20 +86,31 @@ class Center:
         # it), while one batch is built in Python as the previous one is stored by Redis
         self._loading = asyncio.Lock()
         self._storing = asyncio.Lock()
+        self.incidents = Incidents(redis, keys)
+        # batches loaded and not stored yet (each one's future, set when it is done): a
+        # resolve waits for them, so it never overtakes a notice sent before it
+        self._unfinished: set[asyncio.Future[None]] = set()
 
     async def aclose(self) -> None:
         """The hydrator's HTTP client (thin `user` events from an HTTP source)."""
         await self.users.aclose()
 
-    async def handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
+    async def handle(self, entries: list[Entry[NoticeIn | ResolveIn]]) -> list[DeadLetter]:
         with CENTER_BATCH.time():
-            return await self._handle(entries)
+            for e in entries:
+                if type(e.value) is ResolveIn:
+                    return await self._handle_in_order(entries)
+            return await self._handle(entries)  # notices only: the path as fast as before
 
-    async def _handle(self, entries: list[Entry[NoticeIn]]) -> list[DeadLetter]:
+    async def _handle(self, entries: list[Entry[NoticeIn]], *, locked: bool = False
+                      ) -> list[DeadLetter]:
+        """A run of notices (`locked`: the caller holds the load lock)."""
         dead: list[DeadLetter] = []
         plans = every = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
+        done = asyncio.get_running_loop().create_future()
         try:
-            async with self._loading:
+            async with nullcontext() if locked else self._loading:
+                self._unfinished.add(done)  # under the lock: a resolve waits for it
                 await self._load_settings(plans)
                 plans = self._resolve(plans, dead)
                 plans = await self._load_users_and_dedup(plans, dead)
@@ -100,10 +122,29 @@ class Center:
             if write is not None:
                 async with self._storing:
                     await self.store.send(write)
+                await self.incidents.add_due(due_members(plans))  # resolve_after timers
         finally:
             for p in every:  # the own ids this batch registered (`_conflicts`): stored now
                 if self._unstored.get(p.notice.id) is p.entry.value:
                     del self._unstored[p.notice.id]
+            self._unfinished.discard(done)
+            done.set_result(None)
+        return dead
+
+    async def _handle_in_order(self, entries: list[Entry[NoticeIn | ResolveIn]]
+                               ) -> list[DeadLetter]:
+        """A batch with resolve entries: its runs of notices and of resolves one after the
+        other, holding the load lock throughout (no later batch reads a claim between them),
+        each run of resolves once every batch before it is stored."""
+        dead: list[DeadLetter] = []
+        async with self._loading:
+            for resolves, run in groupby(entries, key=lambda e: type(e.value) is ResolveIn):
+                if not resolves:
+                    dead += await self._handle(list(run), locked=True)
+                    continue
+                if self._unfinished:
+                    await asyncio.wait(list(self._unfinished))
+                await self.incidents.resolve([e.value for e in run])
         return dead
 
     def _admit(self, entries: list[Entry[NoticeIn]], dead: list[DeadLetter]
@@ -202,6 +243,8 @@ class Center:
         uids = sorted({u for p in plans for u in p.notice.recipients})
         window = int(self.settings.dedup_window)
         dedup = [p for p in plans if p.notice.dedup_key and window > 0]
+        for p in dedup:  # an incident: firing until resolved
+            p.notice.status = "firing"
         own = [p for p in plans if p.entry.value.id is not None]  # may exist already
         if not uids:
             return plans

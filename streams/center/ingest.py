@@ -1,6 +1,7 @@
 """Notices into the ingest stream (`vn:notices`), as the api's POST and `vestnik send` add
 them: the id and time assigned here, an idempotency key honoured, and the XADDs of requests
-that arrive together in one pipeline."""
+that arrive together in one pipeline. Resolves of incidents go the same way (an `op
+resolve` entry), so the center applies each after the notices sent before it."""
 
 from __future__ import annotations
 
@@ -18,9 +19,11 @@ from vestnik.streams.metrics import NOTICES_INGESTED
 from vestnik.streams.schemas import (
     Notice,
     NoticeIn,
+    ResolveIn,
     decoder,
     json_encode,
     notice_fields,
+    resolve_fields,
     same_content,
 )
 
@@ -86,3 +89,11 @@ class Ingest:
         if kind == 0:
             NOTICES_INGESTED.labels(via).inc()
         return nid
+
+    async def resolve(self, resolve: ResolveIn) -> str:
+        """Add the resolve of an incident (`at` now when the sender gave none); returns its
+        stream id. Coalesced with the notices sent in the same loop iteration."""
+        if resolve.at is None:
+            resolve = msgspec.structs.replace(resolve, at=now_ms())
+        sid = await self.appends.xadd(self.keys.notices, resolve_fields(resolve))
+        return sid.decode() if isinstance(sid, bytes) else str(sid)

@@ -1,5 +1,5 @@
-"""`vestnik center`: one member of the `center` consumer group, with the forward worker
-beside it."""
+"""`vestnik center`: one member of the `center` consumer group, with the forward worker and
+the `resolve_after` timer of incidents beside it."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from vestnik.streams.forward import make_worker, run_forwarder
 from vestnik.streams.gc_tuning import settle_gc
 from vestnik.streams.keys import CENTER_GROUP, Keys
 from vestnik.streams.redis import connect, reader, wait_ready
-from vestnik.streams.schemas import NoticeIn, decode_notice_entry
+from vestnik.streams.schemas import NoticeIn, ResolveIn, decode_center_entry
 
 log = logging.getLogger("vestnik.center")
 
@@ -37,7 +37,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
     blocking = reader(settings.redis_url, name="vestnik-center-reader",
                       timeout=settings.redis_timeout, block=1.0)  # Consumer's BLOCK 1000 ms
     keys = Keys(settings.prefix)
-    cons: Consumer[NoticeIn] | None = None
+    cons: Consumer[NoticeIn | ResolveIn] | None = None
     center: Center | None = None
     tasks: list[asyncio.Task[Any]] = []
     try:
@@ -47,7 +47,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
         center = Center(redis, keys, settings, inline=worker)
         cons = Consumer(
             redis, blocking, stream=keys.notices, group=CENTER_GROUP,
-            consumer=consumer or default_consumer_name(), decode=decode_notice_entry,
+            consumer=consumer or default_consumer_name(), decode=decode_center_entry,
             handle=center.handle, dead_stream=keys.notices_dead,
             dead_maxlen=settings.dead_maxlen, batch=settings.center_batch,
             claim_idle_ms=settings.claim_idle_ms, burst=burst, depth=DEPTH)
@@ -61,6 +61,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
                  ", burst" if burst else "")
         run = asyncio.create_task(cons.run(), name="center-consumer")
         tasks.append(run)
+        tasks.append(asyncio.create_task(center.incidents.run_timer(), name="center-timer"))
         if forward:
             fwd = asyncio.create_task(run_forwarder(settings, worker=worker),
                                       name="center-forwarder")
@@ -71,6 +72,8 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
                           if not fwd.cancelled() else "cancelled")
                 cons.stop()
         await run
+        if burst:  # the incidents due by now resolve before a burst returns
+            await center.incidents.resolve_due()
         log.info("center %s stopped after %d entries", cons.name, cons.processed)
         return cons.processed
     finally:

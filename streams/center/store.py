@@ -17,6 +17,7 @@ silenced itself, pushes no `notice-update`.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -75,6 +76,14 @@ def choose_trim(oldest_first: list[str], read: set[str], need: int) -> list[str]
         if nid not in chosen:
             victims.append(nid)
     return victims
+
+
+def publish_update(pipe: Any, keys: Keys, body: bytes, recipients: Iterable[str]) -> None:
+    """Queue on `pipe` a `notice-update` of the stored `body` to each recipient's live
+    channel (a repeat folded into it, its incident resolved)."""
+    msg = encode_live(LiveUpdate(notice_view(body).decode()))
+    for uid in recipients:
+        pipe.publish(keys.live(uid), msg)
 
 
 @dataclass(slots=True)
@@ -192,7 +201,8 @@ class Store:
             add_forward_jobs(pipe, k, [b.job for b in jobs])
         for p in folds:
             assert p.fold_into is not None
-            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into)],
+            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into),
+                              k.dedup(p.dedup_claim)],
                         args=[p.notice.id, p.notice.created_at,
                               int(self.settings.dedup_window)], client=pipe)
         return write
@@ -259,11 +269,8 @@ class Store:
             async with self.redis.pipeline(transaction=False) as pipe:
                 for body in updates:
                     first = _notice_decoder.decode(body)
-                    if first.silenced:  # folded into a silenced notice: history only
-                        continue
-                    msg = encode_live(LiveUpdate(notice_view(body).decode()))
-                    for uid in first.recipients:
-                        pipe.publish(self.keys.live(uid), msg)
+                    if not first.silenced:  # folded into a silenced notice: history only
+                        publish_update(pipe, self.keys, body, first.recipients)
                 if len(pipe):
                     await pipe.execute()
         if orphans:

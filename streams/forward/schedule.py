@@ -107,9 +107,11 @@ def arq_keys(jid: str) -> ArqKeys:
                    result_key_prefix + jid, retry_key_prefix + jid)
 
 
-def job_record(nid: str, uid: str, now: int) -> bytes:
-    """arq's job record of a forward (its dict `{t, f, a, k, et}`, msgpack not pickle)."""
-    return job_serializer({"t": None, "f": FUNCTION, "a": [nid, uid], "k": {}, "et": now})
+def job_record(nid: str, uid: str, now: int, stage: str | None = None) -> bytes:
+    """arq's job record of a forward (its dict `{t, f, a, k, et}`, msgpack not pickle):
+    args [nid, uid], or [nid, uid, stage] (`Stage`)."""
+    args = [nid, uid, stage] if stage else [nid, uid]
+    return job_serializer({"t": None, "f": FUNCTION, "a": args, "k": {}, "et": now})
 
 
 def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
@@ -131,8 +133,8 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     wake = keys.forward_wake if min(job.due_ms for job in jobs) <= now else None
     last = len(jobs) - 1
     for i, job in enumerate(jobs):
-        jid = keys.forward_job(job.nid, job.uid)
-        payload = job_record(job.nid, job.uid, now)
+        jid = keys.forward_job(job.nid, job.uid, job.stage)
+        payload = job_record(job.nid, job.uid, now, job.stage)
         expires = max(job.due_ms - now, 0) + expires_extra_ms
         qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
                                   keys.arq_queue)
