@@ -50,6 +50,7 @@ from vestnik.streams.schemas import (
     decode_json,
     json_encode,
     notice_fields,
+    resolve_fields,
 )
 
 router = Router("sources")
@@ -78,19 +79,6 @@ class Entries(msgspec.Struct):
     def fields(self) -> list[dict[str, str | bytes]]:
         """Their flat stream fields, in the order they are added."""
         return [*map(notice_fields, self.notices), *map(resolve_fields, self.resolves)]
-
-
-def resolve_fields(resolve: ResolveIn) -> dict[str, str | bytes]:
-    """Flat fields of an `op resolve` entry on `vn:notices` (what the center decodes into
-    ResolveIn). Helper "incidents" adds the same `schemas.resolve_fields`: once merged,
-    import that one and drop this."""
-    out: dict[str, str | bytes] = {"op": "resolve", "alert": resolve.alert,
-                                   "dedup_key": resolve.dedup_key}
-    if resolve.setting_id is not None:
-        out["setting_id"] = resolve.setting_id
-    if resolve.at is not None:
-        out["at"] = str(resolve.at)
-    return out
 
 
 def map_payload(payload: AlertmanagerPayload) -> Entries:

@@ -33,34 +33,24 @@ async def fire(redis, dedup_key: str, title: str, created_at: int, **extra: str)
         return await redis.exists(K.notice(nid)) == 1
 
     await eventually(stored, what=f"incident {dedup_key} stored")
-    # STAND-IN until helper "incidents" is merged: the center marks an incident "firing"
-    # when it stores it. With that merged, the body already says so and this does nothing.
     body = msgspec.json.decode(await redis.get(K.notice(nid)), type=schemas.Notice)
-    if body.status is None:
-        await _rewrite(redis, msgspec.structs.replace(body, status="firing"))
+    assert body.status == "firing"  # the center marks an incident when it stores it
     return nid
 
 
 async def resolve(redis, api: Api, nid: str, dedup_key: str, at: int) -> None:
-    """Resolve the incident at `at` (ms), as `POST /api/v1/notices/resolve` does.
+    """Resolve the incident at `at` (ms) over HTTP; the center rewrites the stored body and
+    pushes `notice-update`: wait until the body says so."""
+    async with api.client() as http:
+        r = await http.post("/api/v1/notices/resolve",
+                            json={"alert": "disk", "dedup_key": dedup_key, "at": at})
+        assert r.status_code == 202, r.text
 
-    STAND-IN until helper "incidents" is merged; then this becomes:
-        await api.post("/api/v1/notices/resolve",
-                       {"alert": "disk", "dedup_key": dedup_key, "at": at})
-    (service token): the center rewrites the stored body and pushes `notice-update`."""
-    body = msgspec.json.decode(await redis.get(K.notice(nid)), type=schemas.Notice)
-    assert body.dedup_key == dedup_key and body.status == "firing"
-    await _rewrite(redis, msgspec.structs.replace(body, status="resolved", resolved_at=at))
+    async def resolved() -> bool:
+        body = msgspec.json.decode(await redis.get(K.notice(nid)), type=schemas.Notice)
+        return body.status == "resolved" and body.resolved_at == at
 
-
-async def _rewrite(redis, notice: schemas.Notice) -> None:
-    """Store the notice's new body and push its view live to each recipient, as the center
-    does for an update (streams.center.store)."""
-    body = msgspec.json.encode(notice)
-    await redis.set(K.notice(notice.id), body, keepttl=True)
-    msg = schemas.encode_live(schemas.LiveUpdate(schemas.notice_view(body).decode()))
-    for uid in notice.recipients:
-        await redis.publish(K.live(uid), msg)
+    await eventually(resolved, what=f"incident {dedup_key} resolved")
 
 
 async def test_incident_fires_resolves_live_and_filters(api: Api, redis, start_proc,

@@ -3,7 +3,6 @@ user its setting names, and its resolve follows; the mapping of hostile payloads
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -14,7 +13,7 @@ import pytest
 from alertmanager_support import Alertmanager
 
 from support import Api, eventually
-from vestnik.app.sources import map_payload, resolve_fields
+from vestnik.app.sources import map_payload
 from vestnik.streams.errors import BadInput
 from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import (
@@ -23,14 +22,12 @@ from vestnik.streams.schemas import (
     NoticeIn,
     ResolveIn,
     decode_json,
+    resolve_fields,
 )
 
 K = Keys("vn:")
 ROUTE = "/api/v1/sources/alertmanager"
 FP = "5ab1c2d3e4f50617"
-# helper "incidents" makes the center apply `op resolve` entries (streams/center/incidents.py):
-# with it merged, the resolve is asserted in the inbox too, not only on the stream
-INCIDENTS = importlib.util.find_spec("vestnik.streams.center.incidents") is not None
 
 
 def alert(status: str = "firing", **over: Any) -> dict[str, Any]:
@@ -109,8 +106,7 @@ async def test_a_real_alertmanager_fires_then_resolves_into_the_inbox(
         assert n["dedup_key"] == fingerprint
         assert n["created_at"] == int(starts.timestamp() * 1000)
         assert n["data"]["labels"] == labels and n["read"] is False
-        if INCIDENTS:  # needs helper "incidents": an incident is stored firing
-            assert n["status"] == "firing"
+        assert n["status"] == "firing"
 
         # the same alert, ended a second ago: Alertmanager sends it as resolved
         ends = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
@@ -123,13 +119,13 @@ async def test_a_real_alertmanager_fires_then_resolves_into_the_inbox(
         entries = await eventually(resolve_sent, timeout=30, what="the resolve on vn:notices")
         assert entries == [{"op": "resolve", "alert": "DiskFull", "dedup_key": fingerprint,
                             "at": str(int(ends.timestamp() * 1000))}]
-    if INCIDENTS:  # needs helper "incidents": the center applies the resolve
-        async def resolved_in_inbox() -> dict[str, Any] | None:
-            got = await inbox(api, token)
-            return got[0] if got and got[0].get("status") == "resolved" else None
+    # the center applies the resolve: the inbox says so
+    async def resolved_in_inbox() -> dict[str, Any] | None:
+        got = await inbox(api, token)
+        return got[0] if got and got[0].get("status") == "resolved" else None
 
-        n = await eventually(resolved_in_inbox, timeout=30, what="status resolved in the inbox")
-        assert n["id"] == items[0]["id"] and n["resolved_at"] == int(ends.timestamp() * 1000)
+    n = await eventually(resolved_in_inbox, timeout=30, what="status resolved in the inbox")
+    assert n["id"] == items[0]["id"] and n["resolved_at"] == int(ends.timestamp() * 1000)
     # still one notice: neither the resolve nor Alertmanager's sends made another
     assert [i["id"] for i in await inbox(api, token)] == [items[0]["id"]]
 
