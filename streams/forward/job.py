@@ -290,7 +290,7 @@ class Forwarder:
             assert user is not None
             user.snooze = snooze_decode(replies[at:at + n_snooze])
             if resolved:
-                refs = dict(zip(names, replies[at + n_snooze:], strict=True))
+                refs = dict(zip(names, replies[at + n_snooze], strict=True))
                 sends = _threaded(sends, refs)
         if not sends:
             await self._record(nid, records)
