@@ -198,8 +198,12 @@ def snooze_decode(replies: list[Any]) -> dict[str, int]:
 
 
 def iso(ms: int) -> str:
-    """ms as UTC ISO 8601, to the second (`held` records)."""
-    return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    """ms as UTC ISO 8601, to the second (delivery details); a time no calendar has, as
+    the number."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
 
 
 class Forwarder:

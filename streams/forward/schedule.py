@@ -22,6 +22,13 @@ The notice center writes its forwards in its own store call instead: it calls
 the worker's poll pumps into the same job record when due (`pump.lua`, `pump_due`); one due
 now as the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
 
+Stages (`Stage`): a job may carry a third argument besides [nid, uid], which also ends its
+id and its due-set member: a channel group with its own delay (`after` on the entry:
+escalation), a forward held by the job itself until a time, the `resolved` message. The
+plain forward has none, so its record, id and due member are what they always were.
+`forward_jobs_for` also applies the user's holds (`policy.hold_until`: quiet hours,
+snoozes): a job that would fall due while the user is held is due at the hold's end.
+
 This package is the only code that knows arq's record format, its key prefixes and its
 constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 """

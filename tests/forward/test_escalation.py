@@ -177,3 +177,23 @@ async def test_telegram_now_email_later_only_if_unread(api: Api, redis, keys: Ke
         assert await eventually(lambda: log_of(read, 2), timeout=15, what="read's log") \
             == [("telegram", "sent"), ("email", "skipped_read")]
     assert len(smtp.mails) == 1
+
+
+async def test_staged_forwards_are_pumped_and_stored_with_their_stage(redis, keys: Keys):
+    """A delayed staged forward waits in the due set as [nid, uid, stage]; the pump makes
+    it the job `forward(nid, uid, stage)` under the staged id, beside the plain one."""
+    from arq.jobs import Job
+
+    from vestnik.streams.forward import due_member, pump_due
+    from vestnik.streams.forward.schedule import job_deserializer
+    from vestnik.streams.ids import now_ms
+
+    due = now_ms() - 1
+    await redis.zadd(keys.forward_due, {due_member("N1", "u:7"): due,
+                                        due_member("N1", "u:7", "a900000"): due})
+    assert await pump_due(redis, keys) == 2
+    for stage, args in ((None, ["N1", "u:7"]), ("a900000", ["N1", "u:7", "a900000"])):
+        job = Job(keys.forward_job("N1", "u:7", stage), redis, _queue_name=keys.arq_queue,
+                  _deserializer=job_deserializer)
+        info = await job.info()
+        assert info is not None and list(info.args) == args
