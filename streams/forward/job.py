@@ -291,10 +291,10 @@ class Forwarder:
             marked = {name for name, m in zip(names, replies[4:at], strict=True) if m}
             sends = [s for s in sends if s.marker not in marked]
             read = was_read(replies[2], replies[3]) and not resolved
-            assert user is not None
-            user.snooze = snooze_decode(replies[at:at + n_snooze])
+            if user is not None:  # (always, for a user's job)
+                user.snooze = snooze_decode(replies[at:at + n_snooze])
             if resolved:
-                refs = dict(zip(names, replies[at + n_snooze], strict=True))
+                refs = dict(zip(names, replies[at + n_snooze], strict=True)) if names else {}
                 sends = _threaded(sends, refs)
         if not sends:
             await self._record(nid, records)
