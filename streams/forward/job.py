@@ -21,7 +21,9 @@ Stages (`schedule.Stage`, the job's third argument)
     records `skipped_resolved`. The `resolved` job sends `Channel.send_resolved` on each
     channel that got the firing message (a field `<uid>:<marker>` of `keys.threads(nid)`,
     written with the firing send's sent marker: the `SendResult.ref` to reply to, or ""),
-    once (sent markers `resolved:<marker>`), read or not.
+    once (sent markers `resolved:<marker>`), read or not; while a firing forward of the
+    same pair runs (arq's in-progress key of the plain or a group job), it waits for it
+    (arq's Retry), so a firing message that lands meanwhile is not missed.
 
 Retries
     `retry` results (timeouts, refused connections, 5xx, 429) raise arq's `Retry` with
@@ -73,6 +75,8 @@ from vestnik.streams.forward.schedule import (
     ForwardJob,
     Stage,
     add_forward_jobs,
+    delay_ms,
+    group_of,
     msgpack_encode,
     stage_filter,
     user_routes,
@@ -262,8 +266,12 @@ class Forwarder:
                     "the notice left every feed before the forward was due")])
             return "notice not found"
         notice = _notice_decoder.decode(replies[0])
-        if resolved and notice.status != "resolved":
-            return "not resolved"  # nothing to say (a stray job)
+        if resolved:
+            if notice.status != "resolved":
+                return "not resolved"  # nothing to say (a stray job)
+            if await self._firing_in_flight(notice, uid):
+                # its send may land after the threads are read: ask again once it is done
+                raise Retry(defer=self.backoff(attempt, 1.0))
         records: list[Delivery] = []
         if uid == BROADCAST:
             user = None
@@ -419,6 +427,17 @@ class Forwarder:
         marked, scores = replies[:len(sends)], replies[len(sends):]
         return ([s for s, m in zip(sends, marked, strict=True) if not m],
                 any(was_read(f, r) for f, r in zip(scores[::2], scores[1::2], strict=True)))
+
+    async def _firing_in_flight(self, notice: Notice, uid: str) -> bool:
+        """Whether a firing forward of `notice` to `uid` (the plain job or a channel
+        group's) runs right now: arq's in-progress key of its job."""
+        base = delay_ms(notice, self.settings.forward_after)
+        stages = dict.fromkeys([None, *(Stage(after_ms=g).encode()
+                                        for _, t in notice.channels.external()
+                                        if (g := group_of(t, base)) is not None)])
+        return await self.redis.exists(*(
+            in_progress_key_prefix + self.keys.forward_job(notice.id, uid, st)
+            for st in stages)) > 0
 
     async def _shared_threads(self, notice: Notice, sends: list[Send]) -> list[Send]:
         """A `resolved` job's shared sends: those that got the firing message and no

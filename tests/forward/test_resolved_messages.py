@@ -15,7 +15,7 @@ import pytest
 from fwd_support import HttpSink, SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
-from support import base_env
+from support import base_env, eventually
 from vestnik.streams.center.inbox import purge_users
 from vestnik.streams.channels import Channel, Channels, SendResult, available
 from vestnik.streams.config import Config, load
@@ -203,3 +203,36 @@ async def test_a_job_with_a_stage_not_ours_is_dropped(redis: Redis, keys: Keys, 
     await run(settings, Pager())
     assert len(smtp.mails) == 1  # the plain job; the other one did nothing, and ended
     assert await redis.zcard(keys.arq_queue) == 0
+
+
+async def test_resolved_waits_for_a_firing_forward_still_running(
+        redis: Redis, keys: Keys, redis_url, smtp: SmtpSink, telegram: HttpSink):
+    """The resolved job runs while the firing forward of the same user is in flight (its
+    arq in-progress key): it waits, and once the firing send has landed (its thread
+    written, the job done) replies to it."""
+    settings = make_settings(redis_url, smtp, telegram)
+    await store_user(redis, keys, User(id="1", email="ann@example.org"))
+    n = Notice(id=ulid(), alert="disk", title="Disk full", recipients=["1"],
+               created_at=now_ms(), dedup_key="k", status="resolved", resolved_at=now_ms(),
+               channels=convert({"pager": {}}, ChannelMap))
+    await store_notice(redis, keys, n)
+    firing = arq_keys(keys.forward_job(n.id, "1")).in_progress
+    await redis.set(firing, "1", px=60_000)  # a forwarder is sending the firing page
+    await schedule(redis, keys, resolved_jobs(n))
+    pager = Pager()
+    task = asyncio.create_task(run(settings, pager))
+    jid = keys.forward_job(n.id, "1", "resolved")
+    mine = arq_keys(jid)
+
+    async def deferred() -> bool:
+        # tried once, not running, still queued: its first run asked to run again later
+        return (int(await redis.get(mine.retry) or 0) >= 1
+                and not await redis.exists(mine.in_progress)
+                and await redis.zscore(keys.arq_queue, jid) is not None)
+
+    await eventually(deferred, what="the resolved job deferred")
+    assert pager.resolved == []
+    await redis.hset(keys.threads(n.id), "1:pager", "page-1")  # the firing send's finish
+    await redis.delete(firing)
+    await task
+    assert pager.resolved == [("1", "page-1")]
