@@ -81,8 +81,8 @@ class Stage(msgspec.Struct, frozen=True):
     arq args [nid, uid], unchanged). The stage is the job's third arq argument, the tail of
     its id (`Keys.forward_job(nid, uid, stage)`) and of its due-set member; encoded as
     dot-joined tokens, at most one of each:
-    - `a<ms>`: a channel group: only the channels whose effective delay (`after`, see
-      `send_delay`) is `ms` and differs from the notice's own delay (the plain job's);
+    - `a<ms>`: a channel group: only the entries whose own `after` is `ms` and differs
+      from the notice's delay (`group_of`; the others are the plain job's);
     - `h<ms>`: a forward held (quiet hours, a snooze) by the job itself, released at `ms`
       (a new id: the first run's arq result refuses a re-schedule under its id);
     - `resolved` (`RESOLVED`): the "resolved" message of an incident, on the channels
