@@ -236,3 +236,24 @@ async def test_resolved_waits_for_a_firing_forward_still_running(
     await redis.delete(firing)
     await task
     assert pager.resolved == [("1", "page-1")]
+
+
+async def test_a_resolved_message_waits_for_a_snooze_like_any_forward(
+        redis: Redis, keys: Keys, redis_url, smtp: SmtpSink, telegram: HttpSink):
+    settings = make_settings(redis_url, smtp, telegram)
+    await store_user(redis, keys, User(id="1", email="ann@example.org"))
+    n = Notice(id=ulid(), alert="disk", title="Disk full", recipients=["1"],
+               created_at=now_ms(), dedup_key="k", status="resolved", resolved_at=now_ms(),
+               channels=convert({"pager": {}}, ChannelMap))
+    await store_notice(redis, keys, n)
+    await redis.hset(keys.threads(n.id), "1:pager", "page-1")
+    until = now_ms() + 800
+    await redis.set(keys.snooze("1"), msgspec.json.encode({"disk": until}))
+    await schedule(redis, keys, resolved_jobs(n))
+    pager = Pager()
+    await run(settings, pager)
+    assert pager.resolved == [("1", "page-1")]
+    got = await deliveries(redis, keys, n.id)
+    assert [(d.channel, d.status) for d in got] == [("pager", "held"), ("pager", "sent")]
+    assert got[1].at >= until and got[1].detail.startswith("resolved: ")
+    assert await redis.exists(arq_keys(keys.forward_job(n.id, "1", f"resolved.h{until}")).result)
