@@ -1,6 +1,7 @@
 -- A deleted user's inbox keys, and (ARGV[4] = '1', a single Redis) the bodies only their
--- feed held. KEYS: feed, read set, seq, archived set, migrated marker, layout 1 unread set,
--- snoozes (any further key of the user is deleted too).
+-- feed held (with their deliveries, folds and threads: release.lua). KEYS: feed, read set,
+-- seq, archived set, migrated marker, layout 1 unread set, snoozes (any further key of the
+-- user is deleted too).
 -- ARGV: refs prefix, bucket length, notice key prefix, release ('1' | '0').
 -- Returns {keys deleted, feed entries}.
 --#include center/release.lua

@@ -5,8 +5,9 @@
 -- field: one feed; -1: none yet, while a broadcast's later calls store it).
 -- `adjust(nid, delta, created, later)` moves a body's holders by `delta` (`created`: this
 -- script made the body, so nothing is counted yet; `later`: more calls of the same batch
--- follow, so a body no feed holds yet stays) and deletes the body with its `:deliveries`
--- and `:folded` when none is left; returns 1 when it deleted the body. The including
+-- follow, so a body no feed holds yet stays) and deletes the body with its `:deliveries`,
+-- `:folded` and `:threads` (Keys.threads) when none is left; returns 1 when it deleted
+-- the body. The including
 -- script fills `refs` (prefix, bucket length, notice key prefix) from streams.keys.
 local refs = {}
 local function adjust(nid, delta, created, later)
@@ -27,7 +28,7 @@ local function adjust(nid, delta, created, later)
   else
     if not created then redis.call('HDEL', bucket, field) end
     local body = refs.notice .. nid
-    redis.call('DEL', body, body .. ':deliveries', body .. ':folded')
+    redis.call('DEL', body, body .. ':deliveries', body .. ':folded', body .. ':threads')
     return 1
   end
   return 0

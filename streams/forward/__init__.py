@@ -6,20 +6,26 @@
   (`store_call_jobs`, `store_jobs.lua`). The only code that knows arq's record format,
   key prefixes and constants (`arq_keys` for everyone else).
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
-  was read or already sent, send on each channel, record every attempt, retry.
+  was read, resolved or already sent, hold what the user holds, send on each channel,
+  record every attempt, retry; the `resolved` messages of incidents.
+- `policy`: when a forward to a user must wait (`hold_until`: quiet hours, snoozes), as
+  pure functions.
 - `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with
   a poll's claims and a loop iteration's finishes in one script call each.
 """
 
 from vestnik.streams.forward.job import Delivery, DeliveryList, decode_delivery
+from vestnik.streams.forward.policy import hold_until
 from vestnik.streams.forward.schedule import (
     BROADCAST,
     KEEP_RESULT_S,
+    PLAIN,
     RESOLVED,
     ArqKeys,
     BatchJob,
     Claim,
     ForwardJob,
+    Stage,
     add_forward_jobs,
     arq_keys,
     due_member,
@@ -33,10 +39,9 @@ from vestnik.streams.forward.schedule import (
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
-    "BROADCAST", "KEEP_RESULT_S", "RESOLVED", "ArqKeys", "BatchJob", "Claim", "Delivery",
-    "DeliveryList",
-    "ForwardJob", "ForwardWorker", "add_forward_jobs", "arq_keys", "decode_delivery",
-    "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "resolved_jobs",
-    "run_forwarder",
+    "BROADCAST", "KEEP_RESULT_S", "PLAIN", "RESOLVED", "ArqKeys", "BatchJob", "Claim",
+    "Delivery", "DeliveryList", "ForwardJob", "ForwardWorker", "Stage", "add_forward_jobs",
+    "arq_keys", "decode_delivery", "due_member", "forward_jobs_for", "hold_until",
+    "job_record", "make_worker", "pump_due", "resolved_jobs", "run_forwarder",
     "store_call_jobs", "user_routes", "wants_job",
 ]

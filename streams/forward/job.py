@@ -12,6 +12,19 @@ The job (`forward(ctx, nid, uid)`)
     the notice's user-independent targets (telegram `chat_ids`, a webhook or Slack
     `url`), sent only if no recipient has read it.
 
+Stages (`schedule.Stage`, the job's third argument)
+    A channel group (`a<ms>`: entries with an `after` of their own) sends only its group's
+    channels; the plain job the others. A job that finds the user held when it runs (a
+    snooze set after scheduling, quiet hours: `policy.hold`) records `held` per channel
+    ("until <time>") and schedules itself again at the hold's end (`h<ms>`, a new job id).
+    A forward of a notice resolved meanwhile (`status: resolved`) sends nothing and
+    records `skipped_resolved`. The `resolved` job sends `Channel.send_resolved` on each
+    channel that got the firing message (a field `<uid>:<marker>` of `keys.threads(nid)`,
+    written with the firing send's sent marker: the `SendResult.ref` to reply to, or ""),
+    once (sent markers `resolved:<marker>`), read or not; while a firing forward of the
+    same pair runs (arq's in-progress key of the plain or a group job), it waits for it
+    (arq's Retry), so a firing message that lands meanwhile is not missed.
+
 Retries
     `retry` results (timeouts, refused connections, 5xx, 429) raise arq's `Retry` with
     exponential backoff (`send_backoff * 2**(attempt-1)`, at least what the other side
@@ -37,6 +50,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
+from datetime import UTC, datetime
 from typing import Any, Literal
 
 import msgspec
@@ -49,11 +63,24 @@ from arq.constants import (
 )
 from arq.worker import Retry
 
-from vestnik.streams import lua
+from vestnik.streams import lua, snoozes
 from vestnik.streams.channels import Channels, SendResult
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config
-from vestnik.streams.forward.schedule import BROADCAST, Claim, msgpack_encode, user_routes
+from vestnik.streams.forward.policy import hold
+from vestnik.streams.forward.schedule import (
+    BROADCAST,
+    PLAIN,
+    Claim,
+    ForwardJob,
+    Stage,
+    add_forward_jobs,
+    delay_ms,
+    group_of,
+    msgpack_encode,
+    stage_filter,
+    user_routes,
+)
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.metrics import FORWARD_ATTEMPTS
@@ -68,7 +95,9 @@ SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
 
 DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref",
-                         "skipped_no_address", "skipped_gone"]
+                         "skipped_no_address", "skipped_gone", "skipped_resolved", "held"]
+RESOLVED_MARK = "resolved:"  # a resolved message's sent marker: after the firing one's
+REF_MAX = 1000  # characters of a SendResult.ref kept (the other side's word: bounded)
 
 
 class Delivery(msgspec.Struct, kw_only=True):
@@ -95,11 +124,13 @@ def decode_delivery(raw: bytes) -> Delivery:
 
 
 class Pending(msgspec.Struct):
-    """Attempt records and sent markers of one job run, not written yet."""
+    """Attempt records, sent markers and threads (`keys.threads(nid)` fields and values,
+    flat) of one job run, not written yet."""
 
     nid: str
     records: list[Delivery]
     sent_markers: list[str]
+    threads: list[str] = []
 
 
 # Set by ForwardWorker.run_claimed for its job: the run's records and markers are then
@@ -112,6 +143,7 @@ class Send(msgspec.Struct):
     channel: str
     marker: str  # marker key suffix: channel, or channel:key for one shared target
     target: ChannelTarget
+    reply_to: str | None = None  # a resolved message: the firing one's ref
 
 
 async def read_many(redis: Any, adds: list[Callable[[Any], None]]
@@ -144,6 +176,15 @@ def was_read(in_feed: object, in_read: object) -> bool:
     return in_feed is None or in_read is not None
 
 
+def iso(ms: int) -> str:
+    """ms as UTC ISO 8601, to the second (delivery details); a time no calendar has, as
+    the number."""
+    try:
+        return datetime.fromtimestamp(ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, ValueError, OSError):
+        return str(ms)
+
+
 class Forwarder:
     """What the job needs, built once per worker: Redis, key names, settings, channels."""
 
@@ -157,44 +198,59 @@ class Forwarder:
         delay = self.settings.send_backoff * (2 ** (attempt - 1))
         return min(BACKOFF_CAP_S, max(delay, asked or 0.0))
 
-    async def run(self, nid: str, uid: str, attempt: int, fresh: Claim | None = None) -> str:
+    async def run(self, nid: str, uid: str, attempt: int, fresh: Claim | None = None,
+                  stage: Stage = PLAIN) -> str:
         if fresh is not None:  # just stored: nothing sent, nobody has read it yet
             notice, user = fresh.notice, fresh.user
-            sends, records = (self._shared_sends(notice), []) if user is None \
-                else self._user_sends(notice, user, attempt)
+            sends, records = (self._shared_sends(notice, stage), []) if user is None \
+                else self._user_sends(notice, user, attempt, stage)
             if not sends:
                 await self._record(nid, records)
                 return "nothing to send"
-            return await self._deliver(notice, uid, user, attempt, sends, records)
+            return await self._deliver(notice, uid, user, attempt, sends, records, stage)
         k = self.keys
         # one read for a user (in one round trip with the other jobs starting now): the
-        # notice, the user, unread?, and the sent markers of every channel that could apply
-        # (a user's marker is `<nid>:<uid>:<channel>`)
+        # notice, the user, unread?, the sent markers of every channel that could apply
+        # (a user's marker is `<nid>:<uid>:<channel>`), the snoozes, and for a `resolved`
+        # job the firing messages' threads
         names = list(self.channels.classes) if uid != BROADCAST else []
+        resolved = stage.resolved
+        mark = RESOLVED_MARK if resolved else ""
+        n_snooze = 0
 
         def add(pipe: Any) -> None:
+            nonlocal n_snooze
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
                 read_state_commands(pipe, k, uid, nid)
                 for name in names:
-                    pipe.exists(k.sent_marker(nid, uid, name))
+                    pipe.exists(k.sent_marker(nid, uid, mark + name))
+                n_snooze = snoozes.read_commands(pipe, k, uid)
+                if resolved and names:
+                    pipe.hmget(k.threads(nid), [f"{uid}:{name}" for name in names])
 
         replies = await self._reads.submit(add)
         if replies[0] is None:
             # its body went with the last feed that held it (retention, a user's delete):
             # recorded, so /deliveries says why nothing went (the record expires on its own)
             log.warning("forward %s to %s: notice not found (left every feed)", nid, uid)
-            if attempt == 1:
+            if attempt == 1 and not resolved:
                 await self._record(nid, [self._rec(
                     uid, "", attempt, "skipped_gone",
                     "the notice left every feed before the forward was due")])
             return "notice not found"
         notice = _notice_decoder.decode(replies[0])
+        if resolved:
+            if notice.status != "resolved":
+                return "not resolved"  # nothing to say (a stray job)
+            if await self._firing_in_flight(notice, uid):
+                # its send may land after the threads are read: ask again once it is done
+                raise Retry(defer=self.backoff(attempt, 1.0))
         records: list[Delivery] = []
         if uid == BROADCAST:
             user = None
-            sends = self._shared_sends(notice)
+            sends = self._shared_sends(notice, stage)
         else:
             # no profile (never published, or deleted): no address anywhere, recorded below
             user = User(id=uid) if replies[1] is None else decode_user(uid, replies[1])
@@ -203,53 +259,100 @@ class Forwarder:
                 if attempt == 1:
                     await self._record(nid, [self._rec(uid, "", attempt, "failed", user)])
                 return user
-            sends, records = self._user_sends(notice, user, attempt)
+            sends, records = self._user_sends(notice, user, attempt, stage)
         if not sends:
             await self._record(nid, records)
             return "nothing to send"
         if uid == BROADCAST:
-            sends, read = await self._broadcast_state(notice, sends)
+            if resolved:
+                sends = await self._shared_threads(notice, sends)
+                read = False
+            else:
+                sends, read = await self._broadcast_state(notice, sends)
         else:
-            marked = {name for name, m in zip(names, replies[4:], strict=True) if m}
+            at = 4 + len(names)
+            marked = {name for name, m in zip(names, replies[4:at], strict=True) if m}
             sends = [s for s in sends if s.marker not in marked]
-            read = was_read(replies[2], replies[3])
+            read = was_read(replies[2], replies[3]) and not resolved
+            if user is not None:  # (always, for a user's job)
+                user.snooze = snoozes.decode(replies[at:at + n_snooze])
+            if resolved:
+                refs = dict(zip(names, replies[at + n_snooze], strict=True)) if names else {}
+                sends = _threaded(sends, refs)
         if not sends:
             await self._record(nid, records)
             return "already sent"
+        if notice.status == "resolved" and not resolved:
+            records += [self._rec(uid, s.channel, attempt, "skipped_resolved",
+                                  f"incident resolved at {iso(notice.resolved_at)}"
+                                  if notice.resolved_at else "incident resolved")
+                        for s in sends]
+            await self._record(nid, records)
+            return "resolved"
         if read:
             records += [self._rec(uid, s.channel, attempt, "skipped_read") for s in sends]
             await self._record(nid, records)
             return "read"
-        return await self._deliver(notice, uid, user, attempt, sends, records)
+        if user is not None:
+            now = now_ms()
+            held = hold(user, notice, now)
+            if held is not None:
+                return await self._hold(notice, uid, attempt, sends, records, stage,
+                                        held.until, held.why)
+        return await self._deliver(notice, uid, user, attempt, sends, records, stage)
+
+    async def _hold(self, notice: Notice, uid: str, attempt: int, sends: list[Send],
+                    records: list[Delivery], stage: Stage, until: int, why: str) -> str:
+        """Record `held` per channel and schedule this job again at `until` (a new id: a
+        held stage), before the records are written (a re-run finds it scheduled)."""
+        records += [self._rec(uid, s.channel, attempt, "held", f"until {iso(until)} ({why})")
+                    for s in sends]
+        again = ForwardJob(notice.id, uid, until, stage.held(until).encode())
+        async with self.redis.pipeline(transaction=False) as pipe:
+            add_forward_jobs(pipe, self.keys, [again])
+            await pipe.execute()
+        await self._record(notice.id, records)
+        return f"held until {iso(until)}"
 
     async def _deliver(self, notice: Notice, uid: str, user: User | None, attempt: int,
-                       sends: list[Send], records: list[Delivery]) -> str:
+                       sends: list[Send], records: list[Delivery], stage: Stage = PLAIN
+                       ) -> str:
         """Send on every channel in `sends`; record each attempt; Retry what may succeed
-        later."""
+        later. A firing message's ref goes to `keys.threads` (incidents only: a notice with
+        a dedup_key); a `resolved` job's sends are resolved messages."""
         nid, k = notice.id, self.keys
         final = attempt >= self.settings.send_attempts
-        results = await asyncio.gather(*(self._send(notice, user, s) for s in sends),
+        resolved = stage.resolved
+        results = await asyncio.gather(*(self._send(notice, user, s, resolved) for s in sends),
                                        return_exceptions=True)
         sent: list[Send] = []
+        threads: list[str] = []
+        keep_threads = notice.dedup_key is not None and not resolved
         retry_after: list[float] = []
         bug: BaseException | None = None
+        what = "resolved: " if resolved else ""
         for s, res in zip(sends, results, strict=True):
             if isinstance(res, BaseException):
                 bug = bug or res
                 records.append(self._rec(uid, s.channel, attempt, "failed",
-                                         f"{s.marker}: {type(res).__name__}: {res}"))
+                                         f"{what}{s.marker}: {type(res).__name__}: {res}"))
                 continue
-            detail = res.detail if s.marker == s.channel else f"{s.marker}: {res.detail}"
+            detail = what + (res.detail if s.marker == s.channel
+                             else f"{s.marker}: {res.detail}")
             if res.ok:
                 sent.append(s)
+                if keep_threads:
+                    threads += [f"{uid}:{s.marker}", (res.ref or "")[:REF_MAX]]
                 records.append(self._rec(uid, s.channel, attempt, "sent", detail))
             elif res.status == "retry" and not final:
                 retry_after.append(res.retry_after or 0.0)
                 records.append(self._rec(uid, s.channel, attempt, "retrying", detail))
             else:
                 records.append(self._rec(uid, s.channel, attempt, "failed", detail))
+        mark = RESOLVED_MARK if resolved else ""
         await self._record(nid, records,
-                           sent_markers=[k.sent_marker(nid, uid, s.marker) for s in sent])
+                           sent_markers=[k.sent_marker(nid, uid, mark + s.marker)
+                                         for s in sent], threads=threads)
         if bug is not None:
             raise bug
         if retry_after:
@@ -257,19 +360,27 @@ class Forwarder:
             raise Retry(defer=delay)
         return f"sent {len(sent)}/{len(sends)}"
 
-    def _user_sends(self, notice: Notice, user: User, attempt: int
+    def _user_sends(self, notice: Notice, user: User, attempt: int, stage: Stage = PLAIN
                     ) -> tuple[list[Send], list[Delivery]]:
-        """What `user_routes` decides (as the center did): the sends, and a record of each
-        channel skipped (on the first attempt only: a retry skips it again)."""
+        """What `user_routes` decides (as the center did) for this job's channel group: the
+        sends, and a record of each channel skipped (on the first attempt only: a retry
+        skips it again; never for a resolved message: the firing one said it)."""
         routes = user_routes(notice, user, self.channels.addresses)
+        mine = stage_filter(notice, self.settings.forward_after, stage)
+        if mine is not None:
+            routes = [r for r in routes if mine(r.target)]
         sends = [Send(r.channel, r.channel, r.target) for r in routes if r.skip is None]
         records = [self._rec(user.id, r.channel, attempt, r.skip, r.detail)
-                   for r in routes if r.skip is not None] if attempt == 1 else []
+                   for r in routes if r.skip is not None] \
+            if attempt == 1 and not stage.resolved else []
         return sends, records
 
-    def _shared_sends(self, notice: Notice) -> list[Send]:
+    def _shared_sends(self, notice: Notice, stage: Stage = PLAIN) -> list[Send]:
         sends: list[Send] = []
+        mine = stage_filter(notice, self.settings.forward_after, stage)
         for name, target in notice.channels.external():
+            if mine is not None and not mine(target):
+                continue
             channel = self.channels.get(name)
             if channel is None:
                 if target.shared:
@@ -292,13 +403,39 @@ class Forwarder:
         return ([s for s, m in zip(sends, marked, strict=True) if not m],
                 any(was_read(f, r) for f, r in zip(scores[::2], scores[1::2], strict=True)))
 
-    async def _send(self, notice: Notice, user: User | None, s: Send) -> SendResult:
+    async def _firing_in_flight(self, notice: Notice, uid: str) -> bool:
+        """Whether a firing forward of `notice` to `uid` (the plain job or a channel
+        group's) runs right now: arq's in-progress key of its job."""
+        base = delay_ms(notice, self.settings.forward_after)
+        stages = dict.fromkeys([None, *(Stage(after_ms=g).encode()
+                                        for _, t in notice.channels.external()
+                                        if (g := group_of(t, base)) is not None)])
+        return await self.redis.exists(*(
+            in_progress_key_prefix + self.keys.forward_job(notice.id, uid, st)
+            for st in stages)) > 0
+
+    async def _shared_threads(self, notice: Notice, sends: list[Send]) -> list[Send]:
+        """A `resolved` job's shared sends: those that got the firing message and no
+        resolved one yet."""
+        nid, k = notice.id, self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for s in sends:
+                pipe.exists(k.sent_marker(nid, BROADCAST, RESOLVED_MARK + s.marker))
+            pipe.hmget(k.threads(nid), [f"{BROADCAST}:{s.marker}" for s in sends])
+            *marked, refs = await pipe.execute()
+        left = [s for s, m in zip(sends, marked, strict=True) if not m]
+        return _threaded(left, {s.marker: r for s, r in zip(sends, refs, strict=True)})
+
+    async def _send(self, notice: Notice, user: User | None, s: Send,
+                    resolved: bool = False) -> SendResult:
         channel = self.channels.get(s.channel)
         if channel is None:
             why = "is not configured" if s.channel in self.channels.classes else "is unknown"
             return SendResult.permanent(f"channel {s.channel} {why}")
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
+                if resolved:
+                    return await channel.send_resolved(notice, user, s.target, s.reply_to)
                 return await channel.send(notice, user, s.target)
         except TimeoutError:
             return SendResult.retry(f"no answer in {SEND_TIMEOUT_S:g}s")
@@ -310,22 +447,28 @@ class Forwarder:
                         detail=detail[:1000], at=now_ms())
 
     async def _record(self, nid: str, records: list[Delivery],
-                      sent_markers: list[str] | None = None) -> None:
+                      sent_markers: list[str] | None = None,
+                      threads: list[str] | None = None) -> None:
         if not records and not sent_markers:
             return
+        p = Pending(nid, records, sent_markers or [], threads or [])
         pending = PENDING.get()
         if pending is not None:  # ForwardWorker writes them with the job's finish
-            pending.append(Pending(nid, records, sent_markers or []))
+            pending.append(p)
             return
         # no job to finish (a stock arq worker, a direct call): the records alone
-        await self.finish(None, [[None, 0, 0, 0, 0, [self.record_args(
-            Pending(nid, records, sent_markers or []))]]], [])
+        await self.finish(None, [[None, 0, 0, 0, 0, [self.record_args(p)]]], [])
         self.count(records)
 
     def record_args(self, p: Pending) -> list[Any]:
-        """`p` as `_FINISH` takes it: [deliveries key, [record JSON...], [marker key...]]."""
-        return [self.keys.deliveries(p.nid), [json_encode(r).decode() for r in p.records],
+        """`p` as `_FINISH` takes it: [deliveries key, [record JSON...], [marker key...]]
+        and, when the run sent firing messages of an incident, [threads key, [field,
+        value...]]."""
+        args = [self.keys.deliveries(p.nid), [json_encode(r).decode() for r in p.records],
                 p.sent_markers]
+        if p.threads:
+            args += [self.keys.threads(p.nid), p.threads]
+        return args
 
     async def finish(self, queue: str | None, jobs: list[list[Any]],
                      results: list[bytes]) -> None:
@@ -341,12 +484,30 @@ class Forwarder:
             FORWARD_ATTEMPTS.labels(r.channel or "-", r.status).inc()
 
 
-async def forward(ctx: dict[str, Any], nid: str, uid: str) -> str:
-    """The arq job: forward notice `nid` to user `uid` (see the module docstring)."""
+def _threaded(sends: list[Send], refs: dict[str, bytes | str | None]) -> list[Send]:
+    """The sends whose marker got the firing message (a `keys.threads` field), each with
+    the ref to reply to (None when the channel gave none)."""
+    out: list[Send] = []
+    for s in sends:
+        ref = refs.get(s.marker)
+        if ref is not None:
+            text = ref.decode(errors="replace") if isinstance(ref, bytes) else ref
+            out.append(msgspec.structs.replace(s, reply_to=text or None))
+    return out
+
+
+async def forward(ctx: dict[str, Any], nid: str, uid: str, stage: str | None = None) -> str:
+    """The arq job: forward notice `nid` to user `uid`, at `stage` (`Stage`; None: the
+    plain forward). See the module docstring."""
     forwarder: Forwarder = ctx["forwarder"]
     attempt = ctx.get("job_try") or 1
     try:
-        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"))
+        st = Stage.decode(stage) if stage else PLAIN
+    except ValueError as e:
+        log.warning("forward %s to %s: %s: dropped", nid, uid, e)
+        return "bad stage"
+    try:
+        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"), st)
     except RETRYABLE as e:
         # Redis flaked (restart, failover): run again later; sent markers skip what went out
         delay = forwarder.backoff(min(attempt, 6), None)

@@ -22,13 +22,21 @@ The notice center writes its forwards in its own store call instead: it calls
 the worker's poll pumps into the same job record when due (`pump.lua`, `pump_due`); one due
 now as the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
 
+Stages (`Stage`): a job may carry a third argument besides [nid, uid], which also ends its
+id and its due-set member: a channel group with its own delay (`after` on the entry:
+escalation), a forward held by the job itself until a time, the `resolved` message. The
+plain forward has none, so its record, id and due member are what they always were.
+`forward_jobs_for` also applies the user's holds (`policy.hold_until`: quiet hours,
+snoozes): a job that would fall due while the user is held is due at the hold's end.
+
 This package is the only code that knows arq's record format, its key prefixes and its
 constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -41,6 +49,7 @@ from arq.constants import (
 )
 
 from vestnik.streams import lua
+from vestnik.streams.forward.policy import hold_until
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import ChannelTarget, Notice, User
@@ -65,6 +74,60 @@ class ForwardJob(msgspec.Struct):
     uid: str
     due_ms: int
     stage: str | None = None
+
+
+class Stage(msgspec.Struct, frozen=True):
+    """What a job with a stage does beyond the plain forward (`Stage()`, encoded None: the
+    arq args [nid, uid], unchanged). The stage is the job's third arq argument, the tail of
+    its id (`Keys.forward_job(nid, uid, stage)`) and of its due-set member; encoded as
+    dot-joined tokens, at most one of each:
+    - `a<ms>`: a channel group: only the entries whose own `after` is `ms` and differs
+      from the notice's delay (`group_of`; the others are the plain job's);
+    - `h<ms>`: a forward held (quiet hours, a snooze) by the job itself, released at `ms`
+      (a new id: the first run's arq result refuses a re-schedule under its id);
+    - `resolved` (`RESOLVED`): the "resolved" message of an incident, on the channels
+      that got the firing one.
+    E.g. `a900000`, `a900000.h1796457600000`, `resolved.h1796457600000`."""
+
+    after_ms: int | None = None
+    held_until: int | None = None
+    resolved: bool = False
+
+    def encode(self) -> str | None:
+        parts: list[str] = []
+        if self.resolved:
+            parts.append(RESOLVED)
+        if self.after_ms is not None:
+            parts.append(f"a{self.after_ms}")
+        if self.held_until is not None:
+            parts.append(f"h{self.held_until}")
+        return ".".join(parts) or None
+
+    @classmethod
+    def decode(cls, raw: str | None) -> Stage:
+        """The stage of a job's third argument; ValueError when it is none of ours."""
+        if not raw:
+            return PLAIN
+        after = held = None
+        resolved = False
+        for tok in raw.split("."):
+            if tok == RESOLVED and not resolved:
+                resolved = True
+            elif tok[:1] == "a" and after is None and _MS.fullmatch(tok[1:]):
+                after = int(tok[1:])
+            elif tok[:1] == "h" and held is None and _MS.fullmatch(tok[1:]):
+                held = int(tok[1:])
+            else:
+                raise ValueError(f"bad forward stage {raw[:100]!r}")
+        return cls(after, held, resolved)
+
+    def held(self, until: int) -> Stage:
+        """This job held until `until`: the same sends, another job."""
+        return msgspec.structs.replace(self, held_until=until)
+
+
+_MS = re.compile(r"[0-9]{1,15}")
+PLAIN = Stage()
 
 
 class Claim(msgspec.Struct):
@@ -213,21 +276,82 @@ def wants_job(routes: list[Route]) -> bool:
     return False
 
 
+MAX_AFTER_S = 365 * 86_400  # a channel's own delay is cut at this (a hostile `after`)
+
+
+def group_of(target: ChannelTarget, base_ms: int) -> int | None:
+    """The channel group of an entry: None (the plain job's) when it has no `after` of its
+    own or the notice's delay `base_ms`; else its delay in ms (its job's `Stage.after_ms`)."""
+    if target.after is None:
+        return None
+    ms = int(min(target.after, MAX_AFTER_S) * 1000)
+    return None if ms == base_ms else ms
+
+
+def delay_ms(notice: Notice, default_after: float) -> int:
+    """`forward_delay` in ms: the plain job's delay, which channel groups differ from."""
+    return int(min(forward_delay(notice, default_after), MAX_AFTER_S) * 1000)
+
+
+def stage_filter(notice: Notice, default_after: float, stage: Stage
+                 ) -> Callable[[ChannelTarget], bool] | None:
+    """Which entries a job of `stage` sends on (its channel group), or None for all of
+    them (no entry has a delay of its own; the `resolved` message)."""
+    if stage.resolved:
+        return None
+    external = notice.channels.external()
+    if stage.after_ms is None and all(t.after is None for _, t in external):
+        return None  # the plain job of a notice without groups: the hot path
+    base, mine = delay_ms(notice, default_after), stage.after_ms
+    return lambda target: group_of(target, base) == mine
+
+
 def forward_jobs_for(notice: Notice, users: Iterable[User],
-                     addresses: Mapping[str, str | None], default_after: float
-                     ) -> list[ForwardJob]:
+                     addresses: Mapping[str, str | None], default_after: float,
+                     now: int | None = None) -> list[ForwardJob]:
     """The jobs a stored notice needs (none when it has no external channel): one per user
     of `users` (its recipients) that `user_routes` leave something for, plus `*` when an
-    entry has user-independent targets (`chat_ids`, `url`)."""
-    if not notice.channels.external():
+    entry has user-independent targets (`chat_ids`, `url`).
+
+    Each channel group (entries with an `after` of their own, `group_of`) is a job of its
+    own (`Stage.after_ms`), due `after` seconds after creation; the rest is the plain job,
+    due after `forward_delay`. A user's job that would fall due while the user is held
+    (quiet hours, a snooze: `policy.hold_until`, at `now` for one due already) is due at
+    the hold's end instead: never claimed inline, it waits in the due set."""
+    external = notice.channels.external()
+    if not external:
         return []
-    base = notice.created_at or now_ms()
-    due = base + int(forward_delay(notice, default_after) * 1000)
-    jobs = [ForwardJob(notice.id, u.id, due) for u in users
-            if wants_job(user_routes(notice, u, addresses))]
+    now = now_ms() if now is None else now
+    created = notice.created_at or now
+    base = delay_ms(notice, default_after)
+    due = created + base
+    groups = any(group_of(t, base) is not None for _, t in external)
+    jobs: list[ForwardJob] = []
+    for u in users:
+        routes = user_routes(notice, u, addresses)
+        if not groups:
+            if wants_job(routes):
+                jobs.append(_user_job(notice, u, due, None, now))
+            continue
+        by_group: dict[int | None, list[Route]] = {}
+        for r in routes:
+            by_group.setdefault(group_of(r.target, base), []).append(r)
+        for g, rs in by_group.items():
+            if wants_job(rs):
+                jobs.append(_user_job(notice, u, due if g is None else created + g, g, now))
     if notice.channels.shared:
-        jobs.append(ForwardJob(notice.id, BROADCAST, due))
+        shared = dict.fromkeys(group_of(t, base) for _, t in external if t.shared)
+        jobs += [ForwardJob(notice.id, BROADCAST, due) if g is None else
+                 ForwardJob(notice.id, BROADCAST, created + g, Stage(after_ms=g).encode())
+                 for g in shared]
     return jobs
+
+
+def _user_job(notice: Notice, user: User, due: int, group: int | None, now: int
+              ) -> ForwardJob:
+    held = hold_until(user, notice, max(due, now))
+    return ForwardJob(notice.id, user.id, due if held is None else held,
+                      None if group is None else Stage(after_ms=group).encode())
 
 
 def resolved_jobs(notice: Notice) -> list[ForwardJob]:
@@ -241,10 +365,11 @@ def resolved_jobs(notice: Notice) -> list[ForwardJob]:
     return jobs
 
 
-def due_member(nid: str, uid: str) -> bytes:
+def due_member(nid: str, uid: str, stage: str | None = None) -> bytes:
     """The member of `keys.forward_due` for a delayed forward of `nid` to `uid` (the
-    msgpack array [nid, uid]: the worker's pump script builds arq's record around it)."""
-    return msgpack_encode([nid, uid])
+    msgpack array [nid, uid], or [nid, uid, stage]: the job's arq args, around which the
+    worker's pump script builds arq's record)."""
+    return msgpack_encode([nid, uid, stage] if stage else [nid, uid])
 
 
 class BatchJob(NamedTuple):
@@ -276,15 +401,15 @@ def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
         if j.due_ms > now:
             later.append(j)
             continue
-        payload = job_record(j.nid, j.uid, now)
+        payload = job_record(j.nid, j.uid, now, j.stage)
         argv.append(payload)
-        jid = keys.forward_job(j.nid, j.uid)
+        jid = keys.forward_job(j.nid, j.uid, j.stage)
         claim = Claim(jid, j.due_ms + claim_ms, payload, notice, user) \
             if claim_ms and claimable else None
         rows.append([jid, expires_extra_ms + claim_ms, j.due_ms, 1 if claim else -1, at])
         claims.append(claim)
     due_base = len(argv)
-    argv += [due_member(j.nid, j.uid) for j in later]
+    argv += [due_member(j.nid, j.uid, j.stage) for j in later]
     return [job_key_prefix, result_key_prefix, keys.arq_queue, base, rows,
             in_progress_key_prefix, retry_key_prefix, claim_ms, keys.forward_wake,
             keys.forward_due, due_base, [j.due_ms for j in later], RETRY_TTL_S], claims
