@@ -37,7 +37,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 from contextvars import ContextVar
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 from arq.constants import (
@@ -68,7 +68,7 @@ SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
 
 DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref",
-                         "skipped_no_address", "skipped_gone"]
+                         "skipped_no_address", "skipped_gone", "skipped_resolved", "digested"]
 
 
 class Delivery(msgspec.Struct, kw_only=True):
@@ -144,8 +144,18 @@ def was_read(in_feed: object, in_read: object) -> bool:
     return in_feed is None or in_read is not None
 
 
+class Diverter(Protocol):
+    """Takes some of a job's sends elsewhere (streams.forward.digest.Digests.divert)."""
+
+    async def __call__(self, notice: Notice, user: User, sends: list[Send],
+                       records: list[Delivery], attempt: int) -> list[Send]: ...
+
+
 class Forwarder:
     """What the job needs, built once per worker: Redis, key names, settings, channels."""
+
+    # set by make_worker: the sends to a user that go into a digest instead (digest.py)
+    divert: Diverter | None = None
 
     def __init__(self, redis: Any, keys: Keys, settings: Config, channels: Channels) -> None:
         self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
@@ -227,6 +237,13 @@ class Forwarder:
         """Send on every channel in `sends`; record each attempt; Retry what may succeed
         later."""
         nid, k = notice.id, self.keys
+        # digests (streams.forward.digest): a channel with a digest policy for the user does
+        # not send now; the notice waits in the user's bucket (recorded `digested`)
+        if user is not None and self.divert is not None:
+            sends = await self.divert(notice, user, sends, records, attempt)
+            if not sends:
+                await self._record(nid, records)
+                return "digested"
         final = attempt >= self.settings.send_attempts
         results = await asyncio.gather(*(self._send(notice, user, s) for s in sends),
                                        return_exceptions=True)
