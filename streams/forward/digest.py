@@ -46,7 +46,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-from collections.abc import Callable
 from typing import Any
 
 import msgspec
@@ -62,15 +61,14 @@ from vestnik.streams.forward.job import (
     DeliveryStatus,
     Forwarder,
     Send,
-    read_many,
-    read_state_commands,
-    was_read,
 )
 from vestnik.streams.forward.schedule import msgpack_encode, user_routes
 from vestnik.streams.ids import encode_ulid, now_ms
 from vestnik.streams.keys import USER_TOPIC
 from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import (
+    NO_CHANNELS,
+    ChannelMap,
     ChannelTarget,
     DigestPolicy,
     Notice,
@@ -88,12 +86,23 @@ MARGIN_S = 86_400  # a bucket outlives its digest's due time by this (forwarders
 TAKE_MAX = 1000  # notices read from one bucket per digest (the rest: the next one)
 POLL_S = 0.25  # the least time between two looks at the due set when nothing was due
 DEFAULT_LIMIT = 20
+GONE, READ, UNREAD = 0, 1, 2  # a notice's state as digest_read.lua says it
 
 _ADD = lua.script("forward/digest_add.lua")
 _CLAIM = lua.script("forward/digest_claim.lua")
+_READ = lua.script("forward/digest_read.lua")
 _DONE = lua.script("forward/digest_done.lua")
 
-_notice_decoder = decoder(Notice)
+
+class _Stored(Notice, kw_only=True, omit_defaults=True):
+    """A stored notice with its channel map left undecoded: a digest needs the map of its
+    newest notice only (the target), and decoding it is most of a body's decode time."""
+
+    channels: msgspec.Raw = msgspec.Raw(b"{}")  # type: ignore[assignment]
+
+
+_stored_decoder = decoder(_Stored)
+_map_decoder = decoder(ChannelMap)
 _member_decoder = msgspec.msgpack.Decoder(tuple[str, str])
 _warned: set[tuple[str, str]] = set()  # (uid, channel) whose bad prefs were logged
 
@@ -105,7 +114,7 @@ def due_member(uid: str, channel: str) -> bytes:
 
 def digest_id(uid: str, channel: str, due_ms: int) -> str:
     """The id of `uid`'s digest on `channel` due at `due_ms`: a ULID (time-sortable, safe in
-    a Message-ID or a webhook-id) that every run of that digest computes alike."""
+    a Message-ID or a webhook-id), the same for every run of that digest."""
     h = hashlib.blake2b(f"{uid}\x00{channel}".encode(), digest_size=10).digest()
     return encode_ulid(due_ms, int.from_bytes(h, "big"))
 
@@ -122,35 +131,35 @@ def policy_for(user: User, channel: str, target: ChannelTarget) -> DigestPolicy 
         try:
             return msgspec.convert(raw, DigestPolicy)
         except msgspec.ValidationError as e:
-            if (user.id, channel) not in _warned:
-                if len(_warned) > 10_000:
-                    _warned.clear()
-                _warned.add((user.id, channel))
-                log.warning("user %s: prefs.digest.%s ignored (no digest): %s", user.id,
-                            channel, e)
+            _warn_once(user.id, channel, f"prefs.digest.{channel} ignored (no digest): {e}")
             return None
-    elif mine is not None and not isinstance(mine, dict) and (user.id, "") not in _warned:
-        _warned.add((user.id, ""))
-        log.warning("user %s: prefs.digest ignored: expected an object", user.id)
+    if mine is not None and not isinstance(mine, dict):
+        _warn_once(user.id, "", "prefs.digest ignored: expected an object")
     return target.digest
 
 
-class _Add(msgspec.Struct):
-    """One notice into one bucket (a digest_add.lua item)."""
+def _warn_once(uid: str, channel: str, what: str) -> None:
+    if (uid, channel) in _warned:
+        return
+    if len(_warned) >= 10_000:  # bounded: a flood of bad profiles logs again, rarely
+        _warned.clear()
+    _warned.add((uid, channel))
+    log.warning("user %s: %s", uid, what)
 
-    channel: str
-    window_ms: int
 
-
-class _Claimed(msgspec.Struct):
-    """What one due digest read: who, where, and its state."""
+class _Due(msgspec.Struct):
+    """One due digest as read: who, where, its state, and the notices of its window."""
 
     uid: str
     channel: str
     member: bytes
-    due: int = 0
-    attempt: int = 1
-    nids: list[str] = []
+    due: int
+    attempt: int
+    window_ms: int
+    id: str
+    user: User
+    sent: bool
+    notices: list[tuple[str, int, bytes | None]]  # (id, GONE/READ/UNREAD, body if unread)
 
 
 class Digests:
@@ -160,8 +169,6 @@ class Digests:
         self.fw = forwarder
         self.redis, self.keys = forwarder.redis, forwarder.keys
         self._adds: PerIteration[list[list[Any]], list[int]] = PerIteration(self._add_all)
-        self._reads: PerIteration[Callable[[Any], None], list[Any]] = PerIteration(
-            lambda adds: read_many(self.redis, adds))
         self._ends: PerIteration[list[Any], None] = PerIteration(self._done_all)
         self._next_poll = 0.0
 
@@ -172,30 +179,31 @@ class Digests:
         """The job's hook: of `sends` (to `user`), those whose channel has a digest policy
         go into the user's buckets (recorded in `records`); returns the others."""
         now_sends: list[Send] = []
-        adds: list[_Add] = []
+        adds: list[tuple[str, int]] = []
         for s in sends:
             policy = policy_for(user, s.channel, s.target)
             if policy is None:
                 now_sends.append(s)
             else:
-                adds.append(_Add(s.channel, int(policy.window * 1000)))
+                adds.append((s.channel, int(policy.window * 1000)))
         if not adds:
             return sends
-        k, uid = self.keys, user.id
+        k, uid, now = self.keys, user.id, now_ms()
         dues = await self._adds.submit([
-            [k.digest(uid, a.channel), k.digests(uid), a.channel, notice.id,
-             due_member(uid, a.channel), k.digested(notice.id, uid, a.channel), a.window_ms]
-            for a in adds])  # the member goes as an ARGV of its own (_add_all)
-        for a, due in zip(adds, dues, strict=True):
+            [k.digest(uid, ch), k.digests(uid), ch, notice.id, due_member(uid, ch),
+             k.digested(notice.id, uid, ch), window, now + window,
+             digest_id(uid, ch, now + window)]
+            for ch, window in adds])
+        for (ch, _), due in zip(adds, dues, strict=True):
             if due >= 0:
-                records.append(self.fw._rec(uid, a.channel, attempt, "digested",
+                records.append(self.fw._rec(uid, ch, attempt, "digested",
                                             f"digest due at {due}"))
         return now_sends
 
     async def _add_all(self, batch: list[list[list[Any]]]) -> list[list[int] | BaseException]:
         items = [it for adds in batch for it in adds]
         members = []
-        for i, it in enumerate(items):
+        for i, it in enumerate(items):  # binary: an ARGV of its own (digest_add.lua)
             members.append(it[4])
             it[4] = 5 + i
         dues = await _ADD(keys=[self.keys.digest_due],
@@ -232,129 +240,159 @@ class Digests:
         return ran
 
     async def run_due(self, limit: int = BATCH) -> int:
-        """Take at most `limit` due digests (leased) and run them together."""
+        """Take at most `limit` due digests (leased), read them (one call), send them."""
         members = await _CLAIM(keys=[self.keys.digest_due],
                                args=[now_ms(), int(LEASE_S * 1000), limit], client=self.redis)
         if not members:
             return 0
-        results = await asyncio.gather(*(self._run(m) for m in members),
-                                       return_exceptions=True)
+        due = await self._read(members)
+        results = await asyncio.gather(*(self._run(d) for d in due), return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):
                 log.error("digest failed (runs again after the lease): %s: %s",
                           type(res).__name__, res)
         return len(members)
 
-    async def _run(self, member: bytes) -> str:
-        try:
-            uid, channel = _member_decoder.decode(member)
-        except msgspec.DecodeError:
-            log.error("digest due member %r is not [uid, channel]: dropped", member[:100])
-            await self.redis.zrem(self.keys.digest_due, member)
-            return "bad member"
-        d = _Claimed(uid, channel, member)
+    async def _read(self, members: list[bytes]) -> list[_Due]:
+        """The state of the claimed digests (digest_read.lua); a bad member is dropped, a
+        digest no longer pending is ended ("drop")."""
         k = self.keys
+        who: list[tuple[str, str, bytes]] = []
+        for m in members:
+            try:
+                uid, channel = _member_decoder.decode(m)
+            except msgspec.DecodeError:
+                log.error("digest due member %r is not [uid, channel]: dropped", m[:100])
+                await self.redis.zrem(k.digest_due, m)
+                continue
+            who.append((uid, channel, m))
+        replies = await _READ(keys=[], args=[msgpack_encode([
+            k.state(USER_TOPIC), k.notice(""), k.sent, TAKE_MAX,
+            [[k.digests(uid), ch, k.digest(uid, ch), uid, k.feed(uid), k.read(uid)]
+             for uid, ch, _ in who]])], client=self.redis)
+        out: list[_Due] = []
+        for (uid, channel, member), r in zip(who, replies, strict=True):
+            if not r:  # no digest pending (a purged user, an expired hash)
+                await self._ends.submit(self._end(uid, channel, member, [], "drop", "", []))
+                continue
+            raw_user = r[4]
+            user = User(id=uid) if not raw_user else decode_user(uid, raw_user)
+            if isinstance(user, str):
+                log.warning("digest of %s: %s", uid, user)
+                user = User(id=uid)
+            out.append(_Due(uid, channel, member, int(r[0]), int(r[1]) + 1, int(r[2]),
+                            r[3].decode() if r[3] else digest_id(uid, channel, int(r[0])),
+                            user, bool(r[5]),
+                            [(r[i].decode(), int(r[i + 1]), r[i + 2] or None)
+                             for i in range(6, len(r), 3)]))
+        return out
 
-        def first(pipe: Any) -> None:
-            pipe.hmget(k.digests(uid), [channel, f"{channel}:try"])
-            pipe.zrange(k.digest(uid, channel), 0, TAKE_MAX - 1, withscores=True)
-            pipe.hget(k.state(USER_TOPIC), uid)
-
-        (due, tries), bucket, raw_user = await self._reads.submit(first)
-        if due is None:  # no digest pending (a purged user, an expired hash)
-            await self._ends.submit(self._end(d, [], "drop", "", []))
-            return "none pending"
-        d.due, d.attempt = int(due), int(tries or 0) + 1
-        # what fell due up to the digest's due time; what came later waits for the next
-        d.nids = [m.decode() for m, score in bucket if score <= d.due]
-        user = User(id=uid) if raw_user is None else decode_user(uid, raw_user)
-        if isinstance(user, str):
-            log.warning("digest of %s: %s", uid, user)
-            user = User(id=uid)
-        did = digest_id(uid, channel, d.due)
-        marker = k.sent_marker(did, uid, channel)
-
-        def second(pipe: Any) -> None:
-            pipe.exists(marker)
-            for nid in d.nids:
-                pipe.get(k.notice(nid))
-                read_state_commands(pipe, k, uid, nid)
-
-        replies = await self._reads.submit(second)
-        if replies[0]:  # sent already (another forwarder past its lease): what is left waits
-            await self._ends.submit(self._end(d, [], "done", "", []))
-            return "already sent"
-        return await self._send(d, user, did, marker, replies[1:])
-
-    async def _send(self, d: _Claimed, user: User, did: str, marker: str,
-                    replies: list[Any]) -> str:
-        uid, channel, attempt = d.uid, d.channel, d.attempt
+    async def _run(self, d: _Due) -> str:
+        """Send one digest, record it, end it."""
+        uid, channel, attempt, user = d.uid, d.channel, d.attempt, d.user
         rec = self.fw._rec
+        taken = [nid for nid, _, _ in d.notices]
+        if d.sent:  # sent already (another forwarder past its lease): what is left waits
+            await self._ends.submit(self._end_due(d, [], "done", "", []))
+            return "already sent"
         records: list[tuple[str, Delivery]] = []
         dropped: list[str] = []
-        kept: list[tuple[Notice, ChannelTarget]] = []
-        for i, nid in enumerate(d.nids):
-            body, in_feed, in_read = replies[3 * i:3 * i + 3]
-            notice = self._drop(nid, body, in_feed, in_read)
-            if isinstance(notice, tuple):
+        unread: list[_Stored] = []
+        for nid, state, body in d.notices:
+            why = self._drop(nid, state, body)
+            if isinstance(why, _Stored):
+                unread.append(why)
+            else:
                 dropped.append(nid)
-                records.append((nid, rec(uid, channel, attempt, *notice)))
-                continue
-            # the user's prefs now (muted, switched off, no address): as a forward would
-            route = next((r for r in user_routes(notice, user, self.fw.channels.addresses)
-                          if r.channel == channel), None)
-            if route is None or route.skip is not None:
-                dropped.append(nid)
-                records.append((nid, rec(uid, channel, attempt,
-                                         route.skip if route else "skipped_pref",
-                                         route.detail if route else
-                                         f"{channel} no longer reaches user {uid}")))
-                continue
-            kept.append((notice, route.target))
-        if not kept:
-            await self._ends.submit(self._end(d, d.nids, "done", "", records))
+                records.append((nid, rec(uid, channel, attempt, *why)))
+        unread.sort(key=lambda n: (n.created_at, n.id), reverse=True)
+        kept, target, skip = self._routes(unread, user, channel)
+        for n, (status, detail) in skip:
+            dropped.append(n.id)
+            records.append((n.id, rec(uid, channel, attempt, status, detail)))
+        if not kept or target is None:
+            await self._ends.submit(self._end_due(d, taken, "done", "", records))
             return "nothing to send"
-        kept.sort(key=lambda nt: (nt[0].created_at, nt[0].id), reverse=True)
-        target = kept[0][1]  # the channel entry of the newest notice
         policy = policy_for(user, channel, target)
         limit = policy.limit if policy is not None else DEFAULT_LIMIT
-        listed = [n for n, _ in kept[:limit]]
-        digest = Digest(id=did, notices=listed, more=len(kept) - len(listed))
+        listed = [_notice(n) for n in kept[:limit]]
+        digest = Digest(id=d.id, notices=listed, more=len(kept) - len(listed))
         res = await self._send_one(digest, user, channel, target)
         if res.ok:
-            more = f"digest {did} (in \"and {digest.more} more\")"
+            more = f"digest {d.id} (in \"and {digest.more} more\")"
             records += [(n.id, rec(uid, channel, attempt, "sent",
-                                   f"digest {did}" if i < limit else more))
-                        for i, (n, _) in enumerate(kept)]
-            await self._ends.submit(self._end(d, d.nids, "done", marker, records))
+                                   f"digest {d.id}" if i < limit else more))
+                        for i, n in enumerate(kept)]
+            await self._ends.submit(self._end_due(
+                d, taken, "done", self.keys.sent_marker(d.id, uid, channel), records))
             return f"sent {len(kept)}"
         if res.status == "retry" and attempt < self.fw.settings.send_attempts:
             records += [(n.id, rec(uid, channel, attempt, "retrying",
-                                   f"digest {did}: {res.detail}")) for n, _ in kept]
+                                   f"digest {d.id}: {res.detail}")) for n in kept]
             delay = self.fw.backoff(attempt, res.retry_after)
-            await self._ends.submit(self._end(d, dropped, "retry", "", records,
-                                              now_ms() + int(delay * 1000)))
+            await self._ends.submit(self._end_due(d, dropped, "retry", "", records,
+                                                  now_ms() + int(delay * 1000)))
             return "retrying"
-        records += [(n.id, rec(uid, channel, attempt, "failed", f"digest {did}: {res.detail}"))
-                    for n, _ in kept]
-        await self._ends.submit(self._end(d, d.nids, "done", "", records))
+        records += [(n.id, rec(uid, channel, attempt, "failed", f"digest {d.id}: {res.detail}"))
+                    for n in kept]
+        await self._ends.submit(self._end_due(d, taken, "done", "", records))
         return "failed"
 
     @staticmethod
-    def _drop(nid: str, body: bytes | None, in_feed: object, in_read: object
-              ) -> Notice | tuple[DeliveryStatus, str]:
-        """The notice to list, or why it is dropped (status, detail)."""
-        if body is None:
-            return "skipped_gone", "the notice left every feed before its digest"
-        if was_read(in_feed, in_read):
+    def _drop(nid: str, state: int, body: bytes | None
+              ) -> _Stored | tuple[DeliveryStatus, str]:
+        """The unread notice to list, or why it is dropped (status, detail)."""
+        if state == READ:
             return "skipped_read", "read before its digest"
+        if state == GONE or body is None:
+            return "skipped_gone", "the notice left every feed before its digest"
         try:
-            notice = _notice_decoder.decode(body)
+            notice = _stored_decoder.decode(body)
         except msgspec.DecodeError as e:
             return "failed", f"stored notice {nid} unreadable: {e}"
         if notice.status == "resolved":
             return "skipped_resolved", "resolved before its digest"
         return notice
+
+    def _routes(self, unread: list[_Stored], user: User, channel: str
+                ) -> tuple[list[_Stored], ChannelTarget | None,
+                           list[tuple[_Stored, tuple[DeliveryStatus, str]]]]:
+        """Which unread notices the user still takes on `channel` (`user_routes`, as a
+        forward: muted alert, channel switched off, no address), newest first, and the
+        target: the channel entry of the newest one. Only that one's channel map is
+        decoded: an entry that reached the user when the notice went into the bucket still
+        does (a notice's map never changes); the rest is the user's."""
+        kept: list[_Stored] = []
+        skip: list[tuple[_Stored, tuple[DeliveryStatus, str]]] = []
+        target: ChannelTarget | None = None
+        for i, n in enumerate(unread):
+            if target is not None:
+                if user.mutes(n.alert):
+                    skip.append((n, ("skipped_pref", f"user {user.id} muted alert {n.alert}")))
+                else:
+                    kept.append(n)
+                continue
+            full = msgspec.structs.replace(_notice(n), channels=self._map(n))
+            route = next((r for r in user_routes(full, user, self.fw.channels.addresses)
+                          if r.channel == channel), None)
+            if route is None:
+                skip.append((n, ("skipped_pref", f"{channel} no longer reaches {user.id}")))
+            elif route.skip is None:
+                target = route.target
+                kept.append(n)
+            elif user.mutes(n.alert):
+                skip.append((n, (route.skip, route.detail)))
+            else:  # the channel switched off, or no address: so for every notice
+                skip += [(m, (route.skip, route.detail)) for m in unread[i:]]
+                break
+        return kept, target, skip
+
+    @staticmethod
+    def _map(n: _Stored) -> ChannelMap:
+        try:
+            return _map_decoder.decode(n.channels)
+        except (msgspec.DecodeError, ValueError):
+            return NO_CHANNELS
 
     async def _send_one(self, digest: Digest, user: User, name: str,
                         target: ChannelTarget) -> SendResult:
@@ -371,17 +409,23 @@ class Digests:
             log.exception("digest %s on %s", digest.id, name)
             return SendResult.permanent(f"{type(e).__name__}: {e}")
 
-    def _end(self, d: _Claimed, taken: list[str], outcome: str, marker: str,
-             records: list[tuple[str, Delivery]], retry_at: int = 0) -> list[Any]:
+    def _end_due(self, d: _Due, taken: list[str], outcome: str, marker: str,
+                 records: list[tuple[str, Delivery]], retry_at: int = 0) -> list[Any]:
+        nxt = now_ms() + max(d.window_ms, 1000)
+        return self._end(d.uid, d.channel, d.member, taken, outcome, marker, records,
+                         retry_at or nxt, digest_id(d.uid, d.channel, nxt))
+
+    def _end(self, uid: str, channel: str, member: bytes, taken: list[str], outcome: str,
+             marker: str, records: list[tuple[str, Delivery]], ms: int = 0,
+             next_id: str = "") -> list[Any]:
         """One digest_done.lua item: what leaves the bucket, the outcome, the records."""
         by_nid: dict[str, list[str]] = {}
         for nid, r in records:
             by_nid.setdefault(nid, []).append(json_encode(r).decode())
         self.fw.count([r for _, r in records])
         k = self.keys
-        return [k.digest(d.uid, d.channel), k.digests(d.uid), d.channel, d.member, taken,
-                outcome, retry_at, marker,
-                [[k.deliveries(nid), recs] for nid, recs in by_nid.items()]]
+        return [k.digest(uid, channel), k.digests(uid), channel, member, taken, outcome, ms,
+                next_id, marker, [[k.deliveries(nid), recs] for nid, recs in by_nid.items()]]
 
     async def _done_all(self, batch: list[list[Any]]) -> list[BaseException | None]:
         members = []
@@ -392,3 +436,8 @@ class Digests:
             [MARKER_TTL_S, DELIVERIES_TTL_S, MARGIN_S * 1000, now_ms()], batch]), *members],
                     client=self.redis)
         return [None] * len(batch)
+
+
+def _notice(n: _Stored) -> Notice:
+    """A listed notice as channels take it (its channel map left out: not rendered)."""
+    return Notice(**{f: getattr(n, f) for f in n.__struct_fields__ if f != "channels"})
