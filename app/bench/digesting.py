@@ -18,7 +18,7 @@ from vestnik.app.bench.core import Bench
 from vestnik.app.bench.env import World, cpu_seconds
 from vestnik.app.bench.forwarding import bare_smtp
 from vestnik.app.bench.receiver import Receiver, rate
-from vestnik.streams.forward.digest import due_member
+from vestnik.streams.forward import digest_member
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.schemas import ChannelMap, Notice, User, convert, json_encode
@@ -51,7 +51,7 @@ async def fill(r: Redis, users: int) -> None:
                     bucket[nid] = now - WINDOW_MS + i
                 pipe.zadd(K.digest(uid, "email"), bucket)
                 pipe.hset(K.digests(uid), mapping={"email": now, "email:window": WINDOW_MS})
-                pipe.zadd(K.digest_due, {due_member(uid, "email"): now})
+                pipe.zadd(K.digest_due, {digest_member(uid, "email"): now})
             await pipe.execute()
 
 

@@ -7,10 +7,13 @@
   key prefixes and constants (`arq_keys` for everyone else).
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
   was read or already sent, send on each channel, record every attempt, retry.
+- `digest`: digests (`Digests`): the forwards of a channel with a digest policy wait in
+  the user's bucket and go as one message per window (`digest_member`, `digest_id`).
 - `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with
   a poll's claims and a loop iteration's finishes in one script call each.
 """
 
+from vestnik.streams.forward.digest import Digests, digest_id, digest_member, policy_for
 from vestnik.streams.forward.job import Delivery, DeliveryList, decode_delivery
 from vestnik.streams.forward.schedule import (
     BROADCAST,
@@ -33,10 +36,31 @@ from vestnik.streams.forward.schedule import (
 from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due, run_forwarder
 
 __all__ = [
-    "BROADCAST", "KEEP_RESULT_S", "RESOLVED", "ArqKeys", "BatchJob", "Claim", "Delivery",
+    "BROADCAST",
+    "KEEP_RESULT_S",
+    "RESOLVED",
+    "ArqKeys",
+    "BatchJob",
+    "Claim",
+    "Delivery",
     "DeliveryList",
-    "ForwardJob", "ForwardWorker", "add_forward_jobs", "arq_keys", "decode_delivery",
-    "due_member", "forward_jobs_for", "job_record", "make_worker", "pump_due", "resolved_jobs",
+    "Digests",
+    "ForwardJob",
+    "ForwardWorker",
+    "add_forward_jobs",
+    "arq_keys",
+    "decode_delivery",
+    "digest_id",
+    "digest_member",
+    "due_member",
+    "forward_jobs_for",
+    "job_record",
+    "make_worker",
+    "policy_for",
+    "pump_due",
+    "resolved_jobs",
     "run_forwarder",
-    "store_call_jobs", "user_routes", "wants_job",
+    "store_call_jobs",
+    "user_routes",
+    "wants_job",
 ]

@@ -107,7 +107,7 @@ _member_decoder = msgspec.msgpack.Decoder(tuple[str, str])
 _warned: set[tuple[str, str]] = set()  # (uid, channel) whose bad prefs were logged
 
 
-def due_member(uid: str, channel: str) -> bytes:
+def digest_member(uid: str, channel: str) -> bytes:
     """The member of `Keys.digest_due` for `uid`'s digest on `channel`."""
     return msgpack_encode([uid, channel])
 
@@ -190,7 +190,7 @@ class Digests:
             return sends
         k, uid, now = self.keys, user.id, now_ms()
         dues = await self._adds.submit([
-            [k.digest(uid, ch), k.digests(uid), ch, notice.id, due_member(uid, ch),
+            [k.digest(uid, ch), k.digests(uid), ch, notice.id, digest_member(uid, ch),
              k.digested(notice.id, uid, ch), window, now + window,
              digest_id(uid, ch, now + window)]
             for ch, window in adds])

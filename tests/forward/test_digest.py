@@ -13,8 +13,7 @@ from fwd_support import SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
 from support import Api, eventually
-from vestnik.streams.forward import ForwardJob, add_forward_jobs
-from vestnik.streams.forward.digest import due_member
+from vestnik.streams.forward import ForwardJob, add_forward_jobs, digest_member
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import Notice, User, json_encode
@@ -201,13 +200,13 @@ async def test_a_digest_cut_short_by_a_crash_is_sent_once_after_the_lease(
         nids = await notify(redis, keys, "7", ["C1", "C2"], {"email": {"digest": {"window": 1}}})
 
         async def in_flight() -> bool:
-            lease = await redis.zscore(keys.digest_due, due_member("7", "email"))
+            lease = await redis.zscore(keys.digest_due, digest_member("7", "email"))
             # leased to the first forwarder (its score past now), which talks to the server
             return bool(slow.peers) and lease is not None and lease > now_ms()
 
         await eventually(in_flight, timeout=20, what="the digest on the slow server")
         first.kill()
-        await redis.zadd(keys.digest_due, {due_member("7", "email"): now_ms()})
+        await redis.zadd(keys.digest_due, {digest_member("7", "email"): now_ms()})
         forwarder(start_proc, fast)
 
         async def sent() -> bool:
