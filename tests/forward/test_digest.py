@@ -251,3 +251,73 @@ async def test_a_hostile_window_is_refused_at_settings_time(api: Api):
         r = await svc.post("/api/v1/settings", json={
             "name": "disk", "channel": {"email": {"digest": {"window": 3600, "limit": 10}}}})
         assert r.status_code in (200, 201), r.text
+
+
+async def test_a_digest_the_mail_server_refuses_for_now_is_retried(
+        redis: Redis, keys: Keys, start_proc):
+    """The SMTP server is down when the digest falls due: recorded `retrying`, sent with
+    the same id once it is back."""
+    sink = SmtpSink()  # not started: connections refused
+    try:
+        await store_user(redis, keys, User(id="7", email="u7@example.org"))
+        forwarder(start_proc, sink)
+        nids = await notify(redis, keys, "7", ["R1", "R2"], {"email": {"digest": {"window": 1}}})
+
+        async def retrying() -> bool:
+            return "retrying" in await statuses(redis, keys, nids[0])
+
+        await eventually(retrying, timeout=20, what="a failed first try")
+        sink.start()
+
+        async def sent() -> bool:
+            return (await statuses(redis, keys, nids[0]))[-1] == "sent"
+
+        await eventually(sent, timeout=20, what="the digest after the server is back")
+        assert len(sink.mails) == 1
+        text = text_of(sink.mails[0])
+        assert "R1" in text and "R2" in text
+    finally:
+        sink.stop()
+
+
+async def test_the_purge_of_a_deleted_user_drops_their_digests(redis: Redis, keys: Keys,
+                                                               start_proc, smtp: SmtpSink):
+    from vestnik.streams.center.inbox import purge_users
+
+    await store_user(redis, keys, User(id="7", email="u7@example.org"))
+    forwarder(start_proc, smtp)
+    nids = await notify(redis, keys, "7", ["G1"], {"email": {"digest": {"window": 2}}})
+
+    async def digested() -> bool:
+        return await statuses(redis, keys, nids[0]) == ["digested"]
+
+    await eventually(digested, timeout=15, what="the notice in the bucket")
+    await redis.hdel(keys.state("user"), "7")
+    assert await purge_users(redis, keys, ["7"]) == 1
+    assert not await redis.exists(keys.digest("7", "email"), keys.digests("7"))
+
+    async def dropped() -> bool:  # its due member finds nothing pending
+        return await redis.zcard(keys.digest_due) == 0
+
+    await eventually(dropped, timeout=15, what="the due digest dropped")
+    assert smtp.mails == []
+
+
+async def test_a_setting_with_a_digest_through_the_center(redis: Redis, keys: Keys,
+                                                          start_proc, smtp: SmtpSink):
+    """From XADD to one email: the center stores the notices and runs their forwards
+    inline, which put them in the bucket; its forwarder sends the digest."""
+    start_proc("center", VESTNIK_SMTP_URL=smtp.url, VESTNIK_SMTP_FROM=SMTP_FROM)
+    await store_user(redis, keys, User(id="7", name="Seven", email="u7@example.org"))
+    channels = msgspec.json.encode({"email": {"digest": {"window": 2}}, "forward_after": 0})
+    for i in range(3):
+        await redis.xadd(keys.notices, {"alert": "disk", "title": f"Disk {i}",
+                                        "recipients": "7", "channels": channels})
+
+    async def mailed() -> bool:
+        return len(smtp.mails) >= 1
+
+    await eventually(mailed, timeout=30, what="the digest")
+    text = text_of(smtp.mails[0])
+    assert text.index("Disk 2") < text.index("Disk 1") < text.index("Disk 0")
+    assert len(smtp.mails) == 1
