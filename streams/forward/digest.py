@@ -6,35 +6,40 @@ Policy
     which wins (`false` there: no digest on that channel). A bad prefs value counts as no
     digest and is logged once (`policy_for`).
 
-Filling (`Digests.divert`, called by a forward job where it would send)
+Filling (`Digests.divert`, called by a forward job to a user where it would send)
     A channel with a policy for the user does not send: the notice goes into the user's
     bucket for the channel (`Keys.digest(uid, channel)`, zset nid -> ms it fell due) and is
     recorded `digested`. If the user has no digest pending on the channel, one is scheduled
-    at now + window: a field `channel -> due ms` of `Keys.digests(uid)` and a member
-    msgpack [uid, channel] of `Keys.digest_due` at that ms. A marker per notice, user and
-    channel (`Keys.digested`, a day) keeps a re-run job from adding it again. The jobs that
-    start together make one script call (digest_add.lua).
+    at now + window: fields `<channel>` (due ms), `<channel>:window`, `<channel>:id` of
+    `Keys.digests(uid)` and a member msgpack [uid, channel] (`digest_member`) of
+    `Keys.digest_due` at that ms. A marker per notice, user and channel (`Keys.digested`,
+    a day) keeps a re-run job from adding it again. The jobs that start together make one
+    script call (digest_add.lua). Not digested: the shared targets (uid `*`: a webhook
+    URL, a Telegram chat, a Slack channel are nobody's digest), and a resolved notice (its
+    "resolved" message goes at once).
 
-Sending (`Digests.run_due`, started by the forwarder's poll)
+Sending (`Digests.poll`, started by the forwarder's poll, a batch at a time)
     The poll takes due members with a lease (digest_claim.lua moves each to now + lease:
     another forwarder does not see it meanwhile; a crashed one's digest is due again after
-    it). For each: the bucket (notices that fell due up to the digest's due time), the
-    user, then the bodies and read state, all in two pipelines shared by the digests that
-    started together. Read, resolved or gone notices are dropped (`skipped_read`,
-    `skipped_resolved`, `skipped_gone`), as are those the user's prefs now refuse; the rest
-    go newest first, cut at the policy's `limit` ("and N more"), to the channel entry's
-    target of the newest one, with `Channel.send_digest`. Each is recorded `sent` with
-    detail `digest <id>`. What it took leaves the bucket; what came meanwhile waits for the
-    next digest, due a window later: at most one digest per window, user and channel.
-    `retry` results are retried with the jobs' backoff until `send_attempts`.
+    it), then reads every digest of the batch in one call (digest_read.lua: the pending
+    digest, the user, its sent marker, the notices of its bucket that fell due by its due
+    time, each one's body when still unread). Read, resolved or gone notices are dropped
+    (`skipped_read`, `skipped_resolved`, `skipped_gone`), as are those the user's prefs now
+    refuse (`user_routes`, as a forward); the rest go newest first, cut at the policy's
+    `limit` ("and N more"), to the channel entry's target of the newest one, with
+    `Channel.send_digest`. Each is recorded `sent` with detail `digest <id>`. What it took
+    leaves the bucket; what came meanwhile waits for the next digest, due a window after
+    this one left: at most one digest per window, user and channel. `retry` results are
+    retried with the jobs' backoff until `send_attempts` (the tries: `<channel>:try`). The
+    ends of the digests that end together are one script call (digest_done.lua).
 
 Idempotency
-    The digest id is a ULID made of the digest's due time and a hash of user and channel:
-    stable across retries and re-runs. After the send, a sent marker
-    (`Keys.sent_marker(id, uid, channel)`, a day) is set in the same script that empties
-    the bucket (digest_done.lua), so a re-run sends nothing twice; a process that dies
-    between the other side's answer and that script resends the one digest (at least
-    once, as single forwards).
+    The digest id is a ULID of the digest's due time and a hash of user and channel
+    (`digest_id`), stored with the pending digest: the same for every retry and re-run.
+    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set in
+    the same script that empties the bucket, and a digest whose marker exists is not sent
+    again; a process that dies between the other side's answer and that script resends
+    the one digest (at least once, as single forwards; a webhook can dedupe on the id).
 
 Key owners: the bucket and the hash expire a day after their digest's due time and are
 deleted when the digest empties them; a deleted user's are dropped by the purge
@@ -86,7 +91,7 @@ MARGIN_S = 86_400  # a bucket outlives its digest's due time by this (forwarders
 TAKE_MAX = 1000  # notices read from one bucket per digest (the rest: the next one)
 POLL_S = 0.25  # the least time between two looks at the due set when nothing was due
 DEFAULT_LIMIT = 20
-GONE, READ, UNREAD = 0, 1, 2  # a notice's state as digest_read.lua says it
+GONE, READ = 0, 1  # a notice's state as digest_read.lua says it (above: unread, seq + 1)
 
 _ADD = lua.script("forward/digest_add.lua")
 _CLAIM = lua.script("forward/digest_claim.lua")
@@ -159,7 +164,7 @@ class _Due(msgspec.Struct):
     id: str
     user: User
     sent: bool
-    notices: list[tuple[str, int, bytes | None]]  # (id, GONE/READ/UNREAD, body if unread)
+    notices: list[tuple[str, int, bytes | None]]  # (id, GONE/READ/seq + 1, body if unread)
 
 
 class Digests:
@@ -178,6 +183,8 @@ class Digests:
                      records: list[Delivery], attempt: int) -> list[Send]:
         """The job's hook: of `sends` (to `user`), those whose channel has a digest policy
         go into the user's buckets (recorded in `records`); returns the others."""
+        if notice.status == "resolved":  # the "resolved" message of an incident: at once
+            return sends
         now_sends: list[Send] = []
         adds: list[tuple[str, int]] = []
         for s in sends:
@@ -297,16 +304,17 @@ class Digests:
             return "already sent"
         records: list[tuple[str, Delivery]] = []
         dropped: list[str] = []
-        unread: list[_Stored] = []
+        unread: list[tuple[int, int, _Stored]] = []
         for nid, state, body in d.notices:
             why = self._drop(nid, state, body)
             if isinstance(why, _Stored):
-                unread.append(why)
+                unread.append((why.created_at, state, why))
             else:
                 dropped.append(nid)
                 records.append((nid, rec(uid, channel, attempt, *why)))
-        unread.sort(key=lambda n: (n.created_at, n.id), reverse=True)
-        kept, target, skip = self._routes(unread, user, channel)
+        # newest first: created (ms), then the user's feed order (stored in the same ms)
+        unread.sort(key=lambda t: t[:2], reverse=True)
+        kept, target, skip = self._routes([n for _, _, n in unread], user, channel)
         for n, (status, detail) in skip:
             dropped.append(n.id)
             records.append((n.id, rec(uid, channel, attempt, status, detail)))

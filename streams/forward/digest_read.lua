@@ -5,7 +5,8 @@
 -- Returns per digest: false when none is pending (no field `channel`), else {due ms, tries,
 -- window ms, digest id, the user's record or false, sent marker set (0/1), then per
 -- notice in the bucket that fell due by the due time (at most the limit): its id, 0 gone /
--- 1 read (or dropped from the feed) / 2 unread, and its body when unread (else false)}.
+-- 1 read (or dropped from the feed) / its place in the user's feed + 1 (the seq: unread),
+-- and its body when unread (else false)}.
 local a = cmsgpack.unpack(ARGV[1])
 local users, notice, sent, limit = a[1], a[2], a[3], a[4]
 local out = {}
@@ -23,11 +24,14 @@ for i, d in ipairs(a[5]) do
     local nids = redis.call('ZRANGEBYSCORE', bucket, '-inf', f[1], 'LIMIT', 0, limit)
     for _, nid in ipairs(nids) do
       local body = redis.call('GET', notice .. nid)
-      local state = 2
-      if not body then
-        state = 0
-      elseif not redis.call('ZSCORE', feed, nid) or redis.call('ZSCORE', read, nid) then
-        state, body = 1, false
+      local state = 0
+      if body then
+        local seq = redis.call('ZSCORE', feed, nid)
+        if not seq or redis.call('ZSCORE', read, nid) then
+          state, body = 1, false
+        else
+          state = tonumber(seq) + 1
+        end
       end
       r[#r + 1] = nid
       r[#r + 1] = state
