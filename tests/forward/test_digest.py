@@ -321,3 +321,19 @@ async def test_a_setting_with_a_digest_through_the_center(redis: Redis, keys: Ke
     text = text_of(smtp.mails[0])
     assert text.index("Disk 2") < text.index("Disk 1") < text.index("Disk 0")
     assert len(smtp.mails) == 1
+
+
+def test_two_settings_of_one_alert_keep_the_digest():
+    """The center merges the channel maps of an alert's settings: the digest of the first
+    that has one stays (as its url and secret do)."""
+    from vestnik.streams.center.plan import merge_channels
+    from vestnik.streams.schemas import AlertSetting, ChannelMap, convert
+
+    def setting(channel: dict) -> AlertSetting:
+        return AlertSetting(id=ulid(), name="disk", channel=convert(channel, ChannelMap))
+
+    merged = merge_channels([setting({"email": {"users": ["1"]}}),
+                             setting({"email": {"users": ["2"], "digest": {"window": 60}}})])
+    target = merged.targets["email"]
+    assert target.digest is not None and target.digest.window == 60
+    assert target.users == ("1", "2")
