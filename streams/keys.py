@@ -226,8 +226,8 @@ class Keys:
         return f"{self.prefix}{{u:{uid}}}:digest:{channel}"
 
     def digests(self, uid: str) -> str:
-        """Hash of `uid`'s pending digests: `<channel>` -> ms it is due (the window's end:
-        its digest id), `<channel>:window` -> window ms, `<channel>:try` -> failed tries.
+        """Hash of `uid`'s pending digests: `<channel>` -> ms it is due, `<channel>:id` ->
+        its digest id, `<channel>:window` -> window ms, `<channel>:try` -> failed tries.
         Its fields name the buckets (`digest`) the purge of a deleted user drops."""
         return f"{self.prefix}{{u:{uid}}}:digests"
 
