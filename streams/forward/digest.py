@@ -86,7 +86,8 @@ from vestnik.streams.schemas import (
 log = logging.getLogger("vestnik.forward.digest")
 
 LEASE_S = 120.0  # a claimed digest is due again after this (its forwarder died)
-BATCH = 256  # digests a poll takes and runs together
+BATCH = 128  # digests a poll takes and runs together
+IN_FLIGHT = 4  # batches at once
 MARGIN_S = 86_400  # a bucket outlives its digest's due time by this (forwarders down)
 TAKE_MAX = 1000  # notices read from one bucket per digest (the rest: the next one)
 POLL_S = 0.25  # the least time between two looks at the due set when nothing was due
@@ -226,24 +227,30 @@ class Digests:
     # ------------------------------------------------------------------ sending
 
     async def poll(self) -> int:
-        """Run the due digests, a batch at a time, until none is due (the forwarder's poll
-        starts it, one at a time); returns how many ran. Errors are logged: the leases
-        bring the digests back."""
+        """Run the due digests until none is due (the forwarder's poll starts it, one at a
+        time); returns how many ran. IN_FLIGHT batches go at once, so the channels have
+        work while a batch ends and the next is read (B8: twice the rate of one)."""
         loop = asyncio.get_running_loop()
         if loop.time() < self._next_poll:
             return 0
+        ran = sum(await asyncio.gather(*(self._drain() for _ in range(IN_FLIGHT))))
+        self._next_poll = loop.time() + POLL_S
+        return ran
+
+    async def _drain(self) -> int:
+        """Batch after batch while full ones are due. Errors are logged: the leases bring
+        the digests back."""
         ran = 0
         try:
             while True:
                 n = await self.run_due()
                 ran += n
                 if n < BATCH:
-                    break
+                    return ran
         except RETRYABLE as e:
             log.warning("digests: redis unavailable (%s); they run after the lease", e)
         except Exception:
             log.exception("digests: a batch failed; its digests run again after the lease")
-        self._next_poll = loop.time() + POLL_S
         return ran
 
     async def run_due(self, limit: int = BATCH) -> int:
