@@ -225,6 +225,23 @@ class Keys:
         of `uid` on `channel` (streams.forward.digest owns it)."""
         return f"{self.prefix}{{u:{uid}}}:digest:{channel}"
 
+    def digests(self, uid: str) -> str:
+        """Hash of `uid`'s pending digests: `<channel>` -> ms it is due, `<channel>:id` ->
+        its digest id, `<channel>:window` -> window ms, `<channel>:try` -> failed tries.
+        Its fields name the buckets (`digest`) the purge of a deleted user drops."""
+        return f"{self.prefix}{{u:{uid}}}:digests"
+
+    @property
+    def digest_due(self) -> str:
+        """Sorted set `msgpack [uid, channel]` -> ms its digest is due (or its lease ends):
+        the forwarders' polls take the due ones (streams.forward.digest)."""
+        return f"{self.prefix}digest:due"
+
+    def digested(self, nid: str, uid: str, channel: str) -> str:
+        """String (a day): notice `nid` went into `uid`'s digest bucket on `channel`, so a
+        re-run forward job does not put it in a second digest."""
+        return f"{self.prefix}sent:{nid}:{uid}:{channel}:digested"
+
     def snooze(self, uid: str) -> str:
         """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
         return f"{self.prefix}{{u:{uid}}}:snooze"

@@ -79,7 +79,7 @@ async def _schedule(r: Redis, n: int, channel: str, receiver_port: int) -> None:
             await pipe.execute()
 
 
-async def _bare_smtp(port: int, n: int) -> None:
+async def bare_smtp(port: int, n: int) -> None:
     import aiosmtplib
 
     msg = (b"From: b5@example.org\r\nTo: b5@example.org\r\nSubject: bare\r\n\r\n"
@@ -119,7 +119,7 @@ async def _b5_one(bench: Bench, channel: str, n: int) -> tuple[float, float, flo
         try:
             await receiver.ready()
             bare = 1000 if bench.quick else 4000
-            await (_bare_smtp(receiver.port, bare) if kind == "smtp"
+            await (bare_smtp(receiver.port, bare) if kind == "smtp"
                    else _bare_http(receiver.port, bare))
             ceiling = rate(await receiver.stats())
             await receiver.reset()

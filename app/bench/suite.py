@@ -13,6 +13,7 @@ import msgspec
 from redis.asyncio import Redis
 
 from vestnik.app.bench.core import Bench, BenchFn, percentile
+from vestnik.app.bench.digesting import b8_digest
 from vestnik.app.bench.env import BenchProc, World, fresh_aof, until_up
 from vestnik.app.bench.forwarding import b5_forwarding, b7_immediate
 from vestnik.app.bench.sse_client import SSEProtocol, open_sse
@@ -476,5 +477,6 @@ SUITE: dict[str, BenchFn] = {
     "B5": b5_forwarding,
     "B6": b6_memory,
     "B7": b7_immediate,
+    "B8": b8_digest,
     "N1": n1_topic_sse,
 }

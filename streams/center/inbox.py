@@ -272,8 +272,10 @@ async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
         for uid in uids:
             await _PURGE_USER(keys=[keys.feed(uid), keys.read(uid), keys.user_seq(uid),
                                     keys.archived(uid), keys.migrated(uid),
-                                    keys.unread_before_v2(uid), keys.snooze(uid)],
-                              args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release],
+                                    keys.unread_before_v2(uid), keys.snooze(uid),
+                                    keys.digests(uid)],
+                              args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release,
+                                    keys.digest(uid, "")],
                               client=pipe)
         res = await pipe.execute()
     gone = sum(1 for deleted, _ in res if int(deleted) > 0)

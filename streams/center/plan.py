@@ -35,7 +35,8 @@ def derived_id(sid: str) -> str:
 def merge_channels(settings: Iterable[AlertSetting]) -> ChannelMap:
     """The channel maps of several settings of one alert as one: each channel's users and
     chat ids united (an entry naming nobody names every recipient, so it wins), its `url`,
-    `secret` and a plugin's own fields the first setting's; the least `forward_after`."""
+    `secret`, `digest` and a plugin's own fields the first setting's; the least
+    `forward_after`."""
     maps = [s.channel for s in settings if s.channel]
     if len(maps) <= 1:
         return maps[0] if maps else NO_CHANNELS
@@ -54,6 +55,7 @@ def _merge_target(a: ChannelTarget, b: ChannelTarget) -> ChannelTarget:
     return ChannelTarget(users=users, chat_ids=tuple(dict.fromkeys((*a.chat_ids, *b.chat_ids))),
                          url=a.url if a.url is not None else b.url,
                          secret=a.secret if a.secret is not None else b.secret,
+                         digest=a.digest if a.digest is not None else b.digest,
                          extra={**b.extra, **a.extra})
 
 

@@ -51,7 +51,7 @@ import logging
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import msgspec
 from arq.constants import (
@@ -95,7 +95,8 @@ SEND_TIMEOUT_S = 30.0
 BACKOFF_CAP_S = 600.0
 
 DeliveryStatus = Literal["sent", "failed", "retrying", "skipped_read", "skipped_pref",
-                         "skipped_no_address", "skipped_gone", "skipped_resolved", "held"]
+                         "skipped_no_address", "skipped_gone", "skipped_resolved", "held",
+                         "digested"]
 RESOLVED_MARK = "resolved:"  # a resolved message's sent marker: after the firing one's
 REF_MAX = 1000  # characters of a SendResult.ref kept (the other side's word: bounded)
 
@@ -185,8 +186,18 @@ def iso(ms: int) -> str:
         return str(ms)
 
 
+class Diverter(Protocol):
+    """Takes some of a job's sends elsewhere (streams.forward.digest.Digests.divert)."""
+
+    async def __call__(self, notice: Notice, user: User, sends: list[Send],
+                       records: list[Delivery], attempt: int) -> list[Send]: ...
+
+
 class Forwarder:
     """What the job needs, built once per worker: Redis, key names, settings, channels."""
+
+    # set by make_worker: the sends to a user that go into a digest instead (digest.py)
+    divert: Diverter | None = None
 
     def __init__(self, redis: Any, keys: Keys, settings: Config, channels: Channels) -> None:
         self.redis, self.keys, self.settings, self.channels = redis, keys, settings, channels
@@ -321,6 +332,13 @@ class Forwarder:
         later. A firing message's ref goes to `keys.threads` (incidents only: a notice with
         a dedup_key); a `resolved` job's sends are resolved messages."""
         nid, k = notice.id, self.keys
+        # digests (streams.forward.digest): a channel with a digest policy for the user does
+        # not send now; the notice waits in the user's bucket (recorded `digested`)
+        if user is not None and self.divert is not None:
+            sends = await self.divert(notice, user, sends, records, attempt)
+            if not sends:
+                await self._record(nid, records)
+                return "digested"
         final = attempt >= self.settings.send_attempts
         resolved = stage.resolved
         results = await asyncio.gather(*(self._send(notice, user, s, resolved) for s in sends),

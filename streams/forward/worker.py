@@ -27,6 +27,7 @@ from vestnik.streams import lua
 from vestnik.streams.channels import Channels
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config, ConfigError
+from vestnik.streams.forward.digest import Digests
 from vestnik.streams.forward.job import PENDING, Forwarder, Pending, forward
 from vestnik.streams.forward.schedule import (
     ARQ_LUA,
@@ -95,6 +96,8 @@ class ForwardWorker(Worker):
 
     _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
     wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
+    digests: Digests | None = None  # the due digests, run beside the jobs (digest.py)
+    _digesting: asyncio.Task[int] | None = None
     _wake: asyncio.Event | None = None
     _backlog = False
 
@@ -143,9 +146,10 @@ class ForwardWorker(Worker):
                     except TimeoutError:
                         pass
         finally:
-            if listener is not None:
-                listener.cancel()
-                await asyncio.gather(listener, return_exceptions=True)
+            stop = [t for t in (listener, self._digesting) if t is not None]
+            for t in stop:
+                t.cancel()
+            await asyncio.gather(*stop, return_exceptions=True)
 
     async def _queues_empty(self) -> bool:
         async with self.pool.pipeline(transaction=False) as pipe:
@@ -194,6 +198,10 @@ class ForwardWorker(Worker):
             if t.done():
                 del self.tasks[job_id]
                 t.result()  # errors of a job task surface, as in arq
+        # the due digests: one batch at a time, beside the jobs (leased: a cancelled one
+        # runs again after its lease)
+        if self.digests is not None and (self._digesting is None or self._digesting.done()):
+            self._digesting = self.loop.create_task(self.digests.poll(), name="digests")
         await self.heart_beat()
 
     async def _claim_due(self, free: int) -> None:
@@ -339,6 +347,8 @@ def make_worker(settings: Config, *, burst: bool = False,
         health_check_interval=30,
     )
     worker.wake_on = keys.forward_wake
+    worker.digests = Digests(forwarder)
+    forwarder.divert = worker.digests.divert
     return worker
 
 

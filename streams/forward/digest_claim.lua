@@ -1,0 +1,10 @@
+-- A forwarder's poll takes the digests that are due (streams.forward.digest): each taken
+-- member's score moves to now + lease, so no other forwarder takes it meanwhile and, should
+-- this one die, it is due again once the lease is over. KEYS: the due set. ARGV: now ms,
+-- lease ms, at most this many. Returns the members (msgpack [uid, channel]).
+local now = tonumber(ARGV[1])
+local items = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', now, 'LIMIT', 0, tonumber(ARGV[3]))
+for _, m in ipairs(items) do
+  redis.call('ZADD', KEYS[1], 'XX', now + tonumber(ARGV[2]), m)
+end
+return items
