@@ -250,8 +250,10 @@ async def seed(redis: Redis, keys: Keys, config: Config, forward_after: float) -
 
 
 class Simulator:
-    """Random walks for CPU and memory; disks fill slowly, one VM at a time fills fast and
-    is cleaned up once it is nearly full; a VM that installs becomes running."""
+    """Random walks for CPU and memory; disks fill slowly, one VM at a time fills fast,
+    stays nearly full for longer than `forward_after` (its notice, left unread, is emailed)
+    and is then cleaned up (the alert resolves its incident); a VM that installs becomes
+    running."""
 
     def __init__(self, redis: Redis, keys: Keys, config: Config, seed: int | None = None
                  ) -> None:
@@ -260,6 +262,9 @@ class Simulator:
         self.vms = {vm["id"]: dict(vm) for vm in VMS}
         self.filling = "2"
         self.ticks = 0
+        self.full_for = 0  # ticks the filling VM has been nearly full
+        # the unread notice is forwarded before the disk is cleaned up and it resolves
+        self.keep_full = int(config.forward_after / TICK) + 10
 
     def step(self) -> list[dict[str, Any]]:
         """One tick: the VMs that changed (whole entities)."""
@@ -278,6 +283,9 @@ class Simulator:
                 if vm["id"] == self.filling:
                     vm["disk"] = _clamp(vm["disk"] + r.uniform(0.8, 1.8), 0, 99.5)
                     if vm["disk"] >= 98:
+                        self.full_for += 1
+                    if self.full_for > self.keep_full:
+                        self.full_for = 0
                         vm["disk"] = round(r.uniform(35, 55), 1)  # cleaned up: resolved
                         others = [i for i, v in self.vms.items()
                                   if v["status"] == "running" and i != vm["id"]]

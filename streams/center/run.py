@@ -61,7 +61,10 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
                  ", burst" if burst else "")
         run = asyncio.create_task(cons.run(), name="center-consumer")
         tasks.append(run)
-        tasks.append(asyncio.create_task(center.incidents.run_timer(), name="center-timer"))
+        if not burst:  # a burst resolves what is due once, at its end: a timer pass cut
+            # short by the burst's end would leave the entries it took under their lease
+            tasks.append(asyncio.create_task(center.incidents.run_timer(),
+                                             name="center-timer"))
         if forward:
             fwd = asyncio.create_task(run_forwarder(settings, worker=worker),
                                       name="center-forwarder")

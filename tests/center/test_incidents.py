@@ -460,9 +460,9 @@ def test_resolve_fields_round_trip(r: ResolveIn):
 
 
 async def test_up_demo_resolves_the_notices_of_disks_cleaned_up(tmp_path: Path):
-    """`vestnik up --demo` as a user runs it: its simulator fills one disk past 90% and
-    cleans it up at 98% (within 15 ticks of a second each), its alert says `resolve`, and
-    Alice's inbox shows that notice resolved."""
+    """`vestnik up --demo` as a user runs it: its simulator fills one disk past 90%, keeps
+    it nearly full for longer than forward_after (the notice is emailed) and cleans it up,
+    its alert says `resolve`, and Alice's inbox shows that notice resolved."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
     proc = Proc(vestnik_argv("up", "--demo", "--port", str(port)), env, tmp_path / "up.log",

@@ -5,6 +5,7 @@ scheduled as the center schedules them; a channel entry (or the user's prefs) wi
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 
 import msgspec
@@ -80,10 +81,10 @@ async def test_notices_within_a_window_go_as_one_email_newest_first_with_more(
     await eventually(mailed, timeout=20, what="the digest")
     assert len(smtp.mails) == 1
     text = text_of(smtp.mails[0])
-    lines = [ln for ln in text.splitlines() if "Disk " in ln]
-    assert [ln.split("] ")[1].split(" - ")[0] for ln in lines] == [
-        "Disk 9", "Disk 8", "Disk 7", "Disk 6", "Disk 5", "Disk 4"]
-    assert "https://example.org/n/9" in lines[0]
+    # each notice: "[SEVERITY] title (time)", its link on the next line; newest first
+    titles = re.findall(r"^\[WARNING\] (Disk \d) \(", text, flags=re.M)
+    assert titles == ["Disk 9", "Disk 8", "Disk 7", "Disk 6", "Disk 5", "Disk 4"]
+    assert re.search(r"Disk 9 .*\n\s+https://example.org/n/9\n", text)
     assert "and 4 more" in text
     did = smtp.mails[0].msg["X-Vestnik-Notice"]
     for n in nids:
