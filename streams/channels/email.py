@@ -29,7 +29,7 @@ from datetime import UTC, datetime
 from email.header import Header
 from email.utils import formataddr, formatdate, parseaddr
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import parse_qs, quote, unquote, urlsplit
 
 import aiosmtplib
@@ -254,6 +254,25 @@ def classify_smtp(e: Exception) -> SendResult:
     return SendResult.retry(f"{type(e).__name__}: {e}")
 
 
+class DigestItem(NamedTuple):
+    """A notice as a digest mail lists it (the templates read these attributes: a tuple's
+    are found at once, where a dict's cost Jinja a failed getattr each)."""
+
+    title: str
+    severity: str
+    alert: str
+    link: str | None
+    time: str
+    color: str
+
+
+def digest_items(digest: Digest) -> list[DigestItem]:
+    """The listed notices of `digest` as its templates show them (made once per digest)."""
+    return [DigestItem(one_line(n.title), n.severity, n.alert, safe_link(n.link),
+                       utc_time(n.created_at), SEVERITY_COLOR.get(n.severity, "#59636e"))
+            for n in digest.notices]
+
+
 class EmailChannel(Channel):
     name = "email"
     user_address = "email"
@@ -313,11 +332,11 @@ class EmailChannel(Channel):
                                                      ).strftime("%Y-%m-%d %H:%M:%S UTC")
         return template.render(ctx)
 
-    def render_digest(self, digest: Digest, user: User | None, kind: str) -> str:
+    def render_digest(self, digest: Digest, items: list[DigestItem], user: User | None,
+                      kind: str) -> str:
+        """One part (`txt` or `html`) of a digest mail; `items` made once for both
+        (`digest_items`)."""
         template, locale = self.template("digest", user, kind)
-        items = [{"title": one_line(n.title), "severity": n.severity, "alert": n.alert,
-                  "link": safe_link(n.link), "time": utc_time(n.created_at),
-                  "color": SEVERITY_COLOR.get(n.severity, "#59636e")} for n in digest.notices]
         return template.render({"items": items, "more": digest.more, "user": user,
                                 "total": len(items) + digest.more, "locale": locale or "en"})
 
@@ -385,9 +404,11 @@ class EmailChannel(Channel):
         total = len(digest.notices) + digest.more
         subject = f"{total} notice{'s' if total != 1 else ''}"
 
+        items = digest_items(digest)
+
         def make(u: User, to: str, msgid: str) -> bytes:
             return self.compose(u, to, subject, msgid, digest.id,
-                                lambda kind: self.render_digest(digest, u, kind))
+                                lambda kind: self.render_digest(digest, items, u, kind))
         return await self._mail(user, digest.id, make)
 
     async def _mail(self, user: User | None, key: str,

@@ -51,6 +51,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+from operator import attrgetter
 from typing import Any
 
 import msgspec
@@ -453,6 +454,9 @@ class Digests:
         return [None] * len(batch)
 
 
+_LISTED_FIELDS = tuple(f for f in Notice.__struct_fields__ if f != "channels")
+
+
 def _notice(n: _Stored) -> Notice:
     """A listed notice as channels take it (its channel map left out: not rendered)."""
-    return Notice(**{f: getattr(n, f) for f in n.__struct_fields__ if f != "channels"})
+    return Notice(**dict(zip(_LISTED_FIELDS, attrgetter(*_LISTED_FIELDS)(n), strict=True)))

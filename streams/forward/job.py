@@ -227,17 +227,16 @@ class Forwarder:
         names = list(self.channels.classes) if uid != BROADCAST else []
         resolved = stage.resolved
         mark = RESOLVED_MARK if resolved else ""
-        n_snooze = 0
 
         def add(pipe: Any) -> None:
-            nonlocal n_snooze
             pipe.get(k.notice(nid))
             if uid != BROADCAST:
                 pipe.hget(k.state(USER_TOPIC), uid)
                 read_state_commands(pipe, k, uid, nid)
-                for name in names:
-                    pipe.exists(k.sent_marker(nid, uid, mark + name))
-                n_snooze = snoozes.read_commands(pipe, k, uid)
+                # one command (a reply each costs more than the reading): the markers,
+                # then the snoozes (the forwarder's Redis is one node: arq's queue is)
+                pipe.mget([*(k.sent_marker(nid, uid, mark + name) for name in names),
+                           k.snooze(uid)])
                 if resolved and names:
                     pipe.hmget(k.threads(nid), [f"{uid}:{name}" for name in names])
 
@@ -281,14 +280,14 @@ class Forwarder:
             else:
                 sends, read = await self._broadcast_state(notice, sends)
         else:
-            at = 4 + len(names)
-            marked = {name for name, m in zip(names, replies[4:at], strict=True) if m}
+            *markers, snoozed = replies[4]
+            marked = {name for name, m in zip(names, markers, strict=True) if m}
             sends = [s for s in sends if s.marker not in marked]
             read = was_read(replies[2], replies[3]) and not resolved
             if user is not None:  # (always, for a user's job)
-                user.snooze = snoozes.decode(replies[at:at + n_snooze])
+                user.snooze = snoozes.decode_value(snoozed)
             if resolved:
-                refs = dict(zip(names, replies[at + n_snooze], strict=True)) if names else {}
+                refs = dict(zip(names, replies[5], strict=True)) if names else {}
                 sends = _threaded(sends, refs)
         if not sends:
             await self._record(nid, records)
@@ -498,8 +497,12 @@ class Forwarder:
 
     @staticmethod
     def count(records: list[Delivery]) -> None:
-        for r in records:
-            FORWARD_ATTEMPTS.labels(r.channel or "-", r.status).inc()
+        by: dict[tuple[str, str], int] = {}
+        for r in records:  # a digest's are ten of one kind: one `labels` lookup
+            key = (r.channel or "-", r.status)
+            by[key] = by.get(key, 0) + 1
+        for (channel, status), n in by.items():
+            FORWARD_ATTEMPTS.labels(channel, status).inc(n)
 
 
 def _threaded(sends: list[Send], refs: dict[str, bytes | str | None]) -> list[Send]:
