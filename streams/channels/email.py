@@ -61,8 +61,15 @@ def reply_headers(reply_to: str | None) -> list[str]:
     return [f"In-Reply-To: {reply_to}", f"References: {reply_to}"]
 
 
+_HTTP = re.compile(r"^https?://", re.I)
+
+
 def one_line(text: str) -> str:
-    """A header value: line breaks (and runs of them) become one space: no header injection."""
+    """A header value: line breaks (and runs of them) become one space: no header injection.
+    (Every character `_CRLF` names is unprintable: a printable text, the common case, has
+    none, and `isprintable` tells at C speed.)"""
+    if text.isprintable():
+        return text.strip()
     return _CRLF.sub(" ", text).strip()
 
 
@@ -91,7 +98,7 @@ def date_header() -> str:
 
 def safe_link(link: str | None) -> str | None:
     """Only http(s) links go into a message (no `javascript:` hrefs)."""
-    if link and re.match(r"^https?://", link, re.I):
+    if link and _HTTP.match(link):
         return link
     return None
 

@@ -153,3 +153,13 @@ def test_widget_follows_only_http_links():
     assert got[6:10] == ["https://panel.example/vm/1", "http://x.example/",
                          "https://vestnik.example/inbox#1", None]
     assert got[10:] == [None, None]
+
+
+def test_the_fast_path_of_one_line_misses_no_line_break():
+    """one_line skips its regex for printable text: every character the regex replaces
+    (any code point) must be unprintable, or a title could smuggle a header line."""
+    from vestnik.streams.channels.email import _CRLF
+    breaks = [chr(c) for c in range(0x110000) if _CRLF.match(chr(c))]
+    assert "\n" in breaks and "\u2028" in breaks
+    assert not [c for c in breaks if c.isprintable()]
+    assert one_line("a\r\nBcc: x@example.org") == "a Bcc: x@example.org"
