@@ -30,12 +30,9 @@ IF_MATCH = {"If-Match": 'the ETag read (`"<version>"`): change only that version
 
 
 def store_of(ctx: Ctx) -> SettingsStore:
-    store = ctx.parts.get("settings")
-    if store is None:
-        store = ctx.parts["settings"] = SettingsStore(
-            ctx.redis, ctx.keys, topic_maxlen=ctx.config.topic_maxlen,
-            egress=Egress.from_settings(ctx.config))
-    return store
+    return ctx.part("settings", lambda: SettingsStore(
+        ctx.redis, ctx.keys, topic_maxlen=ctx.config.topic_maxlen,
+        egress=Egress.from_settings(ctx.config)))
 
 
 def _one(setting: AlertSetting, status: int = 200) -> Response:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
@@ -13,6 +14,8 @@ from vestnik.streams.center import Ingest
 from vestnik.streams.coalesce import Appends
 from vestnik.streams.config import Config, parse_rate
 from vestnik.streams.keys import Keys
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -35,3 +38,11 @@ class Ctx:
         rate = parse_rate(self.config.rate)
         self.limiter = None if rate is None else RateLimiter(rate, self.config.rate_burst)
         self.sse_users = UserStreams(self.config.sse_per_user)
+
+    def part(self, name: str, build: Callable[[], T]) -> T:
+        """The part `name`, built by `build` on first use (a route's store, built once per
+        process)."""
+        got = self.parts.get(name)
+        if got is None:
+            got = self.parts[name] = build()
+        return got

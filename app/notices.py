@@ -62,15 +62,8 @@ class Head(msgspec.Struct):
 
 
 def inbox_of(ctx: Ctx) -> Inbox:
-    inbox = ctx.parts.get("inbox")
-    if inbox is None:
-        inbox = ctx.parts["inbox"] = Inbox(ctx.redis, ctx.keys)
-    return inbox
+    return ctx.part("inbox", lambda: Inbox(ctx.redis, ctx.keys))
 
-
-def _uid(principal: Principal) -> str:
-    assert principal.user_id is not None
-    return principal.user_id
 
 
 def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
@@ -123,7 +116,7 @@ async def resolve_incident(request: Request, ctx: Ctx, principal: Principal) -> 
                      "limit": "items per page, 1-200 (default 50)"})
 async def my_notices(request: Request, ctx: Ctx, principal: Principal) -> Response:
     page = await inbox_of(ctx).page(
-        _uid(principal), unread=_bool_param(request, "unread"),
+        principal.uid, unread=_bool_param(request, "unread"),
         cursor=_int_param(request, "cursor", None, 0, 2**53),
         limit=_int_param(request, "limit", 50, 1, 200) or 50)
     return json_response(page)
@@ -132,12 +125,12 @@ async def my_notices(request: Request, ctx: Ctx, principal: Principal) -> Respon
 @router.route("GET", "/api/v1/me/unread-count", summary="My unread count", auth="user",
               response=Count)
 async def unread_count(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    return json_response(Count(await inbox_of(ctx).count(_uid(principal))))
+    return json_response(Count(await inbox_of(ctx).count(principal.uid)))
 
 
 async def _mark(request: Request, ctx: Ctx, principal: Principal, action: str) -> Response:
     nid = request.path_params["id"]
-    return json_response(await inbox_of(ctx).mark(_uid(principal), nid, action))
+    return json_response(await inbox_of(ctx).mark(principal.uid, nid, action))
 
 
 @router.route("POST", "/api/v1/me/notices/{id}/read", summary="Mark one notice read",
@@ -161,7 +154,7 @@ async def archive(request: Request, ctx: Ctx, principal: Principal) -> Response:
 @router.route("POST", "/api/v1/me/notices/read-all", summary="Mark all my notices read",
               auth="user", response=MarkedAll)
 async def read_all(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    return json_response(await inbox_of(ctx).read_all(_uid(principal)))
+    return json_response(await inbox_of(ctx).read_all(principal.uid))
 
 
 @router.route("GET", "/api/v1/me/stream", summary="My live notices (SSE)", auth="user",
@@ -169,7 +162,7 @@ async def read_all(request: Request, ctx: Ctx, principal: Principal) -> Response
               query={"last_event_id": "resume after this feed seq (or Last-Event-ID header)",
                      "token": "user token (EventSource cannot send headers)"})
 async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    uid = _uid(principal)
+    uid = principal.uid
     raw = last_event_id(request)
     after: int | None = None
     if raw is not None:

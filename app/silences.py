@@ -19,10 +19,7 @@ ITEM = "/api/v1/silences/{id}"
 
 
 def store_of(ctx: Ctx) -> SilenceStore:
-    store = ctx.parts.get("silences")
-    if store is None:
-        store = ctx.parts["silences"] = SilenceStore(ctx.redis, ctx.keys)
-    return store
+    return ctx.part("silences", lambda: SilenceStore(ctx.redis, ctx.keys))
 
 
 @router.route("POST", "/api/v1/silences", summary="Create a silence", auth="service",

@@ -19,28 +19,21 @@ PATH = "/api/v1/me/snooze"
 
 
 def snoozes_of(ctx: Ctx) -> Snoozes:
-    got = ctx.parts.get("snoozes")
-    if got is None:
-        got = ctx.parts["snoozes"] = Snoozes(ctx.redis, ctx.keys)
-    return got
+    return ctx.part("snoozes", lambda: Snoozes(ctx.redis, ctx.keys))
 
-
-def _uid(principal: Principal) -> str:
-    assert principal.user_id is not None
-    return principal.user_id
 
 
 @router.route("POST", PATH, summary="Snooze my forwards of one alert (or all) until `until`",
               auth="user", body=SnoozeIn, response=SnoozeList, errors=(409,))
 async def snooze(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, SnoozeIn, ctx)
-    return json_response(await snoozes_of(ctx).add(_uid(principal), body))
+    return json_response(await snoozes_of(ctx).add(principal.uid, body))
 
 
 @router.route("GET", PATH, summary="My running snoozes (alert or `*` -> until, ms)",
               auth="user", response=SnoozeList)
 async def my_snoozes(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    return json_response(await snoozes_of(ctx).get(_uid(principal)))
+    return json_response(await snoozes_of(ctx).get(principal.uid))
 
 
 @router.route("DELETE", PATH, summary="End my snooze of `alert`, or all of them",
@@ -49,4 +42,4 @@ async def my_snoozes(request: Request, ctx: Ctx, principal: Principal) -> Respon
                               "absent: every snooze"})
 async def end_snooze(request: Request, ctx: Ctx, principal: Principal) -> Response:
     alert = request.query_params.get("alert")
-    return json_response(await snoozes_of(ctx).end(_uid(principal), alert or None))
+    return json_response(await snoozes_of(ctx).end(principal.uid, alert or None))

@@ -33,6 +33,12 @@ class Principal:
     def is_service(self) -> bool:
         return self.kind == "service"
 
+    @property
+    def uid(self) -> str:
+        """The user id of a user's call (a route with `auth="user"` has one)."""
+        assert self.user_id is not None
+        return self.user_id
+
 
 ANONYMOUS = Principal("anonymous")
 
