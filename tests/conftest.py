@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis
 
-from support import SERVICE_TOKEN, Api, Proc, base_env, vestnik_argv, wait_http
+from support import SERVICE_TOKEN, Api, Proc, SmtpSink, base_env, vestnik_argv, wait_http
 from vestnik.streams.config import Config, load
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis_server import RedisServer, free_port
@@ -109,3 +109,11 @@ def start_proc(redis_url: str, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
     yield start
     for p in started:
         p.stop()
+
+
+@pytest.fixture
+def smtp() -> Iterator[SmtpSink]:
+    """A real SMTP server (aiosmtpd) on a free port that keeps what it receives."""
+    sink = SmtpSink().start()
+    yield sink
+    sink.stop()

@@ -5,7 +5,6 @@ collide, disabled settings. Real `vestnik center` (and `vestnik api`) processes.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 
 import msgspec
 import pytest
@@ -28,12 +27,6 @@ async def publish_user(redis: Redis, uid: str, **data: object) -> None:
     await redis.xadd(K.topic(USER_TOPIC), {"op": "create", "id": uid,
                                            "data": json.dumps({"id": uid, **data})})
 
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 # 1 ------------------------------------------------------------------------------------------

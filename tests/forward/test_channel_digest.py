@@ -5,7 +5,7 @@ links and times, "and N more", escaped per each format, within each API's limits
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -25,18 +25,6 @@ EVERYONE = ChannelTarget()
 T0 = 1_780_000_000_000  # 2026-05-28 20:26:40 UTC
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def http_sink() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ hostile stored refs never crash a send nor reach a header or a payload."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import msgspec
@@ -26,18 +26,6 @@ EVERYONE = ChannelTarget()
 MINUTES_12 = 12 * 60_000
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def http_sink() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    yield sink
-    sink.stop()
 
 
 def make_settings(redis_url: str, **env: str) -> Config:

@@ -6,10 +6,8 @@ scheduled as the center schedules them; a channel entry (or the user's prefs) wi
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 
 import msgspec
-import pytest
 from fwd_support import SmtpSink, deliveries, store_notice, store_user
 from redis.asyncio import Redis
 
@@ -21,12 +19,6 @@ from vestnik.streams.schemas import Notice, User, json_encode
 
 SMTP_FROM = "vestnik@example.org"
 
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 def forwarder(start_proc, sink: SmtpSink):

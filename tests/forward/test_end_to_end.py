@@ -4,8 +4,6 @@ then, or switched off in the user's prefs, never is."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import msgspec
 import pytest
 from fwd_support import SmtpSink
@@ -15,13 +13,6 @@ from support import Api, eventually
 from vestnik.streams.forward import arq_keys
 from vestnik.streams.ids import ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 @pytest.fixture

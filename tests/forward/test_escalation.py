@@ -111,12 +111,6 @@ def test_a_huge_after_is_cut():
 # ------------------------------------------------------------------ end to end
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
 
 @pytest.fixture
 def telegram() -> Iterator[HttpSink]:

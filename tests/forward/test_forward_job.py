@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -33,18 +32,6 @@ from vestnik.streams.schemas import AlertSetting, ChannelTarget, Notice, User, d
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
-
-@pytest.fixture
-def http_sink() -> Iterator[HttpSink]:
-    sink = HttpSink().start()
-    yield sink
-    sink.stop()
 
 
 def make_settings(redis_url: str, **env: str) -> Config:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-from collections.abc import Iterator
 
 import pytest
 from fwd_support import SmtpSink, deliveries, store_notice, store_user
@@ -15,13 +14,6 @@ from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import connect
 from vestnik.streams.schemas import Notice, User
-
-
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
 
 
 async def test_forwarder_process_sends_and_stops_on_sigterm(redis: Redis, keys: Keys,

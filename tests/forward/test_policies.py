@@ -31,12 +31,6 @@ from vestnik.streams.schemas import ChannelMap, Notice, User, convert
 ADDRESSES = {"email": "email", "telegram": "telegram_chat_id", "webhook": None}
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
 
 @pytest.fixture
 def http_sink() -> Iterator[HttpSink]:

@@ -59,12 +59,6 @@ class Pager(Channel):
         return SendResult.sent("paged resolved", ref="ignored")
 
 
-@pytest.fixture
-def smtp() -> Iterator[SmtpSink]:
-    sink = SmtpSink().start()
-    yield sink
-    sink.stop()
-
 
 @pytest.fixture
 def telegram() -> Iterator[HttpSink]:
