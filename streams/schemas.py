@@ -238,11 +238,12 @@ class ChannelMap(dict[str, Any]):
     edge.
     """
 
-    __slots__ = ("_external", "forward_after", "shared", "targets")
+    __slots__ = ("_external", "forward_after", "grouped", "shared", "targets")
 
     targets: Mapping[str, ChannelTarget]  # read-only, as the map
     forward_after: float | None
     shared: bool  # whether an entry has user-independent targets (the `*` forward's)
+    grouped: bool  # whether an external entry has an `after` of its own (its own job)
 
     def __init__(self, targets: Mapping[str, ChannelTarget] | None = None,
                  forward_after: float | None = None) -> None:
@@ -259,6 +260,7 @@ class ChannelMap(dict[str, Any]):
             {name: t for name, t in targets.items() if name != IN_APP}
         self._external = tuple(ext.items())
         self.shared = any(t.shared for t in ext.values())
+        self.grouped = any(t.after is not None for t in ext.values())
 
     @classmethod
     def decode(cls, obj: Any) -> ChannelMap:

@@ -299,8 +299,7 @@ def stage_filter(notice: Notice, default_after: float, stage: Stage
     them (no entry has a delay of its own; the `resolved` message)."""
     if stage.resolved:
         return None
-    external = notice.channels.external()
-    if stage.after_ms is None and all(t.after is None for _, t in external):
+    if stage.after_ms is None and not notice.channels.grouped:
         return None  # the plain job of a notice without groups: the hot path
     base, mine = delay_ms(notice, default_after), stage.after_ms
     return lambda target: group_of(target, base) == mine
@@ -325,7 +324,8 @@ def forward_jobs_for(notice: Notice, users: Iterable[User],
     created = notice.created_at or now
     base = delay_ms(notice, default_after)
     due = created + base
-    groups = any(group_of(t, base) is not None for _, t in external)
+    groups = notice.channels.grouped and any(group_of(t, base) is not None
+                                              for _, t in external)
     jobs: list[ForwardJob] = []
     for u in users:
         routes = user_routes(notice, u, addresses)
@@ -340,7 +340,8 @@ def forward_jobs_for(notice: Notice, users: Iterable[User],
             if wants_job(rs):
                 jobs.append(_user_job(notice, u, due if g is None else created + g, g, now))
     if notice.channels.shared:
-        shared = dict.fromkeys(group_of(t, base) for _, t in external if t.shared)
+        shared = dict.fromkeys(group_of(t, base) for _, t in external if t.shared) \
+            if groups else (None,)
         jobs += [ForwardJob(notice.id, BROADCAST, due) if g is None else
                  ForwardJob(notice.id, BROADCAST, created + g, Stage(after_ms=g).encode())
                  for g in shared]
