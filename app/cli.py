@@ -6,11 +6,15 @@ import argparse
 import asyncio
 import logging
 import sys
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from vestnik.streams.config import Config, ConfigError, load
+
+if TYPE_CHECKING:
+    from vestnik.streams.center import Ingest
 
 log = logging.getLogger("vestnik")
 
@@ -258,10 +262,7 @@ def _send_args(p: argparse.ArgumentParser) -> None:
 
 @command("send", "send one notice (XADD to the ingest stream)", _send_args)
 def cmd_send(args: argparse.Namespace, config: Config) -> int:
-    from vestnik.streams.center import Ingest
     from vestnik.streams.errors import BadInput
-    from vestnik.streams.keys import Keys
-    from vestnik.streams.redis import connect
     from vestnik.streams.schemas import NoticeIn, convert
 
     if not config.redis_url:
@@ -288,15 +289,7 @@ def cmd_send(args: argparse.Namespace, config: Config) -> int:
         print(f"vestnik send: {e.detail}", file=sys.stderr)
         return 2
 
-    async def main() -> str:
-        redis = connect(config.redis_url or "", name="vestnik-send",
-                        timeout=config.redis_timeout)
-        try:
-            return await Ingest(redis, Keys(config.prefix)).send(notice, via="cli")
-        finally:
-            await redis.aclose()
-
-    print(asyncio.run(main()))
+    print(_ingest(config, "send", lambda ingest: ingest.send(notice, via="cli")))
     return 0
 
 
@@ -310,10 +303,7 @@ def _resolve_args(p: argparse.ArgumentParser) -> None:
 @command("resolve", "resolve an incident (an `op resolve` entry on the ingest stream)",
          _resolve_args)
 def cmd_resolve(args: argparse.Namespace, config: Config) -> int:
-    from vestnik.streams.center import Ingest
     from vestnik.streams.errors import BadInput
-    from vestnik.streams.keys import Keys
-    from vestnik.streams.redis import connect
     from vestnik.streams.schemas import ResolveIn, convert
 
     if not config.redis_url:
@@ -326,16 +316,27 @@ def cmd_resolve(args: argparse.Namespace, config: Config) -> int:
         print(f"vestnik resolve: {e.detail}", file=sys.stderr)
         return 2
 
+    print(_ingest(config, "resolve", lambda ingest: ingest.resolve(resolve)))
+    return 0
+
+
+def _ingest(config: Config, command: str,
+            call: Callable[[Ingest], Awaitable[str]]) -> str:
+    """`call` with an Ingest on a connection of its own (`vestnik send`, `vestnik resolve`):
+    the stream id of what it added."""
+    from vestnik.streams.center import Ingest
+    from vestnik.streams.keys import Keys
+    from vestnik.streams.redis import connect
+
     async def main() -> str:
-        redis = connect(config.redis_url or "", name="vestnik-resolve",
+        redis = connect(config.redis_url or "", name=f"vestnik-{command}",
                         timeout=config.redis_timeout)
         try:
-            return await Ingest(redis, Keys(config.prefix)).resolve(resolve)
+            return await call(Ingest(redis, Keys(config.prefix)))
         finally:
             await redis.aclose()
 
-    print(asyncio.run(main()))
-    return 0
+    return asyncio.run(main())
 
 
 def parser() -> argparse.ArgumentParser:
