@@ -14,7 +14,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 import msgspec
 
@@ -81,6 +81,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     send_attempts: Positive = 5
     send_backoff: NonNegative = 1.0
     log_level: str = "info"
+    # `text` (one human line per record) or `json` (one JSON object per line), every process
+    log_format: Literal["text", "json"] = "text"
+    # /healthz, /readyz and /metrics of `center`, `forwarder`, `bridge` and `wrap` on this
+    # port (of `host`); unset: no such listener (the api serves them on its own port)
+    metrics_port: Port | None = None
 
     def __post_init__(self) -> None:
         if not self.prefix:
