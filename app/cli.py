@@ -325,6 +325,7 @@ def _ingest(config: Config, command: str,
     """`call` with an Ingest on a connection of its own (`vestnik send`, `vestnik resolve`):
     the stream id of what it added."""
     from vestnik.streams.center import Ingest
+    from vestnik.streams.coalesce import Appends, Replication
     from vestnik.streams.keys import Keys
     from vestnik.streams.redis import connect
 
@@ -332,7 +333,9 @@ def _ingest(config: Config, command: str,
         redis = connect(config.redis_url or "", name=f"vestnik-{command}",
                         timeout=config.redis_timeout)
         try:
-            return await call(Ingest(redis, Keys(config.prefix)))
+            appends = Appends(redis, Replication.of(config.redis_wait_replicas,
+                                                    config.redis_timeout))
+            return await call(Ingest(redis, Keys(config.prefix), appends))
         finally:
             await redis.aclose()
 

@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 from vestnik.app.limits import RateLimiter
 from vestnik.app.sse import UserStreams
 from vestnik.streams.center import Ingest
-from vestnik.streams.coalesce import Appends
+from vestnik.streams.coalesce import Appends, Replication
 from vestnik.streams.config import Config, parse_rate
 from vestnik.streams.keys import Keys
 
@@ -33,7 +33,8 @@ class Ctx:
     sse_users: UserStreams = field(init=False)
 
     def __post_init__(self) -> None:
-        self.appends = Appends(self.redis)
+        self.appends = Appends(self.redis, Replication.of(
+            self.config.redis_wait_replicas, self.config.redis_timeout))
         self.ingest = Ingest(self.redis, self.keys, self.appends)
         rate = parse_rate(self.config.rate)
         self.limiter = None if rate is None else RateLimiter(rate, self.config.rate_burst)

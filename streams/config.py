@@ -18,6 +18,8 @@ from typing import Annotated, Any, Literal
 
 import msgspec
 
+from vestnik.streams import redis_url
+
 ENV_PREFIX = "VESTNIK_"
 
 NonNegative = Annotated[float, msgspec.Meta(ge=0)]
@@ -33,6 +35,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     """Every knob of every Vestnik process. Field `x` is env `VESTNIK_X` and TOML key `x`."""
 
     redis_url: str | None = None
+    # Sentinel: the sentinels (`host:port`) and the primary's name; or a Cluster's seed
+    # nodes. Each is the same as a `redis+sentinel://` / `redis+cluster://` redis_url
+    redis_sentinels: list[str] = []
+    redis_master: str | None = None
+    redis_cluster: list[str] = []
+    # ingest answers (HTTP 202, the wrapper's write) only once this many replicas have the
+    # notice (Redis WAIT); fewer in time: 503 + Retry-After, nothing reported accepted
+    redis_wait_replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
     # seconds any Redis command may take (blocking reads: their BLOCK plus this)
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
     prefix: str = "vn:"
@@ -90,8 +100,20 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     def __post_init__(self) -> None:
         if not self.prefix:
             raise ValueError("prefix must not be empty")
-        if self.redis_url is not None and not re.match(r"^(redis|rediss|unix)://", self.redis_url):
-            raise ValueError("redis_url must start with redis://, rediss:// or unix://")
+        if self.redis_sentinels or self.redis_cluster:
+            if self.redis_url is not None:
+                raise ValueError("redis_url: set it or redis_sentinels/redis_cluster, not both")
+            try:
+                self.redis_url = redis_url.from_parts(
+                    sentinels=self.redis_sentinels, primary=self.redis_master,
+                    cluster=self.redis_cluster)
+            except redis_url.RedisUrlError as e:
+                raise ValueError(str(e)) from None
+        elif self.redis_url is not None:
+            try:
+                redis_url.parse(self.redis_url)
+            except redis_url.RedisUrlError as e:
+                raise ValueError(f"redis_url {e}") from None
         if self.smtp_url is not None and not re.match(r"^smtps?://", self.smtp_url):
             raise ValueError("smtp_url must start with smtp:// or smtps://")
         for item in self.egress_allow:  # a CIDR typo must not become a host name

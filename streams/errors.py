@@ -65,6 +65,14 @@ class TooLarge(VestnikError):
     status = 413
 
 
+class NotReplicated(VestnikError):
+    """Fewer replicas than `VESTNIK_REDIS_WAIT_REPLICAS` confirmed a write in time: it may
+    not survive the primary's loss, so it is not reported accepted (retryable, 503)."""
+
+    code = "unavailable"
+    status = 503
+
+
 _PATH = re.compile(r" - at `(\$[^`]*)`$")
 _KEY = re.compile(r" - at `key` in `(\$[^`]*)`$")  # a bad key of an object (dict[Key, ...])
 _MISSING = re.compile(r"^Object missing required field `([^`]+)`")

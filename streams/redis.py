@@ -7,14 +7,19 @@ import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
-from urllib.parse import urlsplit, urlunsplit
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+
+from vestnik.streams.redis_url import RedisAddress, parse, redacted
+
+__all__ = ["RETRYABLE", "Backoff", "connect", "pool", "reader", "redacted", "timeout_of",
+           "wait_ready"]
 
 log = logging.getLogger("vestnik.redis")
 
@@ -110,6 +115,30 @@ class _Pool(_Lean, BlockingConnectionPool):
 
 class _OnePool(_Lean, ConnectionPool):
     pass
+
+
+class _SentinelPool(_Lean, SentinelConnectionPool, BlockingConnectionPool):
+    """`_Pool` whose connections go to the primary the sentinels name now: each one asks
+    them when it (re)connects, and one that finds its server demoted (READONLY) drops
+    itself, so a failover costs the commands in flight a retry (`_Deadline`), not a
+    restart. redis-py's own sentinel pool does not block for a free connection; with
+    BlockingConnectionPool after it in the MRO it does, as `_Pool` (tests/test_sentinel.py
+    pins the MRO and that a burst waits)."""
+
+
+class _SentinelOnePool(_Lean, SentinelConnectionPool):
+    pass
+
+
+def _sentinel_kwargs(address: RedisAddress, wait: float, **kwargs: Any) -> dict[str, Any]:
+    """The arguments of a sentinel pool for `address`: a Sentinel manager whose own
+    connections time out like every other, and the data nodes' credentials and db."""
+    auth = {"password": address.sentinel_password} if address.sentinel_password else {}
+    manager = Sentinel(list(address.nodes), sentinel_kwargs={
+        "socket_timeout": wait, "socket_connect_timeout": wait, **auth})
+    return {"service_name": address.primary, "sentinel_manager": manager, "db": address.db,
+            "username": address.username, "password": address.password,
+            "ssl": address.tls, **kwargs}
 
 
 PUBSUB_PING_EVERY = 1.0  # seconds between the PINGs of a pub/sub reader (`reader(block=None)`)
@@ -280,6 +309,13 @@ class _Deadline(Retry):
                 await asyncio.sleep(delay)
 
 
+def _address(url: str) -> RedisAddress:
+    address = parse(url)
+    if address.kind == "cluster":
+        raise ValueError("redis+cluster:// URLs are not served by this client yet")
+    return address
+
+
 def timeout_of(redis: Redis) -> float:
     """The command timeout a client of `connect` was built with (for a reader beside it)."""
     return getattr(redis.connection_pool, "command_timeout", DEFAULT_TIMEOUT)
@@ -302,16 +338,18 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
     that long, never a hang: it is the longest wait for Redis's answer (`_Stall`), the
     connect timeout, the wait for a free connection, and the time budget of the retries
     (`_Deadline`)."""
-    made = _Pool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=timeout,
-        client_name=name,
-        health_check_interval=30,
-        socket_connect_timeout=timeout,
-        retry=_Deadline(timeout),
-        retry_on_error=[ConnectionError, TimeoutError, BusyLoadingError],
-    )
+    options: dict[str, Any] = {
+        "max_connections": max_connections, "timeout": timeout, "client_name": name,
+        "health_check_interval": 30, "socket_connect_timeout": timeout,
+        "retry": _Deadline(timeout),
+        "retry_on_error": [ConnectionError, TimeoutError, BusyLoadingError],
+    }
+    address = _address(url)
+    made: BlockingConnectionPool
+    if address.kind == "sentinel":
+        made = _SentinelPool(**_sentinel_kwargs(address, timeout, **options))
+    else:
+        made = _Pool.from_url(url, **options)
     made.connection_class = _mixing(_Stall, made.connection_class, "stall", timeout)
     made.command_timeout = timeout  # type: ignore[attr-defined]
     return made
@@ -332,31 +370,22 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
     """
     if like is not None:
         timeout = timeout_of(like)
-    one = _OnePool.from_url(
-        url, decode_responses=False, max_connections=1, client_name=name,
-        socket_connect_timeout=timeout, socket_keepalive=True,
-        health_check_interval=3600 if block is None else 0)
+    options: dict[str, Any] = {
+        "decode_responses": False, "max_connections": 1, "client_name": name,
+        "socket_connect_timeout": timeout, "socket_keepalive": True,
+        "health_check_interval": 3600 if block is None else 0}
+    address = _address(url)
+    one: ConnectionPool
+    if address.kind == "sentinel":
+        one = _SentinelOnePool(**_sentinel_kwargs(address, timeout,
+                                                  **options))
+    else:
+        one = _OnePool.from_url(url, **options)
     if block is None:
         one.connection_class = _mixing(_Watched, one.connection_class, "silence", timeout)
     else:
         one.connection_class = _mixing(_Stall, one.connection_class, "stall", block + timeout)
     return Redis.from_pool(one)
-
-
-def redacted(url: str) -> str:
-    """`url` fit for a log line: user and password (also `?password=`) replaced by `***`."""
-    try:
-        u = urlsplit(url)
-        if u.password is not None or u.username is not None:
-            host = u.hostname or ""
-            host = f"[{host}]" if ":" in host else host
-            port = f":{u.port}" if u.port else ""
-            u = u._replace(netloc=f"***@{host}{port}")
-        if "password" in u.query.lower():
-            u = u._replace(query="***")
-        return urlunsplit(u)
-    except ValueError:  # a bad port: say nothing about it rather than leak it
-        return "(redis url)"
 
 
 async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:

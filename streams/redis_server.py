@@ -8,7 +8,9 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -134,3 +136,129 @@ def running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+class SentinelDeployment:
+    """A primary, its replicas and the sentinels watching them, all on free loopback ports
+    (tests/faults, `vestnik soak --sentinel`): `url` is the `redis+sentinel://` address
+    every Vestnik process takes. Failover is tuned fast (primary down after
+    `down_after_ms`), so a test sees one in seconds."""
+
+    def __init__(self, data_dir: str | Path, *, replicas: int = 2, sentinels: int = 3,
+                 name: str = "vestnik", down_after_ms: int = 1000,
+                 appendfsync: str = "everysec") -> None:
+        base = Path(data_dir).resolve()
+        self.name = name
+        self.down_after_ms = down_after_ms
+        self.servers = [RedisServer(base / f"redis-{i}", appendfsync=appendfsync)
+                        for i in range(1 + replicas)]
+        self.sentinel_dirs = [base / f"sentinel-{i}" for i in range(sentinels)]
+        self.sentinel_ports = [free_port() for _ in range(sentinels)]
+        self.sentinel_procs: list[subprocess.Popen[bytes] | None] = [None] * sentinels
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{p}" for p in self.sentinel_ports)
+        return f"redis+sentinel://{nodes}/{self.name}/0"
+
+    def start(self, timeout: float = 15.0) -> SentinelDeployment:
+        primary = self.servers[0].start()
+        for replica in self.servers[1:]:
+            replica.extra = [*replica.extra, "--replicaof", "127.0.0.1", str(primary.port)]
+            replica.start()
+        quorum = len(self.sentinel_ports) // 2 + 1
+        for i, port in enumerate(self.sentinel_ports):
+            d = self.sentinel_dirs[i]
+            d.mkdir(parents=True, exist_ok=True)
+            conf = d / "sentinel.conf"  # sentinel rewrites its file: one of its own
+            conf.write_text(
+                f"port {port}\nbind 127.0.0.1\ndir {d}\nlogfile {d / 'sentinel.log'}\n"
+                f"sentinel monitor {self.name} 127.0.0.1 {primary.port} {quorum}\n"
+                f"sentinel down-after-milliseconds {self.name} {self.down_after_ms}\n"
+                f"sentinel failover-timeout {self.name} {max(self.down_after_ms * 3, 3000)}\n"
+                f"sentinel parallel-syncs {self.name} 1\n")
+            self.start_sentinel(i)
+        self._wait_for(lambda: self._sentinels_agree(), timeout, "sentinels to see the primary")
+        return self
+
+    def start_sentinel(self, i: int) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed (apt-get install redis-server)")
+        self.sentinel_procs[i] = subprocess.Popen(
+            [binary, str(self.sentinel_dirs[i] / "sentinel.conf"), "--sentinel"],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            start_new_session=True, preexec_fn=_die_with_parent)
+
+    def primary_port(self) -> int | None:
+        """The primary's port as the first sentinel that answers names it."""
+        for port in self.sentinel_ports:
+            found = self.primary_port_of(port)
+            if found is not None:
+                return found
+        return None
+
+    def primary(self) -> RedisServer:
+        port = self.primary_port()
+        return next(s for s in self.servers if s.port == port)
+
+    def _sentinels_agree(self) -> bool:
+        want = len(self.servers) - 1
+        return all(self.primary_port_of(p) == self.servers[0].port
+                   and len(_ask(p, "SENTINEL", "REPLICAS", self.name) or []) == want
+                   for p in self.sentinel_ports)
+
+    @staticmethod
+    def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if check():
+                return
+            time.sleep(0.05)
+        raise RuntimeError(f"timed out waiting for {what}")
+
+    def wait_failover(self, old: int, timeout: float = 30.0) -> int:
+        """Wait until every sentinel names a primary other than port `old`; its port."""
+        def moved() -> bool:
+            seen = {self.primary_port_of(p) for p in self.sentinel_ports}
+            return len(seen) == 1 and None not in seen and old not in seen
+        self._wait_for(moved, timeout, "a failover")
+        port = self.primary_port()
+        assert port is not None
+        return port
+
+    def primary_port_of(self, sentinel_port: int) -> int | None:
+        reply = _ask(sentinel_port, "SENTINEL", "GET-MASTER-ADDR-BY-NAME", self.name)
+        return int(reply[1]) if reply and len(reply) == 2 else None
+
+    def stop(self) -> None:
+        for i, proc in enumerate(self.sentinel_procs):
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(5)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(5)
+            self.sentinel_procs[i] = None
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> SentinelDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _ask(port: int, *command: str) -> Any:
+    """One command to the sentinel at 127.0.0.1:`port` (None when it does not answer)."""
+    import redis
+
+    client = redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0)
+    try:
+        return client.execute_command(*command)
+    except (redis.RedisError, OSError):
+        return None
+    finally:
+        client.close()

@@ -17,6 +17,7 @@ from typing import Annotated, Literal
 
 import msgspec
 
+from vestnik.streams import redis_url
 from vestnik.streams.config import ConfigError
 
 AlertName = Annotated[str, msgspec.Meta(min_length=1, max_length=200,
@@ -52,6 +53,9 @@ class AlertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     redis_url: str | None = None
     # seconds a Redis command may take (default VESTNIK_REDIS_TIMEOUT, else 2)
     redis_timeout: PositiveSeconds | None = None
+    # a batch of notices counts as written once this many replicas have it (default
+    # VESTNIK_REDIS_WAIT_REPLICAS, else 0): see docs/reliability.md, Sentinel
+    redis_wait_replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     prefix: str | None = None
     admins: list[str] = []
     grace: Seconds = 5.0
@@ -99,8 +103,16 @@ def parse(text: str, *, source: str = "alert.toml",
         cfg.redis_url = env.get("VESTNIK_REDIS_URL") or None
     if not cfg.redis_url:
         raise ConfigError(f"{source}: redis_url: required (or set VESTNIK_REDIS_URL)")
-    if not re.match(r"^(redis|rediss|unix)://", cfg.redis_url):
-        raise ConfigError(f"{source}: redis_url: must start with redis://, rediss:// or unix://")
+    try:
+        redis_url.parse(cfg.redis_url)
+    except redis_url.RedisUrlError as e:
+        raise ConfigError(f"{source}: redis_url: {e}") from None
+    if cfg.redis_wait_replicas is None:
+        raw = env.get("VESTNIK_REDIS_WAIT_REPLICAS") or "0"
+        if not raw.isdigit() or int(raw) > 100:
+            raise ConfigError(f"{source}: redis_wait_replicas: VESTNIK_REDIS_WAIT_REPLICAS="
+                              f"{raw[:40]!r} is not a number of replicas in [0, 100]")
+        cfg.redis_wait_replicas = int(raw)
     if cfg.redis_timeout is None:
         raw = env.get("VESTNIK_REDIS_TIMEOUT") or "2"
         try:

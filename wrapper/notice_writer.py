@@ -26,7 +26,8 @@ import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import OutOfMemoryError, ReadOnlyError
 
-from vestnik.streams.errors import from_validation
+from vestnik.streams.coalesce import Replication
+from vestnik.streams.errors import NotReplicated, from_validation
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import RETRYABLE, Backoff
@@ -122,6 +123,12 @@ class NoticeWriter:
         self._xadd_head = pack("XADD", keys.notices, "*")[4:]  # without the `*N` count
         self._dead_head = pack("XADD", keys.notices_dead, "MAXLEN", "~", str(DEAD_MAXLEN),
                                "*")[4:]
+        # a batch is written once its WAIT says enough replicas have it (or it goes again)
+        self._replication = Replication.of(cfg.redis_wait_replicas or 0,
+                                           cfg.redis_timeout or 2.0)
+        self._wait = (b"" if self._replication is None else
+                      pack("WAIT", str(self._replication.replicas),
+                           str(self._replication.timeout_ms)))
 
     def silent_for(self) -> float:
         return time.monotonic() - self.last_output if self.reading else 0.0
@@ -261,7 +268,7 @@ class NoticeWriter:
             batch = await self._queue.get()
             if batch is None:
                 return
-            payload = b"".join(batch.commands)
+            payload = b"".join(batch.commands) + self._wait
             backoff = Backoff(base=0.1, cap=5.0)
             while True:
                 try:  # connecting to a frozen Redis times out too: the same retry
@@ -275,8 +282,10 @@ class NoticeWriter:
                     await conn.send_packed_command(payload)
                     for _ in range(batch.count):
                         await conn.read_response()
+                    if self._replication is not None:
+                        self._replication.check(await conn.read_response())
                     break
-                except (*RETRYABLE, OutOfMemoryError, ReadOnlyError) as e:
+                except (*RETRYABLE, OutOfMemoryError, ReadOnlyError, NotReplicated) as e:
                     # at-least-once: the same notice ids go again, the center keeps one copy.
                     # A full Redis (OOM) or a read-only replica is not the notices' fault:
                     # keep them and retry too (read_response raised on the first error

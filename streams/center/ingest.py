@@ -6,6 +6,7 @@ resolve` entry), so the center applies each after the notices sent before it."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -43,7 +44,8 @@ def prepare(notice: NoticeIn) -> NoticeIn:
 
 class Ingest:
     """One per process (the api's `Ctx`, `vestnik send`): its Redis and the shared
-    `Appends`."""
+    `Appends`, whose `replication` (VESTNIK_REDIS_WAIT_REPLICAS) every ingest write awaits
+    before it is answered."""
 
     def __init__(self, redis: Redis, keys: Keys, appends: Appends | None = None) -> None:
         self.redis = redis
@@ -62,7 +64,7 @@ class Ingest:
         assert notice.id is not None
         fields = notice_fields(notice)
         if idempotency_key is None and not own_id:
-            await self.appends.xadd(self.keys.notices, fields)
+            await self.appends.xadd(self.keys.notices, fields, durable=True)
             NOTICES_INGESTED.labels(via).inc()
             return notice.id
         # the key keeps a digest of what was sent under it: the same key with other content
@@ -74,9 +76,9 @@ class Ingest:
         for k, v in fields.items():
             argv += [k, v]
         idem = self.keys.idempotency(idempotency_key) if idempotency_key is not None else ""
-        kind, got = await _INGEST(
+        kind, got = await self._replicated(
             keys=[self.keys.notices, idem, self.keys.notice(notice.id) if own_id else ""],
-            args=argv, client=self.redis)
+            args=argv)
         if kind == 2:
             if not same_content(notice, _notice_decoder.decode(got)):
                 raise Conflict(f"notice id {notice.id} already exists with other content",
@@ -95,5 +97,19 @@ class Ingest:
         stream id. Coalesced with the notices sent in the same loop iteration."""
         if resolve.at is None:
             resolve = msgspec.structs.replace(resolve, at=now_ms())
-        sid = await self.appends.xadd(self.keys.notices, resolve_fields(resolve))
+        sid = await self.appends.xadd(self.keys.notices, resolve_fields(resolve), durable=True)
         return sid.decode() if isinstance(sid, bytes) else str(sid)
+
+    async def _replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:
+        """The ingest script's answer, after the replicas `appends.replication` asks for
+        have its write (its WAIT in the same round trip). A retry under the same key or id
+        waits again, so what it answers is replicated too."""
+        wait = self.appends.replication
+        if wait is None:
+            return await _INGEST(keys=keys, args=args, client=self.redis)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            await _INGEST(keys=keys, args=args, client=pipe)
+            pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+            answer, acked = await pipe.execute()
+        wait.check(acked)
+        return answer
