@@ -163,9 +163,14 @@ class SentinelDeployment:
 
     def start(self, timeout: float = 15.0) -> SentinelDeployment:
         primary = self.servers[0].start()
+        # replicas sync at once (the default waits 5 s for more replicas to share a dump)
+        if _ask(primary.port, "CONFIG", "SET", "repl-diskless-sync-delay", "0") is None:
+            raise RuntimeError("the primary does not answer")
         for replica in self.servers[1:]:
             replica.extra = [*replica.extra, "--replicaof", "127.0.0.1", str(primary.port)]
             replica.start()
+        # a replica that has not finished its first sync would be promoted empty
+        self._wait_for(self._replicas_synced, timeout, "the replicas' first sync")
         quorum = len(self.sentinel_ports) // 2 + 1
         for i, port in enumerate(self.sentinel_ports):
             d = self.sentinel_dirs[i]
@@ -201,6 +206,13 @@ class SentinelDeployment:
     def primary(self) -> RedisServer:
         port = self.primary_port()
         return next(s for s in self.servers if s.port == port)
+
+    def _replicas_synced(self) -> bool:
+        for replica in self.servers[1:]:
+            info = _ask(replica.port, "INFO", "replication")  # parsed into a dict
+            if not isinstance(info, dict) or info.get("master_link_status") != "up":
+                return False
+        return True
 
     def _sentinels_agree(self) -> bool:
         want = len(self.servers) - 1
@@ -252,7 +264,8 @@ class SentinelDeployment:
 
 
 def _ask(port: int, *command: str) -> Any:
-    """One command to the sentinel at 127.0.0.1:`port` (None when it does not answer)."""
+    """One command to the server or sentinel at 127.0.0.1:`port` (None when it does not
+    answer)."""
     import redis
 
     client = redis.Redis(port=port, socket_timeout=1.0, socket_connect_timeout=1.0)

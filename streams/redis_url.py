@@ -71,7 +71,7 @@ def parse(url: str) -> RedisAddress:
                             "or redis+cluster:// (rediss+… for TLS)")
     kind, tls = _SCHEMES[scheme]
     if kind == "single":
-        return RedisAddress("single", url, tls)
+        return RedisAddress("single", url, tls, db=_single_db(url))
     rest = url.split("://", 1)[1]
     netloc, _, tail = rest.partition("/")
     path, _, query = tail.partition("?")
@@ -101,6 +101,20 @@ def parse(url: str) -> RedisAddress:
     return RedisAddress("sentinel", url, tls, nodes, unquote(parts[0]),
                         int(parts[1]) if len(parts) == 2 else 0, username, password,
                         params.get("sentinel_password") or None)
+
+
+def _single_db(url: str) -> int:
+    """The database of a redis:// (path `/N`) or unix:// (`?db=N`) URL, as redis-py reads it."""
+    try:
+        u = urlsplit(url)
+    except ValueError:
+        return 0
+    db = parse_qs(u.query).get("db", [""])[-1]
+    path = u.path.strip("/") if u.scheme != "unix" else ""
+    for text in (db, path):
+        if text.isdigit():
+            return int(text)
+    return 0
 
 
 def _node(text: str, kind: Kind) -> tuple[str, int]:

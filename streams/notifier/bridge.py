@@ -13,12 +13,12 @@ import asyncio
 import logging
 import re
 from dataclasses import dataclass
-from urllib.parse import urlsplit
 
 import msgspec
 from redis.asyncio import Redis
 from redis.exceptions import NoPermissionError, ResponseError
 
+from vestnik.streams import redis_url
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import BRIDGE_EVENTS, READER_RECONNECTS
 from vestnik.streams.notifier.hydrate import read_entity
@@ -57,8 +57,7 @@ class Pattern:
 
 
 def db_of(url: str) -> int:
-    path = urlsplit(url).path.strip("/")
-    return int(path) if path.isdigit() else 0
+    return redis_url.parse(url).db
 
 
 async def enable_notifications(redis: Redis) -> str:
@@ -106,12 +105,14 @@ class Bridge:
         return None
 
     async def run(self) -> None:
-        await enable_notifications(self.redis)
         backoff = Backoff()
         while True:
             sub = reader(self.url, name="vestnik-bridge", like=self.redis, block=None)
             pubsub = sub.pubsub()
             try:
+                # again after every reconnect: a replica promoted by a failover (or a
+                # restarted Redis without the setting in its file) notifies nothing yet
+                await enable_notifications(self.redis)
                 await pubsub.psubscribe(*(self.prefix + p.glob.encode() for p in self.patterns))
                 await self.resync()
                 self.ready.set()

@@ -19,15 +19,24 @@ from pathlib import Path
 
 import httpx
 import pytest
-from fault_support import Follower, K, Stack, add_users, record, stack, token
+from fault_support import (
+    Follower,
+    K,
+    Stack,
+    add_users,
+    drained,
+    missing_in_feed,
+    record,
+    stack,
+    token,
+)
 from redis.asyncio import Redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from support import SmtpSink, eventually
-from vestnik.streams.ids import parse_stream_id, ulid
-from vestnik.streams.keys import CENTER_GROUP
+from vestnik.streams.ids import ulid
 
 __all__ = ["stack"]
 
@@ -87,32 +96,6 @@ class Producer:
             delay = t0 + tick * TICK - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-
-
-async def _missing(redis: Redis, uid: str, ids: list[str]) -> list[str]:
-    out: list[str] = []
-    for i in range(0, len(ids), 2000):
-        chunk = ids[i:i + 2000]
-        scores = await redis.zmscore(K.feed(uid), chunk)
-        out += [nid for nid, s in zip(chunk, scores, strict=True) if s is None]
-    return out
-
-
-async def _drained(redis: Redis) -> bool:
-    """Nothing pending and the group has been handed the newest entry. (XINFO's `lag` is
-    nil after a restart or a trim, so it cannot tell.)"""
-    try:
-        info = await redis.xpending(K.notices, CENTER_GROUP)
-        groups = await redis.xinfo_groups(K.notices)
-        newest = await redis.xrevrange(K.notices, count=1)
-    except (RedisConnectionError, ResponseError, OSError):
-        return False
-    group = next((g for g in groups if g["name"] in (b"center", "center")), None)
-    if group is None or int(info["pending"]):
-        return False
-    last = group["last-delivered-id"]
-    last = last.decode() if isinstance(last, bytes) else str(last)
-    return not newest or parse_stream_id(last) >= parse_stream_id(newest[0][0].decode())
 
 
 @pytest.mark.slow
@@ -178,10 +161,10 @@ async def _run(stack: Stack, tmp_path: Path, server, smtp: SmtpSink, fsync: str)
         assert (await _retry_post(http, {
             "alert": "mail", "title": "mail after", "recipients": ["1"],
             "channels": {"email": {"users": ["1"]}}, "forward_after": 0})) == 202
-        await eventually(lambda: _drained(r), timeout=60, interval=0.2,
+        await eventually(lambda: drained(r), timeout=60, interval=0.2,
                          what="center drained the stream after the restart")
         acked = [nid for _, nid in producer.acked]
-        lost = {u: await _missing(r, u, acked) for u in ("1", "2")}
+        lost = {u: await missing_in_feed(r, u, acked) for u in ("1", "2")}
         lost_ids = set(lost["1"]) | set(lost["2"])
         last_second = {nid for t, nid in acked_before if t >= killed_at - 1.0}
         await eventually(lambda: _feed_has_title(http, url, "probe after"), timeout=30,
