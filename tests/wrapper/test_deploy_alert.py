@@ -35,5 +35,5 @@ async def test_the_deployed_alert_sends_a_notice_when_a_disk_fills(redis, keys, 
         return found[0] if found else None
 
     n = await eventually(notice, timeout=20, what="the disk notice")
-    assert n["alert"] == "disk-usage" and n["setting_id"] == "s1"
+    assert n.get("alert") == "disk-usage" and n.get("setting_id") == "s1", n
     assert "web-7" in n["title"] and n["severity"] == "warning"
