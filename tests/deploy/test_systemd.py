@@ -138,5 +138,16 @@ def test_settings_exist():
         for assignment in values(path, "Environment"):
             for pair in shlex.split(assignment):
                 key, _, value = pair.partition("=")
+                if key == "PATH":
+                    continue
                 assert key in KNOWN_ENV, f"{path.name}: {key}"
                 load({key: value.replace("%i", "9101")})
+
+
+def test_alert_programs_find_vestniks_python_first():
+    """The wrapper hands the alert its own PATH: with Vestnik's bin first, an alert.toml's
+    `python` (deploy/alerts/disk-usage.toml's) is the one Vestnik is installed in."""
+    (path,) = [p.partition("=")[2] for a in values(UNITS / "vestnik-wrap@.service",
+                                                   "Environment")
+               for p in shlex.split(a) if p.startswith("PATH=")]
+    assert path.split(":")[0] == str(Path(BIN).parent)
