@@ -3,7 +3,8 @@
 # bench, test or apprise packages), every one pinned with the sha256 of each file PyPI has
 # for it, so the image (Dockerfile: `pip install --require-hashes`) installs exactly what
 # was tested. pip-compile (pip-tools) resolves it; run this after changing `dependencies`
-# (tests/test_dockerfile.py fails while the lock is out of step with them).
+# (tests/test_dockerfile.py fails while the lock is out of step with them). Markers resolve
+# for the Python that runs it: .venv's must be the image's (Dockerfile: python:3.11).
 set -eu
 cd "$(dirname "$0")/.."
 [ -x .venv/bin/python ] || ./scripts/bootstrap.sh

@@ -145,6 +145,15 @@ def test_lock_pins_every_runtime_dependency_with_hashes():
         assert name in lock, f"{name} (an extra of a dependency) is not in requirements.lock"
 
 
+def test_lock_resolved_for_the_images_python():
+    """pip-compile resolves markers (uvloop's, typing-extensions') for the Python it runs on:
+    the lock must be made with the image's (scripts/lock.sh with a venv of that version)."""
+    image = re.fullmatch(r"python:(\d+\.\d+)-slim", instructions()[0][1])
+    made = re.search(r"by pip-compile with Python (\d+\.\d+)",
+                     (ROOT / "requirements.lock").read_text())
+    assert image and made and made.group(1) == image.group(1)
+
+
 def test_lock_leaves_out_bench_and_test_packages():
     """The image carries what the service runs, not what `vestnik bench`, the tests or the
     optional Apprise channel need (rich, pytest, apprise and their dependencies)."""
