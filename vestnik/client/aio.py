@@ -10,7 +10,18 @@ from typing import Any, TypeVar, Unpack
 import httpx
 
 from vestnik.client import calls
-from vestnik.client.calls import Attempts, Call, Done, NoticeOptions, Op, ResolveOptions, Retries
+from vestnik.client.calls import (
+    Attempts,
+    Call,
+    Done,
+    NoticeOptions,
+    Op,
+    PatchBody,
+    ResolveOptions,
+    Retries,
+    SettingBody,
+    Version,
+)
 from vestnik.client.errors import NotSupported
 from vestnik.client.sync import HTTP_ONLY
 from vestnik.streams.center import Ingest
@@ -23,9 +34,7 @@ from vestnik.streams.schemas import (
     EventIn,
     NoticeIn,
     ResolveIn,
-    SettingIn,
     SettingList,
-    SettingPatch,
 )
 
 T = TypeVar("T")
@@ -152,8 +161,8 @@ class AsyncSettings:
     def __init__(self, transport: _Http | _Redis) -> None:
         self._t = transport
 
-    async def create(self, setting: SettingIn | dict[str, Any]) -> AlertSetting:
-        return await self._t.call(calls.setting_create(calls.checked(setting, SettingIn)))
+    async def create(self, setting: SettingBody) -> AlertSetting:
+        return await self._t.call(calls.setting_create(setting))
 
     async def get(self, setting_id: str) -> AlertSetting:
         return await self._t.call(calls.setting_get(setting_id))
@@ -162,16 +171,13 @@ class AsyncSettings:
                    limit: int | None = None) -> SettingList:
         return await self._t.call(calls.setting_list(name, cursor, limit))
 
-    async def replace(self, setting_id: str, setting: SettingIn | dict[str, Any], *,
-                      version: int | AlertSetting | None = None) -> AlertSetting:
-        body = calls.checked(setting, SettingIn)
-        return await self._t.call(calls.setting_replace(setting_id, body, version))
+    async def replace(self, setting_id: str, setting: SettingBody, *,
+                      version: Version = None) -> AlertSetting:
+        return await self._t.call(calls.setting_replace(setting_id, setting, version))
 
-    async def patch(self, setting_id: str, changes: SettingPatch | dict[str, Any], *,
-                    version: int | AlertSetting | None = None) -> AlertSetting:
-        body = calls.checked(changes, SettingPatch)
-        return await self._t.call(calls.setting_patch(setting_id, body, version))
+    async def patch(self, setting_id: str, changes: PatchBody, *,
+                    version: Version = None) -> AlertSetting:
+        return await self._t.call(calls.setting_patch(setting_id, changes, version))
 
-    async def delete(self, setting_id: str, *,
-                     version: int | AlertSetting | None = None) -> None:
+    async def delete(self, setting_id: str, *, version: Version = None) -> None:
         await self._t.call(calls.setting_delete(setting_id, version))

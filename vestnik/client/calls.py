@@ -201,8 +201,14 @@ def deliveries(notice_id: str) -> Call[DeliveryList]:
 SETTINGS = "/api/v1/settings"
 
 
-def setting_create(body: SettingIn) -> Call[AlertSetting]:
-    return Call("POST", SETTINGS, AlertSetting, json_encode(body), repeatable=False)
+SettingBody = SettingIn | dict[str, Any]
+PatchBody = SettingPatch | dict[str, Any]
+Version = int | AlertSetting | None
+
+
+def setting_create(body: SettingBody) -> Call[AlertSetting]:
+    return Call("POST", SETTINGS, AlertSetting, json_encode(checked(body, SettingIn)),
+                repeatable=False)
 
 
 def setting_get(setting_id: str) -> Call[AlertSetting]:
@@ -216,21 +222,22 @@ def setting_list(name: str | None, cursor: str | None, limit: int | None
     return Call("GET", SETTINGS, SettingList, params=params)
 
 
-def setting_replace(setting_id: str, body: SettingIn, version: int | AlertSetting | None
+def setting_replace(setting_id: str, body: SettingBody, version: Version
                     ) -> Call[AlertSetting]:
     # a repeat under If-Match would fail on the version the first one wrote
-    return Call("PUT", f"{SETTINGS}/{_id(setting_id)}", AlertSetting, json_encode(body),
+    return Call("PUT", f"{SETTINGS}/{_id(setting_id)}", AlertSetting,
+                json_encode(checked(body, SettingIn)),
                 _if_match(version), repeatable=version is None)
 
 
-def setting_patch(setting_id: str, body: SettingPatch, version: int | AlertSetting | None
-                  ) -> Call[AlertSetting]:
+def setting_patch(setting_id: str, body: PatchBody, version: Version) -> Call[AlertSetting]:
     # PATCH sets the fields given: a repeat sets them again (not under If-Match: see PUT)
-    return Call("PATCH", f"{SETTINGS}/{_id(setting_id)}", AlertSetting, json_encode(body),
+    return Call("PATCH", f"{SETTINGS}/{_id(setting_id)}", AlertSetting,
+                json_encode(checked(body, SettingPatch)),
                 _if_match(version), repeatable=version is None)
 
 
-def setting_delete(setting_id: str, version: int | AlertSetting | None) -> Call[None]:
+def setting_delete(setting_id: str, version: Version) -> Call[None]:
     # not repeatable: a repeat of a delete that went through answers 404
     return Call("DELETE", f"{SETTINGS}/{_id(setting_id)}", None, None, _if_match(version),
                 repeatable=False)

@@ -10,7 +10,18 @@ import httpx
 import redis
 
 from vestnik.client import calls
-from vestnik.client.calls import Attempts, Call, Done, NoticeOptions, Op, ResolveOptions, Retries
+from vestnik.client.calls import (
+    Attempts,
+    Call,
+    Done,
+    NoticeOptions,
+    Op,
+    PatchBody,
+    ResolveOptions,
+    Retries,
+    SettingBody,
+    Version,
+)
 from vestnik.client.errors import NotSupported
 from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry
 from vestnik.streams.forward import DeliveryList
@@ -23,9 +34,7 @@ from vestnik.streams.schemas import (
     EventIn,
     NoticeIn,
     ResolveIn,
-    SettingIn,
     SettingList,
-    SettingPatch,
 )
 
 T = TypeVar("T")
@@ -172,8 +181,8 @@ class Settings:
     def __init__(self, transport: _Http | _Redis) -> None:
         self._t = transport
 
-    def create(self, setting: SettingIn | dict[str, Any]) -> AlertSetting:
-        return self._t.call(calls.setting_create(calls.checked(setting, SettingIn)))
+    def create(self, setting: SettingBody) -> AlertSetting:
+        return self._t.call(calls.setting_create(setting))
 
     def get(self, setting_id: str) -> AlertSetting:
         return self._t.call(calls.setting_get(setting_id))
@@ -182,15 +191,13 @@ class Settings:
              limit: int | None = None) -> SettingList:
         return self._t.call(calls.setting_list(name, cursor, limit))
 
-    def replace(self, setting_id: str, setting: SettingIn | dict[str, Any], *,
-                version: int | AlertSetting | None = None) -> AlertSetting:
-        body = calls.checked(setting, SettingIn)
-        return self._t.call(calls.setting_replace(setting_id, body, version))
+    def replace(self, setting_id: str, setting: SettingBody, *,
+                version: Version = None) -> AlertSetting:
+        return self._t.call(calls.setting_replace(setting_id, setting, version))
 
-    def patch(self, setting_id: str, changes: SettingPatch | dict[str, Any], *,
-              version: int | AlertSetting | None = None) -> AlertSetting:
-        body = calls.checked(changes, SettingPatch)
-        return self._t.call(calls.setting_patch(setting_id, body, version))
+    def patch(self, setting_id: str, changes: PatchBody, *,
+              version: Version = None) -> AlertSetting:
+        return self._t.call(calls.setting_patch(setting_id, changes, version))
 
-    def delete(self, setting_id: str, *, version: int | AlertSetting | None = None) -> None:
+    def delete(self, setting_id: str, *, version: Version = None) -> None:
         self._t.call(calls.setting_delete(setting_id, version))
