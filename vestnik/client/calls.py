@@ -14,7 +14,7 @@ import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypedDict, TypeVar
+from typing import Any, Generic, TypedDict, TypeVar
 from urllib.parse import quote
 
 import msgspec
@@ -34,6 +34,7 @@ from vestnik.streams.schemas import (
     ErrorBody,
     EventIn,
     NoticeIn,
+    Op,
     Published,
     Queued,
     ResolveIn,
@@ -48,7 +49,6 @@ from vestnik.streams.schemas import (
 )
 
 T = TypeVar("T")
-Op = Literal["create", "update", "delete"]
 # `vn:topic:<t>` is trimmed to about this many entries (the api's VESTNIK_TOPIC_MAXLEN default)
 TOPIC_MAXLEN: int = next(f.default for f in msgspec.structs.fields(Config)
                          if f.name == "topic_maxlen")
