@@ -40,20 +40,19 @@ from vestnik.streams.center import (
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.fanout import LiveItem
 from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from vestnik.streams.schemas import NoticeIn, ResolveIn, check_recipients, json_encode
+from vestnik.streams.schemas import (
+    Accepted,
+    NoticeIn,
+    Queued,
+    ResolveIn,
+    check_recipients,
+    json_encode,
+)
 
 router = Router("notices")
 
 BACKLOG_PAGE = 500
 MAX_BACKLOG_PAGES = 1000  # bounded replay: at most 500,000 entries per resume
-
-
-class Accepted(msgspec.Struct):
-    id: str
-
-
-class Queued(msgspec.Struct):
-    sid: str  # the entry's id on `vn:notices`
 
 
 class Head(msgspec.Struct):

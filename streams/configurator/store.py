@@ -163,7 +163,9 @@ class SettingsStore:
         self._check_urls(body.channel)
         now = now_ms()
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
-                               channel=body.channel, enabled=body.enabled, version=1,
+                               channel=body.channel, enabled=body.enabled,
+                               send_resolved=body.send_resolved,
+                               resolve_after=body.resolve_after, version=1,
                                created_at=now, updated_at=now)
         await self._cas(setting, expected="", old_name=body.name, op="create")
         return setting
@@ -173,12 +175,14 @@ class SettingsStore:
         self._check_urls(body.channel)
         return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
             cur, name=body.name, metric=body.metric, channel=body.channel,
-            enabled=body.enabled))
+            enabled=body.enabled, send_resolved=body.send_resolved,
+            resolve_after=body.resolve_after))
 
     async def patch(self, sid: str, body: SettingPatch,
                     if_match: frozenset[int] | None = None) -> AlertSetting:
         changes: dict[str, Any] = {
-            f: getattr(body, f) for f in ("name", "metric", "channel", "enabled")
+            f: getattr(body, f) for f in ("name", "metric", "channel", "enabled",
+                                          "send_resolved", "resolve_after")
             if getattr(body, f) is not None
         }
         if body.channel is not None:
