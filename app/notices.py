@@ -30,6 +30,7 @@ from vestnik.app.query import query_of
 from vestnik.app.sse import LAST_EVENT_ID, QueryToken, frame, sse_response
 from vestnik.app.tokens import Principal
 from vestnik.streams.center import (
+    FEED_LIMIT,
     RESYNC,
     Count,
     FeedPage,
@@ -39,7 +40,6 @@ from vestnik.streams.center import (
     UserHub,
     UserSub,
 )
-from vestnik.streams.center.inbox import MAX_LIMIT
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.fanout import LiveItem
 from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
@@ -74,7 +74,7 @@ class FeedQuery(msgspec.Struct):
     cursor: Annotated[FeedSeq, msgspec.Meta(
         description="the `next` of the previous page")] | None = None
     limit: Annotated[int, msgspec.Meta(
-        ge=1, le=MAX_LIMIT, description="items per page (default 50)")] = 50
+        ge=1, le=FEED_LIMIT, description="items per page (default 50)")] = 50
 
 
 class StreamQuery(msgspec.Struct):
