@@ -89,7 +89,6 @@ def inbox_of(ctx: Ctx) -> Inbox:
     return ctx.part("inbox", lambda: Inbox(ctx.redis, ctx.keys))
 
 
-
 @router.route("POST", "/api/v1/notices", summary="Send a notice (to the ingest stream)",
               auth="service", body=NoticeIn, response=Accepted, status=202, errors=(409,),
               headers={"Idempotency-Key": "1-200 characters: a repeat with the same key "

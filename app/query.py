@@ -38,9 +38,10 @@ def decode_query(request: Request, typ: type[S]) -> S:
 
 def query_of(request: Request, typ: type[S]) -> S:
     """The query the router decoded for this route (declared with `query=typ`)."""
-    query = request.state.query
+    query = getattr(request.state, "query", None)
     if not isinstance(query, typ):  # the handler asks for another Struct than it declared
-        raise TypeError(f"{request.url.path} declares {type(query).__name__}, not {typ.__name__}")
+        raise TypeError(f"{request.url.path}: its route declares query={type(query).__name__}, "
+                        f"the handler reads {typ.__name__}")
     return query
 
 

@@ -55,7 +55,7 @@ def item_frame(item: TopicItem, event: str) -> bytes:
 # a stream's `?token=` (EventSource cannot send headers; the router reads it, for the
 # document it is a query parameter like any other)
 QueryToken = Annotated[str, msgspec.Meta(
-    max_length=8192, pattern=r"^[\x21-\x7e]+(?!\n)$",
+    max_length=8192, pattern=r"^[^\x00-\x1f\x7f]+(?!\n)$",  # any token, no control character
     description="the token, when the client cannot send Authorization (EventSource)")]
 # a browser's reconnect sends the header; the first connect resumes with `?last_event_id=`
 LAST_EVENT_ID = {"Last-Event-ID": "resume after this event id (a browser's reconnect; "
