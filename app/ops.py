@@ -28,7 +28,7 @@ async def healthz(request: Request, ctx: Ctx, principal: Principal) -> Response:
 
 
 @router.route("GET", "/readyz", summary="Redis reachable and consumer groups exist",
-              auth="none", response=Health)
+              auth="none", response=Health, bodies={503: Health})
 async def readyz(request: Request, ctx: Ctx, principal: Principal) -> Response:
     checks: dict[str, str] = {}
     try:

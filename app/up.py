@@ -102,6 +102,7 @@ def banner(config: Config, private: RedisServer | None) -> str:
     lines = [
         "Vestnik is up",
         f"  api        {base}/api/v1  (OpenAPI: {base}/openapi.json)",
+        f"  docs       {base}/docs  (try it out: Authorize with the service token)",
         f"  redis      {config.redis_url}" + ("  (private, data in "
                                                   f"{private.data_dir})" if private else ""),
         f"  service    token: {config.service_tokens[0]}",
