@@ -33,7 +33,9 @@ MIN_SECRET = 4  # a configured secret shorter than this is not searched for (it 
 _NONE: Mapping[str, object] = MappingProxyType({})
 _context: ContextVar[Mapping[str, object]] = ContextVar("vestnik_log_context", default=_NONE)
 # attributes every LogRecord has: anything else on a record came from `extra=`
-_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# (and uvicorn's `color_message`, the same message with terminal colours)
+_STANDARD = frozenset(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName",
+                                                          "color_message"}
 
 # what looks like a secret wherever it appears: a URL's user:password@, a `password=`,
 # `Bearer <token>`, a JWT, a `token=` query parameter, a Telegram bot token in a path
