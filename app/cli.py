@@ -118,8 +118,7 @@ def _publish_args(p: argparse.ArgumentParser) -> None:
 def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.errors import BadInput
     from vestnik.streams.keys import Keys
-    from vestnik.streams.notifier import publish
-    from vestnik.streams.notifier.topics import check_topic
+    from vestnik.streams.notifier import check_topic, publish
     from vestnik.streams.redis import connect
     from vestnik.streams.schemas import TopicEvent, convert
 
