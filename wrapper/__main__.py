@@ -4,10 +4,12 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import sys
 
 from vestnik.streams.config import ConfigError
+from vestnik.streams.config import load as load_config
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,6 +29,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.log_format not in ("text", "json"):  # from the environment: not checked yet
             raise ConfigError(f"VESTNIK_LOG_FORMAT: {args.log_format!r} is not text or json")
+        with contextlib.suppress(ConfigError):  # the box's VESTNIK_* secrets, if it has any
+            logs.add_secrets(logs.config_secrets(load_config()))
         logs.setup(args.log_level, args.log_format)
         return run(load(args.config), metrics_port=args.metrics_port)
     except ConfigError as e:
