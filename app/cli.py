@@ -355,6 +355,7 @@ DEVELOPMENT = ("bench",)  # listed apart in `vestnik --help`: not for a producti
 EXIT_OTHER = 1  # anything unexpected (a bug): one line, the traceback at log level debug
 EXIT_INPUT = 2  # bad input or configuration (argparse's own code for a bad command line)
 EXIT_REDIS = 3  # Redis did not answer within VESTNIK_REDIS_TIMEOUT (as `vestnik wrap`)
+UVICORN_STARTUP_FAILURE = 3  # uvicorn.config.STARTUP_FAILURE (not imported: wrap has no uvicorn)
 
 
 class _Parser(argparse.ArgumentParser):
@@ -409,10 +410,31 @@ def _fail(message: str, code: int) -> int:
     return code
 
 
+def _redis_failed(e: BaseException) -> bool:
+    """Redis did not answer (refused, reset, timed out, loading), as opposed to another OS
+    error such as a port already in use, which is no reason to blame Redis."""
+    from redis.exceptions import BusyLoadingError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    return isinstance(e, (RedisConnectionError, RedisTimeoutError, BusyLoadingError,
+                          ConnectionError, TimeoutError))
+
+
+def _bug(name: str, e: BaseException, config: Config | None) -> int:
+    """A bug: one line, the traceback first only at log level debug."""
+    level = config.log_level if config else os.environ.get("VESTNIK_LOG_LEVEL", "")
+    hint = " (VESTNIK_LOG_LEVEL=debug shows the traceback)"
+    if level.lower() == "debug":
+        _fail("".join(traceback.format_exception(e)).rstrip(), EXIT_OTHER)
+        hint = ""
+    return _fail(f"{name}: unexpected error: {type(e).__name__}: {e}{hint}", EXIT_OTHER)
+
+
 def main(argv: list[str] | None = None) -> int:
     from vestnik.streams import logs
     from vestnik.streams.errors import VestnikError
-    from vestnik.streams.redis import RETRYABLE, redacted
+    from vestnik.streams.redis import redacted
 
     args = parser().parse_args(argv)
     name = f"vestnik {args.command}"
@@ -425,23 +447,27 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(f"vestnik: configuration error: {e}", EXIT_INPUT)
     except VestnikError as e:  # bad input: the message names the option or field
+        if e.status >= 500:
+            return _bug(name, e, config)
         return _fail(f"{name}: {e.detail}", EXIT_INPUT)
-    except RETRYABLE as e:
-        url = redacted(config.redis_url or "") if config else "Redis"
-        after = ("; what was sent may still be applied when it does"
-                 if args.command in ONE_SHOT_WRITES else "")
-        return _fail(f"{name}: Redis at {url} did not answer ({type(e).__name__}: {e}){after}",
-                     EXIT_REDIS)
     except KeyboardInterrupt:
         return 130
-    except Exception as e:  # a bug: one line, the traceback only when asked for
-        level = config.log_level if config else os.environ.get("VESTNIK_LOG_LEVEL", "")
-        if level.lower() == "debug":
-            _fail(traceback.format_exc().rstrip(), EXIT_OTHER)
-            hint = ""
-        else:
-            hint = " (VESTNIK_LOG_LEVEL=debug shows the traceback)"
-        return _fail(f"{name}: unexpected error: {type(e).__name__}: {e}{hint}", EXIT_OTHER)
+    except SystemExit as e:
+        # uvicorn exits 3 after a startup failure it has logged (a port in use); 3 is
+        # "Redis unreachable" here
+        if e.code == UVICORN_STARTUP_FAILURE:
+            return EXIT_OTHER
+        raise
+    except Exception as e:
+        if _redis_failed(e):
+            url = redacted(config.redis_url or "") if config else "Redis"
+            after = ("; what was sent may still be applied when it does"
+                     if args.command in ONE_SHOT_WRITES else "")
+            return _fail(f"{name}: Redis at {url} did not answer ({type(e).__name__}: {e})"
+                         f"{after}", EXIT_REDIS)
+        if isinstance(e, OSError):  # the box's doing (a port in use, a permission): say so
+            return _fail(f"{name}: {type(e).__name__}: {e}", EXIT_OTHER)
+        return _bug(name, e, config)
 
 
 ONE_SHOT_WRITES = ("publish", "send", "resolve")

@@ -140,6 +140,18 @@ def test_wrap_redis_unreachable_exits_3(tmp_path: Path):
     assert "Redis at redis://***@127.0.0.1:" in out.stderr
 
 
+def test_api_on_a_port_in_use_exits_1_not_3(redis_url: str):
+    """uvicorn's own startup-failure code is 3, which here means Redis."""
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        out = run("api", "--port", str(taken.getsockname()[1]), env=base_env(redis_url))
+    assert out.returncode == EXIT_OTHER, out.stderr
+    assert "Traceback" not in out.stderr and "address already in use" in out.stderr
+
+
 def test_publish_bad_json_names_data(redis_url: str):
     out = run("publish", "vm", "--id", "1", "--data", '{"id": 1,', env=base_env(redis_url))
     assert out.returncode == EXIT_INPUT
