@@ -1,21 +1,23 @@
-"""streams/logs.py: the line formats, context fields and redaction (pure logic; every
-process's real logs are grepped in tests/forward/test_no_secret_in_logs.py)."""
+"""streams/logs.py: the line formats, context fields and redaction, and the wrapper's
+own entry point in JSON (every process's real logs are grepped for secrets in
+tests/forward/test_no_secret_in_logs.py)."""
 
 from __future__ import annotations
 
 import logging
 import re
 import secrets
+import subprocess
 import sys
 from pathlib import Path
 
 import msgspec
 import pytest
 
+from support import base_env
 from vestnik.streams import logs
 
 TS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
-VESTNIK = str(Path(sys.executable).parent / "vestnik")
 
 
 def record(msg: str, *args: object, exc: bool = False, **extra: object) -> logging.LogRecord:
@@ -74,3 +76,20 @@ def test_configured_secrets_are_masked_in_text_and_json():
     obj = msgspec.json.decode(logs.JsonFormatter().format(rec))
     assert obj["msg"] == "sent with ***" and obj["user"] == "x***x"
     assert logs.redact("ab cd") == "ab cd"
+
+
+def test_python_m_wrapper_logs_json_with_alert_on_every_line(redis_url: str, tmp_path: Path):
+    """The wrapper on a box with only Redis reads VESTNIK_LOG_FORMAT too, and its alert's
+    stderr lines come out as records of their own, `alert` set."""
+    (tmp_path / "alert.toml").write_text(
+        'name = "once"\ncommand = ["sh", "-c", "echo \'W! low disk\' >&2"]\n'
+        '[restart]\npolicy = "never"\n')
+    env = base_env(redis_url, VESTNIK_LOG_FORMAT="json")
+    out = subprocess.run([sys.executable, "-m", "vestnik.wrapper", str(tmp_path / "alert.toml")],
+                         env=env, capture_output=True, text=True, timeout=60,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    records = [msgspec.json.decode(line) for line in out.stderr.splitlines()]
+    assert records and all(r["alert"] == "once" and TS.match(r["ts"]) for r in records)
+    assert {"level": "WARNING", "logger": "vestnik.alert.once", "msg": "low disk"}.items() \
+        <= records[[r["msg"] for r in records].index("low disk")].items()
