@@ -359,8 +359,15 @@ def redacted(url: str) -> str:
         return "(redis url)"
 
 
-async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:
-    """Wait until Redis answers PING (and has loaded its data), logging each retry."""
+READY_WAIT = 15  # wait_ready's bound, in command timeouts (30 s at the default 2 s)
+
+
+async def wait_ready(redis: Redis, *, timeout: float | None = None) -> None:
+    """Wait until Redis answers PING (and has loaded its data), logging each retry; give
+    up (raise the last RETRYABLE) after `timeout` s, by default READY_WAIT command
+    timeouts of `redis`, so VESTNIK_REDIS_TIMEOUT bounds a start against a dead Redis."""
+    if timeout is None:
+        timeout = READY_WAIT * timeout_of(redis)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.05

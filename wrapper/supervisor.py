@@ -29,6 +29,7 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from vestnik.streams import logs
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import RETRYABLE, connect, redacted, wait_ready
@@ -403,10 +404,14 @@ def _die_with_parent() -> None:
 
 
 def run(cfg: AlertConfig, *, metrics_port: int | None = None) -> int:
-    """Run the wrapper until it is stopped or the alert ends for good; the exit code."""
-    try:
-        import uvloop
+    """Run the wrapper until it is stopped or the alert ends for good; the exit code.
+    Every line it logs, the alert's stderr included, carries `alert`; its Redis password
+    is masked in them."""
+    logs.add_secrets(logs.url_secrets(cfg.redis_url))
+    with logs.context(alert=cfg.name):  # the loop's tasks copy this context
+        try:
+            import uvloop
 
-        return uvloop.run(Wrapper(cfg, metrics_port=metrics_port).run())
-    except ImportError:
-        return asyncio.run(Wrapper(cfg, metrics_port=metrics_port).run())
+            return uvloop.run(Wrapper(cfg, metrics_port=metrics_port).run())
+        except ImportError:
+            return asyncio.run(Wrapper(cfg, metrics_port=metrics_port).run())

@@ -63,7 +63,7 @@ from arq.constants import (
 )
 from arq.worker import Retry
 
-from vestnik.streams import lua, snoozes
+from vestnik.streams import logs, lua, snoozes
 from vestnik.streams.channels import Channels, SendResult
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config
@@ -522,19 +522,21 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str, stage: str | None = N
     plain forward). See the module docstring."""
     forwarder: Forwarder = ctx["forwarder"]
     attempt = ctx.get("job_try") or 1
-    try:
-        st = Stage.decode(stage) if stage else PLAIN
-    except ValueError as e:
-        log.warning("forward %s to %s: %s: dropped", nid, uid, e)
-        return "bad stage"
-    try:
-        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"), st)
-    except RETRYABLE as e:
-        # Redis flaked (restart, failover): run again later; sent markers skip what went out
-        delay = forwarder.backoff(min(attempt, 6), None)
-        log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid, e,
-                    delay)
-        raise Retry(defer=delay) from e
+    with logs.context(notice_id=nid, user=uid):  # every line of this job names both
+        try:
+            st = Stage.decode(stage) if stage else PLAIN
+        except ValueError as e:
+            log.warning("forward %s to %s: %s: dropped", nid, uid, e)
+            return "bad stage"
+        try:
+            return await forwarder.run(nid, uid, attempt, ctx.get("fresh"), st)
+        except RETRYABLE as e:
+            # Redis flaked (restart, failover): run again later; sent markers skip what went
+            # out
+            delay = forwarder.backoff(min(attempt, 6), None)
+            log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid,
+                        e, delay)
+            raise Retry(defer=delay) from e
 
 
 # arq's finish_job for the jobs that ended in one loop iteration, with their attempt
