@@ -97,6 +97,9 @@ REDIS_ERRORS = Counter(
     " (retried; failed: the time budget was spent and the caller got the error)",
     ["kind", "outcome"],
 )
+for _kind in ("timeout", "connection", "loading"):  # series from 0: rate() sees the first
+    for _outcome in ("retried", "failed"):
+        REDIS_ERRORS.labels(_kind, _outcome)
 REDIS_STALLS = Counter(
     "vestnik_redis_stalls_total",
     "Redis connections aborted because Redis did not answer within the command timeout",
