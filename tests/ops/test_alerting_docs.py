@@ -15,7 +15,7 @@ import yaml
 from ops_support import PROCESSES, start_ops
 from prometheus_client.parser import text_string_to_metric_families
 
-from support import ROOT, SSE, base_env, eventually, vestnik_argv
+from support import ROOT, SSE, base_env, eventually, need_tool, vestnik_argv
 from vestnik.streams.keys import USER_TOPIC
 from vestnik.streams.schemas import User, json_encode
 
@@ -37,13 +37,7 @@ def panel_exprs() -> list[str]:
 
 
 def test_promtool_accepts_the_rules(tmp_path):
-    promtool = shutil.which("promtool")
-    if promtool is None:
-        why = ("no promtool: `VESTNIK_WITH_TEST_TOOLS=1 scripts/bootstrap.sh` installs "
-               "Debian's prometheus")
-        if shutil.which("apt-get"):  # it could be installed: a missing tool is a failure
-            pytest.fail(why)
-        pytest.skip(why + " (and there is no apt-get here)")
+    promtool = need_tool(shutil.which("promtool"), "no promtool (Debian's prometheus)")
     done = subprocess.run([promtool, "check", "rules", str(RULES)], capture_output=True,
                           text=True, timeout=60)
     assert done.returncode == 0, done.stdout + done.stderr
