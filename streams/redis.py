@@ -103,7 +103,11 @@ class _Lean:
             conn = free.pop()
             self._in_use_connections.add(conn)
             return conn
-        return await super().get_connection()  # type: ignore[misc, no-any-return]
+        try:
+            return await super().get_connection()  # type: ignore[misc, no-any-return]
+        except (ConnectionError, TimeoutError) as error:  # a (re)connect outside any retry
+            REDIS_ERRORS.labels(_kind(error), "failed").inc()
+            raise
 
 
 class _Pool(_Lean, BlockingConnectionPool):

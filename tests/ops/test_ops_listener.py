@@ -7,6 +7,7 @@ import asyncio
 
 import pytest
 from ops_support import OWN_CHECKS, PROCESSES, health, start_ops
+from prometheus_client.parser import text_string_to_metric_families
 
 from support import eventually
 from vestnik.streams.ops_http import READ_TIMEOUT_S, flag_check, serve_ops
@@ -51,6 +52,10 @@ async def test_readyz_fails_when_redis_goes_away(name, start_proc, tmp_path, red
     assert body["status"] == "unavailable"
     assert body["checks"]["redis"].startswith("unreachable"), body
     assert ops.get("/healthz").status_code == 200  # alive, only not ready
+    failed = [s.value for f in text_string_to_metric_families(ops.get("/metrics").text)
+              for s in f.samples
+              if s.name == "vestnik_redis_errors_total" and s.labels["outcome"] == "failed"]
+    assert sum(failed) > 0  # what the VestnikRedisErrors rule alerts on
 
     done = health(redis_url, VESTNIK_METRICS_PORT=str(ops.port))
     assert done.returncode == 1
