@@ -28,11 +28,10 @@ def readyz_url(config: Config) -> str:
 
 
 def shown(url: str) -> str:
-    """`url` without user and password, for the one line on stderr."""
+    """`url` without user, password and query (a token may be in either), for the one
+    line on stderr."""
     u = urlsplit(url)
-    if u.username is not None or u.password is not None:
-        u = u._replace(netloc=u.netloc.rpartition("@")[2])
-    return urlunsplit(u)
+    return urlunsplit(u._replace(netloc=u.netloc.rpartition("@")[2], query=""))
 
 
 def _not_ok(body: bytes) -> str:

@@ -76,6 +76,14 @@ def test_health_says_why_when_nothing_listens(redis_url):
     assert f"http://127.0.0.1:{port}/readyz" in done.stderr and done.returncode == 1
 
 
+def test_health_keeps_credentials_in_the_url_to_itself(redis_url):
+    port = free_port()
+    done = health(redis_url, "--url", f"http://probe:hunter2@127.0.0.1:{port}/readyz?token=t0k")
+    assert done.returncode == 1
+    assert f"http://127.0.0.1:{port}/readyz did not answer" in done.stderr
+    assert "hunter2" not in done.stderr and "t0k" not in done.stderr
+
+
 def test_health_refuses_a_url_that_is_not_http(redis_url):
     done = health(redis_url, "--url", "file:///etc/passwd")
     assert done.returncode == 2
