@@ -82,20 +82,34 @@ def cmd_up(args: argparse.Namespace, config: Config) -> int:
     return run_up(_with_listen(args, config), demo=args.demo)
 
 
-@command("bridge", "turn Redis key changes (keyspace notifications) into topic events")
+def _ops_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--metrics-port", type=int,
+                   help="serve /healthz, /readyz and /metrics on this port "
+                        "(VESTNIK_METRICS_PORT; unset: none)")
+
+
+def _ops_port(args: argparse.Namespace, config: Config) -> int | None:
+    return args.metrics_port if args.metrics_port is not None else config.metrics_port
+
+
+@command("bridge", "turn Redis key changes (keyspace notifications) into topic events",
+         _ops_args)
 def cmd_bridge(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.keys import Keys
     from vestnik.streams.notifier import Bridge, BridgeError
+    from vestnik.streams.ops_http import flag_check, ops_listener, redis_check
     from vestnik.streams.redis import connect, wait_ready
 
     _redis_ready(config, "bridge")
 
     async def main() -> None:
         redis = connect(config.redis_url, name="vestnik-bridge", timeout=config.redis_timeout)
-        await wait_ready(redis)
         bridge = Bridge(config.redis_url, redis, Keys(config.prefix),
                         config.keyspace_patterns, maxlen=config.topic_maxlen)
-        await bridge.run()
+        checks = {"redis": redis_check(redis), "subscribed": flag_check(bridge.ready.is_set)}
+        async with ops_listener(config.host, _ops_port(args, config), checks):
+            await wait_ready(redis)
+            await bridge.run()
 
     try:
         asyncio.run(main())
@@ -188,7 +202,7 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
 
 def _wrap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("alert_config", metavar="alert.toml", help="the alert's TOML file")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    _ops_args(p)
 
 
 @command("wrap", "run one alert program: settings and entities in, notices out", _wrap_args)
@@ -196,15 +210,12 @@ def cmd_wrap(args: argparse.Namespace, config: Config) -> int:
     from vestnik.wrapper.config import load as load_alert
     from vestnik.wrapper.supervisor import run as run_wrapper
 
-    return run_wrapper(load_alert(args.alert_config), metrics_port=args.metrics_port)
-
-
-def _forwarder_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    return run_wrapper(load_alert(args.alert_config), metrics_port=_ops_port(args, config),
+                       metrics_host=config.host)
 
 
 @command("forwarder", "run forward jobs alone (more forwarders = more send throughput)",
-         _forwarder_args)
+         _ops_args)
 def cmd_forwarder(args: argparse.Namespace, config: Config) -> int:
     import signal
 
@@ -212,10 +223,6 @@ def cmd_forwarder(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.forward import run_forwarder
 
     _redis_ready(config, "forwarder")
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, addr=config.host)
 
     async def main() -> None:
         task = asyncio.current_task()
@@ -224,7 +231,7 @@ def cmd_forwarder(args: argparse.Namespace, config: Config) -> int:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, task.cancel)
         try:
-            await run_forwarder(config)
+            await run_forwarder(config, ops_port=_ops_port(args, config))
         except asyncio.CancelledError:
             log.info("forwarder stopped")
 
@@ -238,7 +245,7 @@ def _center_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--consumer", help="consumer name in the group (default: host-pid)")
     p.add_argument("--no-forward", action="store_true",
                    help="do not run the forward worker in this process")
-    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    _ops_args(p)
 
 
 @command("center", "store notices per user, push them live, schedule forwards", _center_args)
@@ -247,12 +254,9 @@ def cmd_center(args: argparse.Namespace, config: Config) -> int:
     from vestnik.streams.center import run_center
 
     _redis_ready(config, "center")
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port, addr=config.host)
     run(run_center(config, consumer=args.consumer, burst=args.burst,
-                   forward=not args.no_forward, handle_signals=True))
+                   forward=not args.no_forward, handle_signals=True,
+                   ops_port=_ops_port(args, config)))
     return 0
 
 
@@ -379,6 +383,25 @@ def version() -> str:
 
     return (f"vestnik {of('vestnik')} (Python {platform.python_version()}, "
             f"redis-py {of('redis')})")
+
+
+def _health_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--url", help="readiness URL to ask (default: /readyz on "
+                                 "VESTNIK_METRICS_PORT when set, else on VESTNIK_PORT)")
+    p.add_argument("--timeout", type=float, default=5.0,
+                   help="seconds to wait for the answer (default 5)")
+
+
+@command("health", "exit 0 when this container's process is ready (Docker HEALTHCHECK)",
+         _health_args)
+def cmd_health(args: argparse.Namespace, config: Config) -> int:
+    from vestnik.app.health import probe, readyz_url
+
+    url = args.url or readyz_url(config)
+    ok, why = probe(url, args.timeout)
+    if not ok:
+        print(f"vestnik health: {why}", file=sys.stderr)
+    return 0 if ok else 1
 
 
 def parser() -> argparse.ArgumentParser:

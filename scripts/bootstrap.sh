@@ -20,6 +20,9 @@ if [ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ]; then
     # prometheus-alertmanager; an upstream install calls it alertmanager)
     command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
         || want="$want prometheus-alertmanager"
+    # tests/ops/test_alerting_docs.py checks docs/ops/prometheus-rules.yml with promtool
+    # (shipped in Debian's prometheus package)
+    command -v promtool >/dev/null 2>&1 || want="$want prometheus"
 fi
 if [ -n "$want" ]; then
     SUDO=""

@@ -16,6 +16,8 @@ from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+from vestnik.streams.metrics import REDIS_ERRORS, REDIS_STALLS
+
 log = logging.getLogger("vestnik.redis")
 
 RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
@@ -101,7 +103,11 @@ class _Lean:
             conn = free.pop()
             self._in_use_connections.add(conn)
             return conn
-        return await super().get_connection()  # type: ignore[misc, no-any-return]
+        try:
+            return await super().get_connection()  # type: ignore[misc, no-any-return]
+        except (ConnectionError, TimeoutError) as error:  # a (re)connect outside any retry
+            REDIS_ERRORS.labels(_kind(error), "failed").inc()
+            raise
 
 
 class _Pool(_Lean, BlockingConnectionPool):
@@ -219,6 +225,7 @@ class _Stall:
 
     def _timed_out(self) -> TimeoutError:
         self._stalled = False
+        REDIS_STALLS.inc()
         host = self._host_error()  # type: ignore[attr-defined]
         return TimeoutError(f"Timeout waiting for {host} ({self.stall:g}s)")
 
@@ -276,8 +283,17 @@ class _Deadline(Retry):
                 await fail(error)
                 delay = self._backoff.compute(failures)
                 if time.monotonic() - start + delay > self._budget:
+                    REDIS_ERRORS.labels(_kind(error), "failed").inc()
                     raise error
+                REDIS_ERRORS.labels(_kind(error), "retried").inc()
                 await asyncio.sleep(delay)
+
+
+def _kind(error: Exception) -> str:
+    """The `kind` label of vestnik_redis_errors_total (LOADING is a ConnectionError)."""
+    if isinstance(error, BusyLoadingError):
+        return "loading"
+    return "timeout" if isinstance(error, TimeoutError) else "connection"
 
 
 def timeout_of(redis: Redis) -> float:

@@ -7,6 +7,7 @@ import email
 import email.policy
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+import pytest
 from aiosmtpd.controller import Controller
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
@@ -59,6 +61,17 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def need_tool(binary: str | None, why: str) -> str:
+    """`binary`, a tool from scripts/bootstrap.sh's VESTNIK_WITH_TEST_TOOLS list; when it
+    is missing the test fails where apt-get could have installed it, else it is skipped."""
+    if binary is not None:
+        return binary
+    why += " (`VESTNIK_WITH_TEST_TOOLS=1 scripts/bootstrap.sh` installs it)"
+    if shutil.which("apt-get"):
+        pytest.fail(why)
+    pytest.skip(why + " (and there is no apt-get here)")
 
 
 def vestnik_argv(*args: str) -> list[str]:

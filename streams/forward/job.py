@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -83,7 +84,7 @@ from vestnik.streams.forward.schedule import (
 )
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import USER_TOPIC, Keys
-from vestnik.streams.metrics import FORWARD_ATTEMPTS
+from vestnik.streams.metrics import FORWARD_ATTEMPTS, SEND_SECONDS
 from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import ChannelTarget, Notice, User, decode_user, decoder, json_encode
 
@@ -449,6 +450,7 @@ class Forwarder:
         if channel is None:
             why = "is not configured" if s.channel in self.channels.classes else "is unknown"
             return SendResult.permanent(f"channel {s.channel} {why}")
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 if resolved:
@@ -456,6 +458,8 @@ class Forwarder:
                 return await channel.send(notice, user, s.target)
         except TimeoutError:
             return SendResult.retry(f"no answer in {SEND_TIMEOUT_S:g}s")
+        finally:
+            SEND_SECONDS.labels(s.channel).observe(time.perf_counter() - started)
 
     @staticmethod
     def _rec(uid: str, channel: str, attempt: int, status: DeliveryStatus,
