@@ -6,27 +6,44 @@ always 413/422 whatever the id. Storage and its atomicity live in streams.config
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import Router, json_response, read_body
+from vestnik.app.query import query_of
 from vestnik.app.tokens import Principal
 from vestnik.streams.configurator import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     SettingsStore,
-    check_name,
     etag,
     parse_if_match,
-    parse_limit,
 )
 from vestnik.streams.egress import Egress
-from vestnik.streams.schemas import AlertSetting, SettingIn, SettingList, SettingPatch
+from vestnik.streams.schemas import AlertName, AlertSetting, SettingIn, SettingList, SettingPatch
 
 router = Router("settings")
 
 ITEM = "/api/v1/settings/{id}"
 WRITE_ERRORS = (409, 412)  # 409: kept losing to concurrent writers; 412: stale If-Match
 IF_MATCH = {"If-Match": 'the ETag read (`"<version>"`): change only that version, else 412'}
+
+
+class ListQuery(msgspec.Struct):
+    """Query of `GET /api/v1/settings`."""
+
+    name: Annotated[AlertName, msgspec.Meta(
+        description="only the settings of this alert name (empty: every name)")] | None = None
+    cursor: Annotated[str, msgspec.Meta(
+        max_length=200, pattern=r"^[A-Za-z0-9_=-]+(?!\n)$",
+        description="the `next` of the previous page")] | None = None
+    limit: Annotated[int, msgspec.Meta(
+        ge=1, le=MAX_LIMIT, description=f"items per page (default {DEFAULT_LIMIT})")
+    ] = DEFAULT_LIMIT
 
 
 def store_of(ctx: Ctx) -> SettingsStore:
@@ -51,16 +68,10 @@ async def create_setting(request: Request, ctx: Ctx, principal: Principal) -> Re
 
 
 @router.route("GET", "/api/v1/settings", summary="List alert settings (by alert name), paged",
-              auth="service", response=SettingList, errors=(400,),
-              query={"name": "only the settings of this alert name",
-                     "cursor": "the `next` of the previous page",
-                     "limit": "items per page, 1-500 (default 50)"})
+              auth="service", response=SettingList, query=ListQuery)
 async def list_settings(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    q = request.query_params
-    name = q.get("name") or None  # `?name=` (empty) means every name
-    page = await store_of(ctx).list(
-        check_name(name) if name is not None else None, q.get("cursor") or None,
-        parse_limit(q.get("limit")))
+    q = query_of(request, ListQuery)
+    page = await store_of(ctx).list(q.name, q.cursor, q.limit)
     return json_response(page)
 
 

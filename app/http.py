@@ -19,6 +19,7 @@ from starlette.routing import Route
 
 from vestnik.app.context import Ctx
 from vestnik.app.errors import error_response
+from vestnik.app.query import decode_query, query_parameters
 from vestnik.app.sse import SSEResponse
 from vestnik.app.tokens import ANONYMOUS, Principal, decode_user_token, is_service_token
 from vestnik.streams.errors import BadInput, Forbidden, TooLarge, Unauthorized
@@ -176,13 +177,15 @@ class Operation:
     body: type | None = None
     response: Any = None
     status: int = 200
-    query: dict[str, str] = field(default_factory=dict)
+    query: type[msgspec.Struct] | None = None  # decoded by the router: see app/query.py
     stream: bool = False
     tag: str = ""
     # extra error statuses the route may answer (e.g. 409, 412), and a non-JSON response type
     errors: tuple[int, ...] = ()
     media_type: str = "application/json"
     headers: dict[str, str] = field(default_factory=dict)  # request headers it reads
+    # error statuses answered with another body than ErrorBody (readyz: 503 with Health)
+    bodies: dict[int, type] = field(default_factory=dict)
 
 
 class Router:
@@ -203,14 +206,16 @@ class Router:
         body: type | None = None,
         response: Any = None,
         status: int = 200,
-        query: dict[str, str] | None = None,
+        query: type[msgspec.Struct] | None = None,
         stream: bool = False,
         errors: tuple[int, ...] = (),
         media_type: str = "application/json",
         headers: dict[str, str] | None = None,
         cookie: bool = True,
+        bodies: dict[int, type] | None = None,
     ) -> Callable[[Handler], Handler]:
-        """`cookie` False: the `vestnik_token` cookie does not authenticate this route."""
+        """`cookie` False: the `vestnik_token` cookie does not authenticate this route;
+        `query`: the Struct every request's query is decoded into (`query_of` reads it)."""
 
         def register(handler: Handler) -> Handler:
             allow_query = stream and method == "GET"
@@ -223,6 +228,8 @@ class Router:
                     wait = ctx.limiter.retry_after(principal.token)
                     if wait:
                         return rate_limited(wait)
+                if query is not None:
+                    request.state.query = decode_query(request, query)
                 response = await handler(request, ctx, principal)
                 if principal.user_id is not None and isinstance(response, SSEResponse):
                     response.owner = (ctx.sse_users, principal.user_id)
@@ -232,83 +239,86 @@ class Router:
             self.routes.append(Route(path, endpoint, methods=[method]))
             self.operations.append(
                 Operation(method, path, summary, auth, body, response, status,
-                          query or {}, stream, self.tag, errors, media_type, headers or {})
+                          query, stream, self.tag, errors, media_type, headers or {},
+                          bodies or {})
             )
             return handler
 
         return register
 
 
+# what each error status means to a caller, and the headers it always carries
+ERROR_MEANING = {
+    400: "a query parameter or header is invalid (`path` names it)",
+    401: "no token, or a bad or expired one",
+    403: "the token may not do this",
+    404: "no such item",
+    409: "conflicts with a concurrent write or an earlier request; try again",
+    412: "If-Match names another version than the current one",
+    413: "the body is larger than VESTNIK_MAX_BODY",
+    422: "the body or a path parameter is invalid (`path` names the field)",
+    429: "too many writes for this token (VESTNIK_RATE); retry after Retry-After seconds",
+    503: "Redis is unreachable or full; retry after Retry-After seconds",
+}
+_RETRY_AFTER = {"Retry-After": {"required": True, "description": "seconds to wait",
+                                "schema": {"type": "integer", "minimum": 0}}}
+ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"required": True, "schema": {"type": "string", "const": "Bearer"}}},
+    429: _RETRY_AFTER,
+    503: _RETRY_AFTER,
+}
+
+
 def openapi(routers: list[Router], version: str) -> dict[str, Any]:
     """OpenAPI 3.1 document built from the routers' operations and msgspec schemas."""
-    types: list[Any] = []
-    for r in routers:
-        for op in r.operations:
-            types += [t for t in (op.body, op.response) if t is not None]
     from vestnik.streams.schemas import ErrorBody, schema_hook
 
-    types.append(ErrorBody)
+    ops = [op for r in routers for op in r.operations]
+    types: list[Any] = [ErrorBody]
+    for op in ops:
+        types += [t for t in (op.body, op.response, *op.bodies.values()) if t is not None]
+    types = list(dict.fromkeys(types))
     schemas, components = msgspec.json.schema_components(
         types, ref_template="#/components/schemas/{name}", schema_hook=schema_hook
     )
     by_type = dict(zip(types, schemas, strict=True))
-    error_ref = by_type[ErrorBody]
     paths: dict[str, dict[str, Any]] = {}
-    for r in routers:
-        for op in r.operations:
-            item: dict[str, Any] = {
-                "summary": op.summary,
-                "tags": [op.tag],
-                "operationId": f"{op.method.lower()}_{op.path}".replace("/", "_").replace("{", "")
-                .replace("}", "").replace("-", "_"),
+    for op in ops:
+        item: dict[str, Any] = {
+            "summary": op.summary,
+            "tags": [op.tag],
+            "operationId": f"{op.method.lower()}_{op.path}".replace("/", "_").replace("{", "")
+            .replace("}", "").replace("-", "_"),
+        }
+        params = [
+            {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
+            for n in _path_params(op.path)
+        ] + (query_parameters(op.query, schema_hook) if op.query is not None else []) + [
+            {"name": n, "in": "header", "required": False, "schema": {"type": "string"},
+             "description": d}
+            for n, d in op.headers.items()
+        ]
+        if params:
+            item["parameters"] = params
+        if op.body is not None:
+            item["requestBody"] = {
+                "required": True,
+                "content": {"application/json": {"schema": by_type[op.body]}},
             }
-            params = [
-                {"name": n, "in": "path", "required": True, "schema": {"type": "string"}}
-                for n in _path_params(op.path)
-            ] + [
-                {"name": n, "in": "query", "required": False, "schema": {"type": "string"},
-                 "description": d}
-                for n, d in op.query.items()
-            ] + [
-                {"name": n, "in": "header", "required": False, "schema": {"type": "string"},
-                 "description": d}
-                for n, d in op.headers.items()
-            ]
-            if params:
-                item["parameters"] = params
-            if op.body is not None:
-                item["requestBody"] = {
-                    "required": True,
-                    "content": {"application/json": {"schema": by_type[op.body]}},
-                }
-            responses: dict[str, Any] = {}
-            if op.stream:
-                responses[str(op.status)] = {
-                    "description": "Server-sent events",
-                    "content": {"text/event-stream": {"schema": {"type": "string"}}},
-                }
-            elif op.response is not None:
-                responses[str(op.status)] = {
-                    "description": "OK",
-                    "content": {"application/json": {"schema": by_type[op.response]}},
-                }
-            elif op.media_type != "application/json":
-                responses[str(op.status)] = {
-                    "description": "OK",
-                    "content": {op.media_type: {"schema": {"type": "string"}}},
-                }
-            else:
-                responses[str(op.status)] = {
-                    "description": "No content" if op.status == 204 else "OK"}
-            for code in _error_codes(op):
-                responses[str(code)] = {
-                    "description": "Error",
-                    "content": {"application/json": {"schema": error_ref}},
-                }
-            item["responses"] = responses
-            if op.auth != "none":
-                item["security"] = [{"bearer": []}]
-            paths.setdefault(op.path, {})[op.method.lower()] = item
+        responses: dict[str, Any] = {str(op.status): _success(op, by_type)}
+        for code in _error_codes(op):
+            answer: dict[str, Any] = {
+                "description": ERROR_MEANING.get(code, "error"),
+                "content": {"application/json": {
+                    "schema": by_type[op.bodies.get(code, ErrorBody)]}},
+            }
+            if code in ERROR_HEADERS and code not in op.bodies:
+                answer["headers"] = ERROR_HEADERS[code]
+            responses[str(code)] = answer
+        item["responses"] = responses
+        if op.auth != "none":
+            item["security"] = [{"bearer": []}]
+        paths.setdefault(op.path, {})[op.method.lower()] = item
     return {
         "openapi": "3.1.0",
         "info": {"title": "Vestnik", "version": version},
@@ -320,6 +330,18 @@ def openapi(routers: list[Router], version: str) -> dict[str, Any]:
     }
 
 
+def _success(op: Operation, by_type: dict[Any, Any]) -> dict[str, Any]:
+    if op.stream:
+        return {"description": "Server-sent events",
+                "content": {"text/event-stream": {"schema": {"type": "string"}}}}
+    if op.response is not None:
+        return {"description": "OK",
+                "content": {"application/json": {"schema": by_type[op.response]}}}
+    if op.media_type != "application/json":
+        return {"description": "OK", "content": {op.media_type: {"schema": {"type": "string"}}}}
+    return {"description": "No content" if op.status == 204 else "OK"}
+
+
 def _path_params(path: str) -> list[str]:
     import re
 
@@ -327,14 +349,16 @@ def _path_params(path: str) -> list[str]:
 
 
 def _error_codes(op: Operation) -> list[int]:
-    codes = [503]
+    codes = [503, *op.bodies]
     if op.auth != "none":
         codes += [401, 403]
         if op.method in UNSAFE:
             codes.append(429)
     if op.body is not None:
         codes += [400, 413, 422]
+    if op.query is not None:
+        codes.append(400)
     if "{" in op.path:
-        codes.append(404)
+        codes += [404, 422]
     codes += op.errors
     return sorted(set(codes))

@@ -18,6 +18,7 @@ is filled from the feed.
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
 import msgspec
 from starlette.requests import Request
@@ -25,9 +26,11 @@ from starlette.responses import Response
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import Router, json_response, read_body
-from vestnik.app.sse import frame, last_event_id, sse_response
+from vestnik.app.query import query_of
+from vestnik.app.sse import LAST_EVENT_ID, QueryToken, frame, sse_response
 from vestnik.app.tokens import Principal
 from vestnik.streams.center import (
+    FEED_LIMIT,
     RESYNC,
     Count,
     FeedPage,
@@ -40,7 +43,14 @@ from vestnik.streams.center import (
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.fanout import LiveItem
 from vestnik.streams.metrics import EVENTS_DELIVERED, SSE_CLIENTS
-from vestnik.streams.schemas import NoticeIn, ResolveIn, check_recipients, json_encode
+from vestnik.streams.schemas import (
+    Accepted,
+    NoticeIn,
+    Queued,
+    ResolveIn,
+    check_recipients,
+    json_encode,
+)
 
 router = Router("notices")
 
@@ -48,48 +58,40 @@ BACKLOG_PAGE = 500
 MAX_BACKLOG_PAGES = 1000  # bounded replay: at most 500,000 entries per resume
 
 
-class Accepted(msgspec.Struct):
-    id: str
-
-
-class Queued(msgspec.Struct):
-    sid: str  # the entry's id on `vn:notices`
-
-
 class Head(msgspec.Struct):
     count: int
     seq: int
+
+
+FeedSeq = Annotated[int, msgspec.Meta(ge=0, le=2**53)]
+
+
+class FeedQuery(msgspec.Struct):
+    """Query of `GET /api/v1/me/notices`."""
+
+    unread: Annotated[bool, msgspec.Meta(description="only unread ones")] = False
+    cursor: Annotated[FeedSeq, msgspec.Meta(
+        description="the `next` of the previous page")] | None = None
+    limit: Annotated[int, msgspec.Meta(
+        ge=1, le=FEED_LIMIT, description="items per page (default 50)")] = 50
+
+
+class StreamQuery(msgspec.Struct):
+    """Query of `GET /api/v1/me/stream`."""
+
+    last_event_id: Annotated[FeedSeq, msgspec.Meta(
+        description="resume after this feed seq (the Last-Event-ID header wins)")] | None = None
+    token: QueryToken | None = None
 
 
 def inbox_of(ctx: Ctx) -> Inbox:
     return ctx.part("inbox", lambda: Inbox(ctx.redis, ctx.keys))
 
 
-
-def _int_param(request: Request, name: str, default: int | None, lo: int, hi: int) -> int | None:
-    raw = request.query_params.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise BadRequest(f"`{name}` must be an integer", field=name) from None
-    if not lo <= value <= hi:
-        raise BadRequest(f"`{name}` must be between {lo} and {hi}", field=name)
-    return value
-
-
-def _bool_param(request: Request, name: str) -> bool:
-    raw = (request.query_params.get(name) or "").lower()
-    if raw in ("", "0", "false", "no"):
-        return False
-    if raw in ("1", "true", "yes"):
-        return True
-    raise BadRequest(f"`{name}` must be true or false", field=name)
-
-
 @router.route("POST", "/api/v1/notices", summary="Send a notice (to the ingest stream)",
-              auth="service", body=NoticeIn, response=Accepted, status=202, errors=(409,))
+              auth="service", body=NoticeIn, response=Accepted, status=202, errors=(409,),
+              headers={"Idempotency-Key": "1-200 characters: a repeat with the same key "
+                                          "answers the first notice's id"})
 async def send_notice(request: Request, ctx: Ctx, principal: Principal) -> Response:
     body = await read_body(request, NoticeIn, ctx)
     check_recipients(body, ctx.config.max_recipients)
@@ -110,15 +112,11 @@ async def resolve_incident(request: Request, ctx: Ctx, principal: Principal) -> 
 
 
 @router.route("GET", "/api/v1/me/notices", summary="My notices, newest first, paged",
-              auth="user", response=FeedPage, errors=(400,),
-              query={"unread": "only unread ones (true/false)",
-                     "cursor": "the `next` of the previous page",
-                     "limit": "items per page, 1-200 (default 50)"})
+              auth="user", response=FeedPage, query=FeedQuery)
 async def my_notices(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    page = await inbox_of(ctx).page(
-        principal.uid, unread=_bool_param(request, "unread"),
-        cursor=_int_param(request, "cursor", None, 0, 2**53),
-        limit=_int_param(request, "limit", 50, 1, 200) or 50)
+    q = query_of(request, FeedQuery)
+    page = await inbox_of(ctx).page(principal.uid, unread=q.unread, cursor=q.cursor,
+                                    limit=q.limit)
     return json_response(page)
 
 
@@ -158,14 +156,12 @@ async def read_all(request: Request, ctx: Ctx, principal: Principal) -> Response
 
 
 @router.route("GET", "/api/v1/me/stream", summary="My live notices (SSE)", auth="user",
-              stream=True, errors=(400,),
-              query={"last_event_id": "resume after this feed seq (or Last-Event-ID header)",
-                     "token": "user token (EventSource cannot send headers)"})
+              stream=True, query=StreamQuery, headers=LAST_EVENT_ID)
 async def my_stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
     uid = principal.uid
-    raw = last_event_id(request)
-    after: int | None = None
-    if raw is not None:
+    raw = request.headers.get("last-event-id")
+    after = query_of(request, StreamQuery).last_event_id
+    if raw:
         try:
             after = int(raw)
         except ValueError:

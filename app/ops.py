@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from redis.exceptions import ResponseError
 from starlette.requests import Request
@@ -12,14 +11,10 @@ from vestnik.app.context import Ctx
 from vestnik.app.http import Router, json_response
 from vestnik.app.tokens import Principal
 from vestnik.streams.keys import CENTER_GROUP
+from vestnik.streams.ops_http import Health
 from vestnik.streams.redis import RETRYABLE
 
 router = Router("ops")
-
-
-class Health(msgspec.Struct):
-    status: str
-    checks: dict[str, str] = {}
 
 
 @router.route("GET", "/healthz", summary="The process is alive", auth="none", response=Health)
@@ -28,7 +23,7 @@ async def healthz(request: Request, ctx: Ctx, principal: Principal) -> Response:
 
 
 @router.route("GET", "/readyz", summary="Redis reachable and consumer groups exist",
-              auth="none", response=Health)
+              auth="none", response=Health, bodies={503: Health})
 async def readyz(request: Request, ctx: Ctx, principal: Principal) -> Response:
     checks: dict[str, str] = {}
     try:

@@ -1,7 +1,7 @@
-"""The web pages `vestnik api` serves: the inbox (`/`), the admin page (`/admin`) and the
-static files behind them, including the embeddable widget `/static/vestnik-inbox.js`;
-under `vestnik up --demo` also the live entity demo (`/demo/vms`) and the demo mailbox
-(`/demo/mail`).
+"""The web pages `vestnik api` serves: the inbox (`/`), the admin page (`/admin`), the API
+reference (`/docs`, Swagger UI from app/static/vendor/) and the static files behind them,
+including the embeddable widget `/static/vestnik-inbox.js`; under `vestnik up --demo` also
+the live entity demo (`/demo/vms`) and the demo mailbox (`/demo/mail`).
 
 The pages are plain HTML and ES modules (no build step); they talk to the same JSON API
 and SSE streams as any product would. Tokens travel in the URL only once (`?token=`): the
@@ -107,11 +107,13 @@ def routes(demo: bool = False) -> list[BaseRoute]:
               methods=["GET", "HEAD"]),
         Route("/admin", _page("admin.html", "Alert settings and delivery logs (HTML)"),
               methods=["GET", "HEAD"]),
+        Route("/docs", _page("docs.html", "Interactive API reference (Swagger UI, no CDN)"),
+              methods=["GET", "HEAD"]),
         Route("/site.json", _site(demo), methods=["GET"]),
         Mount("/static", app=Static(directory=STATIC), name="static"),
     ]
     if demo:
-        pages[2:2] = [
+        pages[3:3] = [
             Route("/demo/vms", _page("vms.html", "Live table of topic `vm` (HTML)"),
                   methods=["GET", "HEAD"]),
             Route("/demo/mail", _page("mail.html", "Mail received by the demo SMTP sink (HTML)"),

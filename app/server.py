@@ -46,6 +46,8 @@ def make_server(app: Starlette, config: Config) -> Server:
         app, host=config.host, port=config.port, loop="none", http="httptools",
         log_level=config.log_level, timeout_graceful_shutdown=3, access_log=False,
         lifespan="on", backlog=4096,
+        # uvicorn's loggers propagate to the root handler of streams.logs.setup: one format
+        log_config=None,
     )
     return Server(config)
 

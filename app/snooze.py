@@ -4,18 +4,30 @@ streams.center.snooze; the forwarder honours them (`User.snooze`, `streams.snooz
 
 from __future__ import annotations
 
+from typing import Annotated
+
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import Router, json_response, read_body
+from vestnik.app.query import query_of
 from vestnik.app.tokens import Principal
 from vestnik.streams.center import Snoozes
-from vestnik.streams.schemas import SnoozeIn, SnoozeList
+from vestnik.streams.schemas import NonEmpty, SnoozeIn, SnoozeList
 
 router = Router("snooze")
 
 PATH = "/api/v1/me/snooze"
+
+
+class EndQuery(msgspec.Struct):
+    """Query of `DELETE /api/v1/me/snooze`."""
+
+    alert: Annotated[NonEmpty, msgspec.Meta(
+        description="the alert whose snooze ends (`*`: the snooze of every alert); "
+                    "absent: every snooze")] | None = None
 
 
 def snoozes_of(ctx: Ctx) -> Snoozes:
@@ -37,9 +49,7 @@ async def my_snoozes(request: Request, ctx: Ctx, principal: Principal) -> Respon
 
 
 @router.route("DELETE", PATH, summary="End my snooze of `alert`, or all of them",
-              auth="user", response=SnoozeList, errors=(409,),
-              query={"alert": "the alert whose snooze ends (`*`: the snooze of every alert); "
-                              "absent: every snooze"})
+              auth="user", response=SnoozeList, errors=(409,), query=EndQuery)
 async def end_snooze(request: Request, ctx: Ctx, principal: Principal) -> Response:
-    alert = request.query_params.get("alert")
-    return json_response(await snoozes_of(ctx).end(principal.uid, alert or None))
+    alert = query_of(request, EndQuery).alert
+    return json_response(await snoozes_of(ctx).end(principal.uid, alert))

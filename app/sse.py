@@ -19,8 +19,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator
+from typing import Annotated
 
-from starlette.requests import Request
+import msgspec
 from starlette.types import Receive, Scope, Send
 
 from vestnik.streams.config import Config
@@ -51,9 +52,14 @@ def item_frame(item: TopicItem, event: str) -> bytes:
     return item.frame
 
 
-def last_event_id(request: Request) -> str | None:
-    """`Last-Event-ID` header (browser reconnects) or `last_event_id` query (first connect)."""
-    return request.headers.get("last-event-id") or request.query_params.get("last_event_id")
+# a stream's `?token=` (EventSource cannot send headers; the router reads it, for the
+# document it is a query parameter like any other)
+QueryToken = Annotated[str, msgspec.Meta(
+    max_length=8192, pattern=r"^[^\x00-\x1f\x7f]+(?!\n)$",  # any token, no control character
+    description="the token, when the client cannot send Authorization (EventSource)")]
+# a browser's reconnect sends the header; the first connect resumes with `?last_event_id=`
+LAST_EVENT_ID = {"Last-Event-ID": "resume after this event id (a browser's reconnect; "
+                                  "wins over `?last_event_id=`)"}
 
 
 # the last frame of a stream closed because its user opened one more than VESTNIK_SSE_PER_USER

@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from typing import Annotated
 
+import msgspec
 from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.app.context import Ctx
 from vestnik.app.http import Router, check_topic_read, json_response, read_body
-from vestnik.app.sse import frame, item_frame, last_event_id, sse_response
+from vestnik.app.query import query_of
+from vestnik.app.sse import LAST_EVENT_ID, QueryToken, frame, item_frame, sse_response
 from vestnik.app.tokens import Principal
 from vestnik.streams.errors import BadRequest
 from vestnik.streams.ids import is_stream_id, parse_stream_id
@@ -18,6 +21,16 @@ from vestnik.streams.notifier import Subscription, TopicHub, check_topic, publis
 from vestnik.streams.schemas import EventIn, Published, Snapshot, TopicEvent
 
 router = Router("topics")
+
+
+class StreamQuery(msgspec.Struct):
+    """Query of `GET /api/v1/topics/{topic}/stream`."""
+
+    last_event_id: Annotated[str, msgspec.Meta(
+        pattern=r"^[0-9]{1,20}-[0-9]{1,20}(?!\n)$",
+        description="resume after this stream id, e.g. `1700000000000-0` "
+                    "(the Last-Event-ID header wins)")] | None = None
+    token: QueryToken | None = None
 
 
 def hub_of(ctx: Ctx) -> TopicHub:
@@ -45,13 +58,11 @@ async def snapshot(request: Request, ctx: Ctx, principal: Principal) -> Response
 
 
 @router.route("GET", "/api/v1/topics/{topic}/stream", summary="Live entity events (SSE)",
-              auth="any", stream=True,
-              query={"last_event_id": "resume after this stream id (or Last-Event-ID header)",
-                     "token": "user token (EventSource cannot send headers)"})
+              auth="any", stream=True, query=StreamQuery, headers=LAST_EVENT_ID)
 async def stream(request: Request, ctx: Ctx, principal: Principal) -> Response:
     topic = check_topic(request.path_params["topic"])
     check_topic_read(ctx, principal, topic)
-    after = last_event_id(request)
+    after = request.headers.get("last-event-id") or query_of(request, StreamQuery).last_event_id
     if after is not None and not is_stream_id(after):
         raise BadRequest("Last-Event-ID must be a stream id such as 1700000000000-0",
                          field="Last-Event-ID")

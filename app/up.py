@@ -19,6 +19,7 @@ import msgspec
 from vestnik.app.api import create_app
 from vestnik.app.server import make_server, run
 from vestnik.app.tokens import issue_token
+from vestnik.streams import logs
 from vestnik.streams.config import Config
 from vestnik.streams.redis_server import RedisServer
 
@@ -102,6 +103,7 @@ def banner(config: Config, private: RedisServer | None) -> str:
     lines = [
         "Vestnik is up",
         f"  api        {base}/api/v1  (OpenAPI: {base}/openapi.json)",
+        f"  docs       {base}/docs  (try it out: Authorize with the service token)",
         f"  redis      {config.redis_url}" + ("  (private, data in "
                                                   f"{private.data_dir})" if private else ""),
         f"  service    token: {config.service_tokens[0]}",
@@ -113,6 +115,7 @@ def banner(config: Config, private: RedisServer | None) -> str:
 
 def run_up(config: Config, *, demo: bool = False) -> int:
     config = with_generated_secrets(config)
+    logs.add_secrets(logs.config_secrets(config))  # generated ones too: masked in every line
     private: RedisServer | None = None
     if not config.redis_url:
         private = RedisServer(Path(config.data_dir) / "redis").start()

@@ -14,10 +14,15 @@ if [ "${VESTNIK_WITH_TEST_TOOLS:-0}" = 1 ]; then
     command -v chromium >/dev/null 2>&1 || want="$want chromium"
     # tests/security/test_smtp_auth.py makes a self-signed certificate for STARTTLS
     command -v openssl >/dev/null 2>&1 || want="$want openssl"
+    # tests/deploy/test_systemd.py checks the units with `systemd-analyze verify`
+    command -v systemd-analyze >/dev/null 2>&1 || want="$want systemd"
     # tests/sources/test_alertmanager.py runs a real Alertmanager (Debian names its binary
     # prometheus-alertmanager; an upstream install calls it alertmanager)
     command -v prometheus-alertmanager >/dev/null 2>&1 || command -v alertmanager >/dev/null 2>&1 \
         || want="$want prometheus-alertmanager"
+    # tests/ops/test_alerting_docs.py checks docs/ops/prometheus-rules.yml with promtool
+    # (shipped in Debian's prometheus package)
+    command -v promtool >/dev/null 2>&1 || want="$want prometheus"
 fi
 if [ -n "$want" ]; then
     SUDO=""

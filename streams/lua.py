@@ -19,7 +19,7 @@ import re
 from functools import cache
 from importlib.resources import files
 
-from redis.commands.core import AsyncScript
+from redis.commands.core import AsyncScript, Script
 
 _PACKAGE = "vestnik.streams"
 _INCLUDE = re.compile(rb"^--#include (\S+)[ \t]*$", re.MULTILINE)
@@ -61,3 +61,10 @@ def _script(package: str, path: str, consts: tuple[tuple[str, int | str], ...]
 def script(path: str, *, package: str = _PACKAGE, **consts: int | str) -> AsyncScript:
     """The process's one script object for `path` (see the module docstring)."""
     return _script(package, path, tuple(sorted(consts.items())))
+
+
+@cache
+def sync_script(path: str) -> Script:
+    """`script` for redis-py's blocking client (the sync `vestnik.client`): the same file,
+    one object per process, bound to no client."""
+    return Script(None, source(path))  # type: ignore[arg-type]

@@ -68,3 +68,57 @@ CONSUMER_ERRORS = Counter(
     "vestnik_consumer_errors_total", "Consumer-group loop failures (batch left pending)",
     ["group", "kind"],
 )
+
+# what an operator alerts on (docs/ops/metrics.md, docs/ops/prometheus-rules.yml)
+GROUP_LAG = Gauge(
+    "vestnik_consumer_group_lag",
+    "Entries of a stream not yet read by a consumer group (XINFO GROUPS `lag`; sampled)",
+    ["stream", "group"],
+)
+GROUP_PENDING = Gauge(
+    "vestnik_consumer_group_pending",
+    "Entries read by a consumer group and not yet acked (sampled)", ["stream", "group"],
+)
+DEAD_LETTERS = Gauge(
+    "vestnik_dead_letters", "Entries kept in a dead-letter stream (XLEN; sampled)", ["stream"]
+)
+FORWARD_BACKLOG = Gauge(
+    "vestnik_forward_backlog",
+    "Forward jobs waiting: `due` (their time has come) or `scheduled` (later); sampled",
+    ["state"],
+)
+SEND_SECONDS = Histogram(
+    "vestnik_forward_send_seconds", "Time one channel send took (any outcome)", ["channel"],
+    buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+REDIS_ERRORS = Counter(
+    "vestnik_redis_errors_total",
+    "Failed Redis command tries by kind (timeout, connection, loading) and outcome"
+    " (retried; failed: the time budget was spent and the caller got the error)",
+    ["kind", "outcome"],
+)
+for _kind in ("timeout", "connection", "loading"):  # series from 0: rate() sees the first
+    for _outcome in ("retried", "failed"):
+        REDIS_ERRORS.labels(_kind, _outcome)
+REDIS_STALLS = Counter(
+    "vestnik_redis_stalls_total",
+    "Redis connections aborted because Redis did not answer within the command timeout",
+)
+BUILD_INFO = Gauge("vestnik_build_info", "Always 1: the versions this process runs",
+                   ["version", "python", "redis_py"])
+
+
+def _build_info() -> None:
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    import redis
+
+    try:
+        ours = version("vestnik")
+    except PackageNotFoundError:  # a source tree that is not installed
+        ours = "0"
+    BUILD_INFO.labels(ours, platform.python_version(), redis.__version__).set(1)
+
+
+_build_info()

@@ -16,6 +16,7 @@ from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 
+from vestnik.streams.metrics import REDIS_ERRORS, REDIS_STALLS
 from vestnik.streams.redis_url import RedisAddress, parse, redacted
 
 __all__ = ["RETRYABLE", "Backoff", "connect", "pool", "reader", "redacted", "timeout_of",
@@ -106,7 +107,11 @@ class _Lean:
             conn = free.pop()
             self._in_use_connections.add(conn)
             return conn
-        return await super().get_connection()  # type: ignore[misc, no-any-return]
+        try:
+            return await super().get_connection()  # type: ignore[misc, no-any-return]
+        except (ConnectionError, TimeoutError) as error:  # a (re)connect outside any retry
+            REDIS_ERRORS.labels(_kind(error), "failed").inc()
+            raise
 
 
 class _Pool(_Lean, BlockingConnectionPool):
@@ -248,6 +253,7 @@ class _Stall:
 
     def _timed_out(self) -> TimeoutError:
         self._stalled = False
+        REDIS_STALLS.inc()
         host = self._host_error()  # type: ignore[attr-defined]
         return TimeoutError(f"Timeout waiting for {host} ({self.stall:g}s)")
 
@@ -305,7 +311,9 @@ class _Deadline(Retry):
                 await fail(error)
                 delay = self._backoff.compute(failures)
                 if time.monotonic() - start + delay > self._budget:
+                    REDIS_ERRORS.labels(_kind(error), "failed").inc()
                     raise error
+                REDIS_ERRORS.labels(_kind(error), "retried").inc()
                 await asyncio.sleep(delay)
 
 
@@ -314,6 +322,13 @@ def _address(url: str) -> RedisAddress:
     if address.kind == "cluster":
         raise ValueError("redis+cluster:// URLs are not served by this client yet")
     return address
+
+
+def _kind(error: Exception) -> str:
+    """The `kind` label of vestnik_redis_errors_total (LOADING is a ConnectionError)."""
+    if isinstance(error, BusyLoadingError):
+        return "loading"
+    return "timeout" if isinstance(error, TimeoutError) else "connection"
 
 
 def timeout_of(redis: Redis) -> float:
@@ -388,8 +403,15 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
     return Redis.from_pool(one)
 
 
-async def wait_ready(redis: Redis, *, timeout: float = 30.0) -> None:
-    """Wait until Redis answers PING (and has loaded its data), logging each retry."""
+READY_WAIT = 15  # wait_ready's bound, in command timeouts (30 s at the default 2 s)
+
+
+async def wait_ready(redis: Redis, *, timeout: float | None = None) -> None:
+    """Wait until Redis answers PING (and has loaded its data), logging each retry; give
+    up (raise the last RETRYABLE) after `timeout` s, by default READY_WAIT command
+    timeouts of `redis`, so VESTNIK_REDIS_TIMEOUT bounds a start against a dead Redis."""
+    if timeout is None:
+        timeout = READY_WAIT * timeout_of(redis)
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     delay = 0.05

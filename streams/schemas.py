@@ -496,6 +496,18 @@ class NoticeIn(Strict):
     created_at: int | None = None
 
 
+class Accepted(msgspec.Struct):
+    """Answer to `POST /api/v1/notices`: the notice's id."""
+
+    id: str
+
+
+class Queued(msgspec.Struct):
+    """Answer to `POST /api/v1/notices/resolve`: the entry's id on `vn:notices`."""
+
+    sid: str
+
+
 # What a sender says in a notice (not what the center derives: created_at, recipients
 # from settings, channels, metric, repeat): a caller-chosen id that exists with other
 # content is refused.

@@ -7,6 +7,7 @@ import email
 import email.policy
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -16,13 +17,17 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from email.message import EmailMessage
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import httpx
 import msgspec
+import pytest
 from aiosmtpd.controller import Controller
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from vestnik.streams.redis_server import free_port
 
@@ -56,6 +61,17 @@ def base_env(redis_url: str, **extra: str) -> dict[str, str]:
     })
     env.update(extra)
     return env
+
+
+def need_tool(binary: str | None, why: str) -> str:
+    """`binary`, a tool from scripts/bootstrap.sh's VESTNIK_WITH_TEST_TOOLS list; when it
+    is missing the test fails where apt-get could have installed it, else it is skipped."""
+    if binary is not None:
+        return binary
+    why += " (`VESTNIK_WITH_TEST_TOOLS=1 scripts/bootstrap.sh` installs it)"
+    if shutil.which("apt-get"):
+        pytest.fail(why)
+    pytest.skip(why + " (and there is no apt-get here)")
 
 
 def vestnik_argv(*args: str) -> list[str]:
@@ -430,3 +446,33 @@ class RawHttpServer:
 
     def close(self) -> None:
         self.sock.close()
+
+
+def requirements_of(dist: metadata.Distribution, extras: set[str]) -> list[Requirement]:
+    """The Requires-Dist entries of `dist` that apply with these extras on this Python."""
+    out = []
+    for line in dist.requires or []:
+        req = Requirement(line)
+        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
+            out.append(req)
+    return out
+
+
+def installed_closure(requirements: list[Requirement]) -> dict[str, metadata.Distribution]:
+    """Every installed distribution `requirements` need, transitively (with their extras and
+    this Python's markers), by canonical name: what a wheel or a lock file must carry."""
+    todo = [r for r in requirements if r.marker is None or r.marker.evaluate({"extra": ""})]
+    done: set[tuple[str, str]] = set()
+    found: dict[str, metadata.Distribution] = {}
+    for _ in range(10_000):  # a dependency graph is finite; this bounds a cycle's surprise
+        if not todo:
+            break
+        req = todo.pop()
+        name = canonicalize_name(req.name)
+        new = {(name, e) for e in req.extras | {""}} - done
+        if not new:
+            continue
+        done |= new
+        dist = found.setdefault(name, metadata.distribution(name))
+        todo += requirements_of(dist, {e for _, e in new if e})
+    return found

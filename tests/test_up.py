@@ -8,6 +8,7 @@ import re
 import signal
 from pathlib import Path
 
+import httpx
 from redis.asyncio import Redis
 
 from support import SSE, Proc, children, vestnik_argv, wait_http
@@ -27,6 +28,9 @@ async def test_up_with_private_redis(tmp_path: Path):
         out = proc.output()
         redis_url = re.search(r"redis\s+(redis://\S+)", out).group(1)
         token = re.search(r"user 1\s+token: (\S+)", out).group(1)
+        async with httpx.AsyncClient(timeout=10) as client:
+            docs = await client.get(re.search(r"docs\s+(http://\S+)", out).group(1))
+        assert docs.status_code == 200 and 'id="swagger-ui"' in docs.text  # the printed link
         redis_pids = [c for c in children(proc.pid)
                       if b"redis-server" in Path(f"/proc/{c}/cmdline").read_bytes()]
         assert len(redis_pids) == 1

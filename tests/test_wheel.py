@@ -25,7 +25,7 @@ import pytest
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from support import ROOT
+from support import ROOT, installed_closure
 
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 SETUPTOOLS = PYPROJECT["tool"]["setuptools"]
@@ -111,16 +111,6 @@ def build_wheel(out: Path) -> Path:
     return wheel
 
 
-def requirements_of(dist: metadata.Distribution, extras: set[str]) -> list[Requirement]:
-    """The Requires-Dist entries of `dist` that apply with these extras on this Python."""
-    out = []
-    for line in dist.requires or []:
-        req = Requirement(line)
-        if req.marker is None or any(req.marker.evaluate({"extra": e}) for e in extras | {""}):
-            out.append(req)
-    return out
-
-
 def repack(dist: metadata.Distribution, out: Path) -> None:
     """A wheel of an installed distribution, from the files its RECORD lists (scripts
     outside site-packages are left out: pip writes them again from entry_points.txt)."""
@@ -151,23 +141,8 @@ def repack_dependencies(wheel: Path, out: Path) -> None:
         lines = z.read(meta).decode().splitlines()
     todo = [Requirement(ln.split(":", 1)[1].strip()) for ln in lines
             if ln.startswith("Requires-Dist:")]
-    todo = [r for r in todo if r.marker is None or r.marker.evaluate({"extra": ""})]
-    done: set[tuple[str, str]] = set()
-    packed: set[str] = set()
-    for _ in range(10_000):  # a dependency graph is finite; this bounds a cycle's surprise
-        if not todo:
-            break
-        req = todo.pop()
-        name = canonicalize_name(req.name)
-        new = {(name, e) for e in req.extras | {""}} - done
-        if not new:
-            continue
-        done |= new
-        dist = metadata.distribution(name)
-        if name not in packed:
-            repack(dist, out)
-            packed.add(name)
-        todo += requirements_of(dist, {e for _, e in new if e})
+    for dist in installed_closure(todo).values():
+        repack(dist, out)
 
 
 @pytest.fixture(scope="module")

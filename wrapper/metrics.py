@@ -1,11 +1,9 @@
-"""Prometheus metrics of `vestnik wrap` (label `alert` = the alert's name), and a tiny
-asyncio `/metrics` endpoint so the wrapper needs no web framework and no thread."""
+"""Prometheus metrics of `vestnik wrap` (label `alert` = the alert's name), served by
+streams.ops_http (no web framework, no thread)."""
 
 from __future__ import annotations
 
-import asyncio
-
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, generate_latest
+from prometheus_client import Counter, Gauge
 
 LINES_IN = Counter("vestnik_wrapper_lines_in_total",
                    "Lines read from the alert's stdout", ["alert", "type"])
@@ -25,22 +23,3 @@ PENDING = Gauge("vestnik_wrapper_stdin_pending", "Messages waiting for the alert
                 ["alert"])
 UP = Gauge("vestnik_wrapper_alert_up", "1 while the alert process runs", ["alert"])
 
-
-async def serve_metrics(host: str, port: int) -> asyncio.Server:
-    """Answer every HTTP request with the Prometheus text format (GET /metrics)."""
-
-    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        try:
-            await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
-            body = generate_latest()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: " + CONTENT_TYPE_LATEST.encode()
-                         + b"\r\nContent-Length: " + str(len(body)).encode()
-                         + b"\r\nConnection: close\r\n\r\n" + body)
-            await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError,
-                ConnectionError):
-            pass
-        finally:
-            writer.close()
-
-    return await asyncio.start_server(handle, host, port)

@@ -30,6 +30,7 @@ from vestnik.streams.coalesce import Replication
 from vestnik.streams.errors import NotReplicated, from_validation
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
+from vestnik.streams.metrics import NOTICES_DEAD
 from vestnik.streams.redis import RETRYABLE, Backoff
 from vestnik.streams.schemas import (
     NO_CHANNELS,
@@ -249,6 +250,7 @@ class NoticeWriter:
              *, field: str | None = None) -> None:
         self.bad += 1
         BAD_LINES.labels(self.name, reason).inc()
+        NOTICES_DEAD.labels(reason).inc()  # every dead letter of vn:notices:dead, by reason
         sample = raw[:RAW_SAMPLE]
         log.warning("%s: stdout line %d rejected (%s): %s; line starts %r", self.name, lineno,
                     reason, detail, sample[:120])

@@ -29,14 +29,16 @@ from pathlib import Path
 
 from redis.asyncio import Redis
 
+from vestnik.streams import logs
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import Keys
+from vestnik.streams.ops_http import flag_check, redis_check, serve_ops
 from vestnik.streams.redis import RETRYABLE, connect, redacted, wait_ready
 from vestnik.streams.schemas import IN_APP, ChannelMap, ChannelTarget, NoticeIn, notice_fields
 from vestnik.wrapper.config import AlertConfig
 from vestnik.wrapper.feed import Feed, SettingsView
 from vestnik.wrapper.lines import LineSplitter, Oversized
-from vestnik.wrapper.metrics import LINES_OUT, RESTARTS, STDERR_LINES, UP, serve_metrics
+from vestnik.wrapper.metrics import LINES_OUT, RESTARTS, STDERR_LINES, UP
 from vestnik.wrapper.notice_writer import NoticeWriter
 from vestnik.wrapper.protocol import encode
 from vestnik.wrapper.stdin_queue import StdinQueue
@@ -108,6 +110,7 @@ class Wrapper:
         self.redis: Redis | None = None
         self.writer: NoticeWriter | None = None
         self.kit_path = ""  # set by run(): see kit_folder
+        self.alert_up = False  # readiness (/readyz): the alert process runs
 
     # entry --------------------------------------------------------------------------
     async def run(self) -> int:
@@ -118,16 +121,16 @@ class Wrapper:
         kit = tempfile.TemporaryDirectory(prefix="vestnik-kit-")
         self.kit_path = kit_folder(Path(kit.name))
         try:
-            if self.metrics_port is not None:
-                try:
-                    server = await serve_metrics(self.metrics_host, self.metrics_port)
-                except OSError as e:
-                    log.error("%s: --metrics-port %d: %s", self.name, self.metrics_port, e)
-                    return EXIT_CONFIG
-                log.info("%s: metrics on http://%s:%d/metrics", self.name, self.metrics_host,
-                         self.metrics_port)
             self.redis = connect(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
                                  timeout=self.cfg.redis_timeout or 2.0)
+            if self.metrics_port is not None:
+                checks = {"redis": redis_check(self.redis),
+                          "alert": flag_check(lambda: self.alert_up, "not running")}
+                try:
+                    server = await serve_ops(self.metrics_host, self.metrics_port, checks)
+                except OSError as e:
+                    log.error("%s: metrics port %d: %s", self.name, self.metrics_port, e)
+                    return EXIT_CONFIG
             ready = asyncio.create_task(wait_ready(self.redis, timeout=self.redis_timeout))
             stopped = asyncio.create_task(self.stop.wait())
             await asyncio.wait({ready, stopped}, return_when=asyncio.FIRST_COMPLETED)
@@ -218,6 +221,7 @@ class Wrapper:
             return RunEnd(None, "spawn-failed", 0.0)
         log.info("%s: started pid %d: %s", self.name, proc.pid, " ".join(cfg.command))
         UP.labels(self.name).set(1)
+        self.alert_up = True
         assert proc.stdin and proc.stdout and proc.stderr
         view = SettingsView(self.name)
         mailbox = StdinQueue(cfg.queue_size)
@@ -273,6 +277,7 @@ class Wrapper:
                     self.failures, self.notified = 0, False
         finally:
             UP.labels(self.name).set(0)
+            self.alert_up = False
             _killpg(proc.pid)  # whatever the alert left in its group goes with it
             if not exited.done():
                 await exited
@@ -402,11 +407,17 @@ def _die_with_parent() -> None:
             pass
 
 
-def run(cfg: AlertConfig, *, metrics_port: int | None = None) -> int:
-    """Run the wrapper until it is stopped or the alert ends for good; the exit code."""
-    try:
-        import uvloop
+def run(cfg: AlertConfig, *, metrics_port: int | None = None,
+        metrics_host: str = "127.0.0.1") -> int:
+    """Run the wrapper until it is stopped or the alert ends for good; the exit code.
+    `metrics_port`: serve /healthz, /readyz and /metrics there. Every line it logs, the
+    alert's stderr included, carries `alert`; its Redis password is masked in them."""
+    logs.add_secrets(logs.url_secrets(cfg.redis_url))
+    wrapper = Wrapper(cfg, metrics_port=metrics_port, metrics_host=metrics_host)
+    with logs.context(alert=cfg.name):  # the loop's tasks copy this context
+        try:
+            import uvloop
 
-        return uvloop.run(Wrapper(cfg, metrics_port=metrics_port).run())
-    except ImportError:
-        return asyncio.run(Wrapper(cfg, metrics_port=metrics_port).run())
+            return uvloop.run(wrapper.run())
+        except ImportError:
+            return asyncio.run(wrapper.run())

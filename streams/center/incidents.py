@@ -111,7 +111,8 @@ class _Target:
             try:
                 self.notice = _notice_decoder.decode(raw)
             except msgspec.DecodeError as e:
-                log.error("unreadable body of notice %s (%s): not resolved", self.nid, e)
+                log.error("unreadable body of notice %s (%s): not resolved", self.nid, e,
+                          extra={"notice_id": self.nid})
 
 
 @dataclass(slots=True)

@@ -6,6 +6,7 @@ resolve` entry), so the center applies each after the notices sent before it."""
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from typing import Any
 
 import msgspec
@@ -30,7 +31,9 @@ from vestnik.streams.schemas import (
 
 IDEMPOTENCY_TTL_S = 86_400
 
-_INGEST = lua.script("center/ingest.lua")  # one notice, idempotent
+# one notice, idempotent; the sync client (vestnik.client) runs the same file
+INGEST_SCRIPT_PATH = "center/ingest.lua"
+INGEST_SCRIPT = lua.script(INGEST_SCRIPT_PATH)
 
 _notice_decoder = decoder(Notice)
 
@@ -40,6 +43,63 @@ def prepare(notice: NoticeIn) -> NoticeIn:
     at = now_ms()
     return msgspec.structs.replace(notice, id=notice.id or ulid(at),
                                    created_at=notice.created_at or at)
+
+
+def resolve_entry(resolve: ResolveIn) -> dict[str, str]:
+    """The `vn:notices` fields of a resolve, `at` now when the sender gave none."""
+    if resolve.at is None:
+        resolve = msgspec.structs.replace(resolve, at=now_ms())
+    return resolve_fields(resolve)
+
+
+@dataclass(frozen=True)
+class IngestCall:
+    """What adding one notice takes, without the I/O: the api's `Ingest` and the sync
+    client (vestnik.client, redis-py's blocking client) run it, so both honour an
+    idempotency key and a caller's own id alike. `script_keys` None: a plain XADD of
+    `fields`; else ingest.lua with `script_keys` and `script_args`, its answer read by
+    `outcome`."""
+
+    nid: str
+    fields: dict[str, str | bytes]
+    notice: NoticeIn  # with its id and time (compared with a stored notice of its id)
+    digest: str
+    script_keys: list[str] | None
+    script_args: list[str | bytes | int]
+
+    @classmethod
+    def of(cls, notice: NoticeIn, keys: Keys, idempotency_key: str | None) -> IngestCall:
+        own_id = notice.id is not None
+        sent, notice = notice, prepare(notice)
+        assert notice.id is not None
+        fields = notice_fields(notice)
+        if idempotency_key is None and not own_id:
+            return cls(notice.id, fields, notice, "", None, [])
+        # the key keeps a digest of what was sent under it: the same key with other content
+        # is a 409, not the first notice's id for a notice that is then never sent
+        digest = "" if idempotency_key is None else \
+            hashlib.blake2b(json_encode(sent), digest_size=8).hexdigest()
+        argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S,
+                                         f"{notice.id} {digest}" if digest else notice.id]
+        for k, v in fields.items():
+            argv += [k, v]
+        idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
+        script_keys = [keys.notices, idem, keys.notice(notice.id) if own_id else ""]
+        return cls(notice.id, fields, notice, digest, script_keys, argv)
+
+    def outcome(self, kind: int, got: bytes | str) -> str:
+        """The notice's id from ingest.lua's answer; Conflict when the id or the key was
+        used for other content."""
+        if kind == 2:
+            if not same_content(self.notice, _notice_decoder.decode(got)):
+                raise Conflict(f"notice id {self.nid} already exists with other content",
+                               field="$.id")
+            return self.nid
+        nid, _, used = (got.decode() if isinstance(got, bytes) else str(got)).partition(" ")
+        if kind == 1 and used and used != self.digest:
+            raise Conflict(f"Idempotency-Key was used for other content (notice {nid})",
+                           field="Idempotency-Key")
+        return nid
 
 
 class Ingest:
@@ -59,45 +119,20 @@ class Ingest:
         raises Conflict). A caller-chosen id whose
         notice is stored already: the same content adds nothing (a retry), other content
         raises Conflict (409)."""
-        own_id = notice.id is not None
-        sent, notice = notice, prepare(notice)
-        assert notice.id is not None
-        fields = notice_fields(notice)
-        if idempotency_key is None and not own_id:
-            await self.appends.xadd(self.keys.notices, fields, durable=True)
+        call = IngestCall.of(notice, self.keys, idempotency_key)
+        if call.script_keys is None:
+            await self.appends.xadd(self.keys.notices, call.fields, durable=True)
             NOTICES_INGESTED.labels(via).inc()
-            return notice.id
-        # the key keeps a digest of what was sent under it: the same key with other content
-        # is a 409, not the first notice's id for a notice that is then never sent
-        digest = "" if idempotency_key is None else \
-            hashlib.blake2b(json_encode(sent), digest_size=8).hexdigest()
-        argv: list[str | bytes | int] = [IDEMPOTENCY_TTL_S,
-                                         f"{notice.id} {digest}" if digest else notice.id]
-        for k, v in fields.items():
-            argv += [k, v]
-        idem = self.keys.idempotency(idempotency_key) if idempotency_key is not None else ""
-        kind, got = await self._replicated(
-            keys=[self.keys.notices, idem, self.keys.notice(notice.id) if own_id else ""],
-            args=argv)
-        if kind == 2:
-            if not same_content(notice, _notice_decoder.decode(got)):
-                raise Conflict(f"notice id {notice.id} already exists with other content",
-                               field="$.id")
-            return notice.id
-        nid, _, used = (got.decode() if isinstance(got, bytes) else str(got)).partition(" ")
-        if kind == 1 and used and used != digest:
-            raise Conflict(f"Idempotency-Key was used for other content (notice {nid})",
-                           field="Idempotency-Key")
+            return call.nid
+        kind, got = await self._replicated(keys=call.script_keys, args=call.script_args)
         if kind == 0:
             NOTICES_INGESTED.labels(via).inc()
-        return nid
+        return call.outcome(kind, got)
 
     async def resolve(self, resolve: ResolveIn) -> str:
         """Add the resolve of an incident (`at` now when the sender gave none); returns its
         stream id. Coalesced with the notices sent in the same loop iteration."""
-        if resolve.at is None:
-            resolve = msgspec.structs.replace(resolve, at=now_ms())
-        sid = await self.appends.xadd(self.keys.notices, resolve_fields(resolve), durable=True)
+        sid = await self.appends.xadd(self.keys.notices, resolve_entry(resolve), durable=True)
         return sid.decode() if isinstance(sid, bytes) else str(sid)
 
     async def _replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:
@@ -106,9 +141,9 @@ class Ingest:
         waits again, so what it answers is replicated too."""
         wait = self.appends.replication
         if wait is None:
-            return await _INGEST(keys=keys, args=args, client=self.redis)
+            return await INGEST_SCRIPT(keys=keys, args=args, client=self.redis)
         async with self.redis.pipeline(transaction=False) as pipe:
-            await _INGEST(keys=keys, args=args, client=pipe)
+            await INGEST_SCRIPT(keys=keys, args=args, client=pipe)
             pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
             answer, acked = await pipe.execute()
         wait.check(acked)

@@ -4,6 +4,7 @@ the `resolve_after` timer of incidents beside it."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 from typing import Any
@@ -12,10 +13,12 @@ from vestnik.streams.center import inbox
 from vestnik.streams.center.batch import Center
 from vestnik.streams.config import Config
 from vestnik.streams.consumer import Consumer, default_consumer_name
-from vestnik.streams.forward import make_worker, run_forwarder
+from vestnik.streams.forward import ForwardWorker, make_worker, run_forwarder
 from vestnik.streams.gc_tuning import settle_gc
 from vestnik.streams.keys import CENTER_GROUP, Keys
+from vestnik.streams.ops_http import flag_check, group_check, ops_listener, redis_check
 from vestnik.streams.redis import connect, reader, wait_ready
+from vestnik.streams.sampler import groups_probe, run_sampler
 from vestnik.streams.schemas import NoticeIn, ResolveIn, decode_center_entry
 
 log = logging.getLogger("vestnik.center")
@@ -24,13 +27,16 @@ DEPTH = 3  # batches handled at once: one read and built in Python while Redis s
 
 
 async def run_center(settings: Config, *, consumer: str | None = None, burst: bool = False,
-                     forward: bool = True, handle_signals: bool = False) -> int:
+                     forward: bool = True, handle_signals: bool = False,
+                     ops_port: int | None = None) -> int:
     """Run one member of the `center` group (and the forward worker beside it).
 
     Returns the number of entries handled. Without `handle_signals` it is embeddable:
     cancel the task to stop it (a batch in flight stays pending and is handled again).
     With it, SIGTERM/SIGINT finish the batch in hand, ack it and return. `burst` returns
     once the stream is drained (queued forward jobs stay queued for the next run).
+    It samples its group's lag and pending for /metrics; `ops_port`: serve /healthz,
+    /readyz and /metrics there from the start, ready once the consumer loop runs.
     """
     assert settings.redis_url, "redis_url is required"
     redis = connect(settings.redis_url, name="vestnik-center", timeout=settings.redis_timeout)
@@ -40,7 +46,16 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
     cons: Consumer[NoticeIn | ResolveIn] | None = None
     center: Center | None = None
     tasks: list[asyncio.Task[Any]] = []
+    worker: ForwardWorker | None = None
+    run: asyncio.Task[None] | None = None
+    checks = {"redis": redis_check(redis),
+              "group:center": group_check(redis, keys.notices, CENTER_GROUP),
+              "consumer": flag_check(lambda: run is not None and not run.done())}
+    if forward:
+        checks["forwarder"] = flag_check(lambda: worker is not None and worker.polling)
+    listener = contextlib.AsyncExitStack()
     try:
+        await listener.enter_async_context(ops_listener(settings.host, ops_port, checks))
         await wait_ready(redis)
         await inbox.migrate(redis, keys)  # before anything is stored in the new layout
         worker = make_worker(settings) if forward else None
@@ -61,6 +76,9 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
                  ", burst" if burst else "")
         run = asyncio.create_task(cons.run(), name="center-consumer")
         tasks.append(run)
+        tasks.append(asyncio.create_task(
+            run_sampler(redis, [groups_probe(keys.notices, keys.notices_dead)]),
+            name="center-sampler"))
         if not burst:  # a burst resolves what is due once, at its end: a timer pass cut
             # short by the burst's end would leave the entries it took under their lease
             tasks.append(asyncio.create_task(center.incidents.run_timer(),
@@ -69,7 +87,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
             fwd = asyncio.create_task(run_forwarder(settings, worker=worker),
                                       name="center-forwarder")
             tasks.append(fwd)
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait([run, fwd], return_when=asyncio.FIRST_COMPLETED)
             if fwd in done and not run.done():
                 log.error("forward worker stopped (%r); stopping the center", fwd.exception()
                           if not fwd.cancelled() else "cancelled")
@@ -87,6 +105,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
         for t, r in zip(tasks, results, strict=True):
             if isinstance(r, Exception):
                 log.error("%s failed: %r", t.get_name(), r)
+        await listener.aclose()
         if center is not None:
             await center.aclose()
         await blocking.aclose()

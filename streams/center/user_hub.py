@@ -104,7 +104,8 @@ class UserHub:
             try:
                 await asyncio.wait_for(asyncio.shield(fut), self.confirm_timeout)
             except TimeoutError:
-                log.warning("user hub: no subscribe confirmation for user %s yet", uid)
+                log.warning("user hub: no subscribe confirmation for user %s yet", uid,
+                            extra={"user": uid})
         return sub
 
     def _queue_subscribe(self, channel: bytes) -> None:

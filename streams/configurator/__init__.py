@@ -2,11 +2,11 @@
 every change is also an event on the `settings` topic."""
 
 from vestnik.streams.configurator.store import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
     SettingsStore,
-    check_name,
     etag,
     parse_if_match,
-    parse_limit,
 )
 
-__all__ = ["SettingsStore", "check_name", "etag", "parse_if_match", "parse_limit"]
+__all__ = ["DEFAULT_LIMIT", "MAX_LIMIT", "SettingsStore", "etag", "parse_if_match"]

@@ -47,7 +47,6 @@ from vestnik.streams.schemas import (
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
 CAS_ATTEMPTS = 20
-_NAME_RE = re.compile(r"^[\w.:-]{1,200}\Z")  # \Z: `$` matches before a final LF
 _ID_RE = re.compile(r"^[0-9A-HJKMNP-TV-Z]{26}\Z")
 
 _decode_setting = decoder(AlertSetting).decode
@@ -88,21 +87,6 @@ def decode_cursor(cursor: str) -> str:
     if not _ID_RE.match(last):
         raise BadRequest("cursor is not one returned as `next` by this API", field="cursor")
     return last
-
-
-def parse_limit(raw: str | None) -> int:
-    if raw is None or raw == "":
-        return DEFAULT_LIMIT
-    if not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
-        raise BadRequest(f"limit must be an integer from 1 to {MAX_LIMIT}", field="limit")
-    return int(raw)
-
-
-def check_name(name: str) -> str:
-    if not _NAME_RE.match(name):
-        raise BadRequest("name must be 1-200 characters of letters, digits, `_`, `.`, `:` or `-`",
-                         field="name")
-    return name
 
 
 def check_urls(channel: ChannelMap, egress: Egress) -> None:
@@ -163,7 +147,9 @@ class SettingsStore:
         self._check_urls(body.channel)
         now = now_ms()
         setting = AlertSetting(id=ulid(now), name=body.name, metric=body.metric,
-                               channel=body.channel, enabled=body.enabled, version=1,
+                               channel=body.channel, enabled=body.enabled,
+                               send_resolved=body.send_resolved,
+                               resolve_after=body.resolve_after, version=1,
                                created_at=now, updated_at=now)
         await self._cas(setting, expected="", old_name=body.name, op="create")
         return setting
@@ -173,12 +159,14 @@ class SettingsStore:
         self._check_urls(body.channel)
         return await self._update(sid, if_match, lambda cur: msgspec.structs.replace(
             cur, name=body.name, metric=body.metric, channel=body.channel,
-            enabled=body.enabled))
+            enabled=body.enabled, send_resolved=body.send_resolved,
+            resolve_after=body.resolve_after))
 
     async def patch(self, sid: str, body: SettingPatch,
                     if_match: frozenset[int] | None = None) -> AlertSetting:
         changes: dict[str, Any] = {
-            f: getattr(body, f) for f in ("name", "metric", "channel", "enabled")
+            f: getattr(body, f) for f in ("name", "metric", "channel", "enabled",
+                                          "send_resolved", "resolve_after")
             if getattr(body, f) is not None
         }
         if body.channel is not None:

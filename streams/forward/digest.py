@@ -151,7 +151,7 @@ def _warn_once(uid: str, channel: str, what: str) -> None:
     if len(_warned) >= 10_000:  # bounded: a flood of bad profiles logs again, rarely
         _warned.clear()
     _warned.add((uid, channel))
-    log.warning("user %s: %s", uid, what)
+    log.warning("user %s: %s", uid, what, extra={"user": uid})
 
 
 class _Due(msgspec.Struct):
@@ -293,7 +293,7 @@ class Digests:
             raw_user = r[4]
             user = User(id=uid) if not raw_user else decode_user(uid, raw_user)
             if isinstance(user, str):
-                log.warning("digest of %s: %s", uid, user)
+                log.warning("digest of %s: %s", uid, user, extra={"user": uid})
                 user = User(id=uid)
             out.append(_Due(uid, channel, member, int(r[0]), int(r[1]) + 1, int(r[2]),
                             r[3].decode() if r[3] else digest_id(uid, channel, int(r[0])),

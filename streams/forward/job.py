@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import UTC, datetime
@@ -63,7 +64,7 @@ from arq.constants import (
 )
 from arq.worker import Retry
 
-from vestnik.streams import lua, snoozes
+from vestnik.streams import logs, lua, snoozes
 from vestnik.streams.channels import Channels, SendResult
 from vestnik.streams.coalesce import PerIteration
 from vestnik.streams.config import Config
@@ -83,7 +84,7 @@ from vestnik.streams.forward.schedule import (
 )
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import USER_TOPIC, Keys
-from vestnik.streams.metrics import FORWARD_ATTEMPTS
+from vestnik.streams.metrics import FORWARD_ATTEMPTS, SEND_SECONDS
 from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import ChannelTarget, Notice, User, decode_user, decoder, json_encode
 
@@ -449,6 +450,7 @@ class Forwarder:
         if channel is None:
             why = "is not configured" if s.channel in self.channels.classes else "is unknown"
             return SendResult.permanent(f"channel {s.channel} {why}")
+        started = time.perf_counter()
         try:
             async with asyncio.timeout(SEND_TIMEOUT_S):
                 if resolved:
@@ -456,6 +458,8 @@ class Forwarder:
                 return await channel.send(notice, user, s.target)
         except TimeoutError:
             return SendResult.retry(f"no answer in {SEND_TIMEOUT_S:g}s")
+        finally:
+            SEND_SECONDS.labels(s.channel).observe(time.perf_counter() - started)
 
     @staticmethod
     def _rec(uid: str, channel: str, attempt: int, status: DeliveryStatus,
@@ -522,19 +526,21 @@ async def forward(ctx: dict[str, Any], nid: str, uid: str, stage: str | None = N
     plain forward). See the module docstring."""
     forwarder: Forwarder = ctx["forwarder"]
     attempt = ctx.get("job_try") or 1
-    try:
-        st = Stage.decode(stage) if stage else PLAIN
-    except ValueError as e:
-        log.warning("forward %s to %s: %s: dropped", nid, uid, e)
-        return "bad stage"
-    try:
-        return await forwarder.run(nid, uid, attempt, ctx.get("fresh"), st)
-    except RETRYABLE as e:
-        # Redis flaked (restart, failover): run again later; sent markers skip what went out
-        delay = forwarder.backoff(min(attempt, 6), None)
-        log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid, e,
-                    delay)
-        raise Retry(defer=delay) from e
+    with logs.context(notice_id=nid, user=uid):  # every line of this job names both
+        try:
+            st = Stage.decode(stage) if stage else PLAIN
+        except ValueError as e:
+            log.warning("forward %s to %s: %s: dropped", nid, uid, e)
+            return "bad stage"
+        try:
+            return await forwarder.run(nid, uid, attempt, ctx.get("fresh"), st)
+        except RETRYABLE as e:
+            # Redis flaked (restart, failover): run again later; sent markers skip what went
+            # out
+            delay = forwarder.backoff(min(attempt, 6), None)
+            log.warning("forward %s to %s: redis unavailable (%s); again in %.1fs", nid, uid,
+                        e, delay)
+            raise Retry(defer=delay) from e
 
 
 # arq's finish_job for the jobs that ended in one loop iteration, with their attempt

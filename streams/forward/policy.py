@@ -92,7 +92,8 @@ def _warn_once(uid: str, raw: object, why: str) -> None:
     if len(_warned) >= _WARNED_MAX:
         _warned.clear()
     _warned.add(key)
-    log.warning("user %s: prefs.quiet ignored (%s)", uid, why[:300])
+    log.warning("user %s: prefs.quiet ignored (%s)", uid, why[:300],
+                extra={"user": uid})
 
 
 def _time(hhmm: str) -> time:

@@ -39,8 +39,10 @@ from vestnik.streams.forward.schedule import (
 )
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
+from vestnik.streams.ops_http import flag_check, ops_listener, redis_check
 from vestnik.streams.redis import RETRYABLE, Backoff
 from vestnik.streams.redis import pool as redis_pool
+from vestnik.streams.sampler import backlog_probe, run_sampler
 
 log = logging.getLogger("vestnik.forward")
 
@@ -100,6 +102,7 @@ class ForwardWorker(Worker):
     _digesting: asyncio.Task[int] | None = None
     _wake: asyncio.Event | None = None
     _backlog = False
+    polling = False  # readiness (/readyz): the poll loop has run an iteration
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -132,6 +135,7 @@ class ForwardWorker(Worker):
             while True:
                 wake.clear()
                 await self._poll_iteration()
+                self.polling = True
                 if self.burst:
                     if 0 <= self.max_burst_jobs <= self._jobs_started():
                         await asyncio.gather(*self.tasks.values())
@@ -146,6 +150,7 @@ class ForwardWorker(Worker):
                     except TimeoutError:
                         pass
         finally:
+            self.polling = False
             stop = [t for t in (listener, self._digesting) if t is not None]
             for t in stop:
                 t.cancel()
@@ -353,31 +358,41 @@ def make_worker(settings: Config, *, burst: bool = False,
 
 
 async def run_forwarder(settings: Config, *, burst: bool = False,
-                        worker: ForwardWorker | None = None) -> None:
+                        worker: ForwardWorker | None = None,
+                        ops_port: int | None = None) -> None:
     """Run forward jobs until cancelled (or, with `burst`, until the queue is empty).
 
     Embeddable: it installs no signal handlers; cancel the task to stop it. Jobs running
     at that moment are cancelled and run again later (their sent markers prevent a
-    second send of what already went out).
+    second send of what already went out). It samples the forward backlog for /metrics;
+    `ops_port`: serve /healthz, /readyz and /metrics there (`vestnik forwarder`).
     """
     worker = worker or make_worker(settings, burst=burst)
     forwarder: Forwarder = worker.ctx["forwarder"]
+    checks = {"redis": redis_check(forwarder.redis),
+              "worker": flag_check(lambda: worker.polling)}
+    sampler = asyncio.create_task(run_sampler(forwarder.redis, [backlog_probe(forwarder.keys)]),
+                                  name="forwarder-sampler")
     loop = asyncio.get_running_loop()
     backoff = Backoff(base=0.1, cap=5.0)
     try:
-        while True:
-            # arq's poll loop ends on the first refused connection (redis-py does not retry
-            # a refused connect): run it again once Redis is back, instead of stopping
-            started = loop.time()
-            try:
-                await worker.async_run()
-                return
-            except RETRYABLE as e:
-                if loop.time() - started > 30:
-                    backoff.reset()
-                log.warning("forwarder lost Redis (%s); polling again after a backoff", e)
-                await backoff.wait()
+        async with ops_listener(settings.host, ops_port, checks):
+            while True:
+                # arq's poll loop ends on the first refused connection (redis-py does not
+                # retry a refused connect): run it again once Redis is back, instead of
+                # stopping
+                started = loop.time()
+                try:
+                    await worker.async_run()
+                    return
+                except RETRYABLE as e:
+                    if loop.time() - started > 30:
+                        backoff.reset()
+                    log.warning("forwarder lost Redis (%s); polling again after a backoff", e)
+                    await backoff.wait()
     finally:
+        sampler.cancel()
+        await asyncio.gather(sampler, return_exceptions=True)
         try:
             await worker.close()
         except RETRYABLE as e:

@@ -11,9 +11,15 @@ to every SSE subscriber with the whole entity attached, by one reader per proces
 from vestnik.streams.notifier.bridge import Bridge, BridgeError
 from vestnik.streams.notifier.hydrate import Hydrator
 from vestnik.streams.notifier.topic_hub import Subscription, TopicHub
-from vestnik.streams.notifier.topics import StateWriter, check_topic, publish, read_snapshot
+from vestnik.streams.notifier.topics import (
+    StateWriter,
+    check_topic,
+    publish,
+    queue_publish,
+    read_snapshot,
+)
 
 __all__ = [
     "Bridge", "BridgeError", "Hydrator", "StateWriter", "Subscription", "TopicHub",
-    "check_topic", "publish", "read_snapshot",
+    "check_topic", "publish", "queue_publish", "read_snapshot",
 ]

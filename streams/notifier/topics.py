@@ -55,11 +55,20 @@ async def publish(
                                member_of=(keys.topics, topic))
     else:
         async with redis.pipeline(transaction=False) as pipe:
-            pipe.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen)
-            pipe.sadd(keys.topics, topic)
+            queue_publish(pipe, keys, topic, event, maxlen=maxlen)
             sid, _ = await pipe.execute()
     EVENTS_PUBLISHED.labels(topic, via).inc()
     return sid.decode()
+
+
+def queue_publish(pipe: Any, keys: Keys, topic: str, event: TopicEvent, *, maxlen: int) -> None:
+    """Queue one event's XADD and its topic's SADD on a pipeline, asyncio's or redis-py's
+    blocking one (the sync `vestnik.client`): its execute() answers [stream id, added]."""
+    check_topic(topic)
+    if not event.ts:
+        event.ts = now_ms()
+    pipe.xadd(keys.topic(topic), topic_fields(event), maxlen=maxlen)
+    pipe.sadd(keys.topics, topic)
 
 
 class StateWriter:

@@ -5,14 +5,13 @@ a Vestnik api."""
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from alertmanager_support import Alertmanager, alertmanager_binary
 
-from support import Api, Proc, wait_http
+from support import Api, Proc, need_tool, wait_http
 from vestnik.streams.redis_server import free_port
 
 
@@ -21,13 +20,8 @@ def start_alertmanager(tmp_path: Path) -> Iterator[Callable[[Api], Alertmanager]
     """Factory: an Alertmanager on a free port, clustering off, that sends every group to
     `api`'s `/api/v1/sources/alertmanager` with its service token, within a second of a
     change (group_wait 0s, group_interval 1s), resolved alerts too."""
-    binary = alertmanager_binary()
-    if binary is None:
-        why = ("no Alertmanager binary: `VESTNIK_WITH_TEST_TOOLS=1 scripts/bootstrap.sh` "
-               "installs Debian's prometheus-alertmanager")
-        if shutil.which("apt-get"):  # it could be installed: a missing tool is a failure
-            pytest.fail(why)
-        pytest.skip(why + " (and there is no apt-get here)")
+    binary = need_tool(alertmanager_binary(),
+                       "no Alertmanager binary (Debian's prometheus-alertmanager)")
     started: list[Proc] = []
 
     def start(api: Api) -> Alertmanager:
