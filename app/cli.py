@@ -459,7 +459,7 @@ def _bug(name: str, e: BaseException, config: Config | None) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from vestnik.streams import logs
-    from vestnik.streams.errors import VestnikError
+    from vestnik.streams.errors import NotReplicated, VestnikError
     from vestnik.streams.redis import redacted
 
     args = parser().parse_args(argv)
@@ -473,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         return _fail(f"vestnik: configuration error: {e}", EXIT_INPUT)
     except VestnikError as e:  # bad input: the message names the option or field
+        if isinstance(e, NotReplicated):  # too few replicas: as good as Redis unreachable
+            return _fail(f"{name}: {e.detail}", EXIT_REDIS)
         if e.status >= 500:
             return _bug(name, e, config)
         return _fail(f"{name}: {e.detail}", EXIT_INPUT)

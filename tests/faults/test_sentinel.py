@@ -1,0 +1,171 @@
+"""Vestnik on a Sentinel deployment (a primary, two replicas, three sentinels on loopback
+ports): every kind of client finds the primary through the sentinels and follows a
+failover by itself, and VESTNIK_REDIS_WAIT_REPLICAS holds back an acknowledgement that too
+few replicas confirmed. (The primary killed under load: tests/faults/test_sentinel_failover.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import httpx
+import msgspec
+import pytest
+from fault_support import K, Stack, stack
+
+from support import eventually
+from vestnik.streams.redis import connect, reader
+from vestnik.streams.redis_server import SentinelDeployment
+
+__all__ = ["stack"]
+
+T = TypeVar("T")
+
+ECHO_ALERT = """
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("type") == "entity" and m.get("op") != "delete":
+        print(json.dumps({"type": "notice", "title": "seen " + m["id"],
+                          "recipients": ["1"]}), flush=True)
+"""
+
+
+@pytest.fixture
+def deployment(tmp_path: Path) -> Iterator[SentinelDeployment]:
+    with SentinelDeployment(tmp_path / "redis") as d:
+        yield d
+
+
+async def _failover(deployment: SentinelDeployment) -> int:
+    old = deployment.primary()
+    old.kill()
+    return await asyncio.to_thread(deployment.wait_failover, old.port, 30.0)
+
+
+async def _retrying(call: Callable[[], Awaitable[T]], what: str) -> T:
+    """`call()` until it succeeds: during a failover a command fails for a moment."""
+    last: Exception | None = None
+    for _ in range(100):
+        try:
+            return await call()
+        except Exception as e:  # any Redis error of the switch
+            last = e
+            await asyncio.sleep(0.1)
+    raise AssertionError(f"{what} never worked after the failover: {last!r}")
+
+
+async def test_pooled_blocking_and_pubsub_clients_follow_a_failover(
+        deployment: SentinelDeployment):
+    pooled = connect(deployment.url, timeout=1.0)
+    blocking = reader(deployment.url, name="test-reader", like=pooled)
+    pubsub_client = reader(deployment.url, name="test-pubsub", like=pooled, block=None)
+    try:
+        await pooled.set("k", "before")
+        port = await _failover(deployment)
+        # the pooled client: writes land on the new primary
+        await _retrying(lambda: pooled.set("k", "after"), "a write")
+        info = await pooled.info("replication")
+        assert info["role"] == "master" and int(
+            (await pooled.config_get("port"))["port"]) == port
+        # a blocking reader (XREAD BLOCK) reconnects to the new primary
+        await pooled.xadd("s", {"f": "1"})
+        got = await _retrying(lambda: blocking.xread({"s": "0"}, block=100), "XREAD")
+        assert got and got[0][1][0][1] == {b"f": b"1"}
+        # a pub/sub reader: subscribes on the new primary and gets what is published there
+        ps = pubsub_client.pubsub()
+        await _retrying(lambda: ps.subscribe("ch"), "SUBSCRIBE")
+        await pooled.publish("ch", "hello")
+
+        async def message() -> bool:
+            m = await ps.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            return m is not None and m["data"] == b"hello"
+
+        await eventually(message, timeout=10, what="the message on the new primary")
+        await ps.aclose()
+    finally:
+        for c in (pooled, blocking, pubsub_client):
+            await c.aclose()
+
+
+async def test_the_sentinel_pool_waits_for_a_free_connection(deployment: SentinelDeployment):
+    """Pins what `_SentinelPool` takes from BlockingConnectionPool (after redis-py's
+    SentinelConnectionPool in its MRO): more callers than connections wait for one instead
+    of failing with "Too many connections"."""
+    from vestnik.streams.redis import _SentinelPool
+
+    redis = connect(deployment.url, max_connections=2, timeout=3.0)
+    try:
+        assert isinstance(redis.connection_pool, _SentinelPool)
+        got = await asyncio.gather(*(redis.blpop(["nothing"], 0.2) for _ in range(8)))
+        assert got == [None] * 8
+        assert len(redis.connection_pool._in_use_connections) == 0
+    finally:
+        await redis.aclose()
+
+
+async def test_wait_replicas_holds_back_what_too_few_replicas_have(
+        stack: Stack, deployment: SentinelDeployment):
+    api = stack.api(deployment.url, VESTNIK_REDIS_WAIT_REPLICAS="2")
+    body = {"alert": "a", "title": "t", "recipients": ["1"]}
+    async with api.client() as http:
+        ok = await http.post("/api/v1/notices", json=body, headers={"Idempotency-Key": "k1"})
+        assert ok.status_code == 202, ok.text
+        deployment.servers[2].stop()  # one replica away: WAIT 2 cannot be met
+        no = await http.post("/api/v1/notices", json=body, headers={"Idempotency-Key": "k2"})
+        assert no.status_code == 503 and no.headers["retry-after"] == "1", no.text
+        assert no.json()["error"] == "unavailable"
+        assert "VESTNIK_REDIS_WAIT_REPLICAS" in no.json()["detail"]
+        # the product retries with its key once the replica is back: accepted, one notice
+        deployment.servers[2].start()
+
+        async def accepted() -> bool:
+            r = await http.post("/api/v1/notices", json=body, headers={"Idempotency-Key": "k2"})
+            return r.status_code == 202
+
+        await eventually(accepted, timeout=20, interval=0.3, what="202 with the replica back")
+    send = stack.proc(deployment.url, "send", "--alert", "a", "--title", "t",
+                      "--recipients", "1", VESTNIK_REDIS_WAIT_REPLICAS="3")
+    assert send.proc is not None and send.proc.wait(30) == 3, send.output()
+    assert "replicas" in send.output() and "Traceback" not in send.output()
+
+
+async def test_bridge_and_wrapper_follow_a_failover(stack: Stack, tmp_path: Path,
+                                                    deployment: SentinelDeployment):
+    url = deployment.url
+    (tmp_path / "alert.py").write_text(ECHO_ALERT)
+    (tmp_path / "alert.toml").write_text(
+        f'name = "echo"\ncommand = ["{sys.executable}", "alert.py"]\n'
+        f'topics = ["vm"]\ncwd = "{tmp_path}"\n')
+    bridge = stack.proc(url, "bridge", VESTNIK_KEYSPACE_PATTERNS="vm:*=vm")
+    wrap = stack.proc(url, "wrap", str(tmp_path / "alert.toml"))
+    redis = connect(url, timeout=1.0)
+    try:
+        async def noticed(eid: str) -> bool:
+            try:
+                await redis.set(f"vm:{eid}", msgspec.json.encode({"id": eid}))
+                entries = await redis.xrange(K.notices)
+            except Exception:  # any Redis error of the switch
+                return False
+            return any(f.get(b"title") == f"seen {eid}".encode() for _, f in entries)
+
+        await eventually(lambda: noticed("a"), timeout=30, interval=0.5,
+                         what="key -> bridge -> topic -> wrapper -> notice")
+        await _failover(deployment)
+        await eventually(lambda: noticed("b"), timeout=40, interval=0.5,
+                         what="the same chain on the new primary")
+        for p in (bridge, wrap):
+            assert p.proc is not None and p.proc.poll() is None, p.output()[-2000:]
+    finally:
+        await redis.aclose()
+
+
+async def test_health_of_an_api_on_sentinel(stack: Stack, deployment: SentinelDeployment):
+    api = stack.api(deployment.url)
+    async with httpx.AsyncClient(base_url=api.base, timeout=5) as http:
+        ready = await http.get("/readyz")
+    assert ready.status_code == 200, ready.text
