@@ -19,8 +19,8 @@ from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
 from vestnik.streams.metrics import REDIS_ERRORS, REDIS_STALLS
 from vestnik.streams.redis_url import RedisAddress, parse, redacted
 
-__all__ = ["RETRYABLE", "Backoff", "connect", "pool", "reader", "redacted", "timeout_of",
-           "wait_ready"]
+__all__ = ["RETRYABLE", "Backoff", "blocking", "connect", "pool", "reader", "redacted",
+           "timeout_of", "wait_ready"]
 
 log = logging.getLogger("vestnik.redis")
 
@@ -329,6 +329,25 @@ def _kind(error: Exception) -> str:
     if isinstance(error, BusyLoadingError):
         return "loading"
     return "timeout" if isinstance(error, TimeoutError) else "connection"
+
+
+def blocking(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    """A blocking (redis-py sync) client of the same address, for code that has no event
+    loop (vestnik.client's `Client`): every command bounded by `timeout`, a Sentinel URL
+    followed to the current primary."""
+    import redis as sync_redis
+    from redis.sentinel import Sentinel as SyncSentinel
+
+    options: dict[str, Any] = {"socket_timeout": timeout, "socket_connect_timeout": timeout,
+                               "client_name": name}
+    address = _address(url)
+    if address.kind == "sentinel":
+        auth = {"password": address.sentinel_password} if address.sentinel_password else {}
+        manager = SyncSentinel(list(address.nodes), sentinel_kwargs={
+            "socket_timeout": timeout, "socket_connect_timeout": timeout, **auth})
+        return manager.master_for(address.primary, db=address.db, username=address.username,
+                                  password=address.password, ssl=address.tls, **options)
+    return sync_redis.Redis.from_url(url, **options)
 
 
 def timeout_of(redis: Redis) -> float:

@@ -169,3 +169,25 @@ async def test_health_of_an_api_on_sentinel(stack: Stack, deployment: SentinelDe
     async with httpx.AsyncClient(base_url=api.base, timeout=5) as http:
         ready = await http.get("/readyz")
     assert ready.status_code == 200, ready.text
+
+
+async def test_the_client_sends_through_sentinel_and_waits_for_replicas(
+        deployment: SentinelDeployment):
+    from vestnik.client import AsyncClient, Client, Unavailable
+
+    with Client.redis(deployment.url, wait_replicas=2) as sync_client:
+        nid = sync_client.send("a", "sync", recipients=["1"], idempotency_key="s1")
+        async with AsyncClient.redis(deployment.url, wait_replicas=2) as async_client:
+            assert await async_client.send("a", "async", recipients=["1"])
+            deployment.servers[2].stop()  # WAIT 2 cannot be met: nothing reported accepted
+            with pytest.raises(Unavailable, match="replicas"):
+                await async_client.send("a", "async 2", recipients=["1"])
+        with pytest.raises(Unavailable, match="replicas"):
+            sync_client.send("a", "sync 2", recipients=["1"])
+        deployment.servers[2].start()
+        old = deployment.primary()
+        await _failover(deployment)  # the blocking client follows it too
+        old.start()  # back as a replica of the new primary: two replicas again
+        again = await _retrying(lambda: asyncio.to_thread(
+            sync_client.send, "a", "sync", recipients=["1"], idempotency_key="s1"), "send")
+        assert again == nid

@@ -25,6 +25,7 @@ from vestnik.client.calls import (
 from vestnik.client.errors import NotSupported
 from vestnik.client.sync import HTTP_ONLY
 from vestnik.streams.center import Ingest
+from vestnik.streams.coalesce import Appends, Replication
 from vestnik.streams.forward import DeliveryList
 from vestnik.streams.keys import Keys
 from vestnik.streams.notifier import publish
@@ -78,10 +79,12 @@ class _Http:
 
 
 class _Redis:
-    def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int,
+                 wait_replicas: int) -> None:
         self.url, self.keys, self.topic_maxlen = url, Keys(prefix), topic_maxlen
         self.redis = connect(url, max_connections=4, name="vestnik-client", timeout=timeout)
-        self.ingest = Ingest(self.redis, self.keys)
+        self.ingest = Ingest(self.redis, self.keys,
+                             Appends(self.redis, Replication.of(wait_replicas, timeout)))
 
     async def call(self, call: Call[T]) -> T:
         raise NotSupported(HTTP_ONLY)
@@ -122,9 +125,9 @@ class AsyncClient:
 
     @classmethod
     def redis(cls, url: str, prefix: str = "vn:", *, timeout: float = 2.0,
-              topic_maxlen: int = calls.TOPIC_MAXLEN) -> AsyncClient:
+              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0) -> AsyncClient:
         """Straight to Redis (see `Client.redis`)."""
-        return cls(_Redis(url, prefix, timeout, topic_maxlen))
+        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas))
 
     async def send(self, alert: str, title: str, *, idempotency_key: str | None = None,
                    **options: Unpack[NoticeOptions]) -> str:

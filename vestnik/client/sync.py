@@ -4,10 +4,10 @@ client over Redis). Everything but the I/O is in calls.py, shared with `AsyncCli
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any, TypeVar, Unpack
 
 import httpx
-import redis
 
 from vestnik.client import calls
 from vestnik.client.calls import (
@@ -24,11 +24,12 @@ from vestnik.client.calls import (
 )
 from vestnik.client.errors import NotSupported
 from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry
+from vestnik.streams.coalesce import Replication
 from vestnik.streams.forward import DeliveryList
 from vestnik.streams.keys import Keys
 from vestnik.streams.lua import sync_script
 from vestnik.streams.notifier import queue_publish
-from vestnik.streams.redis import redacted
+from vestnik.streams.redis import blocking, redacted
 from vestnik.streams.schemas import (
     AlertSetting,
     EventIn,
@@ -80,28 +81,42 @@ class _Http:
 
 
 class _Redis:
-    def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int) -> None:
+    def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int,
+                 wait_replicas: int) -> None:
         self.url, self.keys, self.topic_maxlen = url, Keys(prefix), topic_maxlen
-        self.redis = redis.Redis.from_url(url, socket_timeout=timeout,
-                                          socket_connect_timeout=timeout,
-                                          client_name="vestnik-client")
+        self.redis = blocking(url, name="vestnik-client", timeout=timeout)
+        self.replication = Replication.of(wait_replicas, timeout)
 
     def call(self, call: Call[T]) -> T:
         raise NotSupported(HTTP_ONLY)
+
+    def _durable(self, queue: Callable[[Any], Any]) -> Any:
+        """What `queue` adds to a pipeline, answered once `replication` has it (its WAIT in
+        the same round trip, as the api's Ingest does)."""
+        pipe = self.redis.pipeline(transaction=False)
+        queue(pipe)
+        if self.replication is not None:
+            pipe.execute_command("WAIT", self.replication.replicas,
+                                 self.replication.timeout_ms)
+        answers = pipe.execute()
+        if self.replication is not None:
+            self.replication.check(answers[-1])
+        return answers[0]
 
     def send(self, notice: NoticeIn, key: str | None) -> str:
         ingest = IngestCall.of(notice, self.keys, key)
         with calls.translated(self.url):
             if ingest.script_keys is None:
-                self.redis.xadd(self.keys.notices, ingest.fields)  # type: ignore[arg-type]
+                self._durable(lambda pipe: pipe.xadd(self.keys.notices, ingest.fields))
                 return ingest.nid
-            kind, got = sync_script(INGEST_SCRIPT_PATH)(
-                keys=ingest.script_keys, args=ingest.script_args, client=self.redis)
+            script, script_keys = sync_script(INGEST_SCRIPT_PATH), ingest.script_keys
+            kind, got = self._durable(lambda pipe: script(
+                keys=script_keys, args=ingest.script_args, client=pipe))
             return ingest.outcome(kind, got)
 
     def resolve(self, body: ResolveIn) -> str:
         with calls.translated(self.url):
-            sid = self.redis.xadd(self.keys.notices, resolve_entry(body))  # type: ignore[arg-type]
+            sid = self._durable(lambda pipe: pipe.xadd(self.keys.notices, resolve_entry(body)))
         return sid.decode()
 
     def publish(self, topic: str, event: EventIn) -> str:
@@ -137,10 +152,12 @@ class Client:
 
     @classmethod
     def redis(cls, url: str, prefix: str = "vn:", *, timeout: float = 2.0,
-              topic_maxlen: int = calls.TOPIC_MAXLEN) -> Client:
-        """Straight to Redis (the entries the README documents); every command times out
-        after `timeout` seconds."""
-        return cls(_Redis(url, prefix, timeout, topic_maxlen))
+              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0) -> Client:
+        """Straight to Redis (the entries the README documents; `url` may be a
+        `redis+sentinel://` one); every command times out after `timeout` seconds.
+        `wait_replicas`: a send or resolve returns once that many replicas have it (as
+        VESTNIK_REDIS_WAIT_REPLICAS), else raises Unavailable."""
+        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas))
 
     def send(self, alert: str, title: str, *, idempotency_key: str | None = None,
              **options: Unpack[NoticeOptions]) -> str:
