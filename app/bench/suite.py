@@ -16,6 +16,7 @@ from vestnik.app.bench.core import Bench, BenchFn, percentile
 from vestnik.app.bench.digesting import b8_digest
 from vestnik.app.bench.env import BenchProc, World, fresh_aof, until_up
 from vestnik.app.bench.forwarding import b5_forwarding, b7_immediate
+from vestnik.app.bench.replication import r1_replication
 from vestnik.app.bench.sse_client import SSEProtocol, open_sse
 from vestnik.app.bench.wrapping import b4_wrapper
 from vestnik.streams.keys import CENTER_GROUP, Keys
@@ -479,4 +480,5 @@ SUITE: dict[str, BenchFn] = {
     "B7": b7_immediate,
     "B8": b8_digest,
     "N1": n1_topic_sse,
+    "R1": r1_replication,
 }
