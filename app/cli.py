@@ -8,8 +8,8 @@ import logging
 import os
 import sys
 import traceback
-from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING, NoReturn
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import msgspec
 
@@ -112,11 +112,27 @@ def cmd_bridge(args: argparse.Namespace, config: Config) -> int:
             await bridge.run()
 
     try:
-        asyncio.run(main())
+        asyncio.run(_until_stopped("bridge", main()))
     except BridgeError as e:
         print(f"vestnik bridge: {e}", file=sys.stderr)
         return 2
     return 0
+
+
+async def _until_stopped(part: str, main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` until SIGTERM or SIGINT cancels it: a clean stop (exit 0), as the api's
+    and the center's, not a death by signal."""
+    import signal
+
+    task = asyncio.current_task()
+    assert task is not None
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await main
+    except asyncio.CancelledError:
+        log.info("%s stopped", part)
 
 
 def _publish_args(p: argparse.ArgumentParser) -> None:
@@ -217,25 +233,12 @@ def cmd_wrap(args: argparse.Namespace, config: Config) -> int:
 @command("forwarder", "run forward jobs alone (more forwarders = more send throughput)",
          _ops_args)
 def cmd_forwarder(args: argparse.Namespace, config: Config) -> int:
-    import signal
-
     from vestnik.app.server import run
     from vestnik.streams.forward import run_forwarder
 
     _redis_ready(config, "forwarder")
 
-    async def main() -> None:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await run_forwarder(config, ops_port=_ops_port(args, config))
-        except asyncio.CancelledError:
-            log.info("forwarder stopped")
-
-    run(main())
+    run(_until_stopped("forwarder", run_forwarder(config, ops_port=_ops_port(args, config))))
     return 0
 
 
@@ -391,8 +394,9 @@ def version() -> str:
 def _health_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--url", help="readiness URL to ask (default: /readyz on "
                                  "VESTNIK_METRICS_PORT when set, else on VESTNIK_PORT)")
-    p.add_argument("--timeout", type=float, default=5.0,
-                   help="seconds to wait for the answer (default 5)")
+    p.add_argument("--timeout", type=float, default=2.0,
+                   help="seconds to wait for the answer (default 2: inside the image's "
+                        "HEALTHCHECK --timeout=3s, so a slow answer is reported, not killed)")
 
 
 @command("health", "exit 0 when this container's process is ready (Docker HEALTHCHECK)",

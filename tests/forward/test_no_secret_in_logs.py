@@ -144,7 +144,7 @@ async def test_no_process_logs_a_secret(tmp_path: Path, fmt: str):
     outputs = {name: p.output() for name, p in procs.items()}
     # the bridge installs no SIGTERM handler (yet): it dies of the signal, nothing to flush
     assert codes == {**dict.fromkeys(procs, 0), "bridge": codes["bridge"]}, outputs
-    assert codes["bridge"] in (0, -15), outputs["bridge"]
+    assert codes["bridge"] == 0, outputs["bridge"]  # SIGTERM: a clean stop
     for name, out in outputs.items():
         assert out.count("\n") >= 3, (name, out)
         for key, value in s.items():
