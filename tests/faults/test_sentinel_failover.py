@@ -65,6 +65,7 @@ class Producer:
         self.ingest = ingest
         self.http = http
         self.acked: list[tuple[float, str]] = []
+        self.started: dict[str, float] = {}  # notice id -> its first attempt
         self.emailed: set[str] = set()
         self.titles: dict[str, str] = {}  # notice id -> title (an email's subject)
         self.retries = 0
@@ -88,6 +89,7 @@ class Producer:
 
     async def _one(self, nid: str, body: dict, over_http: bool) -> None:
         deadline = time.monotonic() + RETRY_FOR_S
+        self.started[nid] = time.monotonic()
         delay = 0.1
         while time.monotonic() < deadline:
             if await self._send(nid, body, over_http):
@@ -164,7 +166,9 @@ async def _run(stack: Stack, deployment: SentinelDeployment, smtp: SmtpSink,
         failover_at = time.monotonic()
         await eventually(lambda: _acked_since(producer, killed_at), timeout=30,
                          interval=0.05, what="a notice accepted after the kill")
-        recovered = next(t for t, _ in producer.acked if t > killed_at) - killed_at
+        # recovered: the first notice first tried after the kill is accepted
+        recovered = min(t for t, nid in producer.acked
+                        if producer.started[nid] > killed_at) - killed_at
         await asyncio.sleep(AFTER_RECOVERY_S)
         stop.set()
         await asyncio.wait_for(run, RETRY_FOR_S + 10)
@@ -225,7 +229,7 @@ async def _run(stack: Stack, deployment: SentinelDeployment, smtp: SmtpSink,
 
 
 async def _acked_since(producer: Producer, t: float) -> bool:
-    return any(at > t for at, _ in producer.acked[-2000:])
+    return any(producer.started[nid] > t for _, nid in producer.acked[-2000:])
 
 
 async def _caught_up(follower: Follower, tip: int) -> bool:
