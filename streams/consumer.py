@@ -558,7 +558,9 @@ class Consumer(Generic[T]):
     def _acked(self, ids: list[str], dead: list[DeadLetter]) -> None:
         for d in dead:
             NOTICES_DEAD.labels(d.kind).inc()
-            log.warning("dead-lettered entry %s: %s (at %s)", d.sid, d.reason, d.field or "$")
+            where = d.field or "$"  # a BadInput's reason names its field already
+            log.warning("dead-lettered entry %s: %s", d.sid,
+                        d.reason if f"(at {where})" in d.reason else f"{d.reason} (at {where})")
         for sid in ids:
             self._failures.pop(sid, None)
         self.processed += len(ids)
