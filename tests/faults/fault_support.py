@@ -73,6 +73,20 @@ def stack(tmp_path: Path) -> Iterator[Stack]:
     s.close()
 
 
+def echo_alert(prefix: str) -> str:
+    """An alert program (Python) that prints a notice `<prefix><entity id>` to user 1 for
+    every entity it is fed, but deletes: a probe of the whole chain topic → wrapper →
+    notice."""
+    return f"""
+import json, sys
+for line in sys.stdin:
+    m = json.loads(line)
+    if m.get("type") == "entity" and m.get("op") != "delete":
+        print(json.dumps({{"type": "notice", "title": {prefix!r} + m["id"],
+                          "recipients": ["1"]}}), flush=True)
+"""
+
+
 def token(url: str, uid: str) -> str:
     return issue_token(load(base_env(url)), uid, 3600)
 

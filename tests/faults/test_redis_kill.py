@@ -25,6 +25,7 @@ from fault_support import (
     Stack,
     add_users,
     drained,
+    echo_alert,
     missing_in_feed,
     record,
     stack,
@@ -45,16 +46,6 @@ TICK = 0.01
 BEFORE_KILL_S = 2.5
 AFTER_RESTART_S = 1.0
 DOWN_S = 2.0  # Redis stays down this long: every part sees refused connections and backs off
-
-ALERT = """
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("type") == "entity" and m.get("op") != "delete":
-        print(json.dumps({"type": "notice", "title": "probe " + m["id"],
-                          "recipients": ["1"]}), flush=True)
-"""
-
 
 class Producer:
     """XADDs at RATE per second; `acked` holds (ack time, notice id) of every XADD Redis
@@ -120,7 +111,7 @@ async def _run(stack: Stack, tmp_path: Path, server, smtp: SmtpSink, fsync: str)
            "VESTNIK_CLAIM_IDLE_MS": "2000"}
     api = stack.api(url, **env)
     center = stack.proc(url, "center", "--consumer", "c1", **env)
-    (tmp_path / "alert.py").write_text(ALERT)
+    (tmp_path / "alert.py").write_text(echo_alert("probe "))
     (tmp_path / "alert.toml").write_text(
         f'name = "probe"\ncommand = ["{sys.executable}", "alert.py"]\n'
         f'topics = ["probe"]\ncwd = "{tmp_path}"\n')

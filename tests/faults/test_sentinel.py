@@ -15,7 +15,7 @@ from typing import TypeVar
 import httpx
 import msgspec
 import pytest
-from fault_support import K, Stack, stack
+from fault_support import K, Stack, echo_alert, stack
 
 from support import eventually
 from vestnik.streams.redis import connect, reader
@@ -24,16 +24,6 @@ from vestnik.streams.redis_server import SentinelDeployment
 __all__ = ["stack"]
 
 T = TypeVar("T")
-
-ECHO_ALERT = """
-import json, sys
-for line in sys.stdin:
-    m = json.loads(line)
-    if m.get("type") == "entity" and m.get("op") != "delete":
-        print(json.dumps({"type": "notice", "title": "seen " + m["id"],
-                          "recipients": ["1"]}), flush=True)
-"""
-
 
 @pytest.fixture
 def deployment(tmp_path: Path) -> Iterator[SentinelDeployment]:
@@ -137,7 +127,7 @@ async def test_wait_replicas_holds_back_what_too_few_replicas_have(
 async def test_bridge_and_wrapper_follow_a_failover(stack: Stack, tmp_path: Path,
                                                     deployment: SentinelDeployment):
     url = deployment.url
-    (tmp_path / "alert.py").write_text(ECHO_ALERT)
+    (tmp_path / "alert.py").write_text(echo_alert("seen "))
     (tmp_path / "alert.toml").write_text(
         f'name = "echo"\ncommand = ["{sys.executable}", "alert.py"]\n'
         f'topics = ["vm"]\ncwd = "{tmp_path}"\n')
