@@ -444,10 +444,10 @@ def test_wrapper_imports_only_the_shared_streams_helpers(tmp_path):
     out = subprocess.run([PY, "-c", code], cwd=ROOT, capture_output=True, text=True,
                          check=True).stdout
     assert json.loads(out.replace("'", '"')) == sorted(
-        ["vestnik.streams", "vestnik.streams.config", "vestnik.streams.errors",
-         "vestnik.streams.ids", "vestnik.streams.keys", "vestnik.streams.logs",
-         "vestnik.streams.metrics", "vestnik.streams.ops_http", "vestnik.streams.redis",
-         "vestnik.streams.schemas"])
+        ["vestnik.streams", "vestnik.streams.coalesce", "vestnik.streams.config",
+         "vestnik.streams.errors", "vestnik.streams.ids", "vestnik.streams.keys",
+         "vestnik.streams.logs", "vestnik.streams.metrics", "vestnik.streams.ops_http",
+         "vestnik.streams.redis", "vestnik.streams.redis_url", "vestnik.streams.schemas"])
     # and `python -m vestnik.wrapper` is the same command without the main CLI
     bad = tmp_path / "alert.toml"
     bad.write_text('name = "x"\ncommand = ["x"]\nrestart = 1\n')
