@@ -2,16 +2,28 @@
 
 Keys of one user share the hash tag `{u:<uid>}` so the per-user multi-key
 writes of the notice center stay in one Redis Cluster slot.
+
+On a Redis Cluster (`Keys(prefix, cluster=True)`, `Keys.for_url`) the topic keys (streams,
+states, positions, the topic set), the settings store and the silences (hash and version,
+written in one transaction) share one more tag, TOPICS_TAG:
+a settings write changes its hash, indexes, topic stream and the topic set in one script,
+every publish XADDs and SADDs together, and a hub or wrapper XREADs many topic streams in
+one call, so all of them must be in one slot. (Topic traffic is entity changes, small next
+to notices, so one master carries it.) On a single Redis the names stay as they were:
+the tag is only there on a cluster, which a deployment starts empty.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vestnik.streams.redis_url import parse
+
 CENTER_GROUP = "center"
 REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
+TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -27,33 +39,45 @@ def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "vn:"
+    cluster: bool = False  # Redis Cluster names: the topic/settings keys share TOPICS_TAG
+
+    @classmethod
+    def for_url(cls, prefix: str, redis_url: str | None) -> Keys:
+        """The key names for the Redis at `redis_url` (a cluster's carry the tags)."""
+        cluster = bool(redis_url) and parse(redis_url or "").kind == "cluster"
+        return cls(prefix, cluster)
+
+    @property
+    def _t(self) -> str:
+        """The prefix of the topic and settings keys."""
+        return self.prefix + TOPICS_TAG if self.cluster else self.prefix
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
         """Stream of entity events of `topic` (fields op, id, data, ts, src)."""
-        return f"{self.prefix}topic:{topic}"
+        return f"{self._t}topic:{topic}"
 
     @property
     def topic_glob(self) -> str:
-        return f"{self.prefix}topic:*"
+        return f"{self._t}topic:*"
 
     @property
     def topics(self) -> str:
         """Set of topic names, written by every publisher path (HTTP, `vestnik publish`, the
         settings store, the bridge): what the topic hub follows, instead of a SCAN of the
         keyspace. A product that XADDs by itself adds its topic with `SADD`."""
-        return f"{self.prefix}topics"
+        return f"{self._t}topics"
 
     def topic_of(self, key: str) -> str:
-        return key[len(self.prefix) + len("topic:"):]
+        return key[len(self._t) + len("topic:"):]
 
     def state(self, topic: str) -> str:
         """Hash `entity id → entity JSON`: the current snapshot of `topic`."""
-        return f"{self.prefix}state:{topic}"
+        return f"{self._t}state:{topic}"
 
     def state_pos(self, topic: str) -> str:
         """String: id of the last topic stream entry applied to `state(topic)`."""
-        return f"{self.prefix}state:{topic}:pos"
+        return f"{self._t}state:{topic}:pos"
 
     @property
     def users_seen(self) -> str:
@@ -66,16 +90,16 @@ class Keys:
     @property
     def settings(self) -> str:
         """Hash `setting id → setting JSON`."""
-        return f"{self.prefix}settings"
+        return f"{self._t}settings"
 
     @property
     def settings_ids(self) -> str:
         """Sorted set (all scores 0) of setting ids, for lexicographic paging."""
-        return f"{self.prefix}settings:ids"
+        return f"{self._t}settings:ids"
 
     def settings_by_name(self, name: str) -> str:
         """Sorted set (all scores 0) of ids of the settings named `name`."""
-        return f"{self.prefix}settings:name:{name}"
+        return f"{self._t}settings:name:{name}"
 
     # notice center ----------------------------------------------------------
     @property
@@ -249,12 +273,12 @@ class Keys:
     @property
     def silences(self) -> str:
         """Hash `silence id -> Silence JSON` (admin silences; expired ones pruned by writes)."""
-        return f"{self.prefix}silences"
+        return f"{self._t}silences"
 
     @property
     def silences_version(self) -> str:
         """Counter: bumped by every silence write, so a center reloads them only on change."""
-        return f"{self.prefix}silences:v"
+        return f"{self._t}silences:v"
 
     @property
     def incidents_due(self) -> str:

@@ -14,6 +14,10 @@ makes up for (tests/test_redis_cluster.py pins each):
   times, each after a fresh look at the slots: with each try bounded by `timeout` (and its
   connect by `_Deadline`), a command answers or fails within about
   (1 + CLUSTER_RETRIES) x 2 x `timeout`;
+- its pipeline refuses MGET, EVALSHA and transactions: `_Pipe` sends an MGET as GETs
+  (its answer still one list), a script as EVAL with its text (streams.lua.TEXTS) and a
+  transaction as MULTI/EXEC on the node of its one slot (a transaction over several
+  slots is an error naming them);
 - it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
   A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
   do not (each node sends only its own keys') and are refused by the bridge
@@ -23,13 +27,16 @@ makes up for (tests/test_redis_cluster.py pins each):
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Generator
 from typing import Any
 
 from redis.asyncio import RedisCluster
-from redis.asyncio.cluster import ClusterNode
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import RedisClusterException, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
+from vestnik.streams.lua import TEXTS
 from vestnik.streams.redis_url import RedisAddress
 
 CLUSTER_RETRIES = 3  # redis-py's cluster_error_retry_attempts: a failover needs a few
@@ -57,10 +64,100 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
         finally:
             self._permits.release()
 
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipe:
+        return _Pipe(self, bool(transaction))
+
     async def publish(self, channel: Any, message: Any) -> int:
         """PUBLISH (missing from redis-py 5.3's asyncio RedisCluster): any node forwards it
         to the subscribers of every node."""
         return int(await self.execute_command("PUBLISH", channel, message))
+
+
+class _Pipe(ClusterPipeline):  # type: ignore[misc]
+    """A cluster pipeline that takes what Vestnik's code queues on a single Redis's: MGET,
+    scripts, and (`transaction`) MULTI/EXEC of keys in one slot."""
+
+    __slots__ = ("_groups", "_transaction")
+
+    def __init__(self, client: RedisCluster, transaction: bool = False) -> None:
+        super().__init__(client)
+        self._transaction = transaction
+        self._groups: list[tuple[int, int]] = []  # (first GET, count) of each MGET
+
+    def __await__(self) -> Generator[Any, None, _Pipe]:
+        """`await pipe` keeps what is queued (redis-py's empties it): redis-py's scripts
+        await what `evalsha` returns, which is the pipeline itself."""
+        return self._ready().__await__()
+
+    async def _ready(self) -> _Pipe:
+        if self._client._initialize:
+            await self._client.initialize()
+        return self
+
+    def mget(self, keys: Any, *args: Any) -> _Pipe:
+        names = [keys, *args] if isinstance(keys, str | bytes) else [*keys, *args]
+        self._groups.append((len(self._command_stack), len(names)))
+        for name in names:
+            self.execute_command("GET", name)
+        return self
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> _Pipe:
+        text = TEXTS.get(sha)
+        if text is None:
+            return self.execute_command("EVALSHA", sha, numkeys, *args)  # type: ignore[no-any-return]
+        return self.execute_command("EVAL", text, numkeys, *args)  # type: ignore[no-any-return]
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        groups, self._groups = self._groups, []
+        if self._transaction and self._command_stack:
+            try:
+                results = await self._multi_exec()
+            finally:
+                self._command_stack = []
+        else:
+            results = await super().execute(raise_on_error, allow_redirections)
+        for first, count in reversed(groups):
+            results[first:first + count] = [results[first:first + count]]
+        return results
+
+    async def _multi_exec(self) -> list[Any]:
+        client: RedisCluster = self._client
+        stack = self._command_stack
+        slots = {await client._determine_slot(*cmd.args) for cmd in stack}
+        if len(slots) != 1:
+            names = sorted({str(cmd.args[0]) for cmd in stack})
+            raise RedisClusterException(
+                f"a transaction on a Redis Cluster needs its keys in one slot; "
+                f"{', '.join(names)} touch slots {sorted(slots)}")
+        node = client.nodes_manager.get_node_from_slot(slots.pop())
+        conn = node.acquire_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(
+                [("MULTI",), *(cmd.args for cmd in stack), ("EXEC",)]), False)
+            error: ResponseError | None = None
+            for _ in range(len(stack) + 1):  # +OK, then QUEUED (or an error) for each
+                try:
+                    await conn.read_response()
+                except ResponseError as e:
+                    error = error or e
+            try:
+                raw = await conn.read_response()
+            except ResponseError as e:  # EXECABORT: a command was refused when queued
+                raise error or e from None
+        except BaseException:
+            await conn.disconnect()  # a half-read answer must not reach the next command
+            raise
+        finally:
+            node._free.append(conn)
+        out = []
+        for cmd, value in zip(stack, raw, strict=True):
+            if isinstance(value, ResponseError):
+                raise value
+            callback = client.response_callbacks.get(cmd.args[0])
+            options = {k: v for k, v in cmd.kwargs.items() if k != "keys"}  # as redis-py
+            out.append(callback(value, **options) if callback else value)
+        return out
 
 
 def _nodes(address: RedisAddress) -> list[ClusterNode]:

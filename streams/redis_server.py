@@ -263,6 +263,16 @@ class SentinelDeployment:
         self.stop()
 
 
+def _low_port(tries: int = 100) -> int:
+    """A free port a cluster node may take: Redis refuses one above 55535 (its bus port
+    would be 10000 above)."""
+    for _ in range(tries):
+        port = free_port()
+        if port <= 55535:
+            return port
+    raise RuntimeError("no free port at or below 55535 for a cluster node")
+
+
 class ClusterDeployment:
     """A Redis Cluster of `masters` masters (and `replicas` replicas each) on free loopback
     ports (tests with `--redis-cluster`, `vestnik bench --redis-cluster N`): `url` is the
@@ -281,8 +291,10 @@ class ClusterDeployment:
         self.servers: list[RedisServer] = []
         for i in range(masters * (1 + replicas)):
             d = base / f"node-{i}"
-            self.servers.append(RedisServer(d, appendfsync=appendfsync, extra=[
+            self.servers.append(RedisServer(d, port=_low_port(), appendfsync=appendfsync,
+                                            extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                "--cluster-port", str(free_port()),
                 "--cluster-node-timeout", str(node_timeout_ms)]))
 
     @property

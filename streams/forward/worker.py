@@ -325,7 +325,7 @@ def make_worker(settings: Config, *, burst: bool = False,
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
-    keys = Keys(settings.prefix)
+    keys = Keys.for_url(settings.prefix, settings.redis_url)
     redis = arq_pool(settings, keys, MAX_JOBS + 8)
     forwarder = Forwarder(redis, keys, settings,
                           channels or Channels.from_settings(settings))
