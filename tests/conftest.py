@@ -3,13 +3,23 @@ factories that start real Vestnik processes against it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from support import SERVICE_TOKEN, Api, Proc, SmtpSink, base_env, vestnik_argv, wait_http
+from support import (
+    CLUSTER_ENV,
+    SERVICE_TOKEN,
+    Api,
+    Proc,
+    SmtpSink,
+    base_env,
+    vestnik_argv,
+    wait_http,
+)
 from vestnik.streams.config import Config, load
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import connect
@@ -23,6 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--redis-cluster"):
+        os.environ[CLUSTER_ENV] = "1"  # support.run_keys, read at import by test modules
     config.addinivalue_line(
         "markers", "single_redis(reason): cannot run on a Redis Cluster (--redis-cluster)")
 

@@ -8,10 +8,11 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+from support import run_keys
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC
 from vestnik.streams.schemas import decode_live, live_event
 
-K = Keys("vn:")
+K = run_keys()
 
 
 def live_event_of(raw: bytes) -> tuple[str, Any, int]:
