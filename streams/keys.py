@@ -11,6 +11,13 @@ every publish XADDs and SADDs together, and a hub or wrapper XREADs many topic s
 one call, so all of them must be in one slot. (Topic traffic is entity changes, small next
 to notices, so one master carries it.) On a single Redis the names stay as they were:
 the tag is only there on a cluster, which a deployment starts empty.
+
+Forwarding on a cluster: the forward queue, its due set and wake channel, the job ids
+(so arq's job, in-progress, retry and result keys), the attempt records, sent markers and
+threads of a notice share FORWARD_TAG, because the forwarder's claim and finish scripts
+write them together. The forwarders' arq pool talks to the master of that slot.
+(`{fwd-N}` partitions over several masters, VESTNIK_FORWARD_PARTITIONS, are the next step:
+the tag is spelled in one place, `_f`, for that.)
 """
 
 from __future__ import annotations
@@ -24,6 +31,8 @@ REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
+FORWARD_TAG = "{fwd}:"  # on a cluster: after the prefix of every forward key
+ARQ_ABORT = "arq:abort"  # arq.constants.abort_jobs_ss (tests/test_redis_cluster.py pins it)
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -51,6 +60,11 @@ class Keys:
     def _t(self) -> str:
         """The prefix of the topic and settings keys."""
         return self.prefix + TOPICS_TAG if self.cluster else self.prefix
+
+    @property
+    def _f(self) -> str:
+        """The prefix of the forward keys."""
+        return self.prefix + FORWARD_TAG if self.cluster else self.prefix
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
@@ -136,7 +150,7 @@ class Keys:
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
-        return f"{self.prefix}notice:{nid}:deliveries"
+        return f"{self._f}notice:{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
         """String: id of the first notice with this dedup key, expires after the window.
@@ -201,12 +215,12 @@ class Keys:
     @property
     def sent(self) -> str:
         """Prefix of idempotency markers for external sends (notice, user, channel)."""
-        return f"{self.prefix}sent:"
+        return f"{self._f}sent:"
 
     def sent_marker(self, nid: str, uid: str, marker: str) -> str:
         """String: notice `nid` went to `uid` (or `*`) on `marker` (a channel, or
         `channel:target` for a shared target); expires after every retry could run."""
-        return f"{self.prefix}sent:{nid}:{uid}:{marker}"
+        return f"{self._f}sent:{nid}:{uid}:{marker}"
 
     @property
     def demo_mail(self) -> str:
@@ -217,32 +231,38 @@ class Keys:
     @property
     def forward_due(self) -> str:
         """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
-        return f"{self.prefix}fwd:due"
+        return f"{self._f}fwd:due"
 
     @property
     def arq_queue(self) -> str:
         """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
         records themselves are arq's own keys, outside the prefix: streams.forward)."""
-        return f"{self.prefix}arq:queue"
+        return f"{self._f}arq:queue"
 
     @property
     def forward_job_prefix(self) -> str:
         """What every forward job id begins with (`forward_job`)."""
-        return f"{self.prefix}fwd:"
+        return f"{self._f}fwd:"
 
     def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
         pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
         re-ingesting a notice never schedules a second one."""
         if stage:
-            return f"{self.prefix}fwd:{nid}:{uid}:{stage}"
-        return f"{self.prefix}fwd:{nid}:{uid}"
+            return f"{self._f}fwd:{nid}:{uid}:{stage}"
+        return f"{self._f}fwd:{nid}:{uid}"
+
+    @property
+    def arq_abort(self) -> str:
+        """arq's abort set (the finish script drops a finished job from it); tagged on a
+        cluster, where that script writes only its slot."""
+        return self._f + ARQ_ABORT if self.cluster else ARQ_ABORT
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
         `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
         Deleted with the body (center/release.lua, purge_user.lua)."""
-        return f"{self.prefix}notice:{nid}:threads"
+        return f"{self._f}notice:{nid}:threads"
 
     def digest(self, uid: str, channel: str) -> str:
         """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
@@ -264,7 +284,7 @@ class Keys:
     def digested(self, nid: str, uid: str, channel: str) -> str:
         """String (a day): notice `nid` went into `uid`'s digest bucket on `channel`, so a
         re-run forward job does not put it in a second digest."""
-        return f"{self.prefix}sent:{nid}:{uid}:{channel}:digested"
+        return f"{self._f}sent:{nid}:{uid}:{channel}:digested"
 
     def snooze(self, uid: str) -> str:
         """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
@@ -289,4 +309,4 @@ class Keys:
     @property
     def forward_wake(self) -> str:
         """Pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
-        return f"{self.prefix}fwd:wake"
+        return f"{self._f}fwd:wake"

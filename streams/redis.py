@@ -355,14 +355,16 @@ def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
 
 
 def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
-         timeout: float = DEFAULT_TIMEOUT) -> BlockingConnectionPool:
+         timeout: float = DEFAULT_TIMEOUT, slot_of: str | None = None
+         ) -> BlockingConnectionPool:
     """The pool behind `connect` (arq's client is built on one too): bounded, and callers
     wait for a free connection, so a burst never opens more than `max_connections`;
     hiredis packs the commands. `timeout` bounds each of them whole: a paused or
     black-holed Redis is an error (ConnectionError or TimeoutError, HTTP 503) after about
     that long, never a hang: it is the longest wait for Redis's answer (`_Stall`), the
     connect timeout, the wait for a free connection, and the time budget of the retries
-    (`_Deadline`)."""
+    (`_Deadline`). On a cluster, `slot_of` (a key) names the one node it talks to: the
+    master of that key's slot (streams.redis_cluster.owner_url)."""
     options: dict[str, Any] = {
         "max_connections": max_connections, "timeout": timeout, "client_name": name,
         "health_check_interval": 30, "socket_connect_timeout": timeout,
@@ -371,7 +373,13 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
     }
     address = _address(url)
     if address.kind == "cluster":
-        raise ValueError("a redis+cluster:// URL has one pool per node: use connect()")
+        if slot_of is None:
+            raise ValueError("a redis+cluster:// URL has one pool per node: use connect(), "
+                             "or name a key (slot_of) whose node the pool talks to")
+        from vestnik.streams import redis_cluster
+
+        url = redis_cluster.owner_url(address, slot_of, timeout)
+        address = _address(url)
     made: BlockingConnectionPool
     if address.kind == "sentinel":
         made = _SentinelPool(**_sentinel_kwargs(address, timeout, **options))

@@ -29,6 +29,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Generator
 from typing import Any
+from urllib.parse import quote
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
@@ -85,9 +86,13 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
         self._groups: list[tuple[int, int]] = []  # (first GET, count) of each MGET
 
     def __await__(self) -> Generator[Any, None, _Pipe]:
-        """`await pipe` keeps what is queued (redis-py's empties it): redis-py's scripts
-        await what `evalsha` returns, which is the pipeline itself."""
+        """`await pipe` and `async with pipe` keep what is queued (redis-py's empty it):
+        redis-py's scripts await what `evalsha` returns, the pipeline itself, and the
+        center fills a pipeline before it enters it."""
         return self._ready().__await__()
+
+    async def __aenter__(self) -> _Pipe:
+        return await self._ready()
 
     async def _ready(self) -> _Pipe:
         if self._client._initialize:
@@ -192,6 +197,41 @@ def blocking_reader(address: RedisAddress, *, name: str, connect_timeout: float,
         connection_error_retry_attempts=0, cluster_error_retry_attempts=1)
     _use(client, connection_class)
     return client
+
+
+def owner_url(address: RedisAddress, key: str, timeout: float) -> str:
+    """The `redis://` URL of the master that serves `key`'s slot now, asked of the seed
+    nodes in turn (for a client of one node: the forwarders' arq pool, whose keys share
+    one tag). It does not follow a later failover or resharding: its owner restarts."""
+    import redis as sync_redis
+    from redis.crc import key_slot
+
+    slot = key_slot(key.encode())
+    last: Exception | None = None
+    for host, port in address.nodes:
+        client = sync_redis.Redis(host=host, port=port, username=address.username,
+                                  password=address.password, ssl=address.tls,
+                                  socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            # CLUSTER SLOTS: [[first, last, [host, port, id], replicas...]...]
+            for first, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                if int(first) <= slot <= int(end):
+                    host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+                    return _node_url(address, host or "127.0.0.1", int(primary[1]))
+        except (sync_redis.RedisError, OSError) as e:
+            last = e
+        finally:
+            client.close()
+    raise sync_redis.ConnectionError(
+        f"no seed node of the cluster named the master of slot {slot}: {last}")
+
+
+def _node_url(address: RedisAddress, host: str, port: int) -> str:
+    auth = ""
+    if address.username or address.password:
+        auth = f"{quote(address.username or '', safe='')}:{quote(address.password or '', safe='')}@"
+    host = f"[{host}]" if ":" in host else host
+    return f"{'rediss' if address.tls else 'redis'}://{auth}{host}:{port}/0"
 
 
 def _use(client: RedisCluster, make: Any) -> None:
