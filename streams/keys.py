@@ -132,7 +132,11 @@ class Keys:
 
     def folded(self, nid: str) -> str:
         """Set of ids of the repeats folded into notice `nid` (dedup), so a re-delivered
-        repeat is counted once; expires with the dedup window."""
+        repeat is counted once; expires with the dedup window. On a cluster its hash tag is
+        the body's whole key (`vn:folded:{vn:notice:<nid>}`): the same slot as the body,
+        which fold.lua changes with it, and no body key changes."""
+        if self.cluster:
+            return f"{self.prefix}folded:{{{self.notice(nid)}}}"
         return f"{self.prefix}notice:{nid}:folded"
 
     @property
@@ -158,7 +162,10 @@ class Keys:
         return f"{self.prefix}dedup:{dedup_key}"
 
     def idempotency(self, key: str) -> str:
-        """String: notice id answered for an HTTP Idempotency-Key."""
+        """String: notice id answered for an HTTP Idempotency-Key. On a cluster its tag is
+        the ingest stream's name: ingest.lua writes both together."""
+        if self.cluster:
+            return f"{self.prefix}idem:{{{self.notices}}}:{key}"
         return f"{self.prefix}idem:{key}"
 
     def feed(self, uid: str) -> str:

@@ -53,6 +53,8 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
 
     _permits: asyncio.Semaphore
     command_timeout: float
+    url: str  # the redis+cluster:// URL it was made from
+    name: str  # its client name
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -67,6 +69,13 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipe:
         return _Pipe(self, bool(transaction))
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        """A PubSub on one node (`streams.redis.reader(block=None)`): the asyncio
+        RedisCluster of redis-py 5.3 has none, and any node gets every PUBLISH."""
+        from vestnik.streams.redis import reader
+
+        return reader(self.url, name=self.name, like=self, block=None).pubsub(**kwargs)
 
     async def publish(self, channel: Any, message: Any) -> int:
         """PUBLISH (missing from redis-py 5.3's asyncio RedisCluster): any node forwards it
@@ -182,6 +191,7 @@ def cluster(address: RedisAddress, *, max_connections: int, name: str, timeout: 
         cluster_error_retry_attempts=CLUSTER_RETRIES)
     client._permits = asyncio.Semaphore(max_connections)
     client.command_timeout = timeout
+    client.url, client.name = address.url, name
     _use(client, connection_class)
     return client
 

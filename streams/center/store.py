@@ -199,12 +199,15 @@ class Store:
                 await _STORE(keys=self._user_keys(uid), args=args, client=pipe)
             write.calls = len(new) + len(per_user)
             add_forward_jobs(pipe, k, [b.job for b in jobs])
+        window = int(self.settings.dedup_window)
         for p in folds:
             assert p.fold_into is not None
-            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into),
-                              k.dedup(p.dedup_claim)],
-                        args=[p.notice.id, p.notice.created_at,
-                              int(self.settings.dedup_window)], client=pipe)
+            claim = [k.dedup(p.dedup_claim)] if self.one_call else []
+            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into), *claim],
+                        args=[p.notice.id, p.notice.created_at, window], client=pipe)
+        if not self.one_call:  # a cluster: the claims are in other slots than the bodies;
+            for p in folds:    # after every fold, so the replies the caller reads stay first
+                pipe.expire(k.dedup(p.dedup_claim), window)
         return write
 
     async def send(self, write: Write) -> None:
