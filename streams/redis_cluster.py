@@ -14,7 +14,8 @@ makes up for (tests/test_redis_cluster.py pins each):
   times, each after a fresh look at the slots: with each try bounded by `timeout` (and its
   connect by `_Deadline`), a command answers or fails within about
   (1 + CLUSTER_RETRIES) x 2 x `timeout`;
-- its pipeline refuses MGET, EVALSHA and transactions: `_Pipe` sends an MGET as GETs
+- its pipeline refuses MGET, EVALSHA, PUBLISH and transactions: `_Pipe` sends PUBLISH
+  (any node forwards it), an MGET as GETs
   (its answer still one list), a script as EVAL with its text (streams.lua.TEXTS) and a
   transaction as MULTI/EXEC on the node of its one slot (a transaction over several
   slots is an error naming them);
@@ -114,6 +115,9 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
         for name in names:
             self.execute_command("GET", name)
         return self
+
+    def publish(self, channel: Any, message: Any) -> _Pipe:
+        return self.execute_command("PUBLISH", channel, message)  # type: ignore[no-any-return]
 
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> _Pipe:
         text = TEXTS.get(sha)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import signal
 
 import msgspec
+import pytest
 from center_support import (
     K,
     add_users,
@@ -220,6 +221,8 @@ async def test_documented_xadd_line_is_stored(redis, redis_url, start_proc):
                                                                 "disk")
 
 
+@pytest.mark.single_redis("counts PUBLISHes: a cluster always publishes (PUBSUB NUMSUB "
+                         "counts one node's subscribers)")
 async def test_live_messages_go_to_subscribed_users_and_to_pattern_subscribers(redis,
                                                                                start_proc):
     """The store publishes a user's notices while someone SUBSCRIBEs to their live channel
