@@ -109,6 +109,10 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
             await self._client.initialize()
         return self
 
+    def __len__(self) -> int:
+        """Commands as queued (an MGET is one), as the replies `execute` returns."""
+        return len(self._command_stack) - sum(n - 1 for _, n in self._groups)
+
     def mget(self, keys: Any, *args: Any) -> _Pipe:
         names = [keys, *args] if isinstance(keys, str | bytes) else [*keys, *args]
         self._groups.append((len(self._command_stack), len(names)))
