@@ -316,11 +316,15 @@ class ClusterDeployment:
             if made.returncode != 0:
                 raise RuntimeError("redis-cli --cluster create failed: "
                                    + made.stdout.decode(errors="replace")[-2000:])
-            SentinelDeployment._wait_for(self._ready, timeout, "cluster_state:ok on every node")
+            self.wait_ok(timeout)
         except BaseException:
             self.stop()
             raise
         return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says `cluster_state:ok` (after start, or a node's pause)."""
+        SentinelDeployment._wait_for(self._ready, timeout, "cluster_state:ok on every node")
 
     def _ready(self) -> bool:
         """Every node says the cluster is ok and knows every other node."""
