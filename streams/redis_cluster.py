@@ -22,7 +22,7 @@ makes up for (tests/test_redis_cluster.py pins each):
 - it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
   A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
   do not (each node sends only its own keys') and are refused by the bridge
-  (`NotOnCluster`).
+  (streams.notifier.bridge).
 """
 
 from __future__ import annotations
@@ -42,10 +42,6 @@ from vestnik.streams.lua import TEXTS
 from vestnik.streams.redis_url import RedisAddress
 
 CLUSTER_RETRIES = 3  # redis-py's cluster_error_retry_attempts: a failover needs a few
-
-
-class NotOnCluster(RuntimeError):
-    """What Vestnik cannot do on a Redis Cluster; the message names the limitation."""
 
 
 class _Cluster(RedisCluster):  # type: ignore[misc]
