@@ -123,7 +123,11 @@ class Keys:
 
     @property
     def notices_dead(self) -> str:
-        """Dead letters: entries that failed validation, with reason, raw fields and time."""
+        """Dead letters: entries that failed validation, with reason, raw fields and time.
+        On a cluster tagged with the ingest stream's name: the wrapper writes both in one
+        payload to that stream's node."""
+        if self.cluster:
+            return f"{self.prefix}notices:dead:{{{self.notices}}}"
         return f"{self.prefix}notices:dead"
 
     def notice(self, nid: str) -> str:

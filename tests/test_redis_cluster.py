@@ -178,7 +178,7 @@ def test_cluster_key_names_keep_each_script_in_one_slot():
                                  k.threads("n"), k.digested("n", "u", "email"))}
     assert len(settings) == 1 and len(forward) == 1
     assert slot(k.folded("n1")) == slot(k.notice("n1"))
-    assert slot(k.idempotency("key")) == slot(k.notices)
+    assert slot(k.idempotency("key")) == slot(k.notices) == slot(k.notices_dead)
     # a single Redis keeps today's names
     one = Keys("vn:")
     assert (one.settings, one.topic("x"), one.arq_queue, one.folded("n"), one.arq_abort) == (
