@@ -32,7 +32,6 @@ SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
 FORWARD_TAG = "{fwd}:"  # on a cluster: after the prefix of every forward key
-ARQ_ABORT = "arq:abort"  # arq.constants.abort_jobs_ss (tests/test_redis_cluster.py pins it)
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -263,11 +262,10 @@ class Keys:
             return f"{self._f}fwd:{nid}:{uid}:{stage}"
         return f"{self._f}fwd:{nid}:{uid}"
 
-    @property
-    def arq_abort(self) -> str:
-        """arq's abort set (the finish script drops a finished job from it); tagged on a
-        cluster, where that script writes only its slot."""
-        return self._f + ARQ_ABORT if self.cluster else ARQ_ABORT
+    def forward_own(self, name: str) -> str:
+        """A key streams.forward names itself (arq's abort set, which the finish script
+        writes): as is on a single Redis, after the forward tag on a cluster."""
+        return self._f + name if self.cluster else name
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice

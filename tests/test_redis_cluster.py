@@ -17,7 +17,7 @@ from redis.exceptions import RedisClusterException
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from vestnik.streams import lua
-from vestnik.streams.keys import ARQ_ABORT, Keys
+from vestnik.streams.keys import Keys
 from vestnik.streams.redis import connect, pool, reader
 from vestnik.streams.redis_server import ClusterDeployment
 
@@ -171,7 +171,8 @@ def test_cluster_key_names_keep_each_script_in_one_slot():
     settings = {slot(x) for x in (k.settings, k.settings_ids, k.settings_by_name("n"),
                                   k.topic("settings"), k.topics, k.state("user"),
                                   k.state_pos("user"), k.silences, k.silences_version)}
-    forward = {slot(x) for x in (k.arq_queue, k.forward_due, k.forward_wake, k.arq_abort,
+    forward = {slot(x) for x in (k.arq_queue, k.forward_due, k.forward_wake,
+                                 k.forward_own(abort_jobs_ss),
                                  "arq:job:" + k.forward_job("n", "u"),
                                  "arq:in-progress:" + k.forward_job("n", "u", "resolved"),
                                  k.deliveries("n"), k.sent_marker("n", "u", "email"),
@@ -181,9 +182,9 @@ def test_cluster_key_names_keep_each_script_in_one_slot():
     assert slot(k.idempotency("key")) == slot(k.notices) == slot(k.notices_dead)
     # a single Redis keeps today's names
     one = Keys("vn:")
-    assert (one.settings, one.topic("x"), one.arq_queue, one.folded("n"), one.arq_abort) == (
+    assert (one.settings, one.topic("x"), one.arq_queue, one.folded("n"),
+            one.forward_own(abort_jobs_ss)) == (
         "vn:settings", "vn:topic:x", "vn:arq:queue", "vn:notice:n:folded", abort_jobs_ss)
-    assert ARQ_ABORT == abort_jobs_ss
 
 
 def test_keys_follow_the_url():

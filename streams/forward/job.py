@@ -56,6 +56,7 @@ from typing import Any, Literal, Protocol
 
 import msgspec
 from arq.constants import (
+    abort_jobs_ss,
     in_progress_key_prefix,
     job_key_prefix,
     result_key_prefix,
@@ -497,7 +498,8 @@ class Forwarder:
         # by KEYS, and every key the script writes shares the queue's tag there)
         await _FINISH(keys=[self.keys.arq_queue], args=[msgpack_encode([
             [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
-             self.keys.arq_abort, queue or "", MARKER_TTL_S, DELIVERIES_TTL_S], jobs]), *results],
+             self.keys.forward_own(abort_jobs_ss), queue or "", MARKER_TTL_S,
+             DELIVERIES_TTL_S], jobs]), *results],
                       client=self.redis)
 
     @staticmethod
