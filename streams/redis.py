@@ -349,7 +349,8 @@ def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik"
         return redis_cluster.cluster(  # type: ignore[return-value]
             address, max_connections=max_connections, name=name, timeout=timeout,
             retry=_Deadline(timeout),
-            connection_class=lambda cls: _mixing(_Stall, _packing(cls), "stall", timeout))
+            connection_class=lambda cls: _mixing(_Stall, _packing(cls), "stall", timeout),
+            one_node=lambda: reader(url, name=name, timeout=timeout, block=None))
     return Redis(connection_pool=pool(url, max_connections=max_connections, name=name,
                                       timeout=timeout))
 

@@ -28,7 +28,7 @@ makes up for (tests/test_redis_cluster.py pins each):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from typing import Any
 from urllib.parse import quote
 
@@ -50,8 +50,7 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
 
     _permits: asyncio.Semaphore
     command_timeout: float
-    url: str  # the redis+cluster:// URL it was made from
-    name: str  # its client name
+    one_node: Callable[[], Any]  # a pub/sub client of one node (set by `cluster`)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         try:
@@ -68,11 +67,10 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
         return _Pipe(self, bool(transaction))
 
     def pubsub(self, **kwargs: Any) -> Any:
-        """A PubSub on one node (`streams.redis.reader(block=None)`): the asyncio
-        RedisCluster of redis-py 5.3 has none, and any node gets every PUBLISH."""
-        from vestnik.streams.redis import reader
-
-        return reader(self.url, name=self.name, like=self, block=None).pubsub(**kwargs)
+        """A PubSub on one node (a client from `one_node`: streams.redis.reader's for
+        pub/sub): the asyncio RedisCluster of redis-py 5.3 has none, and any node gets
+        every PUBLISH."""
+        return self.one_node().pubsub(**kwargs)
 
     async def publish(self, channel: Any, message: Any) -> int:
         """PUBLISH (missing from redis-py 5.3's asyncio RedisCluster): any node forwards it
@@ -183,10 +181,10 @@ def _nodes(address: RedisAddress) -> list[ClusterNode]:
 
 
 def cluster(address: RedisAddress, *, max_connections: int, name: str, timeout: float,
-            connection_class: type, retry: Any) -> RedisCluster:
+            connection_class: type, retry: Any, one_node: Callable[[], Any]) -> RedisCluster:
     """The pooled client of `streams.redis.connect` for a cluster. `connection_class` maps a
     redis-py connection class to Vestnik's (`streams.redis` passes its hiredis + `_Stall`
-    maker); `retry` bounds each (re)connect in time."""
+    maker); `retry` bounds each (re)connect in time; `one_node` makes its pub/sub client."""
     client = _Cluster(
         startup_nodes=_nodes(address), username=address.username,
         password=address.password, ssl=address.tls, client_name=name,
@@ -195,7 +193,7 @@ def cluster(address: RedisAddress, *, max_connections: int, name: str, timeout: 
         cluster_error_retry_attempts=CLUSTER_RETRIES)
     client._permits = asyncio.Semaphore(max_connections)
     client.command_timeout = timeout
-    client.url, client.name = address.url, name
+    client.one_node = one_node
     _use(client, connection_class)
     return client
 
