@@ -403,13 +403,13 @@ async def run_demo(config: Config) -> None:
     """The demo part of `vestnik up --demo`: sink, seed, wrapped alert and simulator."""
     assert config.redis_url
     redis = connect(config.redis_url, name="vestnik-demo")
-    keys = Keys(config.prefix)
+    keys = Keys.for_url(config.prefix, config.redis_url)
     sink_at = _sink if _sink and config.smtp_url == f"smtp://{_sink[0]}:{_sink[1]}" else None
     sink: MailSink | None = None
     tasks: list[asyncio.Task[None]] = []
     try:
         if sink_at is not None:
-            sink = await MailSink(redis, Keys(config.prefix).demo_mail, *sink_at).start()
+            sink = await MailSink(redis, keys.demo_mail, *sink_at).start()
         forward_after = config.forward_after
         await seed(redis, keys, config, forward_after)
         alert_toml = alert_config(config)

@@ -2,16 +2,36 @@
 
 Keys of one user share the hash tag `{u:<uid>}` so the per-user multi-key
 writes of the notice center stay in one Redis Cluster slot.
+
+On a Redis Cluster (`Keys(prefix, cluster=True)`, `Keys.for_url`) the topic keys (streams,
+states, positions, the topic set), the settings store and the silences (hash and version,
+written in one transaction) share one more tag, TOPICS_TAG:
+a settings write changes its hash, indexes, topic stream and the topic set in one script,
+every publish XADDs and SADDs together, and a hub or wrapper XREADs many topic streams in
+one call, so all of them must be in one slot. (Topic traffic is entity changes, small next
+to notices, so one master carries it.) On a single Redis the names stay as they were:
+the tag is only there on a cluster, which a deployment starts empty.
+
+Forwarding on a cluster: the forward queue, its due set and wake channel, the job ids
+(so arq's job, in-progress, retry and result keys), the attempt records, sent markers and
+threads of a notice share FORWARD_TAG, because the forwarder's claim and finish scripts
+write them together. The forwarders' arq pool talks to the master of that slot.
+(`{fwd-N}` partitions over several masters, VESTNIK_FORWARD_PARTITIONS, are the next step:
+the tag is spelled in one place, `_f`, for that.)
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from vestnik.streams.redis_url import parse
+
 CENTER_GROUP = "center"
 REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
+TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
+FORWARD_TAG = "{fwd}:"  # on a cluster: after the prefix of every forward key
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -27,33 +47,50 @@ def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
 @dataclass(frozen=True, slots=True)
 class Keys:
     prefix: str = "vn:"
+    cluster: bool = False  # Redis Cluster names: the topic/settings keys share TOPICS_TAG
+
+    @classmethod
+    def for_url(cls, prefix: str, redis_url: str | None) -> Keys:
+        """The key names for the Redis at `redis_url` (a cluster's carry the tags)."""
+        cluster = bool(redis_url) and parse(redis_url or "").kind == "cluster"
+        return cls(prefix, cluster)
+
+    @property
+    def _t(self) -> str:
+        """The prefix of the topic and settings keys."""
+        return self.prefix + TOPICS_TAG if self.cluster else self.prefix
+
+    @property
+    def _f(self) -> str:
+        """The prefix of the forward keys."""
+        return self.prefix + FORWARD_TAG if self.cluster else self.prefix
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
         """Stream of entity events of `topic` (fields op, id, data, ts, src)."""
-        return f"{self.prefix}topic:{topic}"
+        return f"{self._t}topic:{topic}"
 
     @property
     def topic_glob(self) -> str:
-        return f"{self.prefix}topic:*"
+        return f"{self._t}topic:*"
 
     @property
     def topics(self) -> str:
         """Set of topic names, written by every publisher path (HTTP, `vestnik publish`, the
         settings store, the bridge): what the topic hub follows, instead of a SCAN of the
         keyspace. A product that XADDs by itself adds its topic with `SADD`."""
-        return f"{self.prefix}topics"
+        return f"{self._t}topics"
 
     def topic_of(self, key: str) -> str:
-        return key[len(self.prefix) + len("topic:"):]
+        return key[len(self._t) + len("topic:"):]
 
     def state(self, topic: str) -> str:
         """Hash `entity id → entity JSON`: the current snapshot of `topic`."""
-        return f"{self.prefix}state:{topic}"
+        return f"{self._t}state:{topic}"
 
     def state_pos(self, topic: str) -> str:
         """String: id of the last topic stream entry applied to `state(topic)`."""
-        return f"{self.prefix}state:{topic}:pos"
+        return f"{self._t}state:{topic}:pos"
 
     @property
     def users_seen(self) -> str:
@@ -66,16 +103,16 @@ class Keys:
     @property
     def settings(self) -> str:
         """Hash `setting id → setting JSON`."""
-        return f"{self.prefix}settings"
+        return f"{self._t}settings"
 
     @property
     def settings_ids(self) -> str:
         """Sorted set (all scores 0) of setting ids, for lexicographic paging."""
-        return f"{self.prefix}settings:ids"
+        return f"{self._t}settings:ids"
 
     def settings_by_name(self, name: str) -> str:
         """Sorted set (all scores 0) of ids of the settings named `name`."""
-        return f"{self.prefix}settings:name:{name}"
+        return f"{self._t}settings:name:{name}"
 
     # notice center ----------------------------------------------------------
     @property
@@ -85,7 +122,11 @@ class Keys:
 
     @property
     def notices_dead(self) -> str:
-        """Dead letters: entries that failed validation, with reason, raw fields and time."""
+        """Dead letters: entries that failed validation, with reason, raw fields and time.
+        On a cluster tagged with the ingest stream's name: the wrapper writes both in one
+        payload to that stream's node."""
+        if self.cluster:
+            return f"{self.prefix}notices:dead:{{{self.notices}}}"
         return f"{self.prefix}notices:dead"
 
     def notice(self, nid: str) -> str:
@@ -94,7 +135,11 @@ class Keys:
 
     def folded(self, nid: str) -> str:
         """Set of ids of the repeats folded into notice `nid` (dedup), so a re-delivered
-        repeat is counted once; expires with the dedup window."""
+        repeat is counted once; expires with the dedup window. On a cluster its hash tag is
+        the body's whole key (`vn:folded:{vn:notice:<nid>}`): the same slot as the body,
+        which fold.lua changes with it, and no body key changes."""
+        if self.cluster:
+            return f"{self.prefix}folded:{{{self.notice(nid)}}}"
         return f"{self.prefix}notice:{nid}:folded"
 
     @property
@@ -112,7 +157,7 @@ class Keys:
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
-        return f"{self.prefix}notice:{nid}:deliveries"
+        return f"{self._f}notice:{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
         """String: id of the first notice with this dedup key, expires after the window.
@@ -120,7 +165,10 @@ class Keys:
         return f"{self.prefix}dedup:{dedup_key}"
 
     def idempotency(self, key: str) -> str:
-        """String: notice id answered for an HTTP Idempotency-Key."""
+        """String: notice id answered for an HTTP Idempotency-Key. On a cluster its tag is
+        the ingest stream's name: ingest.lua writes both together."""
+        if self.cluster:
+            return f"{self.prefix}idem:{{{self.notices}}}:{key}"
         return f"{self.prefix}idem:{key}"
 
     def feed(self, uid: str) -> str:
@@ -177,12 +225,12 @@ class Keys:
     @property
     def sent(self) -> str:
         """Prefix of idempotency markers for external sends (notice, user, channel)."""
-        return f"{self.prefix}sent:"
+        return f"{self._f}sent:"
 
     def sent_marker(self, nid: str, uid: str, marker: str) -> str:
         """String: notice `nid` went to `uid` (or `*`) on `marker` (a channel, or
         `channel:target` for a shared target); expires after every retry could run."""
-        return f"{self.prefix}sent:{nid}:{uid}:{marker}"
+        return f"{self._f}sent:{nid}:{uid}:{marker}"
 
     @property
     def demo_mail(self) -> str:
@@ -193,32 +241,37 @@ class Keys:
     @property
     def forward_due(self) -> str:
         """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
-        return f"{self.prefix}fwd:due"
+        return f"{self._f}fwd:due"
 
     @property
     def arq_queue(self) -> str:
         """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
         records themselves are arq's own keys, outside the prefix: streams.forward)."""
-        return f"{self.prefix}arq:queue"
+        return f"{self._f}arq:queue"
 
     @property
     def forward_job_prefix(self) -> str:
         """What every forward job id begins with (`forward_job`)."""
-        return f"{self.prefix}fwd:"
+        return f"{self._f}fwd:"
 
     def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
         pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
         re-ingesting a notice never schedules a second one."""
         if stage:
-            return f"{self.prefix}fwd:{nid}:{uid}:{stage}"
-        return f"{self.prefix}fwd:{nid}:{uid}"
+            return f"{self._f}fwd:{nid}:{uid}:{stage}"
+        return f"{self._f}fwd:{nid}:{uid}"
+
+    def forward_own(self, name: str) -> str:
+        """A key streams.forward names itself (arq's abort set, which the finish script
+        writes): as is on a single Redis, after the forward tag on a cluster."""
+        return self._f + name if self.cluster else name
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
         `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
         Deleted with the body (center/release.lua, purge_user.lua)."""
-        return f"{self.prefix}notice:{nid}:threads"
+        return f"{self._f}notice:{nid}:threads"
 
     def digest(self, uid: str, channel: str) -> str:
         """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
@@ -240,7 +293,7 @@ class Keys:
     def digested(self, nid: str, uid: str, channel: str) -> str:
         """String (a day): notice `nid` went into `uid`'s digest bucket on `channel`, so a
         re-run forward job does not put it in a second digest."""
-        return f"{self.prefix}sent:{nid}:{uid}:{channel}:digested"
+        return f"{self._f}sent:{nid}:{uid}:{channel}:digested"
 
     def snooze(self, uid: str) -> str:
         """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
@@ -249,12 +302,12 @@ class Keys:
     @property
     def silences(self) -> str:
         """Hash `silence id -> Silence JSON` (admin silences; expired ones pruned by writes)."""
-        return f"{self.prefix}silences"
+        return f"{self._t}silences"
 
     @property
     def silences_version(self) -> str:
         """Counter: bumped by every silence write, so a center reloads them only on change."""
-        return f"{self.prefix}silences:v"
+        return f"{self._t}silences:v"
 
     @property
     def incidents_due(self) -> str:
@@ -265,4 +318,4 @@ class Keys:
     @property
     def forward_wake(self) -> str:
         """Pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
-        return f"{self.prefix}fwd:wake"
+        return f"{self._f}fwd:wake"

@@ -52,10 +52,17 @@ def _compose(package: str, path: str, depth: int) -> bytes:
                         _read(package, path))
 
 
+# sha -> text of every script made here: a Redis Cluster pipeline sends EVAL with the text
+# (redis-py's refuses EVALSHA: streams.redis_cluster)
+TEXTS: dict[str, bytes] = {}
+
+
 @cache
 def _script(package: str, path: str, consts: tuple[tuple[str, int | str], ...]
             ) -> AsyncScript:
-    return AsyncScript(None, source(path, package=package, **dict(consts)))  # type: ignore[arg-type]
+    made = AsyncScript(None, source(path, package=package, **dict(consts)))  # type: ignore[arg-type]
+    TEXTS[made.sha] = made.script
+    return made
 
 
 def script(path: str, *, package: str = _PACKAGE, **consts: int | str) -> AsyncScript:

@@ -10,7 +10,7 @@ from typing import Any, TypeVar
 
 import hiredis
 from redis.asyncio import BlockingConnectionPool, ConnectionPool, Redis
-from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.connection import AbstractConnection, Connection, SSLConnection
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
@@ -318,10 +318,7 @@ class _Deadline(Retry):
 
 
 def _address(url: str) -> RedisAddress:
-    address = parse(url)
-    if address.kind == "cluster":
-        raise ValueError("redis+cluster:// URLs are not served by this client yet")
-    return address
+    return parse(url)
 
 
 def _kind(error: Exception) -> str:
@@ -352,26 +349,42 @@ def blocking(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
 
 def timeout_of(redis: Redis) -> float:
     """The command timeout a client of `connect` was built with (for a reader beside it)."""
+    own = getattr(redis, "command_timeout", None)  # a cluster's (streams.redis_cluster)
+    if own is not None:
+        return float(own)
     return getattr(redis.connection_pool, "command_timeout", DEFAULT_TIMEOUT)
 
 
 def connect(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
             timeout: float = DEFAULT_TIMEOUT) -> Redis:
     """A pooled client; every command answers or fails within about `timeout` seconds,
-    retrying with backoff across a Redis restart while that budget lasts."""
+    retrying with backoff across a Redis restart while that budget lasts. A
+    `redis+cluster://` URL gives a RedisCluster with the same bounds
+    (streams.redis_cluster)."""
+    address = _address(url)
+    if address.kind == "cluster":
+        from vestnik.streams import redis_cluster
+
+        return redis_cluster.cluster(  # type: ignore[return-value]
+            address, max_connections=max_connections, name=name, timeout=timeout,
+            retry=_Deadline(timeout),
+            connection_class=lambda cls: _mixing(_Stall, _packing(cls), "stall", timeout),
+            one_node=lambda: reader(url, name=name, timeout=timeout, block=None))
     return Redis(connection_pool=pool(url, max_connections=max_connections, name=name,
                                       timeout=timeout))
 
 
 def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
-         timeout: float = DEFAULT_TIMEOUT) -> BlockingConnectionPool:
+         timeout: float = DEFAULT_TIMEOUT, slot_of: str | None = None
+         ) -> BlockingConnectionPool:
     """The pool behind `connect` (arq's client is built on one too): bounded, and callers
     wait for a free connection, so a burst never opens more than `max_connections`;
     hiredis packs the commands. `timeout` bounds each of them whole: a paused or
     black-holed Redis is an error (ConnectionError or TimeoutError, HTTP 503) after about
     that long, never a hang: it is the longest wait for Redis's answer (`_Stall`), the
     connect timeout, the wait for a free connection, and the time budget of the retries
-    (`_Deadline`)."""
+    (`_Deadline`). On a cluster, `slot_of` (a key) names the one node it talks to: the
+    master of that key's slot (streams.redis_cluster.owner_url)."""
     options: dict[str, Any] = {
         "max_connections": max_connections, "timeout": timeout, "client_name": name,
         "health_check_interval": 30, "socket_connect_timeout": timeout,
@@ -379,6 +392,14 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
         "retry_on_error": [ConnectionError, TimeoutError, BusyLoadingError],
     }
     address = _address(url)
+    if address.kind == "cluster":
+        if slot_of is None:
+            raise ValueError("a redis+cluster:// URL has one pool per node: use connect(), "
+                             "or name a key (slot_of) whose node the pool talks to")
+        from vestnik.streams import redis_cluster
+
+        url = redis_cluster.owner_url(address, slot_of, timeout)
+        address = _address(url)
     made: BlockingConnectionPool
     if address.kind == "sentinel":
         made = _SentinelPool(**_sentinel_kwargs(address, timeout, **options))
@@ -410,7 +431,20 @@ def reader(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT,
         "health_check_interval": 3600 if block is None else 0}
     address = _address(url)
     one: ConnectionPool
-    if address.kind == "sentinel":
+    if address.kind == "cluster" and block is not None:
+        from vestnik.streams import redis_cluster
+
+        return redis_cluster.blocking_reader(  # type: ignore[return-value]
+            address, name=name, connect_timeout=timeout,
+            connection_class=lambda cls: _mixing(_Stall, _packing(cls), "stall",
+                                                 block + timeout))
+    if address.kind == "cluster":  # pub/sub: one node
+        host, port = address.nodes[0]
+        one = _OnePool(host=host, port=port, username=address.username,
+                       password=address.password,
+                       connection_class=SSLConnection if address.tls else Connection,
+                       **options)
+    elif address.kind == "sentinel":
         one = _SentinelOnePool(**_sentinel_kwargs(address, timeout,
                                                   **options))
     else:

@@ -263,6 +263,101 @@ class SentinelDeployment:
         self.stop()
 
 
+def _low_port(tries: int = 100) -> int:
+    """A free port a cluster node may take: Redis refuses one above 55535 (its bus port
+    would be 10000 above)."""
+    for _ in range(tries):
+        port = free_port()
+        if port <= 55535:
+            return port
+    raise RuntimeError("no free port at or below 55535 for a cluster node")
+
+
+class ClusterDeployment:
+    """A Redis Cluster of `masters` masters (and `replicas` replicas each) on free loopback
+    ports (tests with `--redis-cluster`, `vestnik bench --redis-cluster N`): `url` is the
+    `redis+cluster://` address every Vestnik process takes. The slots are spread by
+    `redis-cli --cluster create`, as an operator would; `start` returns once every node
+    says `cluster_state:ok`, so the first command of a test never meets CLUSTERDOWN.
+    Failover is tuned fast (`node_timeout_ms`)."""
+
+    def __init__(self, data_dir: str | Path, *, masters: int = 3, replicas: int = 0,
+                 node_timeout_ms: int = 1000, appendfsync: str = "everysec") -> None:
+        if masters < 3:
+            raise ValueError("masters: redis-cli --cluster create needs at least 3")
+        base = Path(data_dir).resolve()
+        self.masters = masters
+        self.replicas = replicas
+        self.servers: list[RedisServer] = []
+        for i in range(masters * (1 + replicas)):
+            d = base / f"node-{i}"
+            self.servers.append(RedisServer(d, port=_low_port(), appendfsync=appendfsync,
+                                            extra=[
+                "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
+                "--cluster-port", str(free_port()),
+                "--cluster-node-timeout", str(node_timeout_ms)]))
+
+    @property
+    def url(self) -> str:
+        nodes = ",".join(f"127.0.0.1:{s.port}" for s in self.servers[:self.masters])
+        return f"redis+cluster://{nodes}"
+
+    def start(self, timeout: float = 30.0) -> ClusterDeployment:
+        try:
+            for server in self.servers:
+                server.start()
+            cli = shutil.which("redis-cli")
+            if cli is None:
+                raise RuntimeError("redis-cli is not installed (apt-get install redis-tools)")
+            made = subprocess.run(
+                [cli, "--cluster", "create", *(f"127.0.0.1:{s.port}" for s in self.servers),
+                 "--cluster-replicas", str(self.replicas), "--cluster-yes"],
+                stdin=subprocess.DEVNULL, capture_output=True, timeout=timeout)
+            if made.returncode != 0:
+                raise RuntimeError("redis-cli --cluster create failed: "
+                                   + made.stdout.decode(errors="replace")[-2000:])
+            self.wait_ok(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ok(self, timeout: float = 30.0) -> None:
+        """Until every node says `cluster_state:ok` (after start, or a node's pause)."""
+        SentinelDeployment._wait_for(self._ready, timeout, "cluster_state:ok on every node")
+
+    def _ready(self) -> bool:
+        """Every node says the cluster is ok and knows every other node."""
+        for server in self.servers:
+            info = _ask(server.port, "CLUSTER", "INFO")
+            text = info.decode() if isinstance(info, bytes) else str(info or "")
+            if ("cluster_state:ok" not in text
+                    or f"cluster_known_nodes:{len(self.servers)}" not in text):
+                return False
+        return True
+
+    def master_ports(self) -> list[int]:
+        """The ports of the nodes that are masters now (after a failover: promoted ones)."""
+        ports = []
+        for server in self.servers:
+            if server.proc is None:
+                continue
+            info = _ask(server.port, "INFO", "replication")
+            if isinstance(info, dict) and info.get("role") == "master":
+                ports.append(server.port)
+        return ports
+
+    def stop(self) -> None:
+        for server in self.servers:
+            server.stop()
+
+    def __enter__(self) -> ClusterDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
 def _ask(port: int, *command: str) -> Any:
     """One command to the server or sentinel at 127.0.0.1:`port` (None when it does not
     answer)."""

@@ -3,55 +3,113 @@ factories that start real Vestnik processes against it."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
 from redis.asyncio import Redis
 
-from support import SERVICE_TOKEN, Api, Proc, SmtpSink, base_env, vestnik_argv, wait_http
+from support import (
+    CLUSTER_ENV,
+    SERVICE_TOKEN,
+    Api,
+    Proc,
+    SmtpSink,
+    base_env,
+    vestnik_argv,
+    wait_http,
+)
 from vestnik.streams.config import Config, load
 from vestnik.streams.keys import Keys
-from vestnik.streams.redis_server import RedisServer, free_port
+from vestnik.streams.redis import connect
+from vestnik.streams.redis_server import ClusterDeployment, RedisServer, free_port
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--redis-cluster", action="store_true", default=False,
+                     help="serve redis_url/redis_server from a local 3-master Redis Cluster "
+                          "instead of one redis-server (tests marked single_redis skip)")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("--redis-cluster"):
+        os.environ[CLUSTER_ENV] = "1"  # support.run_keys, read at import by test modules
+    config.addinivalue_line(
+        "markers", "single_redis(reason): cannot run on a Redis Cluster (--redis-cluster)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if not config.getoption("--redis-cluster"):
+        return
+    for item in items:
+        mark = item.get_closest_marker("single_redis")
+        if mark is not None:
+            reason = mark.args[0] if mark.args else mark.kwargs.get("reason", "")
+            item.add_marker(pytest.mark.skip(reason=f"single Redis only: {reason}"))
 
 
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """One real redis-server for the whole session (never 6379, never a fixed port).
+def on_cluster(pytestconfig: pytest.Config) -> bool:
+    """True when the run serves Redis from a cluster (`--redis-cluster`)."""
+    return bool(pytestconfig.getoption("--redis-cluster"))
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory,
+                 on_cluster: bool) -> Iterator[RedisServer | ClusterDeployment]:
+    """One real redis-server for the whole session (never 6379, never a fixed port), or
+    with `--redis-cluster` a local 3-master cluster (a ClusterDeployment: no restart/kill;
+    tests that need those are marked single_redis).
 
     Tests that restart or kill it must leave it running (`redis_server.restart()`).
     """
-    server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
+    server: RedisServer | ClusterDeployment
+    if on_cluster:
+        server = ClusterDeployment(tmp_path_factory.mktemp("redis-cluster"))
+    else:
+        server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
     server.start()
     yield server
     server.stop()
 
 
-@pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
-    """The session server, emptied and with default settings: each test starts clean."""
-    if redis_server.proc is None or redis_server.proc.poll() is not None:
-        redis_server.start()
+def _reset(port: int) -> None:
     import redis as sync_redis
 
-    r = sync_redis.Redis.from_url(redis_server.url)
+    r = sync_redis.Redis(port=port, socket_timeout=5, socket_connect_timeout=5)
     r.flushall()
     r.config_set("notify-keyspace-events", "")
     r.config_set("maxmemory", "0")
     r.close()
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer | ClusterDeployment) -> str:
+    """The session server (every master of the cluster), emptied and with default
+    settings: each test starts clean."""
+    if isinstance(redis_server, ClusterDeployment):
+        for port in redis_server.master_ports():
+            _reset(port)
+        return redis_server.url
+    if redis_server.proc is None or redis_server.proc.poll() is not None:
+        redis_server.start()
+    _reset(redis_server.port)
     return redis_server.url
 
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    client = Redis.from_url(redis_url)
+    """A client of the test's Redis (a RedisCluster with `--redis-cluster`)."""
+    client = connect(redis_url, timeout=5.0, name="test") if "cluster" in redis_url \
+        else Redis.from_url(redis_url)
     yield client
     await client.aclose()
 
 
 @pytest.fixture
-def keys() -> Keys:
-    return Keys("vn:")
+def keys(on_cluster: bool) -> Keys:
+    return Keys("vn:", cluster=on_cluster)
 
 
 @pytest.fixture

@@ -29,11 +29,19 @@ from aiosmtpd.controller import Controller
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from vestnik.streams.keys import Keys
 from vestnik.streams.redis_server import free_port
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
 SECRET = "test-secret-" + secrets.token_hex(16)
+CLUSTER_ENV = "VESTNIK_TEST_REDIS_CLUSTER"  # "1": the run serves Redis from a cluster
+
+
+def run_keys(prefix: str = "vn:") -> Keys:
+    """The key names of this run's Redis (a cluster's carry tags: `--redis-cluster`), for
+    module-level constants that cannot take the `keys` fixture."""
+    return Keys(prefix, cluster=os.environ.get(CLUSTER_ENV) == "1")
 SERVICE_TOKEN = "svc-test-" + secrets.token_hex(8)
 # where a user copies shell lines from: the README's tour and the guide
 USER_DOCS = (ROOT / "README.md", ROOT / "docs" / "guide.md")

@@ -21,6 +21,7 @@ import logging
 import os
 import random
 import time
+from typing import Any
 
 import msgspec
 from redis.asyncio import Redis
@@ -32,6 +33,7 @@ from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import NOTICES_DEAD
 from vestnik.streams.redis import RETRYABLE, Backoff
+from vestnik.streams.redis import pool as redis_pool
 from vestnik.streams.schemas import (
     NO_CHANNELS,
     AlertSetting,
@@ -265,7 +267,18 @@ class NoticeWriter:
 
     # redis ------------------------------------------------------------------------------
     async def _writer(self) -> None:
-        pool = self.redis.connection_pool
+        if not self.keys.cluster:
+            return await self._write(self.redis.connection_pool)
+        # a cluster: the raw XADDs go to the master of the ingest stream's slot (the dead
+        # letters' stream shares its tag: streams.keys)
+        own = redis_pool(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
+                         timeout=self.cfg.redis_timeout or 2.0, slot_of=self.keys.notices)
+        try:
+            return await self._write(own)
+        finally:
+            await own.disconnect()
+
+    async def _write(self, pool: Any) -> None:
         while True:
             batch = await self._queue.get()
             if batch is None:

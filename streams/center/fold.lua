@@ -1,5 +1,6 @@
 -- Fold a dedup repeat into the first notice of its incident. KEYS: notice body, folded set,
--- the incident's claim (its TTL starts again: kept `window` after the last repeat).
+-- the incident's claim (its TTL starts again: kept `window` after the last repeat; absent
+-- on a Redis Cluster, where it is in another slot: the caller EXPIREs it beside).
 -- ARGV: repeat id, last_seen ms, window s. Returns the new body, 0 when the repeat was
 -- already folded (a re-delivery), or -1 when the first notice is gone or its incident is
 -- resolved (a repeat that was loaded before the resolve: it opens a new incident).
@@ -21,7 +22,7 @@ then
 end
 redis.call('SADD', KEYS[2], ARGV[1])
 redis.call('EXPIRE', KEYS[2], ARGV[3])
-redis.call('EXPIRE', KEYS[3], ARGV[3])
+if KEYS[3] then redis.call('EXPIRE', KEYS[3], ARGV[3]) end
 local n = (tonumber(rep) or 0) + 1
 body = head .. ',"repeat":' .. n .. ',"last_seen":' .. ARGV[2] .. '}'
 redis.call('SET', KEYS[1], body, 'KEEPTTL')

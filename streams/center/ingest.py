@@ -83,8 +83,12 @@ class IngestCall:
                                          f"{notice.id} {digest}" if digest else notice.id]
         for k, v in fields.items():
             argv += [k, v]
-        idem = keys.idempotency(idempotency_key) if idempotency_key is not None else ""
-        script_keys = [keys.notices, idem, keys.notice(notice.id) if own_id else ""]
+        # on a cluster an unused KEY is the stream's name (every KEY in its slot) and the
+        # body of an own id, in another slot, is looked up before (`Ingest.send`)
+        unused = keys.notices if keys.cluster else ""
+        idem = keys.idempotency(idempotency_key) if idempotency_key is not None else unused
+        body = keys.notice(notice.id) if own_id and not keys.cluster else unused
+        script_keys = [keys.notices, idem, body]
         return cls(notice.id, fields, notice, digest, script_keys, argv)
 
     def outcome(self, kind: int, got: bytes | str) -> str:
@@ -124,6 +128,10 @@ class Ingest:
             await self.appends.xadd(self.keys.notices, call.fields, durable=True)
             NOTICES_INGESTED.labels(via).inc()
             return call.nid
+        if self.keys.cluster and notice.id is not None:  # the script cannot read the body
+            stored = await self.redis.get(self.keys.notice(call.nid))
+            if stored is not None:
+                return call.outcome(2, stored)
         kind, got = await self._replicated(keys=call.script_keys, args=call.script_args)
         if kind == 0:
             NOTICES_INGESTED.labels(via).inc()

@@ -99,6 +99,7 @@ class Write:
     rest: list[tuple[str, list[str]]] = field(default_factory=list)
     index: dict[str, int] = field(default_factory=dict)
     calls: int = 0  # per-user calls in `pipe`, before the folds
+    folds_at: int = 0  # the first fold's reply in `pipe`'s (after a cluster's forward jobs)
     claims: list[Claim | None] = field(default_factory=list)  # per forward job due now
 
 
@@ -199,12 +200,16 @@ class Store:
                 await _STORE(keys=self._user_keys(uid), args=args, client=pipe)
             write.calls = len(new) + len(per_user)
             add_forward_jobs(pipe, k, [b.job for b in jobs])
+        window = int(self.settings.dedup_window)
+        write.folds_at = len(pipe)
         for p in folds:
             assert p.fold_into is not None
-            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into),
-                              k.dedup(p.dedup_claim)],
-                        args=[p.notice.id, p.notice.created_at,
-                              int(self.settings.dedup_window)], client=pipe)
+            claim = [k.dedup(p.dedup_claim)] if self.one_call else []
+            await _FOLD(keys=[k.notice(p.fold_into), k.folded(p.fold_into), *claim],
+                        args=[p.notice.id, p.notice.created_at, window], client=pipe)
+        if not self.one_call:  # a cluster: the claims are in other slots than the bodies;
+            for p in folds:    # after every fold, so the replies the caller reads stay first
+                pipe.expire(k.dedup(p.dedup_claim), window)
         return write
 
     async def send(self, write: Write) -> None:
@@ -219,9 +224,8 @@ class Store:
         async with write.pipe as pipe:
             res = await pipe.execute() if len(pipe) else []
         if write.calls:
-            stored, at = res[len(new):write.calls], write.calls
-        else:
-            at = 0
+            stored = res[len(new):write.calls]
+        at = write.folds_at
         NOTICES_STORED.inc(len(new))
         NOTICES_DELIVERED.inc(sum(int(r) for r in stored))
         if claimed and self.inline is not None:

@@ -1,5 +1,6 @@
 -- arq's finish_job for the jobs that ended in one loop iteration, with their attempt
--- records and sent markers: one call, atomic as arq's MULTI. KEYS: none.
+-- records and sent markers: one call, atomic as arq's MULTI. KEYS: the queue (unused: it
+-- names the slot on a Redis Cluster, where every key here shares its tag).
 -- ARGV[1]: msgpack [[in-progress prefix, result prefix, retry prefix, job prefix, abort
 -- set, queue, marker ttl s, deliveries ttl s], [[job id, finished (0/1), keep result ms,
 -- ARGV index of its result or 0, score increment (a retry) or 0, [[deliveries key,

@@ -494,9 +494,12 @@ class Forwarder:
     async def finish(self, queue: str | None, jobs: list[list[Any]],
                      results: list[bytes]) -> None:
         """Run `_FINISH`: the jobs' finishes (arq's) with their records and sent markers."""
-        await _FINISH(keys=[], args=[msgpack_encode([
+        # the queue is not used by the script: it names the slot (a Redis Cluster routes
+        # by KEYS, and every key the script writes shares the queue's tag there)
+        await _FINISH(keys=[self.keys.arq_queue], args=[msgpack_encode([
             [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
-             abort_jobs_ss, queue or "", MARKER_TTL_S, DELIVERIES_TTL_S], jobs]), *results],
+             self.keys.forward_own(abort_jobs_ss), queue or "", MARKER_TTL_S,
+             DELIVERIES_TTL_S], jobs]), *results],
                       client=self.redis)
 
     @staticmethod

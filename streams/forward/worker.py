@@ -40,7 +40,7 @@ from vestnik.streams.forward.schedule import (
 from vestnik.streams.ids import now_ms
 from vestnik.streams.keys import Keys
 from vestnik.streams.ops_http import flag_check, ops_listener, redis_check
-from vestnik.streams.redis import RETRYABLE, Backoff
+from vestnik.streams.redis import RETRYABLE, Backoff, connect
 from vestnik.streams.redis import pool as redis_pool
 from vestnik.streams.sampler import backlog_probe, run_sampler
 
@@ -59,8 +59,10 @@ class _ArqRedis(ArqRedis):
 
 def arq_pool(settings: Config, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
+    # on a cluster: the master of the queue's slot, where every forward key is (streams.keys)
     shared = redis_pool(settings.redis_url, max_connections=max_connections,
-                        name="vestnik-forwarder", timeout=settings.redis_timeout)
+                        name="vestnik-forwarder", timeout=settings.redis_timeout,
+                        slot_of=keys.arq_queue)
     return _ArqRedis(shared, job_serializer=job_serializer, job_deserializer=job_deserializer,
                      default_queue_name=keys.arq_queue)
 
@@ -325,9 +327,12 @@ def make_worker(settings: Config, *, burst: bool = False,
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
-    keys = Keys(settings.prefix)
+    keys = Keys.for_url(settings.prefix, settings.redis_url)
     redis = arq_pool(settings, keys, MAX_JOBS + 8)
-    forwarder = Forwarder(redis, keys, settings,
+    # the jobs read notices and users from every slot: on a cluster, a cluster client
+    data = connect(settings.redis_url, max_connections=MAX_JOBS + 8, name="vestnik-forwarder",
+                   timeout=settings.redis_timeout) if keys.cluster else redis
+    forwarder = Forwarder(data, keys, settings,
                           channels or Channels.from_settings(settings))
     if logging.getLogger("arq.worker").level == logging.NOTSET:
         # arq logs every job start and end at INFO: too much at 1,000 jobs/s
@@ -399,3 +404,5 @@ async def run_forwarder(settings: Config, *, burst: bool = False,
             log.warning("forwarder closed without Redis (%s)", e)
         finally:
             await forwarder.channels.aclose()
+            if forwarder.keys.cluster:  # its own cluster client (make_worker)
+                await forwarder.redis.aclose()

@@ -87,6 +87,11 @@ class Bridge:
                  *, maxlen: int, batch: int = 1000) -> None:
         if not patterns:
             raise BridgeError("no keyspace patterns configured (VESTNIK_KEYSPACE_PATTERNS)")
+        if redis_url.parse(url).kind == "cluster":
+            raise BridgeError(
+                "the bridge follows keyspace notifications, which each Redis Cluster node "
+                "sends for its own keys only: on a cluster, publish entity changes to the "
+                "topic (HTTP, `vestnik publish`) instead of bridging key writes")
         self.url = url
         self.redis = redis
         self.keys = keys

@@ -5,9 +5,10 @@ from __future__ import annotations
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.streams.keys import USER_TOPIC, Keys
+from support import run_keys
+from vestnik.streams.keys import USER_TOPIC
 
-K = Keys("vn:")
+K = run_keys()
 
 
 async def add_users(redis: Redis, *users: tuple[str, str]) -> None:

@@ -8,10 +8,11 @@ from typing import Any
 import msgspec
 from redis.asyncio import Redis
 
-from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+from support import run_keys
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC
 from vestnik.streams.schemas import decode_live, live_event
 
-K = Keys("vn:")
+K = run_keys()
 
 
 def live_event_of(raw: bytes) -> tuple[str, Any, int]:
@@ -84,3 +85,12 @@ async def lag(redis: Redis) -> int:
 async def dead(redis: Redis) -> list[dict[str, str]]:
     return [{k.decode(): v.decode() for k, v in f.items()}
             for _, f in await redis.xrange(K.notices_dead)]
+
+
+async def delayed_forwards(redis: Redis) -> list[str]:
+    """The notice ids of the forwards waiting to be due: in the due set on a single Redis,
+    as arq jobs in the queue on a cluster (the store's per-user path schedules them)."""
+    if K.cluster:
+        jobs = await redis.zrange(K.arq_queue, 0, -1)
+        return [j.decode()[len(K.forward_job_prefix):].split(":")[0] for j in jobs]
+    return [msgspec.msgpack.decode(m)[0] for m in await redis.zrange(K.forward_due, 0, -1)]

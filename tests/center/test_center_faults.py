@@ -114,6 +114,7 @@ async def test_group_is_recreated_after_a_flush(redis, settings):
         await asyncio.gather(task, return_exceptions=True)
 
 
+@pytest.mark.single_redis("restarts the one redis-server")
 async def test_live_push_survives_a_redis_restart(api: Api, redis_server, redis, start_proc,
                                                   user_token):
     await add_users(redis, "1")

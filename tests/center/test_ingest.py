@@ -32,6 +32,7 @@ async def test_notices_sent_together_each_land_once_with_their_own_id(redis, key
     assert (await redis.xrevrange(keys.notices, count=1))[0][1][b"id"] == alone.encode()
 
 
+@pytest.mark.single_redis("maxmemory and the fill are per node: a cluster fills one master")
 @pytest.mark.timeout(60)
 async def test_a_full_redis_refuses_each_sender_of_a_batch_alone(redis, keys):
     ingest = Ingest(redis, keys)

@@ -4,10 +4,15 @@ what hangs off them; a body several feeds hold stays until the last one drops it
 
 from __future__ import annotations
 
+import pytest
 from center_support import K, add_users, entry, feed, xadd_many
 from redis.asyncio import Redis
 
 from vestnik.streams.center.inbox import purge_users
+
+# the bodies' feed counts (`refs`) are kept in the store call with the feeds: one slot
+pytestmark = pytest.mark.single_redis("bodies are released by their feed counts, kept only "
+                                      "on a single Redis (a cluster lets them expire)")
 
 
 def run_burst(start_proc, **env: str) -> None:

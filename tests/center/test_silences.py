@@ -9,7 +9,7 @@ from typing import Any
 
 import msgspec
 import pytest
-from center_support import K, add_users, feed, stored, xadd_many
+from center_support import K, add_users, delayed_forwards, feed, stored, xadd_many
 from prometheus_client import REGISTRY
 
 from support import SSE, eventually
@@ -255,7 +255,7 @@ async def test_a_silenced_notice_is_stored_but_neither_pushed_nor_forwarded(
     assert bodies["silenced"]["silenced"] is True
     assert "silenced" not in bodies["other entity"]
     # forwards: the two others wait in the due set, the silenced one has none
-    due = [msgspec.msgpack.decode(m)[0] for m in await redis.zrange(K.forward_due, 0, -1)]
+    due = await delayed_forwards(redis)
     assert sorted(due) == sorted(n for n in ids if n != bodies["silenced"]["id"])
     # the inbox lists it (history) with `silenced`
     async with api.client(user_token("1")) as http:
@@ -286,7 +286,11 @@ async def _repeat(redis, nid: str) -> bool:
     return (await stored(redis, nid)).get("repeat") == 1
 
 
-@pytest.mark.parametrize("path", ["one-call", "chunks", "per-user"])
+_ONE_REDIS = pytest.mark.single_redis("the one-call store script spans slots")
+
+
+@pytest.mark.parametrize("path", [pytest.param("one-call", marks=_ONE_REDIS),
+                                  pytest.param("chunks", marks=_ONE_REDIS), "per-user"])
 async def test_no_store_path_publishes_a_silenced_notice(redis, settings, monkeypatch, path):
     """The store's three ways (one call a batch; more calls for a broadcast's later
     recipients; one call per user on a cluster) all keep a silenced notice off the live

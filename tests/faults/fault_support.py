@@ -20,14 +20,14 @@ import pytest
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from support import SSE, Api, Proc, base_env, vestnik_argv, wait_http
+from support import SSE, Api, Proc, base_env, run_keys, vestnik_argv, wait_http
 from vestnik.app.tokens import issue_token
 from vestnik.streams.config import load
 from vestnik.streams.ids import parse_stream_id
-from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC
 from vestnik.streams.redis_server import RedisServer, free_port
 
-K = Keys("vn:")
+K = run_keys()
 
 
 class Stack:

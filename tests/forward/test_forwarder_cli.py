@@ -40,6 +40,7 @@ async def test_forwarder_process_sends_and_stops_on_sigterm(redis: Redis, keys: 
     assert "Traceback" not in proc.output()
 
 
+@pytest.mark.single_redis("restarts the one redis-server")
 async def test_forwarder_survives_a_redis_restart(redis_url, keys: Keys, redis_server,
                                                   start_proc, smtp: SmtpSink):
     redis = connect(redis_url)  # retries across the restart, like Vestnik's own clients

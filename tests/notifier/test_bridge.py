@@ -7,6 +7,10 @@ import pytest
 
 from support import SSE, Api, eventually
 
+# a cluster sends keyspace notifications per node: the bridge refuses one
+# (tests/test_redis_cluster.py)
+pytestmark = pytest.mark.single_redis("keyspace notifications are per node on a cluster")
+
 
 @pytest.fixture
 async def bridged_api(start_api, start_proc) -> Api:
@@ -83,5 +87,6 @@ def test_bridge_without_patterns_fails_clearly(start_proc):
     proc = start_proc("bridge")
     assert proc.proc.wait(20) == 2
     assert "VESTNIK_KEYSPACE_PATTERNS" in proc.output()
+
 
 

@@ -6,8 +6,10 @@ from __future__ import annotations
 import asyncio
 import resource
 
-from support import SSE
+from support import SSE, run_keys
 from vestnik.streams.redis import POOL_SIZE
+
+K = run_keys()
 
 
 async def vestnik_connections(redis) -> list[str]:
@@ -26,7 +28,7 @@ async def test_1000_clients_share_one_reader(start_api, redis, user_token):
     few = [await SSE(f"{api.base}/api/v1/topics/{t}/stream?token={token}").connect()
            for t in topics]
     for t in topics:
-        await redis.xadd(f"vn:topic:{t}", {"op": "update", "id": "1", "data": "{}"})
+        await redis.xadd(K.topic(t), {"op": "update", "id": "1", "data": "{}"})
     await asyncio.gather(*(c.next() for c in few))
 
     sem = asyncio.Semaphore(100)
@@ -39,7 +41,7 @@ async def test_1000_clients_share_one_reader(start_api, redis, user_token):
     many = await asyncio.gather(*(connect(i) for i in range(990)))
     assert all(c.status == 200 for c in many)
     for t in topics:
-        await redis.xadd(f"vn:topic:{t}", {"op": "update", "id": "2", "data": '{"n": 2}'})
+        await redis.xadd(K.topic(t), {"op": "update", "id": "2", "data": '{"n": 2}'})
     clients = few + many
     got = await asyncio.gather(*(c.next(timeout=30) for c in clients))
     assert all(ev.json()["id"] == "2" for ev in got)

@@ -12,9 +12,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import httpx
 import pytest
 
-from support import SSE, RawHttpServer, eventually
+from support import SSE, RawHttpServer, eventually, run_keys
 from vestnik.streams.channels.base import ReplyTooLarge, capped_request
 from vestnik.streams.notifier.hydrate import MAX_ENTITY
+
+K = run_keys()
 
 HUGE = 4 * 1024 * 1024
 
@@ -74,7 +76,7 @@ async def test_thin_event_hydrated_once_for_50_subscribers(start_api, product, r
     clients = await asyncio.gather(*(
         SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}").connect() for _ in range(50)
     ))
-    await redis.xadd("vn:topic:vm", {"op": "update", "id": "42"})
+    await redis.xadd(K.topic("vm"), {"op": "update", "id": "42"})
     events = await asyncio.gather(*(c.next() for c in clients))
     for ev in events:
         assert ev.json()["data"] == {"id": "42", "status": "running", "via": "product"}
@@ -89,7 +91,7 @@ async def test_thin_event_hydrated_once_for_50_subscribers(start_api, product, r
 async def test_crafted_id_cannot_leave_the_path(start_api, product, redis, user_token):
     api = start_api(VESTNIK_HYDRATE=f"vm=http://127.0.0.1:{product.port}/vms/{{id}}")
     sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={user_token()}").connect()
-    await redis.xadd("vn:topic:vm", {"op": "update", "id": "../../admin?x=@evil.example:80/"})
+    await redis.xadd(K.topic("vm"), {"op": "update", "id": "../../admin?x=@evil.example:80/"})
     ev = (await sse.next()).json()
     assert ev["data"]["id"] == "..%2F..%2Fadmin%3Fx%3D%40evil.example%3A80%2F"
     assert product.calls == ["/vms/..%2F..%2Fadmin%3Fx%3D%40evil.example%3A80%2F"]
@@ -104,7 +106,7 @@ def test_hydration_host_outside_allow_list_is_refused_at_start(start_api, produc
 async def test_redis_key_source(start_api, redis, user_token):
     api = start_api(VESTNIK_HYDRATE="vm=redis:panel:vm:{id}")
     await redis.hset("panel:vm:5", mapping={"status": "stopped"})
-    await redis.xadd("vn:topic:vm", {"op": "update", "id": "5"})
+    await redis.xadd(K.topic("vm"), {"op": "update", "id": "5"})
 
     async def state():
         async with api.client(user_token()) as http:
@@ -117,8 +119,8 @@ async def test_a_4_mib_reply_fails_that_event_only(start_api, product, redis, us
     api = start_api(VESTNIK_HYDRATE=f"vm=http://127.0.0.1:{product.port}/vms/{{id}}")
     sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={user_token()}").connect()
     try:
-        await redis.xadd("vn:topic:vm", {"op": "update", "id": "huge"})
-        await redis.xadd("vn:topic:vm", {"op": "update", "id": "43"})
+        await redis.xadd(K.topic("vm"), {"op": "update", "id": "huge"})
+        await redis.xadd(K.topic("vm"), {"op": "update", "id": "43"})
         huge, small = [ev.json() for ev in await sse.take(2, 30)]
     finally:
         await sse.close()

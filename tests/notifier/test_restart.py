@@ -3,11 +3,13 @@ keep receiving, with nothing lost or repeated."""
 
 from __future__ import annotations
 
+import pytest
 from redis.asyncio import Redis
 
 from support import SSE, eventually
 
 
+@pytest.mark.single_redis("restarts the one redis-server")
 async def test_sse_survives_redis_restart(api, redis_server, user_token):
     sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={user_token()}").connect()
     r = Redis.from_url(redis_server.url)

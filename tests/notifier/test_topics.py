@@ -7,10 +7,12 @@ import asyncio
 import subprocess
 
 import msgspec
+import pytest
 
 from support import SSE, Api, documented_line, eventually
 
 
+@pytest.mark.single_redis("the documented line names the single-Redis key (vn:topic:vm)")
 async def test_documented_redis_cli_line_reaches_sse_and_snapshot(api: Api, redis_url, user_token):
     token = user_token("1")
     sse = await SSE(f"{api.base}/api/v1/topics/vm/stream?token={token}").connect()

@@ -12,10 +12,9 @@ import msgspec
 import pytest
 from alertmanager_support import Alertmanager
 
-from support import Api, eventually
+from support import Api, eventually, run_keys
 from vestnik.app.sources import map_payload
 from vestnik.streams.errors import BadInput
-from vestnik.streams.keys import Keys
 from vestnik.streams.schemas import (
     MAX_ALERTS,
     AlertmanagerPayload,
@@ -25,7 +24,7 @@ from vestnik.streams.schemas import (
     resolve_fields,
 )
 
-K = Keys("vn:")
+K = run_keys()
 ROUTE = "/api/v1/sources/alertmanager"
 FP = "5ab1c2d3e4f50617"
 

@@ -558,6 +558,7 @@ for line in sys.stdin:
 """
 
 
+@pytest.mark.single_redis("restarts the one redis-server")
 async def test_wrapper_rides_out_a_redis_restart(redis_server, redis, keys, wrap, tmp_path):
     name = "resilient"
     await put_setting(redis, keys, setting("s1", name))

@@ -1,0 +1,256 @@
+"""Redis Cluster clients (`redis+cluster://` URLs), with the single-server client's
+guarantees: every command bounded, a bounded pool, hiredis packing, a client name.
+
+redis-py 5.3's asyncio RedisCluster differs from its Redis in four ways this module
+makes up for (tests/test_redis_cluster.py pins each):
+- it takes no connection class: the one it puts in `connection_kwargs` (shared with its
+  NodesManager, which builds every node from it) is swapped for `_Stall` + hiredis
+  packing, the same as `streams.redis.pool`'s, so a silent node fails a command after
+  `timeout` without redis-py's timer per read;
+- its per-node pool never waits: past `max_connections` a command fails with
+  MaxConnectionsError. `_Cluster` makes callers wait (at most `timeout`) for one of
+  `max_connections` permits instead, so a burst is queued as on the single server;
+- it retries a command that met a lost node or CLUSTERDOWN `cluster_error_retry_attempts`
+  times, each after a fresh look at the slots: with each try bounded by `timeout` (and its
+  connect by `_Deadline`), a command answers or fails within about
+  (1 + CLUSTER_RETRIES) x 2 x `timeout`;
+- its pipeline refuses MGET, EVALSHA, PUBLISH and transactions: `_Pipe` sends PUBLISH
+  (any node forwards it), an MGET as GETs
+  (its answer still one list), a script as EVAL with its text (streams.lua.TEXTS) and a
+  transaction as MULTI/EXEC on the node of its one slot (a transaction over several
+  slots is an error naming them);
+- it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
+  A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
+  do not (each node sends only its own keys') and are refused by the bridge
+  (streams.notifier.bridge).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Generator
+from typing import Any
+from urllib.parse import quote
+
+from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
+from redis.asyncio.connection import Connection, SSLConnection
+from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeout
+
+from vestnik.streams.lua import TEXTS
+from vestnik.streams.redis_url import RedisAddress
+
+CLUSTER_RETRIES = 3  # redis-py's cluster_error_retry_attempts: a failover needs a few
+
+
+class _Cluster(RedisCluster):  # type: ignore[misc]
+    """RedisCluster whose callers wait for one of `permits` instead of failing with
+    MaxConnectionsError when every connection of a node is busy."""
+
+    _permits: asyncio.Semaphore
+    command_timeout: float
+    one_node: Callable[[], Any]  # a pub/sub client of one node (set by `cluster`)
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            async with asyncio.timeout(self.command_timeout):
+                await self._permits.acquire()
+        except TimeoutError:  # asyncio's (the builtin)
+            raise RedisTimeout(f"no free Redis connection in {self.command_timeout:g}s") from None
+        try:
+            return await super().execute_command(*args, **kwargs)
+        finally:
+            self._permits.release()
+
+    def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipe:
+        return _Pipe(self, bool(transaction))
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        """A PubSub on one node (a client from `one_node`: streams.redis.reader's for
+        pub/sub): the asyncio RedisCluster of redis-py 5.3 has none, and any node gets
+        every PUBLISH."""
+        return self.one_node().pubsub(**kwargs)
+
+    async def publish(self, channel: Any, message: Any) -> int:
+        """PUBLISH (missing from redis-py 5.3's asyncio RedisCluster): any node forwards it
+        to the subscribers of every node."""
+        return int(await self.execute_command("PUBLISH", channel, message))
+
+
+class _Pipe(ClusterPipeline):  # type: ignore[misc]
+    """A cluster pipeline that takes what Vestnik's code queues on a single Redis's: MGET,
+    scripts, and (`transaction`) MULTI/EXEC of keys in one slot."""
+
+    __slots__ = ("_groups", "_transaction")
+
+    def __init__(self, client: RedisCluster, transaction: bool = False) -> None:
+        super().__init__(client)
+        self._transaction = transaction
+        self._groups: list[tuple[int, int]] = []  # (first GET, count) of each MGET
+
+    def __await__(self) -> Generator[Any, None, _Pipe]:
+        """`await pipe` and `async with pipe` keep what is queued (redis-py's empty it):
+        redis-py's scripts await what `evalsha` returns, the pipeline itself, and the
+        center fills a pipeline before it enters it."""
+        return self._ready().__await__()
+
+    async def __aenter__(self) -> _Pipe:
+        return await self._ready()
+
+    async def _ready(self) -> _Pipe:
+        if self._client._initialize:
+            await self._client.initialize()
+        return self
+
+    def __len__(self) -> int:
+        """Commands as queued (an MGET is one), as the replies `execute` returns."""
+        return len(self._command_stack) - sum(n - 1 for _, n in self._groups)
+
+    def mget(self, keys: Any, *args: Any) -> _Pipe:
+        names = [keys, *args] if isinstance(keys, str | bytes) else [*keys, *args]
+        self._groups.append((len(self._command_stack), len(names)))
+        for name in names:
+            self.execute_command("GET", name)
+        return self
+
+    def publish(self, channel: Any, message: Any) -> _Pipe:
+        return self.execute_command("PUBLISH", channel, message)  # type: ignore[no-any-return]
+
+    def evalsha(self, sha: str, numkeys: int, *args: Any) -> _Pipe:
+        text = TEXTS.get(sha)
+        if text is None:
+            return self.execute_command("EVALSHA", sha, numkeys, *args)  # type: ignore[no-any-return]
+        return self.execute_command("EVAL", text, numkeys, *args)  # type: ignore[no-any-return]
+
+    async def execute(self, raise_on_error: bool = True,
+                      allow_redirections: bool = True) -> list[Any]:
+        groups, self._groups = self._groups, []
+        if self._transaction and self._command_stack:
+            try:
+                results = await self._multi_exec()
+            finally:
+                self._command_stack = []
+        else:
+            results = await super().execute(raise_on_error, allow_redirections)
+        for first, count in reversed(groups):
+            results[first:first + count] = [results[first:first + count]]
+        return results
+
+    async def _multi_exec(self) -> list[Any]:
+        client: RedisCluster = self._client
+        stack = self._command_stack
+        slots = {await client._determine_slot(*cmd.args) for cmd in stack}
+        if len(slots) != 1:
+            names = sorted({str(cmd.args[0]) for cmd in stack})
+            raise RedisClusterException(
+                f"a transaction on a Redis Cluster needs its keys in one slot; "
+                f"{', '.join(names)} touch slots {sorted(slots)}")
+        node = client.nodes_manager.get_node_from_slot(slots.pop())
+        conn = node.acquire_connection()
+        try:
+            await conn.send_packed_command(conn.pack_commands(
+                [("MULTI",), *(cmd.args for cmd in stack), ("EXEC",)]), False)
+            error: ResponseError | None = None
+            for _ in range(len(stack) + 1):  # +OK, then QUEUED (or an error) for each
+                try:
+                    await conn.read_response()
+                except ResponseError as e:
+                    error = error or e
+            try:
+                raw = await conn.read_response()
+            except ResponseError as e:  # EXECABORT: a command was refused when queued
+                raise error or e from None
+        except BaseException:
+            await conn.disconnect()  # a half-read answer must not reach the next command
+            raise
+        finally:
+            node._free.append(conn)
+        out = []
+        for cmd, value in zip(stack, raw, strict=True):
+            if isinstance(value, ResponseError):
+                raise value
+            callback = client.response_callbacks.get(cmd.args[0])
+            options = {k: v for k, v in cmd.kwargs.items() if k != "keys"}  # as redis-py
+            out.append(callback(value, **options) if callback else value)
+        return out
+
+
+def _nodes(address: RedisAddress) -> list[ClusterNode]:
+    return [ClusterNode(host, port) for host, port in address.nodes]
+
+
+def cluster(address: RedisAddress, *, max_connections: int, name: str, timeout: float,
+            connection_class: type, retry: Any, one_node: Callable[[], Any]) -> RedisCluster:
+    """The pooled client of `streams.redis.connect` for a cluster. `connection_class` maps a
+    redis-py connection class to Vestnik's (`streams.redis` passes its hiredis + `_Stall`
+    maker); `retry` bounds each (re)connect in time; `one_node` makes its pub/sub client."""
+    client = _Cluster(
+        startup_nodes=_nodes(address), username=address.username,
+        password=address.password, ssl=address.tls, client_name=name,
+        max_connections=max_connections, socket_connect_timeout=timeout,
+        health_check_interval=30, retry=retry,
+        cluster_error_retry_attempts=CLUSTER_RETRIES)
+    client._permits = asyncio.Semaphore(max_connections)
+    client.command_timeout = timeout
+    client.one_node = one_node
+    _use(client, connection_class)
+    return client
+
+
+def blocking_reader(address: RedisAddress, *, name: str, connect_timeout: float,
+                    connection_class: type) -> RedisCluster:
+    """A client for one blocking loop (XREAD BLOCK of one stream: one slot, one node): one
+    connection per node, no retry inside redis-py (the loop reconnects itself)."""
+    client = RedisCluster(
+        startup_nodes=_nodes(address), username=address.username,
+        password=address.password, ssl=address.tls, client_name=name,
+        max_connections=1, socket_connect_timeout=connect_timeout, socket_keepalive=True,
+        connection_error_retry_attempts=0, cluster_error_retry_attempts=1)
+    _use(client, connection_class)
+    return client
+
+
+def owner_url(address: RedisAddress, key: str, timeout: float) -> str:
+    """The `redis://` URL of the master that serves `key`'s slot now, asked of the seed
+    nodes in turn (for a client of one node: the forwarders' arq pool, whose keys share
+    one tag). It does not follow a later failover or resharding: its owner restarts."""
+    import redis as sync_redis
+    from redis.crc import key_slot
+
+    slot = key_slot(key.encode())
+    last: Exception | None = None
+    for host, port in address.nodes:
+        client = sync_redis.Redis(host=host, port=port, username=address.username,
+                                  password=address.password, ssl=address.tls,
+                                  socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            # CLUSTER SLOTS: [[first, last, [host, port, id], replicas...]...]
+            for first, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
+                if int(first) <= slot <= int(end):
+                    host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+                    return _node_url(address, host or "127.0.0.1", int(primary[1]))
+        except (sync_redis.RedisError, OSError) as e:
+            last = e
+        finally:
+            client.close()
+    raise sync_redis.ConnectionError(
+        f"no seed node of the cluster named the master of slot {slot}: {last}")
+
+
+def _node_url(address: RedisAddress, host: str, port: int) -> str:
+    auth = ""
+    if address.username or address.password:
+        auth = f"{quote(address.username or '', safe='')}:{quote(address.password or '', safe='')}@"
+    host = f"[{host}]" if ":" in host else host
+    return f"{'rediss' if address.tls else 'redis'}://{auth}{host}:{port}/0"
+
+
+def _use(client: RedisCluster, make: Any) -> None:
+    """Build every node's connections with `make(redis-py's class)`: the kwargs dict is the
+    one the NodesManager makes nodes from; the seed nodes exist already."""
+    base = client.connection_kwargs.get("connection_class", Connection)
+    made = make(SSLConnection if base is SSLConnection else Connection)
+    client.connection_kwargs["connection_class"] = made
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = made
