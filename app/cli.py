@@ -202,6 +202,10 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--only", action="append", default=[], help="run only B1, B2, ... (repeat)")
     p.add_argument("--peer", choices=["alertmanager"],
                    help="also run B7's load against this peer (prometheus-alertmanager)")
+    p.add_argument("--redis-cluster", type=int, metavar="N",
+                   help="run C1: B1's load on a local N-master Redis Cluster (N >= 3) beside "
+                        "one Redis, with each master's share of the Redis CPU (with --only: "
+                        "those rows too)")
 
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
@@ -214,7 +218,7 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
         print("vestnik bench: needs the bench extra (rich is not installed): "
               "pip install 'vestnik[bench]'", file=sys.stderr)
         return 2
-    return bench_main(args.quick, args.only, args.json_path, args.peer)
+    return bench_main(args.quick, args.only, args.json_path, args.peer, args.redis_cluster)
 
 
 def _wrap_args(p: argparse.ArgumentParser) -> None:

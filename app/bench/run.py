@@ -8,6 +8,7 @@ from pathlib import Path
 import msgspec
 from rich.console import Console
 
+from vestnik.app.bench.cluster import c1_cluster
 from vestnik.app.bench.core import Bench, Report, machine, new_progress, table
 from vestnik.app.bench.env import run_stoppable
 from vestnik.app.bench.forwarding import use_peer
@@ -15,11 +16,11 @@ from vestnik.app.bench.suite import SUITE
 
 
 async def run(quick: bool, only: list[str], json_path: str | None,
-              peer: str | None = None) -> int:
+              peer: str | None = None, cluster: int | None = None) -> int:
     use_peer(peer)
     console = Console(stderr=True, width=150)
     started = time.perf_counter()
-    names = [n for n in SUITE if not only or n in only]
+    names = [n for n in SUITE if (not only and cluster is None) or n in only]
     with new_progress(console) as progress:
         bench = Bench(quick=quick, console=console, progress=progress)
         timings: dict[str, float] = {}
@@ -28,6 +29,10 @@ async def run(quick: bool, only: list[str], json_path: str | None,
             await SUITE[name](bench)
             timings[name] = round(time.perf_counter() - t0, 1)
             console.log(f"{name} took {timings[name]:g} s")
+        if cluster is not None:
+            t0 = time.perf_counter()
+            await c1_cluster(bench, cluster)
+            timings["C1"] = round(time.perf_counter() - t0, 1)
     console.print(table(bench.rows))
     report = Report(machine=machine(), rows=bench.rows, seconds=round(time.perf_counter()
                                                                        - started, 1),
@@ -40,5 +45,5 @@ async def run(quick: bool, only: list[str], json_path: str | None,
 
 
 def main(quick: bool, only: list[str], json_path: str | None,
-         peer: str | None = None) -> int:
-    return run_stoppable(run(quick, only, json_path, peer))
+         peer: str | None = None, cluster: int | None = None) -> int:
+    return run_stoppable(run(quick, only, json_path, peer, cluster))
