@@ -13,6 +13,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from vestnik.streams.errors import VestnikError
+from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import ErrorBody, json_encode
 
 log = logging.getLogger("vestnik.api")
@@ -48,7 +49,7 @@ async def redis_down(request: Request, exc: Exception) -> Response:
     """Redis unreachable or out of memory: retryable, tell the client when to come back."""
     text = str(exc)
     # redis-py turns an `OOM ...` answer into OutOfMemoryError and drops the `OOM` prefix
-    if isinstance(exc, ResponseError) and not (isinstance(exc, OutOfMemoryError)
+    if isinstance(exc, ResponseError) and not (isinstance(exc, (OutOfMemoryError, *RETRYABLE))
                                                or text.startswith("OOM")):
         raise exc
     log.warning("redis unavailable for %s %s: %s", request.method, request.url.path, text)

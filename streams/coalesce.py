@@ -109,20 +109,25 @@ class Appends:
 
     async def _add_all(self, items: list[Append]) -> list[bytes | BaseException]:
         wait = self.replication if any(i.durable for i in items) else None
+        last_durable = max((n for n, i in enumerate(items) if i.durable), default=-1)
+        waited_at = -1  # the WAIT's reply in the pipeline
         async with self.redis.pipeline(transaction=False) as pipe:
             at: list[int] = []  # each item's XADD in the pipeline
-            for item in items:
+            for n, item in enumerate(items):
                 at.append(len(pipe))
                 pipe.xadd(item.key, item.fields, maxlen=item.maxlen, approximate=True)
                 if item.member_of is not None:
                     pipe.sadd(*item.member_of)
-            if wait is not None:
-                pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
+                if wait is not None and n == last_durable:
+                    # right after the last durable write: on a cluster the WAIT goes to
+                    # that write's node (streams.redis_cluster), whose connection carried it
+                    waited_at = len(pipe)
+                    pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
             res = await pipe.execute(raise_on_error=False)
         out: list[bytes | BaseException] = [res[i] for i in at]
         if wait is not None:
             try:
-                wait.check(res[-1] if isinstance(res[-1], int) else -1)
+                wait.check(res[waited_at] if isinstance(res[waited_at], int) else -1)
             except NotReplicated as e:
                 out = [e if item.durable and not isinstance(r, BaseException) else r
                        for item, r in zip(items, out, strict=True)]

@@ -14,7 +14,13 @@ from redis.asyncio.connection import AbstractConnection, Connection, SSLConnecti
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import BusyLoadingError, ConnectionError, TimeoutError
+from redis.exceptions import (
+    BusyLoadingError,
+    ClusterDownError,
+    ConnectionError,
+    TimeoutError,
+    TryAgainError,
+)
 
 from vestnik.streams.metrics import REDIS_ERRORS, REDIS_STALLS
 from vestnik.streams.redis_url import RedisAddress, parse, redacted
@@ -24,7 +30,10 @@ __all__ = ["RETRYABLE", "Backoff", "blocking", "connect", "pool", "reader", "red
 
 log = logging.getLogger("vestnik.redis")
 
-RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError)
+# Redis away for a while: back off and retry (a cluster without a master for some slots
+# says CLUSTERDOWN until a replica takes over; a slot being moved, TRYAGAIN)
+RETRYABLE = (ConnectionError, TimeoutError, BusyLoadingError, OSError, ClusterDownError,
+             TryAgainError)
 T = TypeVar("T")
 
 # seconds a command may take (VESTNIK_REDIS_TIMEOUT): the longest a pooled connection waits
@@ -392,12 +401,14 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
         "retry_on_error": [ConnectionError, TimeoutError, BusyLoadingError],
     }
     address = _address(url)
+    seeds: RedisAddress | None = None  # a cluster's: where a slot's master is looked up
     if address.kind == "cluster":
         if slot_of is None:
             raise ValueError("a redis+cluster:// URL has one pool per node: use connect(), "
                              "or name a key (slot_of) whose node the pool talks to")
         from vestnik.streams import redis_cluster
 
+        seeds = address
         url = redis_cluster.owner_url(address, slot_of, timeout)
         address = _address(url)
     made: BlockingConnectionPool
@@ -405,6 +416,9 @@ def pool(url: str, *, max_connections: int = POOL_SIZE, name: str = "vestnik",
         made = _SentinelPool(**_sentinel_kwargs(address, timeout, **options))
     else:
         made = _Pool.from_url(url, **options)
+    if slot_of is not None and seeds is not None:  # follow the slot across a failover
+        made.connection_class = redis_cluster.following(made.connection_class, seeds,
+                                                        slot_of, timeout)
     made.connection_class = _mixing(_Stall, made.connection_class, "stall", timeout)
     made.command_timeout = timeout  # type: ignore[attr-defined]
     return made

@@ -35,7 +35,7 @@ from urllib.parse import quote
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import RedisClusterException, ResponseError
+from redis.exceptions import ConnectionError, RedisClusterException, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeout
 
 from vestnik.streams.lua import TEXTS
@@ -117,6 +117,17 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
     def publish(self, channel: Any, message: Any) -> _Pipe:
         return self.execute_command("PUBLISH", channel, message)  # type: ignore[no-any-return]
 
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        """WAIT (keyless) goes to the node of the command queued before it: WAIT counts the
+        replicas that have the writes of its own connection, which is that node's."""
+        if (args and str(args[0]).upper() == "WAIT" and "target_nodes" not in kwargs
+                and self._command_stack):
+            key = _key_of(self._command_stack[-1].args)
+            if key is not None:
+                slot = self._client.keyslot(key)
+                kwargs["target_nodes"] = self._client.nodes_manager.get_node_from_slot(slot)
+        return super().execute_command(*args, **kwargs)
+
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> _Pipe:
         text = TEXTS.get(sha)
         if text is None:
@@ -174,6 +185,13 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
             options = {k: v for k, v in cmd.kwargs.items() if k != "keys"}  # as redis-py
             out.append(callback(value, **options) if callback else value)
         return out
+
+
+def _key_of(args: tuple[Any, ...]) -> Any:
+    """The first key of a queued command (a script's first KEY), or None."""
+    if str(args[0]).upper() in ("EVAL", "EVALSHA"):
+        return args[3] if len(args) > 3 and int(args[2]) > 0 else None
+    return args[1] if len(args) > 1 else None
 
 
 def _nodes(address: RedisAddress) -> list[ClusterNode]:
@@ -236,6 +254,71 @@ def owner_url(address: RedisAddress, key: str, timeout: float) -> str:
             client.close()
     raise sync_redis.ConnectionError(
         f"no seed node of the cluster named the master of slot {slot}: {last}")
+
+
+_MOVED = ("MOVED", "ASK", "CLUSTERDOWN", "TRYAGAIN")
+
+
+class _SlotOwner:
+    """A connection of a one-node pool on a cluster (the forwarders' arq pool) that follows
+    its slot: every (re)connect asks the seed nodes which master serves the slot now, and
+    an answer saying the slot is elsewhere or down (MOVED, CLUSTERDOWN: a plain error on a
+    client of one node) drops the connection and is raised as a ConnectionError, which the
+    pool's retry and its owners' backoff treat like a lost Redis, so a failover inside the
+    cluster costs a retry, not a restart."""
+
+    address: RedisAddress
+    slot_key: str
+    lookup_timeout: float
+    host: str
+    port: int
+
+    async def connect(self) -> None:
+        if not self.is_connected:  # type: ignore[attr-defined]
+            self.host, self.port = await _owner(self.address, self.slot_key,
+                                                self.lookup_timeout)
+        await super().connect()  # type: ignore[misc]
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return await super().read_response(*args, **kwargs)  # type: ignore[misc]
+        except ResponseError as e:
+            if not str(e).startswith(_MOVED):
+                raise
+            await self.disconnect()  # type: ignore[attr-defined]
+            raise ConnectionError(f"the slot of {self.slot_key!r} moved: {e}") from None
+
+
+def following(connection_class: type, address: RedisAddress, key: str,
+              timeout: float) -> type:
+    """`connection_class` made to follow the master of `key`'s slot (`_SlotOwner`)."""
+    return type(f"SlotOwner{connection_class.__name__}", (_SlotOwner, connection_class),
+                {"address": address, "slot_key": key, "lookup_timeout": timeout})
+
+
+async def _owner(address: RedisAddress, key: str, timeout: float) -> tuple[str, int]:
+    """(host, port) of the master that serves `key`'s slot now, asked of the seed nodes in
+    turn; ConnectionError when none answers."""
+    from redis.asyncio import Redis
+    from redis.crc import key_slot
+
+    slot = key_slot(key.encode())
+    last: Exception | None = None
+    for host, port in address.nodes:
+        client = Redis(host=host, port=port, username=address.username,
+                       password=address.password, ssl=address.tls,
+                       socket_timeout=timeout, socket_connect_timeout=timeout)
+        try:
+            for first, end, primary, *_ in await client.execute_command("CLUSTER SLOTS"):
+                if int(first) <= slot <= int(end):
+                    name = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+                    return name or host, int(primary[1])
+        except (RedisError, OSError) as e:
+            last = e
+        finally:
+            await client.aclose()
+    raise ConnectionError(f"no seed node of the cluster named the master of slot {slot}: "
+                          f"{type(last).__name__ if last else 'no answer'}")
 
 
 def _node_url(address: RedisAddress, host: str, port: int) -> str:

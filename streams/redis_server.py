@@ -295,7 +295,9 @@ class ClusterDeployment:
                                             extra=[
                 "--cluster-enabled", "yes", "--cluster-config-file", str(d / "nodes.conf"),
                 "--cluster-port", str(free_port()),
-                "--cluster-node-timeout", str(node_timeout_ms)]))
+                "--cluster-node-timeout", str(node_timeout_ms),
+                # replicas sync at once (the default waits 5 s for more to share a dump)
+                "--repl-diskless-sync-delay", "0"]))
 
     @property
     def url(self) -> str:
@@ -327,14 +329,45 @@ class ClusterDeployment:
         SentinelDeployment._wait_for(self._ready, timeout, "cluster_state:ok on every node")
 
     def _ready(self) -> bool:
-        """Every node says the cluster is ok and knows every other node."""
+        """Every node says the cluster is ok and knows every other node, and every replica
+        has finished its first sync (a WAIT before that would count none)."""
         for server in self.servers:
             info = _ask(server.port, "CLUSTER", "INFO")
             text = info.decode() if isinstance(info, bytes) else str(info or "")
             if ("cluster_state:ok" not in text
                     or f"cluster_known_nodes:{len(self.servers)}" not in text):
                 return False
+            replication = _ask(server.port, "INFO", "replication")
+            if not isinstance(replication, dict) or (
+                    replication.get("role") == "slave"
+                    and replication.get("master_link_status") != "up"):
+                return False
         return True
+
+    def primary_of(self, key: str) -> RedisServer:
+        """The running master that serves `key`'s slot now (the others answer MOVED)."""
+        for server in self.servers:
+            if server.proc is not None and _ask(server.port, "EXISTS", key) is not None:
+                return server
+        raise RuntimeError(f"no running master serves {key!r}")
+
+    def wait_failover(self, old: int, key: str, timeout: float = 30.0) -> int:
+        """Wait until a replica took over `key`'s slot from the master on port `old` and
+        every running node says `cluster_state:ok`; the new master's port."""
+        def moved() -> bool:
+            for server in self.servers:
+                if server.proc is None:
+                    continue
+                info = _ask(server.port, "CLUSTER", "INFO")
+                text = info.decode() if isinstance(info, bytes) else str(info or "")
+                if "cluster_state:ok" not in text:
+                    return False
+            try:
+                return self.primary_of(key).port != old
+            except RuntimeError:
+                return False
+        SentinelDeployment._wait_for(moved, timeout, f"a replica to take over {key!r}")
+        return self.primary_of(key).port
 
     def master_ports(self) -> list[int]:
         """The ports of the nodes that are masters now (after a failover: promoted ones)."""

@@ -24,7 +24,7 @@ from support import SSE, Api, Proc, base_env, run_keys, vestnik_argv, wait_http
 from vestnik.app.tokens import issue_token
 from vestnik.streams.config import load
 from vestnik.streams.ids import parse_stream_id
-from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC
+from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
 from vestnik.streams.redis_server import RedisServer, free_port
 
 K = run_keys()
@@ -96,8 +96,9 @@ def user_record(uid: str, **extra: Any) -> bytes:
                        **extra}).encode()
 
 
-async def add_users(redis: Any, *uids: str, **extra: Any) -> None:
-    await redis.hset(K.state(USER_TOPIC), mapping={u: user_record(u, **extra) for u in uids})
+async def add_users(redis: Any, *uids: str, keys: Keys = K, **extra: Any) -> None:
+    await redis.hset(keys.state(USER_TOPIC), mapping={u: user_record(u, **extra)
+                                                       for u in uids})
 
 
 @dataclass
