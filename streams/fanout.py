@@ -65,7 +65,7 @@ class Mailbox(Generic[T]):
         self._waiter: asyncio.Future[None] | None = None
 
     def offer(self, item: T) -> bool:
-        if len(self._items) >= self._size:
+        if len(self._items) >= self._size:  # full(), inline: once per subscriber per message
             return False
         self._items.append(item)
         self._wake()
@@ -83,6 +83,10 @@ class Mailbox(Generic[T]):
 
     def pending(self) -> int:
         return len(self._items)
+
+    def full(self) -> bool:
+        """The next offer would fail (and cut this subscriber off)."""
+        return len(self._items) >= self._size
 
     def close(self) -> None:
         """Wake the reader with the end marker, discarding what it has not read."""

@@ -9,7 +9,9 @@ makes up for (tests/test_redis_cluster.py pins each):
   `timeout` without redis-py's timer per read;
 - its per-node pool never waits: past `max_connections` a command fails with
   MaxConnectionsError. `_Cluster` makes callers wait (at most `timeout`) for one of
-  `max_connections` permits instead, so a burst is queued as on the single server;
+  `max_connections` permits instead, so a burst is queued as on the single server; a
+  pipeline holds one permit too (it takes at most one connection of each node), and what
+  runs under a permit (a pipeline's redirected commands) takes no second one;
 - it retries a command that met a lost node or CLUSTERDOWN `cluster_error_retry_attempts`
   times, each after a fresh look at the slots: with each try bounded by `timeout` (and its
   connect by `_Deadline`), a command answers or fails within about
@@ -28,7 +30,9 @@ makes up for (tests/test_redis_cluster.py pins each):
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Generator
+import contextvars
+from collections.abc import AsyncIterator, Callable, Generator
+from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
 
@@ -43,6 +47,11 @@ from vestnik.streams.redis_url import RedisAddress
 
 CLUSTER_RETRIES = 3  # redis-py's cluster_error_retry_attempts: a failover needs a few
 
+# set while a task (and the tasks it gathers) holds a permit of `_Cluster`: a pipeline
+# that re-sends its redirected commands with `execute_command` must not wait for a
+# second permit (a burst of pipelines holding every permit would wait out the timeout)
+_HOLDING: contextvars.ContextVar[bool] = contextvars.ContextVar("_HOLDING", default=False)
+
 
 class _Cluster(RedisCluster):  # type: ignore[misc]
     """RedisCluster whose callers wait for one of `permits` instead of failing with
@@ -53,14 +62,26 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
     one_node: Callable[[], Any]  # a pub/sub client of one node (set by `cluster`)
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        async with self.permit():
+            return await super().execute_command(*args, **kwargs)
+
+    @asynccontextmanager
+    async def permit(self) -> AsyncIterator[None]:
+        """One of the permits, for a command or a pipeline (none more if this task holds
+        one already)."""
+        if _HOLDING.get():
+            yield
+            return
         try:
             async with asyncio.timeout(self.command_timeout):
                 await self._permits.acquire()
         except TimeoutError:  # asyncio's (the builtin)
             raise RedisTimeout(f"no free Redis connection in {self.command_timeout:g}s") from None
+        token = _HOLDING.set(True)
         try:
-            return await super().execute_command(*args, **kwargs)
+            yield
         finally:
+            _HOLDING.reset(token)
             self._permits.release()
 
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipe:
@@ -139,11 +160,14 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
         groups, self._groups = self._groups, []
         if self._transaction and self._command_stack:
             try:
-                results = await self._multi_exec()
+                await self._ready()  # a transaction first on a new client: find the slots
+                async with self._client.permit():
+                    results = await self._multi_exec()
             finally:
                 self._command_stack = []
-        else:
-            results = await super().execute(raise_on_error, allow_redirections)
+        else:  # redis-py's takes a connection of each node it needs, past any bound
+            async with self._client.permit():
+                results = await super().execute(raise_on_error, allow_redirections)
         for first, count in reversed(groups):
             results[first:first + count] = [results[first:first + count]]
         return results

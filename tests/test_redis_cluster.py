@@ -68,6 +68,19 @@ async def test_a_burst_waits_for_a_connection_instead_of_failing(client: RedisCl
     assert await client.get("{one}n") == b"300"
 
 
+async def test_a_burst_of_pipelines_waits_too(client: RedisCluster):
+    # redis-py's pipeline takes a node's connection directly (MaxConnectionsError): 50
+    # SSE streams opening at once on an api failed with 503 that way
+    async def bump(i: int) -> list[int]:
+        pipe = client.pipeline(transaction=i % 2 == 0)
+        pipe.incr("{one}n")
+        pipe.incr("{one}m")
+        return await pipe.execute()
+
+    await asyncio.gather(*(bump(i) for i in range(100)))
+    assert await client.mget("{one}n", "{one}m") == [b"100", b"100"]
+
+
 async def test_a_paused_master_fails_a_command_within_its_timeout(
         client: RedisCluster, cluster: ClusterDeployment):
     """A master that stops answering (SIGSTOP) is a TimeoutError, not a hang."""

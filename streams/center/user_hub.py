@@ -170,8 +170,10 @@ class UserHub:
                 # read; the last unsubscribe's confirmation ends it when nobody is left;
                 # a silent peer is found by the reader's watchdog (streams.redis.reader)
                 msg = await self._ps.get_message(timeout=None)
-                if msg is not None:
-                    self._dispatch(msg)
+                if msg is not None and self._dispatch(msg):
+                    # a queue is full: let its reader run before the next message, which
+                    # may already be buffered (a burst read at once never yields)
+                    await asyncio.sleep(0)
                 backoff.reset()
             except RETRYABLE as e:
                 READER_RECONNECTS.labels("users").inc()
@@ -220,25 +222,36 @@ class UserHub:
         if subs is not None:
             subs.discard(sub)
 
-    def _dispatch(self, msg: dict) -> None:
+    def _dispatch(self, msg: dict) -> bool:
+        """Offer `msg` to its user's connections; True when one of them is now full.
+
+        Messages come in bursts the reader loop handles without yielding: several in one
+        read (a pipeline of PUBLISHes), and on a Redis Cluster every PUBLISH made on
+        another node, which reaches ours over the cluster bus, where Redis 7.0 leaves
+        Nagle's algorithm on (valkey-io/valkey#1758): up to 40 ms of messages at once. A
+        connection is cut off only if it is still full after its reader had a turn."""
         kind = msg.get("type")
         channel = msg.get("channel")
         if kind == "subscribe":
             fut = self._confirm.get(channel) if isinstance(channel, bytes) else None
             if fut is not None and not fut.done():
                 fut.set_result(None)
-            return
+            return False
         if kind != "message" or not isinstance(channel, bytes):
-            return
+            return False
         uid = self.keys.live_user(channel.decode())
         subs = self.subs.get(uid)
         if not subs:
-            return
+            return False
         try:
             item = LiveItem(*live_event(decode_live(msg["data"])))
         except msgspec.DecodeError as e:
             log.error("user hub: bad live message on %r: %s", channel, e)
-            return
+            return False
+        full = False
         for sub in list(subs):  # copy: a slow connection never blocks the others
             if not sub.offer(item):
                 self._cut(sub)
+            elif sub.full():
+                full = True
+        return full

@@ -11,6 +11,7 @@ from center_support import K, dead, pending
 
 from support import eventually
 from vestnik.streams.center import UserHub
+from vestnik.streams.center.user_hub import UserSub
 from vestnik.streams.consumer import Consumer, DeadLetter, Entry
 from vestnik.streams.errors import BadInput
 from vestnik.streams.redis import reader
@@ -142,16 +143,7 @@ async def test_user_hub_cuts_off_a_slow_connection_only(redis, redis_url):
         other = await hub.subscribe("2")
         assert hub.client_count == 3
         got: list[int] = []
-
-        async def drain() -> None:
-            while True:
-                item = await fast.get()
-                if item is None:
-                    return
-                if item.seq:
-                    got.append(item.seq)
-
-        task = asyncio.create_task(drain())
+        task = asyncio.create_task(_drain(fast, got))
         for seq in range(1, 21):
             await redis.publish(K.live("1"), encode_live(LiveNotice(seq, '{"id":"n"}')))
             await asyncio.sleep(0.005)
@@ -165,6 +157,37 @@ async def test_user_hub_cuts_off_a_slow_connection_only(redis, redis_url):
         await asyncio.gather(task, return_exceptions=True)
     finally:
         await hub.stop()
+
+
+async def test_user_hub_keeps_a_reading_connection_through_a_burst(redis, redis_url):
+    """Messages that arrive together (a pipeline of PUBLISHes; on a cluster, PUBLISHes
+    forwarded over the cluster bus) do not cut off a connection that reads."""
+    hub = UserHub(redis_url, K, queue_size=5)
+    await hub.start()
+    try:
+        fast = await hub.subscribe("1")
+        got: list[int] = []
+        task = asyncio.create_task(_drain(fast, got))
+        async with redis.pipeline(transaction=False) as pipe:
+            for seq in range(1, 21):
+                pipe.publish(K.live("1"), encode_live(LiveNotice(seq, '{"id":"n"}')))
+            await pipe.execute()
+        await eventually(lambda: _is(got, list(range(1, 21))), what="fast got all")
+        assert hub.client_count == 1
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    finally:
+        await hub.stop()
+
+
+async def _drain(sub: UserSub, got: list[int]) -> None:
+    """Read `sub` as a live connection does, keeping the seq of each notice in `got`."""
+    for _ in range(1000):  # bounded: the tests send 20 notices, a resync, the end marker
+        item = await sub.get()
+        if item is None:
+            return
+        if item.seq:
+            got.append(item.seq)
 
 
 async def _is(a: list[int], b: list[int]) -> bool:
