@@ -144,12 +144,17 @@ class _SentinelOnePool(_Lean, SentinelConnectionPool):
     pass
 
 
-def _sentinel_kwargs(address: RedisAddress, wait: float, **kwargs: Any) -> dict[str, Any]:
-    """The arguments of a sentinel pool for `address`: a Sentinel manager whose own
-    connections time out like every other, and the data nodes' credentials and db."""
+def _to_sentinels(address: RedisAddress, wait: float) -> dict[str, Any]:
+    """How a Sentinel manager (asyncio's or the blocking one) talks to the sentinels: its
+    own connections time out like every other, with the sentinels' own password."""
     auth = {"password": address.sentinel_password} if address.sentinel_password else {}
-    manager = Sentinel(list(address.nodes), sentinel_kwargs={
-        "socket_timeout": wait, "socket_connect_timeout": wait, **auth})
+    return {"socket_timeout": wait, "socket_connect_timeout": wait, **auth}
+
+
+def _sentinel_kwargs(address: RedisAddress, wait: float, **kwargs: Any) -> dict[str, Any]:
+    """The arguments of a sentinel pool for `address`: a Sentinel manager and the data
+    nodes' credentials and db."""
+    manager = Sentinel(list(address.nodes), sentinel_kwargs=_to_sentinels(address, wait))
     return {"service_name": address.primary, "sentinel_manager": manager, "db": address.db,
             "username": address.username, "password": address.password,
             "ssl": address.tls, **kwargs}
@@ -348,9 +353,8 @@ def blocking(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
                                "client_name": name}
     address = _address(url)
     if address.kind == "sentinel":
-        auth = {"password": address.sentinel_password} if address.sentinel_password else {}
-        manager = SyncSentinel(list(address.nodes), sentinel_kwargs={
-            "socket_timeout": timeout, "socket_connect_timeout": timeout, **auth})
+        manager = SyncSentinel(list(address.nodes),
+                               sentinel_kwargs=_to_sentinels(address, timeout))
         return manager.master_for(address.primary, db=address.db, username=address.username,
                                   password=address.password, ssl=address.tls, **options)
     return sync_redis.Redis.from_url(url, **options)

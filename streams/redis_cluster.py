@@ -267,11 +267,9 @@ def owner_url(address: RedisAddress, key: str, timeout: float) -> str:
                                   password=address.password, ssl=address.tls,
                                   socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
-            # CLUSTER SLOTS: [[first, last, [host, port, id], replicas...]...]
-            for first, end, primary, *_ in client.execute_command("CLUSTER SLOTS"):
-                if int(first) <= slot <= int(end):
-                    host = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
-                    return _node_url(address, host or "127.0.0.1", int(primary[1]))
+            found = _master_of(client.execute_command("CLUSTER SLOTS"), slot, host)
+            if found is not None:
+                return _node_url(address, *found)
         except (sync_redis.RedisError, OSError) as e:
             last = e
         finally:
@@ -333,16 +331,26 @@ async def _owner(address: RedisAddress, key: str, timeout: float) -> tuple[str, 
                        password=address.password, ssl=address.tls,
                        socket_timeout=timeout, socket_connect_timeout=timeout)
         try:
-            for first, end, primary, *_ in await client.execute_command("CLUSTER SLOTS"):
-                if int(first) <= slot <= int(end):
-                    name = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
-                    return name or host, int(primary[1])
+            found = _master_of(await client.execute_command("CLUSTER SLOTS"), slot, host)
+            if found is not None:
+                return found
         except (RedisError, OSError) as e:
             last = e
         finally:
             await client.aclose()
     raise ConnectionError(f"no seed node of the cluster named the master of slot {slot}: "
                           f"{type(last).__name__ if last else 'no answer'}")
+
+
+def _master_of(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:
+    """(host, port) of `slot`'s master in a CLUSTER SLOTS answer
+    (`[[first, last, [host, port, id], replicas...], ...]`; an empty host is the node
+    asked, `asked`), or None when no range holds it."""
+    for first, end, primary, *_ in slots:
+        if int(first) <= slot <= int(end):
+            name = primary[0].decode() if isinstance(primary[0], bytes) else primary[0]
+            return name or asked, int(primary[1])
+    return None
 
 
 def _node_url(address: RedisAddress, host: str, port: int) -> str:

@@ -138,6 +138,17 @@ def running(pid: int) -> bool:
     return True
 
 
+def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
+    """Poll `check` every 50 ms until it is true; RuntimeError naming `what` after
+    `timeout` seconds (a deployment's start and failovers)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():
+            return
+        time.sleep(0.05)
+    raise RuntimeError(f"timed out waiting for {what}")
+
+
 class SentinelDeployment:
     """A primary, its replicas and the sentinels watching them, all on free loopback ports
     (tests/faults, `vestnik soak --sentinel`): `url` is the `redis+sentinel://` address
@@ -170,7 +181,7 @@ class SentinelDeployment:
             replica.extra = [*replica.extra, "--replicaof", "127.0.0.1", str(primary.port)]
             replica.start()
         # a replica that has not finished its first sync would be promoted empty
-        self._wait_for(self._replicas_synced, timeout, "the replicas' first sync")
+        _wait_for(self._replicas_synced, timeout, "the replicas' first sync")
         quorum = len(self.sentinel_ports) // 2 + 1
         for i, port in enumerate(self.sentinel_ports):
             d = self.sentinel_dirs[i]
@@ -183,7 +194,7 @@ class SentinelDeployment:
                 f"sentinel failover-timeout {self.name} {max(self.down_after_ms * 3, 3000)}\n"
                 f"sentinel parallel-syncs {self.name} 1\n")
             self.start_sentinel(i)
-        self._wait_for(lambda: self._sentinels_agree(), timeout, "sentinels to see the primary")
+        _wait_for(lambda: self._sentinels_agree(), timeout, "sentinels to see the primary")
         return self
 
     def start_sentinel(self, i: int) -> None:
@@ -220,21 +231,13 @@ class SentinelDeployment:
                    and len(_ask(p, "SENTINEL", "REPLICAS", self.name) or []) == want
                    for p in self.sentinel_ports)
 
-    @staticmethod
-    def _wait_for(check: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if check():
-                return
-            time.sleep(0.05)
-        raise RuntimeError(f"timed out waiting for {what}")
 
     def wait_failover(self, old: int, timeout: float = 30.0) -> int:
         """Wait until every sentinel names a primary other than port `old`; its port."""
         def moved() -> bool:
             seen = {self.primary_port_of(p) for p in self.sentinel_ports}
             return len(seen) == 1 and None not in seen and old not in seen
-        self._wait_for(moved, timeout, "a failover")
+        _wait_for(moved, timeout, "a failover")
         port = self.primary_port()
         assert port is not None
         return port
@@ -326,7 +329,7 @@ class ClusterDeployment:
 
     def wait_ok(self, timeout: float = 30.0) -> None:
         """Until every node says `cluster_state:ok` (after start, or a node's pause)."""
-        SentinelDeployment._wait_for(self._ready, timeout, "cluster_state:ok on every node")
+        _wait_for(self._ready, timeout, "cluster_state:ok on every node")
 
     def _ready(self) -> bool:
         """Every node says the cluster is ok and knows every other node, and every replica
@@ -366,7 +369,7 @@ class ClusterDeployment:
                 return self.primary_of(key).port != old
             except RuntimeError:
                 return False
-        SentinelDeployment._wait_for(moved, timeout, f"a replica to take over {key!r}")
+        _wait_for(moved, timeout, f"a replica to take over {key!r}")
         return self.primary_of(key).port
 
     def master_ports(self) -> list[int]:
