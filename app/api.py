@@ -92,7 +92,7 @@ def create_app(config: Config, *, demo: bool = False) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         redis = connect(config.redis_url, name="vestnik-api", timeout=config.redis_timeout)
         await wait_ready(redis)
-        ctx = Ctx(config, Keys.for_url(config.prefix, config.redis_url), redis)
+        ctx = Ctx(config, Keys.of(config), redis)
         await ensure_group(ctx)
         hydrator = Hydrator(redis, config.hydrate, config.hydrate_hosts)
         hub = TopicHub(config.redis_url, redis, ctx.keys, hydrator, maxlen=config.topic_maxlen)

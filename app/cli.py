@@ -104,7 +104,7 @@ def cmd_bridge(args: argparse.Namespace, config: Config) -> int:
 
     async def main() -> None:
         redis = connect(config.redis_url, name="vestnik-bridge", timeout=config.redis_timeout)
-        bridge = Bridge(config.redis_url, redis, Keys.for_url(config.prefix, config.redis_url),
+        bridge = Bridge(config.redis_url, redis, Keys.of(config),
                         config.keyspace_patterns, maxlen=config.topic_maxlen)
         checks = {"redis": redis_check(redis), "subscribed": flag_check(bridge.ready.is_set)}
         async with ops_listener(config.host, _ops_port(args, config), checks):
@@ -165,7 +165,7 @@ def cmd_publish(args: argparse.Namespace, config: Config) -> int:
     async def main() -> str:
         redis = connect(config.redis_url, name="vestnik-publish", timeout=config.redis_timeout)
         try:
-            keys = Keys.for_url(config.prefix, config.redis_url)
+            keys = Keys.of(config)
             return await publish(redis, keys, args.topic, event,
                                  maxlen=config.topic_maxlen, via="cli")
         finally:
@@ -359,7 +359,7 @@ def _ingest(config: Config, command: str,
         try:
             appends = Appends(redis, Replication.of(config.redis_wait_replicas,
                                                     config.redis_timeout))
-            return await call(Ingest(redis, Keys.for_url(config.prefix, config.redis_url), appends))
+            return await call(Ingest(redis, Keys.of(config), appends))
         finally:
             await redis.aclose()
 

@@ -26,7 +26,7 @@ async def check_user(config: Config, user: str) -> None:
 
     An empty or absent topic is no evidence either way (run.sh, `vestnik up` and the
     README's tour issue tokens before any user is published), so it passes."""
-    keys = Keys.for_url(config.prefix, config.redis_url)
+    keys = Keys.of(config)
     redis = connect(config.redis_url or "", name="vestnik-token", timeout=config.redis_timeout)
     try:
         state = keys.state(USER_TOPIC)

@@ -403,7 +403,7 @@ async def run_demo(config: Config) -> None:
     """The demo part of `vestnik up --demo`: sink, seed, wrapped alert and simulator."""
     assert config.redis_url
     redis = connect(config.redis_url, name="vestnik-demo")
-    keys = Keys.for_url(config.prefix, config.redis_url)
+    keys = Keys.of(config)
     sink_at = _sink if _sink and config.smtp_url == f"smtp://{_sink[0]}:{_sink[1]}" else None
     sink: MailSink | None = None
     tasks: list[asyncio.Task[None]] = []

@@ -78,7 +78,7 @@ async def run_bridge(config: Config) -> None:
     assert config.redis_url
     redis = connect(config.redis_url, name="vestnik-bridge", timeout=config.redis_timeout)
     try:
-        await Bridge(config.redis_url, redis, Keys.for_url(config.prefix, config.redis_url),
+        await Bridge(config.redis_url, redis, Keys.of(config),
                      config.keyspace_patterns, maxlen=config.topic_maxlen).run()
     finally:
         await redis.aclose()

@@ -43,6 +43,14 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # ingest answers (HTTP 202, the wrapper's write) only once this many replicas have the
     # notice (Redis WAIT); fewer in time: 503 + Retry-After, nothing reported accepted
     redis_wait_replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] = 0
+    # Redis Cluster growth: forward jobs spread over this many arq queues (`{fwd-N}` hash
+    # tags, one slot each); every process must agree. A forwarder works the partitions in
+    # `forward_work` (empty: all of them).
+    forward_partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    forward_work: list[Annotated[int, msgspec.Meta(ge=0, le=63)]] = []
+    # the ingest stream spread over this many streams (1: `vn:notices` alone, the name
+    # products XADD to); every writer and center must agree
+    ingest_partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
     # seconds any Redis command may take (blocking reads: their BLOCK plus this)
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
     prefix: str = "vn:"
@@ -123,6 +131,10 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
             raise ValueError("cors_origins must list origins, not `*`: the API allows "
                              "credentials (the vestnik_token cookie), so any site could use them")
         parse_rate(self.rate)
+        for p in self.forward_work:
+            if p >= self.forward_partitions:
+                raise ValueError(f"forward_work: partition {p} is not below "
+                                 f"forward_partitions ({self.forward_partitions})")
 
 
 RATE_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}

@@ -23,6 +23,7 @@ the tag is spelled in one place, `_f`, for that.)
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from vestnik.streams.redis_url import parse
 
@@ -48,12 +49,24 @@ def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
 class Keys:
     prefix: str = "vn:"
     cluster: bool = False  # Redis Cluster names: the topic/settings keys share TOPICS_TAG
+    forward_partitions: int = 1  # VESTNIK_FORWARD_PARTITIONS
+    ingest_partitions: int = 1  # VESTNIK_INGEST_PARTITIONS
 
     @classmethod
-    def for_url(cls, prefix: str, redis_url: str | None) -> Keys:
+    def for_url(cls, prefix: str, redis_url: str | None, *, forward_partitions: int = 1,
+                ingest_partitions: int = 1) -> Keys:
         """The key names for the Redis at `redis_url` (a cluster's carry the tags)."""
         cluster = bool(redis_url) and parse(redis_url or "").kind == "cluster"
-        return cls(prefix, cluster)
+        return cls(prefix, cluster, forward_partitions, ingest_partitions)
+
+    @classmethod
+    def of(cls, config: Any) -> Keys:
+        """The key names a process configured by `config` (a streams.config.Config or the
+        wrapper's config: anything with `prefix`, `redis_url` and optionally the partition
+        counts) uses."""
+        return cls.for_url(config.prefix or "vn:", config.redis_url,
+                           forward_partitions=getattr(config, "forward_partitions", 1),
+                           ingest_partitions=getattr(config, "ingest_partitions", 1))
 
     @property
     def _t(self) -> str:

@@ -96,7 +96,7 @@ class Wrapper:
                  redis_timeout: float = 30.0) -> None:
         self.cfg = cfg
         self.name = cfg.name
-        self.keys = Keys.for_url(cfg.prefix or "vn:", cfg.redis_url)
+        self.keys = Keys.of(cfg)
         self.base_env = dict(os.environ if env is None else env)
         self.metrics_port = metrics_port
         self.metrics_host = metrics_host

@@ -42,7 +42,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
     redis = connect(settings.redis_url, name="vestnik-center", timeout=settings.redis_timeout)
     blocking = reader(settings.redis_url, name="vestnik-center-reader",
                       timeout=settings.redis_timeout, block=1.0)  # Consumer's BLOCK 1000 ms
-    keys = Keys.for_url(settings.prefix, settings.redis_url)
+    keys = Keys.of(settings)
     cons: Consumer[NoticeIn | ResolveIn] | None = None
     center: Center | None = None
     tasks: list[asyncio.Task[Any]] = []

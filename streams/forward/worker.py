@@ -327,7 +327,7 @@ def make_worker(settings: Config, *, burst: bool = False,
     """An arq Worker for forward jobs; `run_forwarder` runs it. Call inside a running loop."""
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
-    keys = Keys.for_url(settings.prefix, settings.redis_url)
+    keys = Keys.of(settings)
     redis = arq_pool(settings, keys, MAX_JOBS + 8)
     # the jobs read notices and users from every slot: on a cluster, a cluster client
     data = connect(settings.redis_url, max_connections=MAX_JOBS + 8, name="vestnik-forwarder",
