@@ -14,32 +14,39 @@ Filling (`Digests.divert`, called by a forward job to a user where it would send
     `Keys.digests(uid)` and a member msgpack [uid, channel] (`digest_member`) of
     `Keys.digest_due` at that ms. A marker per notice, user and channel (`Keys.digested`,
     a day) keeps a re-run job from adding it again. The jobs that start together make one
-    script call (digest_add.lua). Not digested: the shared targets (uid `*`: a webhook
-    URL, a Telegram chat, a Slack channel are nobody's digest), and a resolved notice (its
-    "resolved" message goes at once).
+    script call (digest_add.lua) on a single Redis, one round trip per step on a cluster
+    (`digest_store`). Not digested: the shared targets (uid `*`: a webhook URL, a Telegram
+    chat, a Slack channel are nobody's digest), and a resolved notice (its "resolved"
+    message goes at once).
 
 Sending (`Digests.poll`, started by the forwarder's poll, a batch at a time)
     The poll takes due members with a lease (digest_claim.lua moves each to now + lease:
     another forwarder does not see it meanwhile; a crashed one's digest is due again after
-    it), then reads every digest of the batch in one call (digest_read.lua: the pending
-    digest, the user, its sent marker, the notices of its bucket that fell due by its due
-    time, each one's body when still unread). Read, resolved or gone notices are dropped
-    (`skipped_read`, `skipped_resolved`, `skipped_gone`), as are those the user's prefs now
-    refuse (`user_routes`, as a forward); the rest go newest first, cut at the policy's
-    `limit` ("and N more"), to the channel entry's target of the newest one, with
-    `Channel.send_digest`. Each is recorded `sent` with detail `digest <id>`. What it took
-    leaves the bucket; what came meanwhile waits for the next digest, due a window after
-    this one left: at most one digest per window, user and channel. `retry` results are
-    retried with the jobs' backoff until `send_attempts` (the tries: `<channel>:try`). The
-    ends of the digests that end together are one script call (digest_done.lua).
+    it), then reads every digest of the batch (`DigestStore.read`: the pending digest, the
+    user, the notices of its bucket that fell due by its due time, each one's body when
+    still unread, and on a cluster its sent marker; one call on a single Redis). Read,
+    resolved or gone notices are dropped (`skipped_read`, `skipped_resolved`,
+    `skipped_gone`), as are those the user's prefs now refuse (`user_routes`, as a
+    forward); the rest go newest first, cut at the policy's `limit` ("and N more"), to the
+    channel entry's target of the newest one, with `Channel.send_digest`. Each is recorded
+    `sent` with detail `digest <id>`. What it took leaves the bucket; what came meanwhile
+    waits for the next digest, due a window after this one left: at most one digest per
+    window, user and channel. `retry` results are retried with the jobs' backoff until
+    `send_attempts` (the tries: `<channel>:try`). The ends of the digests that end
+    together are one script call (digest_done.lua) on a single Redis, two round trips on
+    a cluster.
 
 Idempotency
     The digest id is a ULID of the digest's due time and a hash of user and channel
     (`digest_id`), stored with the pending digest: the same for every retry and re-run.
-    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set in
-    the same script that empties the bucket, and a digest whose marker exists is not sent
-    again; a process that dies between the other side's answer and that script resends
-    the one digest (at least once, as single forwards; a webhook can dedupe on the id).
+    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set with
+    the end that takes the listed notices out of the bucket and gives the digest its next
+    id (or clears it): on a single Redis in one script, so no read meets a sent id; on a
+    cluster in one pipeline of per-slot calls, and a read that finds the marker set sends
+    nothing and only takes the notices out (the order of the steps and what a crash
+    between them leaves: `digest_store`). A process that dies between the other side's
+    answer and that end resends the one digest (at least once, as single forwards; a
+    webhook can dedupe on the id).
 
 Key owners: the bucket and the hash expire a day after their digest's due time and are
 deleted when the digest empties them; a deleted user's are dropped by the purge
