@@ -236,10 +236,10 @@ class Digests:
     async def run_due(self, limit: int = BATCH) -> int:
         """Take at most `limit` due digests (leased), read them (one call), send them."""
         now = now_ms()
-        members = await self.store.claim(now, int(LEASE_S * 1000), limit)
+        members, lease = await self.store.claim(now, int(LEASE_S * 1000), limit)
         if not members:
             return 0
-        due = await self._read(members, now, now + int(LEASE_S * 1000) + 0.5)
+        due = await self._read(members, now, lease)
         results = await asyncio.gather(*(self._run(d) for d in due), return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):

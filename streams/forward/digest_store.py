@@ -178,11 +178,13 @@ class DigestStore:
 
     # ------------------------------------------------------------------ reading
 
-    async def claim(self, now: int, lease_ms: int, limit: int) -> list[bytes]:
-        """At most `limit` due members, leased until now + lease_ms + 0.5 (one slot)."""
+    async def claim(self, now: int, lease_ms: int, limit: int) -> tuple[list[bytes], float]:
+        """At most `limit` due members, and the score they got: the end of their lease,
+        now + lease_ms + 0.5 (a half ms: see digest_claim.lua)."""
+        lease = now + lease_ms + 0.5
         got: list[bytes] = await _CLAIM(keys=[self.keys.digest_due],
-                                        args=[now, lease_ms, limit], client=self.redis)
-        return got
+                                        args=[now, repr(lease), limit], client=self.redis)
+        return got, lease
 
     async def read(self, who: list[tuple[str, str]]) -> tuple[list[Any], list[bool]]:
         """Per (uid, channel): false when no digest is pending, else [due ms, tries, window
