@@ -12,16 +12,22 @@ one call, so all of them must be in one slot. (Topic traffic is entity changes, 
 to notices, so one master carries it.) On a single Redis the names stay as they were:
 the tag is only there on a cluster, which a deployment starts empty.
 
-Forwarding on a cluster: the forward queue, its due set and wake channel, the job ids
-(so arq's job, in-progress, retry and result keys), the attempt records, sent markers and
-threads of a notice share FORWARD_TAG, because the forwarder's claim and finish scripts
-write them together. The forwarders' arq pool talks to the master of that slot.
-(`{fwd-N}` partitions over several masters, VESTNIK_FORWARD_PARTITIONS, are the next step:
-the tag is spelled in one place, `_f`, for that.)
+Forwarding: the forward jobs are partitioned over VESTNIK_FORWARD_PARTITIONS arq queues
+(`forward_partition(nid)`: crc32 of the notice id, so every process agrees). Each
+partition's keys share one prefix (`ForwardKeys.tag`): its queue, due set, wake channel
+and abort set (`Keys.forward(p)`, a `ForwardKeys`), and every key of a notice in it: the
+job ids (so arq's job, in-progress, retry and result keys), the attempt records, sent and
+digested markers, threads, because the forwarder's claim and finish scripts write them
+together. With one partition (the default) the names are what they always were: no tag
+on a single Redis, FORWARD_TAG on a cluster. With more, the partition's tag
+`{fwd-<p>}:` on a cluster and on a single Redis alike (one code path, testable on one
+Redis), so on a cluster each partition is a slot, and the partitions spread over masters.
+A forwarder's arq pool per partition talks to the master of that partition's slot.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +38,8 @@ REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
-FORWARD_TAG = "{fwd}:"  # on a cluster: after the prefix of every forward key
+FORWARD_TAG = "{fwd}:"  # on a cluster, one partition: after the prefix of every forward key
+MAX_FORWARD_PARTITIONS = 64  # VESTNIK_FORWARD_PARTITIONS is at most this (streams.config)
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -73,10 +80,34 @@ class Keys:
         """The prefix of the topic and settings keys."""
         return self.prefix + TOPICS_TAG if self.cluster else self.prefix
 
-    @property
-    def _f(self) -> str:
-        """The prefix of the forward keys."""
-        return self.prefix + FORWARD_TAG if self.cluster else self.prefix
+    def forward_partition(self, nid: str) -> int:
+        """The forward partition of notice `nid`: crc32 of its UTF-8 id modulo
+        `forward_partitions` (0 with one). Stable across processes and versions: every
+        forward key of the notice is in it (`forward_of`)."""
+        n = self.forward_partitions
+        return zlib.crc32(nid.encode()) % n if n > 1 else 0
+
+    def forward(self, p: int) -> ForwardKeys:
+        """The keys of forward partition `p` (0 <= p < forward_partitions)."""
+        if not 0 <= p < self.forward_partitions:
+            raise ValueError(f"forward partition {p} is not below forward_partitions "
+                             f"({self.forward_partitions})")
+        return ForwardKeys.of(self.prefix, self.cluster, self.forward_partitions, p)
+
+    def forward_of(self, nid: str) -> ForwardKeys:
+        """The keys of the forward partition notice `nid` is in."""
+        return self.forward(self.forward_partition(nid))
+
+    def forward_other_layouts(self) -> list[ForwardKeys]:
+        """Partitions of OTHER layouts than this one (a different VESTNIK_FORWARD_PARTITIONS)
+        whose queues a forwarder checks at start, so jobs written under another setting are
+        not stranded silently: the one-partition names (when this has more), and the tags
+        `{fwd-p}` for p from this count on (eight of them: cheap, and catches a count
+        lowered by a few; with one partition, `{fwd-0}` on)."""
+        n = self.forward_partitions
+        other = [ForwardKeys.of(self.prefix, self.cluster, 1, 0)] if n > 1 else []
+        return other + [ForwardKeys.of(self.prefix, self.cluster, MAX_FORWARD_PARTITIONS, p)
+                        for p in range(0 if n == 1 else n, min(n + 8, MAX_FORWARD_PARTITIONS))]
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
@@ -170,7 +201,7 @@ class Keys:
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
-        return f"{self._f}notice:{nid}:deliveries"
+        return f"{self.forward_of(nid).tag}notice:{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
         """String: id of the first notice with this dedup key, expires after the window.
@@ -236,14 +267,15 @@ class Keys:
         return channel[len(self.prefix) + len("{u:"):-len("}:live")]
 
     @property
-    def sent(self) -> str:
-        """Prefix of idempotency markers for external sends (notice, user, channel)."""
-        return f"{self._f}sent:"
+    def digest_sent_prefix(self) -> str:
+        """Prefix of the sent markers of digests (`<digest id>:<uid>:<channel>`): partition
+        0's, one place for all of them (digest_read.lua builds them from the digest id)."""
+        return self.forward(0).sent
 
     def sent_marker(self, nid: str, uid: str, marker: str) -> str:
         """String: notice `nid` went to `uid` (or `*`) on `marker` (a channel, or
         `channel:target` for a shared target); expires after every retry could run."""
-        return f"{self._f}sent:{nid}:{uid}:{marker}"
+        return f"{self.forward_of(nid).sent}{nid}:{uid}:{marker}"
 
     @property
     def demo_mail(self) -> str:
@@ -251,40 +283,20 @@ class Keys:
         return f"{self.prefix}{DEMO_MAIL}"
 
     # forwarding (arq) -------------------------------------------------------
-    @property
-    def forward_due(self) -> str:
-        """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
-        return f"{self._f}fwd:due"
-
-    @property
-    def arq_queue(self) -> str:
-        """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
-        records themselves are arq's own keys, outside the prefix: streams.forward)."""
-        return f"{self._f}arq:queue"
-
-    @property
-    def forward_job_prefix(self) -> str:
-        """What every forward job id begins with (`forward_job`)."""
-        return f"{self._f}fwd:"
-
     def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
         pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
-        re-ingesting a notice never schedules a second one."""
+        re-ingesting a notice never schedules a second one. In the notice's partition."""
+        prefix = self.forward_of(nid).forward_job_prefix
         if stage:
-            return f"{self._f}fwd:{nid}:{uid}:{stage}"
-        return f"{self._f}fwd:{nid}:{uid}"
-
-    def forward_own(self, name: str) -> str:
-        """A key streams.forward names itself (arq's abort set, which the finish script
-        writes): as is on a single Redis, after the forward tag on a cluster."""
-        return self._f + name if self.cluster else name
+            return f"{prefix}{nid}:{uid}:{stage}"
+        return f"{prefix}{nid}:{uid}"
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
         `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
         Deleted with the body (center/release.lua, purge_user.lua)."""
-        return f"{self._f}notice:{nid}:threads"
+        return f"{self.forward_of(nid).tag}notice:{nid}:threads"
 
     def digest(self, uid: str, channel: str) -> str:
         """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
@@ -306,7 +318,7 @@ class Keys:
     def digested(self, nid: str, uid: str, channel: str) -> str:
         """String (a day): notice `nid` went into `uid`'s digest bucket on `channel`, so a
         re-run forward job does not put it in a second digest."""
-        return f"{self._f}sent:{nid}:{uid}:{channel}:digested"
+        return f"{self.forward_of(nid).sent}{nid}:{uid}:{channel}:digested"
 
     def snooze(self, uid: str) -> str:
         """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
@@ -328,7 +340,51 @@ class Keys:
         by themselves (`resolve_after`) unless repeated before; owned by the center."""
         return f"{self.prefix}incidents:due"
 
+
+@dataclass(frozen=True, slots=True)
+class ForwardKeys:
+    """The queue-level keys of one forward partition (`Keys.forward(p)`): what a forwarder
+    polls and the center schedules into. `tag` begins every forward key of the partition's
+    notices (`Keys.forward_of`)."""
+
+    partition: int
+    tag: str  # the prefix of every key of this partition (streams.keys module docstring)
+    tagged: bool  # the tag carries a hash tag (a cluster, or more than one partition)
+
+    @classmethod
+    def of(cls, prefix: str, cluster: bool, partitions: int, p: int) -> ForwardKeys:
+        if partitions > 1:
+            return cls(p, f"{prefix}{{fwd-{p}}}:", True)
+        return cls(0, prefix + FORWARD_TAG if cluster else prefix, cluster)
+
+    @property
+    def forward_due(self) -> str:
+        """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
+        return f"{self.tag}fwd:due"
+
+    @property
+    def arq_queue(self) -> str:
+        """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
+        records themselves are arq's own keys, outside the prefix: streams.forward)."""
+        return f"{self.tag}arq:queue"
+
+    @property
+    def forward_job_prefix(self) -> str:
+        """What every forward job id of the partition begins with (`Keys.forward_job`)."""
+        return f"{self.tag}fwd:"
+
     @property
     def forward_wake(self) -> str:
         """Pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
-        return f"{self._f}fwd:wake"
+        return f"{self.tag}fwd:wake"
+
+    @property
+    def sent(self) -> str:
+        """Prefix of the partition's idempotency markers for external sends (notice, user,
+        channel): `Keys.sent_marker`, `Keys.digested`."""
+        return f"{self.tag}sent:"
+
+    def forward_own(self, name: str) -> str:
+        """A key streams.forward names itself (arq's abort set, which the finish script
+        writes): as is on a single Redis with one partition, after the tag otherwise."""
+        return self.tag + name if self.tagged else name

@@ -5,7 +5,8 @@
 --   1 feed_max,
 --   2 [body key of notice j...],
 --   3 [[feed, read, seq, live, archived, [j...]] per user],
---   4 the forward jobs (streams.forward.store_call_jobs; forward/store_jobs.lua) or nil,
+--   4 the forward jobs, a header per forward partition (streams.forward.store_call_jobs;
+--     forward/store_jobs.lua) or nil,
 --   5 the ARGV index before the first body,
 --   6 in a later call for more of the batch's recipients (STORE_CHUNK): [1 or 0 per
 --     notice: its body was new] as the first call found it (no bodies then, no forwards),
@@ -64,5 +65,5 @@ for nid, delta in pairs(pend) do
   if delta ~= 0 or created[nid] then adjust(nid, delta, created[nid], later[nid]) end
 end
 local claimed = {}
-if h[4] then claimed = store_jobs(h[4], fresh) end
+if h[4] then for _, fwd in ipairs(h[4]) do store_jobs(fwd, fresh, claimed) end end
 return {out, claimed, new}

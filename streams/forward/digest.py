@@ -36,7 +36,7 @@ Sending (`Digests.poll`, started by the forwarder's poll, a batch at a time)
 Idempotency
     The digest id is a ULID of the digest's due time and a hash of user and channel
     (`digest_id`), stored with the pending digest: the same for every retry and re-run.
-    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set in
+    After the send a sent marker (`Keys.digest_sent_prefix` + `id:uid:channel`, a day) is set in
     the same script that empties the bucket, and a digest whose marker exists is not sent
     again; a process that dies between the other side's answer and that script resends
     the one digest (at least once, as single forwards; a webhook can dedupe on the id).
@@ -282,7 +282,7 @@ class Digests:
                 continue
             who.append((uid, channel, m))
         replies = await _READ(keys=[], args=[msgpack_encode([
-            k.state(USER_TOPIC), k.notice(""), k.sent, TAKE_MAX,
+            k.state(USER_TOPIC), k.notice(""), k.digest_sent_prefix, TAKE_MAX,
             [[k.digests(uid), ch, k.digest(uid, ch), uid, k.feed(uid), k.read(uid)]
              for uid, ch, _ in who]])], client=self.redis)
         out: list[_Due] = []
@@ -339,8 +339,8 @@ class Digests:
             records += [(n.id, rec(uid, channel, attempt, "sent",
                                    f"digest {d.id}" if i < limit else more))
                         for i, n in enumerate(kept)]
-            await self._ends.submit(self._end_due(
-                d, taken, "done", self.keys.sent_marker(d.id, uid, channel), records))
+            marker = f"{self.keys.digest_sent_prefix}{d.id}:{uid}:{channel}"
+            await self._ends.submit(self._end_due(d, taken, "done", marker, records))
             return f"sent {len(kept)}"
         if res.status == "retry" and attempt < self.fw.settings.send_attempts:
             records += [(n.id, rec(uid, channel, attempt, "retrying",

@@ -1,6 +1,6 @@
 -- What the digests a poll took need, in one call (streams.forward.digest): read only.
 -- KEYS: none (each digest's keys are in ARGV: one user's, and the notices').
--- ARGV[1]: msgpack [user state hash, notice key prefix, sent marker prefix (`Keys.sent`),
+-- ARGV[1]: msgpack [user state hash, notice key prefix, sent marker prefix (`Keys.digest_sent_prefix`),
 -- bucket read limit, [[digests hash, channel, bucket, uid, feed, read set]...]].
 -- Returns per digest: false when none is pending (no field `channel`), else {due ms, tries,
 -- window ms, digest id, the user's record or false, sent marker set (0/1), then per
