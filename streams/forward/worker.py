@@ -117,7 +117,8 @@ class ForwardWorker(Worker):
     _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
     parts: list[Part]  # the partitions it works (make_worker; one each: queue, pool)
     wake: bool = False  # listen on the partitions' wake channels (False: the timer only)
-    stranded: dict[str, int]  # keys of another partition count holding jobs (check_layouts)
+    # keys of another partition count holding jobs (check_layouts); None: not checked yet
+    stranded: dict[str, int] | None = None
     digests: Digests | None = None  # the due digests, run beside the jobs (digest.py)
     _digesting: asyncio.Task[int] | None = None
     _wake: asyncio.Event | None = None
@@ -130,7 +131,6 @@ class ForwardWorker(Worker):
         self.parts = parts
         self._by_number = {part.keys.partition: part for part in self.parts}
         self._turn = 0  # the partition the next poll starts at
-        self.stranded = {}
 
     @property
     def partitions(self) -> frozenset[int]:
@@ -140,7 +140,7 @@ class ForwardWorker(Worker):
     @property
     def ready(self) -> bool:
         """/readyz: polling, and no jobs stranded under another partition count."""
-        return self.polling and not self.stranded
+        return self.polling and self.stranded == {}
 
     def start_inline(self, claims: list[Claim]) -> None:
         """Run jobs the notice center claimed in its store call, in this process, now (in
@@ -466,7 +466,7 @@ async def watch_layouts(worker: ForwardWorker, every: float = LAYOUT_CHECK_S) ->
         except RETRYABLE as e:
             log.debug("forward layout check skipped: %s", e)
         else:
-            if found and found.keys() != worker.stranded.keys():
+            if found and found.keys() != (worker.stranded or {}).keys():
                 log.error(
                     "forward jobs wait under another VESTNIK_FORWARD_PARTITIONS than this "
                     "forwarder's (%d) and no forwarder of this setting runs them: %s. Run "
@@ -493,7 +493,10 @@ async def run_forwarder(settings: Config, *, burst: bool = False,
     worker = worker or make_worker(settings, burst=burst)
     forwarder: Forwarder = worker.ctx["forwarder"]
     checks = {"redis": redis_check(forwarder.redis),
-              "worker": flag_check(lambda: worker.ready)}
+              "worker": flag_check(lambda: worker.polling),
+              "partitions": flag_check(lambda: worker.stranded == {},
+                                       "jobs of another VESTNIK_FORWARD_PARTITIONS wait "
+                                       "(see the log)")}
     sampler = asyncio.create_task(
         run_sampler(forwarder.redis, [backlog_probe([part.keys for part in worker.parts])]),
         name="forwarder-sampler")
