@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vestnik.streams.redis_url import parse
@@ -92,7 +93,7 @@ class Keys:
         if not 0 <= p < self.forward_partitions:
             raise ValueError(f"forward partition {p} is not below forward_partitions "
                              f"({self.forward_partitions})")
-        return ForwardKeys.of(self.prefix, self.cluster, self.forward_partitions, p)
+        return _forward_keys(self.prefix, self.cluster, self.forward_partitions, p)
 
     def forward_of(self, nid: str) -> ForwardKeys:
         """The keys of the forward partition notice `nid` is in."""
@@ -105,8 +106,8 @@ class Keys:
         `{fwd-p}` for p from this count on (eight of them: cheap, and catches a count
         lowered by a few; with one partition, `{fwd-0}` on)."""
         n = self.forward_partitions
-        other = [ForwardKeys.of(self.prefix, self.cluster, 1, 0)] if n > 1 else []
-        return other + [ForwardKeys.of(self.prefix, self.cluster, MAX_FORWARD_PARTITIONS, p)
+        other = [_forward_keys(self.prefix, self.cluster, 1, 0)] if n > 1 else []
+        return other + [_forward_keys(self.prefix, self.cluster, MAX_FORWARD_PARTITIONS, p)
                         for p in range(0 if n == 1 else n, min(n + 8, MAX_FORWARD_PARTITIONS))]
 
     # notifier ---------------------------------------------------------------
@@ -351,12 +352,6 @@ class ForwardKeys:
     tag: str  # the prefix of every key of this partition (streams.keys module docstring)
     tagged: bool  # the tag carries a hash tag (a cluster, or more than one partition)
 
-    @classmethod
-    def of(cls, prefix: str, cluster: bool, partitions: int, p: int) -> ForwardKeys:
-        if partitions > 1:
-            return cls(p, f"{prefix}{{fwd-{p}}}:", True)
-        return cls(0, prefix + FORWARD_TAG if cluster else prefix, cluster)
-
     @property
     def forward_due(self) -> str:
         """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
@@ -388,3 +383,11 @@ class ForwardKeys:
         """A key streams.forward names itself (arq's abort set, which the finish script
         writes): as is on a single Redis with one partition, after the tag otherwise."""
         return self.tag + name if self.tagged else name
+
+
+@lru_cache(maxsize=4096)
+def _forward_keys(prefix: str, cluster: bool, partitions: int, p: int) -> ForwardKeys:
+    """Partition `p` of `partitions` (built once: a job id asks for it per job)."""
+    if partitions > 1:
+        return ForwardKeys(p, f"{prefix}{{fwd-{p}}}:", True)
+    return ForwardKeys(0, prefix + FORWARD_TAG if cluster else prefix, cluster)
