@@ -99,6 +99,12 @@ class Keys:
         """The keys of the forward partition notice `nid` is in."""
         return self.forward(self.forward_partition(nid))
 
+    @property
+    def forward_notice_prefixes(self) -> list[str]:
+        """Each partition's `ForwardKeys.notice_prefix`, in partition order: what a script
+        that finds a notice's forward keys by itself needs (forward/partition.lua)."""
+        return [self.forward(p).notice_prefix for p in range(self.forward_partitions)]
+
     def forward_other_layouts(self) -> list[ForwardKeys]:
         """Partitions of OTHER layouts than this one (a different VESTNIK_FORWARD_PARTITIONS)
         whose queues a forwarder checks at start, so jobs written under another setting are
@@ -202,7 +208,7 @@ class Keys:
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
-        return f"{self.forward_of(nid).tag}notice:{nid}:deliveries"
+        return f"{self.forward_of(nid).notice_prefix}{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
         """String: id of the first notice with this dedup key, expires after the window.
@@ -297,7 +303,7 @@ class Keys:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
         `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
         Deleted with the body (center/release.lua, purge_user.lua)."""
-        return f"{self.forward_of(nid).tag}notice:{nid}:threads"
+        return f"{self.forward_of(nid).notice_prefix}{nid}:threads"
 
     def digest(self, uid: str, channel: str) -> str:
         """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
@@ -351,6 +357,12 @@ class ForwardKeys:
     partition: int
     tag: str  # the prefix of every key of this partition (streams.keys module docstring)
     tagged: bool  # the tag carries a hash tag (a cluster, or more than one partition)
+
+    @property
+    def notice_prefix(self) -> str:
+        """What a notice's deliveries and threads keys (`Keys.deliveries`, `Keys.threads`)
+        begin with before its id."""
+        return f"{self.tag}notice:"
 
     @property
     def forward_due(self) -> str:

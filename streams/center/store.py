@@ -113,7 +113,8 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.settings = settings
-        self._refs = [keys.refs_prefix, REFS_BUCKET, keys.notice("")]  # bodies' feed counts
+        self._refs = [keys.refs_prefix, REFS_BUCKET, keys.notice(""),  # bodies' feed counts
+                      keys.forward_notice_prefixes]
         # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
         self.one_call = not isinstance(redis, RedisCluster)
         # the forward worker of this process: forwards due now run here at once, claimed

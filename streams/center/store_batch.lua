@@ -11,7 +11,8 @@
 --   6 in a later call for more of the batch's recipients (STORE_CHUNK): [1 or 0 per
 --     notice: its body was new] as the first call found it (no bodies then, no forwards),
 --   7 in a first call that later ones follow, 1: report those flags,
---   8 [refs prefix, bucket length, notice key prefix] (streams.keys): each body's feeds,
+--   8 [refs prefix, bucket length, notice key prefix, [forward notice key prefix per
+--     partition]] (streams.keys): each body's feeds,
 --   9 in a first call that later ones follow, [j...]: the notices they store for more
 --     users,
 --   10 [j...] of the silenced notices (stored, never published) or nil]
@@ -25,7 +26,7 @@
 --#include forward/store_jobs.lua
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
-refs.prefix, refs.split, refs.notice = h[8][1], h[8][2], h[8][3]
+refs.prefix, refs.split, refs.notice, refs.fwd = h[8][1], h[8][2], h[8][3], h[8][4]
 local fresh, created, pend = {}, {}, {}
 for i, key in ipairs(bodies) do
   fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX')

@@ -15,16 +15,18 @@ from typing import Any
 import httpx
 import msgspec
 import pytest
-from fwd_support import SmtpSink
+from fwd_support import SmtpSink, store_notice
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
 from support import Proc, eventually
+from vestnik.streams.center.inbox import purge_users
 from vestnik.streams.forward import ForwardJob, add_forward_jobs
 from vestnik.streams.forward.worker import check_layouts
 from vestnik.streams.ids import now_ms, ulid
 from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.redis_server import free_port
+from vestnik.streams.schemas import Notice
 
 PARTS = 3
 USERS = [str(i) for i in range(1, 25)]
@@ -227,3 +229,21 @@ def test_partition_of_a_notice_is_stable_and_one_keeps_the_names():
         f"vn:fwd:{nid}:1", "vn:arq:queue", "a", "vn:{fwd}:arq:queue")
     with pytest.raises(ValueError, match="forward partition 3"):
         k.forward(3)
+
+
+@pytest.mark.single_redis("a cluster never releases bodies by feed counts: they expire")
+async def test_a_released_body_takes_its_records_and_threads_in_its_partition(redis: Redis):
+    """The last feed holding a notice goes (a purged user): its deliveries and threads go
+    too, found in its partition by the script (crc32 in Lua, as Keys.forward_partition)."""
+    k3 = Keys("vn:", forward_partitions=PARTS)
+    await redis.hset(k3.state(USER_TOPIC), "1", user("1"))
+    nids = [ulid() for _ in range(30)]
+    assert {k3.forward_partition(n) for n in nids} == set(range(PARTS))
+    for nid in nids:
+        await store_notice(redis, k3, Notice(id=nid, alert="a", title=nid, recipients=["1"],
+                                             created_at=now_ms()))
+        await redis.rpush(k3.deliveries(nid), "{}")
+        await redis.hset(k3.threads(nid), "1:email", "<m@x>")
+    assert await purge_users(redis, k3, ["1"]) == 1
+    left = [k for n in nids for k in (k3.notice(n), k3.deliveries(n), k3.threads(n))]
+    assert await redis.exists(*left) == 0
