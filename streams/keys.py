@@ -294,10 +294,7 @@ class Keys:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
         pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
         re-ingesting a notice never schedules a second one. In the notice's partition."""
-        prefix = self.forward_of(nid).forward_job_prefix
-        if stage:
-            return f"{prefix}{nid}:{uid}:{stage}"
-        return f"{prefix}{nid}:{uid}"
+        return self.forward_of(nid).forward_job(nid, uid, stage)
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
@@ -379,6 +376,12 @@ class ForwardKeys:
     def forward_job_prefix(self) -> str:
         """What every forward job id of the partition begins with (`Keys.forward_job`)."""
         return f"{self.tag}fwd:"
+
+    def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
+        """`Keys.forward_job` of a notice of this partition (no partition lookup)."""
+        if stage:
+            return f"{self.tag}fwd:{nid}:{uid}:{stage}"
+        return f"{self.tag}fwd:{nid}:{uid}"
 
     @property
     def forward_wake(self) -> str:

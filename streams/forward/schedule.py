@@ -205,7 +205,7 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
             due.add(fk.partition)
     wake_at = {last[p] for p in due}
     for i, (job, fk) in enumerate(zip(jobs, parts, strict=True)):
-        jid = keys.forward_job(job.nid, job.uid, job.stage)
+        jid = fk.forward_job(job.nid, job.uid, job.stage)
         payload = job_record(job.nid, job.uid, now, job.stage)
         expires = max(job.due_ms - now, 0) + expires_extra_ms
         qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
@@ -406,9 +406,11 @@ def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
     once the claim has expired). Start the claimed ones with `ForwardWorker.start_inline`."""
     now = now_ms()
     claim_ms = int(claim_s * 1000) if claim_s is not None else 0
-    by_part: dict[int, list[BatchJob]] = {}
-    for b in jobs:
-        by_part.setdefault(keys.forward_partition(b.job.nid), []).append(b)
+    by_part: dict[int, list[BatchJob]] = {0: jobs}
+    if keys.forward_partitions > 1:
+        by_part = {}
+        for b in jobs:
+            by_part.setdefault(keys.forward_partition(b.job.nid), []).append(b)
     headers: list[Any] = []
     claims: list[Claim | None] = []
     for p, mine in by_part.items():
@@ -423,7 +425,7 @@ def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
                 continue
             payload = job_record(j.nid, j.uid, now, j.stage)
             argv.append(payload)
-            jid = keys.forward_job(j.nid, j.uid, j.stage)
+            jid = fk.forward_job(j.nid, j.uid, j.stage)
             claim = Claim(jid, j.due_ms + claim_here, payload, notice, user) \
                 if claim_here and claimable else None
             rows.append([jid, expires_extra_ms + claim_here, j.due_ms, 1 if claim else -1, at])
