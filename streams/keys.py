@@ -12,17 +12,24 @@ one call, so all of them must be in one slot. (Topic traffic is entity changes, 
 to notices, so one master carries it.) On a single Redis the names stay as they were:
 the tag is only there on a cluster, which a deployment starts empty.
 
-Forwarding on a cluster: the forward queue, its due set and wake channel, the job ids
-(so arq's job, in-progress, retry and result keys), the attempt records, sent markers and
-threads of a notice share FORWARD_TAG, because the forwarder's claim and finish scripts
-write them together. The forwarders' arq pool talks to the master of that slot.
-(`{fwd-N}` partitions over several masters, VESTNIK_FORWARD_PARTITIONS, are the next step:
-the tag is spelled in one place, `_f`, for that.)
+Forwarding: the forward jobs are partitioned over VESTNIK_FORWARD_PARTITIONS arq queues
+(`forward_partition(nid)`: crc32 of the notice id, so every process agrees). Each
+partition's keys share one prefix (`ForwardKeys.tag`): its queue, due set, wake channel
+and abort set (`Keys.forward(p)`, a `ForwardKeys`), and every key of a notice in it: the
+job ids (so arq's job, in-progress, retry and result keys), the attempt records, sent and
+digested markers, threads, because the forwarder's claim and finish scripts write them
+together. With one partition (the default) the names are what they always were: no tag
+on a single Redis, FORWARD_TAG on a cluster. With more, the partition's tag
+`{fwd-<p>}:` on a cluster and on a single Redis alike (one code path, testable on one
+Redis), so on a cluster each partition is a slot, and the partitions spread over masters.
+A forwarder's arq pool per partition talks to the master of that partition's slot.
 """
 
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from vestnik.streams.redis_url import parse
@@ -32,7 +39,8 @@ REFS_BUCKET = 7  # leading characters of a notice id that name its `refs` bucket
 SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
-FORWARD_TAG = "{fwd}:"  # on a cluster: after the prefix of every forward key
+FORWARD_TAG = "{fwd}:"  # on a cluster, one partition: after the prefix of every forward key
+MAX_FORWARD_PARTITIONS = 64  # VESTNIK_FORWARD_PARTITIONS is at most this (streams.config)
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
 
 
@@ -73,10 +81,40 @@ class Keys:
         """The prefix of the topic and settings keys."""
         return self.prefix + TOPICS_TAG if self.cluster else self.prefix
 
+    def forward_partition(self, nid: str) -> int:
+        """The forward partition of notice `nid`: crc32 of its UTF-8 id modulo
+        `forward_partitions` (0 with one). Stable across processes and versions: every
+        forward key of the notice is in it (`forward_of`)."""
+        n = self.forward_partitions
+        return zlib.crc32(nid.encode()) % n if n > 1 else 0
+
+    def forward(self, p: int) -> ForwardKeys:
+        """The keys of forward partition `p` (0 <= p < forward_partitions)."""
+        if not 0 <= p < self.forward_partitions:
+            raise ValueError(f"forward partition {p} is not below forward_partitions "
+                             f"({self.forward_partitions})")
+        return _forward_keys(self.prefix, self.cluster, self.forward_partitions, p)
+
+    def forward_of(self, nid: str) -> ForwardKeys:
+        """The keys of the forward partition notice `nid` is in."""
+        return self.forward(self.forward_partition(nid))
+
     @property
-    def _f(self) -> str:
-        """The prefix of the forward keys."""
-        return self.prefix + FORWARD_TAG if self.cluster else self.prefix
+    def forward_notice_prefixes(self) -> list[str]:
+        """Each partition's `ForwardKeys.notice_prefix`, in partition order: what a script
+        that finds a notice's forward keys by itself needs (forward/partition.lua)."""
+        return [self.forward(p).notice_prefix for p in range(self.forward_partitions)]
+
+    def forward_other_layouts(self) -> list[ForwardKeys]:
+        """Partitions of OTHER layouts than this one (a different VESTNIK_FORWARD_PARTITIONS)
+        whose queues a forwarder checks at start, so jobs written under another setting are
+        not stranded silently: the one-partition names (when this has more), and the tags
+        `{fwd-p}` for p from this count on (eight of them: cheap, and catches a count
+        lowered by a few; with one partition, `{fwd-0}` on)."""
+        n = self.forward_partitions
+        other = [_forward_keys(self.prefix, self.cluster, 1, 0)] if n > 1 else []
+        return other + [_forward_keys(self.prefix, self.cluster, MAX_FORWARD_PARTITIONS, p)
+                        for p in range(0 if n == 1 else n, min(n + 8, MAX_FORWARD_PARTITIONS))]
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
@@ -170,7 +208,7 @@ class Keys:
 
     def deliveries(self, nid: str) -> str:
         """List: JSON record of every forward attempt of notice `nid`."""
-        return f"{self._f}notice:{nid}:deliveries"
+        return f"{self.forward_of(nid).notice_prefix}{nid}:deliveries"
 
     def dedup(self, dedup_key: str) -> str:
         """String: id of the first notice with this dedup key, expires after the window.
@@ -235,15 +273,10 @@ class Keys:
         """The uid whose `live(uid)` channel this is (the user hub's dispatch)."""
         return channel[len(self.prefix) + len("{u:"):-len("}:live")]
 
-    @property
-    def sent(self) -> str:
-        """Prefix of idempotency markers for external sends (notice, user, channel)."""
-        return f"{self._f}sent:"
-
     def sent_marker(self, nid: str, uid: str, marker: str) -> str:
         """String: notice `nid` went to `uid` (or `*`) on `marker` (a channel, or
         `channel:target` for a shared target); expires after every retry could run."""
-        return f"{self._f}sent:{nid}:{uid}:{marker}"
+        return f"{self.forward_of(nid).sent}{nid}:{uid}:{marker}"
 
     @property
     def demo_mail(self) -> str:
@@ -251,40 +284,17 @@ class Keys:
         return f"{self.prefix}{DEMO_MAIL}"
 
     # forwarding (arq) -------------------------------------------------------
-    @property
-    def forward_due(self) -> str:
-        """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
-        return f"{self._f}fwd:due"
-
-    @property
-    def arq_queue(self) -> str:
-        """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
-        records themselves are arq's own keys, outside the prefix: streams.forward)."""
-        return f"{self._f}arq:queue"
-
-    @property
-    def forward_job_prefix(self) -> str:
-        """What every forward job id begins with (`forward_job`)."""
-        return f"{self._f}fwd:"
-
     def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
         """The arq job id of the forward of notice `nid` to `uid` (or `*`): one job per
         pair (and `stage`: streams.forward's `Stage`, absent for the plain forward), so
-        re-ingesting a notice never schedules a second one."""
-        if stage:
-            return f"{self._f}fwd:{nid}:{uid}:{stage}"
-        return f"{self._f}fwd:{nid}:{uid}"
-
-    def forward_own(self, name: str) -> str:
-        """A key streams.forward names itself (arq's abort set, which the finish script
-        writes): as is on a single Redis, after the forward tag on a cluster."""
-        return self._f + name if self.cluster else name
+        re-ingesting a notice never schedules a second one. In the notice's partition."""
+        return self.forward_of(nid).forward_job(nid, uid, stage)
 
     def threads(self, nid: str) -> str:
         """Hash `<uid>:<marker>` -> the id the other side gave the firing message of notice
         `nid` (Message-ID, Telegram message_id, Slack ts): a `resolved` message replies to it.
         Deleted with the body (center/release.lua, purge_user.lua)."""
-        return f"{self._f}notice:{nid}:threads"
+        return f"{self.forward_of(nid).notice_prefix}{nid}:threads"
 
     def digest(self, uid: str, channel: str) -> str:
         """Sorted set `notice id -> ms it fell due`: the notices waiting for the next digest
@@ -306,7 +316,7 @@ class Keys:
     def digested(self, nid: str, uid: str, channel: str) -> str:
         """String (a day): notice `nid` went into `uid`'s digest bucket on `channel`, so a
         re-run forward job does not put it in a second digest."""
-        return f"{self._f}sent:{nid}:{uid}:{channel}:digested"
+        return f"{self.forward_of(nid).sent}{nid}:{uid}:{channel}:digested"
 
     def snooze(self, uid: str) -> str:
         """String: JSON `{alert or "*": until ms}` of `uid`'s snoozes; expires at the last."""
@@ -328,7 +338,65 @@ class Keys:
         by themselves (`resolve_after`) unless repeated before; owned by the center."""
         return f"{self.prefix}incidents:due"
 
+
+@dataclass(frozen=True, slots=True)
+class ForwardKeys:
+    """The queue-level keys of one forward partition (`Keys.forward(p)`): what a forwarder
+    polls and the center schedules into. `tag` begins every forward key of the partition's
+    notices (`Keys.forward_of`)."""
+
+    partition: int
+    tag: str  # the prefix of every key of this partition (streams.keys module docstring)
+    tagged: bool  # the tag carries a hash tag (a cluster, or more than one partition)
+
+    @property
+    def notice_prefix(self) -> str:
+        """What a notice's deliveries and threads keys (`Keys.deliveries`, `Keys.threads`)
+        begin with before its id."""
+        return f"{self.tag}notice:"
+
+    @property
+    def forward_due(self) -> str:
+        """Delayed forwards not due yet (sorted set by due ms; streams.forward pumps them)."""
+        return f"{self.tag}fwd:due"
+
+    @property
+    def arq_queue(self) -> str:
+        """Sorted set of forward job ids by due ms: the queue arq's worker polls (the job
+        records themselves are arq's own keys, outside the prefix: streams.forward)."""
+        return f"{self.tag}arq:queue"
+
+    @property
+    def forward_job_prefix(self) -> str:
+        """What every forward job id of the partition begins with (`Keys.forward_job`)."""
+        return f"{self.tag}fwd:"
+
+    def forward_job(self, nid: str, uid: str, stage: str | None = None) -> str:
+        """`Keys.forward_job` of a notice of this partition (no partition lookup)."""
+        if stage:
+            return f"{self.tag}fwd:{nid}:{uid}:{stage}"
+        return f"{self.tag}fwd:{nid}:{uid}"
+
     @property
     def forward_wake(self) -> str:
         """Pub/sub channel a forwarder listens on to poll at once (jobs due now)."""
-        return f"{self._f}fwd:wake"
+        return f"{self.tag}fwd:wake"
+
+    @property
+    def sent(self) -> str:
+        """Prefix of the partition's idempotency markers for external sends (notice, user,
+        channel): `Keys.sent_marker`, `Keys.digested`."""
+        return f"{self.tag}sent:"
+
+    def forward_own(self, name: str) -> str:
+        """A key streams.forward names itself (arq's abort set, which the finish script
+        writes): as is on a single Redis with one partition, after the tag otherwise."""
+        return self.tag + name if self.tagged else name
+
+
+@lru_cache(maxsize=4096)
+def _forward_keys(prefix: str, cluster: bool, partitions: int, p: int) -> ForwardKeys:
+    """Partition `p` of `partitions` (built once: a job id asks for it per job)."""
+    if partitions > 1:
+        return ForwardKeys(p, f"{prefix}{{fwd-{p}}}:", True)
+    return ForwardKeys(0, prefix + FORWARD_TAG if cluster else prefix, cluster)

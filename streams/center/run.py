@@ -52,7 +52,7 @@ async def run_center(settings: Config, *, consumer: str | None = None, burst: bo
               "group:center": group_check(redis, keys.notices, CENTER_GROUP),
               "consumer": flag_check(lambda: run is not None and not run.done())}
     if forward:
-        checks["forwarder"] = flag_check(lambda: worker is not None and worker.polling)
+        checks["forwarder"] = flag_check(lambda: worker is not None and worker.ready)
     listener = contextlib.AsyncExitStack()
     try:
         await listener.enter_async_context(ops_listener(settings.host, ops_port, checks))
