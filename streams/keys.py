@@ -112,7 +112,7 @@ class Keys:
         counts) uses."""
         return cls.for_url(config.prefix or "vn:", config.redis_url,
                            forward_partitions=getattr(config, "forward_partitions", 1),
-                           ingest_partitions=getattr(config, "ingest_partitions", 1))
+                           ingest_partitions=getattr(config, "ingest_partitions", None) or 1)
 
     @property
     def _t(self) -> str:
