@@ -227,6 +227,7 @@ async def test_on_a_cluster_the_partitions_live_on_more_than_one_master(
         redis, pkeys: Keys, on_cluster: bool):
     if not on_cluster:
         pytest.skip("--redis-cluster only")
+    await redis.initialize()  # the slots, before the first command
     nodes = {redis.get_node_from_key(s).port for s in pkeys.ingest_streams}
     assert len(nodes) > 1, nodes
     for p, s in enumerate(pkeys.ingest_streams):  # each partition's keys in its slot
@@ -240,3 +241,40 @@ def _alert_toml(folder: Path, name: str, command: list[str]) -> Path:
     path.write_text(f"name = {json.dumps(name)}\ncommand = {json.dumps(command)}\n"
                     f"cwd = {json.dumps(str(folder))}\n")
     return path
+
+
+def test_partition_names_stay_put_and_cluster_slots_spread():
+    """Partition 0 is `vn:notices` whatever the count; a partition's name never depends on
+    the count (raising it renames nothing); on a cluster each partition's keys share its
+    slot, the 64 slots differ, and partitions 0 and 1 are about half the slots apart."""
+    from redis.crc import key_slot
+
+    for cluster in (False, True):
+        one, many = Keys("vn:", cluster), Keys("vn:", cluster, ingest_partitions=64)
+        assert one.ingest_streams == ["vn:notices"] == many.ingest_streams[:1]
+        assert many.ingest_streams[:3] == Keys("vn:", cluster, ingest_partitions=3).ingest_streams
+    plain = Keys("vn:", ingest_partitions=4)
+    assert plain.ingest_streams == ["vn:notices", "vn:notices:1", "vn:notices:2", "vn:notices:3"]
+    # partition p's Idempotency-Key records can never meet partition 0's, whatever the key
+    assert plain.idempotency("3:x") != plain.idempotency("x", 3)
+    tagged = Keys("vn:", True, ingest_partitions=64)
+    slots = [key_slot(s.encode()) for s in tagged.ingest_streams]
+    assert len(set(slots)) == 64
+    assert 8192 - 128 <= (slots[1] - slots[0]) % 16384 <= 8192 + 128
+    for p in range(64):
+        assert key_slot(tagged.ingest_dead(p).encode()) == slots[p]
+        assert key_slot(tagged.idempotency("k", p).encode()) == slots[p]
+
+
+def test_a_writer_picks_the_partition_of_the_dedup_key_then_the_idempotency_key():
+    keys = Keys("vn:", ingest_partitions=4)
+    # an incident's notices (of any setting) and its resolve: one partition
+    assert len({keys.ingest_partition("disk", "web-1", idem) for idem in
+                (None, "a", "b", "c")}) == 1
+    assert len({keys.ingest_partition("disk", f"web-{i}") for i in range(40)}) == 4
+    # a retry under one Idempotency-Key: where the first try went
+    assert {keys.ingest_partition("disk", None, "order-7") for _ in range(8)} == {
+        keys.ingest_partition("disk", None, "order-7")}
+    # neither: round robin over every partition
+    assert {keys.ingest_partition("disk") for _ in range(4)} == {0, 1, 2, 3}
+    assert {Keys("vn:").ingest_partition("disk", None, "x") for _ in range(4)} == {0}
