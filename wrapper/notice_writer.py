@@ -100,16 +100,13 @@ class Batch:
 
     __slots__ = ("count", "notices", "parts")
 
-    def __init__(self) -> None:
-        self.parts: dict[int, list[bytes]] = {}
+    def __init__(self, partitions: int = 1) -> None:
+        self.parts: list[list[bytes]] = [[] for _ in range(partitions)]
         self.count = 0
         self.notices = 0
 
     def add(self, command: bytes, notice: bool = False, partition: int = 0) -> None:
-        part = self.parts.get(partition)
-        if part is None:
-            part = self.parts[partition] = []
-        part.append(command)
+        self.parts[partition].append(command)
         self.count += 1
         self.notices += notice
 
@@ -127,7 +124,8 @@ class NoticeWriter:
         self.reading = False  # waiting on the alert (not on Redis): silence is the alert's
         self.notices = 0
         self.bad = 0
-        self._batch = Batch()
+        self._partitions = keys.ingest_partitions
+        self._batch = Batch(self._partitions)
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(PENDING_BATCHES)
         self._lines = LINES_IN.labels(self.name, "notice")
         self._notices = NOTICES.labels(self.name)
@@ -158,7 +156,7 @@ class NoticeWriter:
                 for lineno, line in lines:
                     await self._line(lineno, line)
                 if self._batch.count:
-                    batch, self._batch = self._batch, Batch()
+                    batch, self._batch = self._batch, Batch(self._partitions)
                     await self._hand_over(batch, writer)
                 if not chunk:
                     await self._hand_over(None, writer)
@@ -242,7 +240,8 @@ class NoticeWriter:
                              f"no enabled setting named {self.name!r} and no recipients", raw,
                              field="$.recipients")
         created = now_ms()
-        p = self.keys.ingest_partition(self.name, n.dedup_key)  # the same for every setting
+        # the same partition for every setting's entry
+        p = self.keys.ingest_partition(self.name, n.dedup_key) if self._partitions > 1 else 0
         head, add = self._xadd_heads[p], self._batch.add
         for s in targets:
             notice = NoticeIn(
@@ -282,8 +281,9 @@ class NoticeWriter:
             pool = self.redis.connection_pool
             while (batch := await self._queue.get()) is not None:
                 # one payload for every partition: one connection, one WAIT covers them
-                await self._send(pool, [c for part in batch.parts.values() for c in part],
-                                 batch.notices)
+                commands = batch.parts[0] if self._partitions == 1 else \
+                    [c for part in batch.parts for c in part]
+                await self._send(pool, commands, batch.notices)
                 self._done(batch)
             return None
         # a cluster: each partition's XADDs go to the master of its stream's slot (the
@@ -291,7 +291,9 @@ class NoticeWriter:
         pools: dict[int, Any] = {}
         try:
             while (batch := await self._queue.get()) is not None:
-                for p, commands in sorted(batch.parts.items()):
+                for p, commands in enumerate(batch.parts):
+                    if not commands:
+                        continue
                     pool = pools.get(p)
                     if pool is None:
                         pool = pools[p] = redis_pool(
