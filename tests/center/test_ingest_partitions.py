@@ -278,3 +278,37 @@ def test_a_writer_picks_the_partition_of_the_dedup_key_then_the_idempotency_key(
     # neither: round robin over every partition
     assert {keys.ingest_partition("disk") for _ in range(4)} == {0, 1, 2, 3}
     assert {Keys("vn:").ingest_partition("disk", None, "x") for _ in range(4)} == {0}
+
+
+async def test_on_a_cluster_each_streams_master_is_asked_to_wait(
+        redis, pkeys: Keys, on_cluster: bool, redis_server):
+    """VESTNIK_REDIS_WAIT_REPLICAS with partitions on two masters: WAIT counts only its own
+    connection's writes, so the coalesced XADDs get one WAIT on each stream's master; with
+    no replica there, each write is refused as not replicated."""
+    if not on_cluster:
+        pytest.skip("--redis-cluster only")
+    import redis as sync_redis
+
+    from vestnik.streams.coalesce import Appends, Replication
+    from vestnik.streams.errors import NotReplicated
+
+    await redis.initialize()
+    by_port: dict[int, str] = {}
+    for s in pkeys.ingest_streams:
+        by_port.setdefault(redis.get_node_from_key(s).port, s)
+    assert len(by_port) > 1
+    masters = {port: sync_redis.Redis(port=port, socket_timeout=5) for port in by_port}
+    try:
+        for m in masters.values():
+            m.config_resetstat()
+        appends = Appends(redis, Replication(1, 50))
+        got = await asyncio.gather(*(appends.xadd(s, {"alert": "disk", "title": "t"},
+                                                  durable=True) for s in by_port.values()),
+                                   return_exceptions=True)
+        assert all(isinstance(e, NotReplicated) for e in got), got
+        waits = {port: int(m.info("commandstats").get("cmdstat_wait", {}).get("calls", 0))
+                 for port, m in masters.items()}
+        assert waits == dict.fromkeys(masters, 1)
+    finally:
+        for m in masters.values():
+            m.close()
