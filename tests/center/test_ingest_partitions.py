@@ -312,3 +312,21 @@ async def test_on_a_cluster_each_streams_master_is_asked_to_wait(
     finally:
         for m in masters.values():
             m.close()
+
+
+@pytest.mark.parametrize("toml, env, named", [
+    ("ingest_partitions = 0\n", {}, "ingest_partitions"),
+    ("ingest_partitions = 65\n", {}, "ingest_partitions"),
+    ("", {"VESTNIK_INGEST_PARTITIONS": "many"}, "VESTNIK_INGEST_PARTITIONS='many'"),
+    ("", {"VESTNIK_INGEST_PARTITIONS": "65"}, "VESTNIK_INGEST_PARTITIONS='65'"),
+])
+def test_a_bad_partition_count_stops_the_wrapper_naming_it(tmp_path: Path, toml, env, named):
+    from vestnik.wrapper.config import ConfigError, parse
+
+    text = f'name = "a"\ncommand = ["x"]\n{toml}'
+    with pytest.raises(ConfigError) as e:
+        parse(text, env={"VESTNIK_REDIS_URL": "redis://127.0.0.1:1/0", **env}, base=tmp_path)
+    assert "alert.toml" in str(e.value) and named in str(e.value)
+    good = parse('name = "a"\ncommand = ["x"]\n', base=tmp_path, env={
+        "VESTNIK_REDIS_URL": "redis://127.0.0.1:1/0", "VESTNIK_INGEST_PARTITIONS": "4"})
+    assert Keys.of(good).ingest_streams[3] == "vn:notices:3"
