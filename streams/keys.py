@@ -23,14 +23,24 @@ on a single Redis, FORWARD_TAG on a cluster. With more, the partition's tag
 `{fwd-<p>}:` on a cluster and on a single Redis alike (one code path, testable on one
 Redis), so on a cluster each partition is a slot, and the partitions spread over masters.
 A forwarder's arq pool per partition talks to the master of that partition's slot.
+
+Ingest partitions (VESTNIK_INGEST_PARTITIONS, `ingest_stream`): partition 0 is always
+`vn:notices`, the stream products XADD to; partitions 1..N-1 are `vn:notices:<p>`
+(on a cluster `vn:notices:<p>:{<tag>}`, tags chosen to spread the slots: `_ingest_tag`),
+each with its own dead letters and Idempotency-Key records in its slot. Vestnik's own
+writers pick a partition with `ingest_partition`; the center reads them all.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import random
 import zlib
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
+
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from vestnik.streams.redis_url import parse
 
@@ -40,8 +50,41 @@ SETTINGS_TOPIC = "settings"
 USER_TOPIC = "user"
 TOPICS_TAG = "{topics}:"  # on a cluster: after the prefix of every topic and settings key
 FORWARD_TAG = "{fwd}:"  # on a cluster, one partition: after the prefix of every forward key
-MAX_FORWARD_PARTITIONS = 64  # VESTNIK_FORWARD_PARTITIONS is at most this (streams.config)
 DEMO_MAIL = "demo:mail"  # the demo's mailbox (a list), under the prefix: `Keys.demo_mail`
+MAX_PARTITIONS = 64  # VESTNIK_FORWARD_PARTITIONS, VESTNIK_INGEST_PARTITIONS: 1..this
+_TAG_WINDOW = 64  # slots: how close to its target a partition's tag must land
+
+# round robin for notices with neither a dedup key nor an Idempotency-Key, from a random
+# start: `vestnik send` adds one notice per process, which must not always take partition 0
+_SPREAD = itertools.count(random.randrange(MAX_PARTITIONS))
+
+
+def _van_der_corput(p: int) -> float:
+    """p's binary digits mirrored behind the point: 1 -> 1/2, 2 -> 1/4, 3 -> 3/4, 4 -> 1/8.
+    The first n of them split [0, 1) about evenly for any n, exactly for a power of two."""
+    out, scale = 0.0, 0.5
+    while p:
+        out += scale * (p & 1)
+        p, scale = p >> 1, scale / 2
+    return out
+
+
+@functools.lru_cache(maxsize=4 * MAX_PARTITIONS)
+def _ingest_tag(prefix: str, p: int) -> str:
+    """The hash tag of ingest partition p > 0 on a cluster: the first integer whose slot is
+    within _TAG_WINDOW of `_van_der_corput(p)` of the way round the slots from partition 0's
+    (`<prefix>notices`, untagged). So partitions 0 and 1 are half the slots apart, 2 and 3
+    a quarter from them...: a cluster whose masters hold even ranges (what `redis-cli
+    --cluster create` makes) gets any two partitions on two masters, and 2^k partitions on
+    2^k masters one each. The names depend on p alone, never on the partition count, so
+    raising the count never renames a stream. About 256 CRC16s per partition, once."""
+    base = key_slot(f"{prefix}notices".encode())
+    target = (base + int(_van_der_corput(p) * REDIS_CLUSTER_HASH_SLOTS)) % \
+        REDIS_CLUSTER_HASH_SLOTS
+    for k in itertools.count():
+        if (key_slot(str(k).encode()) - target) % REDIS_CLUSTER_HASH_SLOTS < _TAG_WINDOW:
+            return str(k)
+    raise AssertionError("unreachable")  # pragma: no cover
 
 
 def dedup_scope(alert: str, setting_id: str | None, key: str) -> str:
@@ -74,7 +117,7 @@ class Keys:
         counts) uses."""
         return cls.for_url(config.prefix or "vn:", config.redis_url,
                            forward_partitions=getattr(config, "forward_partitions", 1),
-                           ingest_partitions=getattr(config, "ingest_partitions", 1))
+                           ingest_partitions=getattr(config, "ingest_partitions", None) or 1)
 
     @property
     def _t(self) -> str:
@@ -113,8 +156,8 @@ class Keys:
         lowered by a few; with one partition, `{fwd-0}` on)."""
         n = self.forward_partitions
         other = [_forward_keys(self.prefix, self.cluster, 1, 0)] if n > 1 else []
-        return other + [_forward_keys(self.prefix, self.cluster, MAX_FORWARD_PARTITIONS, p)
-                        for p in range(0 if n == 1 else n, min(n + 8, MAX_FORWARD_PARTITIONS))]
+        return other + [_forward_keys(self.prefix, self.cluster, MAX_PARTITIONS, p)
+                        for p in range(0 if n == 1 else n, min(n + 8, MAX_PARTITIONS))]
 
     # notifier ---------------------------------------------------------------
     def topic(self, topic: str) -> str:
@@ -165,20 +208,60 @@ class Keys:
         """Sorted set (all scores 0) of ids of the settings named `name`."""
         return f"{self._t}settings:name:{name}"
 
-    # notice center ----------------------------------------------------------
+    # notice center: ingest ---------------------------------------------------
+    def ingest_stream(self, p: int = 0) -> str:
+        """Ingest stream `p` (of `ingest_partitions`), consumer group `center`. Partition 0
+        is always `<prefix>notices`, the one name a product XADDs to (the center reads it
+        whatever the count); partition p > 0 is `<prefix>notices:<p>`, on a cluster with
+        the hash tag `_ingest_tag` picks so the partitions' slots spread over the masters."""
+        if not p:
+            return f"{self.prefix}notices"
+        return f"{self.prefix}notices:{p}{self._ingest_tail(p)}"
+
+    @property
+    def ingest_streams(self) -> list[str]:
+        """Every ingest stream the center reads, partition 0 first."""
+        return [self.ingest_stream(p) for p in range(self.ingest_partitions)]
+
+    def ingest_dead(self, p: int = 0) -> str:
+        """Dead letters of ingest stream `p`: entries that failed validation, with reason,
+        raw fields and time. On a cluster in the stream's slot (partition 0: tagged with the
+        stream's name): the wrapper writes both in one payload to that stream's node."""
+        if not p:
+            if self.cluster:
+                return f"{self.prefix}notices:dead:{{{self.notices}}}"
+            return f"{self.prefix}notices:dead"
+        return f"{self.prefix}notices:{p}:dead{self._ingest_tail(p)}"
+
+    def ingest_partition(self, alert: str, dedup_key: str | None = None,
+                         idempotency_key: str | None = None) -> int:
+        """The partition a notice (or resolve) of `alert` goes to; every writer asks this.
+        With a dedup key: the one of the key scoped by the alert alone (`dedup_scope`
+        without a setting: a wrapper's resolve names no setting, and resolves the key of
+        every setting), so a firing notice, its repeats and its resolve stay in one stream,
+        in order. Else by the Idempotency-Key (a retry lands where the first try did), else
+        spread round robin. Hashes are CRC32: the same in every process and language."""
+        n = self.ingest_partitions
+        if n <= 1:
+            return 0
+        if dedup_key:
+            return zlib.crc32(dedup_scope(alert, None, dedup_key).encode()) % n
+        if idempotency_key is not None:
+            return zlib.crc32(idempotency_key.encode()) % n
+        return next(_SPREAD) % n
+
+    def _ingest_tail(self, p: int) -> str:
+        return f":{{{_ingest_tag(self.prefix, p)}}}" if self.cluster else ""
+
     @property
     def notices(self) -> str:
-        """Ingest stream, consumer group `center`."""
-        return f"{self.prefix}notices"
+        """Ingest stream 0, `<prefix>notices` (`ingest_stream`)."""
+        return self.ingest_stream(0)
 
     @property
     def notices_dead(self) -> str:
-        """Dead letters: entries that failed validation, with reason, raw fields and time.
-        On a cluster tagged with the ingest stream's name: the wrapper writes both in one
-        payload to that stream's node."""
-        if self.cluster:
-            return f"{self.prefix}notices:dead:{{{self.notices}}}"
-        return f"{self.prefix}notices:dead"
+        """Dead letters of ingest stream 0 (`ingest_dead`)."""
+        return self.ingest_dead(0)
 
     def notice(self, nid: str) -> str:
         """String: the stored notice JSON, shared by all its recipients."""
@@ -215,9 +298,13 @@ class Keys:
         `dedup_key` is scoped (see `dedup_scope`)."""
         return f"{self.prefix}dedup:{dedup_key}"
 
-    def idempotency(self, key: str) -> str:
-        """String: notice id answered for an HTTP Idempotency-Key. On a cluster its tag is
-        the ingest stream's name: ingest.lua writes both together."""
+    def idempotency(self, key: str, p: int = 0) -> str:
+        """String: notice id answered for an HTTP Idempotency-Key, kept beside ingest
+        stream `p` (the notice's partition). On a cluster in that stream's slot: ingest.lua
+        writes both together. Partition p > 0's begin with its stream's name, so they can
+        never meet partition 0's (`<prefix>idem:<key>`), whatever the key holds."""
+        if p:
+            return f"{self.prefix}notices:{p}:idem{self._ingest_tail(p)}:{key}"
         if self.cluster:
             return f"{self.prefix}idem:{{{self.notices}}}:{key}"
         return f"{self.prefix}idem:{key}"
@@ -394,7 +481,7 @@ class ForwardKeys:
         return self.tag + name if self.tagged else name
 
 
-@lru_cache(maxsize=4096)
+@functools.lru_cache(maxsize=4096)
 def _forward_keys(prefix: str, cluster: bool, partitions: int, p: int) -> ForwardKeys:
     """Partition `p` of `partitions` (built once: a job id asks for it per job)."""
     if partitions > 1:

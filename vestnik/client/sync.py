@@ -23,7 +23,7 @@ from vestnik.client.calls import (
     Version,
 )
 from vestnik.client.errors import NotSupported
-from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry
+from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry, resolve_stream
 from vestnik.streams.coalesce import Replication
 from vestnik.streams.forward import DeliveryList
 from vestnik.streams.keys import Keys
@@ -82,8 +82,9 @@ class _Http:
 
 class _Redis:
     def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int,
-                 wait_replicas: int) -> None:
-        self.url, self.keys, self.topic_maxlen = url, Keys(prefix), topic_maxlen
+                 wait_replicas: int, ingest_partitions: int) -> None:
+        self.url, self.topic_maxlen = url, topic_maxlen
+        self.keys = Keys.for_url(prefix, url, ingest_partitions=ingest_partitions)
         self.redis = blocking(url, name="vestnik-client", timeout=timeout)
         self.replication = Replication.of(wait_replicas, timeout)
 
@@ -107,7 +108,7 @@ class _Redis:
         ingest = IngestCall.of(notice, self.keys, key)
         with calls.translated(self.url):
             if ingest.script_keys is None:
-                self._durable(lambda pipe: pipe.xadd(self.keys.notices, ingest.fields))
+                self._durable(lambda pipe: pipe.xadd(ingest.stream, ingest.fields))
                 return ingest.nid
             script, script_keys = sync_script(INGEST_SCRIPT_PATH), ingest.script_keys
             kind, got = self._durable(lambda pipe: script(
@@ -116,7 +117,8 @@ class _Redis:
 
     def resolve(self, body: ResolveIn) -> str:
         with calls.translated(self.url):
-            sid = self._durable(lambda pipe: pipe.xadd(self.keys.notices, resolve_entry(body)))
+            stream = resolve_stream(body, self.keys)
+            sid = self._durable(lambda pipe: pipe.xadd(stream, resolve_entry(body)))
         return sid.decode()
 
     def publish(self, topic: str, event: EventIn) -> str:
@@ -152,12 +154,16 @@ class Client:
 
     @classmethod
     def redis(cls, url: str, prefix: str = "vn:", *, timeout: float = 2.0,
-              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0) -> Client:
+              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0,
+              ingest_partitions: int = 1) -> Client:
         """Straight to Redis (the entries the README documents; `url` may be a
         `redis+sentinel://` one); every command times out after `timeout` seconds.
         `wait_replicas`: a send or resolve returns once that many replicas have it (as
-        VESTNIK_REDIS_WAIT_REPLICAS), else raises Unavailable."""
-        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas))
+        VESTNIK_REDIS_WAIT_REPLICAS), else raises Unavailable. `ingest_partitions`: the
+        center's VESTNIK_INGEST_PARTITIONS (notices spread over that many streams as
+        Vestnik's own writers spread them; 1 writes `vn:notices` only)."""
+        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas,
+                          ingest_partitions))
 
     def send(self, alert: str, title: str, *, idempotency_key: str | None = None,
              **options: Unpack[NoticeOptions]) -> str:
