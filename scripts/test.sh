@@ -21,4 +21,6 @@ exec .venv/bin/python -m pytest -q -p no:cacheprovider --redis-cluster \
     tests/center/test_ingest.py tests/center/test_inbox_api.py tests/center/test_center_store.py \
     tests/center/test_silences.py tests/center/test_incidents.py tests/center/test_center_edges.py \
     tests/center/test_snooze.py tests/center/test_consumer_live.py tests/notifier/test_hydrate.py \
-    tests/forward/test_digest.py tests/forward/test_digest_cluster.py tests/forward/test_channel_digest.py
+    tests/client/test_client.py tests/client/test_docs_client.py \
+    tests/forward/test_digest.py tests/forward/test_digest_cluster.py tests/forward/test_channel_digest.py \
+    tests/forward/test_partitions.py tests/center/test_ingest_partitions.py

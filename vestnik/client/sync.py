@@ -91,34 +91,44 @@ class _Redis:
     def call(self, call: Call[T]) -> T:
         raise NotSupported(HTTP_ONLY)
 
-    def _durable(self, queue: Callable[[Any], Any]) -> Any:
-        """What `queue` adds to a pipeline, answered once `replication` has it (its WAIT in
-        the same round trip, as the api's Ingest does)."""
+    def _durable(self, stream: str, queue: Callable[[Any], Any]) -> Any:
+        """What `queue` adds to a pipeline (writes to `stream`), answered once `replication`
+        has it: its WAIT in the same round trip, as the api's Ingest does; on a cluster,
+        after it, on the node that took the write (a pipeline routes only keyed commands)."""
         pipe = self.redis.pipeline(transaction=False)
         queue(pipe)
-        if self.replication is not None:
-            pipe.execute_command("WAIT", self.replication.replicas,
-                                 self.replication.timeout_ms)
+        rep = self.replication
+        if rep is not None and not self.keys.cluster:
+            pipe.execute_command("WAIT", rep.replicas, rep.timeout_ms)
         answers = pipe.execute()
-        if self.replication is not None:
-            self.replication.check(answers[-1])
+        if rep is not None:
+            if self.keys.cluster:
+                node = self.redis.get_node_from_key(stream, replica=False)
+                rep.check(self.redis.execute_command("WAIT", rep.replicas, rep.timeout_ms,
+                                                     target_nodes=node))
+            else:
+                rep.check(answers[-1])
         return answers[0]
 
     def send(self, notice: NoticeIn, key: str | None) -> str:
         ingest = IngestCall.of(notice, self.keys, key)
         with calls.translated(self.url):
             if ingest.script_keys is None:
-                self._durable(lambda pipe: pipe.xadd(ingest.stream, ingest.fields))
+                self._durable(ingest.stream, lambda pipe: pipe.xadd(ingest.stream, ingest.fields))
                 return ingest.nid
             script, script_keys = sync_script(INGEST_SCRIPT_PATH), ingest.script_keys
-            kind, got = self._durable(lambda pipe: script(
-                keys=script_keys, args=ingest.script_args, client=pipe))
+            if self.keys.cluster:  # a cluster pipeline refuses EVALSHA: the text (EVAL)
+                kind, got = self._durable(ingest.stream, lambda pipe: pipe.execute_command(
+                    "EVAL", script.script, len(script_keys), *script_keys, *ingest.script_args))
+            else:
+                kind, got = self._durable(ingest.stream, lambda pipe: script(
+                    keys=script_keys, args=ingest.script_args, client=pipe))
             return ingest.outcome(kind, got)
 
     def resolve(self, body: ResolveIn) -> str:
         with calls.translated(self.url):
             stream = resolve_stream(body, self.keys)
-            sid = self._durable(lambda pipe: pipe.xadd(stream, resolve_entry(body)))
+            sid = self._durable(stream, lambda pipe: pipe.xadd(stream, resolve_entry(body)))
         return sid.decode()
 
     def publish(self, topic: str, event: EventIn) -> str:
