@@ -169,6 +169,25 @@ async def test_a_bad_entry_in_a_partition_is_dead_lettered_beside_it(
     assert await feed_titles(redis, pkeys, "1") == ["good"]
 
 
+async def test_the_same_entry_id_in_two_partitions_is_two_notices(
+        redis: Redis, pkeys: Keys, parts: int, env, start_proc):
+    """Entries sent without `id` get one derived from their entry id; streams reuse entry
+    ids (same ms, same sequence), so two partitions' `<ms>-0` must still be two notices,
+    each in its own recipient's feed (not one body shared by both users)."""
+    uids = [str(p) for p in range(1, parts + 1)]
+    await add_users(redis, *uids)
+    for p, uid in enumerate(uids):
+        await redis.xadd(pkeys.ingest_stream(p), {"alert": "disk", "title": f"for {uid}",
+                                                  "recipients": uid}, id="1700000000000-0")
+    proc = start_proc("center", "--burst", "--no-forward", **env)
+    assert proc.proc.wait(60) == 0, proc.output()
+    ids = set()
+    for uid in uids:
+        assert await feed_titles(redis, pkeys, uid) == [f"for {uid}"]
+        ids |= {x.decode() for x in await redis.zrange(pkeys.feed(uid), 0, -1)}
+    assert len(ids) == parts
+
+
 async def test_two_centers_share_the_partitions_without_duplicates(
         redis: Redis, pkeys: Keys, env, start_proc):
     await add_users(redis, "1", "2")
