@@ -16,7 +16,8 @@ from vestnik.app.bench.suite import SUITE
 
 
 async def run(quick: bool, only: list[str], json_path: str | None,
-              peer: str | None = None, cluster: int | None = None) -> int:
+              peer: str | None = None, cluster: int | None = None, centers: int = 2,
+              partitions: int | None = None) -> int:
     use_peer(peer)
     console = Console(stderr=True, width=150)
     started = time.perf_counter()
@@ -31,7 +32,7 @@ async def run(quick: bool, only: list[str], json_path: str | None,
             console.log(f"{name} took {timings[name]:g} s")
         if cluster is not None:
             t0 = time.perf_counter()
-            await c1_cluster(bench, cluster)
+            await c1_cluster(bench, cluster, centers, partitions)
             timings["C1"] = round(time.perf_counter() - t0, 1)
     console.print(table(bench.rows))
     report = Report(machine=machine(), rows=bench.rows, seconds=round(time.perf_counter()
@@ -45,5 +46,6 @@ async def run(quick: bool, only: list[str], json_path: str | None,
 
 
 def main(quick: bool, only: list[str], json_path: str | None,
-         peer: str | None = None, cluster: int | None = None) -> int:
-    return run_stoppable(run(quick, only, json_path, peer, cluster))
+         peer: str | None = None, cluster: int | None = None, centers: int = 2,
+         partitions: int | None = None) -> int:
+    return run_stoppable(run(quick, only, json_path, peer, cluster, centers, partitions))
