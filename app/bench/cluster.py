@@ -100,6 +100,11 @@ class OneRedis(World):
             out.append(float(info.get("used_cpu_user", 0)) + float(info.get("used_cpu_sys", 0)))
         return out
 
+    def bytes_in(self) -> int:
+        """Bytes the masters have read from their clients so far (not the cluster bus)."""
+        return sum(int((_ask(port, "INFO", "stats") or {}).get("total_net_input_bytes", 0))
+                   for port in self.ports())
+
     def holder_of(self, key: str) -> int:
         """The index (in `ports`) of the master that serves `key`."""
         return 0
@@ -142,11 +147,13 @@ def worst_deviation(share: list[float]) -> float:
 
 @dataclass
 class Drain:
-    """One drain: notices/s, and CPU per notice (µs) of Redis (all masters) and centers."""
+    """One drain: notices/s; per notice, the CPU (µs) of Redis (all masters) and of the
+    centers, and the bytes Redis read; each master's CPU seconds."""
 
     rate: float
     redis_us: float
     center_us: float
+    bytes_in: float
     master_used: list[float]
 
 
@@ -214,7 +221,7 @@ async def drain(world: OneRedis, n: int, timeout: float = 300) -> Drain:
             await r.xgroup_create(s, CENTER_GROUP, id="$")
         centers = [world.start("center") for _ in range(world.layout.centers)]
         await _until_waiting(r, streams, centers)
-        cpu0 = world.master_cpu()
+        cpu0, in0 = world.master_cpu(), world.bytes_in()
         ccpu0 = sum(cpu_seconds(c.pid) for c in centers)
         for s in streams:
             await r.xgroup_setid(s, CENTER_GROUP, id="0", entries_read=0)
@@ -237,7 +244,8 @@ async def drain(world: OneRedis, n: int, timeout: float = 300) -> Drain:
         rate = (total - r0) / max(now - t0, 1e-6)
         used = [b - a for a, b in zip(cpu0, world.master_cpu(), strict=True)]
         center_s = sum(cpu_seconds(c.pid) for c in centers) - ccpu0
-        return Drain(rate, sum(used) / total * 1e6, center_s / total * 1e6, used)
+        return Drain(rate, sum(used) / total * 1e6, center_s / total * 1e6,
+                     (world.bytes_in() - in0) / total, used)
     finally:
         await r.aclose()
 
@@ -282,6 +290,10 @@ async def c1_throughput(bench: Bench, layout: Layout) -> None:
     bench.record(f"{p}_center_us_per_notice", "center CPU (all centers) per notice drained; "
                  "ceiling: on one Redis", [d.center_us for d in runs], "µs",
                  ceiling=[d.center_us for d in single], better="lower")
+    bench.record(f"{p}_redis_bytes_in_per_notice", "bytes the masters read from their clients "
+                 "per notice drained (INFO stats; not the cluster bus); ceiling: one Redis's",
+                 [d.bytes_in for d in runs], "bytes", ceiling=[d.bytes_in for d in single],
+                 better="lower")
     each = [shares(d.master_used) for d in runs]
     mean = 1 / m
     for i in range(m):
