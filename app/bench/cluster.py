@@ -250,14 +250,20 @@ async def drain(world: OneRedis, n: int, timeout: float = 300) -> Drain:
         await r.aclose()
 
 
+def forward_queues(keys: Keys) -> list[str]:
+    """The forward queue of each forward partition (one before VESTNIK_FORWARD_PARTITIONS
+    exists in streams/keys.py: `Keys.forward(p)`)."""
+    part = getattr(keys, "forward", None)
+    if callable(part):
+        return [part(p).arq_queue for p in range(keys.forward_partitions)]
+    return [keys.arq_queue]
+
+
 def holders(world: OneRedis) -> dict[int, list[str]]:
-    """Which master holds each single-slot key of the layout (ingest streams, `{topics}`,
-    the forward queue when it has one name)."""
+    """Which master holds each single-slot key of the layout: the ingest streams,
+    `{topics}`, the forward queues."""
     keys = world.keys
-    named = [*ingest_streams(keys), keys.topics]
-    queue = getattr(keys, "arq_queue", None)
-    if isinstance(queue, str):
-        named.append(queue)
+    named = [*ingest_streams(keys), keys.topics, *forward_queues(keys)]
     out: dict[int, list[str]] = {}
     for key in named:
         out.setdefault(world.holder_of(key), []).append(key)
