@@ -153,13 +153,14 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
 
 def test_bench_on_a_cluster_prints_throughput_balance_and_latency_beside_one_redis(
         tmp_path: Path) -> None:
-    """`vestnik bench --quick --redis-cluster 3`, its smallest size (one center a side):
-    B1's drain and B2's latency on a local 3-master cluster, each beside one Redis; every
-    notice B2 sent reached the recipient's SSE stream through the api on the cluster."""
+    """`vestnik bench --quick --redis-cluster 3`, its smallest size (one center a side, the
+    default partitions: one per master where ingest partitions exist): B1's drain and B2's
+    latency on a local 3-master cluster, each beside one Redis; every notice B2 sent
+    reached the recipient's SSE stream through the api on the cluster."""
     out = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
     proc = subprocess.run([sys.executable, "-m", "vestnik.app.cli", "bench", "--quick",
-                           "--redis-cluster", "3", "--centers", "1", "--partitions", "1",
+                           "--redis-cluster", "3", "--centers", "1",
                            "--json", str(out)], env=env, capture_output=True, text=True,
                           timeout=180)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
@@ -167,7 +168,7 @@ def test_bench_on_a_cluster_prints_throughput_balance_and_latency_beside_one_red
     for id in ("C1:cluster3_per_s", "C1:cluster3_redis_us_per_notice",
                "C1:cluster3_center_us_per_notice", "C1:cluster3_redis_bytes_in_per_notice"):
         assert rows[id]["value"] > 0 and rows[id]["ceiling"] > 0, rows[id]  # and one Redis's
-    assert "1 center, 1 ingest/forward partition" in rows["C1:cluster3_per_s"]["what"]
+    assert "by 1 center, " in rows["C1:cluster3_per_s"]["what"]
     shares = [rows[f"C1:cluster3_master{i}_share"]["value"] for i in range(3)]
     assert math.isclose(sum(shares), 1.0, abs_tol=0.01) and min(shares) > 0
     assert "vn:notices" in " ".join(rows[f"C1:cluster3_master{i}_share"]["what"]
