@@ -193,3 +193,14 @@ def test_every_process_the_cluster_bench_starts_gets_the_partition_counts() -> N
     assert env["VESTNIK_LOG_LEVEL"] == "info"
     assert Layout(3, 2, 4).env() == {"VESTNIK_INGEST_PARTITIONS": "4",
                                      "VESTNIK_FORWARD_PARTITIONS": "4"}
+
+
+def test_a_cluster_bench_with_a_bad_layout_says_which_option_before_it_starts() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    for args, option in ((["--redis-cluster", "2"], "--redis-cluster"),
+                         (["--redis-cluster", "3", "--centers", "0"], "--centers"),
+                         (["--redis-cluster", "3", "--partitions", "0"], "--partitions")):
+        proc = subprocess.run([sys.executable, "-m", "vestnik.app.cli", "bench", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"vestnik bench: {option}"), proc.stderr[-2000:]

@@ -11,7 +11,7 @@ center's /proc stat, from the moment every center waits on the group until the d
 ends, give the Redis and center CPU per notice the growth on paper is built from
 (docs/design.md "On a Redis Cluster"). Per-user keys follow their users' `{u:<uid>}` tags;
 a single-slot key (an ingest stream, `{topics}`, `{fwd}`) puts all its work on one master.
-B2 is in `cluster_latency`.
+B2 is in `cluster_latency`; `app.bench.run` runs both.
 """
 
 from __future__ import annotations
@@ -65,8 +65,8 @@ def ingest_streams(keys: Keys) -> list[str]:
     stream = getattr(keys, "ingest_stream", None)
     if stream is None:
         if keys.ingest_partitions > 1:
-            raise ValueError("partitions: this Vestnik has no ingest partitions yet "
-                             "(Keys.ingest_stream); run with --partitions 1")
+            raise ValueError(f"--partitions {keys.ingest_partitions}: this Vestnik has no "
+                             "ingest partitions yet (VESTNIK_INGEST_PARTITIONS); use 1")
         return [keys.notices]
     return [stream(p) for p in range(keys.ingest_partitions)]
 
@@ -324,11 +324,9 @@ async def c1_throughput(bench: Bench, layout: Layout) -> None:
     bench.done(task)
 
 
-async def c1_cluster(bench: Bench, masters: int, centers: int = 2,
-                     partitions: int | None = None) -> None:
-    """C1: B1's drain, then B2's latency, on `masters` masters beside one Redis."""
-    from vestnik.app.bench.cluster_latency import c1_latency
-
+def layout_for(masters: int, centers: int = 2, partitions: int | None = None) -> Layout:
+    """The layout `vestnik bench --redis-cluster N --centers K --partitions P` asks for;
+    bad input is refused naming the option."""
     if masters < 3:
         raise ValueError(f"--redis-cluster: a cluster needs at least 3 masters, not {masters}")
     if centers < 1:
@@ -337,6 +335,5 @@ async def c1_cluster(bench: Bench, masters: int, centers: int = 2,
     if parts < 1:
         raise ValueError(f"--partitions: at least 1, not {parts}")
     layout = Layout(masters, centers, parts)
-    ingest_streams(layout.keys("redis://x"))  # refuses partitions this Vestnik lacks, early
-    await c1_throughput(bench, layout)
-    await c1_latency(bench, layout)
+    ingest_streams(layout.keys("redis://127.0.0.1"))  # refuses partitions this Vestnik lacks
+    return layout
