@@ -180,6 +180,9 @@ def test_bench_on_a_cluster_prints_throughput_balance_and_latency_beside_one_red
         assert rows[f"C1:cluster3_B2@{rate}:lost"]["value"] == 0
         p50, p99 = (rows[f"C1:cluster3_B2@{rate}:{p}_ms"] for p in ("p50", "p99"))
         assert 0 < p50["value"] <= p99["value"] and p99["ceiling"] > 0
+    for p in ("p50", "p99"):  # a PUBLISH over the cluster bus, and on one master
+        bus = rows[f"C1:cluster3_bus_publish_{p}_ms"]
+        assert bus["value"] > 0 and bus["ceiling"] > 0
     assert "C1:cluster3_balance_worst_pct" in proc.stderr  # the table, as a user reads it
 
 

@@ -5,7 +5,9 @@ What a user gets on a cluster: the center PUBLISHes each live message on the mas
 user's `{u:<uid>}` slot (on a cluster always: PUBSUB NUMSUB counts one node's
 subscribers), the cluster bus copies it to every other node, and the api's user hub,
 SUBSCRIBEd on one node (the URL's first), passes it on to the SSE stream. No SSUBSCRIBE:
-the path measured is the one the api takes today.
+the path measured is the one the api takes today. The bus hop alone is measured too
+(`bus_publish` rows): a bare PUBLISH relayed from another master, against one on the
+subscriber's own master.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from vestnik.streams.redis_server import _ask
 from vestnik.streams.schemas import json_encode
 
 RATES = (100, 2000, 5000)  # B2's
+BUS_CHANNEL = "bench:bus-hop"
 
 
 async def _rewrite_aofs(world: OneRedis, timeout: float = 120) -> None:
@@ -83,6 +86,31 @@ async def latencies(world: OneRedis, seconds: float) -> dict[int, tuple[list[flo
         await r.aclose()
 
 
+async def _bus_hops(sub_port: int, pub_port: int, n: int) -> list[float]:
+    """ms from a PUBLISH on `pub_port` to its arrival at a SUBSCRIBE on `sub_port`, one at
+    a time, 5 ms apart (the api's hub is subscribed on one node; most users' live
+    messages are PUBLISHed on another and cross the cluster bus)."""
+    sub = Redis(port=sub_port, socket_timeout=5)
+    pub = Redis(port=pub_port, socket_timeout=5)
+    ps = sub.pubsub()
+    out: list[float] = []
+    try:
+        await ps.subscribe(BUS_CHANNEL)
+        for _ in range(n):
+            await pub.publish(BUS_CHANNEL, str(time.perf_counter_ns()))
+            for _ in range(50):  # at most 50 x 0.1 s: a message lost is not waited for
+                msg = await ps.get_message(ignore_subscribe_messages=True, timeout=0.1)
+                if msg is not None:
+                    out.append((time.perf_counter_ns() - int(msg["data"])) / 1e6)
+                    break
+            await asyncio.sleep(0.005)
+    finally:
+        await ps.aclose()
+        await sub.aclose()
+        await pub.aclose()
+    return out
+
+
 async def c1_latency(bench: Bench, layout: Layout) -> None:
     seconds = 2 if bench.quick else 10
     m = layout.masters
@@ -92,7 +120,16 @@ async def c1_latency(bench: Bench, layout: Layout) -> None:
     bench.progress.advance(task)
     with world_for(layout) as world:
         runs = await latencies(world, seconds)
+        ports = world.ports()
+        hops = 200 if bench.quick else 2000
+        relayed = await _bus_hops(ports[0], ports[1], hops)
+        local = await _bus_hops(ports[0], ports[0], hops)
     bench.progress.advance(task)
+    for name, p in (("p50", 50), ("p99", 99)):
+        bench.record(f"C1:cluster{m}_bus_publish_{name}_ms", f"a bare PUBLISH on one master to "
+                     f"a SUBSCRIBE on another (over the cluster bus), {hops} one by one, "
+                     f"{name}; ceiling: both on one master", [percentile(relayed, p)], "ms",
+                     better="lower", ceiling=[percentile(local, p)])
     for rate in RATES:
         values, sent = runs[rate]
         ceil, ceil_sent = single[rate]
