@@ -169,6 +169,8 @@ def test_bench_on_a_cluster_prints_throughput_balance_and_latency_beside_one_red
                "C1:cluster3_center_us_per_notice", "C1:cluster3_redis_bytes_in_per_notice"):
         assert rows[id]["value"] > 0 and rows[id]["ceiling"] > 0, rows[id]  # and one Redis's
     assert "by 1 center, " in rows["C1:cluster3_per_s"]["what"]
+    assert rows["C1:cluster3_missing"]["value"] == 0  # every notice drained is in its feed
+    assert "(one Redis: 0)" in rows["C1:cluster3_missing"]["what"]
     shares = [rows[f"C1:cluster3_master{i}_share"]["value"] for i in range(3)]
     assert math.isclose(sum(shares), 1.0, abs_tol=0.01) and min(shares) > 0
     assert "vn:notices" in " ".join(rows[f"C1:cluster3_master{i}_share"]["what"]
