@@ -283,7 +283,11 @@ class Bridge:
         would at its next MOVED), so a new master has a node to send CONFIG to."""
         await self.redis.initialize()  # type: ignore[attr-defined]
         last: Exception | None = None
-        for node in self.redis.get_nodes():  # type: ignore[attr-defined]
+        # a node whose pub/sub is up first: asking a dead one costs redis-py's reset of the
+        # cluster client (it drops every connection)
+        nodes = sorted(self.redis.get_nodes(),  # type: ignore[attr-defined]
+                       key=lambda n: (n.host, n.port) not in self._subscribed)
+        for node in nodes:
             try:
                 slots = await self.redis.cluster_slots(target_nodes=node)  # type: ignore[attr-defined]
             except RETRYABLE as e:
