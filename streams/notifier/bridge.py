@@ -42,7 +42,7 @@ log = logging.getLogger("vestnik.bridge")
 NEEDED_FLAGS = "Kg$hxe"
 DELETE_EVENTS = {b"del", b"expired", b"evicted", b"rename_from", b"unlink"}
 _entity_decode = msgspec.json.Decoder().decode
-TOPOLOGY_EVERY = 10.0  # seconds between two reads of a cluster's masters (and after an error)
+TOPOLOGY_EVERY = 10.0  # seconds between reads of a cluster's masters (a lost connection: at once)
 
 
 class BridgeError(Exception):
