@@ -23,4 +23,5 @@ exec .venv/bin/python -m pytest -q -p no:cacheprovider --redis-cluster \
     tests/center/test_snooze.py tests/center/test_consumer_live.py tests/notifier/test_hydrate.py \
     tests/client/test_client.py tests/client/test_docs_client.py \
     tests/forward/test_digest.py tests/forward/test_digest_cluster.py tests/forward/test_channel_digest.py \
-    tests/forward/test_partitions.py tests/center/test_ingest_partitions.py
+    tests/forward/test_partitions.py tests/center/test_ingest_partitions.py \
+    tests/notifier/test_bridge.py tests/notifier/test_bridge_cluster.py

@@ -23,8 +23,8 @@ makes up for (tests/test_redis_cluster.py pins each):
   slots is an error naming them);
 - it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
   A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
-  do not (each node sends only its own keys') and are refused by the bridge
-  (streams.notifier.bridge).
+  are sent by each node for its own keys only, so the bridge (streams.notifier.bridge)
+  subscribes on every master, each with a client of that node (`node_url`).
 """
 
 from __future__ import annotations
@@ -269,7 +269,7 @@ def owner_url(address: RedisAddress, key: str, timeout: float) -> str:
         try:
             found = _master_of(client.execute_command("CLUSTER SLOTS"), slot, host)
             if found is not None:
-                return _node_url(address, *found)
+                return node_url(address, *found)
         except (sync_redis.RedisError, OSError) as e:
             last = e
         finally:
@@ -353,7 +353,8 @@ def _master_of(slots: Any, slot: int, asked: str) -> tuple[str, int] | None:
     return None
 
 
-def _node_url(address: RedisAddress, host: str, port: int) -> str:
+def node_url(address: RedisAddress, host: str, port: int) -> str:
+    """The `redis://` URL of one node of the cluster at `address` (its credentials, TLS)."""
     auth = ""
     if address.username or address.password:
         auth = f"{quote(address.username or '', safe='')}:{quote(address.password or '', safe='')}@"

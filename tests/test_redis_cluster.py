@@ -210,11 +210,3 @@ def test_keys_follow_the_url():
 def test_a_cluster_needs_three_masters(tmp_path: Path):
     with pytest.raises(ValueError, match="masters"):
         ClusterDeployment(tmp_path, masters=2)
-
-
-def test_the_bridge_refuses_a_cluster_naming_why():
-    from vestnik.streams.notifier.bridge import Bridge, BridgeError
-
-    with pytest.raises(BridgeError, match=r"keyspace notifications.*Redis Cluster node"):
-        Bridge("redis+cluster://127.0.0.1:7000,127.0.0.1:7001", None,  # type: ignore[arg-type]
-               Keys("vn:", cluster=True), {"panel:vm:*": "vm"}, maxlen=10)

@@ -1,15 +1,28 @@
 """Keyspace bridge: key writes, hash writes, deletes and expiry become topic events carrying
-the entity read from the key."""
+the entity read from the key. Runs on one Redis and on a cluster (`--redis-cluster`, where
+the bridge follows every master: tests/notifier/test_bridge_cluster.py has the rest)."""
 
 from __future__ import annotations
 
 import pytest
+from redis.asyncio import Redis
 
 from support import SSE, Api, eventually
+from vestnik.streams.redis_server import ClusterDeployment, RedisServer
 
-# a cluster sends keyspace notifications per node: the bridge refuses one
-# (tests/test_redis_cluster.py)
-pytestmark = pytest.mark.single_redis("keyspace notifications are per node on a cluster")
+
+def master_ports(server: RedisServer | ClusterDeployment) -> list[int]:
+    """The port of the one Redis, or of every master of the cluster."""
+    if isinstance(server, ClusterDeployment):
+        return server.master_ports()
+    return [server.port]
+
+
+async def notify_flags(port: int) -> str:
+    """`notify-keyspace-events` of the Redis on `port`."""
+    async with Redis(port=port, socket_timeout=5) as node:
+        value = (await node.config_get("notify-keyspace-events"))["notify-keyspace-events"]
+    return value.decode() if isinstance(value, bytes) else str(value)
 
 
 @pytest.fixture
@@ -24,16 +37,17 @@ async def bridged_api(start_api, start_proc) -> Api:
     return api
 
 
-async def test_key_writes_become_events_with_the_entity(bridged_api: Api, redis, user_token):
-    flags = next(iter((await redis.config_get("notify-keyspace-events")).values()))
-    assert "K" in str(flags)  # the bridge enabled keyspace notifications itself
+async def test_key_writes_become_events_with_the_entity(bridged_api: Api, redis, redis_server,
+                                                        keys, user_token):
+    for port in master_ports(redis_server):  # the bridge enabled keyspace notifications
+        assert "K" in await notify_flags(port)  # itself (on every master of a cluster)
     sse = await SSE(f"{bridged_api.base}/api/v1/topics/vm/stream?token={user_token()}").connect()
 
     await redis.set("panel:vm:7", '{"id": 7, "status": "installing"}')
     ev = (await sse.next()).json()
     assert (ev["op"], ev["id"], ev["data"]) == ("update", "7", {"id": 7, "status": "installing"})
     assert ev["src"] == "bridge"
-    assert await redis.smembers("vn:topics") == {b"vm"}  # the hubs find the topic (issue 19)
+    assert await redis.smembers(keys.topics) == {b"vm"}  # the hubs find the topic (issue 19)
 
     await redis.hset("panel:vm:8", mapping={"name": "db-1", "status": "running"})
     ev = (await sse.next()).json()
@@ -72,15 +86,20 @@ async def test_bridge_resyncs_keys_written_while_it_was_down(start_api, start_pr
     assert await eventually(synced, what="resync") == {"id": 1, "status": "stopped"}
 
 
-async def test_bridge_explains_when_config_is_forbidden(start_proc, redis, redis_url):
-    await redis.execute_command("ACL", "SETUSER", "product", "on", ">pw", "~*", "&*", "+@all",
-                                "-config")
-    url = redis_url.replace("redis://", "redis://product:pw@")
+async def test_bridge_explains_when_config_is_forbidden(start_proc, redis_server, redis_url):
+    ports = master_ports(redis_server)  # a cluster's bridge sets it on every master
+    for port in ports:
+        async with Redis(port=port) as node:
+            await node.execute_command("ACL", "SETUSER", "product", "on", ">pw", "~*", "&*",
+                                       "+@all", "-config")
+    url = redis_url.replace("://", "://product:pw@", 1)
     proc = start_proc("bridge", VESTNIK_REDIS_URL=url, VESTNIK_KEYSPACE_PATTERNS="panel:vm:*=vm")
     assert proc.proc.wait(20) == 2
     out = proc.output()
     assert "CONFIG is not allowed" in out and "notify-keyspace-events" in out, out
-    await redis.execute_command("ACL", "DELUSER", "product")
+    for port in ports:
+        async with Redis(port=port) as node:
+            await node.execute_command("ACL", "DELUSER", "product")
 
 
 def test_bridge_without_patterns_fails_clearly(start_proc):
