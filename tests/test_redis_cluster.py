@@ -201,6 +201,24 @@ async def test_a_pipeline_script_survives_script_flush_and_runs_once(
     assert sum(s["noscript"] for s in _stats(cluster).values()) == 30  # none more
 
 
+async def test_a_script_flush_on_one_master_reloads_there_only(
+        client: RedisCluster, cluster: ClusterDeployment):
+    import redis as sync_redis
+
+    assert await _advance_everywhere(client, "5-0") == [1] * 30
+    _reset_stats(cluster)
+    flushed = cluster.master_ports()[0]
+    r = sync_redis.Redis(port=flushed, socket_timeout=5)
+    r.script_flush()
+    r.close()
+    assert await _advance_everywhere(client, "6-0") == [1] * 30
+    stats = _stats(cluster)
+    on = stats.pop(flushed)
+    assert on["noscript"] > 0 and on["evalsha"] == 2 * on["noscript"]
+    assert on["script|load"] == 1
+    assert all(s["noscript"] == 0 and s["script|load"] == 0 for s in stats.values())
+
+
 async def test_readers_block_on_one_node_and_hear_every_publish(
         client: RedisCluster, cluster: ClusterDeployment):
     blocking = reader(cluster.url, name="test-blocking", like=client)
