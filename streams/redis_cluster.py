@@ -27,7 +27,7 @@ makes up for (tests/test_redis_cluster.py pins each):
   new name), once per process; a NOSCRIPT reply (a SCRIPT FLUSH, a restarted node) means
   the script did not run: the node is forgotten, the script loaded there and that one
   command sent again, once. EVAL would send the whole text with every call, and Redis
-  hash it every time (3-4 KB a user's store call);
+  hash it every time (6.7 KB a user's store call);
 - it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
   A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
   do not (each node sends only its own keys') and are refused by the bridge
