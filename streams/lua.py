@@ -52,8 +52,8 @@ def _compose(package: str, path: str, depth: int) -> bytes:
                         _read(package, path))
 
 
-# sha -> text of every script made here: a Redis Cluster pipeline sends EVAL with the text
-# (redis-py's refuses EVALSHA: streams.redis_cluster)
+# sha -> text of every script made here: a Redis Cluster pipeline loads them on each master
+# itself (redis-py's loads none and refuses EVALSHA: streams.redis_cluster)
 TEXTS: dict[str, bytes] = {}
 
 

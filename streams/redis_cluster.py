@@ -17,10 +17,17 @@ makes up for (tests/test_redis_cluster.py pins each):
   connect by `_Deadline`), a command answers or fails within about
   (1 + CLUSTER_RETRIES) x 2 x `timeout`;
 - its pipeline refuses MGET, EVALSHA, PUBLISH and transactions: `_Pipe` sends PUBLISH
-  (any node forwards it), an MGET as GETs
-  (its answer still one list), a script as EVAL with its text (streams.lua.TEXTS) and a
-  transaction as MULTI/EXEC on the node of its one slot (a transaction over several
-  slots is an error naming them);
+  (any node forwards it), an MGET as GETs (its answer still one list), a script as
+  EVALSHA (`_Pipe.evalsha`) and a transaction as MULTI/EXEC on the node of its one slot (a
+  transaction over several slots is an error naming them; a script in it goes as EVAL
+  with its text, so a missing script never splits it);
+- its pipeline loads no script: before a pipeline runs, each script it calls is loaded
+  (SCRIPT LOAD of its text, streams.lua.TEXTS) on every master that has not had it from
+  this client (`_Cluster.scripts_on`, by node name: a new master after a failover is a
+  new name), once per process; a NOSCRIPT reply (a SCRIPT FLUSH, a restarted node) means
+  the script did not run: the node is forgotten, the script loaded there and that one
+  command sent again, once. EVAL would send the whole text with every call, and Redis
+  hash it every time (6.7 KB a user's store call);
 - it has no pub/sub: `streams.redis.reader(block=None)` is a plain client of one node.
   A PUBLISH reaches every node of a cluster, so channels work; keyspace notifications
   are sent by each node for its own keys only, so the bridge (streams.notifier.bridge)
@@ -31,7 +38,7 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
-from collections.abc import AsyncIterator, Callable, Generator
+from collections.abc import AsyncIterator, Callable, Collection, Generator, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 from urllib.parse import quote
@@ -39,8 +46,15 @@ from urllib.parse import quote
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from redis.asyncio.connection import Connection, SSLConnection
-from redis.exceptions import ConnectionError, RedisClusterException, RedisError, ResponseError
+from redis.exceptions import (
+    ConnectionError,
+    NoScriptError,
+    RedisClusterException,
+    RedisError,
+    ResponseError,
+)
 from redis.exceptions import TimeoutError as RedisTimeout
+from redis.utils import safe_str
 
 from vestnik.streams.lua import TEXTS
 from vestnik.streams.redis_url import RedisAddress
@@ -60,6 +74,7 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
     _permits: asyncio.Semaphore
     command_timeout: float
     one_node: Callable[[], Any]  # a pub/sub client of one node (set by `cluster`)
+    scripts_on: dict[str, set[str]]  # node name -> shas this client loaded there
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         async with self.permit():
@@ -87,6 +102,21 @@ class _Cluster(RedisCluster):  # type: ignore[misc]
     def pipeline(self, transaction: Any = None, shard_hint: Any = None) -> _Pipe:
         return _Pipe(self, bool(transaction))
 
+    async def load_scripts(self, shas: Collection[str],
+                           nodes: Sequence[ClusterNode] | None = None) -> None:
+        """SCRIPT LOAD each of `shas` (streams.lua's) on each of `nodes` (None: every
+        master) this client has not loaded it on yet, all at once: a pipeline's EVALSHA
+        then finds it (a few checks of a set when every master has them)."""
+        nodes = self.get_primaries() if nodes is None else nodes
+        todo = [(node, sha) for node in nodes for sha in shas
+                if sha not in self.scripts_on.get(node.name, ())]
+        if todo:
+            await asyncio.gather(*(self._load(node, sha) for node, sha in todo))
+
+    async def _load(self, node: ClusterNode, sha: str) -> None:
+        await self.execute_command("SCRIPT LOAD", TEXTS[sha], target_nodes=node)
+        self.scripts_on.setdefault(node.name, set()).add(sha)
+
     def pubsub(self, **kwargs: Any) -> Any:
         """A PubSub on one node (a client from `one_node`: streams.redis.reader's for
         pub/sub): the asyncio RedisCluster of redis-py 5.3 has none, and any node gets
@@ -103,12 +133,13 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
     """A cluster pipeline that takes what Vestnik's code queues on a single Redis's: MGET,
     scripts, and (`transaction`) MULTI/EXEC of keys in one slot."""
 
-    __slots__ = ("_groups", "_transaction")
+    __slots__ = ("_groups", "_shas", "_transaction")
 
     def __init__(self, client: RedisCluster, transaction: bool = False) -> None:
         super().__init__(client)
         self._transaction = transaction
         self._groups: list[tuple[int, int]] = []  # (first GET, count) of each MGET
+        self._shas: set[str] = set()  # the scripts queued (streams.lua's), to load first
 
     def __await__(self) -> Generator[Any, None, _Pipe]:
         """`await pipe` and `async with pipe` keep what is queued (redis-py's empty it):
@@ -150,27 +181,77 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
         return super().execute_command(*args, **kwargs)
 
     def evalsha(self, sha: str, numkeys: int, *args: Any) -> _Pipe:
-        text = TEXTS.get(sha)
-        if text is None:
-            return self.execute_command("EVALSHA", sha, numkeys, *args)  # type: ignore[no-any-return]
-        return self.execute_command("EVAL", text, numkeys, *args)  # type: ignore[no-any-return]
+        """EVALSHA, the script loaded on the masters first (`execute`) when it is one of
+        streams.lua's (any other is sent as is: NOSCRIPT unless loaded otherwise)."""
+        if sha in TEXTS:
+            self._shas.add(sha)
+        return self.execute_command("EVALSHA", sha, numkeys, *args)  # type: ignore[no-any-return]
 
     async def execute(self, raise_on_error: bool = True,
                       allow_redirections: bool = True) -> list[Any]:
         groups, self._groups = self._groups, []
-        if self._transaction and self._command_stack:
-            try:
-                await self._ready()  # a transaction first on a new client: find the slots
+        try:
+            if self._transaction and self._command_stack:
+                try:
+                    await self._ready()  # a transaction first on a new client: the slots
+                    async with self._client.permit():
+                        results = await self._multi_exec()
+                finally:
+                    self._command_stack = []
+            else:  # redis-py's takes a connection of each node it needs, past any bound
                 async with self._client.permit():
-                    results = await self._multi_exec()
-            finally:
-                self._command_stack = []
-        else:  # redis-py's takes a connection of each node it needs, past any bound
-            async with self._client.permit():
-                results = await super().execute(raise_on_error, allow_redirections)
+                    results = await super().execute(raise_on_error, allow_redirections)
+        finally:
+            self._shas = set()
         for first, count in reversed(groups):
             results[first:first + count] = [results[first:first + count]]
         return results
+
+    async def _execute(self, client: RedisCluster, stack: list[Any],
+                       raise_on_error: bool = True, allow_redirections: bool = True
+                       ) -> list[Any]:
+        """redis-py's (run by its `execute`, again after a lost node), with the queued
+        scripts loaded on every master first and each NOSCRIPT reply's command sent again
+        once after loading its script on the node (`_rerun`); the errors raised as
+        redis-py's do, the first one, so its `execute` retries a lost node's."""
+        if self._shas:
+            await client.load_scripts(self._shas)
+        await super()._execute(client, stack, raise_on_error=False,
+                               allow_redirections=allow_redirections)
+        await self._rerun(client, stack)
+        if raise_on_error:
+            for cmd in stack:
+                error = cmd.result
+                if isinstance(error, Exception):
+                    command = " ".join(map(safe_str, cmd.args))
+                    msg = (f"Command # {cmd.position + 1} ({command}) of pipeline "
+                           f"caused error: {error.args}")
+                    error.args = (msg, *error.args[1:])
+                    raise error
+        return [cmd.result for cmd in stack]
+
+    @staticmethod
+    async def _rerun(client: _Cluster, stack: list[Any]) -> None:
+        """NOSCRIPT: the script did not run where it was sent (a SCRIPT FLUSH, a restart:
+        the node has lost every script), so the node is forgotten (once a pipeline), the
+        script loaded there and the command sent again (by its key, once; what it answers
+        is its result)."""
+        forgotten: set[str] = set()
+        for cmd in stack:
+            if not isinstance(cmd.result, NoScriptError) or cmd.args[1] not in TEXTS:
+                continue
+            key = _key_of(cmd.args)
+            nodes = (client.get_primaries() if key is None
+                     else [client.get_node_from_key(key)])
+            for node in nodes:
+                if node.name not in forgotten:
+                    forgotten.add(node.name)
+                    client.scripts_on.pop(node.name, None)
+            try:
+                await client.load_scripts([cmd.args[1]], nodes)
+                cmd.result = await client.execute_command(*cmd.args, **cmd.kwargs)
+            except Exception as e:  # the command's result, as redis-py's
+                cmd.result = e
 
     async def _multi_exec(self) -> list[Any]:
         client: RedisCluster = self._client
@@ -185,7 +266,7 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
         conn = node.acquire_connection()
         try:
             await conn.send_packed_command(conn.pack_commands(
-                [("MULTI",), *(cmd.args for cmd in stack), ("EXEC",)]), False)
+                [("MULTI",), *(_with_text(cmd.args) for cmd in stack), ("EXEC",)]), False)
             error: ResponseError | None = None
             for _ in range(len(stack) + 1):  # +OK, then QUEUED (or an error) for each
                 try:
@@ -209,6 +290,14 @@ class _Pipe(ClusterPipeline):  # type: ignore[misc]
             options = {k: v for k, v in cmd.kwargs.items() if k != "keys"}  # as redis-py
             out.append(callback(value, **options) if callback else value)
         return out
+
+
+def _with_text(args: tuple[Any, ...]) -> tuple[Any, ...]:
+    """A queued EVALSHA of one of streams.lua's scripts as EVAL with its text (inside
+    MULTI: a NOSCRIPT there could not be sent again alone)."""
+    if args[0] == "EVALSHA" and args[1] in TEXTS:
+        return ("EVAL", TEXTS[args[1]], *args[2:])
+    return args
 
 
 def _key_of(args: tuple[Any, ...]) -> Any:
@@ -236,6 +325,7 @@ def cluster(address: RedisAddress, *, max_connections: int, name: str, timeout: 
     client._permits = asyncio.Semaphore(max_connections)
     client.command_timeout = timeout
     client.one_node = one_node
+    client.scripts_on = {}
     _use(client, connection_class)
     return client
 

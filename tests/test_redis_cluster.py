@@ -113,7 +113,7 @@ async def test_pipeline_takes_mget_scripts_publish_and_one_slot_transactions(
     async with client.pipeline(transaction=False) as pipe:
         pipe.get("a")
         pipe.mget(["a", "b", "missing"])  # three slots, one reply
-        await advance(keys=["pos"], args=["5-0"], client=pipe)  # EVAL with the text
+        await advance(keys=["pos"], args=["5-0"], client=pipe)  # EVALSHA, loaded first
         pipe.publish("chan", "x")
         assert len(pipe) == 4
         assert (await pipe.execute())[:3] == [b"1", [b"1", b"2", None], 1]
@@ -128,6 +128,95 @@ async def test_pipeline_takes_mget_scripts_publish_and_one_slot_transactions(
             pipe.set("b", "2")
             await pipe.execute()
     assert await client.get("a") == b"1"  # nothing of the refused transaction ran
+
+
+def _stats(cluster: ClusterDeployment) -> dict[int, dict[str, int]]:
+    """Per master: calls of EVAL, EVALSHA and SCRIPT LOAD, and NOSCRIPT replies."""
+    import redis as sync_redis
+
+    out = {}
+    for port in cluster.master_ports():
+        r = sync_redis.Redis(port=port, socket_timeout=5)
+        cmds, errors = r.info("commandstats"), r.info("errorstats")
+        r.close()
+        out[port] = {name: int(cmds.get(f"cmdstat_{name}", {}).get("calls", 0))
+                     for name in ("eval", "evalsha", "script|load")}
+        out[port]["noscript"] = int(errors.get("errorstat_NOSCRIPT", {}).get("count", 0))
+    return out
+
+
+def _reset_stats(cluster: ClusterDeployment, *, flush_scripts: bool = False) -> None:
+    import redis as sync_redis
+
+    for port in cluster.master_ports():
+        r = sync_redis.Redis(port=port, socket_timeout=5)
+        if flush_scripts:
+            r.script_flush()
+        r.config_resetstat()
+        r.close()
+
+
+async def _advance_everywhere(client: RedisCluster, to: str) -> list[int]:
+    """advance.lua on 30 keys (every master's), in one pipeline."""
+    advance = lua.script("center/advance.lua")
+    async with client.pipeline(transaction=False) as pipe:
+        for i in range(30):
+            await advance(keys=[f"pos{i}"], args=[to], client=pipe)
+        return await pipe.execute()
+
+
+async def test_pipeline_scripts_go_as_evalsha_loaded_once_per_master(
+        client: RedisCluster, cluster: ClusterDeployment):
+    """redis-py's cluster pipeline refuses EVALSHA and loads nothing; ours loads each
+    script on every master once (per client) and sends EVALSHA, never the text."""
+    _reset_stats(cluster, flush_scripts=True)
+    assert await _advance_everywhere(client, "5-0") == [1] * 30
+    assert await _advance_everywhere(client, "6-0") == [1] * 30
+    stats = _stats(cluster)
+    assert sum(s["evalsha"] for s in stats.values()) == 60
+    for s in stats.values():
+        assert s["eval"] == 0 and s["script|load"] == 1 and s["noscript"] == 0
+        assert s["evalsha"] > 0  # every master took some of the keys
+    async with client.pipeline(transaction=True) as pipe:  # MULTI: the text, never NOSCRIPT
+        await lua.script("center/advance.lua")(keys=["{t}pos"], args=["7-0"], client=pipe)
+        pipe.get("{t}pos")
+        assert await pipe.execute() == [1, b"7-0"]
+
+
+async def test_a_pipeline_script_survives_script_flush_and_runs_once(
+        client: RedisCluster, cluster: ClusterDeployment):
+    """SCRIPT FLUSH on every master (as a restart or a failover to a replica leaves a
+    node): each command answered NOSCRIPT is run once after its script is loaded on its
+    node again, with its own answer (1: advanced now; a second run would answer 0), and
+    the next pipeline meets no NOSCRIPT."""
+    assert await _advance_everywhere(client, "5-0") == [1] * 30  # loaded everywhere
+    _reset_stats(cluster, flush_scripts=True)
+    assert await _advance_everywhere(client, "6-0") == [1] * 30
+    assert [await client.get(f"pos{i}") for i in range(30)] == [b"6-0"] * 30
+    stats = _stats(cluster)
+    assert sum(s["noscript"] for s in stats.values()) == 30  # every command, once
+    assert sum(s["evalsha"] for s in stats.values()) == 60  # each sent again once
+    assert all(s["script|load"] == 1 and s["eval"] == 0 for s in stats.values())
+    assert await _advance_everywhere(client, "7-0") == [1] * 30
+    assert sum(s["noscript"] for s in _stats(cluster).values()) == 30  # none more
+
+
+async def test_a_script_flush_on_one_master_reloads_there_only(
+        client: RedisCluster, cluster: ClusterDeployment):
+    import redis as sync_redis
+
+    assert await _advance_everywhere(client, "5-0") == [1] * 30
+    _reset_stats(cluster)
+    flushed = cluster.master_ports()[0]
+    r = sync_redis.Redis(port=flushed, socket_timeout=5)
+    r.script_flush()
+    r.close()
+    assert await _advance_everywhere(client, "6-0") == [1] * 30
+    stats = _stats(cluster)
+    on = stats.pop(flushed)
+    assert on["noscript"] > 0 and on["evalsha"] == 2 * on["noscript"]
+    assert on["script|load"] == 1
+    assert all(s["noscript"] == 0 and s["script|load"] == 0 for s in stats.values())
 
 
 async def test_readers_block_on_one_node_and_hear_every_publish(

@@ -8,8 +8,8 @@ and the forward jobs, which streams.forward adds to the call (`store_call_jobs`:
 forward partition's in the one call). A batch with more than STORE_CHUNK recipients (a
 broadcast) goes on in one more call per chunk of them, so its first recipients get it
 live before the last ones are stored. On a Redis Cluster: one call per user (store.lua,
-each in its slot) and the forwards by `streams.forward.add_forward_jobs` (a call per job,
-in its forward partition's slot). Dedup repeats are folded (fold.lua) in the same round
+each in its slot) and the forwards by `streams.forward.add_partition_jobs` (a call per
+forward partition, in its slot). Dedup repeats are folded (fold.lua) in the same round
 trip; then, only when repeats were folded, a `notice-update` to their recipients.
 A silenced notice (`Notice.silenced`: an admin silence matched it) is stored like any
 other but never published live and gets no forward jobs; a repeat folded into one, or
@@ -34,7 +34,7 @@ from vestnik.streams.forward import (
     BatchJob,
     Claim,
     ForwardWorker,
-    add_forward_jobs,
+    add_partition_jobs,
     forward_jobs_for,
     store_call_jobs,
 )
@@ -203,7 +203,7 @@ class Store:
                     args += [nid, views[nid]]
                 await _STORE(keys=self._user_keys(uid), args=args, client=pipe)
             write.calls = len(new) + len(per_user)
-            add_forward_jobs(pipe, k, [b.job for b in jobs])
+            add_partition_jobs(pipe, k, jobs)
         window = int(self.settings.dedup_window)
         write.folds_at = len(pipe)
         for p in folds:

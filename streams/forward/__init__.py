@@ -3,7 +3,8 @@
 - `schedule`: what a forward is (`ForwardJob`), which channels it uses for a user
   (`user_routes`, asked by the center and by the job) and how one is scheduled: arq's own
   job record written by one script call per job, or inside the notice center's store call
-  (`store_call_jobs`, `store_jobs.lua`). The only code that knows arq's record format,
+  (`store_call_jobs`, `store_jobs.lua`; on a Redis Cluster one call per forward partition:
+  `add_partition_jobs`). The only code that knows arq's record format,
   key prefixes and constants (`arq_keys` for everyone else).
 - `job`: the job itself (`Forwarder`, `forward`): load the notice and the user, skip what
   was read, resolved or already sent, hold what the user holds, send on each channel,
@@ -32,6 +33,7 @@ from vestnik.streams.forward.schedule import (
     ForwardJob,
     Stage,
     add_forward_jobs,
+    add_partition_jobs,
     arq_keys,
     due_member,
     forward_jobs_for,
@@ -46,8 +48,8 @@ from vestnik.streams.forward.worker import ForwardWorker, make_worker, pump_due,
 __all__ = [
     "BROADCAST", "KEEP_RESULT_S", "PLAIN", "RESOLVED", "ArqKeys", "BatchJob", "Claim",
     "Delivery", "DeliveryList", "Digests", "ForwardJob", "ForwardWorker", "Stage",
-    "add_forward_jobs", "arq_keys", "decode_delivery", "digest_id", "digest_member",
-    "due_member", "forward_jobs_for", "hold_until", "job_record", "make_worker",
+    "add_forward_jobs", "add_partition_jobs", "arq_keys", "decode_delivery", "digest_id",
+    "digest_member", "due_member", "forward_jobs_for", "hold_until", "job_record", "make_worker",
     "policy_for", "pump_due", "resolved_jobs", "run_forwarder", "store_call_jobs",
     "user_routes", "wants_job",
 ]

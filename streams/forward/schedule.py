@@ -14,14 +14,17 @@ schedules a second job while the first is queued, running, or its result is kept
 (`KEEP_RESULT_S`). `arq`'s `enqueue_job` does the same with WATCH/EXISTS/MULTI/EXEC
 round trips per job; the script makes a batch of jobs one pipeline round trip
 (plus one SCRIPT EXISTS per pipeline, which also reloads the script after a
-SCRIPT FLUSH or a restart: the NOSCRIPT case).
+SCRIPT FLUSH or a restart: the NOSCRIPT case; a cluster's pipeline loads it on each
+master once and reloads it on a NOSCRIPT reply: streams.redis_cluster).
 
 The notice center writes its forwards in its own store call instead: it calls
 `store_call_jobs`, which appends the jobs to the call's arguments, and its script includes
 `store_jobs.lua`, which writes them, per partition: a delayed one as one member of the
 partition's `forward_due` that the worker's poll pumps into the same job record when due
 (`pump.lua`, `pump_due`); one due now as the job itself, claimed for the center's own
-worker (`Claim`, `start_inline`).
+worker (`Claim`, `start_inline`). On a Redis Cluster, where the center stores per user,
+`add_partition_jobs` writes them the same way with one call per forward partition
+(`schedule_part.lua`: the partition's keys are one slot), none claimed.
 
 Stages (`Stage`): a job may carry a third argument besides [nid, uid], which also ends its
 id and its due-set member: a channel group with its own delay (`after` on the entry:
@@ -52,7 +55,7 @@ from arq.constants import (
 from vestnik.streams import lua
 from vestnik.streams.forward.policy import hold_until
 from vestnik.streams.ids import now_ms
-from vestnik.streams.keys import Keys
+from vestnik.streams.keys import ForwardKeys, Keys
 from vestnik.streams.schemas import ChannelTarget, Notice, User
 
 FUNCTION = "forward"  # the arq function every forward job runs
@@ -190,7 +193,7 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     if not jobs:
         return
     now = now_ms()
-    scripts = getattr(pipe, "scripts", None)
+    scripts = getattr(pipe, "scripts", None)  # a single Redis's (a cluster's loads its own)
     if scripts is not None:
         scripts.add(_SCHEDULE)  # execute() runs SCRIPT EXISTS / LOAD first: no NOSCRIPT
     # due now (forward_after 0): a partition's last job's call also wakes its forwarders
@@ -212,11 +215,7 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
                                   fk.arq_queue)
         if i in wake_at:
             qkeys += (fk.forward_wake,)
-        args = (*qkeys, payload, expires, job.due_ms, jid)
-        if scripts is not None:
-            pipe.evalsha(_SCHEDULE.sha, len(qkeys), *args)
-        else:  # a pipeline without script support (e.g. cluster): plain EVAL
-            pipe.eval(_SCHEDULE.script, len(qkeys), *args)
+        pipe.evalsha(_SCHEDULE.sha, len(qkeys), *qkeys, payload, expires, job.due_ms, jid)
 
 
 def forward_delay(notice: Notice, default: float) -> float:
@@ -406,34 +405,66 @@ def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
     once the claim has expired). Start the claimed ones with `ForwardWorker.start_inline`."""
     now = now_ms()
     claim_ms = int(claim_s * 1000) if claim_s is not None else 0
-    by_part: dict[int, list[BatchJob]] = {0: jobs}
-    if keys.forward_partitions > 1:
-        by_part = {}
-        for b in jobs:
-            by_part.setdefault(keys.forward_partition(b.job.nid), []).append(b)
     headers: list[Any] = []
     claims: list[Claim | None] = []
-    for p, mine in by_part.items():
-        fk = keys.forward(p)
+    for p, mine in _by_partition(keys, jobs).items():
         claim_here = claim_ms if claim_partitions is None or p in claim_partitions else 0
-        rows: list[list[Any]] = []
-        later: list[ForwardJob] = []
-        base = len(argv)
-        for j, at, notice, user, claimable in mine:
-            if j.due_ms > now:
-                later.append(j)
-                continue
-            payload = job_record(j.nid, j.uid, now, j.stage)
-            argv.append(payload)
-            jid = fk.forward_job(j.nid, j.uid, j.stage)
-            claim = Claim(jid, j.due_ms + claim_here, payload, notice, user) \
-                if claim_here and claimable else None
-            rows.append([jid, expires_extra_ms + claim_here, j.due_ms, 1 if claim else -1, at])
-            claims.append(claim)
-        due_base = len(argv)
-        argv += [due_member(j.nid, j.uid, j.stage) for j in later]
-        headers.append([job_key_prefix, result_key_prefix, fk.arq_queue, base, rows,
-                        in_progress_key_prefix, retry_key_prefix, claim_here,
-                        fk.forward_wake, fk.forward_due, due_base,
-                        [j.due_ms for j in later], RETRY_TTL_S, len(claims) - len(rows)])
+        headers.append(_header(keys.forward(p), mine, argv, claim_here, now, claims))
     return headers, claims
+
+
+def _by_partition(keys: Keys, jobs: list[BatchJob]) -> dict[int, list[BatchJob]]:
+    if keys.forward_partitions == 1:
+        return {0: jobs}
+    by_part: dict[int, list[BatchJob]] = {}
+    for b in jobs:
+        by_part.setdefault(keys.forward_partition(b.job.nid), []).append(b)
+    return by_part
+
+
+def _header(fk: ForwardKeys, mine: list[BatchJob], argv: list[str | bytes], claim_ms: int,
+            now: int, claims: list[Claim | None]) -> list[Any]:
+    """One partition's header of `store_jobs.lua` (its records and due members appended to
+    `argv`, the Claim or None of each job due now to `claims`)."""
+    rows: list[list[Any]] = []
+    later: list[ForwardJob] = []
+    base = len(argv)
+    before = len(claims)
+    for j, at, notice, user, claimable in mine:
+        if j.due_ms > now:
+            later.append(j)
+            continue
+        payload = job_record(j.nid, j.uid, now, j.stage)
+        argv.append(payload)
+        jid = fk.forward_job(j.nid, j.uid, j.stage)
+        claim = Claim(jid, j.due_ms + claim_ms, payload, notice, user) \
+            if claim_ms and claimable else None
+        rows.append([jid, expires_extra_ms + claim_ms, j.due_ms, 1 if claim else -1, at])
+        claims.append(claim)
+    due_base = len(argv)
+    argv += [due_member(j.nid, j.uid, j.stage) for j in later]
+    return [job_key_prefix, result_key_prefix, fk.arq_queue, base, rows,
+            in_progress_key_prefix, retry_key_prefix, claim_ms, fk.forward_wake,
+            fk.forward_due, due_base, [j.due_ms for j in later], RETRY_TTL_S, before]
+
+
+_SCHEDULE_PART = lua.script("forward/schedule_part.lua")  # one partition's jobs of a batch
+
+
+def add_partition_jobs(pipe: Any, keys: Keys, jobs: list[BatchJob]) -> None:
+    """Queue on `pipe` one call per forward partition with jobs (`schedule_part.lua`, in
+    the partition's slot on a cluster) that writes them as the center's store call does on
+    a single Redis (`store_call_jobs`, `store_jobs.lua`): a job due now as arq's record
+    unless it or its result exists, waking the partition's forwarders; a delayed one as a
+    member of the partition's due set. None is claimed. Each call answers 0."""
+    if not jobs:
+        return
+    now = now_ms()
+    scripts = getattr(pipe, "scripts", None)
+    if scripts is not None:
+        scripts.add(_SCHEDULE_PART)
+    for p, mine in _by_partition(keys, jobs).items():
+        fk = keys.forward(p)
+        argv: list[str | bytes] = [b""]
+        argv[0] = msgpack_encode(_header(fk, mine, argv, 0, now, []))
+        pipe.evalsha(_SCHEDULE_PART.sha, 1, fk.arq_queue, *argv)

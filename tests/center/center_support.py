@@ -88,10 +88,7 @@ async def dead(redis: Redis) -> list[dict[str, str]]:
 
 
 async def delayed_forwards(redis: Redis) -> list[str]:
-    """The notice ids of the forwards waiting to be due: in the due set on a single Redis,
-    as arq jobs in the queue on a cluster (the store's per-user path schedules them)."""
+    """The notice ids of the forwards waiting to be due: in the due set (on a cluster too:
+    the center writes them per forward partition as one Redis's store call does)."""
     fk = K.forward(0)
-    if K.cluster:
-        jobs = await redis.zrange(fk.arq_queue, 0, -1)
-        return [j.decode()[len(fk.forward_job_prefix):].split(":")[0] for j in jobs]
     return [msgspec.msgpack.decode(m)[0] for m in await redis.zrange(fk.forward_due, 0, -1)]
