@@ -13,6 +13,7 @@ box's speed): it is printed first, so any run can be repeated.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import secrets
 import signal
@@ -183,6 +184,8 @@ def main(minutes: float, seed: int | None, json_path: str | None, *, users: int 
          sse_clients: int = 200) -> int:
     """`vestnik soak`: 0 passed, 1 the accounting failed (or the stack did not come up)."""
     seed = secrets.randbelow(2**31) if seed is None else seed
+    # the load's and the stack's HTTP clients would log every request between the progress
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     _say(f"seed {seed}, {minutes:g} min, {users} users, {sse_clients} SSE clients")
 
     async def bounded() -> dict[str, Any]:
