@@ -58,6 +58,10 @@ def verdict(summary: dict[str, Any]) -> list[str]:
                       f"{summary.get('dead_letters_expected')} expected")
     if summary.get("processes_down"):
         failed.append(f"processes_down={','.join(summary['processes_down'])}")
+    if summary.get("died"):
+        failed.append(f"died by itself={','.join(name for _, name in summary['died'])}")
+    if summary.get("fault_errors"):
+        failed.append(f"fault_errors={len(summary['fault_errors'])}")
     return failed
 
 
@@ -69,6 +73,12 @@ async def _progress(stack: Stack, load: Load, scheduler: Scheduler, t0: float) -
     """A line every PROGRESS_S: elapsed, the load's counts, faults injected, parts down."""
     while True:
         await asyncio.sleep(PROGRESS_S)
+        try:
+            died = await stack.revive()
+        except StackError as e:
+            died = [f"(not restarted: {e})"]
+        if died:
+            _say(f"DIED by itself, restarted: {', '.join(died)}")
         m, s = divmod(int(time.monotonic() - t0), 60)
         counts = " ".join(f"{k} {v}" for k, v in load.stats().items())
         down = ",".join(stack.down()) or "-"
@@ -150,6 +160,8 @@ async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int =
             "faults": msgspec.to_builtins(faults),
             "processes_down": stack.down(),
             "healed": healed,
+            "died": [list(d) for d in stack.died],
+            "fault_errors": scheduler.errors,
             "stack_events": [list(e) for e in stack.events],
         })
         return summary

@@ -39,6 +39,8 @@ def test_a_clean_summary_passes_and_a_duplicate_inside_the_window_is_allowed() -
     ({"forward_duplicates": [{"at": 1.0, "inside_window": False}]}, "outside the window=1"),
     ({"dead_letters_found": 4}, "dead_letters_found=4 of 5"),
     ({"processes_down": ["forwarder"]}, "processes_down=forwarder"),
+    ({"died": [[1.0, "center-2"]]}, "died by itself=center-2"),
+    ({"fault_errors": ["kill api at 12 s: StackError: api not ready"]}, "fault_errors=1"),
 ])
 def test_each_defect_fails_the_verdict_by_name(over: dict[str, Any], named: str) -> None:
     failed = verdict(_clean(**over))
