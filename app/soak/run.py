@@ -208,8 +208,8 @@ def main(minutes: float, seed: int | None, json_path: str | None, *, users: int 
 
     try:
         summary = _run(bounded())
-    except StackError as e:
-        _say(f"the stack did not come up: {e}")
+    except StackError as e:  # a part or Redis that would not start (or start again)
+        _say(f"the stack failed: {e}")
         return 1
     except TimeoutError:
         _say(f"did not finish within {minutes:g} min + {OVERRUN_S:g} s")
