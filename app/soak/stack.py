@@ -104,10 +104,8 @@ class Part:
             if self.proc.poll() is not None:
                 break
             await asyncio.sleep(POLL_S)
-        else:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._reap_group()  # after `wait_s`, or what is left of its session
         await asyncio.to_thread(self.proc.wait, 5)
-        self._reap_group()
 
     def _reap_group(self) -> None:
         """SIGKILL whatever is left in the part's session (an orphaned alert program)."""
