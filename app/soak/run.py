@@ -164,6 +164,7 @@ async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int =
             "fault_errors": scheduler.errors,
             "stack_events": [list(e) for e in stack.events],
         })
+        stack.keep = stack.keep or bool(verdict(summary))  # a failed run keeps its logs
         return summary
 
 

@@ -165,8 +165,10 @@ class Stack:
         self.users = [f"u{i}" for i in range(1, users + 1)]
         self.sentinel: SentinelDeployment | None = None
         if sentinel:
+            # a primary down for 6 s is failed over: not during a CLIENT PAUSE (at most 5 s,
+            # faults.PAUSE_MS), which stays a pause, as it would with production settings
             self.sentinel = SentinelDeployment(self.dir / "redis", replicas=1, sentinels=3,
-                                               appendfsync="always")
+                                               appendfsync="always", down_after_ms=6000)
             self.servers = self.sentinel.servers
             self.redis_url = self.sentinel.url
         else:
@@ -327,8 +329,11 @@ class Stack:
         else:
             await asyncio.to_thread(self.servers[0].stop)
         if self.keep or failed:
+            # the logs stay (the parts', Redis's, the sentinels'), and the sinks' records;
+            # the data (an hour's AOF is hundreds of MB) goes
+            for data in self.dir.glob("redis/**/appendonlydir"):
+                shutil.rmtree(data, ignore_errors=True)
             sys.stderr.write(f"soak: the stack's logs are in {self.dir}\n")
-            shutil.rmtree(self.dir / "redis", ignore_errors=True)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
