@@ -186,7 +186,8 @@ async def test_under_sentinel_a_primary_kill_fails_over_and_loses_nothing_acknow
     "`vestnik forwarder` sends no delayed forward (the job stays in vn:fwd:due past its "
     "time) until it is restarted; the fault suite's failover test forwards with "
     "forward_after 0 from the center's own worker, which does not go through the due set. "
-    "Seen in every run with the sentinels' down-after at 6 s, passed once at 1 s: not strict"))
+    "Intermittent (seen in 5 of 7 runs; in a 3-min soak no delayed forward was sent in the "
+    "ledger's 170 s wait after the second failover): not strict"))
 async def test_under_sentinel_a_delayed_forward_after_a_failover_is_mailed(
         sentinel_stack: Stack) -> None:
     stack = sentinel_stack
