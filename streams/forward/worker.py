@@ -166,7 +166,8 @@ class ForwardWorker(Worker):
                 t.cancel()
             # bounded: a listener whose cancel was swallowed must not stop the next poll
             # loop from starting (it ends at its next check of _cancelling())
-            await asyncio.wait(stop, timeout=STOP_WAIT_S) if stop else None
+            if stop:
+                await asyncio.wait(stop, timeout=STOP_WAIT_S)
 
     async def _queues_empty(self) -> bool:
         async with self.pool.pipeline(transaction=False) as pipe:
