@@ -57,14 +57,6 @@ class _ArqRedis(ArqRedis):
         await self.aclose(close_connection_pool=close_connection_pool)
 
 
-STOP_WAIT_S = 2.0
-
-
-def _cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
-
-
 def arq_pool(settings: Config, keys: Keys, max_connections: int) -> ArqRedis:
     assert settings.redis_url
     # on a cluster: the master of the queue's slot, where every forward key is (streams.keys)
@@ -164,10 +156,7 @@ class ForwardWorker(Worker):
             stop = [t for t in (listener, self._digesting) if t is not None]
             for t in stop:
                 t.cancel()
-            # bounded: a listener whose cancel was swallowed must not stop the next poll
-            # loop from starting (it ends at its next check of _cancelling())
-            if stop:
-                await asyncio.wait(stop, timeout=STOP_WAIT_S)
+            await asyncio.gather(*stop, return_exceptions=True)
 
     async def _queues_empty(self) -> bool:
         async with self.pool.pipeline(transaction=False) as pipe:
@@ -185,7 +174,7 @@ class ForwardWorker(Worker):
             try:
                 await pubsub.subscribe(self.wake_on)
                 backoff.reset()
-                while not _cancelling():
+                while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
                     if msg is not None:
                         wake.set()
@@ -193,8 +182,6 @@ class ForwardWorker(Worker):
                 log.warning("forwarder wake-up channel lost (%s); polling meanwhile", e)
             finally:
                 await pubsub.aclose()
-            if _cancelling():  # a cancel that redis-py's pub/sub swallowed: end anyway
-                raise asyncio.CancelledError
             await backoff.wait()
 
     def _release_sem_dec_counter_on_complete(self) -> None:
