@@ -43,16 +43,20 @@ def routers() -> list[Router]:
 
 
 async def ensure_group(ctx: Ctx) -> None:
-    try:
-        await ctx.redis.xgroup_create(ctx.keys.notices, CENTER_GROUP, id="0", mkstream=True)
-    except ResponseError as e:
-        if "BUSYGROUP" in str(e):
-            return
-        # Redis full (OOM) refuses XGROUP CREATE even for an existing group: start anyway
-        # (reads work; writes answer 503 until memory frees, /readyz tells the group state)
-        if not isinstance(e, OutOfMemoryError):
-            raise
-        log.warning("redis is full (%s): consumer group not checked", e)
+    """The `center` group on every ingest stream (VESTNIK_INGEST_PARTITIONS), so what the
+    api adds before a center first starts is read from the start."""
+    for stream in ctx.keys.ingest_streams:
+        try:
+            await ctx.redis.xgroup_create(stream, CENTER_GROUP, id="0", mkstream=True)
+        except ResponseError as e:
+            if "BUSYGROUP" in str(e):
+                continue
+            # Redis full (OOM) refuses XGROUP CREATE even for an existing group: start
+            # anyway (reads work; writes answer 503 until memory frees, /readyz tells the
+            # group state)
+            if not isinstance(e, OutOfMemoryError):
+                raise
+            log.warning("redis is full (%s): consumer group on %s not checked", e, stream)
 
 
 def describe_plain_routes(spec: dict, routes: list) -> None:

@@ -203,9 +203,15 @@ def _bench_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--peer", choices=["alertmanager"],
                    help="also run B7's load against this peer (prometheus-alertmanager)")
     p.add_argument("--redis-cluster", type=int, metavar="N",
-                   help="run C1: B1's load on a local N-master Redis Cluster (N >= 3) beside "
-                        "one Redis, with each master's share of the Redis CPU (with --only: "
-                        "those rows too)")
+                   help="run C1: B1's drain and B2's latency on a local N-master Redis Cluster "
+                        "(N >= 3) beside one Redis, with each master's share of the Redis CPU "
+                        "(with --only: those rows too)")
+    p.add_argument("--centers", type=int, default=2, metavar="K",
+                   help="C1: center processes on each side (default 2)")
+    p.add_argument("--partitions", type=int, metavar="P",
+                   help="C1: VESTNIK_INGEST_PARTITIONS and VESTNIK_FORWARD_PARTITIONS of every "
+                        "process it starts (default: one per master where this Vestnik has "
+                        "ingest partitions, else 1)")
 
 
 @command("bench", "measure the hot paths against same-run ceilings", _bench_args)
@@ -218,7 +224,8 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
         print("vestnik bench: needs the bench extra (rich is not installed): "
               "pip install 'vestnik[bench]'", file=sys.stderr)
         return 2
-    return bench_main(args.quick, args.only, args.json_path, args.peer, args.redis_cluster)
+    return bench_main(args.quick, args.only, args.json_path, args.peer, args.redis_cluster,
+                      args.centers, args.partitions)
 
 
 def _minutes(value: str) -> float:

@@ -29,10 +29,14 @@ async def readyz(request: Request, ctx: Ctx, principal: Principal) -> Response:
     try:
         await ctx.redis.ping()
         checks["redis"] = "ok"
-        groups = await ctx.redis.xinfo_groups(ctx.keys.notices)
-        names = {(g.get("name") or b"").decode() if isinstance(g.get("name"), bytes)
-                 else g.get("name") for g in groups}
-        checks["group:center"] = "ok" if CENTER_GROUP in names else "missing"
+        missing = []
+        for stream in ctx.keys.ingest_streams:  # every ingest partition
+            groups = await ctx.redis.xinfo_groups(stream)
+            names = {(g.get("name") or b"").decode() if isinstance(g.get("name"), bytes)
+                     else g.get("name") for g in groups}
+            if CENTER_GROUP not in names:
+                missing.append(stream)
+        checks["group:center"] = f"missing on {', '.join(missing)}" if missing else "ok"
     except ResponseError as e:
         checks.setdefault("redis", "ok")
         checks["group:center"] = f"missing ({e})"

@@ -36,6 +36,7 @@ from vestnik.app.http import Router, json_response, read_body
 from vestnik.app.tokens import Principal
 from vestnik.streams.errors import BadInput
 from vestnik.streams.ids import encode_ulid
+from vestnik.streams.keys import Keys
 from vestnik.streams.metrics import NOTICES_INGESTED
 from vestnik.streams.schemas import (
     ALERTMANAGER_VERSION,
@@ -79,6 +80,12 @@ class Entries(msgspec.Struct):
     def fields(self) -> list[dict[str, str | bytes]]:
         """Their flat stream fields, in the order they are added."""
         return [*map(notice_fields, self.notices), *map(resolve_fields, self.resolves)]
+
+    def streams(self, keys: Keys) -> list[str]:
+        """The ingest stream of each of `fields`: its dedup key's partition (an alert's
+        fingerprint), so an alert's firing and resolved entries stay in order."""
+        return [keys.ingest_stream(keys.ingest_partition(e.alert, e.dedup_key))
+                for e in (*self.notices, *self.resolves)]
 
 
 def map_payload(payload: AlertmanagerPayload) -> Entries:
@@ -217,7 +224,8 @@ async def alertmanager(request: Request, ctx: Ctx, principal: Principal) -> Resp
                     payload.receiver[:100], payload.truncated_alerts)
     fields = entries.fields()
     # one pipeline, in this order: requests that arrive together share it (streams.coalesce)
-    added = await asyncio.gather(*(ctx.appends.xadd(ctx.keys.notices, f) for f in fields),
+    added = await asyncio.gather(*(ctx.appends.xadd(stream, f) for stream, f in
+                                   zip(entries.streams(ctx.keys), fields, strict=True)),
                                  return_exceptions=True)
     errors = [e for e in added if isinstance(e, BaseException)]
     if errors:  # Redis full or gone: 503, and Alertmanager sends the payload again

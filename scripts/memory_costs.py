@@ -81,7 +81,7 @@ def main() -> None:
                                                    '"status":"running","cpu":0.42}',
                                                    "ts": "1760000000000", "src": "api"})),
         ("sent marker, 1 day TTL", lambda pipe, i: pipe.set(
-            f"{K.sent}{nid(i)}:u{i}:email", 1, ex=86_400)),
+            f"{K.forward(0).sent}{nid(i)}:u{i}:email", 1, ex=86_400)),
         ("user: seq counter", lambda pipe, i: pipe.set(K.user_seq(f"u{i}"), 123_456)),
         ("user: keys of a feed, read set and seq of one entry each", _user_keys),
         ("attempt log of a forwarded notice (one record, 7 day TTL)",

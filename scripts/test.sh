@@ -26,7 +26,10 @@ step .venv/bin/python -m pytest -q -p no:cacheprovider --redis-cluster \
     tests/wrapper/test_wrapper.py tests/notifier/test_topics.py tests/notifier/test_fanout.py \
     tests/center/test_ingest.py tests/center/test_inbox_api.py tests/center/test_center_store.py \
     tests/center/test_silences.py tests/center/test_incidents.py tests/center/test_center_edges.py \
-    tests/center/test_snooze.py tests/center/test_consumer_live.py tests/notifier/test_hydrate.py
+    tests/center/test_snooze.py tests/center/test_consumer_live.py tests/notifier/test_hydrate.py \
+    tests/client/test_client.py tests/client/test_docs_client.py \
+    tests/forward/test_digest.py tests/forward/test_digest_cluster.py tests/forward/test_channel_digest.py \
+    tests/forward/test_partitions.py tests/center/test_ingest_partitions.py
 # two minutes of load under random faults with a fixed seed (issue 24): any missing notice,
 # SSE gap or duplicate, missing forward or process left down fails the run
 step .venv/bin/vestnik soak --minutes 2 --seed 1 --json artifacts/soak.json

@@ -6,6 +6,8 @@ import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any, Generic, NamedTuple, TypeVar
 
+from redis.asyncio import RedisCluster
+
 from vestnik.streams.errors import NotReplicated
 
 T = TypeVar("T")
@@ -109,8 +111,17 @@ class Appends:
 
     async def _add_all(self, items: list[Append]) -> list[bytes | BaseException]:
         wait = self.replication if any(i.durable for i in items) else None
-        last_durable = max((n for n, i in enumerate(items) if i.durable), default=-1)
-        waited_at = -1  # the WAIT's reply in the pipeline
+        # WAIT counts the replicas that have its own connection's writes: one after the
+        # last durable write on a single Redis; on a cluster one after the last durable
+        # write of each stream (ingest partitions live on several masters), which
+        # streams.redis_cluster sends to that stream's node
+        per_key = isinstance(self.redis, RedisCluster)
+        last: dict[str, int] = {}
+        for n, item in enumerate(items):
+            if item.durable:
+                last[item.key if per_key else ""] = n
+        waits_after = set(last.values())
+        waited_at: list[int] = []  # the WAITs' replies in the pipeline
         async with self.redis.pipeline(transaction=False) as pipe:
             at: list[int] = []  # each item's XADD in the pipeline
             for n, item in enumerate(items):
@@ -118,16 +129,17 @@ class Appends:
                 pipe.xadd(item.key, item.fields, maxlen=item.maxlen, approximate=True)
                 if item.member_of is not None:
                     pipe.sadd(*item.member_of)
-                if wait is not None and n == last_durable:
-                    # right after the last durable write: on a cluster the WAIT goes to
-                    # that write's node (streams.redis_cluster), whose connection carried it
-                    waited_at = len(pipe)
+                if wait is not None and n in waits_after:
+                    # right after the write: on a cluster the WAIT goes to that write's
+                    # node (streams.redis_cluster), whose connection carried it
+                    waited_at.append(len(pipe))
                     pipe.execute_command("WAIT", wait.replicas, wait.timeout_ms)
             res = await pipe.execute(raise_on_error=False)
         out: list[bytes | BaseException] = [res[i] for i in at]
         if wait is not None:
             try:
-                wait.check(res[waited_at] if isinstance(res[waited_at], int) else -1)
+                for w in waited_at:
+                    wait.check(res[w] if isinstance(res[w], int) else -1)
             except NotReplicated as e:
                 out = [e if item.durable and not isinstance(r, BaseException) else r
                        for item, r in zip(items, out, strict=True)]

@@ -19,6 +19,7 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from vestnik.streams import redis_url
+from vestnik.streams.keys import MAX_PARTITIONS
 
 ENV_PREFIX = "VESTNIK_"
 
@@ -46,11 +47,11 @@ class Config(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # Redis Cluster growth: forward jobs spread over this many arq queues (`{fwd-N}` hash
     # tags, one slot each); every process must agree. A forwarder works the partitions in
     # `forward_work` (empty: all of them).
-    forward_partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
-    forward_work: list[Annotated[int, msgspec.Meta(ge=0, le=63)]] = []
+    forward_partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTITIONS)] = 1
+    forward_work: list[Annotated[int, msgspec.Meta(ge=0, lt=MAX_PARTITIONS)]] = []
     # the ingest stream spread over this many streams (1: `vn:notices` alone, the name
     # products XADD to); every writer and center must agree
-    ingest_partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] = 1
+    ingest_partitions: Annotated[int, msgspec.Meta(ge=1, le=MAX_PARTITIONS)] = 1
     # seconds any Redis command may take (blocking reads: their BLOCK plus this)
     redis_timeout: Annotated[float, msgspec.Meta(gt=0, le=300)] = 2.0
     prefix: str = "vn:"

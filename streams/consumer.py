@@ -69,11 +69,13 @@ Fields = dict[bytes, bytes]
 
 @dataclass(slots=True)
 class Entry(Generic[T]):
-    """One decoded stream entry: its id, the decoded value and the raw fields."""
+    """One decoded stream entry: its id, the decoded value, the raw fields and the stream it
+    was read from (entry ids repeat across streams)."""
 
     sid: str
     value: T
     raw: Fields
+    stream: str = ""
 
 
 @dataclass(slots=True)
@@ -469,7 +471,7 @@ class Consumer(Generic[T]):
             if not fields:  # deleted from the stream while pending
                 continue
             try:
-                entries.append(Entry(sid, self.decode(fields), fields))
+                entries.append(Entry(sid, self.decode(fields), fields, self.stream))
             except BadInput as e:
                 dead.append(DeadLetter(sid, e.detail, e.field, fields))
         if entries:

@@ -88,8 +88,9 @@ DEAD_LETTERS = Gauge(
 )
 FORWARD_BACKLOG = Gauge(
     "vestnik_forward_backlog",
-    "Forward jobs waiting: `due` (their time has come) or `scheduled` (later); sampled",
-    ["state"],
+    "Forward jobs waiting: `due` (their time has come) or `scheduled` (later), per forward "
+    "partition; sampled",
+    ["state", "partition"],
 )
 SEND_SECONDS = Histogram(
     "vestnik_forward_send_seconds", "Time one channel send took (any outcome)", ["channel"],

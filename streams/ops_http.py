@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 
 import msgspec
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -51,19 +51,25 @@ def redis_check(redis: Redis) -> Check:
     return ping
 
 
-def group_check(redis: Redis, stream: str, group: str) -> Check:
-    """Consumer group `group` exists on `stream` (a deleted stream takes its groups along)."""
+def group_check(redis: Redis, streams: Sequence[str], group: str) -> Check:
+    """Consumer group `group` exists on each of `streams` (a deleted stream takes its
+    groups along); "missing on <the streams without it>" otherwise."""
 
     async def check() -> str:
-        try:
-            groups = await redis.xinfo_groups(stream)
-        except ResponseError:  # no such stream
-            return "missing"
-        except RETRYABLE as e:
-            return f"unreachable ({type(e).__name__})"
-        names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
-                 for g in groups}
-        return "ok" if group in names else "missing"
+        missing = []
+        for stream in streams:
+            try:
+                groups = await redis.xinfo_groups(stream)
+            except ResponseError:  # no such stream
+                missing.append(stream)
+                continue
+            except RETRYABLE as e:
+                return f"unreachable ({type(e).__name__})"
+            names = {g["name"].decode() if isinstance(g["name"], bytes) else g["name"]
+                     for g in groups}
+            if group not in names:
+                missing.append(stream)
+        return f"missing on {', '.join(missing)}" if missing else "ok"
 
     return check
 

@@ -345,7 +345,7 @@ def _kind(error: Exception) -> str:
 def blocking(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
     """A blocking (redis-py sync) client of the same address, for code that has no event
     loop (vestnik.client's `Client`): every command bounded by `timeout`, a Sentinel URL
-    followed to the current primary."""
+    followed to the current primary, a Cluster URL a blocking RedisCluster."""
     import redis as sync_redis
     from redis.sentinel import Sentinel as SyncSentinel
 
@@ -357,6 +357,12 @@ def blocking(url: str, *, name: str, timeout: float = DEFAULT_TIMEOUT) -> Any:
                                sentinel_kwargs=_to_sentinels(address, timeout))
         return manager.master_for(address.primary, db=address.db, username=address.username,
                                   password=address.password, ssl=address.tls, **options)
+    if address.kind == "cluster":
+        from redis.cluster import ClusterNode, RedisCluster
+
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in address.nodes],
+                            username=address.username, password=address.password,
+                            ssl=address.tls, **options)
     return sync_redis.Redis.from_url(url, **options)
 
 

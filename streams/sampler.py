@@ -18,7 +18,7 @@ from redis.asyncio import Redis
 from redis.exceptions import ResponseError
 
 from vestnik.streams.ids import now_ms
-from vestnik.streams.keys import Keys
+from vestnik.streams.keys import ForwardKeys
 from vestnik.streams.metrics import DEAD_LETTERS, FORWARD_BACKLOG, GROUP_LAG, GROUP_PENDING
 from vestnik.streams.redis import RETRYABLE
 
@@ -62,20 +62,24 @@ def groups_probe(stream: str, dead_stream: str) -> Probe:
     return Probe(queue, 2, read)
 
 
-def backlog_probe(keys: Keys) -> Probe:
-    """Forward jobs due now and scheduled later: arq's queue and the not-yet-pumped ones."""
-    zsets = (keys.arq_queue, keys.forward_due)
+def backlog_probe(parts: Sequence[ForwardKeys]) -> Probe:
+    """Forward jobs due now and scheduled later, per forward partition (label `partition`):
+    arq's queue and the not-yet-pumped ones."""
 
     def queue(pipe: Any, now: int) -> None:
-        for z in zsets:
-            pipe.zcount(z, "-inf", now)
-            pipe.zcount(z, f"({now}", "+inf")
+        for fk in parts:
+            for z in (fk.arq_queue, fk.forward_due):
+                pipe.zcount(z, "-inf", now)
+                pipe.zcount(z, f"({now}", "+inf")
 
     def read(replies: list[Any]) -> None:
-        FORWARD_BACKLOG.labels("due").set(replies[0] + replies[2])
-        FORWARD_BACKLOG.labels("scheduled").set(replies[1] + replies[3])
+        for i, fk in enumerate(parts):
+            r = replies[4 * i:4 * i + 4]
+            p = str(fk.partition)
+            FORWARD_BACKLOG.labels("due", p).set(r[0] + r[2])
+            FORWARD_BACKLOG.labels("scheduled", p).set(r[1] + r[3])
 
-    return Probe(queue, 4, read)
+    return Probe(queue, 4 * len(parts), read)
 
 
 async def sample_once(redis: Redis, probes: Sequence[Probe]) -> None:

@@ -149,3 +149,63 @@ def test_a_bench_stopped_with_sigterm_stops_its_redis_and_parts(tmp_path: Path) 
         for pid in kids:  # whatever a failure left behind
             if not gone(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_bench_on_a_cluster_prints_throughput_balance_and_latency_beside_one_redis(
+        tmp_path: Path) -> None:
+    """`vestnik bench --quick --redis-cluster 3`, its smallest size (one center a side, the
+    default partitions: one per master where ingest partitions exist): B1's drain and B2's
+    latency on a local 3-master cluster, each beside one Redis; every notice B2 sent
+    reached the recipient's SSE stream through the api on the cluster."""
+    out = tmp_path / "bench.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    proc = subprocess.run([sys.executable, "-m", "vestnik.app.cli", "bench", "--quick",
+                           "--redis-cluster", "3", "--centers", "1",
+                           "--json", str(out)], env=env, capture_output=True, text=True,
+                          timeout=180)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    rows = {r["id"]: r for r in msgspec.json.decode(out.read_bytes())["rows"]}
+    for id in ("C1:cluster3_per_s", "C1:cluster3_redis_us_per_notice",
+               "C1:cluster3_center_us_per_notice", "C1:cluster3_redis_bytes_in_per_notice"):
+        assert rows[id]["value"] > 0 and rows[id]["ceiling"] > 0, rows[id]  # and one Redis's
+    assert "by 1 center, " in rows["C1:cluster3_per_s"]["what"]
+    assert rows["C1:cluster3_missing"]["value"] == 0  # every notice drained is in its feed
+    assert "(one Redis: 0)" in rows["C1:cluster3_missing"]["what"]
+    shares = [rows[f"C1:cluster3_master{i}_share"]["value"] for i in range(3)]
+    assert math.isclose(sum(shares), 1.0, abs_tol=0.01) and min(shares) > 0
+    assert "vn:notices" in " ".join(rows[f"C1:cluster3_master{i}_share"]["what"]
+                                    for i in range(3))
+    balance = rows["C1:cluster3_balance_worst_pct"]
+    assert balance["met"] is (balance["value"] <= 20)
+    assert math.isclose(balance["value"], max(abs(s * 3 - 1) for s in shares) * 100, abs_tol=1)
+    for rate in (100, 2000, 5000):
+        assert rows[f"C1:cluster3_B2@{rate}:lost"]["value"] == 0
+        p50, p99 = (rows[f"C1:cluster3_B2@{rate}:{p}_ms"] for p in ("p50", "p99"))
+        assert 0 < p50["value"] <= p99["value"] and p99["ceiling"] > 0
+    for p in ("p50", "p99"):  # a PUBLISH over the cluster bus, and on one master
+        bus = rows[f"C1:cluster3_bus_publish_{p}_ms"]
+        assert bus["value"] > 0 and bus["ceiling"] > 0
+    assert "C1:cluster3_balance_worst_pct" in proc.stderr  # the table, as a user reads it
+
+
+def test_every_process_the_cluster_bench_starts_gets_the_partition_counts() -> None:
+    """--partitions reaches the centers and apis of both sides as the two settings."""
+    from vestnik.app.bench.cluster import Layout, OneRedis
+
+    with OneRedis(Layout(0, 2, 1)) as world:
+        env = world.env(VESTNIK_LOG_LEVEL="info")
+    assert env["VESTNIK_INGEST_PARTITIONS"] == env["VESTNIK_FORWARD_PARTITIONS"] == "1"
+    assert env["VESTNIK_LOG_LEVEL"] == "info"
+    assert Layout(3, 2, 4).env() == {"VESTNIK_INGEST_PARTITIONS": "4",
+                                     "VESTNIK_FORWARD_PARTITIONS": "4"}
+
+
+def test_a_cluster_bench_with_a_bad_layout_says_which_option_before_it_starts() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VESTNIK_")}
+    for args, option in ((["--redis-cluster", "2"], "--redis-cluster"),
+                         (["--redis-cluster", "3", "--centers", "0"], "--centers"),
+                         (["--redis-cluster", "3", "--partitions", "0"], "--partitions")):
+        proc = subprocess.run([sys.executable, "-m", "vestnik.app.cli", "bench", *args],
+                              env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 2, proc.stderr[-2000:]
+        assert proc.stderr.startswith(f"vestnik bench: {option}"), proc.stderr[-2000:]

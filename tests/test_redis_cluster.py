@@ -163,11 +163,11 @@ async def test_a_pool_talks_to_the_master_of_a_named_slot(
     from redis.asyncio import Redis
 
     keys = Keys("vn:", cluster=True)
-    one = Redis(connection_pool=pool(cluster.url, slot_of=keys.arq_queue, timeout=1.0))
+    one = Redis(connection_pool=pool(cluster.url, slot_of=keys.forward(0).arq_queue, timeout=1.0))
     try:
-        await one.zadd(keys.arq_queue, {keys.forward_job("n1", "u1"): 1})
+        await one.zadd(keys.forward(0).arq_queue, {keys.forward_job("n1", "u1"): 1})
         await one.set("arq:job:" + keys.forward_job("n1", "u1"), "j")  # same tag, same node
-        assert await client.zcard(keys.arq_queue) == 1
+        assert await client.zcard(keys.forward(0).arq_queue) == 1
     finally:
         await one.aclose()
     with pytest.raises(ValueError, match="slot_of"):
@@ -184,8 +184,9 @@ def test_cluster_key_names_keep_each_script_in_one_slot():
     settings = {slot(x) for x in (k.settings, k.settings_ids, k.settings_by_name("n"),
                                   k.topic("settings"), k.topics, k.state("user"),
                                   k.state_pos("user"), k.silences, k.silences_version)}
-    forward = {slot(x) for x in (k.arq_queue, k.forward_due, k.forward_wake,
-                                 k.forward_own(abort_jobs_ss),
+    fk = k.forward(0)
+    forward = {slot(x) for x in (fk.arq_queue, fk.forward_due, fk.forward_wake,
+                                 fk.forward_own(abort_jobs_ss),
                                  "arq:job:" + k.forward_job("n", "u"),
                                  "arq:in-progress:" + k.forward_job("n", "u", "resolved"),
                                  k.deliveries("n"), k.sent_marker("n", "u", "email"),
@@ -195,8 +196,8 @@ def test_cluster_key_names_keep_each_script_in_one_slot():
     assert slot(k.idempotency("key")) == slot(k.notices) == slot(k.notices_dead)
     # a single Redis keeps today's names
     one = Keys("vn:")
-    assert (one.settings, one.topic("x"), one.arq_queue, one.folded("n"),
-            one.forward_own(abort_jobs_ss)) == (
+    assert (one.settings, one.topic("x"), one.forward(0).arq_queue, one.folded("n"),
+            one.forward(0).forward_own(abort_jobs_ss)) == (
         "vn:settings", "vn:topic:x", "vn:arq:queue", "vn:notice:n:folded", abort_jobs_ss)
 
 

@@ -57,6 +57,9 @@ class AlertConfig(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
     # VESTNIK_REDIS_WAIT_REPLICAS, else 0): see docs/reliability.md, Sentinel
     redis_wait_replicas: Annotated[int, msgspec.Meta(ge=0, le=100)] | None = None
     prefix: str | None = None
+    # the ingest streams notices spread over (default VESTNIK_INGEST_PARTITIONS, else 1):
+    # the centers' count (streams.keys.Keys.ingest_partition)
+    ingest_partitions: Annotated[int, msgspec.Meta(ge=1, le=64)] | None = None
     admins: list[str] = []
     grace: Seconds = 5.0
     max_line: Annotated[int, msgspec.Meta(ge=256)] = 1_048_576
@@ -122,6 +125,12 @@ def parse(text: str, *, source: str = "alert.toml",
         if not 0 < cfg.redis_timeout <= 300:
             raise ConfigError(f"{source}: redis_timeout: VESTNIK_REDIS_TIMEOUT={raw!r} is not "
                               "a number of seconds in (0, 300]")
+    if cfg.ingest_partitions is None:
+        raw = env.get("VESTNIK_INGEST_PARTITIONS") or "1"
+        if not raw.isdigit() or not 1 <= int(raw) <= 64:
+            raise ConfigError(f"{source}: ingest_partitions: VESTNIK_INGEST_PARTITIONS="
+                              f"{raw[:40]!r} is not a number of partitions in [1, 64]")
+        cfg.ingest_partitions = int(raw)
     if cfg.prefix is None:
         cfg.prefix = env.get("VESTNIK_PREFIX") or "vn:"
     if not cfg.prefix:

@@ -1,9 +1,11 @@
-"""The alert watcher: the alert's stdout → validated, enriched notices in `vn:notices`.
+"""The alert watcher: the alert's stdout → validated, enriched notices in `vn:notices` (or
+the partition `Keys.ingest_partition` picks: VESTNIK_INGEST_PARTITIONS).
 
 stdout is read in chunks and split by `LineSplitter`, so an oversized line is never
 held whole. Each line is decoded once into a protocol Struct; a bad one is logged
 with its line number, counted and dead-lettered, and reading goes on. Everything a
-chunk produced goes to Redis in one pipeline: XADDs to the ingest stream (a `resolve` is an
+chunk produced goes to Redis in one pipeline (on a cluster one per partition's node):
+XADDs to the ingest streams (a `resolve` is an
 `op resolve` entry there too, so the center applies it after the notices before it) and the
 dead-letter stream. Each notice gets its ULID here, so a pipeline retried after a dropped
 connection cannot make a second copy in any feed.
@@ -93,15 +95,18 @@ def pack(*args: str | bytes) -> bytes:
 
 
 class Batch:
-    __slots__ = ("commands", "count", "notices")
+    """What one chunk of stdout produced: the packed commands of each ingest partition
+    (its stream's XADDs; partition 0's also the dead letters, in its slot)."""
 
-    def __init__(self) -> None:
-        self.commands: list[bytes] = []
+    __slots__ = ("count", "notices", "parts")
+
+    def __init__(self, partitions: int = 1) -> None:
+        self.parts: list[list[bytes]] = [[] for _ in range(partitions)]
         self.count = 0
         self.notices = 0
 
-    def add(self, command: bytes, notice: bool = False) -> None:
-        self.commands.append(command)
+    def add(self, command: bytes, notice: bool = False, partition: int = 0) -> None:
+        self.parts[partition].append(command)
         self.count += 1
         self.notices += notice
 
@@ -119,11 +124,13 @@ class NoticeWriter:
         self.reading = False  # waiting on the alert (not on Redis): silence is the alert's
         self.notices = 0
         self.bad = 0
-        self._batch = Batch()
+        self._partitions = keys.ingest_partitions
+        self._batch = Batch(self._partitions)
         self._queue: asyncio.Queue[Batch | None] = asyncio.Queue(PENDING_BATCHES)
         self._lines = LINES_IN.labels(self.name, "notice")
         self._notices = NOTICES.labels(self.name)
-        self._xadd_head = pack("XADD", keys.notices, "*")[4:]  # without the `*N` count
+        # each partition's XADD without the `*N` count
+        self._xadd_heads = [pack("XADD", stream, "*")[4:] for stream in keys.ingest_streams]
         self._dead_head = pack("XADD", keys.notices_dead, "MAXLEN", "~", str(DEAD_MAXLEN),
                                "*")[4:]
         # a batch is written once its WAIT says enough replicas have it (or it goes again)
@@ -149,7 +156,7 @@ class NoticeWriter:
                 for lineno, line in lines:
                     await self._line(lineno, line)
                 if self._batch.count:
-                    batch, self._batch = self._batch, Batch()
+                    batch, self._batch = self._batch, Batch(self._partitions)
                     await self._hand_over(batch, writer)
                 if not chunk:
                     await self._hand_over(None, writer)
@@ -206,8 +213,9 @@ class NoticeWriter:
                 # in none), as each notice line went to every setting
                 fields = resolve_fields(ResolveIn(alert=self.name, dedup_key=key,
                                                   at=now_ms()))
-                self._batch.add(pack("XADD", self.keys.notices, "*",
-                                     *(x for kv in fields.items() for x in kv)))
+                p = self.keys.ingest_partition(self.name, key)  # its notices' partition
+                self._batch.add(pack("XADD", self.keys.ingest_stream(p), "*",
+                                     *(x for kv in fields.items() for x in kv)), partition=p)
             case Error(message=message):
                 LINES_IN.labels(self.name, "error").inc()
                 ALERT_ERRORS.labels(self.name).inc()
@@ -232,7 +240,9 @@ class NoticeWriter:
                              f"no enabled setting named {self.name!r} and no recipients", raw,
                              field="$.recipients")
         created = now_ms()
-        head, add = self._xadd_head, self._batch.add
+        # the same partition for every setting's entry
+        p = self.keys.ingest_partition(self.name, n.dedup_key) if self._partitions > 1 else 0
+        head, add = self._xadd_heads[p], self._batch.add
         for s in targets:
             notice = NoticeIn(
                 alert=self.name, title=n.title, severity=n.severity, body=n.body,
@@ -245,7 +255,7 @@ class NoticeWriter:
             )
             fields = notice_fields(notice)
             add(b"*%d\r\n" % (3 + 2 * len(fields)) + head
-                + b"".join([_bulk(k) + _bulk(v) for k, v in fields.items()]), True)
+                + b"".join([_bulk(k) + _bulk(v) for k, v in fields.items()]), True, p)
         return None
 
     def _bad(self, lineno: int, reason: str, detail: str, raw: bytes, size: int | None = None,
@@ -268,51 +278,69 @@ class NoticeWriter:
     # redis ------------------------------------------------------------------------------
     async def _writer(self) -> None:
         if not self.keys.cluster:
-            return await self._write(self.redis.connection_pool)
-        # a cluster: the raw XADDs go to the master of the ingest stream's slot (the dead
-        # letters' stream shares its tag: streams.keys)
-        own = redis_pool(self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
-                         timeout=self.cfg.redis_timeout or 2.0, slot_of=self.keys.notices)
+            pool = self.redis.connection_pool
+            while (batch := await self._queue.get()) is not None:
+                # one payload for every partition: one connection, one WAIT covers them
+                commands = batch.parts[0] if self._partitions == 1 else \
+                    [c for part in batch.parts for c in part]
+                await self._send(pool, commands, batch.notices)
+                self._done(batch)
+            return None
+        # a cluster: each partition's XADDs go to the master of its stream's slot (the
+        # dead letters' stream shares partition 0's), each with its WAIT
+        pools: dict[int, Any] = {}
         try:
-            return await self._write(own)
+            while (batch := await self._queue.get()) is not None:
+                for p, commands in enumerate(batch.parts):
+                    if not commands:
+                        continue
+                    pool = pools.get(p)
+                    if pool is None:
+                        pool = pools[p] = redis_pool(
+                            self.cfg.redis_url or "", name=f"vestnik-wrap-{self.name}",
+                            timeout=self.cfg.redis_timeout or 2.0,
+                            slot_of=self.keys.ingest_stream(p))
+                    await self._send(pool, commands, batch.notices)
+                self._done(batch)
+            return None
         finally:
-            await own.disconnect()
+            for pool in pools.values():
+                await pool.disconnect()
 
-    async def _write(self, pool: Any) -> None:
+    def _done(self, batch: Batch) -> None:
+        self.notices += batch.notices
+        self._notices.inc(batch.notices)
+
+    async def _send(self, pool: Any, commands: list[bytes], notices: int) -> None:
+        """`commands` on one connection of `pool` (and the WAIT), until they are written."""
+        payload = b"".join(commands) + self._wait
+        backoff = Backoff(base=0.1, cap=5.0)
         while True:
-            batch = await self._queue.get()
-            if batch is None:
+            try:  # connecting to a frozen Redis times out too: the same retry
+                conn = await pool.get_connection("XADD")
+            except RETRYABLE as e:
+                log.warning("%s: cannot write %d notices to Redis (%s); retrying",
+                            self.name, notices, e)
+                await backoff.wait()
+                continue
+            try:
+                await conn.send_packed_command(payload)
+                for _ in range(len(commands)):
+                    await conn.read_response()
+                if self._replication is not None:
+                    self._replication.check(await conn.read_response())
                 return
-            payload = b"".join(batch.commands) + self._wait
-            backoff = Backoff(base=0.1, cap=5.0)
-            while True:
-                try:  # connecting to a frozen Redis times out too: the same retry
-                    conn = await pool.get_connection("XADD")
-                except RETRYABLE as e:
-                    log.warning("%s: cannot write %d notices to Redis (%s); retrying",
-                                self.name, batch.notices, e)
-                    await backoff.wait()
-                    continue
-                try:
-                    await conn.send_packed_command(payload)
-                    for _ in range(batch.count):
-                        await conn.read_response()
-                    if self._replication is not None:
-                        self._replication.check(await conn.read_response())
-                    break
-                except (*RETRYABLE, OutOfMemoryError, ReadOnlyError, NotReplicated) as e:
-                    # at-least-once: the same notice ids go again, the center keeps one copy.
-                    # A full Redis (OOM) or a read-only replica is not the notices' fault:
-                    # keep them and retry too (read_response raised on the first error
-                    # reply; the rest of the batch's replies go with the connection)
-                    await conn.disconnect()
-                    log.warning("%s: cannot write %d notices to Redis (%s); retrying",
-                                self.name, batch.notices, e)
-                    await backoff.wait()
-                except BaseException:
-                    await conn.disconnect()
-                    raise
-                finally:
-                    await pool.release(conn)
-            self.notices += batch.notices
-            self._notices.inc(batch.notices)
+            except (*RETRYABLE, OutOfMemoryError, ReadOnlyError, NotReplicated) as e:
+                # at-least-once: the same notice ids go again, the center keeps one copy.
+                # A full Redis (OOM) or a read-only replica is not the notices' fault:
+                # keep them and retry too (read_response raised on the first error
+                # reply; the rest of the batch's replies go with the connection)
+                await conn.disconnect()
+                log.warning("%s: cannot write %d notices to Redis (%s); retrying",
+                            self.name, notices, e)
+                await backoff.wait()
+            except BaseException:
+                await conn.disconnect()
+                raise
+            finally:
+                await pool.release(conn)

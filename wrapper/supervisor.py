@@ -360,7 +360,9 @@ class Wrapper:
         )
         assert self.redis is not None
         try:
-            await self.redis.xadd(self.keys.notices, notice_fields(notice))
+            stream = self.keys.ingest_stream(
+                self.keys.ingest_partition(notice.alert, notice.dedup_key))
+            await self.redis.xadd(stream, notice_fields(notice))
         except RETRYABLE as e:
             log.error("%s: cannot send the crash-loop notice: %s", self.name, e)
 

@@ -19,7 +19,13 @@ Each module's Lua is in `.lua` files beside it (streams.lua loads them).
 from vestnik.streams.center.batch import Center
 from vestnik.streams.center.inbox import MAX_LIMIT as FEED_LIMIT  # the largest feed page
 from vestnik.streams.center.inbox import Count, FeedPage, Inbox, Marked, MarkedAll
-from vestnik.streams.center.ingest import INGEST_SCRIPT_PATH, Ingest, IngestCall, resolve_entry
+from vestnik.streams.center.ingest import (
+    INGEST_SCRIPT_PATH,
+    Ingest,
+    IngestCall,
+    resolve_entry,
+    resolve_stream,
+)
 from vestnik.streams.center.run import run_center
 from vestnik.streams.center.silences import SilenceStore
 from vestnik.streams.center.snooze import Snoozes
@@ -27,4 +33,4 @@ from vestnik.streams.center.user_hub import RESYNC, UserHub, UserSub
 
 __all__ = ["FEED_LIMIT", "INGEST_SCRIPT_PATH", "RESYNC", "Center", "Count", "FeedPage", "Inbox",
            "Ingest", "IngestCall", "Marked", "MarkedAll", "SilenceStore", "Snoozes", "UserHub",
-           "UserSub", "resolve_entry", "run_center"]
+           "UserSub", "resolve_entry", "resolve_stream", "run_center"]

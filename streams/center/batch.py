@@ -106,7 +106,8 @@ class Center:
                       ) -> list[DeadLetter]:
         """A run of notices (`locked`: the caller holds the load lock)."""
         dead: list[DeadLetter] = []
-        plans = every = [Plan(e, to_notice(e)) for e in self._admit(entries, dead)]
+        plans = every = [Plan(e, to_notice(e, self.keys.notices))
+                         for e in self._admit(entries, dead)]
         done = asyncio.get_running_loop().create_future()
         try:
             async with nullcontext() if locked else self._loading:

@@ -275,7 +275,7 @@ async def purge_users(redis: Redis, keys: Keys, uids: Sequence[str]) -> int:
                                     keys.unread_before_v2(uid), keys.snooze(uid),
                                     keys.digests(uid)],
                               args=[keys.refs_prefix, REFS_BUCKET, keys.notice(""), release,
-                                    keys.digest(uid, "")],
+                                    keys.digest(uid, ""), *keys.forward_notice_prefixes],
                               client=pipe)
         res = await pipe.execute()
     gone = sum(1 for deleted, _ in res if int(deleted) > 0)

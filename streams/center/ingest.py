@@ -1,7 +1,9 @@
-"""Notices into the ingest stream (`vn:notices`), as the api's POST and `vestnik send` add
-them: the id and time assigned here, an idempotency key honoured, and the XADDs of requests
-that arrive together in one pipeline. Resolves of incidents go the same way (an `op
-resolve` entry), so the center applies each after the notices sent before it."""
+"""Notices into the ingest stream (`vn:notices`, or the partition `Keys.ingest_partition`
+picks), as the api's POST and `vestnik send` add them: the id and time assigned here, an
+idempotency key honoured, and the XADDs of requests that arrive together in one pipeline.
+Resolves of incidents go the same way (an `op resolve` entry, in the partition of its
+dedup key, as the notices it resolves), so the center applies each after the notices sent
+before it."""
 
 from __future__ import annotations
 
@@ -45,6 +47,11 @@ def prepare(notice: NoticeIn) -> NoticeIn:
                                    created_at=notice.created_at or at)
 
 
+def resolve_stream(resolve: ResolveIn, keys: Keys) -> str:
+    """The ingest stream of a resolve: its incident's (`Keys.ingest_partition`)."""
+    return keys.ingest_stream(keys.ingest_partition(resolve.alert, resolve.dedup_key))
+
+
 def resolve_entry(resolve: ResolveIn) -> dict[str, str]:
     """The `vn:notices` fields of a resolve, `at` now when the sender gave none."""
     if resolve.at is None:
@@ -61,6 +68,7 @@ class IngestCall:
     `outcome`."""
 
     nid: str
+    stream: str  # the ingest partition it goes to (Keys.ingest_partition)
     fields: dict[str, str | bytes]
     notice: NoticeIn  # with its id and time (compared with a stored notice of its id)
     digest: str
@@ -73,8 +81,10 @@ class IngestCall:
         sent, notice = notice, prepare(notice)
         assert notice.id is not None
         fields = notice_fields(notice)
+        part = keys.ingest_partition(notice.alert, notice.dedup_key, idempotency_key)
+        stream = keys.ingest_stream(part)
         if idempotency_key is None and not own_id:
-            return cls(notice.id, fields, notice, "", None, [])
+            return cls(notice.id, stream, fields, notice, "", None, [])
         # the key keeps a digest of what was sent under it: the same key with other content
         # is a 409, not the first notice's id for a notice that is then never sent
         digest = "" if idempotency_key is None else \
@@ -85,11 +95,12 @@ class IngestCall:
             argv += [k, v]
         # on a cluster an unused KEY is the stream's name (every KEY in its slot) and the
         # body of an own id, in another slot, is looked up before (`Ingest.send`)
-        unused = keys.notices if keys.cluster else ""
-        idem = keys.idempotency(idempotency_key) if idempotency_key is not None else unused
+        unused = stream if keys.cluster else ""
+        idem = keys.idempotency(idempotency_key, part) if idempotency_key is not None \
+            else unused
         body = keys.notice(notice.id) if own_id and not keys.cluster else unused
-        script_keys = [keys.notices, idem, body]
-        return cls(notice.id, fields, notice, digest, script_keys, argv)
+        script_keys = [stream, idem, body]
+        return cls(notice.id, stream, fields, notice, digest, script_keys, argv)
 
     def outcome(self, kind: int, got: bytes | str) -> str:
         """The notice's id from ingest.lua's answer; Conflict when the id or the key was
@@ -125,7 +136,7 @@ class Ingest:
         raises Conflict (409)."""
         call = IngestCall.of(notice, self.keys, idempotency_key)
         if call.script_keys is None:
-            await self.appends.xadd(self.keys.notices, call.fields, durable=True)
+            await self.appends.xadd(call.stream, call.fields, durable=True)
             NOTICES_INGESTED.labels(via).inc()
             return call.nid
         if self.keys.cluster and notice.id is not None:  # the script cannot read the body
@@ -140,7 +151,8 @@ class Ingest:
     async def resolve(self, resolve: ResolveIn) -> str:
         """Add the resolve of an incident (`at` now when the sender gave none); returns its
         stream id. Coalesced with the notices sent in the same loop iteration."""
-        sid = await self.appends.xadd(self.keys.notices, resolve_entry(resolve), durable=True)
+        sid = await self.appends.xadd(resolve_stream(resolve, self.keys), resolve_entry(resolve),
+                                      durable=True)
         return sid.decode() if isinstance(sid, bytes) else str(sid)
 
     async def _replicated(self, keys: list[str], args: list[str | bytes | int]) -> Any:

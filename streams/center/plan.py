@@ -24,11 +24,14 @@ from vestnik.streams.schemas import (
 )
 
 
-def derived_id(sid: str) -> str:
+def derived_id(sid: str, stream: str = "") -> str:
     """A ULID for an entry sent without `id`: its time from the stream id, the rest a hash of
-    it, so every delivery of the entry gets the same notice id."""
+    it, so every delivery of the entry gets the same notice id. Entry ids repeat across
+    the ingest partitions' streams (same ms, same sequence), so a partition's stream name
+    (`stream`: "" for partition 0, whose ids stay what they always were) is hashed too."""
     ms = parse_stream_id(sid)[0]
-    rnd = int.from_bytes(hashlib.blake2b(sid.encode(), digest_size=10).digest(), "big")
+    seed = f"{stream}\0{sid}" if stream else sid
+    rnd = int.from_bytes(hashlib.blake2b(seed.encode(), digest_size=10).digest(), "big")
     return encode_ulid(ms, rnd)
 
 
@@ -81,11 +84,14 @@ class Plan:
                            self.notice.dedup_key)
 
 
-def to_notice(entry: Entry[NoticeIn]) -> Notice:
+def to_notice(entry: Entry[NoticeIn], base_stream: str) -> Notice:
+    """The notice of an ingest entry read from `entry.stream`; `base_stream` is partition
+    0's name (`Keys.notices`), whose derived ids hash the entry id alone."""
     n = entry.value
     created = n.created_at or parse_stream_id(entry.sid)[0]
+    salt = "" if entry.stream in ("", base_stream) else entry.stream
     return Notice(
-        id=n.id or derived_id(entry.sid), alert=n.alert, title=n.title, severity=n.severity,
+        id=n.id or derived_id(entry.sid, salt), alert=n.alert, title=n.title, severity=n.severity,
         body=n.body, link=n.link, setting_id=n.setting_id, entity=n.entity, metric=n.metric,
         # once each: a repeated id would be one feed entry counted (and pushed) n times
         data=n.data, recipients=list(dict.fromkeys(n.recipients or ())), channels=n.channels,

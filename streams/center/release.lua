@@ -7,8 +7,10 @@
 -- script made the body, so nothing is counted yet; `later`: more calls of the same batch
 -- follow, so a body no feed holds yet stays) and deletes the body with its `:deliveries`,
 -- `:folded` and `:threads` (Keys.threads) when none is left; returns 1 when it deleted
--- the body. The including
--- script fills `refs` (prefix, bucket length, notice key prefix) from streams.keys.
+-- the body. The including script fills `refs` (prefix, bucket length, notice key prefix,
+-- and `fwd`: the forward partitions' notice key prefixes, `Keys.forward_notice_prefixes`,
+-- under which the body's deliveries and threads are) from streams.keys.
+--#include forward/partition.lua
 local refs = {}
 local function adjust(nid, delta, created, later)
   local bucket = refs.prefix .. string.sub(nid, 1, refs.split)
@@ -28,7 +30,8 @@ local function adjust(nid, delta, created, later)
   else
     if not created then redis.call('HDEL', bucket, field) end
     local body = refs.notice .. nid
-    redis.call('DEL', body, body .. ':deliveries', body .. ':folded', body .. ':threads')
+    local fwd = forward_prefix(refs.fwd, nid) .. nid
+    redis.call('DEL', body, body .. ':folded', fwd .. ':deliveries', fwd .. ':threads')
     return 1
   end
   return 0

@@ -4,12 +4,13 @@ pushes and forward jobs, in as few calls as Redis allows.
 On a single Redis the whole batch is one script call (store_batch.lua): each notice body
 once (SET NX), every recipient's feed entries (idempotent on notice id: a re-delivered
 entry never makes a second feed entry; retention and the live PUBLISH in the same call),
-and the forward jobs, which streams.forward adds to the call (`store_call_jobs`). A batch
-with more than STORE_CHUNK recipients (a broadcast) goes on in one more call per chunk of
-them, so its first recipients get it live before the last ones are stored. On a Redis
-Cluster: one call per user (store.lua, each in its slot) and the forwards by
-`streams.forward.add_forward_jobs`. Dedup repeats are folded (fold.lua) in the same
-round trip; then, only when repeats were folded, a `notice-update` to their recipients.
+and the forward jobs, which streams.forward adds to the call (`store_call_jobs`: every
+forward partition's in the one call). A batch with more than STORE_CHUNK recipients (a
+broadcast) goes on in one more call per chunk of them, so its first recipients get it
+live before the last ones are stored. On a Redis Cluster: one call per user (store.lua,
+each in its slot) and the forwards by `streams.forward.add_forward_jobs` (a call per job,
+in its forward partition's slot). Dedup repeats are folded (fold.lua) in the same round
+trip; then, only when repeats were folded, a `notice-update` to their recipients.
 A silenced notice (`Notice.silenced`: an admin silence matched it) is stored like any
 other but never published live and gets no forward jobs; a repeat folded into one, or
 silenced itself, pushes no `notice-update`.
@@ -112,7 +113,8 @@ class Store:
         self.redis = redis
         self.keys = keys
         self.settings = settings
-        self._refs = [keys.refs_prefix, REFS_BUCKET, keys.notice("")]  # bodies' feed counts
+        self._refs = [keys.refs_prefix, REFS_BUCKET, keys.notice(""),  # bodies' feed counts
+                      keys.forward_notice_prefixes]
         # one Lua call per batch on a single Redis; per user (one slot each) on a cluster
         self.one_call = not isinstance(redis, RedisCluster)
         # the forward worker of this process: forwards due now run here at once, claimed
@@ -177,8 +179,10 @@ class Store:
             argv += [body for _, body, _ in new]
             fwd = None
             if jobs:
-                claim_s = self.inline.in_progress_timeout_s if self.inline is not None else None
-                fwd, write.claims = store_call_jobs(k, jobs, argv, claim_s)
+                inline = self.inline
+                claim_s = inline.in_progress_timeout_s if inline is not None else None
+                fwd, write.claims = store_call_jobs(
+                    k, jobs, argv, claim_s, inline.partitions if inline is not None else None)
             argv[0] = _msgpack([
                 self.settings.feed_max, [k.notice(p.notice.id) for p, _, _ in new],
                 [[*self._user_keys(uid), [index[nid] for nid in nids]]

@@ -5,12 +5,14 @@
 --   1 feed_max,
 --   2 [body key of notice j...],
 --   3 [[feed, read, seq, live, archived, [j...]] per user],
---   4 the forward jobs (streams.forward.store_call_jobs; forward/store_jobs.lua) or nil,
+--   4 the forward jobs, a header per forward partition (streams.forward.store_call_jobs;
+--     forward/store_jobs.lua) or nil,
 --   5 the ARGV index before the first body,
 --   6 in a later call for more of the batch's recipients (STORE_CHUNK): [1 or 0 per
 --     notice: its body was new] as the first call found it (no bodies then, no forwards),
 --   7 in a first call that later ones follow, 1: report those flags,
---   8 [refs prefix, bucket length, notice key prefix] (streams.keys): each body's feeds,
+--   8 [refs prefix, bucket length, notice key prefix, [forward notice key prefix per
+--     partition]] (streams.keys): each body's feeds,
 --   9 in a first call that later ones follow, [j...]: the notices they store for more
 --     users,
 --   10 [j...] of the silenced notices (stored, never published) or nil]
@@ -24,7 +26,7 @@
 --#include forward/store_jobs.lua
 local h = cmsgpack.unpack(ARGV[1])
 local feed_max, bodies, users, bbase = h[1], h[2], h[3], h[5]
-refs.prefix, refs.split, refs.notice = h[8][1], h[8][2], h[8][3]
+refs.prefix, refs.split, refs.notice, refs.fwd = h[8][1], h[8][2], h[8][3], h[8][4]
 local fresh, created, pend = {}, {}, {}
 for i, key in ipairs(bodies) do
   fresh[i] = redis.call('SET', key, ARGV[bbase + i], 'NX')
@@ -64,5 +66,5 @@ for nid, delta in pairs(pend) do
   if delta ~= 0 or created[nid] then adjust(nid, delta, created[nid], later[nid]) end
 end
 local claimed = {}
-if h[4] then claimed = store_jobs(h[4], fresh) end
+if h[4] then for _, fwd in ipairs(h[4]) do store_jobs(fwd, fresh, claimed) end end
 return {out, claimed, new}

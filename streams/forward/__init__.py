@@ -9,7 +9,9 @@
   was read, resolved or already sent, hold what the user holds, send on each channel,
   record every attempt, retry; the `resolved` messages of incidents.
 - `digest`: digests (`Digests`): the forwards of a channel with a digest policy wait in
-  the user's bucket and go as one message per window (`digest_member`, `digest_id`).
+  the user's bucket and go as one message per window (`digest_member`, `digest_id`);
+  `digest_store` holds their Redis calls: one script per batch on a single Redis, steps
+  per slot on a Redis Cluster (and the order that makes a crash between them harmless).
 - `policy`: when a forward to a user must wait (`hold_until`: quiet hours, snoozes), as
   pure functions.
 - `worker`: the forwarder process (`ForwardWorker`, `run_forwarder`): arq's Worker, with

@@ -14,32 +14,39 @@ Filling (`Digests.divert`, called by a forward job to a user where it would send
     `Keys.digests(uid)` and a member msgpack [uid, channel] (`digest_member`) of
     `Keys.digest_due` at that ms. A marker per notice, user and channel (`Keys.digested`,
     a day) keeps a re-run job from adding it again. The jobs that start together make one
-    script call (digest_add.lua). Not digested: the shared targets (uid `*`: a webhook
-    URL, a Telegram chat, a Slack channel are nobody's digest), and a resolved notice (its
-    "resolved" message goes at once).
+    script call (digest_add.lua) on a single Redis, one round trip per step on a cluster
+    (`digest_store`). Not digested: the shared targets (uid `*`: a webhook URL, a Telegram
+    chat, a Slack channel are nobody's digest), and a resolved notice (its "resolved"
+    message goes at once).
 
 Sending (`Digests.poll`, started by the forwarder's poll, a batch at a time)
     The poll takes due members with a lease (digest_claim.lua moves each to now + lease:
     another forwarder does not see it meanwhile; a crashed one's digest is due again after
-    it), then reads every digest of the batch in one call (digest_read.lua: the pending
-    digest, the user, its sent marker, the notices of its bucket that fell due by its due
-    time, each one's body when still unread). Read, resolved or gone notices are dropped
-    (`skipped_read`, `skipped_resolved`, `skipped_gone`), as are those the user's prefs now
-    refuse (`user_routes`, as a forward); the rest go newest first, cut at the policy's
-    `limit` ("and N more"), to the channel entry's target of the newest one, with
-    `Channel.send_digest`. Each is recorded `sent` with detail `digest <id>`. What it took
-    leaves the bucket; what came meanwhile waits for the next digest, due a window after
-    this one left: at most one digest per window, user and channel. `retry` results are
-    retried with the jobs' backoff until `send_attempts` (the tries: `<channel>:try`). The
-    ends of the digests that end together are one script call (digest_done.lua).
+    it), then reads every digest of the batch (`DigestStore.read`: the pending digest, the
+    user, the notices of its bucket that fell due by its due time, each one's body when
+    still unread, and on a cluster its sent marker; one call on a single Redis). Read,
+    resolved or gone notices are dropped (`skipped_read`, `skipped_resolved`,
+    `skipped_gone`), as are those the user's prefs now refuse (`user_routes`, as a
+    forward); the rest go newest first, cut at the policy's `limit` ("and N more"), to the
+    channel entry's target of the newest one, with `Channel.send_digest`. Each is recorded
+    `sent` with detail `digest <id>`. What it took leaves the bucket; what came meanwhile
+    waits for the next digest, due a window after this one left: at most one digest per
+    window, user and channel. `retry` results are retried with the jobs' backoff until
+    `send_attempts` (the tries: `<channel>:try`). The ends of the digests that end
+    together are one script call (digest_done.lua) on a single Redis, two round trips on
+    a cluster.
 
 Idempotency
     The digest id is a ULID of the digest's due time and a hash of user and channel
     (`digest_id`), stored with the pending digest: the same for every retry and re-run.
-    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set in
-    the same script that empties the bucket, and a digest whose marker exists is not sent
-    again; a process that dies between the other side's answer and that script resends
-    the one digest (at least once, as single forwards; a webhook can dedupe on the id).
+    After the send a sent marker (`Keys.sent_marker(id, uid, channel)`, a day) is set with
+    the end that takes the listed notices out of the bucket and gives the digest its next
+    id (or clears it): on a single Redis in one script, so no read meets a sent id; on a
+    cluster in one pipeline of per-slot calls, and a read that finds the marker set sends
+    nothing and only takes the notices out (the order of the steps and what a crash
+    between them leaves: `digest_store`). A process that dies between the other side's
+    answer and that end resends the one digest (at least once, as single forwards; a
+    webhook can dedupe on the id).
 
 Key owners: the bucket and the hash expire a day after their digest's due time and are
 deleted when the digest empties them; a deleted user's are dropped by the purge
@@ -49,28 +56,25 @@ deleted when the digest empties them; a deleted user's are dropped by the purge
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 from operator import attrgetter
-from typing import Any
 
 import msgspec
 
-from vestnik.streams import lua
 from vestnik.streams.channels import Digest, SendResult
 from vestnik.streams.coalesce import PerIteration
-from vestnik.streams.forward.job import (
-    DELIVERIES_TTL_S,
-    MARKER_TTL_S,
-    SEND_TIMEOUT_S,
-    Delivery,
-    DeliveryStatus,
-    Forwarder,
-    Send,
+from vestnik.streams.forward.digest_store import (
+    GONE,
+    READ,
+    Add,
+    DigestStore,
+    End,
+    digest_id,
+    digest_member,
 )
-from vestnik.streams.forward.schedule import msgpack_encode, user_routes
-from vestnik.streams.ids import encode_ulid, now_ms
-from vestnik.streams.keys import USER_TOPIC
+from vestnik.streams.forward.job import SEND_TIMEOUT_S, Delivery, DeliveryStatus, Forwarder, Send
+from vestnik.streams.forward.schedule import user_routes
+from vestnik.streams.ids import now_ms
 from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import (
     NO_CHANNELS,
@@ -89,16 +93,8 @@ log = logging.getLogger("vestnik.forward.digest")
 LEASE_S = 120.0  # a claimed digest is due again after this (its forwarder died)
 BATCH = 128  # digests a poll takes and runs together
 IN_FLIGHT = 4  # batches at once
-MARGIN_S = 86_400  # a bucket outlives its digest's due time by this (forwarders down)
-TAKE_MAX = 1000  # notices read from one bucket per digest (the rest: the next one)
 POLL_S = 0.25  # the least time between two looks at the due set when nothing was due
 DEFAULT_LIMIT = 20
-GONE, READ = 0, 1  # a notice's state as digest_read.lua says it (above: unread, seq + 1)
-
-_ADD = lua.script("forward/digest_add.lua")
-_CLAIM = lua.script("forward/digest_claim.lua")
-_READ = lua.script("forward/digest_read.lua")
-_DONE = lua.script("forward/digest_done.lua")
 
 
 class _Stored(Notice, kw_only=True, omit_defaults=True):
@@ -112,18 +108,6 @@ _stored_decoder = decoder(_Stored)
 _map_decoder = decoder(ChannelMap)
 _member_decoder = msgspec.msgpack.Decoder(tuple[str, str])
 _warned: set[tuple[str, str]] = set()  # (uid, channel) whose bad prefs were logged
-
-
-def digest_member(uid: str, channel: str) -> bytes:
-    """The member of `Keys.digest_due` for `uid`'s digest on `channel`."""
-    return msgpack_encode([uid, channel])
-
-
-def digest_id(uid: str, channel: str, due_ms: int) -> str:
-    """The id of `uid`'s digest on `channel` due at `due_ms`: a ULID (time-sortable, safe in
-    a Message-ID or a webhook-id), the same for every run of that digest."""
-    h = hashlib.blake2b(f"{uid}\x00{channel}".encode(), digest_size=10).digest()
-    return encode_ulid(due_ms, int.from_bytes(h, "big"))
 
 
 def policy_for(user: User, channel: str, target: ChannelTarget) -> DigestPolicy | None:
@@ -160,6 +144,7 @@ class _Due(msgspec.Struct):
     uid: str
     channel: str
     member: bytes
+    lease: float  # the member's score as the claim left it
     due: int
     attempt: int
     window_ms: int
@@ -175,8 +160,9 @@ class Digests:
     def __init__(self, forwarder: Forwarder) -> None:
         self.fw = forwarder
         self.redis, self.keys = forwarder.redis, forwarder.keys
-        self._adds: PerIteration[list[list[Any]], list[int]] = PerIteration(self._add_all)
-        self._ends: PerIteration[list[Any], None] = PerIteration(self._done_all)
+        self.store = DigestStore(self.redis, self.keys)
+        self._adds: PerIteration[list[Add], list[int]] = PerIteration(self._add_all)
+        self._ends: PerIteration[End, None] = PerIteration(self._done_all)
         self._next_poll = 0.0
 
     # ------------------------------------------------------------------ filling
@@ -199,9 +185,9 @@ class Digests:
             return sends
         k, uid, now = self.keys, user.id, now_ms()
         dues = await self._adds.submit([
-            [k.digest(uid, ch), k.digests(uid), ch, notice.id, digest_member(uid, ch),
-             k.digested(notice.id, uid, ch), window, now + window,
-             digest_id(uid, ch, now + window)]
+            Add(k.digest(uid, ch), k.digests(uid), ch, notice.id, digest_member(uid, ch),
+                k.digested(notice.id, uid, ch), window, now + window,
+                digest_id(uid, ch, now + window))
             for ch, window in adds])
         for (ch, _), due in zip(adds, dues, strict=True):
             if due >= 0:
@@ -209,19 +195,12 @@ class Digests:
                                             f"digest due at {due}"))
         return now_sends
 
-    async def _add_all(self, batch: list[list[list[Any]]]) -> list[list[int] | BaseException]:
-        items = [it for adds in batch for it in adds]
-        members = []
-        for i, it in enumerate(items):  # binary: an ARGV of its own (digest_add.lua)
-            members.append(it[4])
-            it[4] = 5 + i
-        dues = await _ADD(keys=[self.keys.digest_due],
-                          args=[msgpack_encode(items), now_ms(), MARKER_TTL_S, MARGIN_S * 1000,
-                                *members], client=self.redis)
+    async def _add_all(self, batch: list[list[Add]]) -> list[list[int] | BaseException]:
+        dues = await self.store.add([it for adds in batch for it in adds])
         out: list[list[int] | BaseException] = []
         at = 0
         for adds in batch:
-            out.append([int(d) for d in dues[at:at + len(adds)]])
+            out.append(dues[at:at + len(adds)])
             at += len(adds)
         return out
 
@@ -256,11 +235,11 @@ class Digests:
 
     async def run_due(self, limit: int = BATCH) -> int:
         """Take at most `limit` due digests (leased), read them (one call), send them."""
-        members = await _CLAIM(keys=[self.keys.digest_due],
-                               args=[now_ms(), int(LEASE_S * 1000), limit], client=self.redis)
+        now = now_ms()
+        members, lease = await self.store.claim(now, int(LEASE_S * 1000), limit)
         if not members:
             return 0
-        due = await self._read(members)
+        due = await self._read(members, now, lease)
         results = await asyncio.gather(*(self._run(d) for d in due), return_exceptions=True)
         for res in results:
             if isinstance(res, BaseException):
@@ -268,9 +247,10 @@ class Digests:
                           type(res).__name__, res)
         return len(members)
 
-    async def _read(self, members: list[bytes]) -> list[_Due]:
-        """The state of the claimed digests (digest_read.lua); a bad member is dropped, a
-        digest no longer pending is ended ("drop")."""
+    async def _read(self, members: list[bytes], now: int, lease: float) -> list[_Due]:
+        """The state of the claimed digests (`DigestStore.read`); a bad member is dropped, a
+        digest no longer pending is ended ("drop"), one not due yet (a cluster's, after a
+        crash between the steps of its last end: digest_store) goes back ("later")."""
         k = self.keys
         who: list[tuple[str, str, bytes]] = []
         for m in members:
@@ -281,25 +261,27 @@ class Digests:
                 await self.redis.zrem(k.digest_due, m)
                 continue
             who.append((uid, channel, m))
-        replies = await _READ(keys=[], args=[msgpack_encode([
-            k.state(USER_TOPIC), k.notice(""), k.sent, TAKE_MAX,
-            [[k.digests(uid), ch, k.digest(uid, ch), uid, k.feed(uid), k.read(uid)]
-             for uid, ch, _ in who]])], client=self.redis)
+        if not who:
+            return []
+        replies, sent = await self.store.read([(uid, ch) for uid, ch, _ in who])
         out: list[_Due] = []
-        for (uid, channel, member), r in zip(who, replies, strict=True):
-            if not r:  # no digest pending (a purged user, an expired hash)
-                await self._ends.submit(self._end(uid, channel, member, [], "drop", "", []))
+        for (uid, channel, member), r, was_sent in zip(who, replies, sent, strict=True):
+            if not r or (self.store.cluster and int(r[0]) > now):
+                # no digest pending (a purged user, an expired hash), or not due yet
+                await self._ends.submit(self._end(uid, channel, member, [],
+                                                  "later" if r else "drop", "", [],
+                                                  lease=lease))
                 continue
             raw_user = r[4]
             user = User(id=uid) if not raw_user else decode_user(uid, raw_user)
             if isinstance(user, str):
                 log.warning("digest of %s: %s", uid, user, extra={"user": uid})
                 user = User(id=uid)
-            out.append(_Due(uid, channel, member, int(r[0]), int(r[1]) + 1, int(r[2]),
+            out.append(_Due(uid, channel, member, lease, int(r[0]), int(r[1]) + 1, int(r[2]),
                             r[3].decode() if r[3] else digest_id(uid, channel, int(r[0])),
-                            user, bool(r[5]),
+                            user, was_sent,
                             [(r[i].decode(), int(r[i + 1]), r[i + 2] or None)
-                             for i in range(6, len(r), 3)]))
+                             for i in range(5, len(r), 3)]))
         return out
 
     async def _run(self, d: _Due) -> str:
@@ -307,8 +289,9 @@ class Digests:
         uid, channel, attempt, user = d.uid, d.channel, d.attempt, d.user
         rec = self.fw._rec
         taken = [nid for nid, _, _ in d.notices]
-        if d.sent:  # sent already (another forwarder past its lease): what is left waits
-            await self._ends.submit(self._end_due(d, [], "done", "", []))
+        if d.sent:  # sent already (a cluster's end cut short: digest_store): what it listed
+            # leaves the bucket (the notices that fell due by its due time), the rest waits
+            await self._ends.submit(self._end_due(d, taken, "done", "", []))
             return "already sent"
         records: list[tuple[str, Delivery]] = []
         dropped: list[str] = []
@@ -426,31 +409,26 @@ class Digests:
             return SendResult.permanent(f"{type(e).__name__}: {e}")
 
     def _end_due(self, d: _Due, taken: list[str], outcome: str, marker: str,
-                 records: list[tuple[str, Delivery]], retry_at: int = 0) -> list[Any]:
+                 records: list[tuple[str, Delivery]], retry_at: int = 0) -> End:
         nxt = now_ms() + max(d.window_ms, 1000)
         return self._end(d.uid, d.channel, d.member, taken, outcome, marker, records,
-                         retry_at or nxt, digest_id(d.uid, d.channel, nxt))
+                         retry_at or nxt, digest_id(d.uid, d.channel, nxt), lease=d.lease)
 
     def _end(self, uid: str, channel: str, member: bytes, taken: list[str], outcome: str,
              marker: str, records: list[tuple[str, Delivery]], ms: int = 0,
-             next_id: str = "") -> list[Any]:
-        """One digest_done.lua item: what leaves the bucket, the outcome, the records."""
+             next_id: str = "", *, lease: float) -> End:
+        """One digest's end: what leaves the bucket, the outcome, the records."""
         by_nid: dict[str, list[str]] = {}
         for nid, r in records:
             by_nid.setdefault(nid, []).append(json_encode(r).decode())
         self.fw.count([r for _, r in records])
         k = self.keys
-        return [k.digest(uid, channel), k.digests(uid), channel, member, taken, outcome, ms,
-                next_id, marker, [[k.deliveries(nid), recs] for nid, recs in by_nid.items()]]
+        return End(k.digest(uid, channel), k.digests(uid), channel, member, taken, outcome, ms,
+                   next_id, marker, [(k.deliveries(nid), recs) for nid, recs in by_nid.items()],
+                   lease)
 
-    async def _done_all(self, batch: list[list[Any]]) -> list[BaseException | None]:
-        members = []
-        for i, d in enumerate(batch):  # binary: an ARGV of its own (digest_done.lua)
-            members.append(d[3])
-            d[3] = 2 + i
-        await _DONE(keys=[self.keys.digest_due], args=[msgpack_encode([
-            [MARKER_TTL_S, DELIVERIES_TTL_S, MARGIN_S * 1000, now_ms()], batch]), *members],
-                    client=self.redis)
+    async def _done_all(self, batch: list[End]) -> list[BaseException | None]:
+        await self.store.end(batch)
         return [None] * len(batch)
 
 

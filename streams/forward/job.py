@@ -83,7 +83,7 @@ from vestnik.streams.forward.schedule import (
     user_routes,
 )
 from vestnik.streams.ids import now_ms
-from vestnik.streams.keys import USER_TOPIC, Keys
+from vestnik.streams.keys import USER_TOPIC, ForwardKeys, Keys
 from vestnik.streams.metrics import FORWARD_ATTEMPTS, SEND_SECONDS
 from vestnik.streams.redis import RETRYABLE
 from vestnik.streams.schemas import ChannelTarget, Notice, User, decode_user, decoder, json_encode
@@ -478,7 +478,8 @@ class Forwarder:
             pending.append(p)
             return
         # no job to finish (a stock arq worker, a direct call): the records alone
-        await self.finish(None, [[None, 0, 0, 0, 0, [self.record_args(p)]]], [])
+        await self.finish(self.keys.forward_of(nid),
+                          [[None, 0, 0, 0, 0, [self.record_args(p)]]], [])
         self.count(records)
 
     def record_args(self, p: Pending) -> list[Any]:
@@ -491,14 +492,15 @@ class Forwarder:
             args += [self.keys.threads(p.nid), p.threads]
         return args
 
-    async def finish(self, queue: str | None, jobs: list[list[Any]],
+    async def finish(self, fk: ForwardKeys, jobs: list[list[Any]],
                      results: list[bytes]) -> None:
-        """Run `_FINISH`: the jobs' finishes (arq's) with their records and sent markers."""
-        # the queue is not used by the script: it names the slot (a Redis Cluster routes
-        # by KEYS, and every key the script writes shares the queue's tag there)
-        await _FINISH(keys=[self.keys.arq_queue], args=[msgpack_encode([
+        """Run `_FINISH`: the finishes (arq's) of jobs of partition `fk`, with their records
+        and sent markers (all of notices in that partition)."""
+        # the queue is the script's KEY: it names the slot (a Redis Cluster routes by KEYS,
+        # and every key the script writes shares the partition's tag there)
+        await _FINISH(keys=[fk.arq_queue], args=[msgpack_encode([
             [in_progress_key_prefix, result_key_prefix, retry_key_prefix, job_key_prefix,
-             self.keys.forward_own(abort_jobs_ss), queue or "", MARKER_TTL_S,
+             fk.forward_own(abort_jobs_ss), fk.arq_queue, MARKER_TTL_S,
              DELIVERIES_TTL_S], jobs]), *results],
                       client=self.redis)
 

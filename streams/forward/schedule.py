@@ -8,7 +8,7 @@ the center asks it whether to schedule a job (`forward_jobs_for`), the job what 
 `add_forward_jobs(pipe, keys, jobs)` queues onto the caller's pipeline one EVALSHA per
 job of a small Lua script that writes arq's own job record: if neither
 `arq:job:<id>` nor `arq:result:<id>` exists, PSETEX the job (arq's dict
-`{t, f, a, k, et}`, msgpack via msgspec) and ZADD the queue `keys.arq_queue` at
+`{t, f, a, k, et}`, msgpack via msgspec) and ZADD the partition's queue (`arq_queue`) at
 `due_ms`. The job id is `keys.forward_job(nid, uid)`, so re-ingesting a notice never
 schedules a second job while the first is queued, running, or its result is kept
 (`KEEP_RESULT_S`). `arq`'s `enqueue_job` does the same with WATCH/EXISTS/MULTI/EXEC
@@ -18,9 +18,10 @@ SCRIPT FLUSH or a restart: the NOSCRIPT case).
 
 The notice center writes its forwards in its own store call instead: it calls
 `store_call_jobs`, which appends the jobs to the call's arguments, and its script includes
-`store_jobs.lua`, which writes them: a delayed one as one member of `keys.forward_due` that
-the worker's poll pumps into the same job record when due (`pump.lua`, `pump_due`); one due
-now as the job itself, claimed for the center's own worker (`Claim`, `start_inline`).
+`store_jobs.lua`, which writes them, per partition: a delayed one as one member of the
+partition's `forward_due` that the worker's poll pumps into the same job record when due
+(`pump.lua`, `pump_due`); one due now as the job itself, claimed for the center's own
+worker (`Claim`, `start_inline`).
 
 Stages (`Stage`): a job may carry a third argument besides [nid, uid], which also ends its
 id and its due-set member: a channel group with its own delay (`after` on the entry:
@@ -36,7 +37,7 @@ constants: everything else asks it (`arq_keys`, `ARQ_LUA` for the scripts).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Container, Iterable, Mapping
 from typing import Any, Literal, NamedTuple
 
 import msgspec
@@ -180,10 +181,11 @@ def job_record(nid: str, uid: str, now: int, stage: str | None = None) -> bytes:
 def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     """Queue on `pipe` (a redis.asyncio pipeline) the commands that schedule `jobs`.
 
-    One EVALSHA per job; each result is 1 (scheduled) or 0 (already scheduled or done).
-    When a job is already due, the last call also PUBLISHes to `keys.forward_wake` (the
-    forwarders poll at once). The caller executes the pipeline; its results include
-    these replies in order.
+    One EVALSHA per job, on the keys of its notice's partition (`Keys.forward_of`: one
+    slot per call on a cluster); each result is 1 (scheduled) or 0 (already scheduled or
+    done). When a partition gets a job already due, its last call also PUBLISHes to the
+    partition's wake channel (its forwarders poll at once). The caller executes the
+    pipeline; its results include these replies in order.
     """
     if not jobs:
         return
@@ -191,18 +193,25 @@ def add_forward_jobs(pipe: Any, keys: Keys, jobs: list[ForwardJob]) -> None:
     scripts = getattr(pipe, "scripts", None)
     if scripts is not None:
         scripts.add(_SCHEDULE)  # execute() runs SCRIPT EXISTS / LOAD first: no NOSCRIPT
-    # due now (forward_after 0): the last job's call also wakes the forwarders instead of
-    # leaving the jobs to the next poll; after every ZADD, so a woken forwarder finds them
-    wake = keys.forward_wake if min(job.due_ms for job in jobs) <= now else None
-    last = len(jobs) - 1
-    for i, job in enumerate(jobs):
-        jid = keys.forward_job(job.nid, job.uid, job.stage)
+    # due now (forward_after 0): a partition's last job's call also wakes its forwarders
+    # instead of leaving the jobs to the next poll; after every ZADD, so a woken forwarder
+    # finds them
+    parts = [keys.forward_of(job.nid) for job in jobs]
+    last: dict[int, int] = {}  # partition -> index of its last job
+    due: set[int] = set()  # partitions with a job due now
+    for i, (job, fk) in enumerate(zip(jobs, parts, strict=True)):
+        last[fk.partition] = i
+        if job.due_ms <= now:
+            due.add(fk.partition)
+    wake_at = {last[p] for p in due}
+    for i, (job, fk) in enumerate(zip(jobs, parts, strict=True)):
+        jid = fk.forward_job(job.nid, job.uid, job.stage)
         payload = job_record(job.nid, job.uid, now, job.stage)
         expires = max(job.due_ms - now, 0) + expires_extra_ms
         qkeys: tuple[str, ...] = (job_key_prefix + jid, result_key_prefix + jid,
-                                  keys.arq_queue)
-        if wake is not None and i == last:
-            qkeys += (wake,)
+                                  fk.arq_queue)
+        if i in wake_at:
+            qkeys += (fk.forward_wake,)
         args = (*qkeys, payload, expires, job.due_ms, jid)
         if scripts is not None:
             pipe.evalsha(_SCHEDULE.sha, len(qkeys), *args)
@@ -384,33 +393,47 @@ class BatchJob(NamedTuple):
 
 
 def store_call_jobs(keys: Keys, jobs: list[BatchJob], argv: list[str | bytes],
-                    claim_s: float | None) -> tuple[list[Any], list[Claim | None]]:
+                    claim_s: float | None, claim_partitions: Container[int] | None = None
+                    ) -> tuple[list[Any], list[Claim | None]]:
     """Forward's part of the notice center's store call (`store_jobs.lua`, which the
-    center's script includes): the arq records of the jobs due now, then the due-set members
-    of the delayed ones, are appended to `argv`; returns the header `store_jobs` takes and,
-    per job due now, its Claim: with `claim_s` (the in-progress timeout of the caller's own
-    worker), a job due now of a new notice is claimed for that worker (queued at due +
-    claim_s: should the process die, arq runs it once the claim has expired). Start the
-    claimed ones with `ForwardWorker.start_inline`."""
+    center's script includes): per forward partition with jobs (`Keys.forward_of`), the arq
+    records of its jobs due now, then the due-set members of its delayed ones, are appended
+    to `argv`; returns the headers `store_jobs` takes (one per partition, all in the one
+    call: a single Redis) and, per job due now (in the headers' order), its Claim: with
+    `claim_s` (the in-progress timeout of the caller's own worker), a job due now of a new
+    notice in a partition of `claim_partitions` (None: any; the ones that worker works) is
+    claimed for that worker (queued at due + claim_s: should the process die, arq runs it
+    once the claim has expired). Start the claimed ones with `ForwardWorker.start_inline`."""
     now = now_ms()
     claim_ms = int(claim_s * 1000) if claim_s is not None else 0
-    rows: list[list[Any]] = []
+    by_part: dict[int, list[BatchJob]] = {0: jobs}
+    if keys.forward_partitions > 1:
+        by_part = {}
+        for b in jobs:
+            by_part.setdefault(keys.forward_partition(b.job.nid), []).append(b)
+    headers: list[Any] = []
     claims: list[Claim | None] = []
-    later: list[ForwardJob] = []
-    base = len(argv)
-    for j, at, notice, user, claimable in jobs:
-        if j.due_ms > now:
-            later.append(j)
-            continue
-        payload = job_record(j.nid, j.uid, now, j.stage)
-        argv.append(payload)
-        jid = keys.forward_job(j.nid, j.uid, j.stage)
-        claim = Claim(jid, j.due_ms + claim_ms, payload, notice, user) \
-            if claim_ms and claimable else None
-        rows.append([jid, expires_extra_ms + claim_ms, j.due_ms, 1 if claim else -1, at])
-        claims.append(claim)
-    due_base = len(argv)
-    argv += [due_member(j.nid, j.uid, j.stage) for j in later]
-    return [job_key_prefix, result_key_prefix, keys.arq_queue, base, rows,
-            in_progress_key_prefix, retry_key_prefix, claim_ms, keys.forward_wake,
-            keys.forward_due, due_base, [j.due_ms for j in later], RETRY_TTL_S], claims
+    for p, mine in by_part.items():
+        fk = keys.forward(p)
+        claim_here = claim_ms if claim_partitions is None or p in claim_partitions else 0
+        rows: list[list[Any]] = []
+        later: list[ForwardJob] = []
+        base = len(argv)
+        for j, at, notice, user, claimable in mine:
+            if j.due_ms > now:
+                later.append(j)
+                continue
+            payload = job_record(j.nid, j.uid, now, j.stage)
+            argv.append(payload)
+            jid = fk.forward_job(j.nid, j.uid, j.stage)
+            claim = Claim(jid, j.due_ms + claim_here, payload, notice, user) \
+                if claim_here and claimable else None
+            rows.append([jid, expires_extra_ms + claim_here, j.due_ms, 1 if claim else -1, at])
+            claims.append(claim)
+        due_base = len(argv)
+        argv += [due_member(j.nid, j.uid, j.stage) for j in later]
+        headers.append([job_key_prefix, result_key_prefix, fk.arq_queue, base, rows,
+                        in_progress_key_prefix, retry_key_prefix, claim_here,
+                        fk.forward_wake, fk.forward_due, due_base,
+                        [j.due_ms for j in later], RETRY_TTL_S, len(claims) - len(rows)])
+    return headers, claims

@@ -5,17 +5,25 @@ Lua call that also returns their records, instead of arq's WATCH/MULTI exchange 
 run_job's first MULTI per job; the jobs ending in one loop iteration share one
 finish call, atomic like arq's MULTI, that also writes their attempt records and sent
 markers), msgpack instead of pickle, polling every 50 ms and at once when jobs due now
-are published on `keys.forward_wake`, at most `MAX_JOBS` jobs at once; `run_forwarder`
-runs it inside `vestnik center` or alone (`vestnik forwarder`). arq's keys are its own (`arq:job:`,
-`arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the prefix, and span
-slots: the queue needs a non-cluster Redis (or one shard), as arq itself does.
+are published on a partition's `forward_wake`, at most `MAX_JOBS` jobs at once;
+`run_forwarder` runs it inside `vestnik center` or alone (`vestnik forwarder`). arq's keys
+are its own (`arq:job:`, `arq:in-progress:`, `arq:result:`, `arq:retry:`), not under the
+prefix; they end with the job id, which carries its partition's tag (streams.keys).
+
+Partitions (VESTNIK_FORWARD_PARTITIONS): one worker works every partition of
+VESTNIK_FORWARD_WORK (empty: all), each a `Part`: its own queue, due set and wake channel,
+polled (and pumped) by a claim call of its own, on a pool that talks to the master of its
+slot on a cluster. MAX_JOBS bounds the jobs of the process over all of them; the polls
+start at a rotating partition, so a busy one does not starve the rest. At start (and every
+LAYOUT_CHECK_S) it looks for jobs queued under another partition count (`check_layouts`):
+those would never run, so it logs an ERROR naming the setting and is not ready.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms
@@ -38,7 +46,7 @@ from vestnik.streams.forward.schedule import (
     job_serializer,
 )
 from vestnik.streams.ids import now_ms
-from vestnik.streams.keys import Keys
+from vestnik.streams.keys import ForwardKeys, Keys
 from vestnik.streams.ops_http import flag_check, ops_listener, redis_check
 from vestnik.streams.redis import RETRYABLE, Backoff, connect
 from vestnik.streams.redis import pool as redis_pool
@@ -49,6 +57,7 @@ log = logging.getLogger("vestnik.forward")
 JOB_TIMEOUT_S = 120
 MAX_JOBS = 64  # concurrent jobs per forwarder (sends are I/O-bound; more forwarders scale out)
 POLL_DELAY_S = 0.05
+LAYOUT_CHECK_S = 60.0  # how often a forwarder looks for jobs of another partition count
 
 
 class _ArqRedis(ArqRedis):
@@ -57,14 +66,22 @@ class _ArqRedis(ArqRedis):
         await self.aclose(close_connection_pool=close_connection_pool)
 
 
-def arq_pool(settings: Config, keys: Keys, max_connections: int) -> ArqRedis:
+def arq_pool(settings: Config, fk: ForwardKeys, max_connections: int) -> ArqRedis:
+    """An arq client of partition `fk`: on a cluster, of the master of its slot, where every
+    key of the partition is (streams.keys)."""
     assert settings.redis_url
-    # on a cluster: the master of the queue's slot, where every forward key is (streams.keys)
     shared = redis_pool(settings.redis_url, max_connections=max_connections,
                         name="vestnik-forwarder", timeout=settings.redis_timeout,
-                        slot_of=keys.arq_queue)
+                        slot_of=fk.arq_queue)
     return _ArqRedis(shared, job_serializer=job_serializer, job_deserializer=job_deserializer,
-                     default_queue_name=keys.arq_queue)
+                     default_queue_name=fk.arq_queue)
+
+
+class Part(NamedTuple):
+    """One forward partition a worker works: its keys and the client of its node."""
+
+    keys: ForwardKeys
+    pool: ArqRedis
 
 
 # a poll's pump and claims (claim.lua), and the pump alone (pump_only.lua: for an arq
@@ -74,16 +91,16 @@ _PUMP_ONLY = lua.script("forward/pump_only.lua", **ARQ_LUA)
 PUMP_LIMIT = 1000  # forwards turned into jobs per call (bounded script time)
 
 
-def _pump_args(keys: Keys) -> list[str | int]:
-    return [keys.forward_job_prefix, FUNCTION, expires_extra_ms, PUMP_LIMIT]
+def _pump_args(fk: ForwardKeys) -> list[str | int]:
+    return [fk.forward_job_prefix, FUNCTION, expires_extra_ms, PUMP_LIMIT]
 
 
-async def pump_due(redis: Any, keys: Keys) -> int:
-    """Turn the delayed forwards that are due into arq jobs (at most PUMP_LIMIT); returns
-    how many were taken. ForwardWorker does this on every poll; a stock arq Worker needs it
-    called beside it."""
-    return int(await _PUMP_ONLY(keys=[keys.arq_queue, keys.forward_due],
-                                args=[now_ms(), 0, 0, 0, *_pump_args(keys)], client=redis))
+async def pump_due(redis: Any, fk: ForwardKeys) -> int:
+    """Turn the delayed forwards of partition `fk` that are due into arq jobs (at most
+    PUMP_LIMIT); returns how many were taken. ForwardWorker does this on every poll; a
+    stock arq Worker needs it called beside it."""
+    return int(await _PUMP_ONLY(keys=[fk.arq_queue, fk.forward_due],
+                                args=[now_ms(), 0, 0, 0, *_pump_args(fk)], client=redis))
 
 
 class ForwardWorker(Worker):
@@ -91,37 +108,55 @@ class ForwardWorker(Worker):
     WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key).
 
     It polls every `poll_delay` as arq does, and also at once when (a) a message arrives
-    on `keys.forward_wake` (jobs due now were scheduled) or (b) a job ends while the last poll
-    left due jobs unclaimed (every slot was busy) and a quarter of the slots are free
-    again: arq's loop would wait for the next
-    poll in both cases, which caps a worker at `max_jobs` per poll and delays an
-    immediate forward by up to `poll_delay`.
+    on a partition's `forward_wake` (jobs due now were scheduled) or (b) a job ends while
+    the last poll left due jobs unclaimed (every slot was busy) and a quarter of the slots
+    are free again: arq's loop would wait for the next poll in both cases, which caps a
+    worker at `max_jobs` per poll and delays an immediate forward by up to `poll_delay`.
     """
 
     _ending: PerIteration[tuple[Any, ...], None]  # finishes of jobs that end together
-    wake_on: str | None = None  # the pub/sub channel; None: poll on the timer only
+    parts: list[Part]  # the partitions it works (make_worker; one each: queue, pool)
+    wake: bool = False  # listen on the partitions' wake channels (False: the timer only)
+    # keys of another partition count holding jobs (check_layouts); None: not checked yet
+    stranded: dict[str, int] | None = None
     digests: Digests | None = None  # the due digests, run beside the jobs (digest.py)
     _digesting: asyncio.Task[int] | None = None
     _wake: asyncio.Event | None = None
     _backlog = False
     polling = False  # readiness (/readyz): the poll loop has run an iteration
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, parts: list[Part], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._ending = PerIteration(self._finish_many)
+        self.parts = parts
+        self._by_number = {part.keys.partition: part for part in self.parts}
+        self._turn = 0  # the partition the next poll starts at
+
+    @property
+    def partitions(self) -> frozenset[int]:
+        """The numbers of the partitions it works (the center claims jobs only of these)."""
+        return frozenset(self._by_number)
+
+    @property
+    def ready(self) -> bool:
+        """/readyz: polling, and no jobs stranded under another partition count."""
+        return self.polling and self.stranded == {}
 
     def start_inline(self, claims: list[Claim]) -> None:
         """Run jobs the notice center claimed in its store call, in this process, now (in
-        the worker's slots, as if this worker had claimed them; `Claim`)."""
+        the worker's slots, as if this worker had claimed them; `Claim`). They are of its
+        partitions (`store_call_jobs` claims only those)."""
+        keys: Keys = self.ctx["forwarder"].keys
         for c in claims:
-            task = self.loop.create_task(self._run_inline(c))
+            part = self._by_number[keys.forward_partition(c.notice.id)]
+            task = self.loop.create_task(self._run_inline(part, c))
             self.tasks[c.job_id] = task
 
-    async def _run_inline(self, c: Claim) -> None:
+    async def _run_inline(self, part: Part, c: Claim) -> None:
         await self.sem.acquire()
         self.job_counter += 1
         try:
-            await self.run_claimed(c.job_id, c.score, c.payload, 1, c)
+            await self.run_claimed(part, c.job_id, c.score, c.payload, 1, c)
         finally:
             self._release_sem_dec_counter_on_complete()
 
@@ -132,7 +167,7 @@ class ForwardWorker(Worker):
             await self.on_startup(self.ctx)
         wake = self._wake = asyncio.Event()
         listener = (asyncio.create_task(self._listen(wake), name="forwarder-wake")
-                    if self.wake_on and not self.burst else None)
+                    if self.wake and not self.burst else None)
         try:
             while True:
                 wake.clear()
@@ -159,20 +194,23 @@ class ForwardWorker(Worker):
             await asyncio.gather(*stop, return_exceptions=True)
 
     async def _queues_empty(self) -> bool:
-        async with self.pool.pipeline(transaction=False) as pipe:
-            pipe.zcard(self.queue_name)
-            pipe.zcard(self.ctx["forwarder"].keys.forward_due)
-            return not any(await pipe.execute())
+        for part in self.parts:
+            async with part.pool.pipeline(transaction=False) as pipe:
+                pipe.zcard(part.keys.arq_queue)
+                pipe.zcard(part.keys.forward_due)
+                if any(await pipe.execute()):
+                    return False
+        return True
 
     async def _listen(self, wake: asyncio.Event) -> None:
-        """Set `wake` on every message of `wake_on`; resubscribe after a lost connection
-        (meanwhile the timer polls)."""
-        assert self.wake_on is not None
+        """Set `wake` on every message of the partitions' wake channels; resubscribe after a
+        lost connection (meanwhile the timer polls). One subscription on the first
+        partition's node: a cluster passes every PUBLISH to every node."""
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
             pubsub = self.pool.pubsub()
             try:
-                await pubsub.subscribe(self.wake_on)
+                await pubsub.subscribe(*(part.keys.forward_wake for part in self.parts))
                 backoff.reset()
                 while True:
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
@@ -212,11 +250,27 @@ class ForwardWorker(Worker):
         await self.heart_beat()
 
     async def _claim_due(self, free: int) -> None:
-        keys: Keys = self.ctx["forwarder"].keys
+        """One claim call per partition, starting at the next one in turn, while slots are
+        free (MAX_JOBS is the process's bound over all partitions)."""
+        n = len(self.parts)
+        start, self._turn = self._turn, (self._turn + 1) % n
+        backlog = False
+        for k in range(n):
+            part = self.parts[(start + k) % n]
+            if free <= 0:
+                backlog = True  # partitions left unpolled: poll again once slots free up
+                break
+            free -= await self._claim_part(part, free)
+            backlog = backlog or self._backlog
+        self._backlog = backlog
+
+    async def _claim_part(self, part: Part, free: int) -> int:
+        """Claim (and pump) the due jobs of one partition; returns how many it started."""
+        fk = part.keys
         due, pumped, *claimed = await _CLAIM(
-            keys=[self.queue_name, keys.forward_due],
+            keys=[fk.arq_queue, fk.forward_due],
             args=[now_ms(), int(self.in_progress_timeout_s * 1000), free,
-                  self.queue_read_limit, *_pump_args(keys)], client=self.pool)
+                  self.queue_read_limit, *_pump_args(fk)], client=part.pool)
         # every free slot taken and more were due: poll again as soon as slots free up
         self._backlog = len(claimed) // 4 >= free and due > free
         if pumped >= PUMP_LIMIT and self._wake is not None:
@@ -226,16 +280,19 @@ class ForwardWorker(Worker):
             self.job_counter += 1
             job_id = claimed[i].decode()
             task = self.loop.create_task(self.run_claimed(
-                job_id, int(float(claimed[i + 1])), claimed[i + 2], int(claimed[i + 3])))
+                part, job_id, int(float(claimed[i + 1])), claimed[i + 2],
+                int(claimed[i + 3])))
             task.add_done_callback(lambda _: self._release_sem_dec_counter_on_complete())
             self.tasks[job_id] = task
+        return len(claimed) // 4
 
-    async def run_claimed(self, job_id: str, score: int, raw: bytes | None,
+    async def run_claimed(self, part: Part, job_id: str, score: int, raw: bytes | None,
                           job_try: int, fresh: Claim | None = None) -> None:
-        """arq's run_job for a job the claim script read: the same outcomes (result record,
-        retry with defer, max tries, failure, cancellation re-runs it) and the same finish
-        (`finish_job` / `finish_failed_job`), without run_job's first MULTI round trip and
-        its per-job task. Only `forward` runs here (arq's abort and cron are off)."""
+        """arq's run_job for a job of `part` the claim script read: the same outcomes (result
+        record, retry with defer, max tries, failure, cancellation re-runs it) and the same
+        finish (`finish_job` / `finish_failed_job`, in the partition's finish call), without
+        run_job's first MULTI round trip and its per-job task. Only `forward` runs here
+        (arq's abort and cron are off)."""
         start_ms = now_ms()
         fn, args, kwargs, enqueue_ms = "<unknown>", (), {}, 0
         failed: BaseException | None = None
@@ -259,9 +316,11 @@ class ForwardWorker(Worker):
             log.warning("forward job %s failed before it ran: %s", ref, failed)
             self.jobs_failed += 1
             data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, False, failed,
-                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
-                                    serializer=self.job_serializer)
-            await asyncio.shield(self.finish_failed_job(job_id, data))
+                                    start_ms, now_ms(), ref, part.keys.arq_queue,
+                                    job_id=job_id, serializer=self.job_serializer)
+            # arq's finish_failed_job, in the partition's finish call
+            await asyncio.shield(self._finish(part, job_id, [], True, data,
+                                              self.keep_result_s, None))
             return
         ctx = {**self.ctx, "job_id": job_id, "job_try": job_try, "score": score,
                "enqueue_time": ms_to_datetime(enqueue_ms), "fresh": fresh}
@@ -281,7 +340,7 @@ class ForwardWorker(Worker):
             # the worker stops: the job stays queued and runs again (arq's "cancelled, will
             # be run again"); its in-progress key is dropped below
             self.jobs_retried += 1
-            await asyncio.shield(self._finish(job_id, pending, False, None, 0, None))
+            await asyncio.shield(self._finish(part, job_id, pending, False, None, 0, None))
             raise
         except Exception as e:
             log.exception("forward job %s failed: %s: %s", ref, type(e).__name__, e)
@@ -294,32 +353,48 @@ class ForwardWorker(Worker):
         data = None
         if finish and keep > 0:
             data = serialize_result(fn, args, kwargs, job_try, enqueue_ms, success, result,
-                                    start_ms, now_ms(), ref, self.queue_name, job_id=job_id,
-                                    serializer=self.job_serializer)
-        await asyncio.shield(self._finish(job_id, pending, finish, data, keep, incr_score))
+                                    start_ms, now_ms(), ref, part.keys.arq_queue,
+                                    job_id=job_id, serializer=self.job_serializer)
+        await asyncio.shield(self._finish(part, job_id, pending, finish, data, keep,
+                                          incr_score))
 
-    async def _finish(self, job_id: str, pending: list[Pending], finish: bool,
+    async def _finish(self, part: Part, job_id: str, pending: list[Pending], finish: bool,
                       result: bytes | None, keep_s: float, incr_score: int | None) -> None:
         """arq's finish_job with the run's attempt records and sent markers. The jobs that
-        end in the same loop iteration share one MULTI (one round trip, one write)."""
-        await self._ending.submit((job_id, pending, finish, result, keep_s, incr_score))
+        end in the same loop iteration share one script call per partition (one slot each
+        on a cluster), atomic as arq's MULTI."""
+        await self._ending.submit((part, job_id, pending, finish, result, keep_s, incr_score))
 
     async def _finish_many(self, batch: list[tuple[Any, ...]]) -> list[BaseException | None]:
         forwarder: Forwarder = self.ctx["forwarder"]
-        jobs: list[list[Any]] = []
-        results: list[bytes] = []
-        for job_id, pending, finish, result, keep_s, incr_score in batch:
+        calls: dict[int, tuple[ForwardKeys, list[list[Any]], list[bytes]]] = {}
+        for part, job_id, pending, finish, result, keep_s, incr_score in batch:
+            _, jobs, results = calls.setdefault(part.keys.partition, (part.keys, [], []))
             if finish and result:
                 results.append(result)
             jobs.append([job_id, int(finish), int(keep_s * 1000),
                          (len(results) + 1) if finish and result else 0, incr_score or 0,
                          [forwarder.record_args(p) for p in pending]])
-        # an error reaches each job (RETRYABLE: its in-progress key expires)
-        await forwarder.finish(self.queue_name, jobs, results)
-        for _, pending, *_ in batch:
+        # an error reaches each job of its call (RETRYABLE: its in-progress key expires)
+        outcome = dict(zip(calls, await asyncio.gather(
+            *(forwarder.finish(fk, jobs, results) for fk, jobs, results in calls.values()),
+            return_exceptions=True), strict=True))
+        out: list[BaseException | None] = []
+        for part, _, pending, *_ in batch:
+            err = outcome[part.keys.partition]
+            if isinstance(err, BaseException):
+                out.append(err)
+                continue
             for p in pending:
                 forwarder.count(p.records)
-        return [None] * len(batch)
+            out.append(None)
+        return out
+
+    async def close(self) -> None:
+        await super().close()  # arq's: the first partition's pool
+        for pool in {id(part.pool): part.pool for part in self.parts[1:]}.values():
+            if pool is not self.pool:
+                await pool.close(close_connection_pool=True)
 
 
 def make_worker(settings: Config, *, burst: bool = False,
@@ -328,10 +403,15 @@ def make_worker(settings: Config, *, burst: bool = False,
     if not settings.redis_url:
         raise ConfigError("VESTNIK_REDIS_URL: required to forward notices")
     keys = Keys.of(settings)
-    redis = arq_pool(settings, keys, MAX_JOBS + 8)
+    work = sorted(set(settings.forward_work)) or range(keys.forward_partitions)
+    fks = [keys.forward(p) for p in work]
+    # a pool per partition on a cluster (the master of its slot); one pool on one Redis
+    first = arq_pool(settings, fks[0], MAX_JOBS + 8)
+    parts = [Part(fk, first if i == 0 or not keys.cluster else arq_pool(settings, fk, 16))
+             for i, fk in enumerate(fks)]
     # the jobs read notices and users from every slot: on a cluster, a cluster client
     data = connect(settings.redis_url, max_connections=MAX_JOBS + 8, name="vestnik-forwarder",
-                   timeout=settings.redis_timeout) if keys.cluster else redis
+                   timeout=settings.redis_timeout) if keys.cluster else first
     forwarder = Forwarder(data, keys, settings,
                           channels or Channels.from_settings(settings))
     if logging.getLogger("arq.worker").level == logging.NOTSET:
@@ -344,8 +424,9 @@ def make_worker(settings: Config, *, burst: bool = False,
     worker = ForwardWorker(
         [func(forward, name=FUNCTION, timeout=JOB_TIMEOUT_S, keep_result=KEEP_RESULT_S,
               max_tries=settings.send_attempts + 3)],
-        queue_name=keys.arq_queue,
-        redis_pool=redis,
+        queue_name=fks[0].arq_queue,
+        redis_pool=first,
+        parts=parts,
         burst=burst,
         handle_signals=False,
         poll_delay=POLL_DELAY_S,
@@ -356,10 +437,46 @@ def make_worker(settings: Config, *, burst: bool = False,
         job_deserializer=job_deserializer,
         health_check_interval=30,
     )
-    worker.wake_on = keys.forward_wake
+    worker.wake = True
     worker.digests = Digests(forwarder)
     forwarder.divert = worker.digests.divert
     return worker
+
+
+async def check_layouts(redis: Any, keys: Keys) -> dict[str, int]:
+    """The queues and due sets of another partition count (`Keys.forward_other_layouts`)
+    that hold jobs: key -> how many. Jobs there are stranded: no forwarder of this setting
+    polls them."""
+    names = [k for fk in keys.forward_other_layouts() for k in (fk.arq_queue, fk.forward_due)]
+    async with redis.pipeline(transaction=False) as pipe:
+        for k in names:
+            pipe.zcard(k)
+        counts = await pipe.execute()
+    return {k: int(n) for k, n in zip(names, counts, strict=True) if n}
+
+
+async def watch_layouts(worker: ForwardWorker, every: float = LAYOUT_CHECK_S) -> None:
+    """`check_layouts` now and every `every` s: an ERROR naming the setting when jobs are
+    stranded (and `worker.ready` is False until they are gone)."""
+    forwarder: Forwarder = worker.ctx["forwarder"]
+    keys = forwarder.keys
+    while True:
+        try:
+            found = await check_layouts(forwarder.redis, keys)
+        except RETRYABLE as e:
+            log.debug("forward layout check skipped: %s", e)
+        else:
+            if found and found.keys() != (worker.stranded or {}).keys():
+                log.error(
+                    "forward jobs wait under another VESTNIK_FORWARD_PARTITIONS than this "
+                    "forwarder's (%d) and no forwarder of this setting runs them: %s. Run "
+                    "forwarders with the setting that wrote them until these are empty, or "
+                    "set VESTNIK_FORWARD_PARTITIONS back", keys.forward_partitions,
+                    ", ".join(f"{k} ({n})" for k, n in found.items()))
+            elif worker.stranded and not found:
+                log.info("no forward jobs wait under another VESTNIK_FORWARD_PARTITIONS now")
+            worker.stranded = found
+        await asyncio.sleep(every)
 
 
 async def run_forwarder(settings: Config, *, burst: bool = False,
@@ -369,15 +486,21 @@ async def run_forwarder(settings: Config, *, burst: bool = False,
 
     Embeddable: it installs no signal handlers; cancel the task to stop it. Jobs running
     at that moment are cancelled and run again later (their sent markers prevent a
-    second send of what already went out). It samples the forward backlog for /metrics;
-    `ops_port`: serve /healthz, /readyz and /metrics there (`vestnik forwarder`).
+    second send of what already went out). It samples the forward backlog of its
+    partitions for /metrics and looks for stranded jobs (`watch_layouts`); `ops_port`:
+    serve /healthz, /readyz and /metrics there (`vestnik forwarder`).
     """
     worker = worker or make_worker(settings, burst=burst)
     forwarder: Forwarder = worker.ctx["forwarder"]
     checks = {"redis": redis_check(forwarder.redis),
-              "worker": flag_check(lambda: worker.polling)}
-    sampler = asyncio.create_task(run_sampler(forwarder.redis, [backlog_probe(forwarder.keys)]),
-                                  name="forwarder-sampler")
+              "worker": flag_check(lambda: worker.polling),
+              "partitions": flag_check(lambda: worker.stranded == {},
+                                       "jobs of another VESTNIK_FORWARD_PARTITIONS wait "
+                                       "(see the log)")}
+    sampler = asyncio.create_task(
+        run_sampler(forwarder.redis, [backlog_probe([part.keys for part in worker.parts])]),
+        name="forwarder-sampler")
+    layouts = asyncio.create_task(watch_layouts(worker), name="forwarder-layouts")
     loop = asyncio.get_running_loop()
     backoff = Backoff(base=0.1, cap=5.0)
     try:
@@ -397,7 +520,8 @@ async def run_forwarder(settings: Config, *, burst: bool = False,
                     await backoff.wait()
     finally:
         sampler.cancel()
-        await asyncio.gather(sampler, return_exceptions=True)
+        layouts.cancel()
+        await asyncio.gather(sampler, layouts, return_exceptions=True)
         try:
             await worker.close()
         except RETRYABLE as e:

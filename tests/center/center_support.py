@@ -90,7 +90,8 @@ async def dead(redis: Redis) -> list[dict[str, str]]:
 async def delayed_forwards(redis: Redis) -> list[str]:
     """The notice ids of the forwards waiting to be due: in the due set on a single Redis,
     as arq jobs in the queue on a cluster (the store's per-user path schedules them)."""
+    fk = K.forward(0)
     if K.cluster:
-        jobs = await redis.zrange(K.arq_queue, 0, -1)
-        return [j.decode()[len(K.forward_job_prefix):].split(":")[0] for j in jobs]
-    return [msgspec.msgpack.decode(m)[0] for m in await redis.zrange(K.forward_due, 0, -1)]
+        jobs = await redis.zrange(fk.arq_queue, 0, -1)
+        return [j.decode()[len(fk.forward_job_prefix):].split(":")[0] for j in jobs]
+    return [msgspec.msgpack.decode(m)[0] for m in await redis.zrange(fk.forward_due, 0, -1)]

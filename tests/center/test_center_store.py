@@ -116,10 +116,10 @@ async def test_recipients_and_channels_come_from_the_setting(redis, start_proc):
     # user 3 is named by the email channel: one forward, due after forward_after (on a
     # cluster the center schedules it as an arq job at once: store.py's per-user path)
     if K.cluster:
-        due = await redis.zrange(K.arq_queue, 0, -1, withscores=True)
+        due = await redis.zrange(K.forward(0).arq_queue, 0, -1, withscores=True)
         assert [m.decode() for m, _ in due] == [K.forward_job(nid, "3")]
     else:
-        due = await redis.zrange(K.forward_due, 0, -1, withscores=True)
+        due = await redis.zrange(K.forward(0).forward_due, 0, -1, withscores=True)
         assert [msgspec.msgpack.decode(m) for m, _ in due] == [[nid, "3"]]
     assert due[0][1] == body["created_at"] + 60_000
     proc.stop()

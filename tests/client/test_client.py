@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from clients import KINDS, call, feed
+from clients import KINDS, call, close, feed
 
 from support import Api, eventually
 from vestnik.client import (
@@ -170,3 +170,41 @@ async def test_secrets_stay_out_of_errors_and_reprs(clients, kind: str, api: Api
         await call(client.send, "disk", "t", recipients=["1"])
     assert "hunter2pw" not in f"{u.value} {u.value!r} {client!r}"
     assert "127.0.0.1:1" in str(u.value)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+async def test_over_redis_with_partitions_sends_spread_and_resolves_follow(
+        kind: str, api: Api, redis_url: str, redis, start_proc,
+        user_token: Callable[..., str]):
+    """`Client.redis(..., ingest_partitions=N)`: plain sends spread over the N streams as
+    Vestnik's own writers spread them, an incident's resolve follows its notice into its
+    stream, a retry under one Idempotency-Key lands once; a center with the same count
+    serves them all."""
+    from vestnik.client import AsyncClient, Client
+    from vestnik.streams.keys import Keys
+
+    cls = Client if kind == "sync" else AsyncClient
+    client = cls.redis(redis_url, ingest_partitions=4)
+    keys = Keys.for_url("vn:", redis_url, ingest_partitions=4)
+    try:
+        for i in range(8):
+            await call(client.send, "disk", f"plain {i}", recipients=["1"])
+        first = await call(client.send, "disk", "once", recipients=["1"], idempotency_key="k")
+        assert await call(client.send, "disk", "once", recipients=["1"],
+                          idempotency_key="k") == first
+        nid = await call(client.send, "disk", "incident", recipients=["1"], dedup_key="web-1")
+        await call(client.resolve, "disk", "web-1")
+    finally:
+        await close(client)
+    lengths = [await redis.xlen(s) for s in keys.ingest_streams]
+    assert all(lengths) and sum(lengths) == 11, lengths
+    start_proc("center", "--no-forward", VESTNIK_INGEST_PARTITIONS="4")
+    items = await feed(api, user_token("1"), want=10)
+    assert sorted(i["title"] for i in items) == sorted(
+        [*(f"plain {i}" for i in range(8)), "once", "incident"])
+    async with api.client(user_token("1")) as http:
+        async def resolved() -> bool:
+            got = (await http.get("/api/v1/me/notices")).json()["items"]
+            return any(i["id"] == nid and i["status"] == "resolved" for i in got)
+
+        await eventually(resolved, timeout=20, what="the incident resolved")

@@ -8,9 +8,10 @@ import os
 import re
 
 import pytest
-from redis import Redis
 
 from support import ROOT, Api
+from vestnik.streams.keys import Keys
+from vestnik.streams.redis import blocking
 
 PAGE = ROOT / "docs" / "client.md"
 BLOCK = re.compile(r"^```python\n(.*?)^```", re.S | re.M)
@@ -40,14 +41,14 @@ def test_the_examples_run_against_a_real_api(api: Api, redis_url: str,
     out = capsys.readouterr().out
     assert "$.severity" in out  # the errors example caught BadRequest naming the field
     assert os.environ["VESTNIK_TOKEN"] not in out
-    r = Redis.from_url(redis_url)
+    r, keys = blocking(redis_url, name="test"), Keys.for_url("vn:", redis_url)
     try:
-        entries = [f for _, f in r.xrange("vn:notices")]
+        entries = [f for _, f in r.xrange(keys.notices)]
         titles = {f[b"title"] for f in entries if b"title" in f}
         assert {b"Disk 95% on web-1", b"Backup of db-1 failed", b"Disk 95% on web-2",
                 b"Disk 95% on web-3"} <= titles
         assert sum(f.get(b"op") == b"resolve" for f in entries) == 2
-        assert r.hlen("vn:settings") == 0  # every example deleted what it created
+        assert r.hlen(keys.settings) == 0  # every example deleted what it created
     finally:
         r.close()
     import httpx

@@ -54,9 +54,9 @@ async def test_forwarder_sigkilled_mid_send_retries_with_one_email_per_marker(st
             await pipe.execute()
         await eventually(lambda: _at_least(smtp, N // 4), timeout=30, what="sending under way")
         fwd.kill()
-        marked = {k.decode().split(":")[2] async for k in r.scan_iter(f"{K.sent}*")}
+        marked = {k.decode().split(":")[2] async for k in r.scan_iter(f"{K.forward(0).sent}*")}
         got_at_kill = sum(_per_notice(smtp).values())
-        queue_key = K.arq_queue
+        queue_key = K.forward(0).arq_queue
         claim = {nid: arq_keys(K.forward_job(nid, "1")).in_progress for nid in nids}
         running = [nid for nid in nids if await r.exists(claim[nid])]
         assert running, "the kill came when nothing was being sent"

@@ -102,7 +102,7 @@ async def test_pref_email_off_is_never_emailed(api: Api, redis: Redis, keys: Key
     assert [i["id"] for i in items] == [off]
     jid = keys.forward_job(off, "1")
     assert await redis.exists(arq_keys(jid).job, arq_keys(jid).result) == 0
-    assert await redis.zscore(keys.arq_queue, jid) is None
+    assert await redis.zscore(keys.forward(0).arq_queue, jid) is None
     assert [m.rcpt_tos for m in smtp.mails] == [["u2@example.org"]]
     assert smtp.mails[0].msg["Subject"] == "By email"
     assert on

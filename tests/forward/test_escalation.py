@@ -152,7 +152,8 @@ async def test_telegram_now_email_later_only_if_unread(api: Api, redis, keys: Ke
         assert r.status_code == 200
     # the email group is a job of its own, waiting
     jid = keys.forward_job(read, "1", "a6000")
-    assert await redis.zscore(keys.forward_due, msgspec.msgpack.encode([read, "1", "a6000"])) \
+    assert await redis.zscore(keys.forward_of(read).forward_due,
+                              msgspec.msgpack.encode([read, "1", "a6000"])) \
         or await redis.exists(arq_keys(jid).job)
 
     async def mailed() -> bool:
@@ -183,11 +184,11 @@ async def test_staged_forwards_are_pumped_and_stored_with_their_stage(redis, key
     from vestnik.streams.ids import now_ms
 
     due = now_ms() - 1
-    await redis.zadd(keys.forward_due, {due_member("N1", "u:7"): due,
-                                        due_member("N1", "u:7", "a900000"): due})
-    assert await pump_due(redis, keys) == 2
+    await redis.zadd(keys.forward(0).forward_due, {due_member("N1", "u:7"): due,
+                                                   due_member("N1", "u:7", "a900000"): due})
+    assert await pump_due(redis, keys.forward(0)) == 2
     for stage, args in ((None, ["N1", "u:7"]), ("a900000", ["N1", "u:7", "a900000"])):
-        job = Job(keys.forward_job("N1", "u:7", stage), redis, _queue_name=keys.arq_queue,
-                  _deserializer=job_deserializer)
+        job = Job(keys.forward_job("N1", "u:7", stage), redis,
+                  _queue_name=keys.forward(0).arq_queue, _deserializer=job_deserializer)
         info = await job.info()
         assert info is not None and list(info.args) == args

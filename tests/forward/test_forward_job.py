@@ -98,7 +98,7 @@ async def test_scheduling_survives_script_flush(redis: Redis, keys: Keys):
     async with redis.pipeline(transaction=False) as pipe:  # and outside MULTI
         add_forward_jobs(pipe, keys, [ForwardJob("C", "1", now_ms())])
         assert await pipe.execute() == [1]
-    assert await redis.zcard(keys.arq_queue) == 3
+    assert await redis.zcard(keys.forward(0).arq_queue) == 3
 
 
 async def test_email_headers_parts_and_escaping(redis: Redis, keys: Keys, redis_url,
@@ -210,7 +210,7 @@ async def test_forward_run_outside_our_worker_records_and_marks(redis: Redis, ke
     assert len(smtp.mails) == 1
     assert [(d.channel, d.status) for d in await deliveries(redis, keys, n.id)] == \
         [("email", "sent")]
-    assert await redis.exists(f"{keys.sent}{n.id}:1:email") == 1
+    assert await redis.exists(f"{keys.forward(0).sent}{n.id}:1:email") == 1
 
 
 async def test_refused_or_non_ascii_address_fails_once_and_the_next_mail_goes_out(
@@ -274,7 +274,7 @@ async def test_deferred_until_due(redis: Redis, keys: Keys, redis_url, smtp: Smt
     await store_notice(redis, keys, n)
     due = now_ms() + 1000
     await schedule(redis, keys, ForwardJob(n.id, "1", due))
-    assert await redis.zscore(keys.arq_queue, keys.forward_job(n.id, "1")) == due
+    assert await redis.zscore(keys.forward(0).arq_queue, keys.forward_job(n.id, "1")) == due
     await burst(settings)
     assert len(smtp.mails) == 1 and now_ms() >= due
 
@@ -518,7 +518,7 @@ async def run_stock_arq_worker(redis_url: str, keys: Keys) -> list[tuple[str, st
         calls.append((nid, uid))
         return "ok"
 
-    worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.arq_queue,
+    worker = Worker([func(fake_forward, name=FUNCTION)], queue_name=keys.forward(0).arq_queue,
                     redis_settings=RedisSettings.from_dsn(redis_url), burst=True,
                     handle_signals=False, poll_delay=0.05, job_serializer=job_serializer,
                     job_deserializer=job_deserializer)
@@ -538,7 +538,8 @@ async def test_job_record_is_arqs_own_format(redis: Redis, keys: Keys, redis_url
     job = ForwardJob("N1", "7", now_ms())
     assert await schedule(redis, keys, job, job) == [1, 0]
     jid = keys.forward_job("N1", "7")
-    pool_job = Job(jid, redis, _queue_name=keys.arq_queue, _deserializer=job_deserializer)
+    pool_job = Job(jid, redis, _queue_name=keys.forward(0).arq_queue,
+                   _deserializer=job_deserializer)
     info = await pool_job.info()
     assert info is not None and info.function == FUNCTION and list(info.args) == ["N1", "7"]
     assert await run_stock_arq_worker(redis_url, keys) == [("N1", "7")]
@@ -554,21 +555,20 @@ async def test_delayed_forwards_pumped_into_jobs_a_stock_worker_runs_once(
 
     due = now_ms() - 1
     for _ in range(2):  # the same forward twice: one member
-        await redis.zadd(keys.forward_due, {due_member("N1", "7"): due,
-                                            due_member("N2", "u:8 x"): due,
-                                            due_member("N3", "9"): due + 3_600_000})
-    assert await redis.zcard(keys.forward_due) == 3
-    assert await pump_due(redis, keys) == 2  # N3 is not due yet
-    assert await pump_due(redis, keys) == 0
-    assert [m.decode() for m in await redis.zrange(keys.arq_queue, 0, -1)] == \
+        await redis.zadd(keys.forward(0).forward_due, {due_member("N1", "7"): due,
+                                                       due_member("N2", "u:8 x"): due,
+                                                       due_member("N3", "9"): due + 3_600_000})
+    assert await redis.zcard(keys.forward(0).forward_due) == 3
+    assert await pump_due(redis, keys.forward(0)) == 2  # N3 is not due yet
+    assert await pump_due(redis, keys.forward(0)) == 0
+    assert [m.decode() for m in await redis.zrange(keys.forward(0).arq_queue, 0, -1)] == \
         [keys.forward_job("N1", "7"), keys.forward_job("N2", "u:8 x")]
     assert sorted(await run_stock_arq_worker(redis_url, keys)) == [("N1", "7"), ("N2", "u:8 x")]
     # written again after it ran (its result is kept): pumped, and not run a second time
-    await redis.zadd(keys.forward_due, {due_member("N1", "7"): due})
-    assert await pump_due(redis, keys) == 1
-    assert await redis.zcard(keys.arq_queue) == 0
-    assert [m for m, _ in await redis.zrange(keys.forward_due, 0, -1, withscores=True)] == \
-        [due_member("N3", "9")]
+    await redis.zadd(keys.forward(0).forward_due, {due_member("N1", "7"): due})
+    assert await pump_due(redis, keys.forward(0)) == 1
+    assert await redis.zcard(keys.forward(0).arq_queue) == 0
+    assert await redis.zrange(keys.forward(0).forward_due, 0, -1) == [due_member("N3", "9")]
 
 
 async def test_smtp_connection_is_reused_and_replaced_when_closed(redis: Redis, keys: Keys,

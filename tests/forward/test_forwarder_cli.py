@@ -97,7 +97,7 @@ async def test_two_forwarders_share_the_queue_each_job_runs_once(redis: Redis, k
         await pipe.execute()
 
     async def drained() -> bool:
-        return await redis.zcard(keys.arq_queue) == 0 and len(smtp.mails) >= 200
+        return await redis.zcard(keys.forward(0).arq_queue) == 0 and len(smtp.mails) >= 200
 
     await eventually(drained, timeout=60, what="200 jobs done")
     assert sorted(m.msg["Subject"] for m in smtp.mails) == sorted(nids)  # each exactly once

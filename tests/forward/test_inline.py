@@ -70,7 +70,7 @@ async def job_state(redis: Redis, keys: Keys, jid: str) -> dict[str, Any]:
         pipe.exists(arq.job)
         pipe.exists(arq.in_progress)
         pipe.exists(arq.result)
-        pipe.zscore(keys.arq_queue, jid)
+        pipe.zscore(keys.forward(0).arq_queue, jid)
         job, progress, result, queued = await pipe.execute()
     return {"job": job, "in_progress": progress, "result": result, "queued": queued}
 

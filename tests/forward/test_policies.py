@@ -149,7 +149,8 @@ async def test_quiet_hours_at_schedule_and_at_run_time(api: Api, redis: Redis, k
         return len(smtp.mails) >= 1
 
     await eventually(first_mail, timeout=15, what="the critical email")
-    assert await redis.zscore(keys.forward_due, msgspec.msgpack.encode([warn, "1"])) == end
+    assert await redis.zscore(keys.forward_of(warn).forward_due,
+                              msgspec.msgpack.encode([warn, "1"])) == end
 
     async def held() -> list[Any]:
         return [d for d in await deliveries(redis, keys, late.id) if d.status == "held"]

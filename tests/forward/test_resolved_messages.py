@@ -196,7 +196,7 @@ async def test_a_job_with_a_stage_not_ours_is_dropped(redis: Redis, keys: Keys, 
                                  ForwardJob(n.id, "1", now_ms())])
     await run(settings, Pager())
     assert len(smtp.mails) == 1  # the plain job; the other one did nothing, and ended
-    assert await redis.zcard(keys.arq_queue) == 0
+    assert await redis.zcard(keys.forward(0).arq_queue) == 0
 
 
 async def test_resolved_waits_for_a_firing_forward_still_running(
@@ -222,7 +222,7 @@ async def test_resolved_waits_for_a_firing_forward_still_running(
         # tried once, not running, still queued: its first run asked to run again later
         return (int(await redis.get(mine.retry) or 0) >= 1
                 and not await redis.exists(mine.in_progress)
-                and await redis.zscore(keys.arq_queue, jid) is not None)
+                and await redis.zscore(keys.forward(0).arq_queue, jid) is not None)
 
     await eventually(deferred, what="the resolved job deferred")
     assert pager.resolved == []

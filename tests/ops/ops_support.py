@@ -20,8 +20,8 @@ BRIDGE_PATTERNS = "panel:vm:*=vm"
 ALERT = "import sys\nprint('not json', flush=True)\nfor line in sys.stdin: pass\n"
 PROCESSES = ("center", "forwarder", "bridge", "wrap")
 # what /readyz checks in each process, besides `redis`
-OWN_CHECKS = {"center": {"group:center", "consumer", "forwarder"}, "forwarder": {"worker"},
-              "bridge": {"subscribed"}, "wrap": {"alert"}}
+OWN_CHECKS = {"center": {"group:center", "partitions", "consumer", "forwarder"},
+              "forwarder": {"worker", "partitions"}, "bridge": {"subscribed"}, "wrap": {"alert"}}
 
 
 @dataclass

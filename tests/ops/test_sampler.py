@@ -35,9 +35,10 @@ async def test_no_stream_yet_is_not_an_error(redis, keys):
 
 async def test_forward_backlog_due_and_scheduled(redis, keys):
     now = now_ms()
-    await redis.zadd(keys.arq_queue, {"due-1": now - 1000, "due-2": now - 5, "later": now + 60_000})
-    await redis.zadd(keys.forward_due, {"held": now + 3_600_000, "pump-me": now - 10})
+    fk = keys.forward(0)
+    await redis.zadd(fk.arq_queue, {"due-1": now - 1000, "due-2": now - 5, "later": now + 60_000})
+    await redis.zadd(fk.forward_due, {"held": now + 3_600_000, "pump-me": now - 10})
 
-    await sample_once(redis, [backlog_probe(keys)])
-    assert value("vestnik_forward_backlog", state="due") == 3
-    assert value("vestnik_forward_backlog", state="scheduled") == 2
+    await sample_once(redis, [backlog_probe([fk])])
+    assert value("vestnik_forward_backlog", state="due", partition="0") == 3
+    assert value("vestnik_forward_backlog", state="scheduled", partition="0") == 2

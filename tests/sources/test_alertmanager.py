@@ -318,3 +318,17 @@ def test_unknown_fields_of_a_newer_alertmanager_are_ignored():
         **payload(alert(silencedBy=[], inhibitedBy=[], extra={"a": 1})),
         "newField": True}).encode(), AlertmanagerPayload))
     assert len(out.notices) == 1 and out.skipped == []
+
+
+def test_with_ingest_partitions_an_alerts_firing_and_resolved_share_a_stream():
+    """VESTNIK_INGEST_PARTITIONS > 1: each alert's entries go to the partition of its
+    fingerprint (its dedup key), so its resolved entry follows its firing one in order;
+    different alerts spread."""
+    from vestnik.streams.keys import Keys
+
+    keys = Keys("vn:", ingest_partitions=4)
+    fps = [f"{i:016x}" for i in range(12)]
+    firing = mapped(*(alert(fingerprint=fp) for fp in fps)).streams(keys)
+    resolved = mapped(*(alert("resolved", fingerprint=fp) for fp in fps)).streams(keys)
+    assert firing == resolved
+    assert len(set(firing)) > 1

@@ -80,8 +80,9 @@ class _Http:
 
 class _Redis:
     def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int,
-                 wait_replicas: int) -> None:
-        self.url, self.keys, self.topic_maxlen = url, Keys(prefix), topic_maxlen
+                 wait_replicas: int, ingest_partitions: int) -> None:
+        self.url, self.topic_maxlen = url, topic_maxlen
+        self.keys = Keys.for_url(prefix, url, ingest_partitions=ingest_partitions)
         self.redis = connect(url, max_connections=4, name="vestnik-client", timeout=timeout)
         self.ingest = Ingest(self.redis, self.keys,
                              Appends(self.redis, Replication.of(wait_replicas, timeout)))
@@ -125,9 +126,11 @@ class AsyncClient:
 
     @classmethod
     def redis(cls, url: str, prefix: str = "vn:", *, timeout: float = 2.0,
-              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0) -> AsyncClient:
+              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0,
+              ingest_partitions: int = 1) -> AsyncClient:
         """Straight to Redis (see `Client.redis`)."""
-        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas))
+        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas,
+                          ingest_partitions))
 
     async def send(self, alert: str, title: str, *, idempotency_key: str | None = None,
                    **options: Unpack[NoticeOptions]) -> str:

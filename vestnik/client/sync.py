@@ -23,7 +23,7 @@ from vestnik.client.calls import (
     Version,
 )
 from vestnik.client.errors import NotSupported
-from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry
+from vestnik.streams.center import INGEST_SCRIPT_PATH, IngestCall, resolve_entry, resolve_stream
 from vestnik.streams.coalesce import Replication
 from vestnik.streams.forward import DeliveryList
 from vestnik.streams.keys import Keys
@@ -82,41 +82,53 @@ class _Http:
 
 class _Redis:
     def __init__(self, url: str, prefix: str, timeout: float, topic_maxlen: int,
-                 wait_replicas: int) -> None:
-        self.url, self.keys, self.topic_maxlen = url, Keys(prefix), topic_maxlen
+                 wait_replicas: int, ingest_partitions: int) -> None:
+        self.url, self.topic_maxlen = url, topic_maxlen
+        self.keys = Keys.for_url(prefix, url, ingest_partitions=ingest_partitions)
         self.redis = blocking(url, name="vestnik-client", timeout=timeout)
         self.replication = Replication.of(wait_replicas, timeout)
 
     def call(self, call: Call[T]) -> T:
         raise NotSupported(HTTP_ONLY)
 
-    def _durable(self, queue: Callable[[Any], Any]) -> Any:
-        """What `queue` adds to a pipeline, answered once `replication` has it (its WAIT in
-        the same round trip, as the api's Ingest does)."""
+    def _durable(self, stream: str, queue: Callable[[Any], Any]) -> Any:
+        """What `queue` adds to a pipeline (writes to `stream`), answered once `replication`
+        has it: its WAIT in the same round trip, as the api's Ingest does; on a cluster,
+        after it, on the node that took the write (a pipeline routes only keyed commands)."""
         pipe = self.redis.pipeline(transaction=False)
         queue(pipe)
-        if self.replication is not None:
-            pipe.execute_command("WAIT", self.replication.replicas,
-                                 self.replication.timeout_ms)
+        rep = self.replication
+        if rep is not None and not self.keys.cluster:
+            pipe.execute_command("WAIT", rep.replicas, rep.timeout_ms)
         answers = pipe.execute()
-        if self.replication is not None:
-            self.replication.check(answers[-1])
+        if rep is not None:
+            if self.keys.cluster:
+                node = self.redis.get_node_from_key(stream, replica=False)
+                rep.check(self.redis.execute_command("WAIT", rep.replicas, rep.timeout_ms,
+                                                     target_nodes=node))
+            else:
+                rep.check(answers[-1])
         return answers[0]
 
     def send(self, notice: NoticeIn, key: str | None) -> str:
         ingest = IngestCall.of(notice, self.keys, key)
         with calls.translated(self.url):
             if ingest.script_keys is None:
-                self._durable(lambda pipe: pipe.xadd(self.keys.notices, ingest.fields))
+                self._durable(ingest.stream, lambda pipe: pipe.xadd(ingest.stream, ingest.fields))
                 return ingest.nid
             script, script_keys = sync_script(INGEST_SCRIPT_PATH), ingest.script_keys
-            kind, got = self._durable(lambda pipe: script(
-                keys=script_keys, args=ingest.script_args, client=pipe))
+            if self.keys.cluster:  # a cluster pipeline refuses EVALSHA: the text (EVAL)
+                kind, got = self._durable(ingest.stream, lambda pipe: pipe.execute_command(
+                    "EVAL", script.script, len(script_keys), *script_keys, *ingest.script_args))
+            else:
+                kind, got = self._durable(ingest.stream, lambda pipe: script(
+                    keys=script_keys, args=ingest.script_args, client=pipe))
             return ingest.outcome(kind, got)
 
     def resolve(self, body: ResolveIn) -> str:
         with calls.translated(self.url):
-            sid = self._durable(lambda pipe: pipe.xadd(self.keys.notices, resolve_entry(body)))
+            stream = resolve_stream(body, self.keys)
+            sid = self._durable(stream, lambda pipe: pipe.xadd(stream, resolve_entry(body)))
         return sid.decode()
 
     def publish(self, topic: str, event: EventIn) -> str:
@@ -152,12 +164,16 @@ class Client:
 
     @classmethod
     def redis(cls, url: str, prefix: str = "vn:", *, timeout: float = 2.0,
-              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0) -> Client:
+              topic_maxlen: int = calls.TOPIC_MAXLEN, wait_replicas: int = 0,
+              ingest_partitions: int = 1) -> Client:
         """Straight to Redis (the entries the README documents; `url` may be a
         `redis+sentinel://` one); every command times out after `timeout` seconds.
         `wait_replicas`: a send or resolve returns once that many replicas have it (as
-        VESTNIK_REDIS_WAIT_REPLICAS), else raises Unavailable."""
-        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas))
+        VESTNIK_REDIS_WAIT_REPLICAS), else raises Unavailable. `ingest_partitions`: the
+        center's VESTNIK_INGEST_PARTITIONS (notices spread over that many streams as
+        Vestnik's own writers spread them; 1 writes `vn:notices` only)."""
+        return cls(_Redis(url, prefix, timeout, topic_maxlen, wait_replicas,
+                          ingest_partitions))
 
     def send(self, alert: str, title: str, *, idempotency_key: str | None = None,
              **options: Unpack[NoticeOptions]) -> str:
