@@ -1,0 +1,1 @@
+"""`vestnik soak`: an hour of mixed faults under load, every notice accounted for."""
