@@ -73,7 +73,7 @@ REDIS_TIMEOUT_S = 30.0
 # faults that can make a sent forward run again (see the docstring)
 WINDOW_FAULTS = ("forwarder", "redis", "smtp")
 
-_item = msgspec.json.Decoder(dict[str, Any])
+_item = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 class LoadView(Protocol):

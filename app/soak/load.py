@@ -131,7 +131,7 @@ class _Stream(SSEProtocol):
             self.lost.set_result(None)
 
 
-_feed_item = msgspec.json.Decoder(dict[str, Any])
+_feed_item = msgspec.json.Decoder(dict[str, Any]).decode
 
 
 def user_ids(n: int) -> list[str]:
