@@ -8,7 +8,10 @@ ledger can find it in any feed, SSE event or mail whatever id it was given. Four
   503 and connection errors: acknowledged when an id was answered (exactly: a lost answer is
   retried, never counted twice);
 - entity events on the wrapped alert's topic (`wrap`): the alert prints a notice for each
-  (dedup key `soak-<seq>`); acknowledged when the publish answered 201.
+  (its dedup key is the entity's: a replayed snapshot folds); acknowledged when the publish
+  answered 201;
+- a Redis key the bridge turns into an event of the alert's other topic (`bridge`, `SET
+  soak:key:b<seq>`): acknowledged when the SET returned (the bridge resyncs after a restart).
 
 Users: `soak-u1..N`, published on topic `user` by the load. Every fifth one is of the
 "forward" class: the load never reads for them, so every notice naming them on `email`
@@ -40,6 +43,7 @@ from redis.exceptions import RedisError
 
 from vestnik.app.bench.sse_client import SSEProtocol
 from vestnik.streams.ids import ulid
+from vestnik.streams.keys import USER_TOPIC
 
 if TYPE_CHECKING:
     from vestnik.app.soak.stack import Stack
@@ -50,6 +54,7 @@ ALERT = "soak-load"
 CHURN_TOPIC = "soak-churn"
 CHURN_SETTING = "soak-churn"
 DEFAULT_WRAP_TOPIC = "soak-alert"
+DEFAULT_KEYSPACE_PATTERN = "soak:key:*"
 FORWARD_EVERY = 5  # every fifth user is of the forward class
 HTTP_TIMEOUT_S = 5.0
 REDIS_TIMEOUT_S = 5.0
@@ -60,9 +65,10 @@ SSE_CONNECT_TIMEOUT_S = 5.0
 SSE_PAUSE_S = (0.2, 2.0)  # reconnect backoff, first and largest
 SSE_MAX_CONNECTS = 100_000  # per client: bounds the reconnect loop in count too
 MEMORY_EVERY_S = 5.0
-STOP_GRACE_S = 60.0  # how long `run` waits for sends still retrying after stop
+STOP_GRACE_S = 60.0
+USERS_UP_S = 30.0  # how long `run` waits for sends still retrying after stop
 
-Path = Literal["xadd", "http", "wrap"]
+Path = Literal["xadd", "http", "wrap", "bridge"]
 RETRY_STATUS = frozenset({429, 502, 503, 504})
 
 
@@ -73,6 +79,7 @@ class Rates:
     xadd: float = 4.0
     http: float = 4.0
     wrap: float = 1.0
+    bridge: float = 0.5
     topic: float = 2.0
     settings: float = 0.2
     reads: float = 2.0
@@ -158,6 +165,8 @@ class Load:
         self.forwarded = [u for u in self.users if is_forward_class(u)]
         # the first topic the wrapped alert follows (Stack.alert_topics)
         self.wrap_topic: str = (getattr(stack, "alert_topics", None) or (DEFAULT_WRAP_TOPIC,))[0]
+        # the bridge's keys: `soak:key:*` -> the key's name after the prefix
+        self.key_prefix = getattr(stack, "keyspace_pattern", DEFAULT_KEYSPACE_PATTERN).rstrip("*")
         self.sse = [SSERecord(self.users[i % len(self.users)]) for i in range(sse_clients)]
         self.sent: list[Sent] = []
         self.bad: list[str] = []  # markers of bad entries XADDed (expected dead letters)
@@ -189,7 +198,8 @@ class Load:
         self.started_at = time.time()
         kinds: list[tuple[float, Callable[[], Awaitable[None]]]] = [
             (self.rates.xadd, self._xadd_notice), (self.rates.http, self._http_notice),
-            (self.rates.wrap, self._wrap_event), (self.rates.topic, self._topic_event),
+            (self.rates.wrap, self._wrap_event), (self.rates.bridge, self._bridge_key),
+            (self.rates.topic, self._topic_event),
             (self.rates.settings, self._settings_change), (self.rates.reads, self._read_one),
             (self.rates.read_all, self._read_all),
         ]
@@ -356,6 +366,24 @@ class Load:
                                body) is not None:
             self._ack(seq, "wrap", None, recipients, ())
 
+    async def _bridge_key(self) -> None:
+        seq = self._next_seq()
+        recipients, _ = self._recipients(False)
+        value = msgspec.json.encode({"seq": seq, "recipients": list(recipients),
+                                     "title": f"soak #{seq} bridge"})
+        for attempt in range(SEND_TRIES):
+            try:
+                async with asyncio.timeout(REDIS_TIMEOUT_S):
+                    await self._redis.set(f"{self.key_prefix}b{seq}", value)
+                self._ack(seq, "bridge", None, recipients, ())
+                return
+            except (RedisError, OSError, TimeoutError):
+                if attempt + 1 == SEND_TRIES or self._closing.is_set():
+                    self.counts["failed"] += 1
+                    return
+                self.counts["retries"] += 1
+                await asyncio.sleep(RETRY_PAUSE_S)
+
     async def _service(self, method: str, path: str, body: Any, *,
                        headers: dict[str, str] | None = None) -> dict[str, Any] | None:
         """A service-token request, retried (same body, same headers: the same
@@ -392,8 +420,15 @@ class Load:
         for uid in self.users:
             body = {"op": "create", "id": uid,
                     "data": {"id": uid, "email": f"{uid}@soak.test"}}
-            if await self._service("POST", "/api/v1/topics/user/events", body) is None:
+            if await self._service("POST", f"/api/v1/topics/{USER_TOPIC}/events", body) is None:
                 raise RuntimeError(f"could not publish soak user {uid}")
+        state = self.stack.keys.state(USER_TOPIC)
+        for _ in range(int(USERS_UP_S / 0.1)):  # the centers and forwarder read them there
+            async with asyncio.timeout(REDIS_TIMEOUT_S):
+                if await self._redis.hexists(state, self.users[-1]):
+                    return
+            await asyncio.sleep(0.1)
+        raise RuntimeError(f"the soak users did not reach the user state in {USERS_UP_S:g} s")
 
     # -- unaccounted traffic ---------------------------------------------------------------
     async def _topic_event(self) -> None:
