@@ -66,7 +66,9 @@ SSE_PAUSE_S = (0.2, 2.0)  # reconnect backoff, first and largest
 SSE_MAX_CONNECTS = 100_000  # per client: bounds the reconnect loop in count too
 MEMORY_EVERY_S = 5.0
 STOP_GRACE_S = 60.0
-USERS_UP_S = 30.0  # how long `run` waits for sends still retrying after stop
+USERS_UP_S = 30.0
+PRUNE_EVERY_S = 10.0
+PRUNE_AFTER_S = 10.0  # how long `run` waits for sends still retrying after stop
 
 Path = Literal["xadd", "http", "wrap", "bridge"]
 RETRY_STATUS = frozenset({429, 502, 503, 504})
@@ -185,6 +187,8 @@ class Load:
         self._http: httpx.AsyncClient | None = None
         self._redis: Any = None
         self._setting_id: str | None = None
+        self._seen: set[int] = set()  # load seqs some SSE client received
+        self._prunable: list[Sent] = []  # wrap/bridge entities not deleted yet
 
     # -- public ----------------------------------------------------------------------
     async def run(self, stop: asyncio.Event) -> None:
@@ -206,6 +210,7 @@ class Load:
         loops = [asyncio.create_task(self._every(rate, op, stop)) for rate, op in kinds
                  if rate > 0]
         loops.append(asyncio.create_task(self._sample_memory(stop)))
+        loops.append(asyncio.create_task(self._prune(stop)))
         try:
             await asyncio.gather(*loops)
         finally:
@@ -315,8 +320,11 @@ class Load:
 
     def _ack(self, seq: int, path: Path, nid: str | None, recipients: tuple[str, ...],
              fwd: tuple[str, ...]) -> None:
-        self.sent.append(Sent(seq, path, nid, recipients, fwd, time.time()))
+        sent = Sent(seq, path, nid, recipients, fwd, time.time())
+        self.sent.append(sent)
         self.counts["acknowledged"] += 1
+        if path in ("wrap", "bridge"):
+            self._prunable.append(sent)
 
     async def _xadd_notice(self) -> None:
         seq = self._next_seq()
@@ -483,6 +491,32 @@ class Load:
         self.counts["ops"] += 1
         await self._user("POST", "/api/v1/me/notices/read-all", self.rng.choice(self.readers))
 
+    async def _prune(self, stop: asyncio.Event) -> None:
+        """Delete the wrapped alert's entities (topic event, bridge key) whose notice some
+        SSE client has received, PRUNE_AFTER_S after it was acknowledged: a restarted wrapper
+        replays every entity left (folded by its dedup key, but each one costs the alert, the
+        ingest stream and the center a round)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(PRUNE_EVERY_S):
+                    await stop.wait()
+            old = time.time() - PRUNE_AFTER_S
+            done = [s for s in self._prunable if s.seq in self._seen and s.at < old]
+            if not done:
+                continue
+            gone = {s.seq for s in done}
+            self._prunable = [s for s in self._prunable if s.seq not in gone]
+            for s in done:
+                if stop.is_set():
+                    return
+                if s.path == "wrap":
+                    await self._service("POST", f"/api/v1/topics/{self.wrap_topic}/events",
+                                        {"op": "delete", "id": f"w{s.seq}"})
+                else:
+                    with contextlib.suppress(RedisError, OSError, TimeoutError):
+                        async with asyncio.timeout(REDIS_TIMEOUT_S):
+                            await self._redis.delete(f"{self.key_prefix}b{s.seq}")
+
     # -- memory ------------------------------------------------------------------------------
     async def _sample_memory(self, stop: asyncio.Event) -> None:
         while not stop.is_set():
@@ -511,6 +545,8 @@ class Load:
             if event == "notice":
                 item = _feed_item(data)
                 rec.events.append((int(item["seq"]), str(item["id"])))
+                if isinstance(d := item.get("data"), dict) and isinstance(d.get("seq"), int):
+                    self._seen.add(d["seq"])
             elif event == "count" and rec.start is None:
                 rec.start = int(_feed_item(data)["seq"])
             elif event == "reset":
