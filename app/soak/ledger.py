@@ -7,8 +7,8 @@ Each notice is known by the load's sequence number (`data.seq`), never by a coun
   ids, so a copy is the same seq under a second id: a retry that became a new notice).
 - SSE: a client is owed every feed entry of its user after the feed's last seq when it first
   connected (the `count` event's `seq`), once each, in increasing seq order. `sse_gaps`:
-  owed entries never received, plus entries received out of order; `sse_duplicates`: a seq
-  received more than once.
+  owed entries never received, entries received out of order, and seqs that came with
+  another notice's id than the feed's; `sse_duplicates`: a seq received more than once.
 - Forwards: every (notice, forward-class recipient) pair of an acknowledged notice with an
   email channel is due (those users are never read for): it must reach the SMTP sink at
   least once (the mail's X-Vestnik-Notice and To). A second mail of a pair is a duplicate.
@@ -52,7 +52,8 @@ from urllib.parse import unquote
 import msgspec
 from redis.exceptions import RedisError
 
-from vestnik.app.soak.load import MemorySample, Sent, SSERecord
+from vestnik.app.soak.follow import SSERecord
+from vestnik.app.soak.load import MemorySample, Sent
 from vestnik.streams.center import Inbox
 from vestnik.streams.forward.job import SEND_TIMEOUT_S
 from vestnik.streams.forward.worker import JOB_TIMEOUT_S
@@ -119,25 +120,29 @@ def feed_check(sent: Iterable[Sent], feeds: Feeds) -> dict[str, Any]:
 def sse_check(records: Iterable[SSERecord], feeds: Feeds) -> dict[str, Any]:
     """Gaps (owed and never received, or received out of order) and duplicates, summed over
     the clients; a client that never connected is counted in `sse_never_connected`."""
-    gaps = dups = never = 0
+    gaps = dups = never = resets = 0
     examples: list[dict[str, Any]] = []
     for i, rec in enumerate(records):
+        resets += rec.resets
         if rec.start is None:
             never += 1
             continue
-        owed = [e.seq for e in feeds.get(rec.uid, []) if e.live and e.seq > rec.start]
+        nids = {e.seq: e.nid for e in feeds.get(rec.uid, []) if e.live}
+        owed = [seq for seq in nids if seq > rec.start]
         got = [seq for seq, _ in rec.events]
         c = Counter(got)
         d = sum(n - 1 for n in c.values())
         missing = sorted(set(owed) - c.keys())
         disorder = sum(1 for a, b in itertools.pairwise(got) if b < a)
-        if missing or d or disorder:
+        # an event whose seq names another notice in the feed: that notice was not seen
+        wrong = len({seq for seq, nid in rec.events if nids.get(seq, nid) != nid})
+        if missing or d or disorder or wrong:
             examples.append({"client": i, "uid": rec.uid, "missing": missing[:10],
-                             "duplicates": d, "out_of_order": disorder})
-        gaps += len(missing) + disorder
+                             "duplicates": d, "out_of_order": disorder, "wrong_id": wrong})
+        gaps += len(missing) + disorder + wrong
         dups += d
     return {"sse_gaps": gaps, "sse_duplicates": dups, "sse_never_connected": never,
-            "sse_examples": examples[:20]}
+            "sse_resets": resets, "sse_examples": examples[:20]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -329,6 +334,8 @@ async def account(stack: Stack, load: LoadView, *, drain_s: float = DRAIN_S,
         result["dead_letters_expected"] = len(load.bad)
         result["dead_letters_found"] = sum(1 for t in load.bad if t in titles)
         result["acknowledged"] = len(load.sent)
+        if callable(stats := getattr(load, "stats", None)):
+            result["load"] = stats()
         result["acknowledged_by_path"] = dict(Counter(s.path for s in load.sent))
         result["steady_bytes_per_notice"] = steady_bytes_per_notice(
             load.memory, load.started_at, load.stopped_at)

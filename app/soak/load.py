@@ -19,10 +19,10 @@ falls due and must be mailed; reads and read-alls touch only the "read" class, s
 read notice was forwarded depends on timing and is not accounted.
 
 Around it, unaccounted but exercising the same processes: topic events on `soak-churn`,
-settings created/patched/deleted, inbox reads, unread counts, read-alls, and 200 SSE clients
-(`/me/stream`) that resume with Last-Event-ID after every disconnect, each recording the
-(feed seq, notice id) it received, in order. Rates are bounded (`Rates`): the machine
-running the soak also runs the stack.
+settings created/patched/deleted, inbox reads, unread counts and read-alls. And 200 SSE
+clients (app.soak.follow), which the ledger accounts. Rates are bounded (`Rates`): the
+machine running the soak also runs the stack. The stack's Redis is private: its keys
+(the bridge's `soak:key:*` too) go with it.
 """
 
 from __future__ import annotations
@@ -33,15 +33,15 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import urlsplit
 
 import httpx
 import msgspec
 from redis.exceptions import RedisError
 
-from vestnik.app.bench.sse_client import SSEProtocol
+from vestnik.app.soak.follow import SSERecord, follow
 from vestnik.streams.ids import ulid
 from vestnik.streams.keys import USER_TOPIC
 
@@ -61,9 +61,6 @@ REDIS_TIMEOUT_S = 5.0
 SEND_TRIES = 40  # a send retried this many times (~1 s apart: an api or Redis restart)
 RETRY_PAUSE_S = 1.0
 MAX_IN_FLIGHT = 32  # sends waiting for an answer (or retrying) at once
-SSE_CONNECT_TIMEOUT_S = 5.0
-SSE_PAUSE_S = (0.2, 2.0)  # reconnect backoff, first and largest
-SSE_MAX_CONNECTS = 100_000  # per client: bounds the reconnect loop in count too
 MEMORY_EVERY_S = 5.0
 STOP_GRACE_S = 60.0
 USERS_UP_S = 30.0
@@ -110,39 +107,6 @@ class MemorySample(msgspec.Struct, frozen=True):
     acknowledged: int
 
 
-@dataclass(slots=True)
-class SSERecord:
-    """What one SSE client received: (feed seq, notice id) of every `notice` event, in order."""
-
-    uid: str
-    events: list[tuple[int, str]] = field(default_factory=list)
-    start: int | None = None  # the feed's last seq when it first connected (its `count`)
-    connects: int = 0
-    resets: int = 0
-
-    @property
-    def last(self) -> int | None:
-        return self.events[-1][0] if self.events else None
-
-
-class _Stream(SSEProtocol):
-    """The bench's lean SSE protocol, with a future that completes when the connection ends."""
-
-    __slots__ = ("lost",)
-
-    def __init__(self, request: bytes, on_event: Callable[[str, bytes], None]) -> None:
-        super().__init__(request, on_event)
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(exc)
-        if not self.lost.done():
-            self.lost.set_result(None)
-
-
-_feed_item = msgspec.json.Decoder(dict[str, Any]).decode
-
-
 def user_ids(n: int) -> list[str]:
     return [f"soak-u{i}" for i in range(1, n + 1)]
 
@@ -176,8 +140,7 @@ class Load:
         self.started_at = 0.0
         self.stopped_at = 0.0
         self.counts: dict[str, int] = dict.fromkeys(
-            ("sent", "acknowledged", "retries", "failed", "rejected", "ops", "op_errors",
-             "sse_connects"), 0)
+            ("sent", "acknowledged", "retries", "failed", "rejected", "ops", "op_errors"), 0)
         self._seq = 0
         self._bad_seq = 0
         self._in_flight = asyncio.Semaphore(MAX_IN_FLIGHT)
@@ -197,8 +160,9 @@ class Load:
         until `close` (the ledger closes them once they have caught up)."""
         await self._open()
         await self._publish_users()
-        self._sse_tasks = [asyncio.create_task(self._follow(rec), name=f"sse-{i}")
-                           for i, rec in enumerate(self.sse)]
+        self._sse_tasks = [asyncio.create_task(follow(
+            self.stack.api_url, partial(self.stack.user_token, rec.uid), rec, self._closing,
+            self.rng, self._on_notice), name=f"sse-{i}") for i, rec in enumerate(self.sse)]
         self.started_at = time.time()
         kinds: list[tuple[float, Callable[[], Awaitable[None]]]] = [
             (self.rates.xadd, self._xadd_notice), (self.rates.http, self._http_notice),
@@ -235,8 +199,12 @@ class Load:
                 self.bad.append(marker)
 
     def stats(self) -> dict[str, int]:
-        return {**self.counts, "sse_clients_connected": sum(
-            1 for t in self._sse_tasks if not t.done())}
+        return {**self.counts, "sse_connects": sum(r.connects for r in self.sse)}
+
+    def _on_notice(self, item: dict[str, Any]) -> None:
+        """An SSE client got a notice: its load seq is known to be stored (see `_prune`)."""
+        if isinstance(d := item.get("data"), dict) and isinstance(d.get("seq"), int):
+            self._seen.add(d["seq"])
 
     async def close(self) -> None:
         """Stop the SSE clients and close the clients (idempotent)."""
@@ -532,52 +500,3 @@ class Load:
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(MEMORY_EVERY_S):
                     await stop.wait()
-
-    # -- SSE ---------------------------------------------------------------------------------
-    async def _follow(self, rec: SSERecord) -> None:
-        """One SSE client of `rec.uid`: connect, record every notice event, and after any end
-        of the stream connect again with Last-Event-ID (backoff 0.2-2 s) until `close`."""
-        url = urlsplit(self.stack.api_url)
-        host, port = url.hostname or "127.0.0.1", url.port or 80
-        pause = SSE_PAUSE_S[0]
-
-        def on_event(event: str, data: bytes) -> None:
-            if event == "notice":
-                item = _feed_item(data)
-                rec.events.append((int(item["seq"]), str(item["id"])))
-                if isinstance(d := item.get("data"), dict) and isinstance(d.get("seq"), int):
-                    self._seen.add(d["seq"])
-            elif event == "count" and rec.start is None:
-                rec.start = int(_feed_item(data)["seq"])
-            elif event == "reset":
-                rec.resets += 1
-
-        for _ in range(SSE_MAX_CONNECTS):
-            if self._closing.is_set():
-                return
-            head = (f"GET /api/v1/me/stream HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                    "Accept: text/event-stream\r\n"
-                    f"Authorization: Bearer {self.stack.user_token(rec.uid)}\r\n")
-            if rec.last is not None:
-                head += f"Last-Event-ID: {rec.last}\r\n"
-            proto = _Stream((head + "\r\n").encode(), on_event)
-            try:
-                async with asyncio.timeout(SSE_CONNECT_TIMEOUT_S):
-                    await asyncio.get_running_loop().create_connection(
-                        lambda p=proto: p, host, port)
-                    status = await proto.connected
-                if status != 200:
-                    raise ConnectionError(f"HTTP {status}")
-            except (OSError, TimeoutError):
-                proto.close()
-                await asyncio.sleep(pause)
-                pause = min(pause * 2, SSE_PAUSE_S[1])
-                continue
-            rec.connects += 1
-            self.counts["sse_connects"] += 1
-            pause = SSE_PAUSE_S[0]
-            try:
-                await proto.lost
-            finally:
-                proto.close()
-            await asyncio.sleep(self.rng.uniform(0, pause))

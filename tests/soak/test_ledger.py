@@ -1,5 +1,6 @@
 """The soak's ledger can fail: notices stored by a real center, then a missing notice, a feed
-duplicate, an SSE gap and duplicate, a missing and a duplicated forward, planted in what it
+duplicate, SSE gaps (an event never received, one with another notice's id) and an SSE
+duplicate, a missing and a duplicated forward, a missing dead letter, planted in what it
 reads, are each found and counted; the same world without them accounts clean."""
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ from redis.asyncio import Redis
 
 from support import Proc, eventually
 from vestnik.app.soak import ledger
-from vestnik.app.soak.load import MemorySample, Sent, SSERecord
+from vestnik.app.soak.follow import SSERecord
+from vestnik.app.soak.load import MemorySample, Sent
 from vestnik.streams.ids import ulid
 from vestnik.streams.keys import Keys
 
@@ -75,8 +77,10 @@ def _mail(nid: str, uid: str, at: float) -> bytes:
             f"X-Vestnik-Notice: {nid}\r\n\r\nbody\r\n").encode()
 
 
-async def _feed_seqs(redis: Redis, keys: Keys, uid: str) -> list[int]:
-    return [int(s) for _, s in await redis.zrange(keys.feed(uid), 0, -1, withscores=True)]
+async def _feed(redis: Redis, keys: Keys, uid: str) -> list[tuple[int, str]]:
+    """(seq, notice id) of each entry of `uid`'s feed, oldest first: what SSE delivers."""
+    return [(int(s), n.decode()) for n, s in
+            await redis.zrange(keys.feed(uid), 0, -1, withscores=True)]
 
 
 @pytest.fixture
@@ -99,12 +103,12 @@ async def world(redis: Redis, redis_url: str, keys: Keys,
     load.bad.append("soak-bad-1")
 
     async def stored() -> bool:
-        return (len(await _feed_seqs(redis, keys, "soak-u2")) == 2
+        return (len(await _feed(redis, keys, "soak-u2")) == 2
                 and await redis.xlen(keys.notices_dead) == 1)
     await eventually(stored, timeout=20, what="the center stored the notices")
     for uid in UIDS:  # every client connected before the first notice and got all of them
         rec = SSERecord(uid, start=0)
-        rec.events = [(s, "") for s in await _feed_seqs(redis, keys, uid)]
+        rec.events = await _feed(redis, keys, uid)
         load.sse.append(rec)
     return stack, load
 
@@ -128,11 +132,14 @@ async def test_planted_faults_are_each_found(world: tuple[FakeStack, FakeLoad], 
     await _xadd(redis, keys, 2, ["soak-u1"])
 
     async def stored() -> bool:
-        return len(await _feed_seqs(redis, keys, "soak-u1")) == 3
+        return len(await _feed(redis, keys, "soak-u1")) == 3
     await eventually(stored, timeout=20, what="the duplicate stored")
     # soak-u1's client: seq 3 (the duplicate) was never seen, seq 1 seen twice
     u1 = load.sse[0]
-    u1.events = [(1, ""), (1, ""), (2, "")]
+    u1.events = [u1.events[0], u1.events[0], u1.events[1]]
+    # soak-u2's client got seq 1 with the id of another notice (seq 2's)
+    u2 = load.sse[1]
+    u2.events = [(1, u2.events[1][1]), u2.events[1]]
     # a forward due for soak-u5 that never reached the sink, and one mailed twice: once
     # with a forwarder kill just before (inside the window), once with no fault near it
     missing_fwd = ulid()
@@ -150,7 +157,7 @@ async def test_planted_faults_are_each_found(world: tuple[FakeStack, FakeLoad], 
     assert sorted(out["missing_examples"]) == [("soak-u1", 99), ("soak-u5", 100)]
     assert out["missing"] == 2
     assert out["duplicated_in_feeds"] == 1
-    assert out["sse_gaps"] == 1 and out["sse_duplicates"] == 1
+    assert out["sse_gaps"] == 2 and out["sse_duplicates"] == 1
     assert out["forwards_missing"] == 1
     assert out["forwards_duplicated"] == 2
     assert sorted(d["inside_window"] for d in out["forward_duplicates"]) == [False, True]

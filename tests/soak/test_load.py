@@ -38,7 +38,7 @@ async def test_a_short_load_with_an_api_kill_accounts_every_notice() -> None:
             await asyncio.sleep(1)  # sends and SSE clients meet a dead api
             await stack.restart("api")
             await load.bad_burst(3)
-            connects = load.counts["sse_connects"]
+            connects = load.stats()["sse_connects"]
             await _until(lambda: load.counts["acknowledged"] >= 80 or run.done(), 60)
             stop.set()
             await run
@@ -49,7 +49,7 @@ async def test_a_short_load_with_an_api_kill_accounts_every_notice() -> None:
 
     assert out["acknowledged"] >= 80, out
     assert set(out["acknowledged_by_path"]) == {"xadd", "http", "wrap", "bridge"}, out
-    assert load.counts["sse_connects"] > connects  # the clients came back after the kill
+    assert load.stats()["sse_connects"] > connects  # the clients came back after the kill
     assert sum(len(r.events) for r in load.sse) >= out["acknowledged"]  # and saw notices
     assert (out["missing"], out["duplicated_in_feeds"]) == (0, 0), out
     assert (out["sse_gaps"], out["sse_duplicates"], out["sse_never_connected"]) == (0, 0, 0), out
