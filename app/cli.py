@@ -221,6 +221,61 @@ def cmd_bench(args: argparse.Namespace, config: Config) -> int:
     return bench_main(args.quick, args.only, args.json_path, args.peer, args.redis_cluster)
 
 
+def _minutes(value: str) -> float:
+    try:
+        minutes = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {value!r}") from None
+    if not 0 < minutes <= 24 * 60:  # (nan fails too)
+        raise argparse.ArgumentTypeError(f"must be above 0 and at most 1440, not {value}")
+    return minutes
+
+
+def _count(low: int) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            n = int(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: {value!r}") from None
+        if n < low:
+            raise argparse.ArgumentTypeError(f"must be at least {low}, not {n}")
+        return n
+
+    return parse
+
+
+def _soak_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--minutes", type=_minutes, required=True,
+                   help="how long the load and the faults run (a fraction is allowed: 0.5); "
+                        "the stack's start, the drain and the accounting come on top")
+    p.add_argument("--seed", type=_count(0),
+                   help="the random seed of the faults and the load (default: a new one, "
+                        "printed first); the same seed injects the same faults at the same "
+                        "planned times")
+    p.add_argument("--json", dest="json_path", metavar="PATH",
+                   help="write the summary here: the seed, the faults with their times and "
+                        "every figure of the accounting")
+    p.add_argument("--users", type=_count(1), default=50,
+                   help="users the load sends to (default 50)")
+    p.add_argument("--sse-clients", type=_count(0), default=200,
+                   help="SSE clients following the users' /me/stream (default 200)")
+
+
+@command("soak", "run everything under load and random faults, then account for every notice",
+         _soak_args)
+def cmd_soak(args: argparse.Namespace, config: Config) -> int:
+    from importlib.util import find_spec
+
+    if find_spec("aiosmtpd") is None:  # the SMTP sink: a test dependency, not a runtime one
+        print("vestnik soak: needs aiosmtpd (the SMTP sink): pip install aiosmtpd",
+              file=sys.stderr)
+        return 2
+    from vestnik.app.soak.run import main as soak_main
+
+    return soak_main(args.minutes, args.seed, args.json_path, users=args.users,
+                     sse_clients=args.sse_clients)
+
+
 def _wrap_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("alert_config", metavar="alert.toml", help="the alert's TOML file")
     _ops_args(p)
@@ -366,7 +421,7 @@ def _ingest(config: Config, command: str,
     return asyncio.run(main())
 
 
-DEVELOPMENT = ("bench",)  # listed apart in `vestnik --help`: not for a production box
+DEVELOPMENT = ("bench", "soak")  # listed apart in `vestnik --help`: not for a production box
 EXIT_OTHER = 1  # anything unexpected (a bug): one line, the traceback at log level debug
 EXIT_INPUT = 2  # bad input or configuration (argparse's own code for a bad command line)
 EXIT_REDIS = 3  # Redis did not answer within VESTNIK_REDIS_TIMEOUT (as `vestnik wrap`)

@@ -21,9 +21,11 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, Literal, cast
 
+import httpx
 import msgspec
+from redis.exceptions import RedisError
 
-from vestnik.app.soak.stack import Stack
+from vestnik.app.soak.stack import Stack, StackError
 
 if TYPE_CHECKING:
     from vestnik.app.soak.load import Load
@@ -101,6 +103,7 @@ class Scheduler:
     def __init__(self, stack: Stack, load: Load, rng: random.Random) -> None:
         self.stack, self.load, self.rng = stack, load, rng
         self.injected: list[Fault] = []
+        self.errors: list[str] = []  # faults that could not be injected or undone
 
     async def run(self, until: float) -> list[Fault]:
         """Inject mixes until `until` (time.monotonic()); the mix in hand is finished
@@ -132,6 +135,16 @@ class Scheduler:
         await asyncio.gather(*(self._one(f) for f in done))
 
     async def _one(self, f: Fault) -> None:
+        """Inject one fault and undo it; a part that does not come back, a sink or Redis
+        that does not answer is recorded in `errors` (the soak fails on it) and the run
+        goes on: `heal` tries again at the end."""
+        try:
+            await self._inject_one(f)
+        except (StackError, httpx.HTTPError, RedisError, OSError) as e:
+            self.errors.append(f"{f.kind} {f.target} at {f.at_s:g} s: {type(e).__name__}: "
+                               f"{str(e)[:300]}")
+
+    async def _inject_one(self, f: Fault) -> None:
         s = self.stack
         if f.kind == "kill":
             await s.kill(f.target)
@@ -157,16 +170,15 @@ class Scheduler:
             raise ValueError(f"fault kind: unknown {f.kind!r}")
 
     async def heal(self) -> list[str]:
-        """After the faults: sinks up, Redis and every part down started again. Returns
-        what had to be restarted."""
-        s, healed = self.stack, []
-        if "redis" in s.down():
-            await s.redis_kill_and_restart()
-            healed.append("redis")
-        for which in ("smtp", "webhook"):
-            await s.sink_mode(cast(Any, which), "up")
+        """After the faults: Redis and every part down started again, sinks up. Returns
+        what had to be restarted (a part whose restart had failed, or that died by itself:
+        `stack.died` has the latter)."""
+        s = self.stack
+        healed = await s.revive()
         for name in s.down():
             if name in s.parts:
                 await s.restart(name)
                 healed.append(name)
+        for which in ("smtp", "webhook"):
+            await s.sink_mode(cast(Any, which), "up")
         return healed

@@ -37,7 +37,8 @@ from vestnik.streams.keys import USER_TOPIC, Keys
 from vestnik.streams.redis_server import RedisServer, _die_with_parent, free_port
 
 PROCESSES = ("api", "center-1", "center-2", "forwarder", "bridge", "wrap")
-UP_S = 30.0  # a part (or Redis, loading its AOF) must answer within this after a start
+UP_S = 30.0  # a part must answer within this after a start
+REDIS_UP_S = 120.0  # Redis loading an hour's AOF on a busy box
 POLL_S = 0.05
 ALERT = "soak-alert"  # the wrapped alert's name and its setting's
 ALERT_TOPICS = ("soak-alert", "soak-keys")  # the wrapped alert follows both
@@ -153,6 +154,9 @@ class Stack:
         self.parts: dict[str, Part] = {}
         self.sink: Part | None = None
         self.events: list[tuple[float, str, str]] = []  # (time.time(), kind, target)
+        # parts (or "redis", "sinks") found down that no fault had killed: a defect
+        self.died: list[tuple[float, str]] = []
+        self._killed: set[str] = set()  # killed by a fault, not restarted yet
         self._admin: Redis | None = None
         self._http = httpx.AsyncClient(timeout=10, headers={
             "Authorization": f"Bearer {self.service_token}"})
@@ -312,7 +316,7 @@ class Stack:
         assert s.proc is not None
         probe = Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
         try:
-            for _ in range(int(UP_S / POLL_S)):
+            for _ in range(int(REDIS_UP_S / POLL_S)):
                 if s.proc.poll() is not None:
                     log = (s.data_dir / "redis.log").read_text(errors="replace")[-1500:]
                     raise StackError(f"redis-server exited with {s.proc.returncode}: {log}")
@@ -323,7 +327,7 @@ class Stack:
                     await asyncio.sleep(POLL_S)
         finally:
             await probe.aclose()
-        raise StackError(f"redis-server did not answer in {UP_S:g} s")
+        raise StackError(f"redis-server did not answer in {REDIS_UP_S:g} s")
 
     # ------------------------------------------------------------------ for the load
 
@@ -365,7 +369,10 @@ class Stack:
     async def kill(self, name: str) -> None:
         """SIGKILL one part (and its session: the wrapped alert with the wrapper)."""
         part = self.parts[name]
+        if not part.running() and name not in self._killed:
+            self._died(name)
         self._note("kill", name)
+        self._killed.add(name)
         await part.signal(signal.SIGKILL)
 
     async def restart(self, name: str) -> None:
@@ -376,15 +383,35 @@ class Stack:
         self._note("restart", name)
         part.spawn()
         await self._until_ready(part)
+        self._killed.discard(name)
+
+    def _died(self, name: str) -> None:
+        self.died.append((time.time(), name))
+        self._note("died", name)
+
+    async def revive(self) -> list[str]:
+        """Start again whatever is down although no fault killed it (noted in `died`: the
+        soak fails on it, but carries on whole). Returns their names."""
+        found = [n for n in self.down() if n not in self._killed and n != "sinks"]
+        for name in found:
+            self._died(name)
+            if name == "redis":
+                await self._spawn_redis()
+                self._note("redis-up", "redis")
+            else:
+                await self.restart(name)
+        return found
 
     async def redis_kill_and_restart(self) -> None:
         """SIGKILL redis-server (no shutdown save) and start it again on the same port and
         directory: it loads the AOF, which `appendfsync always` keeps up to every reply."""
         self._note("redis-kill", "redis")
+        self._killed.add("redis")
         await asyncio.to_thread(self.server.kill)
         if self._admin is not None:
             await self._admin.connection_pool.disconnect()
         await self._spawn_redis()
+        self._killed.discard("redis")
         self._note("redis-up", "redis")
 
     async def redis_pause(self, ms: int) -> None:

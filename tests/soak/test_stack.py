@@ -128,3 +128,21 @@ async def test_a_pause_and_a_sink_down_delay_but_lose_nothing(stack: Stack) -> N
     await stack.sink_mode("smtp", "up")
     kinds = [kind for _, kind, _ in stack.events]
     assert {"sink-down", "redis-pause", "sink-slow", "sink-up"} <= set(kinds)
+
+
+async def test_a_part_that_dies_by_itself_is_noted_and_started_again(stack: Stack) -> None:
+    import signal
+
+    proc = stack.parts["bridge"].proc
+    assert proc is not None
+    proc.send_signal(signal.SIGKILL)  # not through stack.kill: no fault did this
+    proc.wait(10)
+    assert stack.down() == ["bridge"]
+    assert await stack.revive() == ["bridge"]
+    assert stack.down() == []
+    assert [name for _, name in stack.died] == ["bridge"]
+    assert await stack.revive() == []  # a part killed by a fault is not "died"
+    await stack.kill("wrap")
+    assert await stack.revive() == []
+    await stack.restart("wrap")
+    assert [name for _, name in stack.died] == ["bridge"]
