@@ -55,15 +55,18 @@ from redis.exceptions import RedisError
 from vestnik.app.soak.follow import SSERecord
 from vestnik.app.soak.load import MemorySample, Sent
 from vestnik.streams.center import Inbox
-from vestnik.streams.forward.job import SEND_TIMEOUT_S
-from vestnik.streams.forward.worker import JOB_TIMEOUT_S
 from vestnik.streams.keys import CENTER_GROUP, Keys
 
 if TYPE_CHECKING:
     from vestnik.app.soak.stack import Stack
 
+# The forwarder's own figures (streams.forward.worker.JOB_TIMEOUT_S and arq's +10 s lease
+# margin, streams.forward.job.SEND_TIMEOUT_S), restated here because those modules are the
+# forwarder's business; tests/soak/test_ledger.py checks they still agree.
+FORWARD_LEASE_S = 120.0 + 10.0
+SEND_TIMEOUT_S = 30.0
 RESTART_S = 10.0  # a killed process back up (the stack restarts it within this)
-WINDOW_S = JOB_TIMEOUT_S + 10 + SEND_TIMEOUT_S + RESTART_S
+WINDOW_S = FORWARD_LEASE_S + SEND_TIMEOUT_S + RESTART_S
 DRAIN_S = 90.0  # how long the ledger waits for feeds and SSE clients to complete
 FORWARD_WAIT_S = WINDOW_S  # ... and for due forwards after the last one fell due
 POLL_S = 2.0

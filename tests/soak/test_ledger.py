@@ -171,3 +171,13 @@ def test_steady_memory_uses_the_longest_stretch_without_a_restart() -> None:
         (95, 5_000, "b", 310), (100, 9_000, "b", 320))]  # after a Redis restart: shorter
     assert ledger.steady_bytes_per_notice(s, 0, 100) == 100
     assert ledger.steady_bytes_per_notice(s[:2], 0, 100) is None
+
+
+def test_the_window_follows_the_forwarders_own_timeouts() -> None:
+    """The documented duplicate window restates the forwarder's figures: they must agree."""
+    from vestnik.streams.forward.job import SEND_TIMEOUT_S
+    from vestnik.streams.forward.worker import JOB_TIMEOUT_S
+
+    assert ledger.FORWARD_LEASE_S == JOB_TIMEOUT_S + 10
+    assert ledger.SEND_TIMEOUT_S == SEND_TIMEOUT_S
+    assert ledger.WINDOW_S == 170
