@@ -42,7 +42,7 @@ async def test_a_short_load_with_an_api_kill_accounts_every_notice() -> None:
             await _until(lambda: load.counts["acknowledged"] >= 80 or run.done(), 60)
             stop.set()
             await run
-            out = await ledger.account(stack, load, drain_s=60)  # type: ignore[arg-type]
+            out = await ledger.account(stack, load, drain_s=60)
         finally:
             stop.set()
             await load.close()
