@@ -259,6 +259,10 @@ def _soak_args(p: argparse.ArgumentParser) -> None:
                    help="users the load sends to (default 50)")
     p.add_argument("--sse-clients", type=_count(0), default=200,
                    help="SSE clients following the users' /me/stream (default 200)")
+    p.add_argument("--sentinel", action="store_true",
+                   help="Redis as a primary, a replica and three sentinels, writes acknowledged "
+                        "once replicated (WAIT 1); a Redis kill is then the primary's, with a "
+                        "failover")
 
 
 @command("soak", "run everything under load and random faults, then account for every notice",
@@ -273,7 +277,7 @@ def cmd_soak(args: argparse.Namespace, config: Config) -> int:
     from vestnik.app.soak.run import main as soak_main
 
     return soak_main(args.minutes, args.seed, args.json_path, users=args.users,
-                     sse_clients=args.sse_clients)
+                     sse_clients=args.sse_clients, sentinel=args.sentinel)
 
 
 def _wrap_args(p: argparse.ArgumentParser) -> None:

@@ -523,7 +523,13 @@ def same_content(sent: NoticeIn, other: NoticeIn | Notice) -> bool:
     # that nobody gets (compared as sets: a retry may list them in another order)
     if sent.recipients is not None and set(sent.recipients) != set(other.recipients or ()):
         return False
-    return all(getattr(sent, f) == getattr(other, f) for f in _CONTENT_FIELDS)
+    return all(_value(getattr(sent, f)) == _value(getattr(other, f)) for f in _CONTENT_FIELDS)
+
+
+def _value(v: Any) -> Any:
+    """An entity as (topic, id): the sent one is an EntityRefIn, the stored one an
+    EntityRef, and Structs of two classes never compare equal (a retry was a conflict)."""
+    return (v.topic, v.id) if isinstance(v, EntityRef) else v
 
 
 def check_recipients(notice: NoticeIn, limit: int) -> None:

@@ -116,13 +116,13 @@ async def _drain(stack: Stack) -> None:
     _say(f"the quiet drain did not settle in {DRAIN_S:g} s; accounting anyway")
 
 
-async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int = 200
-               ) -> dict[str, Any]:
+async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int = 200,
+               sentinel: bool = False) -> dict[str, Any]:
     """Run the soak; the summary (the ledger's figures, the faults, what is down)."""
     from vestnik.app.soak.ledger import account
     from vestnik.app.soak.load import Load
 
-    async with Stack(users=users) as stack:
+    async with Stack(users=users, sentinel=sentinel) as stack:
         _say(f"stack up in {stack.dir} (Redis {stack.redis_url}, api {stack.api_url})")
         load = Load(stack, random.Random(f"{seed}:load"), users=users, sse_clients=sse_clients)
         scheduler = Scheduler(stack, load, random.Random(seed))
@@ -156,7 +156,7 @@ async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int =
             await asyncio.gather(progress, load_task, return_exceptions=True)
             await load.close()
         summary.update({
-            "seed": seed, "minutes": minutes,
+            "seed": seed, "minutes": minutes, "sentinel": sentinel,
             "faults": msgspec.to_builtins(faults),
             "processes_down": stack.down(),
             "healed": healed,
@@ -164,6 +164,7 @@ async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int =
             "fault_errors": scheduler.errors,
             "stack_events": [list(e) for e in stack.events],
         })
+        stack.keep = stack.keep or bool(verdict(summary))  # a failed run keeps its logs
         return summary
 
 
@@ -193,21 +194,23 @@ def _run(main: Coroutine[Any, Any, T]) -> T:
 
 
 def main(minutes: float, seed: int | None, json_path: str | None, *, users: int = 50,
-         sse_clients: int = 200) -> int:
+         sse_clients: int = 200, sentinel: bool = False) -> int:
     """`vestnik soak`: 0 passed, 1 the accounting failed (or the stack did not come up)."""
     seed = secrets.randbelow(2**31) if seed is None else seed
     # the load's and the stack's HTTP clients would log every request between the progress
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    _say(f"seed {seed}, {minutes:g} min, {users} users, {sse_clients} SSE clients")
+    _say(f"seed {seed}, {minutes:g} min, {users} users, {sse_clients} SSE clients"
+         + (", Sentinel (a primary, a replica, 3 sentinels)" if sentinel else ""))
 
     async def bounded() -> dict[str, Any]:
         async with asyncio.timeout(minutes * 60 + OVERRUN_S):
-            return await soak(minutes, seed, users=users, sse_clients=sse_clients)
+            return await soak(minutes, seed, users=users, sse_clients=sse_clients,
+                              sentinel=sentinel)
 
     try:
         summary = _run(bounded())
-    except StackError as e:
-        _say(f"the stack did not come up: {e}")
+    except StackError as e:  # a part or Redis that would not start (or start again)
+        _say(f"the stack failed: {e}")
         return 1
     except TimeoutError:
         _say(f"did not finish within {minutes:g} min + {OVERRUN_S:g} s")

@@ -34,11 +34,18 @@ from vestnik.app.soak.sink import read_records
 from vestnik.app.tokens import issue_token
 from vestnik.streams.config import Config, load
 from vestnik.streams.keys import USER_TOPIC, Keys
-from vestnik.streams.redis_server import RedisServer, _die_with_parent, free_port
+from vestnik.streams.redis import connect
+from vestnik.streams.redis_server import (
+    RedisServer,
+    SentinelDeployment,
+    _die_with_parent,
+    free_port,
+)
 
 PROCESSES = ("api", "center-1", "center-2", "forwarder", "bridge", "wrap")
 UP_S = 30.0  # a part must answer within this after a start
 REDIS_UP_S = 120.0  # Redis loading an hour's AOF on a busy box
+FAILOVER_S = 60.0  # sentinels promote a replica within this after the primary's kill
 POLL_S = 0.05
 ALERT = "soak-alert"  # the wrapped alert's name and its setting's
 ALERT_TOPICS = ("soak-alert", "soak-keys")  # the wrapped alert follows both
@@ -97,10 +104,8 @@ class Part:
             if self.proc.poll() is not None:
                 break
             await asyncio.sleep(POLL_S)
-        else:
-            os.killpg(self.proc.pid, signal.SIGKILL)
+        self._reap_group()  # after `wait_s`, or what is left of its session
         await asyncio.to_thread(self.proc.wait, 5)
-        self._reap_group()
 
     def _reap_group(self) -> None:
         """SIGKILL whatever is left in the part's session (an orphaned alert program)."""
@@ -123,15 +128,33 @@ def _popen_redis(s: RedisServer) -> None:
                               start_new_session=True, preexec_fn=_die_with_parent)
 
 
+def _without_replicaof(extra: list[str]) -> list[str]:
+    out, skip = [], 0
+    for arg in extra:
+        if skip:
+            skip -= 1
+        elif arg == "--replicaof":
+            skip = 2
+        else:
+            out.append(arg)
+    return out
+
+
 class StackError(RuntimeError):
     """The stack could not be brought up (the message names the part and its log's tail)."""
 
 
 class Stack:
-    """Redis, the six parts, the sinks, users and settings: an async context manager."""
+    """Redis, the six parts, the sinks, users and settings: an async context manager.
+
+    `sentinel=True`: Redis is a primary, a replica and three sentinels (every part finds the
+    primary through them and acknowledges a write once the replica has it,
+    VESTNIK_REDIS_WAIT_REPLICAS=1, in `wait_replicas`); a Redis kill is then the primary's,
+    with a failover, and the old primary comes back as a replica."""
 
     def __init__(self, *, users: int = 50, forward_after_s: float = 2.0,
-                 root: Path | None = None, keep: bool = False) -> None:
+                 root: Path | None = None, keep: bool = False, sentinel: bool = False
+                 ) -> None:
         self.dir = root or Path(tempfile.mkdtemp(prefix="vestnik-soak-"))
         self.keep = keep
         self.forward_after_s = forward_after_s
@@ -140,8 +163,19 @@ class Stack:
         self.keyspace_pattern = KEYSPACE_PATTERN
         self.mail_alert, self.hook_alert = MAIL_ALERT, HOOK_ALERT
         self.users = [f"u{i}" for i in range(1, users + 1)]
-        self.server = RedisServer(self.dir / "redis", appendonly=True, appendfsync="always")
-        self.redis_url = self.server.url
+        self.sentinel: SentinelDeployment | None = None
+        if sentinel:
+            # a primary down for 6 s is failed over: not during a CLIENT PAUSE (at most 5 s,
+            # faults.PAUSE_MS), which stays a pause, as it would with production settings
+            self.sentinel = SentinelDeployment(self.dir / "redis", replicas=1, sentinels=3,
+                                               appendfsync="always", down_after_ms=6000)
+            self.servers = self.sentinel.servers
+            self.redis_url = self.sentinel.url
+        else:
+            self.servers = [RedisServer(self.dir / "redis", appendonly=True,
+                                        appendfsync="always")]
+            self.redis_url = self.servers[0].url
+        self.wait_replicas = 1 if sentinel else 0
         self.service_token = "svc_" + secrets.token_urlsafe(16)
         self._secret = secrets.token_urlsafe(32)
         self.smtp_port, self.hook_port, self.control_port = free_port(), free_port(), free_port()
@@ -181,6 +215,7 @@ class Stack:
             # a feed never drops a notice (a dropped one counts as read: never forwarded)
             "VESTNIK_FEED_MAX": "10000000",
             "VESTNIK_RATE": "off", "VESTNIK_SSE_PING": "5",
+            "VESTNIK_REDIS_WAIT_REPLICAS": str(self.wait_replicas),
         })
         return env
 
@@ -223,7 +258,10 @@ class Stack:
 
     async def _up(self) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
-        await self._spawn_redis()
+        if self.sentinel is not None:
+            self.sentinel.start(timeout=UP_S)  # blocks a few seconds, before anything runs
+        else:
+            await self._spawn_redis(self.servers[0])
         self.sink = Part("sinks", [sys.executable, "-m", "vestnik.app.soak.sink", str(self.dir),
                                    str(self.smtp_port), str(self.hook_port),
                                    str(self.control_port)],
@@ -286,10 +324,16 @@ class Stack:
         if self._admin is not None:
             await self._admin.aclose()
         await self._http.aclose()
-        await asyncio.to_thread(self.server.stop)
+        if self.sentinel is not None:
+            await asyncio.to_thread(self.sentinel.stop)
+        else:
+            await asyncio.to_thread(self.servers[0].stop)
         if self.keep or failed:
+            # the logs stay (the parts', Redis's, the sentinels'), and the sinks' records;
+            # the data (an hour's AOF is hundreds of MB) goes
+            for data in self.dir.glob("redis/**/appendonlydir"):
+                shutil.rmtree(data, ignore_errors=True)
             sys.stderr.write(f"soak: the stack's logs are in {self.dir}\n")
-            shutil.rmtree(self.dir / "redis", ignore_errors=True)
         else:
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -308,13 +352,12 @@ class Stack:
                 await asyncio.sleep(POLL_S)
         raise StackError(f"{part.name} not ready in {UP_S:g} s: {part.tail()}")
 
-    async def _spawn_redis(self) -> None:
+    async def _spawn_redis(self, s: RedisServer) -> None:
         """Start redis-server without blocking the loop (a long AOF loads for seconds while
         the load and the SSE clients keep running): spawn, then poll PING."""
-        s = self.server
         _popen_redis(s)
         assert s.proc is not None
-        probe = Redis.from_url(self.redis_url, socket_timeout=1, socket_connect_timeout=1)
+        probe = Redis.from_url(s.url, socket_timeout=1, socket_connect_timeout=1)
         try:
             for _ in range(int(REDIS_UP_S / POLL_S)):
                 if s.proc.poll() is not None:
@@ -335,16 +378,27 @@ class Stack:
         return issue_token(self.config, uid, 6 * 3600)
 
     def redis(self) -> Redis:
-        """A client with its own pool; the caller closes it."""
+        """A client with its own pool (of the primary, under Sentinel); the caller closes it."""
+        if self.sentinel is not None:
+            return connect(self.redis_url, name="vestnik-soak", timeout=5, max_connections=64)
         return Redis.from_url(self.redis_url, socket_timeout=5, socket_connect_timeout=2,
                               max_connections=64)
 
     def admin(self) -> Redis:
         """The stack's own client (CLIENT PAUSE, readiness), closed with the stack."""
         if self._admin is None:
-            self._admin = Redis.from_url(self.redis_url, socket_timeout=5,
-                                         socket_connect_timeout=2, max_connections=4)
+            if self.sentinel is not None:
+                self._admin = connect(self.redis_url, name="vestnik-soak-admin", timeout=5,
+                                      max_connections=4)
+            else:
+                self._admin = Redis.from_url(self.redis_url, socket_timeout=5,
+                                             socket_connect_timeout=2, max_connections=4)
         return self._admin
+
+    def _redis_names(self) -> list[tuple[str, RedisServer]]:
+        if self.sentinel is None:
+            return [("redis", self.servers[0])]
+        return [(f"redis-{i}", s) for i, s in enumerate(self.servers)]
 
     async def mails(self) -> list[bytes]:
         return await asyncio.to_thread(read_records, self.dir / "mails.bin")
@@ -355,8 +409,11 @@ class Stack:
     def down(self) -> list[str]:
         """The parts not running now (and "redis" or "sinks" if they died)."""
         out = [n for n in PROCESSES if n in self.parts and not self.parts[n].running()]
-        if self.server.proc is None or self.server.proc.poll() is not None:
-            out.append("redis")
+        out += [name for name, s in self._redis_names()
+                if s.proc is None or s.proc.poll() is not None]
+        if self.sentinel is not None:
+            out += [f"sentinel-{i}" for i, p in enumerate(self.sentinel.sentinel_procs)
+                    if p is None or p.poll() is not None]
         if self.sink is None or not self.sink.running():
             out.append("sinks")
         return out
@@ -395,24 +452,48 @@ class Stack:
         found = [n for n in self.down() if n not in self._killed and n != "sinks"]
         for name in found:
             self._died(name)
-            if name == "redis":
-                await self._spawn_redis()
+            servers = dict(self._redis_names())
+            if name in servers:
+                await self._spawn_redis(servers[name])
                 self._note("redis-up", "redis")
+            elif name.startswith("sentinel-") and self.sentinel is not None:
+                self.sentinel.start_sentinel(int(name.split("-")[1]))
             else:
                 await self.restart(name)
         return found
 
     async def redis_kill_and_restart(self) -> None:
         """SIGKILL redis-server (no shutdown save) and start it again on the same port and
-        directory: it loads the AOF, which `appendfsync always` keeps up to every reply."""
+        directory: it loads the AOF, which `appendfsync always` keeps up to every reply.
+        Under Sentinel: SIGKILL the primary, wait for the sentinels to promote the replica,
+        then start the old primary again as the new one's replica."""
+        if self.sentinel is not None:
+            await self._failover()
+            return
         self._note("redis-kill", "redis")
         self._killed.add("redis")
-        await asyncio.to_thread(self.server.kill)
+        await asyncio.to_thread(self.servers[0].kill)
         if self._admin is not None:
             await self._admin.connection_pool.disconnect()
-        await self._spawn_redis()
+        await self._spawn_redis(self.servers[0])
         self._killed.discard("redis")
         self._note("redis-up", "redis")
+
+    async def _failover(self) -> None:
+        assert self.sentinel is not None
+        d = self.sentinel
+        old = await asyncio.to_thread(d.primary)
+        name = f"redis-{self.servers.index(old)}"
+        self._note("redis-kill", f"redis primary {name}")
+        self._killed.add(name)
+        await asyncio.to_thread(old.kill)
+        new_port = await asyncio.to_thread(d.wait_failover, old.port, FAILOVER_S)
+        self._note("redis-failover", f"redis primary 127.0.0.1:{new_port}")
+        # back as the new primary's replica at once, never for a moment a stale primary
+        old.extra = [*_without_replicaof(old.extra), "--replicaof", "127.0.0.1", str(new_port)]
+        await self._spawn_redis(old)
+        self._killed.discard(name)
+        self._note("redis-up", f"redis {name}")
 
     async def redis_pause(self, ms: int) -> None:
         """CLIENT PAUSE ms (ALL): every client's command waits, then runs. Returns at once."""

@@ -146,3 +146,41 @@ async def test_a_part_that_dies_by_itself_is_noted_and_started_again(stack: Stac
     assert await stack.revive() == []
     await stack.restart("wrap")
     assert [name for _, name in stack.died] == ["bridge"]
+
+
+@pytest_asyncio.fixture(scope="module")
+async def sentinel_stack() -> AsyncIterator[Stack]:
+    async with Stack(users=2, sentinel=True) as s:
+        yield s
+
+
+async def test_under_sentinel_a_primary_kill_fails_over_and_loses_nothing_acknowledged(
+        sentinel_stack: Stack) -> None:
+    stack = sentinel_stack
+    assert stack.down() == []
+    assert stack.sentinel is not None
+    before = f"before {ulid()}"
+    await _send(stack, stack.mail_alert, before, "u1")  # 202 after WAIT 1: replicated
+    old = stack.sentinel.primary_port()
+    await stack.redis_kill_and_restart()
+    assert stack.sentinel.primary_port() != old
+    assert stack.down() == []
+    await eventually(lambda: _in_feed(stack, "u1", before), timeout=60, what="kept")
+    after = f"after {ulid()}"
+
+    async def sent() -> bool:
+        try:
+            await _send(stack, stack.mail_alert, after, "u2")
+            return True
+        except (AssertionError, httpx.HTTPError):
+            return False
+
+    await eventually(sent, timeout=60, what="the api accepting notices on the new primary")
+    await eventually(lambda: _in_feed(stack, "u2", after), timeout=60, what="stored")
+
+    async def mailed() -> bool:
+        return any(after.encode() in m for m in await stack.mails())
+
+    await eventually(mailed, timeout=60, what="forwarded through the new primary")
+    kinds = [kind for _, kind, _ in stack.events]
+    assert kinds[-3:] == ["redis-kill", "redis-failover", "redis-up"]
