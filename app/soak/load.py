@@ -3,7 +3,8 @@
 Every notice carries the load's sequence number (`data.seq`, and `#<seq>` in its title), so the
 ledger can find it in any feed, SSE event or mail whatever id it was given. Four ways in:
 - `XADD vn:notices` (`xadd`): with an id of our own, so a retry after a lost answer is the same
-  notice; acknowledged when an XADD returned;
+  notice; acknowledged when an XADD returned (and, under --sentinel, its WAIT counted the
+  stack's replicas: what a product does to survive a failover);
 - `POST /api/v1/notices` (`http`): with an Idempotency-Key, retried with the SAME key on 429,
   503 and connection errors: acknowledged when an id was answered (exactly: a lost answer is
   retried, never counted twice);
@@ -58,6 +59,7 @@ DEFAULT_KEYSPACE_PATTERN = "soak:key:*"
 FORWARD_EVERY = 5  # every fifth user is of the forward class
 HTTP_TIMEOUT_S = 5.0
 REDIS_TIMEOUT_S = 5.0
+WAIT_MS = 2000  # a write's WAIT for the replicas (Stack.wait_replicas; under --sentinel)
 SEND_TRIES = 40  # a send retried this many times (~1 s apart: an api or Redis restart)
 RETRY_PAUSE_S = 1.0
 MAX_IN_FLIGHT = 32  # sends waiting for an answer (or retrying) at once
@@ -306,20 +308,36 @@ class Load:
             self._ack(seq, "xadd", nid, recipients, fwd)
 
     async def _xadd(self, fields: dict[str, str]) -> bool:
-        """XADD to the ingest stream, retried on a lost connection (the entry carries its own
-        id or is a dead letter to be: a second copy is harmless). True once one returned."""
+        """XADD to the ingest stream (the entry carries its own id or is a dead letter to be:
+        a second copy after a lost answer is harmless). True once one was acknowledged."""
+        notices = self.stack.keys.notices
+        return await self._write("XADD", lambda pipe: pipe.xadd(notices, fields))
+
+    async def _write(self, what: str, add: Callable[[Any], object]) -> bool:
+        """One write as a product would make it durable: with WAIT for the stack's replicas
+        (under Sentinel a failover loses what no replica had), retried on a lost connection
+        or too few replicas. True once acknowledged."""
+        replicas = int(getattr(self.stack, "wait_replicas", 0))
+        why = ""
         for attempt in range(SEND_TRIES):
             try:
                 async with asyncio.timeout(REDIS_TIMEOUT_S):
-                    await self._redis.xadd(self.stack.keys.notices, fields)  # type: ignore[arg-type]
-                return True
+                    async with self._redis.pipeline(transaction=False) as pipe:
+                        add(pipe)
+                        if replicas:
+                            pipe.execute_command("WAIT", replicas, WAIT_MS)
+                        res = await pipe.execute()
+                if not replicas or int(res[-1]) >= replicas:
+                    return True
+                why = f"WAIT: {res[-1]} of {replicas} replicas"
             except (RedisError, OSError, TimeoutError) as e:
-                if attempt + 1 == SEND_TRIES or self._closing.is_set():
-                    self.counts["failed"] += 1
-                    log.warning("soak XADD given up: %r", e)
-                    return False
-                self.counts["retries"] += 1
-                await asyncio.sleep(RETRY_PAUSE_S)
+                why = repr(e)
+            if attempt + 1 == SEND_TRIES or self._closing.is_set():
+                self.counts["failed"] += 1
+                log.warning("soak %s given up: %s", what, why)
+                return False
+            self.counts["retries"] += 1
+            await asyncio.sleep(RETRY_PAUSE_S)
         return False
 
     async def _http_notice(self) -> None:
@@ -347,18 +365,9 @@ class Load:
         recipients, _ = self._recipients(False)
         value = msgspec.json.encode({"seq": seq, "recipients": list(recipients),
                                      "title": f"soak #{seq} bridge"})
-        for attempt in range(SEND_TRIES):
-            try:
-                async with asyncio.timeout(REDIS_TIMEOUT_S):
-                    await self._redis.set(f"{self.key_prefix}b{seq}", value)
-                self._ack(seq, "bridge", None, recipients, ())
-                return
-            except (RedisError, OSError, TimeoutError):
-                if attempt + 1 == SEND_TRIES or self._closing.is_set():
-                    self.counts["failed"] += 1
-                    return
-                self.counts["retries"] += 1
-                await asyncio.sleep(RETRY_PAUSE_S)
+        key = f"{self.key_prefix}b{seq}"
+        if await self._write("SET", lambda pipe: pipe.set(key, value)):
+            self._ack(seq, "bridge", None, recipients, ())
 
     async def _service(self, method: str, path: str, body: Any, *,
                        headers: dict[str, str] | None = None) -> dict[str, Any] | None:
