@@ -308,7 +308,13 @@ async def account(stack: Stack, load: LoadView, *, drain_s: float = DRAIN_S,
         result: dict[str, Any] = {}
         for _ in range(int(drain_s / POLL_S) + 2):  # feeds complete
             quiet = await ingest_quiet(redis, keys)
-            feeds = await read_feeds(redis, keys, load.users)
+            try:
+                feeds = await read_feeds(redis, keys, load.users)
+            except (RedisError, OSError, TimeoutError):
+                if time.monotonic() > deadline:
+                    raise  # Redis never came back: no accounting is possible
+                await asyncio.sleep(POLL_S)
+                continue
             result = feed_check(load.sent, feeds)
             if (quiet and result["missing"] == 0) or time.monotonic() > deadline:
                 break
@@ -320,14 +326,13 @@ async def account(stack: Stack, load: LoadView, *, drain_s: float = DRAIN_S,
         await load.close()
         result.update(sse_check(load.sse, feeds))
 
-        events = list(getattr(stack, "events", ()))
         last_due = max((s.at for s in load.sent if s.forward), default=0.0) \
             + stack.forward_after_s
         wait_until = time.monotonic() + max(0.0, last_due - time.time()) + forward_wait_s
         fwd: dict[str, Any] = {}
         for _ in range(int((wait_until - time.monotonic()) / POLL_S) + 2):
             fwd = forward_check(load.sent, await stack.mails(),
-                                list(getattr(stack, "events", events)))
+                                list(getattr(stack, "events", ())))
             if fwd["forwards_missing"] == 0 or time.monotonic() > wait_until:
                 break
             await asyncio.sleep(POLL_S)
