@@ -145,16 +145,35 @@ class _SentinelOnePool(_Lean, SentinelConnectionPool):
 
 
 def _to_sentinels(address: RedisAddress, wait: float) -> dict[str, Any]:
-    """How a Sentinel manager (asyncio's or the blocking one) talks to the sentinels: its
-    own connections time out like every other, with the sentinels' own password."""
+    """How a Sentinel manager (asyncio's, `_sentinel_manager`, or the blocking one) talks
+    to the sentinels: its own connections time out like every other, with the sentinels'
+    own password."""
     auth = {"password": address.sentinel_password} if address.sentinel_password else {}
     return {"socket_timeout": wait, "socket_connect_timeout": wait, **auth}
+
+
+def _sentinel_manager(address: RedisAddress, wait: float) -> Sentinel:
+    """The asyncio Sentinel manager of `address`. Its connections wait for a sentinel at
+    most `wait` by `_Stall`, not redis-py's `socket_timeout`: that wraps each send in
+    `asyncio.wait_for`, and Python 3.11's returns the send's result when a cancellation
+    arrives as the send completes, dropping the cancellation. A task cancelled while it
+    asked the sentinels for the primary (a failover: every reconnect asks) then ran on,
+    and whoever awaited its end hung: the forwarder's poll loop waited for its wake-up
+    listener forever and sent nothing until restarted (tests/faults/
+    test_forward_failover.py)."""
+    to_sentinels = _to_sentinels(address, wait)
+    del to_sentinels["socket_timeout"]
+    manager = Sentinel(list(address.nodes), sentinel_kwargs=to_sentinels)
+    for sentinel in manager.sentinels:  # their pools have not connected yet
+        own = sentinel.connection_pool
+        own.connection_class = _mixing(_Stall, own.connection_class, "stall", wait)
+    return manager
 
 
 def _sentinel_kwargs(address: RedisAddress, wait: float, **kwargs: Any) -> dict[str, Any]:
     """The arguments of a sentinel pool for `address`: a Sentinel manager and the data
     nodes' credentials and db."""
-    manager = Sentinel(list(address.nodes), sentinel_kwargs=_to_sentinels(address, wait))
+    manager = _sentinel_manager(address, wait)
     return {"service_name": address.primary, "sentinel_manager": manager, "db": address.db,
             "username": address.username, "password": address.password,
             "ssl": address.tls, **kwargs}

@@ -103,6 +103,13 @@ async def pump_due(redis: Any, fk: ForwardKeys) -> int:
                                 args=[now_ms(), 0, 0, 0, *_pump_args(fk)], client=redis))
 
 
+def _end_if_cancelled(task: asyncio.Task[Any] | None) -> None:
+    """Raise CancelledError if `task` was cancelled and runs on: something it awaited
+    dropped the cancellation (`ForwardWorker._listen`)."""
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
+
+
 class ForwardWorker(Worker):
     """arq's Worker, claiming a poll's due jobs with one script call instead of a
     WATCH/EXISTS/ZSCORE/MULTI/EXEC exchange per job (same checks, same in-progress key).
@@ -205,21 +212,32 @@ class ForwardWorker(Worker):
     async def _listen(self, wake: asyncio.Event) -> None:
         """Set `wake` on every message of the partitions' wake channels; resubscribe after a
         lost connection (meanwhile the timer polls). One subscription on the first
-        partition's node: a cluster passes every PUBLISH to every node."""
+        partition's node: a cluster passes every PUBLISH to every node.
+
+        `main` waits for it to end once cancelled, so it ends even if a Redis client drops
+        the cancellation (ends its wait with a result or a lost connection instead): it
+        looks for one before every wait. Else the poll loop, stopping or restarting after
+        a lost Redis, would wait for it forever and send nothing (Python 3.11's wait_for
+        did that inside redis-py during a Sentinel failover: streams.redis)."""
+        me = asyncio.current_task()
         backoff = Backoff(base=0.1, cap=5.0)
         while True:
+            _end_if_cancelled(me)
             pubsub = self.pool.pubsub()
             try:
                 await pubsub.subscribe(*(part.keys.forward_wake for part in self.parts))
                 backoff.reset()
                 while True:
+                    _end_if_cancelled(me)
                     msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=30)
                     if msg is not None:
                         wake.set()
             except RETRYABLE as e:
+                _end_if_cancelled(me)
                 log.warning("forwarder wake-up channel lost (%s); polling meanwhile", e)
             finally:
                 await pubsub.aclose()
+            _end_if_cancelled(me)
             await backoff.wait()
 
     def _release_sem_dec_counter_on_complete(self) -> None:

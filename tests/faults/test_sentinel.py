@@ -98,6 +98,38 @@ async def test_the_sentinel_pool_waits_for_a_free_connection(deployment: Sentine
         await redis.aclose()
 
 
+async def test_a_task_cancelled_while_it_asks_the_sentinels_ends(
+        deployment: SentinelDeployment):
+    """Every (re)connect of a Sentinel client asks the sentinels for the primary; a task
+    cancelled meanwhile must end. (redis-py's socket_timeout sent each query under Python
+    3.11's wait_for, which drops a cancellation arriving as the send completes: the task
+    ran on, and the forwarder's poll loop, waiting for its cancelled wake-up listener,
+    hung after a failover.) Cancelled at varying points of the exchange, 100 times."""
+    redis = connect(deployment.url, timeout=1.0)
+    pool = redis.connection_pool
+
+    async def ask() -> None:
+        for _ in range(100_000):
+            await pool.get_master_address()
+
+    try:
+        for k in range(100):
+            task = asyncio.create_task(ask())
+            for _ in range(k % 25):  # the cancel lands at another step each time
+                await asyncio.sleep(0)
+            task.cancel()
+            done, _ = await asyncio.wait({task}, timeout=5)
+            if not done:
+                for _ in range(100):  # stop it (each cancel may be lost as the first)
+                    task.cancel()
+                    if (await asyncio.wait({task}, timeout=0.1))[0]:
+                        break
+            assert done, f"cancel {k} was lost: the task kept asking the sentinels"
+            assert task.cancelled()
+    finally:
+        await redis.aclose()
+
+
 async def test_wait_replicas_holds_back_what_too_few_replicas_have(
         stack: Stack, deployment: SentinelDeployment):
     api = stack.api(deployment.url, VESTNIK_REDIS_WAIT_REPLICAS="2")
