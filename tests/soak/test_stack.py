@@ -181,15 +181,13 @@ async def test_under_sentinel_a_primary_kill_fails_over_and_loses_nothing_acknow
     assert kinds[-3:] == ["redis-kill", "redis-failover", "redis-up"]
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "found by vestnik soak --sentinel; the fix is H9's (fix-fwd-failover): after a failover "
-    "the standalone forwarder's poll loop can wait forever for its wake-up listener, whose "
-    "cancel redis-py's pub/sub swallowed, so no delayed forward is sent until a restart "
-    "(5 runs in 6). Intermittent: not strict"))
 async def test_under_sentinel_a_delayed_forward_after_a_failover_is_mailed(
         sentinel_stack: Stack) -> None:
-    """The fault suite's failover test forwards with forward_after 0 from the center's own
-    worker, which never goes through the due set: this one waits 2 s, as the soak does."""
+    """Found by `vestnik soak --sentinel`: after a failover the standalone forwarder's poll
+    loop waited forever for its wake-up listener, whose cancel a sentinel query had lost
+    (tests/faults/test_forward_failover.py has the focused case). The fault suite's failover
+    test forwards with forward_after 0 from the center's own worker, which never goes
+    through the due set: this one waits 2 s, as the soak does."""
     stack = sentinel_stack
     if not any(kind == "redis-failover" for _, kind, _ in stack.events):
         await stack.redis_kill_and_restart()
