@@ -417,11 +417,15 @@ async def _owner(address: RedisAddress, key: str, timeout: float) -> tuple[str, 
     slot = key_slot(key.encode())
     last: Exception | None = None
     for host, port in address.nodes:
+        # bounded by asyncio.timeout, not redis-py's socket_timeout: that wraps the send in
+        # Python 3.11's wait_for, which can drop a cancellation (streams.redis._Stall)
         client = Redis(host=host, port=port, username=address.username,
                        password=address.password, ssl=address.tls,
-                       socket_timeout=timeout, socket_connect_timeout=timeout)
+                       socket_connect_timeout=timeout)
         try:
-            found = _master_of(await client.execute_command("CLUSTER SLOTS"), slot, host)
+            async with asyncio.timeout(timeout):
+                slots = await client.execute_command("CLUSTER SLOTS")
+            found = _master_of(slots, slot, host)
             if found is not None:
                 return found
         except (RedisError, OSError) as e:
