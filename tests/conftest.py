@@ -23,24 +23,34 @@ from support import (
 from vestnik.streams.config import Config, load
 from vestnik.streams.keys import Keys
 from vestnik.streams.redis import connect
-from vestnik.streams.redis_server import ClusterDeployment, RedisServer, free_port
+from vestnik.streams.redis_server import (
+    ClusterDeployment,
+    RedisServer,
+    SentinelDeployment,
+    free_port,
+)
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption("--redis-cluster", action="store_true", default=False,
                      help="serve redis_url/redis_server from a local 3-master Redis Cluster "
                           "instead of one redis-server (tests marked single_redis skip)")
+    parser.addoption("--redis-sentinel", action="store_true", default=False,
+                     help="serve redis_url from a local Sentinel deployment (a primary, a "
+                          "replica, three sentinels: a redis+sentinel:// URL) instead of one "
+                          "redis-server (tests marked single_redis skip)")
 
 
 def pytest_configure(config: pytest.Config) -> None:
     if config.getoption("--redis-cluster"):
         os.environ[CLUSTER_ENV] = "1"  # support.run_keys, read at import by test modules
     config.addinivalue_line(
-        "markers", "single_redis(reason): cannot run on a Redis Cluster (--redis-cluster)")
+        "markers", "single_redis(reason): cannot run on a Redis Cluster (--redis-cluster) or "
+        "a Sentinel deployment (--redis-sentinel)")
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if not config.getoption("--redis-cluster"):
+    if not (config.getoption("--redis-cluster") or config.getoption("--redis-sentinel")):
         return
     for item in items:
         mark = item.get_closest_marker("single_redis")
@@ -55,18 +65,24 @@ def on_cluster(pytestconfig: pytest.Config) -> bool:
     return bool(pytestconfig.getoption("--redis-cluster"))
 
 
+Deployment = RedisServer | ClusterDeployment | SentinelDeployment
+
+
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory,
-                 on_cluster: bool) -> Iterator[RedisServer | ClusterDeployment]:
+def redis_server(tmp_path_factory: pytest.TempPathFactory, on_cluster: bool,
+                 pytestconfig: pytest.Config) -> Iterator[Deployment]:
     """One real redis-server for the whole session (never 6379, never a fixed port), or
-    with `--redis-cluster` a local 3-master cluster (a ClusterDeployment: no restart/kill;
-    tests that need those are marked single_redis).
+    with `--redis-cluster` a local 3-master cluster, with `--redis-sentinel` a primary, a
+    replica and three sentinels (no restart/kill through this fixture: tests that need
+    those are marked single_redis).
 
     Tests that restart or kill it must leave it running (`redis_server.restart()`).
     """
-    server: RedisServer | ClusterDeployment
+    server: Deployment
     if on_cluster:
         server = ClusterDeployment(tmp_path_factory.mktemp("redis-cluster"))
+    elif pytestconfig.getoption("--redis-sentinel"):
+        server = SentinelDeployment(tmp_path_factory.mktemp("redis-sentinel"), replicas=1)
     else:
         server = RedisServer(tmp_path_factory.mktemp("redis"), appendonly=True)
     server.start()
@@ -85,12 +101,15 @@ def _reset(port: int) -> None:
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer | ClusterDeployment) -> str:
-    """The session server (every master of the cluster), emptied and with default
-    settings: each test starts clean."""
+def redis_url(redis_server: Deployment) -> str:
+    """The session server (every master of the cluster, the Sentinel deployment's
+    primary), emptied and with default settings: each test starts clean."""
     if isinstance(redis_server, ClusterDeployment):
         for port in redis_server.master_ports():
             _reset(port)
+        return redis_server.url
+    if isinstance(redis_server, SentinelDeployment):
+        _reset(redis_server.primary().port)
         return redis_server.url
     if redis_server.proc is None or redis_server.proc.poll() is not None:
         redis_server.start()
@@ -100,8 +119,9 @@ def redis_url(redis_server: RedisServer | ClusterDeployment) -> str:
 
 @pytest.fixture
 async def redis(redis_url: str) -> AsyncIterator[Redis]:
-    """A client of the test's Redis (a RedisCluster with `--redis-cluster`)."""
-    client = connect(redis_url, timeout=5.0, name="test") if "cluster" in redis_url \
+    """A client of the test's Redis (a RedisCluster with `--redis-cluster`, the primary's
+    client through the sentinels with `--redis-sentinel`)."""
+    client = connect(redis_url, timeout=5.0, name="test") if "+" in redis_url \
         else Redis.from_url(redis_url)
     yield client
     await client.aclose()

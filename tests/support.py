@@ -30,7 +30,12 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 from vestnik.streams.keys import Keys
-from vestnik.streams.redis_server import free_port
+from vestnik.streams.redis_server import (
+    ClusterDeployment,
+    RedisServer,
+    SentinelDeployment,
+    free_port,
+)
 
 T = TypeVar("T")
 ROOT = Path(__file__).resolve().parent.parent
@@ -484,3 +489,13 @@ def installed_closure(requirements: list[Requirement]) -> dict[str, metadata.Dis
         dist = found.setdefault(name, metadata.distribution(name))
         todo += requirements_of(dist, {e for _, e in new if e})
     return found
+
+
+def master_ports(server: RedisServer | ClusterDeployment | SentinelDeployment) -> list[int]:
+    """The ports of the servers that hold the data now: the one Redis, every master of
+    the cluster, or the Sentinel deployment's primary."""
+    if isinstance(server, ClusterDeployment):
+        return server.master_ports()
+    if isinstance(server, SentinelDeployment):
+        return [server.primary().port]
+    return [server.port]

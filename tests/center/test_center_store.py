@@ -198,15 +198,15 @@ async def test_metrics_and_acked_entries_are_trimmed(redis, start_proc):
     assert await pending(redis) == 0
 
 
-async def test_documented_xadd_line_is_stored(redis, redis_url, start_proc):
+async def test_documented_xadd_line_is_stored(redis, redis_url, redis_server, start_proc):
     """The documented redis-cli line, run verbatim, reaches both users' feeds."""
     import subprocess
 
-    from support import documented_line
+    from support import documented_line, master_ports
 
     await add_users(redis, "1", "2")
     line = documented_line("redis-cli XADD vn:notices")
-    port = redis_url.split(":")[2].split("/")[0].split(",")[0]
+    port = master_ports(redis_server)[0]
     # -c: on a cluster, follow the MOVED to the node of vn:notices (no-op on one Redis)
     subprocess.run(line.replace("redis-cli", f"redis-cli -c -p {port}", 1), shell=True,
                    check=True, capture_output=True)

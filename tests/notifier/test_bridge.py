@@ -7,15 +7,7 @@ from __future__ import annotations
 import pytest
 from redis.asyncio import Redis
 
-from support import SSE, Api, eventually
-from vestnik.streams.redis_server import ClusterDeployment, RedisServer
-
-
-def master_ports(server: RedisServer | ClusterDeployment) -> list[int]:
-    """The port of the one Redis, or of every master of the cluster."""
-    if isinstance(server, ClusterDeployment):
-        return server.master_ports()
-    return [server.port]
+from support import SSE, Api, eventually, master_ports
 
 
 async def notify_flags(port: int) -> str:
