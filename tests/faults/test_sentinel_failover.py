@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -62,9 +63,11 @@ class Producer:
     accepted. The product has at most IN_FLIGHT notices open: it slows down while Redis
     is away, as a real one would."""
 
-    def __init__(self, ingest: Ingest, http: httpx.AsyncClient) -> None:
+    def __init__(self, ingest: Ingest, http: httpx.AsyncClient,
+                 api_log: Callable[[], str] = lambda: "") -> None:
         self.ingest = ingest
         self.http = http
+        self.api_log = api_log  # the api's output, for the message of an unexpected answer
         self.acked: list[tuple[float, str]] = []
         self.started: dict[str, float] = {}  # notice id -> its first attempt
         self.emailed: set[str] = set()
@@ -85,7 +88,8 @@ class Producer:
                                      headers={"Idempotency-Key": nid})
         except httpx.HTTPError:
             return False
-        assert r.status_code in (202, 503), r.text  # anything else is a bug
+        # anything else is a bug: the api's traceback says which
+        assert r.status_code in (202, 503), f"{r.status_code} {r.text}\n{self.api_log()[-4000:]}"
         return r.status_code == 202
 
     async def _one(self, nid: str, body: dict, over_http: bool) -> None:
@@ -196,7 +200,7 @@ async def _run(stack: Stack, deployment: _Sentinel | _Cluster, smtp: SmtpSink,
     stop = asyncio.Event()
     run: asyncio.Task[None] | None = None
     try:
-        producer = Producer(ingest, http)
+        producer = Producer(ingest, http, lambda: api.proc.output())
         run = asyncio.create_task(producer.run(stop))
         await asyncio.sleep(BEFORE_KILL_S)
         old = deployment.primary()
