@@ -63,4 +63,7 @@ HANDLERS = {
     RedisConnectionError: redis_down,
     RedisTimeoutError: redis_down,
     ResponseError: redis_down,
+    # a socket error redis-py let through unwrapped (RETRYABLE names it): a 503 with
+    # Retry-After like the others, never a bare 500 during a failover
+    OSError: redis_down,
 }
