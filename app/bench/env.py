@@ -34,12 +34,12 @@ T = TypeVar("T")
 UP_PAUSE = 0.05
 
 
-def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
+def run_stoppable(main: Coroutine[Any, Any, T], name: str = "bench") -> T:
     """Run `main` on uvloop and return its result. SIGTERM and SIGHUP (a `timeout`, a
-    cancelled CI job) unwind it as Ctrl-C does, so every World stops its processes (each in
-    a session of its own, which a signal to the bench's process group misses) and its
-    redis-server, rather than the process dying and leaving them running; then it exits
-    with 128 + the signal (SystemExit)."""
+    cancelled CI job) unwind it as Ctrl-C does, so every World (or the soak's Stack) stops
+    its processes (each in a session of its own, which a signal to the command's process
+    group misses) and its redis-server, rather than the process dying and leaving them
+    running; then it exits with 128 + the signal (SystemExit). `name` starts its line."""
     import uvloop
 
     got: list[int] = []
@@ -62,7 +62,7 @@ def run_stoppable(main: Coroutine[Any, Any, T]) -> T:
     except asyncio.CancelledError:
         if not got:
             raise
-        sys.stderr.write(f"bench: stopped by {signal.Signals(got[0]).name}; its processes "
+        sys.stderr.write(f"{name}: stopped by {signal.Signals(got[0]).name}; its processes "
                          "were stopped\n")
         raise SystemExit(128 + got[0]) from None
 

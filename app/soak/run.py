@@ -16,15 +16,13 @@ import asyncio
 import logging
 import random
 import secrets
-import signal
-import sys
 import time
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from vestnik.app.bench.env import run_stoppable
 from vestnik.app.soak.faults import Fault, Scheduler
 from vestnik.app.soak.stack import Stack, StackError
 from vestnik.streams.keys import CENTER_GROUP
@@ -33,7 +31,6 @@ from vestnik.streams.redis import RETRYABLE
 if TYPE_CHECKING:
     from vestnik.app.soak.load import Load
 
-T = TypeVar("T")
 PROGRESS_S = 10.0
 LOAD_STOP_S = 60.0  # in-flight sends end within this once the load is told to stop
 DRAIN_S = 60.0  # run.py's own drain: parts up, the ingest stream handed out and acked
@@ -168,31 +165,6 @@ async def soak(minutes: float, seed: int, *, users: int = 50, sse_clients: int =
         return summary
 
 
-def _run(main: Coroutine[Any, Any, T]) -> T:
-    """Run `main` on uvloop; SIGTERM and SIGHUP unwind it as Ctrl-C does, so the stack stops
-    everything it started; then exit 128 + the signal."""
-    import uvloop
-
-    got: list[int] = []
-
-    async def stoppable() -> T:
-        task = asyncio.current_task()
-        assert task is not None
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGHUP):
-            loop.add_signal_handler(sig, lambda s=sig: (got.append(s), task.cancel()))
-        return await main
-
-    try:
-        return uvloop.run(stoppable())
-    except asyncio.CancelledError:
-        if not got:
-            raise
-        sys.stderr.write(f"soak: stopped by {signal.Signals(got[0]).name}; its processes "
-                         "were stopped\n")
-        raise SystemExit(128 + got[0]) from None
-
-
 def main(minutes: float, seed: int | None, json_path: str | None, *, users: int = 50,
          sse_clients: int = 200, sentinel: bool = False) -> int:
     """`vestnik soak`: 0 passed, 1 the accounting failed (or the stack did not come up)."""
@@ -208,7 +180,7 @@ def main(minutes: float, seed: int | None, json_path: str | None, *, users: int 
                               sentinel=sentinel)
 
     try:
-        summary = _run(bounded())
+        summary = run_stoppable(bounded(), "soak")
     except StackError as e:  # a part or Redis that would not start (or start again)
         _say(f"the stack failed: {e}")
         return 1
