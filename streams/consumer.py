@@ -125,6 +125,23 @@ def _text(v: object) -> str:
     return "" if v is None else str(v)
 
 
+async def group_drained(redis: Redis, stream: str, group: str) -> bool:
+    """Nothing pending in `group` and the group has been handed `stream`'s newest entry
+    (XINFO's `lag` is nil after a restart or a trim, so it cannot tell). False, not an
+    error, while Redis is away or the group does not exist yet: callers poll it."""
+    try:
+        pending = await redis.xpending(stream, group)
+        groups = await redis.xinfo_groups(stream)
+        newest = await redis.xrevrange(stream, count=1)
+    except (*RETRYABLE, ResponseError):
+        return False
+    mine = next((g for g in groups if _text(g["name"]) == group), None)
+    if mine is None or int(pending["pending"]):
+        return False
+    last = _text(mine["last-delivered-id"])
+    return not newest or parse_stream_id(last) >= parse_stream_id(_text(newest[0][0]))
+
+
 def default_consumer_name() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 

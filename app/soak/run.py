@@ -25,8 +25,8 @@ import msgspec
 from vestnik.app.bench.env import run_stoppable
 from vestnik.app.soak.faults import Fault, Scheduler
 from vestnik.app.soak.stack import Stack, StackError
+from vestnik.streams.consumer import group_drained
 from vestnik.streams.keys import CENTER_GROUP
-from vestnik.streams.redis import RETRYABLE
 
 if TYPE_CHECKING:
     from vestnik.app.soak.load import Load
@@ -82,32 +82,11 @@ async def _progress(stack: Stack, load: Load, scheduler: Scheduler, t0: float) -
         _say(f"{m}:{s:02d} {counts}, faults {len(scheduler.injected)}, down {down}")
 
 
-async def _ingest_drained(stack: Stack) -> bool:
-    """Nothing pending in the center group and the newest entry handed out."""
-    r = stack.admin()
-    try:
-        pending = await r.xpending(stack.keys.notices, CENTER_GROUP)
-        groups = await r.xinfo_groups(stack.keys.notices)
-        newest = await r.xrevrange(stack.keys.notices, count=1)
-    except RETRYABLE:
-        return False
-    group = next((g for g in groups if g["name"] in (b"center", "center")), None)
-    if group is None or int(pending["pending"]):
-        return False
-    last = group["last-delivered-id"]
-    last = last.decode() if isinstance(last, bytes) else str(last)
-    return not newest or _sid(last) >= _sid(newest[0][0].decode())
-
-
-def _sid(s: str) -> tuple[int, int]:
-    ms, _, n = s.partition("-")
-    return int(ms), int(n or 0)
-
-
 async def _drain(stack: Stack) -> None:
     deadline = time.monotonic() + DRAIN_S
     while time.monotonic() < deadline:
-        if not stack.down() and await _ingest_drained(stack):
+        if not stack.down() and await group_drained(stack.admin(), stack.keys.notices,
+                                                    CENTER_GROUP):
             return
         await asyncio.sleep(0.5)
     _say(f"the quiet drain did not settle in {DRAIN_S:g} s; accounting anyway")

@@ -17,13 +17,11 @@ from typing import Any
 
 import httpx
 import pytest
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
 
 from support import SSE, Api, Proc, base_env, run_keys, vestnik_argv, wait_http
 from vestnik.app.tokens import issue_token
 from vestnik.streams.config import load
-from vestnik.streams.ids import parse_stream_id
+from vestnik.streams.consumer import group_drained
 from vestnik.streams.keys import CENTER_GROUP, USER_TOPIC, Keys
 from vestnik.streams.redis_server import RedisServer, free_port
 
@@ -229,17 +227,5 @@ async def missing_in_feed(redis: Any, uid: str, ids: list[str]) -> list[str]:
 
 
 async def drained(redis: Any) -> bool:
-    """Nothing pending and the group has been handed the newest entry. (XINFO's `lag` is
-    nil after a restart or a trim, so it cannot tell.)"""
-    try:
-        info = await redis.xpending(K.notices, CENTER_GROUP)
-        groups = await redis.xinfo_groups(K.notices)
-        newest = await redis.xrevrange(K.notices, count=1)
-    except (RedisConnectionError, ResponseError, OSError):
-        return False
-    group = next((g for g in groups if g["name"] in (b"center", "center")), None)
-    if group is None or int(info["pending"]):
-        return False
-    last = group["last-delivered-id"]
-    last = last.decode() if isinstance(last, bytes) else str(last)
-    return not newest or parse_stream_id(last) >= parse_stream_id(newest[0][0].decode())
+    """The center group has every entry of the ingest stream, none pending."""
+    return await group_drained(redis, K.notices, CENTER_GROUP)
